@@ -1,0 +1,13 @@
+"""upsamplelib: feature upsampling operators as Numba kernels.
+
+``import upsamplelib as ul`` first decides where Numba-CUDA kernels run (a
+GPU, or Numba's CUDA simulator when there is none) and says so in one line;
+that is why ``backend`` is imported before anything that imports numba.
+"""
+
+from . import backend  # noqa: I001  (must come first: it configures numba)
+from .backend import CUDA_TARGET, SIMULATOR
+from .interpolate import interpolate
+
+__all__ = ["interpolate", "backend", "CUDA_TARGET", "SIMULATOR"]
+__version__ = "0.1.0"

@@ -1,0 +1,335 @@
+"""Where kernels run, and how tensors reach them.
+
+Every operator file (``interpolate.py``, ``carafe.py``, ...) launches its
+kernels through this module, so the machinery lives here once:
+
+* the CUDA target: a real GPU, or Numba's CUDA simulator when there is none.
+  The choice must be made *before* numba is imported, which is why
+  ``upsamplelib/__init__.py`` imports this module first;
+* ``resolve_backend``: what the ``backend=`` argument of every operator means;
+* ``kernel_array``: a torch tensor as an array a kernel can take, without a copy;
+* ``launch_config`` / ``launch``: the launch configuration, computed in one place;
+* ``per_element``: one Python function compiled both as a CUDA device
+  function and as a Numba CPU function, so the GPU kernel, the simulator
+  and the CPU loop share their index math;
+* ``cuda_kernel``: ``cuda.jit`` plus registration for the PTX compile check.
+
+Environment variables:
+
+``UPSAMPLELIB_CUDA``   ``gpu`` or ``simulator`` forces the CUDA target
+                       (``gpu`` with no GPU still compiles kernels to PTX).
+``NUMBA_ENABLE_CUDASIM``  honoured when set explicitly.
+``UPSAMPLELIB_QUIET``  set to 1 to silence the one-line target message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import sys
+from fractions import Fraction
+
+CUDA_TARGET_ENV = "UPSAMPLELIB_CUDA"
+
+
+def _driver_gpu_name() -> str | None:
+    """Name of the first CUDA GPU according to the driver, or None.
+
+    Asks libcuda directly through ctypes, so numba is not imported yet.
+    """
+    candidates = {"win32": ["nvcuda.dll"], "darwin": []}.get(
+        sys.platform, ["libcuda.so.1", "libcuda.so"]
+    )
+    for name in candidates:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return None
+        if count.value < 1:
+            return None
+        device = ctypes.c_int(0)
+        buffer = ctypes.create_string_buffer(256)
+        if lib.cuDeviceGet(ctypes.byref(device), 0) == 0 and (
+            lib.cuDeviceGetName(buffer, 256, device) == 0
+        ):
+            return buffer.value.decode(errors="replace") or "CUDA GPU"
+        return "CUDA GPU"
+    return None
+
+
+def _choose_cuda_target() -> tuple[bool, str]:
+    """Decide GPU or simulator; return (simulator?, one-line explanation)."""
+    if "numba.cuda" in sys.modules:
+        # Too late to switch: numba.cuda made its choice when it was imported.
+        import numba
+
+        simulator = bool(numba.config.ENABLE_CUDASIM)
+        where = "Numba's CUDA simulator" if simulator else "the GPU"
+        return simulator, (
+            f"numba.cuda was imported before upsamplelib; kernels run in {where}."
+        )
+    forced = os.environ.get(CUDA_TARGET_ENV, "").strip().lower()
+    user_flag = os.environ.get("NUMBA_ENABLE_CUDASIM")
+    gpu_name = None
+    if forced in ("gpu", "simulator"):
+        simulator = forced == "simulator"
+        reason = f"{CUDA_TARGET_ENV}={forced}"
+    elif forced:
+        raise ValueError(
+            f"{CUDA_TARGET_ENV}={forced!r}: expected 'gpu', 'simulator' or unset"
+        )
+    elif user_flag is not None and user_flag.strip() != "":
+        simulator = user_flag.strip() != "0"
+        reason = f"NUMBA_ENABLE_CUDASIM={user_flag.strip()}"
+    else:
+        gpu_name = _driver_gpu_name()
+        simulator = gpu_name is None
+        reason = None
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if simulator else "0"
+    if "numba" in sys.modules:
+        import numba
+
+        numba.config.ENABLE_CUDASIM = int(simulator)
+    if simulator:
+        why = f"{reason} is set" if reason else "no CUDA GPU found"
+        message = (
+            f"{why}: Numba-CUDA kernels run in Numba's CUDA simulator "
+            "(slow; backend='cpu' is the fast path)."
+        )
+    else:
+        where = f"the GPU ({gpu_name})" if gpu_name else "the GPU"
+        why = f"{reason} is set: " if reason else ""
+        message = f"{why}Numba-CUDA kernels run on {where}."
+    return simulator, message
+
+
+SIMULATOR, TARGET_MESSAGE = _choose_cuda_target()
+
+# Small launches are normal in the lessons, and host arrays are passed on
+# purpose there; on a GPU Numba would warn about both (on stderr, which
+# nbval compares) while the simulator, where CI runs, never does.
+os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+os.environ.setdefault("NUMBA_CUDA_WARN_ON_IMPLICIT_COPY", "0")
+#: "simulator" or "gpu": where ``backend="cuda"`` kernels execute.
+CUDA_TARGET = "simulator" if SIMULATOR else "gpu"
+
+if os.environ.get("UPSAMPLELIB_QUIET", "") in ("", "0"):
+    print(f"upsamplelib: {TARGET_MESSAGE}")
+
+import numba  # noqa: E402  (after the target choice, on purpose)
+from numba.extending import intrinsic  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+try:
+    from numba import cuda  # noqa: E402
+except Exception as error:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "numba.cuda could not load a CUDA toolkit (it needs libcudart even for "
+        "the simulator). Install upsamplelib with a toolkit extra: "
+        "pip install 'upsamplelib[cu13]' (or [cu12] for a CUDA 12 driver). "
+        f"Original error: {error}"
+    ) from error
+
+
+
+# --------------------------------------------------------------------------
+# The backend= argument
+# --------------------------------------------------------------------------
+
+BACKENDS = ("cuda", "cpu", "torch")
+
+
+def resolve_backend(backend, tensors, op_name: str) -> str:
+    """Turn ``backend=`` into "cuda", "cpu" or "torch", or raise.
+
+    ``None``/``"auto"``: "cuda" for CUDA tensors, "cpu" for CPU tensors.
+    """
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        listed = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(f"{op_name}: tensors are on different devices ({listed})")
+    on_gpu = next(iter(devices)).type == "cuda"
+    if backend is None or backend == "auto":
+        return "cuda" if on_gpu else "cpu"
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(
+            f"{op_name}: unknown backend {backend!r}; expected one of "
+            f"{', '.join(repr(b) for b in BACKENDS)}, 'auto' or None"
+        )
+    if backend == "cpu" and on_gpu:
+        raise ValueError(
+            f"{op_name}: backend='cpu' runs Numba CPU kernels but the tensor is on "
+            f"{next(iter(devices))}; move it with .cpu() or use backend='cuda'"
+        )
+    if backend == "cuda" and SIMULATOR and on_gpu:
+        raise ValueError(
+            f"{op_name}: backend='cuda' runs in Numba's CUDA simulator in this "
+            "process, which takes CPU tensors; move the tensor with .cpu()"
+        )
+    if backend == "cuda" and not SIMULATOR and not on_gpu:
+        raise ValueError(
+            f"{op_name}: backend='cuda' runs on the GPU and needs CUDA tensors; "
+            "move the tensor with .cuda() or use backend='cpu'"
+        )
+    return backend
+
+
+# --------------------------------------------------------------------------
+# Tensors as kernel arrays
+# --------------------------------------------------------------------------
+
+
+def kernel_array(tensor: torch.Tensor):
+    """A contiguous tensor as an array a kernel can take, sharing its memory.
+
+    CUDA tensors go through ``__cuda_array_interface__``; CPU tensors become
+    NumPy views (what both the Numba CPU kernels and the simulator take).
+    """
+    if not tensor.is_contiguous():
+        raise ValueError("kernel_array needs a contiguous tensor")
+    tensor = tensor.detach()
+    if tensor.is_cuda:
+        # Launches go on torch's current stream (see launch), so there is no
+        # need for numba to synchronise on the exporting stream.
+        return cuda.as_cuda_array(tensor, sync=False)
+    return tensor.numpy()
+
+
+# --------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------
+
+THREADS_PER_BLOCK = 256
+
+
+def launch_config(n_threads: int, threads_per_block: int = THREADS_PER_BLOCK):
+    """(blocks, threads_per_block) for a 1-D grid of at least n_threads threads."""
+    if n_threads < 1:
+        raise ValueError(f"cannot launch {n_threads} threads")
+    return math.ceil(n_threads / threads_per_block), threads_per_block
+
+
+def _torch_stream():
+    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+
+
+def launch(kernel, n_threads: int, *args, threads_per_block: int = THREADS_PER_BLOCK):
+    """Launch ``kernel`` on a 1-D grid covering ``n_threads`` threads.
+
+    On a GPU it runs on torch's current stream, so it is ordered with the
+    torch work around it.
+    """
+    blocks, threads = launch_config(n_threads, threads_per_block)
+    if SIMULATOR:
+        kernel[blocks, threads](*args)
+    else:
+        kernel[blocks, threads, _torch_stream()](*args)
+
+
+# --------------------------------------------------------------------------
+# One body, two targets
+# --------------------------------------------------------------------------
+
+
+def per_element(function, python=None):
+    """Compile a plain Python function once for every target.
+
+    The result is a Numba function (``njit``, inlined, cached) that the CPU
+    loops call, and that Numba-CUDA compiles again for the GPU when a CUDA
+    kernel calls it. So a kernel and its CPU twin share one source of index
+    math.
+
+    In the simulator, kernels run as plain Python; called from Python, the
+    function then runs as Python too (``python`` if given, else the function
+    itself), so float32 stays float32 as on a GPU instead of coming back
+    from compiled code as a Python float.
+    """
+    if not SIMULATOR:
+        return numba.njit(cache=True, inline="always")(function)
+    body = _SimulatorAwareFunction(
+        py_func=function, locals={}, targetoptions={"nopython": True, "inline": "always"}
+    )
+    body.enable_caching()
+    body.python_version = python or function
+    return body
+
+
+if SIMULATOR:
+    from numba.core.registry import CPUDispatcher as _CPUDispatcher
+
+    class _SimulatorAwareFunction(_CPUDispatcher):
+        """Compiled when compiled code calls it; Python when Python does."""
+
+        def __call__(self, *args, **kwargs):
+            return self.python_version(*args, **kwargs)
+
+
+@intrinsic
+def _llvm_fma(typingctx, a, b, c):
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, a, a), codegen
+
+
+def _fma(a, b, c):
+    return _llvm_fma(a, b, c)
+
+
+def _fma_python(a, b, c):
+    """fma for the simulator: the exact a * b + c, rounded once to a's type."""
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    if not isinstance(a, np.float32):
+        return float(exact)
+    nearest = np.float32(float(exact))
+    best = nearest
+    for candidate in (np.nextafter(nearest, np.float32(-np.inf)), np.nextafter(nearest, np.float32(np.inf))):
+        error, best_error = abs(Fraction(float(candidate)) - exact), abs(Fraction(float(best)) - exact)
+        if error < best_error or (error == best_error and candidate.view(np.int32) % 2 == 0):
+            best = candidate
+    return best
+
+
+#: ``fma(a, b, c)`` = a * b + c rounded once, on every target (LLVM's fma on
+#: the CPU, ``fma.rn`` in PTX). PyTorch's CPU kernels are built with FMA
+#: contraction; writing it out also keeps the GPU and the CPU from
+#: contracting differently.
+fma = per_element(_fma, python=_fma_python)
+
+
+def cpu_kernel(function):
+    """A Numba CPU kernel: parallel over its outermost ``prange``, cached."""
+    return numba.njit(parallel=True, cache=True, error_model="numpy")(function)
+
+
+#: Every CUDA kernel of the library: qualified name -> (python function,
+#: signature builder). ``signature(float_type)`` returns the argument types
+#: for that float type; tests/test_ptx.py compiles each to PTX.
+CUDA_KERNELS: dict[str, tuple] = {}
+
+
+def cuda_kernel(signature):
+    """``cuda.jit`` a kernel and register it for the PTX compile check.
+
+    ``signature`` maps a Numba float type (float32 or float64) to the tuple
+    of argument types the kernel is launched with.
+    """
+
+    def register(function):
+        CUDA_KERNELS[f"{function.__module__}.{function.__qualname__}"] = (
+            function,
+            signature,
+        )
+        return cuda.jit(function)
+
+    return register
+
+
+def describe() -> str:
+    """One line: where ``backend='cuda'`` kernels run in this process."""
+    return TARGET_MESSAGE

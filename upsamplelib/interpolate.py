@@ -1,0 +1,505 @@
+"""nearest, nearest-exact and bilinear upsampling: ``ul.interpolate``.
+
+Same results as ``torch.nn.functional.interpolate`` (nearest bit for bit),
+forward and backward, on three backends:
+
+* ``cuda``: Numba-CUDA kernels, one thread per element (GPU or simulator);
+* ``cpu``: Numba CPU loops, parallel over rows;
+* ``torch``: ``F.interpolate`` itself, the reference.
+
+The CUDA kernels and the CPU loops call the same per-axis index functions
+and per-element bodies (``per_element`` compiles each for both targets).
+
+PyTorch's index rules, as its CPU kernels apply them (see lesson 01/02):
+coordinates are computed in the "opmath" type (float32 for float32 and half
+inputs, float64 for float64), ``scale = in/out`` when ``size=`` is given and
+``1/scale_factor`` when ``scale_factor=`` is, and the floor is taken of the
+coordinate rounded to float32.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import cuda, int64, prange, types
+
+from .backend import (
+    cpu_kernel,
+    cuda_kernel,
+    fma,
+    kernel_array,
+    launch,
+    per_element,
+    resolve_backend,
+)
+from .validation import check_feature_map, kernel_dtype
+
+MODES = ("nearest", "nearest-exact", "bilinear")
+
+# --------------------------------------------------------------------------
+# Per-axis index math, shared by every kernel below (see backend.per_element)
+# --------------------------------------------------------------------------
+
+
+def _nearest_source_index(dst, in_size, out_size, scale, exact, real_t):
+    """Input index that output index ``dst`` copies, along one axis.
+
+    ``nearest``: floor(dst * scale), with PyTorch's two legacy shortcuts
+    (same size: copy; exactly twice the size: dst // 2).
+    ``nearest-exact``: the pixel-centre coordinate (dst + 0.5) * scale - 0.5,
+    rounded half up. ``real_t`` is the coordinate type (float32/float64).
+    """
+    if exact:
+        centre = real_t(np.float64(scale) * (dst + 0.5) - 0.5)
+        real = np.float64(max(centre, real_t(0))) + 0.5
+    elif out_size == in_size:
+        return dst
+    elif out_size == 2 * in_size:
+        return dst >> 1
+    else:
+        real = scale * real_t(dst)
+    return min(int(math.floor(np.float32(real))), in_size - 1)
+
+
+def _linear_source_index(dst, in_size, out_size, scale, align_corners, real_t):
+    """(i0, i1, w0, w1): the two input indices output ``dst`` blends, and
+    their weights, along one axis."""
+    if out_size == in_size:
+        return dst, dst, real_t(1), real_t(0)
+    if align_corners:
+        real = scale * real_t(dst)
+    else:
+        real = max(real_t(np.float64(scale) * (dst + 0.5) - 0.5), real_t(0))
+    i0 = min(int(math.floor(np.float32(real))), in_size - 1)
+    w1 = min(max(real - real_t(i0), real_t(0)), real_t(1))
+    i1 = i0 + 1 if i0 < in_size - 1 else i0
+    return i0, i1, real_t(1) - w1, w1
+
+
+nearest_source_index = per_element(_nearest_source_index)
+linear_source_index = per_element(_linear_source_index)
+
+
+# --------------------------------------------------------------------------
+# Per-element bodies
+# --------------------------------------------------------------------------
+
+
+def _lerp(a, b, wa, wb):
+    """wa * a + wb * b, with the rounding of PyTorch's CPU kernels."""
+    return fma(a, wa, b * wb)
+
+
+def _fill_axis_table(index, weight, dst, in_size, scale, linear, flag):
+    """Column ``dst`` of an axis table: the input indices (i0, i1) that output
+    ``dst`` reads along this axis and their weights (w0, w1). Nearest is the
+    special case i1 = i0, (w0, w1) = (1, 0)."""
+    real_t = weight.dtype.type
+    out_size = index.shape[1]
+    if linear:
+        i0, i1, w0, w1 = linear_source_index(dst, in_size, out_size, scale, flag, real_t)
+    else:
+        i0 = nearest_source_index(dst, in_size, out_size, scale, flag, real_t)
+        i1, w0, w1 = i0, real_t(1), real_t(0)
+    index[0, dst] = i0
+    index[1, dst] = i1
+    weight[0, dst] = w0
+    weight[1, dst] = w1
+
+
+def _lower_bound(index, row, target):
+    """First column of ``index[row]`` (non-decreasing) holding a value >= target."""
+    low, high = 0, index.shape[1]
+    while low < high:
+        middle = (low + high) // 2
+        if index[row, middle] < target:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _axis_weight(index, weight, dst, src):
+    """How much output ``dst`` takes from input ``src`` along one axis."""
+    total = weight[0, dst] if index[0, dst] == src else weight.dtype.type(0)
+    if index[1, dst] == src:
+        total += weight[1, dst]
+    return total
+
+
+def _output_range(index, src):
+    """The outputs that read input ``src`` along one axis: [begin, end).
+
+    Source indices never decrease along an axis, so they are one contiguous
+    range: from the first output with i1 >= src to the last with i0 <= src.
+    """
+    return lower_bound(index, 1, src), lower_bound(index, 0, src + 1)
+
+
+def _grad_element(grad_out, p, y, x, y_range, x_range, index_y, weight_y, index_x, weight_x):
+    """Gradient of input pixel (p, y, x): the weighted sum of the outputs that
+    read it. A gather: each thread owns one input pixel, so no atomics."""
+    total = grad_out.dtype.type(0)
+    for Y in range(y_range[0], y_range[1]):
+        wy = axis_weight(index_y, weight_y, Y, y)
+        for X in range(x_range[0], x_range[1]):
+            total += wy * axis_weight(index_x, weight_x, X, x) * grad_out[p, Y, X]
+    return total
+
+
+def _unravel(i, height, width):
+    """(plane, row, col) of flat index ``i`` in a (planes, height, width) array."""
+    col = i % width
+    rest = i // width
+    return rest // height, rest % height, col
+
+
+lerp = per_element(_lerp)
+fill_axis_table = per_element(_fill_axis_table)
+lower_bound = per_element(_lower_bound)
+axis_weight = per_element(_axis_weight)
+output_range = per_element(_output_range)
+grad_element = per_element(_grad_element)
+unravel = per_element(_unravel)
+
+
+# --------------------------------------------------------------------------
+# CUDA kernels: one thread per output element (forward) or per input
+# element (backward, gather). Arrays are (N*C, H, W) views.
+# --------------------------------------------------------------------------
+
+
+def _signature(T):
+    return (T[:, :, ::1], T[:, :, ::1], T, T, types.boolean)
+
+
+@cuda_kernel(_signature)
+def nearest_forward_kernel(x, out, scale_h, scale_w, exact):
+    i = cuda.grid(1)
+    if i < out.size:
+        p, Y, X = unravel(i, out.shape[1], out.shape[2])
+        real_t = x.dtype.type
+        y = nearest_source_index(Y, x.shape[1], out.shape[1], scale_h, exact, real_t)
+        x_ = nearest_source_index(X, x.shape[2], out.shape[2], scale_w, exact, real_t)
+        out[p, Y, X] = x[p, y, x_]
+
+
+@cuda_kernel(_signature)
+def bilinear_forward_kernel(x, out, scale_h, scale_w, align_corners):
+    i = cuda.grid(1)
+    if i < out.size:
+        p, Y, X = unravel(i, out.shape[1], out.shape[2])
+        real_t = x.dtype.type
+        y0, y1, wy0, wy1 = linear_source_index(Y, x.shape[1], out.shape[1], scale_h, align_corners, real_t)
+        x0, x1, wx0, wx1 = linear_source_index(X, x.shape[2], out.shape[2], scale_w, align_corners, real_t)
+        top = lerp(x[p, y0, x0], x[p, y0, x1], wx0, wx1)
+        bottom = lerp(x[p, y1, x0], x[p, y1, x1], wx0, wx1)
+        out[p, Y, X] = lerp(top, bottom, wy0, wy1)
+
+
+@cuda_kernel(lambda T: (int64[:, ::1], T[:, ::1], int64, T, types.boolean, types.boolean))
+def axis_table_kernel(index, weight, in_size, scale, linear, flag):
+    dst = cuda.grid(1)
+    if dst < index.shape[1]:
+        fill_axis_table(index, weight, dst, in_size, scale, linear, flag)
+
+
+@cuda_kernel(lambda T: (T[:, :, ::1], T[:, :, ::1], int64[:, ::1], T[:, ::1], int64[:, ::1], T[:, ::1]))
+def backward_kernel(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
+    i = cuda.grid(1)
+    if i < grad_x.size:
+        p, y, x = unravel(i, grad_x.shape[1], grad_x.shape[2])
+        grad_x[p, y, x] = grad_element(
+            grad_out, p, y, x, output_range(index_y, y), output_range(index_x, x),
+            index_y, weight_y, index_x, weight_x,
+        )
+
+
+# --------------------------------------------------------------------------
+# CPU loops: the same index functions and bodies, parallel over rows. Each
+# axis's indices are computed once per call instead of once per element.
+# --------------------------------------------------------------------------
+
+
+@cpu_kernel
+def nearest_forward_cpu(x, out, scale_h, scale_w, exact):
+    planes, out_h, out_w = out.shape
+    real_t = x.dtype.type
+    source_x = np.empty(out_w, np.int64)
+    for X in range(out_w):
+        source_x[X] = nearest_source_index(X, x.shape[2], out_w, scale_w, exact, real_t)
+    for row in prange(planes * out_h):
+        p, Y = row // out_h, row % out_h
+        source_row = x[p, nearest_source_index(Y, x.shape[1], out_h, scale_h, exact, real_t)]
+        out_row = out[p, Y]
+        for X in range(out_w):
+            out_row[X] = source_row[source_x[X]]
+
+
+@cpu_kernel
+def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners):
+    planes, out_h, out_w = out.shape
+    real_t = x.dtype.type
+    x0s = np.empty(out_w, np.int64)
+    x1s = np.empty(out_w, np.int64)
+    wx0s = np.empty(out_w, x.dtype)
+    wx1s = np.empty(out_w, x.dtype)
+    for X in range(out_w):
+        x0s[X], x1s[X], wx0s[X], wx1s[X] = linear_source_index(
+            X, x.shape[2], out_w, scale_w, align_corners, real_t
+        )
+    for row in prange(planes * out_h):
+        p, Y = row // out_h, row % out_h
+        y0, y1, wy0, wy1 = linear_source_index(Y, x.shape[1], out_h, scale_h, align_corners, real_t)
+        row0 = x[p, y0]
+        row1 = x[p, y1]
+        out_row = out[p, Y]
+        for X in range(out_w):
+            top = lerp(row0[x0s[X]], row0[x1s[X]], wx0s[X], wx1s[X])
+            bottom = lerp(row1[x0s[X]], row1[x1s[X]], wx0s[X], wx1s[X])
+            out_row[X] = lerp(top, bottom, wy0, wy1)
+
+
+@cpu_kernel
+def axis_table_cpu(index, weight, in_size, scale, linear, flag):
+    for dst in prange(index.shape[1]):
+        fill_axis_table(index, weight, dst, in_size, scale, linear, flag)
+
+
+@cpu_kernel
+def backward_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
+    planes, in_h, in_w = grad_x.shape
+    x_ranges = np.empty((in_w, 2), np.int64)
+    for x in range(in_w):
+        x_ranges[x, 0], x_ranges[x, 1] = output_range(index_x, x)
+    for row in prange(planes * in_h):
+        p, y = row // in_h, row % in_h
+        y_range = output_range(index_y, y)
+        for x in range(in_w):
+            grad_x[p, y, x] = grad_element(
+                grad_out, p, y, x, y_range, (x_ranges[x, 0], x_ranges[x, 1]), index_y, weight_y, index_x, weight_x
+            )
+
+
+_FORWARD = {
+    ("nearest", "cuda"): nearest_forward_kernel,
+    ("nearest", "cpu"): nearest_forward_cpu,
+    ("bilinear", "cuda"): bilinear_forward_kernel,
+    ("bilinear", "cpu"): bilinear_forward_cpu,
+}
+_AXIS_TABLE = {"cuda": axis_table_kernel, "cpu": axis_table_cpu}
+_BACKWARD = {"cuda": backward_kernel, "cpu": backward_cpu}
+
+
+# --------------------------------------------------------------------------
+# Geometry: output size and the per-axis scales, as PyTorch computes them
+# --------------------------------------------------------------------------
+
+
+class Geometry(NamedTuple):
+    """Everything the kernels need besides the arrays."""
+
+    out_h: int
+    out_w: int
+    family: str  # "nearest" or "bilinear"
+    flag: bool  # nearest: exact?; bilinear: align_corners?
+    scale_h: float  # coordinate scales (cast to the kernel dtype at launch)
+    scale_w: float
+    scale_factors: tuple | None  # as given, for the torch reference
+
+
+def _pair(value, name, op):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name} must be a number or a pair (H, W), got {value!r}")
+        return tuple(value)
+    return (value, value)
+
+
+def _axis_scale(in_size, out_size, scale_factor, family, align_corners, dtype):
+    """The coordinate scale of one axis in the kernel dtype (PyTorch's
+    area_pixel_compute_scale / compute_scales_value)."""
+    real_t = np.float32 if dtype == torch.float32 else np.float64
+    if family == "bilinear" and align_corners:
+        return real_t(in_size - 1) / real_t(out_size - 1) if out_size > 1 else real_t(0)
+    if scale_factor is not None and scale_factor > 0:
+        return real_t(1.0 / scale_factor)
+    return real_t(in_size) / real_t(out_size)
+
+
+def interpolation_geometry(x, size, scale_factor, mode, align_corners, op="interpolate"):
+    """Validate the arguments of ``interpolate`` and compute the geometry."""
+    check_feature_map(x, "input", op)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{op}: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    family = "bilinear" if mode == "bilinear" else "nearest"
+    if family == "nearest":
+        if align_corners is not None:
+            raise ValueError(
+                f"{op}: align_corners={align_corners!r} only applies to mode='bilinear'; "
+                f"leave it None for mode={mode!r}"
+            )
+        flag = mode == "nearest-exact"
+    else:
+        if align_corners is not None and not isinstance(align_corners, bool):
+            raise TypeError(f"{op}: align_corners must be True, False or None, got {align_corners!r}")
+        flag = bool(align_corners)
+    if size is not None and scale_factor is not None:
+        raise ValueError(f"{op}: give size or scale_factor, not both (got size={size!r}, scale_factor={scale_factor!r})")
+    if size is None and scale_factor is None:
+        raise ValueError(f"{op}: give one of size or scale_factor")
+    in_h, in_w = x.shape[2], x.shape[3]
+    if size is not None:
+        sizes = _pair(size, "size", op)
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+                raise TypeError(f"{op}: size must be an int or a pair of ints, got {size!r}")
+            if s < 1:
+                raise ValueError(f"{op}: size must be positive, got {size!r}")
+        out_h, out_w = int(sizes[0]), int(sizes[1])
+        factors = (None, None)
+        scale_factors = None
+    else:
+        factors = _pair(scale_factor, "scale_factor", op)
+        for f in factors:
+            if isinstance(f, bool) or not isinstance(f, numbers.Real):
+                raise TypeError(f"{op}: scale_factor must be a number or a pair of numbers, got {scale_factor!r}")
+            if not math.isfinite(f) or f <= 0:
+                raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
+        factors = (float(factors[0]), float(factors[1]))
+        out_h, out_w = int(in_h * factors[0]), int(in_w * factors[1])
+        if out_h < 1 or out_w < 1:
+            raise ValueError(
+                f"{op}: scale_factor={scale_factor!r} turns input size ({in_h}, {in_w}) into "
+                f"an empty output ({out_h}, {out_w})"
+            )
+        scale_factors = factors
+    dtype = kernel_dtype(x.dtype)
+    return Geometry(
+        out_h, out_w, family, flag,
+        _axis_scale(in_h, out_h, factors[0], family, flag, dtype),
+        _axis_scale(in_w, out_w, factors[1], family, flag, dtype),
+        scale_factors,
+    )
+
+
+# --------------------------------------------------------------------------
+# Reference (backend="torch")
+# --------------------------------------------------------------------------
+
+
+def interpolate_reference(x, geometry: Geometry, mode: str):
+    """The spec: ``F.interpolate`` with the same arguments."""
+    kwargs = {"mode": mode}
+    if geometry.family == "bilinear":
+        kwargs["align_corners"] = geometry.flag
+    if geometry.scale_factors is not None:
+        kwargs["scale_factor"] = geometry.scale_factors
+    else:
+        kwargs["size"] = (geometry.out_h, geometry.out_w)
+    return F.interpolate(x, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Autograd glue
+# --------------------------------------------------------------------------
+
+
+def _planes(tensor):
+    n, c, h, w = tensor.shape
+    return tensor.reshape(n * c, h, w)
+
+
+def _launch(kernel, backend, n_threads, *args):
+    if backend == "cuda":
+        launch(kernel, n_threads, *args)
+    else:
+        kernel(*args)
+
+
+def _forward(backend, x, out, geometry):
+    real_t = np.float32 if x.dtype == torch.float32 else np.float64
+    _launch(
+        _FORWARD[(geometry.family, backend)], backend, out.numel(),
+        kernel_array(_planes(x)), kernel_array(_planes(out)),
+        real_t(geometry.scale_h), real_t(geometry.scale_w), geometry.flag,
+    )
+
+
+def _axis_table(backend, in_size, out_size, scale, geometry, like):
+    """(index, weight): the (2, out_size) table of one axis (see _fill_axis_table)."""
+    index = torch.empty((2, out_size), dtype=torch.int64, device=like.device)
+    weight = like.new_empty((2, out_size))
+    real_t = np.float32 if like.dtype == torch.float32 else np.float64
+    _launch(
+        _AXIS_TABLE[backend], backend, out_size,
+        kernel_array(index), kernel_array(weight),
+        in_size, real_t(scale), geometry.family == "bilinear", geometry.flag,
+    )
+    return index, weight
+
+
+def _backward(backend, grad_out, grad_x, geometry):
+    in_h, in_w = grad_x.shape[2], grad_x.shape[3]
+    index_y, weight_y = _axis_table(backend, in_h, geometry.out_h, geometry.scale_h, geometry, grad_out)
+    index_x, weight_x = _axis_table(backend, in_w, geometry.out_w, geometry.scale_w, geometry, grad_out)
+    _launch(
+        _BACKWARD[backend], backend, grad_x.numel(),
+        kernel_array(_planes(grad_out)), kernel_array(_planes(grad_x)),
+        kernel_array(index_y), kernel_array(weight_y),
+        kernel_array(index_x), kernel_array(weight_x),
+    )
+
+
+class InterpolateFunction(torch.autograd.Function):
+    """Numba kernels forward and backward (backend "cuda" or "cpu")."""
+
+    @staticmethod
+    def forward(ctx, x, geometry, backend):
+        x = x.contiguous()
+        out = x.new_empty((x.shape[0], x.shape[1], geometry.out_h, geometry.out_w))
+        _forward(backend, x, out, geometry)
+        ctx.geometry, ctx.backend, ctx.input_shape = geometry, backend, x.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grad_out = grad_out.contiguous()
+        grad_x = grad_out.new_empty(ctx.input_shape)
+        _backward(ctx.backend, grad_out, grad_x, ctx.geometry)
+        return grad_x, None, None
+
+
+def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, backend=None):
+    """Upsample (or downsample) a (N, C, H, W) tensor like ``F.interpolate``.
+
+    Args:
+        x: float16/bfloat16/float32/float64 tensor; half types are computed
+            in float32 and returned in their own dtype.
+        size: output size, an int or (H, W). Give this or ``scale_factor``.
+        scale_factor: a number or (sh, sw); the output size is
+            ``floor(in * scale_factor)`` and the coordinates use
+            ``1 / scale_factor``, as PyTorch does by default.
+        mode: "nearest", "nearest-exact" or "bilinear".
+        align_corners: bilinear only (default False).
+        backend: None/"auto", "cuda", "cpu" or "torch" (see backend.py).
+
+    Returns:
+        The resized tensor; differentiable with respect to ``x``.
+    """
+    op = "interpolate"
+    geometry = interpolation_geometry(x, size, scale_factor, mode, align_corners, op)
+    backend = resolve_backend(backend, [x], op)
+    compute_dtype = kernel_dtype(x.dtype)
+    x_compute = x.to(compute_dtype)
+    if backend == "torch":
+        out = interpolate_reference(x_compute, geometry, mode)
+    else:
+        out = InterpolateFunction.apply(x_compute, geometry, backend)
+    return out.to(x.dtype)

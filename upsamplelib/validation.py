@@ -1,0 +1,57 @@
+"""Input checks shared by every operator.
+
+Each raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind,
+wrong value) naming the operator and the offending shape, dtype or device,
+before any kernel is launched.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: dtypes the kernels compute in; half types are computed in float32.
+KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def shape_str(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in tensor.shape) + ")"
+
+
+def check_feature_map(tensor, name: str, op: str) -> None:
+    """A non-empty 4-D floating-point (N, C, H, W) torch tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() != 4:
+        raise ValueError(
+            f"{op}: {name} must be 4-D (N, C, H, W), got shape {shape_str(tensor)}"
+        )
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{op}: {name} must be a floating-point tensor (float16, bfloat16, "
+            f"float32 or float64), got {tensor.dtype}"
+        )
+    if tensor.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty, shape {shape_str(tensor)}")
+
+
+def check_positive_int(value, name: str, op: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{op}: {name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_odd_kernel_size(value, name: str, op: str) -> int:
+    value = check_positive_int(value, name, op)
+    if value % 2 == 0:
+        raise ValueError(f"{op}: {name} must be odd (the window is centred), got {value}")
+    return value
+
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a kernel computes in for inputs of ``dtype``."""
+    return dtype if dtype in KERNEL_DTYPES else torch.float32
