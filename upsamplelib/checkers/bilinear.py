@@ -1,0 +1,144 @@
+"""Checkers of lesson 02 (bilinear forward and backward)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backend import launch_config
+from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
+
+__all__ = [
+    "check_linear_index",
+    "check_bilinear_kernel",
+    "check_bilinear_scatter_kernel",
+    "check_bilinear_gather_kernel",
+    "check_bilinear_function",
+]
+
+_SIZE_PAIRS = [(1, 1), (1, 5), (5, 1), (2, 2), (3, 7), (7, 3), (4, 8), (10, 25), (25, 10), (6, 6)]
+
+
+def check_linear_index(linear_index):
+    """``linear_index(dst, in_size, out_size, align_corners) -> (i0, i1, w0, w1)``."""
+    what = "linear_index"
+    rng = np.random.default_rng(20)
+    for align_corners in (False, True):
+        for in_size, out_size in _SIZE_PAIRS:
+            values = rng.standard_normal(in_size).astype(np.float32)
+            got = np.empty(out_size, np.float32)
+            for dst in range(out_size):
+                i0, i1, w0, w1 = linear_index(dst, in_size, out_size, align_corners)
+                if not (0 <= i0 < in_size and 0 <= i1 < in_size):
+                    raise CheckFailed(
+                        f"{what}({dst}, {in_size}, {out_size}, align_corners={align_corners}) returned "
+                        f"indices ({i0}, {i1}) outside 0..{in_size - 1}.\n"
+                        "Hint: clamp the source coordinate at 0 and i0 at in_size - 1; i1 = i0 + 1 only if "
+                        "that is still inside"
+                    )
+                got[dst] = w0 * values[i0] + w1 * values[i1]
+            expected = F.interpolate(torch.from_numpy(values)[None, None], size=out_size, mode="linear",
+                                     align_corners=align_corners)[0, 0]
+            compare(expected, got, what=what,
+                    case=f"a line of {in_size} -> {out_size} values, align_corners={align_corners}",
+                    hint="align_corners=False: src = max((dst + 0.5) * in/out - 0.5, 0); "
+                         "align_corners=True: src = dst * (in - 1) / (out - 1); w1 = src - floor(src)")
+    passed(what, 2 * len(_SIZE_PAIRS))
+
+
+_SHAPES = [((1, 1, 1), (2, 3)), ((2, 4, 5), (9, 10)), ((2, 7, 3), (16, 7)), ((1, 9, 11), (5, 6)), ((1, 5, 5), (13, 11))]
+
+
+def _reference(x, size, align_corners):
+    x = torch.from_numpy(x).double().requires_grad_()
+    return x, F.interpolate(x[None], size=size, mode="bilinear", align_corners=align_corners)[0]
+
+
+def _kernel_case(kernel, n_threads, *arrays, what):
+    try:
+        launch_student_kernel(kernel, launch_config(n_threads, 64), *arrays)
+    except IndexError as error:
+        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
+                          "Hint: guard the body with a bounds check") from None
+
+
+def check_bilinear_kernel(kernel):
+    """``kernel(x, out, align_corners)``: (planes, H, W) -> (planes, H', W'),
+    one thread per output element."""
+    what = "bilinear_kernel"
+    rng = np.random.default_rng(21)
+    for align_corners in (False, True):
+        for (planes, h, w), size in _SHAPES:
+            x = rng.standard_normal((planes, h, w)).astype(np.float32)
+            out = np.full((planes,) + size, np.nan, np.float32)
+            _kernel_case(kernel, out.size, x, out, align_corners, what=what)
+            _, expected = _reference(x, size, align_corners)
+            compare(expected.detach().float(), out, what=what,
+                    case=f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}",
+                    hint="blend the four neighbours: first along the row with (wx0, wx1), then the two rows "
+                         "with (wy0, wy1)")
+    passed(what, 2 * len(_SHAPES))
+
+
+def _check_backward(kernel, what, one_thread_per, hint):
+    rng = np.random.default_rng(22)
+    for align_corners in (False, True):
+        for (planes, h, w), size in _SHAPES:
+            x = rng.standard_normal((planes, h, w)).astype(np.float32)
+            x_ref, out_ref = _reference(x, size, align_corners)
+            grad_out = rng.standard_normal(out_ref.shape).astype(np.float32)
+            (expected,) = torch.autograd.grad(out_ref, x_ref, torch.from_numpy(grad_out).double())
+            grad_x = np.zeros_like(x)
+            n_threads = grad_out.size if one_thread_per == "output" else grad_x.size
+            _kernel_case(kernel, n_threads, grad_out, grad_x, align_corners, what=what)
+            compare(expected.float(), grad_x, what=what,
+                    case=f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}",
+                    hint=hint)
+    passed(what, 2 * len(_SHAPES))
+
+
+def check_bilinear_scatter_kernel(kernel):
+    """``kernel(grad_out, grad_x, align_corners)``, one thread per output
+    element, adding its four weighted contributions into ``grad_x``
+    (zero-filled by the checker)."""
+    _check_backward(kernel, "bilinear_scatter_kernel", "output",
+                    "several outputs add into the same input pixel: use cuda.atomic.add(grad_x, (p, y, x), v)")
+
+
+def check_bilinear_gather_kernel(kernel):
+    """``kernel(grad_out, grad_x, align_corners)``, one thread per input
+    element, summing the outputs that read it; no atomics."""
+    what = "bilinear_gather_kernel"
+    source = inspect.getsource(getattr(kernel, "py_func", kernel))
+    if "atomic" in source:
+        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread writes only its own "
+                          "input pixel, so no atomics are needed; the kernel uses cuda.atomic.")
+    _check_backward(kernel, what, "input",
+                    "loop over the output rows and columns whose i0 or i1 is this pixel, and add "
+                    "w_y * w_x * grad_out for each")
+
+
+def check_bilinear_function(function_class):
+    """``function_class.apply(x, size, align_corners)``: a torch.autograd.Function
+    whose forward and backward run the student's kernels."""
+    what = "BilinearFunction"
+    torch.manual_seed(23)
+    for align_corners in (False, True):
+        x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+        size = (5, 7)
+        out = run_with_timeout(lambda: function_class.apply(x, size, align_corners), what="forward")
+        expected = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+        compare(expected.detach(), out.detach(), what=what, case=f"forward, align_corners={align_corners}",
+                rtol=1e-10, atol=1e-12, hint="forward should return the bilinear upsampling of x")
+        ok = run_with_timeout(
+            lambda: torch.autograd.gradcheck(lambda t: function_class.apply(t, size, align_corners), (x,),
+                                             raise_exception=False),
+            what="gradcheck",
+        )
+        if not ok:
+            raise CheckFailed(f"{what}: torch.autograd.gradcheck fails with align_corners={align_corners}.\n"
+                              "Hint: backward must return one gradient per forward input: (grad_x, None, None)")
+    passed(what, 2)

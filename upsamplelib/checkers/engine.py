@@ -1,0 +1,108 @@
+"""The machinery every checker shares: timeouts, comparisons, reports."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+import threading
+
+import numpy as np
+import torch
+
+#: Seconds a student kernel may run before it is reported as hung.
+DEFAULT_TIMEOUT = 60.0
+
+
+class CheckFailed(AssertionError):
+    """A student's code gave a wrong result; the message says where and why."""
+
+
+class KernelTimeout(CheckFailed):
+    """A student's kernel did not finish in time."""
+
+
+def _stop_thread(thread: threading.Thread) -> None:
+    # Simulated kernels are Python threads running Python code: an
+    # asynchronous exception ends a spinning one so it stops eating the CPU.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit)
+    )
+
+
+def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: str = "kernel"):
+    """Run ``function(*args)`` in a worker thread; raise KernelTimeout if it
+    has not returned after ``timeout`` seconds. Exceptions propagate."""
+    result, error = [], []
+    before = set(threading.enumerate())
+
+    def work():
+        try:
+            result.append(function(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=work, name="student-kernel", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        for thread in set(threading.enumerate()) - before:
+            _stop_thread(thread)
+        raise KernelTimeout(
+            f"the {what} did not finish within {timeout:g} s. Look for a loop whose "
+            "counter never reaches its bound, or threads waiting at cuda.syncthreads() "
+            "that others never reach (every thread of a block must call it)."
+        )
+    if error:
+        raise error[0]
+    return result[0] if result else None
+
+
+def launch_student_kernel(kernel, launch, *arrays, timeout: float = DEFAULT_TIMEOUT):
+    """``kernel[launch](*arrays)`` under the timeout. Host (NumPy) arrays are
+    copied to the GPU and back automatically, and taken as they are by the
+    simulator."""
+    run_with_timeout(lambda: kernel[launch](*arrays), timeout=timeout)
+
+
+def _as_numpy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def compare(expected, got, *, what: str, case: str, hint: str = "", exact: bool = False,
+            rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Raise CheckFailed at the first element where ``got`` differs from
+    ``expected`` (exactly, or beyond rtol/atol)."""
+    expected, got = _as_numpy(expected), _as_numpy(got)
+    if got.shape != expected.shape:
+        raise CheckFailed(
+            f"{what}: wrong shape for {case}: expected {expected.shape}, got {got.shape}."
+            + (f"\nHint: {hint}" if hint else "")
+        )
+    if exact:
+        bad = expected != got
+    else:
+        bad = ~np.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=False)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        count = int(bad.sum())
+        raise CheckFailed(
+            f"{what}: {count} of {bad.size} values wrong for {case}.\n"
+            f"First mismatch at index {index}: expected {expected[index]!r}, got {got[index]!r}."
+            + (f"\nHint: {hint}" if hint else "")
+        )
+
+
+def passed(what: str, cases: int) -> None:
+    print(f"PASS {what} ({cases} case{'s' if cases != 1 else ''})")
+
+
+def random_sizes(seed: int, count: int, low: int, high: int):
+    """Sizes for the cases of a check: always one that fits a single block
+    size exactly, one of size 1, and odd ones."""
+    rng = random.Random(seed)
+    sizes = [low, high]
+    while len(sizes) < count:
+        sizes.append(rng.randint(low, high) | 1)
+    return sizes[:count]

@@ -1,0 +1,110 @@
+"""Checkers of lesson 01 (nearest and nearest-exact)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backend import launch_config
+from ..interpolate import nearest_source_index
+from .engine import CheckFailed, compare, launch_student_kernel, passed
+
+__all__ = [
+    "check_nearest_index",
+    "check_nearest_exact_index",
+    "check_nearest_plane_kernel",
+    "check_nearest_kernel",
+    "FLOAT32_SENSITIVE_SIZES",
+]
+
+#: (in, out) pairs where computing the index in float64 instead of float32
+#: picks a different source pixel than PyTorch does.
+FLOAT32_SENSITIVE_SIZES = [(210, 400), (252, 114), (18, 492), (60, 232)]
+
+_SIZE_PAIRS = FLOAT32_SENSITIVE_SIZES + [(1, 1), (1, 7), (7, 1), (3, 3), (4, 8), (5, 12), (12, 5),
+                                         (9, 20), (20, 9), (64, 255), (255, 64), (100, 333)]
+
+
+def _reference_index(dst, in_size, out_size, exact):
+    scale = np.float32(in_size) / np.float32(out_size)
+    return int(nearest_source_index(dst, in_size, out_size, scale, exact, np.float32))
+
+
+def _check_index(student, exact, what, hint):
+    for in_size, out_size in _SIZE_PAIRS:
+        for dst in range(out_size):
+            expected = _reference_index(dst, in_size, out_size, exact)
+            got = student(dst, in_size, out_size)
+            if got != expected:
+                raise CheckFailed(
+                    f"{what}({dst}, in_size={in_size}, out_size={out_size}) returned {got!r}, "
+                    f"PyTorch uses input index {expected}.\nHint: {hint}"
+                )
+    passed(what, len(_SIZE_PAIRS))
+
+
+def check_nearest_index(nearest_index):
+    """``nearest_index(dst, in_size, out_size)`` for ``mode='nearest'`` with ``size=``."""
+    _check_index(
+        nearest_index, False, "nearest_index",
+        "floor(dst * scale) with scale = in_size / out_size, all in float32 "
+        "(float32(dst) * (float32(in_size) / float32(out_size))), then at most in_size - 1",
+    )
+
+
+def check_nearest_exact_index(nearest_exact_index):
+    """``nearest_exact_index(dst, in_size, out_size)`` for ``mode='nearest-exact'``."""
+    _check_index(
+        nearest_exact_index, True, "nearest_exact_index",
+        "centre = float32((dst + 0.5) * scale - 0.5) computed in float64, then "
+        "floor(float32(max(centre, 0) + 0.5)), then at most in_size - 1",
+    )
+
+
+_PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19))]
+
+
+def check_nearest_plane_kernel(kernel, block=(8, 8)):
+    """``kernel(x, out)``: nearest upsampling of one (H, W) plane, one thread
+    per output pixel on a 2-D grid whose first coordinate is the column."""
+    what = "nearest_plane_kernel"
+    rng = np.random.default_rng(10)
+    for (h, w), (out_h, out_w) in _PLANE_SHAPES:
+        x = rng.standard_normal((h, w)).astype(np.float32)
+        out = np.full((out_h, out_w), np.nan, np.float32)
+        grid = (math.ceil(out_w / block[0]), math.ceil(out_h / block[1]))
+        try:
+            launch_student_kernel(kernel, (grid, block), x, out)
+        except IndexError as error:
+            raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
+                              "Hint: guard with `if row < out.shape[0] and col < out.shape[1]:`") from None
+        expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
+        compare(expected, out, exact=True, what=what, case=f"{h}x{w} -> {out_h}x{out_w}",
+                hint="out[row, col] = x[nearest_index(row, ...), nearest_index(col, ...)]")
+    passed(what, len(_PLANE_SHAPES))
+
+
+_SHAPES = [((1, 1, 1), (2, 3)), ((2, 4, 5), (9, 10)), ((3, 7, 3), (16, 7)), ((2, 9, 11), (5, 6)), ((1, 5, 5), (23, 11))]
+
+
+def check_nearest_kernel(kernel, exact: bool = False):
+    """``kernel(x, out, exact)``: (planes, H, W) -> (planes, H', W') with one
+    thread per output element on a 1-D grid."""
+    what = "nearest_kernel" + (" (nearest-exact)" if exact else "")
+    mode = "nearest-exact" if exact else "nearest"
+    rng = np.random.default_rng(11)
+    for (planes, h, w), (out_h, out_w) in _SHAPES:
+        x = rng.standard_normal((planes, h, w)).astype(np.float32)
+        out = np.full((planes, out_h, out_w), np.nan, np.float32)
+        try:
+            launch_student_kernel(kernel, launch_config(out.size, 64), x, out, exact)
+        except IndexError as error:
+            raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
+                              "Hint: the last block runs past out.size; guard with `if i < out.size:`") from None
+        expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
+        compare(expected, out, exact=True, what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}",
+                hint="unravel i into (plane, row, col): col = i % W, row = (i // W) % H, plane = i // (W * H)")
+    passed(what, len(_SHAPES))
