@@ -117,3 +117,71 @@ def index_mapping_figure(in_size, out_size, sources, weights=None, title=""):
     axis.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def sample_positions_figure(in_size, rows, title=""):
+    """Where output pixels sample the input, along one axis.
+
+    The input pixels are drawn as cells (pixel ``i`` spans ``i - 0.5`` to
+    ``i + 0.5``, its centre at ``i``); each entry of ``rows`` is a pair
+    ``(label, positions)``: one line of markers at the input coordinates
+    where the output pixels' centres land, numbered by output index.
+    Markers outside the input (``< -0.5`` or ``> in_size - 0.5``) are drawn
+    hollow.
+    """
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 1.2 + 0.7 * len(rows)))
+    labels = axis.get_yaxis_transform()  # x in axes fractions, y in data
+    top = len(rows) + 0.3
+    for i in range(in_size):
+        axis.add_patch(plt.Rectangle((i - 0.5, top), 1.0, 0.6, fill=False, linewidth=1))
+        axis.plot([i], [top + 0.3], "o", color="black", markersize=4)
+        axis.text(i, top + 0.75, str(i), ha="center", va="bottom", fontsize=7)
+        axis.axvline(i, color="0.85", linewidth=0.8, zorder=0)
+    axis.text(-0.02, top + 0.3, "input", ha="right", va="center", transform=labels)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    low = -0.5
+    for row, (label, positions) in enumerate(rows):
+        level = len(rows) - 1 - row + 0.3
+        colour = colours[row % len(colours)]
+        for dst, position in enumerate(positions):
+            inside = -0.5 <= position <= in_size - 0.5
+            axis.plot([position], [level], "v", markersize=6, color=colour,
+                      markerfacecolor=colour if inside else "white")
+            axis.text(position, level - 0.3, str(dst), ha="center", va="top", fontsize=6)
+            low = min(low, position - 0.3)
+        axis.text(-0.02, level, label, ha="right", va="center", transform=labels)
+    high = max([in_size - 0.5] + [p + 0.3 for _, positions in rows for p in positions])
+    axis.set_xlim(low - 0.05, high + 0.05)
+    axis.set_ylim(-0.5, top + 1.2)
+    axis.axis("off")
+    axis.set_title(title)
+    figure.subplots_adjust(left=0.2, right=0.98, top=0.85, bottom=0.05)
+    return figure
+
+
+def show_maps(maps, titles=None, size: float = 3.0, annotate: bool = True, cmap="viridis"):
+    """A row of 2-D arrays (or tensors) on one shared colour scale, with a
+    colour bar; small maps get their values written in the cells (2 decimals)."""
+    import matplotlib.pyplot as plt
+
+    arrays = [np.asarray(_as_image(m), dtype=np.float64) for m in maps]
+    titles = titles or [""] * len(arrays)
+    low = min(float(a.min()) for a in arrays)
+    high = max(float(a.max()) for a in arrays)
+    if high == low:
+        low, high = low - 0.5, high + 0.5
+    figure, axes = plt.subplots(1, len(arrays), figsize=(size * len(arrays) + 0.8, size), squeeze=False)
+    for axis, array, title in zip(axes[0], arrays, titles):
+        image = axis.imshow(array, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+        if annotate and array.size <= 100:
+            middle = (low + high) / 2
+            for (row, col), value in np.ndenumerate(array):
+                axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="black" if value > middle else "white")
+        axis.set_title(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    return figure

@@ -24,9 +24,10 @@ class KernelTimeout(CheckFailed):
 def _stop_thread(thread: threading.Thread) -> None:
     # Simulated kernels are Python threads running Python code: an
     # asynchronous exception ends a spinning one so it stops eating the CPU.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit)
-    )
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit)
+        )
 
 
 def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: str = "kernel"):
@@ -89,7 +90,7 @@ def compare(expected, got, *, what: str, case: str, hint: str = "", exact: bool 
         count = int(bad.sum())
         raise CheckFailed(
             f"{what}: {count} of {bad.size} values wrong for {case}.\n"
-            f"First mismatch at index {index}: expected {expected[index]!r}, got {got[index]!r}."
+            f"First mismatch at index {index}: expected {expected[index].item()!r}, got {got[index].item()!r}."
             + (f"\nHint: {hint}" if hint else "")
         )
 

@@ -1,0 +1,125 @@
+"""The backend machinery: target choice, backend resolution, launch configuration."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from numba import cuda, prange
+
+from upsamplelib import backend
+
+
+def _import_message(env_updates):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("UPSAMPLELIB_QUIET", "NUMBA_ENABLE_CUDASIM", "UPSAMPLELIB_CUDA")}
+    env.update(env_updates)
+    result = subprocess.run([sys.executable, "-c", "import upsamplelib, numba; print(numba.config.ENABLE_CUDASIM)"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines(), result.stderr
+
+
+def test_import_says_once_where_kernels_run():
+    lines, stderr = _import_message({})
+    messages = [line for line in lines if line.startswith("upsamplelib:")]
+    assert len(messages) == 1
+    assert "kernels run" in messages[0]
+    assert stderr == ""
+
+
+def test_forcing_the_simulator():
+    lines, _ = _import_message({"UPSAMPLELIB_CUDA": "simulator"})
+    assert "UPSAMPLELIB_CUDA=simulator is set" in lines[0]
+    assert lines[-1] == "1"
+
+
+def test_user_flag_is_honoured():
+    lines, _ = _import_message({"NUMBA_ENABLE_CUDASIM": "1"})
+    assert "NUMBA_ENABLE_CUDASIM=1 is set" in lines[0]
+
+
+def test_quiet():
+    lines, _ = _import_message({"UPSAMPLELIB_QUIET": "1"})
+    assert not any(line.startswith("upsamplelib:") for line in lines)
+
+
+def test_bad_target_value_is_an_error():
+    env = dict(os.environ, UPSAMPLELIB_CUDA="tpu")
+    result = subprocess.run([sys.executable, "-c", "import upsamplelib"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "UPSAMPLELIB_CUDA='tpu'" in result.stderr
+
+
+def test_no_gpu_here_means_simulator():
+    if backend._driver_gpu_name() is None:
+        assert backend.SIMULATOR and backend.CUDA_TARGET == "simulator"
+
+
+@pytest.mark.parametrize("n,expected", [(1, (1, 32)), (32, (1, 32)), (33, (1, 64)), (256, (1, 256)),
+                                        (257, (2, 256)), (10**6, (3907, 256))])
+def test_launch_config(n, expected):
+    blocks, threads = backend.launch_config(n)
+    assert (blocks, threads) == expected
+    assert blocks * threads >= n and (blocks - 1) * threads < n
+
+
+def test_launch_config_rejects_empty():
+    with pytest.raises(ValueError):
+        backend.launch_config(0)
+
+
+def test_kernel_array_shares_memory_and_needs_contiguous():
+    tensor = torch.zeros(2, 3)
+    array = backend.kernel_array(tensor)
+    array[1, 2] = 5
+    assert tensor[1, 2] == 5
+    with pytest.raises(ValueError, match="contiguous"):
+        backend.kernel_array(tensor.t())
+
+
+def test_resolve_backend():
+    x = torch.zeros(1)
+    assert backend.resolve_backend(None, [x], "op") == "cpu"
+    assert backend.resolve_backend("auto", [x], "op") == "cpu"
+    assert backend.resolve_backend("torch", [x], "op") == "torch"
+    with pytest.raises(ValueError, match="unknown backend 3"):
+        backend.resolve_backend(3, [x], "op")
+    if backend.SIMULATOR:
+        assert backend.resolve_backend("cuda", [x], "op") == "cuda"
+
+
+def test_per_element_body_runs_on_both_targets():
+    """One body compiled for the CPU and called by a simulated/GPU kernel."""
+    def twice_plus(x, i):
+        return x[i] * x.dtype.type(2) + x.dtype.type(1)
+
+    body = backend.per_element(twice_plus)
+
+    @cuda.jit
+    def on_cuda(x, out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = body(x, i)
+
+    @backend.cpu_kernel
+    def on_cpu(x, out):
+        for i in prange(out.size):
+            out[i] = body(x, i)
+
+    x = np.arange(37, dtype=np.float32)
+    a, b = np.zeros_like(x), np.zeros_like(x)
+    on_cuda[backend.launch_config(x.size)](x, a)
+    on_cpu(x, b)
+    np.testing.assert_array_equal(a, x * 2 + 1)
+    np.testing.assert_array_equal(b, x * 2 + 1)
+
+
+def test_fma_rounds_once():
+    a, b, c = np.float32(1 + 2**-12), np.float32(1 - 2**-12), np.float32(-1)
+    # a*b = 1 - 2**-24 exactly: representable in float32 only with a single rounding
+    assert backend.fma(a, b, c) == np.float32(-(2**-24))
+    assert backend.fma(1.0 + 2**-30, 1.0 - 2**-30, -1.0) == -(2**-60)

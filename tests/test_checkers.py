@@ -1,0 +1,98 @@
+"""The checkers pass right answers, and explain wrong ones."""
+
+import time
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from upsamplelib import checkers
+
+# The hung-kernel test ends simulator threads with SystemExit, which pytest
+# (unlike Python's default thread hook) reports as a warning.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@cuda.jit
+def good_scale(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def unguarded_scale(x, out, factor):
+    i = cuda.grid(1)
+    out[i] = x[i] * factor
+
+
+@cuda.jit
+def off_by_one_scale(x, out, factor):
+    i = cuda.grid(1)
+    if 0 < i < out.size:
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def never_ends(x, out, factor):
+    i = cuda.grid(1)
+    j = 0
+    while j < 10:
+        if i < out.size:
+            out[i] = factor
+
+
+def test_pass_prints_one_line(capsys):
+    checkers.check_scale_kernel(good_scale)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("PASS scale_kernel")
+
+
+def test_missing_bounds_guard_gets_a_hint():
+    with pytest.raises(checkers.CheckFailed, match="if i < out.size"):
+        checkers.check_scale_kernel(unguarded_scale)
+
+
+def test_first_mismatch_is_reported_with_expected_and_got():
+    with pytest.raises(checkers.CheckFailed, match=r"First mismatch at index \(0,\): expected .*, got 0\.0"):
+        checkers.check_scale_kernel(off_by_one_scale)
+
+
+def test_hung_kernel_is_reported_not_waited_on():
+    start = time.monotonic()
+    with pytest.raises(checkers.KernelTimeout, match="did not finish within 2 s"):
+        checkers.launch_student_kernel(never_ends, (1, 32), np.zeros(4, np.float32), np.zeros(4, np.float32),
+                                       np.float32(1), timeout=2)
+    assert time.monotonic() - start < 10
+
+
+def test_unsolved_exercise_reports_not_implemented():
+    def launch_config(n, threads_per_block):
+        raise NotImplementedError("Exercise 00.2: write this part")
+
+    with pytest.raises(NotImplementedError, match="Exercise 00.2"):
+        checkers.check_launch_config(launch_config)
+
+
+def test_wrong_launch_config_is_explained():
+    with pytest.raises(checkers.CheckFailed, match="round up"):
+        checkers.check_launch_config(lambda n, t: (n // t, t))
+    with pytest.raises(checkers.CheckFailed, match="no work"):
+        checkers.check_launch_config(lambda n, t: (n // t + 1, t))
+
+
+def test_nearest_index_checker_catches_float64_index_math():
+    from upsamplelib.checkers.nearest import check_nearest_index
+
+    def float64_rule(dst, in_size, out_size):
+        return min(int(np.floor(dst * in_size / out_size)), in_size - 1)
+
+    with pytest.raises(checkers.CheckFailed, match="float32"):
+        check_nearest_index(float64_rule)
+
+
+def test_nearest_index_checker_passes_the_library_rule(capsys):
+    from upsamplelib.checkers.nearest import _reference_index, check_nearest_index
+
+    check_nearest_index(lambda d, i, o: _reference_index(d, i, o, False))
+    assert capsys.readouterr().out.startswith("PASS nearest_index")
