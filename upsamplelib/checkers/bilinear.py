@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..backend import launch_config
 from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
+from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
 
 __all__ = [
     "check_linear_index",
@@ -34,6 +35,13 @@ def check_linear_index(linear_index):
             got = np.empty(out_size, np.float32)
             for dst in range(out_size):
                 i0, i1, w0, w1 = linear_index(dst, in_size, out_size, align_corners)
+                for name, index in (("i0", i0), ("i1", i1)):
+                    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                        raise CheckFailed(
+                            f"{what}({dst}, {in_size}, {out_size}, align_corners={align_corners}) returned "
+                            f"{name} = {index!r} of type {type(index).__name__}; an index must be an int.\n"
+                            f"Hint: {FLOAT_INDEX_HINT}"
+                        )
                 if not (0 <= i0 < in_size and 0 <= i1 < in_size):
                     raise CheckFailed(
                         f"{what}({dst}, {in_size}, {out_size}, align_corners={align_corners}) returned "
@@ -65,6 +73,10 @@ def _kernel_case(kernel, n_threads, *arrays, what):
     except IndexError as error:
         raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
                           "Hint: guard the body with a bounds check") from None
+    except Exception as error:
+        if _is_float_index_error(error):
+            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
+        raise
 
 
 def check_bilinear_kernel(kernel):

@@ -46,8 +46,11 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        for thread in set(threading.enumerate()) - before:
+        stuck = set(threading.enumerate()) - before
+        for thread in stuck:
             _stop_thread(thread)
+        for thread in stuck:
+            thread.join(5)
         raise KernelTimeout(
             f"the {what} did not finish within {timeout:g} s. Look for a loop whose "
             "counter never reaches its bound, or threads waiting at cuda.syncthreads() "

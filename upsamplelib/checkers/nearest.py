@@ -28,6 +28,16 @@ _SIZE_PAIRS = FLOAT32_SENSITIVE_SIZES + [(1, 1), (1, 7), (7, 1), (3, 3), (4, 8),
                                          (9, 20), (20, 9), (64, 255), (255, 64), (100, 333)]
 
 
+#: What a checker says when a kernel indexes an array with a float (on a GPU
+#: this is a compile error: Numba-CUDA's math.floor returns a float).
+FLOAT_INDEX_HINT = ("an array index is a float. On the GPU `math.floor` returns a float (in Python, and so "
+                    "in the simulator, it returns an int): write `int(math.floor(...))`")
+
+
+def _is_float_index_error(error: Exception) -> bool:
+    return "array index type float" in str(error)
+
+
 def _reference_index(dst, in_size, out_size, exact):
     scale = np.float32(in_size) / np.float32(out_size)
     return int(nearest_source_index(dst, in_size, out_size, scale, exact, np.float32))
@@ -38,6 +48,11 @@ def _check_index(student, exact, what, hint):
         for dst in range(out_size):
             expected = _reference_index(dst, in_size, out_size, exact)
             got = student(dst, in_size, out_size)
+            if isinstance(got, bool) or not isinstance(got, (int, np.integer)):
+                raise CheckFailed(
+                    f"{what}({dst}, in_size={in_size}, out_size={out_size}) returned {got!r} of type "
+                    f"{type(got).__name__}; an index must be an int.\nHint: {FLOAT_INDEX_HINT}"
+                )
             if got != expected:
                 raise CheckFailed(
                     f"{what}({dst}, in_size={in_size}, out_size={out_size}) returned {got!r}, "
@@ -81,6 +96,10 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
         except IndexError as error:
             raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
                               "Hint: guard with `if row < out.shape[0] and col < out.shape[1]:`") from None
+        except Exception as error:
+            if _is_float_index_error(error):
+                raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
+            raise
         expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
         compare(expected, out, exact=True, what=what, case=f"{h}x{w} -> {out_h}x{out_w}",
                 hint="out[row, col] = x[nearest_index(row, ...), nearest_index(col, ...)]")
@@ -104,6 +123,10 @@ def check_nearest_kernel(kernel, exact: bool = False):
         except IndexError as error:
             raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
                               "Hint: the last block runs past out.size; guard with `if i < out.size:`") from None
+        except Exception as error:
+            if _is_float_index_error(error):
+                raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
+            raise
         expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
         compare(expected, out, exact=True, what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}",
                 hint="unravel i into (plane, row, col): col = i % W, row = (i // W) % H, plane = i // (W * H)")
