@@ -20,8 +20,9 @@ __all__ = [
     "FLOAT32_SENSITIVE_SIZES",
 ]
 
-#: (in, out) pairs where computing the index in float64 instead of float32
-#: picks a different source pixel than PyTorch does.
+#: (in, out) pairs where the exact index, floor(dst * in / out) in float64,
+#: picks a different source pixel than PyTorch's float32 computation does.
+#: (For (18, 492), float64 floor(dst * (in / out)) happens to agree with float32.)
 FLOAT32_SENSITIVE_SIZES = [(210, 400), (252, 114), (18, 492), (60, 232)]
 
 _SIZE_PAIRS = FLOAT32_SENSITIVE_SIZES + [(1, 1), (1, 7), (7, 1), (3, 3), (4, 8), (5, 12), (12, 5),
