@@ -26,7 +26,7 @@ def test_the_check_fails_for_an_unregistered_kernel():
         import compile_ptx
         from numba import cuda
         import importlib
-        module = importlib.import_module("upsamplelib.interpolate")
+        module = importlib.import_module("upsamplelib.ops.interpolate")
 
         def rogue(x):
             x[0] = 1

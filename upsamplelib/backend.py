@@ -1,6 +1,6 @@
 """Where kernels run, and how tensors reach them.
 
-Every operator file (``interpolate.py``, ``carafe.py``, ...) launches its
+Every operator file (``ops/interpolate.py``, ``ops/carafe.py``, ...) launches its
 kernels through this module, so the machinery lives here once:
 
 * the CUDA target: a real GPU, or Numba's CUDA simulator when there is none.

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import launch_config
-from ..interpolate import nearest_source_index
+from ..ops.interpolate import nearest_source_index
 from .engine import CheckFailed, compare, launch_student_kernel, passed
 
 __all__ = [

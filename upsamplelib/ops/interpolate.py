@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from numba import cuda, int64, prange, types
 
-from .backend import (
+from ..backend import (
     cpu_kernel,
     cuda_kernel,
     fma,
@@ -37,7 +37,7 @@ from .backend import (
     per_element,
     resolve_backend,
 )
-from .validation import check_feature_map, kernel_dtype
+from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
 
