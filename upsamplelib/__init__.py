@@ -7,7 +7,8 @@ that is why ``backend`` is imported before anything that imports numba.
 
 from . import backend  # noqa: I001  (must come first: it configures numba)
 from .backend import CUDA_TARGET, SIMULATOR
+from .ops.carafe import CARAFE, carafe
 from .ops.interpolate import interpolate
 
-__all__ = ["interpolate", "backend", "CUDA_TARGET", "SIMULATOR"]
+__all__ = ["interpolate", "carafe", "CARAFE", "backend", "CUDA_TARGET", "SIMULATOR"]
 __version__ = "0.1.0"

@@ -1,0 +1,454 @@
+"""CARAFE: content-aware reassembly of features (Wang et al., ICCV 2019).
+
+``ul.carafe(x, masks, kernel_size, scale, group=1)`` reassembles a low-res
+feature map ``x: (N, C, h, w)`` with per-pixel kernels
+``masks: (N, G*k*k, s*h, s*w)`` (already normalised)::
+
+    out[n, c, Y, X] = sum_t masks[n, g(c)*k*k + t, Y, X] * x[n, c, Y//s + dy_t, X//s + dx_t]
+
+with window slot ``t = (dy + r) * k + (dx + r)``, ``r = (k - 1) // 2``, group
+``g(c) = c // (C // G)`` and zero padding outside the map (weights are not
+renormalised at the border). ``ul.CARAFE`` is the whole upsampler: kernel
+prediction (channel compressor, content encoder, pixel shuffle, softmax)
+followed by this reassembly, with mmcv's ``CARAFEPack`` parameter names.
+
+Backends: ``cuda`` (Numba-CUDA, one thread per output element, GPU or
+simulator), ``cpu`` (Numba CPU loops that walk whole rows so the vector
+units work; same index helpers and the same order of additions as the CUDA
+bodies, so the two agree bit for bit in the forward) and ``torch`` (the
+plain-PyTorch unfold formulation, the reference).
+
+The backward is two gathers, no atomics: the gradient of an input pixel sums
+the ``s*s*k*k`` outputs that read it; the gradient of a mask value sums
+``grad_out * x`` over the channels of its group.
+
+Dtypes: ``x`` and ``masks`` may differ (as under autocast, where mmcv's
+CARAFE fails): both are promoted to ``torch.promote_types(x.dtype,
+masks.dtype)``, which is also the result dtype; half types are computed in
+float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import numpy as np
+from numba import cuda, int64, prange
+
+from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, launch, per_element, resolve_backend
+from ..validation import (
+    check_feature_map,
+    check_odd_kernel_size,
+    check_positive_int,
+    kernel_dtype,
+    shape_str,
+)
+
+# --------------------------------------------------------------------------
+# Per-element bodies, shared by the CUDA kernels and the CPU loops
+# --------------------------------------------------------------------------
+
+
+def _unravel4(i, channels, height, width):
+    """(n, c, y, x) of flat index ``i`` in a (N, C, H, W) array. All int64:
+    a (1, 64, 4096, 4096) map already has 2**30 elements."""
+    x = i % width
+    rest = i // width
+    y = rest % height
+    rest = rest // height
+    return rest // channels, rest % channels, y, x
+
+
+def _window_origin(Y, scale, radius):
+    """Low-res row (or column) of the top-left slot of output Y's window."""
+    return Y // scale - radius
+
+
+def _slot_of(group, dy, dx, kernel_size):
+    """Mask channel of window slot (dy, dx) of a group: group outer, row-major."""
+    return (group * kernel_size + dy) * kernel_size + dx
+
+
+def _reassemble(x, masks, n, c, Y, X, kernel_size, scale, group_channels):
+    """out[n, c, Y, X]: the k x k window of x around (Y//s, X//s), weighted by
+    the kernel that masks holds for output pixel (Y, X)."""
+    radius = (kernel_size - 1) // 2
+    group = c // group_channels
+    top, left = window_origin(Y, scale, radius), window_origin(X, scale, radius)
+    height, width = x.shape[2], x.shape[3]
+    total = x.dtype.type(0)
+    for dy in range(kernel_size):
+        row = top + dy
+        if 0 <= row < height:  # outside the map: a zero feature, its weight unused
+            for dx in range(kernel_size):
+                col = left + dx
+                if 0 <= col < width:
+                    total = fma(masks[n, slot_of(group, dy, dx, kernel_size), Y, X], x[n, c, row, col], total)
+    return total
+
+
+def _grad_feature(grad_out, masks, n, c, row, col, kernel_size, scale, group_channels):
+    """d loss / d x[n, c, row, col]: the outputs whose window holds this pixel.
+
+    Window slot (dy, dx) of output (Y, X) reads row Y//s + dy - r, so the
+    outputs reading ``row`` through slot dy are attached to low-res row
+    ``row - dy + r``: its ``s`` output rows. Same for columns.
+    """
+    radius = (kernel_size - 1) // 2
+    group = c // group_channels
+    height, width = grad_out.shape[2] // scale, grad_out.shape[3] // scale
+    total = grad_out.dtype.type(0)
+    for dy in range(kernel_size):
+        anchor_row = row - dy + radius
+        if 0 <= anchor_row < height:
+            for dx in range(kernel_size):
+                anchor_col = col - dx + radius
+                if 0 <= anchor_col < width:
+                    slot = slot_of(group, dy, dx, kernel_size)
+                    for sy in range(scale):
+                        Y = anchor_row * scale + sy
+                        for sx in range(scale):
+                            X = anchor_col * scale + sx
+                            total = fma(masks[n, slot, Y, X], grad_out[n, c, Y, X], total)
+    return total
+
+
+def _grad_mask(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels):
+    """d loss / d masks[n, slot, Y, X]: sum over the group's channels of
+    grad_out times the feature that slot reads (0 outside the map)."""
+    kernel_area = kernel_size * kernel_size
+    radius = (kernel_size - 1) // 2
+    t = slot % kernel_area
+    row = window_origin(Y, scale, radius) + t // kernel_size
+    col = window_origin(X, scale, radius) + t % kernel_size
+    group = slot // kernel_area
+    total = x.dtype.type(0)
+    if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+        for c in range(group * group_channels, (group + 1) * group_channels):
+            total = fma(grad_out[n, c, Y, X], x[n, c, row, col], total)
+    return total
+
+
+unravel4 = per_element(_unravel4)
+window_origin = per_element(_window_origin)
+slot_of = per_element(_slot_of)
+reassemble = per_element(_reassemble)
+grad_feature = per_element(_grad_feature)
+grad_mask = per_element(_grad_mask)
+
+
+# --------------------------------------------------------------------------
+# CUDA kernels: one thread per element of what they write
+# --------------------------------------------------------------------------
+
+
+def _signature(T):
+    return (T[:, :, :, ::1], T[:, :, :, ::1], T[:, :, :, ::1], int64, int64, int64)
+
+
+@cuda_kernel(_signature)
+def carafe_forward_kernel(x, masks, out, kernel_size, scale, group_channels):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        out[n, c, Y, X] = reassemble(x, masks, n, c, Y, X, kernel_size, scale, group_channels)
+
+
+@cuda_kernel(_signature)
+def carafe_grad_feature_kernel(grad_out, masks, grad_x, kernel_size, scale, group_channels):
+    i = cuda.grid(1)
+    if i < grad_x.size:
+        n, c, row, col = unravel4(i, grad_x.shape[1], grad_x.shape[2], grad_x.shape[3])
+        grad_x[n, c, row, col] = grad_feature(grad_out, masks, n, c, row, col, kernel_size, scale,
+                                              group_channels)
+
+
+@cuda_kernel(_signature)
+def carafe_grad_mask_kernel(grad_out, x, grad_masks, kernel_size, scale, group_channels):
+    i = cuda.grid(1)
+    if i < grad_masks.size:
+        n, slot, Y, X = unravel4(i, grad_masks.shape[1], grad_masks.shape[2], grad_masks.shape[3])
+        grad_masks[n, slot, Y, X] = grad_mask(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels)
+
+
+# --------------------------------------------------------------------------
+# CPU loops. A thread per element would leave the CPU's vector units idle,
+# so these walk whole rows: for each window slot, one contiguous multiply-add
+# over the row. That needs x "upsampled along the columns" first:
+#     columns[n, c, row, j] = x[n, c, row, j // s - r]   (0 outside the map)
+# so that slot dx of output X reads columns[..., X + dx*s]. Same index math
+# (window_origin, slot_of), same order of additions as the CUDA bodies.
+# --------------------------------------------------------------------------
+
+
+@cpu_kernel
+def upsample_columns_cpu(x, scale, radius, columns):
+    batch, channels, height, width = x.shape
+    for line in prange(batch * channels * height):
+        n, c, row = line // (channels * height), (line // height) % channels, line % height
+        for j in range(columns.shape[3]):
+            col = j // scale - radius
+            columns[n, c, row, j] = x[n, c, row, col] if 0 <= col < width else x.dtype.type(0)
+
+
+@cpu_kernel
+def carafe_forward_cpu(columns, masks, out, kernel_size, scale, group_channels):
+    batch, channels, height, width = out.shape
+    low_height = columns.shape[2]
+    radius = (kernel_size - 1) // 2
+    for line in prange(batch * channels * height):
+        n, c, Y = line // (channels * height), (line // height) % channels, line % height
+        top = window_origin(Y, scale, radius)
+        total = np.zeros(width, out.dtype)
+        for dy in range(kernel_size):
+            if 0 <= top + dy < low_height:
+                for dx in range(kernel_size):
+                    weights = masks[n, slot_of(c // group_channels, dy, dx, kernel_size), Y]
+                    values = columns[n, c, top + dy, dx * scale: dx * scale + width]
+                    for X in range(width):
+                        total[X] = fma(weights[X], values[X], total[X])
+        out[n, c, Y, :] = total
+
+
+@cpu_kernel
+def carafe_grad_feature_cpu(grad_out, masks, grad_x, kernel_size, scale, group_channels):
+    batch, channels, height, width = grad_x.shape
+    out_width = grad_out.shape[3]
+    radius = (kernel_size - 1) // 2
+    for line in prange(batch * channels * height):
+        n, c, row = line // (channels * height), (line // height) % channels, line % height
+        # Gradient of columns[n, c, row, :]; x's column col gathers its s entries.
+        total = np.zeros((width + 2 * radius) * scale, grad_x.dtype)
+        for dy in range(kernel_size):
+            anchor = row - dy + radius  # the low-res row whose slot dy reads `row`
+            if 0 <= anchor < height:
+                for Y in range(anchor * scale, anchor * scale + scale):
+                    grads = grad_out[n, c, Y]
+                    for dx in range(kernel_size):
+                        weights = masks[n, slot_of(c // group_channels, dy, dx, kernel_size), Y]
+                        segment = total[dx * scale: dx * scale + out_width]
+                        for X in range(out_width):
+                            segment[X] = fma(weights[X], grads[X], segment[X])
+        for col in range(width):
+            grad_x[n, c, row, col] = total[(col + radius) * scale: (col + radius + 1) * scale].sum()
+
+
+@cpu_kernel
+def carafe_grad_mask_cpu(grad_out, columns, grad_masks, kernel_size, scale, group_channels):
+    batch, slots, height, width = grad_masks.shape
+    low_height = columns.shape[2]
+    radius = (kernel_size - 1) // 2
+    groups = slots // (kernel_size * kernel_size)
+    for line in prange(batch * groups * height):
+        n, group, Y = line // (groups * height), (line // height) % groups, line % height
+        top = window_origin(Y, scale, radius)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                total = np.zeros(width, grad_masks.dtype)
+                if 0 <= top + dy < low_height:
+                    for c in range(group * group_channels, (group + 1) * group_channels):
+                        grads = grad_out[n, c, Y]
+                        values = columns[n, c, top + dy, dx * scale: dx * scale + width]
+                        for X in range(width):
+                            total[X] = fma(grads[X], values[X], total[X])
+                grad_masks[n, slot_of(group, dy, dx, kernel_size), Y, :] = total
+
+
+_KERNELS = {
+    "cuda": (carafe_forward_kernel, carafe_grad_feature_kernel, carafe_grad_mask_kernel),
+    "cpu": (carafe_forward_cpu, carafe_grad_feature_cpu, carafe_grad_mask_cpu),
+}
+
+
+def _launch(kernel, backend, target, *arrays_and_ints):
+    """Run ``kernel`` writing ``target`` (one thread per element on CUDA)."""
+    args = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in arrays_and_ints]
+    if backend == "cuda":
+        launch(kernel, target.numel(), *args)
+    else:
+        kernel(*args)
+
+
+def _upsampled_columns(x, kernel_size, scale):
+    """x upsampled along its columns, zero-padded by the window radius (the
+    input of the CPU loops; s times the size of x, not k*k*s*s times)."""
+    radius = (kernel_size - 1) // 2
+    n, channels, height, width = x.shape
+    columns = x.new_empty((n, channels, height, (width + 2 * radius) * scale))
+    upsample_columns_cpu(kernel_array(x), scale, radius, kernel_array(columns))
+    return columns
+
+
+# --------------------------------------------------------------------------
+# Reference (backend="torch"): the unfold formulation of pure-PyTorch ports
+# --------------------------------------------------------------------------
+
+
+def carafe_reference(x, masks, kernel_size, scale, group=1):
+    """CARAFE in plain PyTorch: unfold every k x k window, repeat each window
+    for the s x s outputs attached to it, weight and sum. Simple, and it
+    materialises C*k*k*(s*h)*(s*w) values: the memory the kernels avoid."""
+    n, channels, height, width = x.shape
+    area = kernel_size * kernel_size
+    windows = F.unfold(x, kernel_size, padding=(kernel_size - 1) // 2)
+    windows = windows.view(n, group, channels // group, area, height, width)
+    windows = windows.repeat_interleave(scale, dim=4).repeat_interleave(scale, dim=5)
+    weights = masks.view(n, group, 1, area, scale * height, scale * width)
+    return (windows * weights).sum(dim=3).view(n, channels, scale * height, scale * width)
+
+
+# --------------------------------------------------------------------------
+# Autograd glue
+# --------------------------------------------------------------------------
+
+
+class CarafeFunction(torch.autograd.Function):
+    """Numba kernels forward and backward (backend "cuda" or "cpu")."""
+
+    @staticmethod
+    def forward(ctx, x, masks, kernel_size, scale, group, backend):
+        x, masks = x.contiguous(), masks.contiguous()
+        forward_kernel = _KERNELS[backend][0]
+        out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
+        group_channels = x.shape[1] // group
+        source = _upsampled_columns(x, kernel_size, scale) if backend == "cpu" else x
+        _launch(forward_kernel, backend, out, source, masks, out, kernel_size, scale, group_channels)
+        ctx.save_for_backward(x, masks)
+        ctx.config = (kernel_size, scale, group_channels, backend)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, masks = ctx.saved_tensors
+        kernel_size, scale, group_channels, backend = ctx.config
+        _, feature_kernel, mask_kernel = _KERNELS[backend]
+        grad_out = grad_out.contiguous()
+        grad_x = grad_masks = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            _launch(feature_kernel, backend, grad_x, grad_out, masks, grad_x, kernel_size, scale, group_channels)
+        if ctx.needs_input_grad[1]:
+            grad_masks = torch.empty_like(masks)
+            source = _upsampled_columns(x, kernel_size, scale) if backend == "cpu" else x
+            _launch(mask_kernel, backend, grad_masks, grad_out, source, grad_masks, kernel_size, scale,
+                    group_channels)
+        return grad_x, grad_masks, None, None, None, None
+
+
+def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
+    """Validate the arguments of ``carafe``; raise before any launch."""
+    check_feature_map(x, "x", op)
+    check_feature_map(masks, "masks", op)
+    kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", op)
+    scale = check_positive_int(scale, "scale", op)
+    group = check_positive_int(group, "group", op)
+    n, channels, height, width = x.shape
+    if channels % group != 0:
+        raise ValueError(f"{op}: group={group} must divide the {channels} channels of x")
+    if masks.shape[0] != n:
+        raise ValueError(f"{op}: batch sizes differ: x {shape_str(x)}, masks {shape_str(masks)}")
+    expected_slots = group * kernel_size * kernel_size
+    if masks.shape[1] != expected_slots:
+        raise ValueError(
+            f"{op}: masks has {masks.shape[1]} channels; expected group * kernel_size**2 = "
+            f"{group} * {kernel_size}**2 = {expected_slots} (masks {shape_str(masks)})"
+        )
+    if (masks.shape[2], masks.shape[3]) != (scale * height, scale * width):
+        raise ValueError(
+            f"{op}: masks must be exactly scale x the size of x: expected spatial size "
+            f"({scale * height}, {scale * width}) for x {shape_str(x)} and scale={scale}, "
+            f"got masks {shape_str(masks)}"
+        )
+    if x.device != masks.device:
+        raise ValueError(f"{op}: x is on {x.device} but masks on {masks.device}")
+    return kernel_size, scale, group
+
+
+def carafe(x, masks, kernel_size, scale, group=1, backend=None):
+    """CARAFE reassembly (see the module docstring for the exact formula).
+
+    Args:
+        x: (N, C, h, w) features.
+        masks: (N, group*kernel_size**2, scale*h, scale*w) reassembly kernels,
+            already normalised (e.g. softmax over each group's k*k slots).
+        kernel_size: odd window size k.
+        scale: integer upsampling factor s.
+        group: channel groups G (each uses its own kernels); must divide C.
+        backend: None/"auto", "cuda", "cpu" or "torch".
+
+    Returns:
+        (N, C, scale*h, scale*w), dtype ``torch.promote_types(x.dtype, masks.dtype)``;
+        differentiable with respect to ``x`` and ``masks``.
+    """
+    op = "carafe"
+    kernel_size, scale, group = check_carafe_arguments(x, masks, kernel_size, scale, group, op)
+    backend = resolve_backend(backend, [x, masks], op)
+    result_dtype = torch.promote_types(x.dtype, masks.dtype)
+    compute_dtype = kernel_dtype(result_dtype)
+    x, masks = x.to(compute_dtype), masks.to(compute_dtype)
+    if backend == "torch":
+        out = carafe_reference(x, masks, kernel_size, scale, group)
+    else:
+        out = CarafeFunction.apply(x, masks, kernel_size, scale, group, backend)
+    return out.to(result_dtype)
+
+
+# --------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------
+
+
+class CARAFE(nn.Module):
+    """The CARAFE upsampler: predict a k x k kernel per output pixel from the
+    content, then reassemble ``x`` with it. A drop-in replacement for
+    ``F.interpolate(x, scale_factor=scale)`` in a decoder.
+
+    Parameter names follow mmcv's ``CARAFEPack`` (``channel_compressor``,
+    ``content_encoder``), so its checkpoints load with ``load_state_dict``.
+    """
+
+    def __init__(self, channels, scale=2, up_kernel=5, up_group=1, encoder_kernel=3,
+                 encoder_dilation=1, compressed_channels=64):
+        super().__init__()
+        check_positive_int(channels, "channels", "CARAFE")
+        self.channels = channels
+        self.scale = check_positive_int(scale, "scale", "CARAFE")
+        self.up_kernel = check_odd_kernel_size(up_kernel, "up_kernel", "CARAFE")
+        self.up_group = check_positive_int(up_group, "up_group", "CARAFE")
+        if channels % up_group:
+            raise ValueError(f"CARAFE: up_group={up_group} must divide channels={channels}")
+        encoder_kernel = check_odd_kernel_size(encoder_kernel, "encoder_kernel", "CARAFE")
+        self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
+        self.content_encoder = nn.Conv2d(
+            compressed_channels,
+            scale * scale * up_group * up_kernel * up_kernel,
+            encoder_kernel,
+            padding=(encoder_kernel - 1) * encoder_dilation // 2,
+            dilation=encoder_dilation,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for conv in (self.channel_compressor, self.content_encoder):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        # Near-zero logits: the kernels start almost uniform (mmcv's init).
+        nn.init.normal_(self.content_encoder.weight, std=0.001)
+
+    def kernels(self, x):
+        """The normalised reassembly kernels, (N, G*k*k, s*h, s*w)."""
+        logits = self.content_encoder(self.channel_compressor(x))
+        logits = F.pixel_shuffle(logits, self.scale)
+        n, slots, height, width = logits.shape
+        area = self.up_kernel * self.up_kernel
+        weights = F.softmax(logits.view(n, slots // area, area, height, width), dim=2)
+        return weights.view(n, slots, height, width)
+
+    def forward(self, x):
+        return carafe(x, self.kernels(x), self.up_kernel, self.scale, self.up_group)
+
+    def extra_repr(self):
+        return (f"channels={self.channels}, scale={self.scale}, up_kernel={self.up_kernel}, "
+                f"up_group={self.up_group}")
