@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import textwrap
 import time
 
 os.environ.setdefault("UPSAMPLELIB_QUIET", "1")
@@ -46,7 +48,78 @@ def median_ms(function, repeat: int, warmup: int = 3) -> float:
 
 
 def report(name: str, ours: float, baseline: float, baseline_name: str) -> None:
-    print(f"{name:<44} ours {ours:9.3f} ms   {baseline_name} {baseline:9.3f} ms   ratio {ours / baseline:5.2f}")
+    print(f"{name:<44} ours {ours:9.3f} ms   {baseline_name} {baseline:9.3f} ms   ratio {ours / baseline:5.2f}"
+          f"   (speedup {baseline / ours:6.1f}x)")
+
+
+def peak_extra_memory_mb(setup: str, statement: str, device: str = "cpu") -> float:
+    """Peak memory (MB) that ``statement`` allocates beyond what ``setup``
+    left allocated, measured in a fresh process: on the CPU the rise of the
+    resident-set high-water mark (after a warm-up on tiny inputs, so that
+    compilation is not counted; MB-granular, as the OS counts pages), on a
+    GPU torch's allocator peak."""
+    code = textwrap.dedent(f"""
+        import os, resource, sys
+        os.environ["UPSAMPLELIB_QUIET"] = "1"
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+        import torch
+        import upsamplelib as ul
+        device = {device!r}
+        def peak():
+            if device == "cuda":
+                return torch.cuda.max_memory_allocated()
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+            # parent process across fork and exec.
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        SIZE = "tiny"
+        {textwrap.indent(setup, "        ").strip()}
+        {statement}
+        SIZE = "full"
+        {textwrap.indent(setup, "        ").strip()}
+        if device == "cuda":
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        before = peak() if device == "cuda" else peak()
+        base = torch.cuda.memory_allocated() if device == "cuda" else before
+        {statement}
+        if device == "cuda":
+            torch.cuda.synchronize()
+        print((peak() - base) / 2**20)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def report_memory(name: str, ours: float, baseline: float, baseline_name: str) -> None:
+    fraction = ours / baseline if baseline > 0 else float("nan")
+    print(f"{name:<44} ours {ours:9.1f} MB   {baseline_name} {baseline:9.1f} MB   ratio {fraction:5.3f}")
+
+
+def gpu_kernel_ms(function, repeat: int) -> float:
+    """Mean GPU time per call of the CUDA kernels ``function`` launches
+    (CUPTI, through torch.profiler): the kernels alone, no launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        function()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            function()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return total_us / 1e3 / repeat
+
+
+def gpu_bandwidth_gbs() -> float:
+    """Device memory bandwidth measured with a large copy (bytes read + written)."""
+    a = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = median_ms(lambda: b.copy_(a), 10)
+    return 2 * a.numel() / (ms * 1e-3) / 1e9
 
 
 def _backward(function, x):
@@ -72,7 +145,62 @@ def bench_interpolate(repeat: int) -> None:
                    median_ms(_backward(theirs, x), repeat), f"torch-{device}")
 
 
-SUITES = {"interpolate": bench_interpolate}
+CARAFE_SETUP = """
+from upsamplelib.ops.carafe import carafe_reference
+g = torch.Generator().manual_seed(0)
+n, c, h, w, k, s, groups = (1, 4, 4, 4, 5, 2, {groups}) if SIZE == "tiny" else (1, 64, 64, 64, 5, 2, {groups})
+x = torch.randn(n, c, h, w, generator=g).to(device).requires_grad_()
+masks = torch.softmax(torch.randn(n, groups, k * k, s * h, s * w, generator=g), 2).view(n, groups * k * k, s * h, s * w)
+masks = masks.to(device).requires_grad_()
+grad = torch.randn(n, c, s * h, s * w, generator=g).to(device)
+"""
+
+
+def bench_carafe(repeat: int) -> None:
+    print("== CARAFE reassembly: N=1, C=64, 64x64 -> 128x128, k=5 (baseline: unfold formulation, "
+          "upsamplelib.ops.carafe.carafe_reference)")
+    from upsamplelib.ops.carafe import carafe_reference
+
+    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
+    for device, backend in devices:
+        for groups in (1, 4):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 64, 64, 64, generator=g).to(device)
+            masks = torch.softmax(torch.randn(1, groups, 25, 128, 128, generator=g), 2).view(1, groups * 25, 128, 128)
+            masks = masks.to(device)
+            ours = lambda a, b: ul.carafe(a, b, 5, 2, groups, backend=backend)  # noqa: E731
+            theirs = lambda a, b: carafe_reference(a, b, 5, 2, groups)  # noqa: E731
+            label = f"carafe G={groups} {backend}"
+            report(f"{label} forward", median_ms(lambda: ours(x, masks), repeat),
+                   median_ms(lambda: theirs(x, masks), repeat), f"unfold-{device}")
+            grads = []
+            for function in (ours, theirs):
+                xr, mr = x.clone().requires_grad_(), masks.clone().requires_grad_()
+                out = function(xr, mr)
+                grad = torch.randn_like(out)
+                grads.append(lambda o=out, a=xr, b=mr, gr=grad: torch.autograd.grad(o, (a, b), gr, retain_graph=True))
+            report(f"{label} backward (x and masks)", median_ms(grads[0], repeat), median_ms(grads[1], repeat),
+                   f"unfold-{device}")
+            setup = CARAFE_SETUP.format(groups=groups)
+            forward = "out = {}(x, masks, k, s, groups{})"
+            ours_fwd = forward.format("ul.carafe", f", backend={backend!r}")
+            theirs_fwd = forward.format("carafe_reference", "")
+            backward = "; torch.autograd.grad(out, (x, masks), grad)"
+            report_memory(f"{label} forward peak extra memory", peak_extra_memory_mb(setup, ours_fwd, device),
+                          peak_extra_memory_mb(setup, theirs_fwd, device), f"unfold-{device}")
+            report_memory(f"{label} fwd+bwd peak extra memory",
+                          peak_extra_memory_mb(setup, ours_fwd + backward, device),
+                          peak_extra_memory_mb(setup, theirs_fwd + backward, device), f"unfold-{device}")
+            if device == "cuda":
+                kernel = gpu_kernel_ms(lambda: ours(x, masks), repeat)
+                bandwidth = gpu_bandwidth_gbs()
+                minimum_bytes = 4 * (x.numel() + masks.numel() + x.numel() * 4)  # read x, masks; write out
+                roofline = minimum_bytes / (bandwidth * 1e9) * 1e3
+                print(f"{label} forward kernel {kernel:.4f} ms on the GPU; memory roofline {roofline:.4f} ms "
+                      f"at the measured {bandwidth:.0f} GB/s: {roofline / kernel:.0%} of roofline")
+
+
+SUITES = {"interpolate": bench_interpolate, "carafe": bench_carafe}
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import upsamplelib as ul
-from conftest import ALL_BACKENDS, KERNEL_BACKENDS
+from conftest import ALL_BACKENDS, KERNEL_BACKENDS, on
 from upsamplelib.ops.carafe import carafe_reference, unravel4
 
 
@@ -47,7 +47,7 @@ def test_reference_is_the_spec_formula(k, s, g):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_backends_match_reference(k, s, g, backend):
     x, masks = _inputs(n=2, c=4, h=3, w=5, k=k, s=s, g=g)
-    torch.testing.assert_close(ul.carafe(x, masks, k, s, g, backend=backend), carafe_reference(x, masks, k, s, g),
+    torch.testing.assert_close(on(backend, ul.carafe)(x, masks, k, s, g), carafe_reference(x, masks, k, s, g),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -59,7 +59,7 @@ def test_cpu_matches_reference_at_realistic_size():
 
 def test_cpu_and_cuda_forward_agree_bit_for_bit():
     x, masks = _inputs(c=2, h=4, w=5, k=5, s=2, g=2, dtype=torch.float32)
-    assert torch.equal(ul.carafe(x, masks, 5, 2, 2, backend="cpu"), ul.carafe(x, masks, 5, 2, 2, backend="cuda"))
+    assert torch.equal(on("cpu", ul.carafe)(x, masks, 5, 2, 2), on("cuda", ul.carafe)(x, masks, 5, 2, 2))
 
 
 @pytest.mark.parametrize("k,s,g", [(3, 2, 1), (5, 2, 2), (3, 3, 2)])
@@ -68,7 +68,7 @@ def test_gradients_match_reference(k, s, g, backend):
     x, masks = _inputs(c=4, h=4, w=3, k=k, s=s, g=g, requires_grad=True)
     grad_out = torch.randn(1, 4, s * 4, s * 3, dtype=torch.float64)
     expected = torch.autograd.grad(carafe_reference(x, masks, k, s, g), (x, masks), grad_out)
-    got = torch.autograd.grad(ul.carafe(x, masks, k, s, g, backend=backend), (x, masks), grad_out)
+    got = torch.autograd.grad(on(backend, ul.carafe)(x, masks, k, s, g), (x, masks), grad_out)
     for e, o in zip(expected, got):
         torch.testing.assert_close(o, e, rtol=1e-12, atol=1e-12)
 
@@ -76,7 +76,7 @@ def test_gradients_match_reference(k, s, g, backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_gradcheck(backend):
     x, masks = _inputs(c=2, h=2, w=3, k=3, s=2, g=2, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: ul.carafe(a, b, 3, 2, 2, backend=backend), (x, masks))
+    assert torch.autograd.gradcheck(lambda a, b: on(backend, ul.carafe)(a, b, 3, 2, 2), (x, masks))
 
 
 def test_gradient_of_one_input_only():

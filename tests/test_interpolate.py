@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import upsamplelib as ul
-from conftest import ALL_BACKENDS, KERNEL_BACKENDS
+from conftest import ALL_BACKENDS, KERNEL_BACKENDS, on
 
 NEAREST_MODES = ["nearest", "nearest-exact"]
 
@@ -52,7 +52,7 @@ def test_nearest_matches_torch_bit_for_bit_cuda(mode):
     for h, w, kwargs in _random_cases(12, seed=2, max_size=9):
         x = torch.randn(1, 2, h, w)
         expected = F.interpolate(x, mode=mode, **kwargs)
-        got = ul.interpolate(x, mode=mode, backend="cuda", **kwargs)
+        got = on("cuda", ul.interpolate)(x, mode=mode, **kwargs)
         assert torch.equal(got, expected), (h, w, kwargs)
 
 
@@ -82,7 +82,7 @@ def test_bilinear_backends_agree(align_corners):
     for h, w, kwargs in _random_cases(8, seed=4, max_size=8):
         x = torch.randn(1, 2, h, w, dtype=torch.float64)
         results = [
-            ul.interpolate(x, mode="bilinear", align_corners=align_corners, backend=b, **kwargs)
+            on(b, ul.interpolate)(x, mode="bilinear", align_corners=align_corners, **kwargs)
             for b in ALL_BACKENDS
         ]
         for other in results[1:]:
@@ -107,7 +107,7 @@ def test_gradients_match_torch_autograd(mode, align_corners, backend):
     for h, w, kwargs in shapes:
         x = torch.randn(2, 2, h, w, dtype=torch.float64, requires_grad=True)
         expected = F.interpolate(x, mode=mode, align_corners=align_corners, **kwargs)
-        got = ul.interpolate(x, mode=mode, align_corners=align_corners, backend=backend, **kwargs)
+        got = on(backend, ul.interpolate)(x, mode=mode, align_corners=align_corners, **kwargs)
         grad_out = torch.randn_like(expected)
         (g_expected,) = torch.autograd.grad(expected, x, grad_out)
         (g_got,) = torch.autograd.grad(got, x, grad_out)
@@ -131,7 +131,7 @@ def test_gradcheck(mode, align_corners, backend):
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     for kwargs in [{"scale_factor": 2}, {"size": (5, 3)}]:
         assert torch.autograd.gradcheck(
-            lambda t: ul.interpolate(t, mode=mode, align_corners=align_corners, backend=backend, **kwargs),
+            lambda t: on(backend, ul.interpolate)(t, mode=mode, align_corners=align_corners, **kwargs),
             (x,),
         )
 
@@ -156,7 +156,7 @@ def test_non_contiguous_and_channels_last_inputs(backend):
     channels_last = base.contiguous(memory_format=torch.channels_last)
     for x in (transposed, channels_last, base[:, ::2]):
         expected = F.interpolate(x.contiguous(), scale_factor=2, mode="bilinear")
-        got = ul.interpolate(x, scale_factor=2, mode="bilinear", backend=backend)
+        got = on(backend, ul.interpolate)(x, scale_factor=2, mode="bilinear")
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 

@@ -112,8 +112,11 @@ SIMULATOR, TARGET_MESSAGE = _choose_cuda_target()
 # Small launches are normal in the lessons, and host arrays are passed on
 # purpose there; on a GPU Numba would warn about both (on stderr, which
 # nbval compares) while the simulator, where CI runs, never does.
-os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
-os.environ.setdefault("NUMBA_CUDA_WARN_ON_IMPLICIT_COPY", "0")
+_QUIET_WARNINGS = {"NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS": "CUDA_LOW_OCCUPANCY_WARNINGS",
+                   "NUMBA_CUDA_WARN_ON_IMPLICIT_COPY": "CUDA_WARN_ON_IMPLICIT_COPY"}
+_QUIET_WARNINGS = {env: name for env, name in _QUIET_WARNINGS.items() if env not in os.environ}
+for _env in _QUIET_WARNINGS:
+    os.environ[_env] = "0"
 #: "simulator" or "gpu": where ``backend="cuda"`` kernels execute.
 CUDA_TARGET = "simulator" if SIMULATOR else "gpu"
 
@@ -134,6 +137,12 @@ except Exception as error:  # pragma: no cover - depends on the install
         "pip install 'upsamplelib[cu13]' (or [cu12] for a CUDA 12 driver). "
         f"Original error: {error}"
     ) from error
+
+# In case numba was imported before us and read its configuration already.
+for _config in (numba.config, sys.modules.get("numba.cuda.core.config")):
+    for _name in _QUIET_WARNINGS.values():
+        if _config is not None:
+            setattr(_config, _name, 0)
 
 
 
