@@ -9,6 +9,7 @@ from . import backend  # noqa: I001  (must come first: it configures numba)
 from .backend import CUDA_TARGET, SIMULATOR
 from .ops.carafe import CARAFE, carafe
 from .ops.interpolate import interpolate
+from .ops.sapa import SAPA, sapa_similarity
 
-__all__ = ["interpolate", "carafe", "CARAFE", "backend", "CUDA_TARGET", "SIMULATOR"]
+__all__ = ["interpolate", "carafe", "CARAFE", "sapa_similarity", "SAPA", "backend", "CUDA_TARGET", "SIMULATOR"]
 __version__ = "0.1.0"

@@ -70,7 +70,7 @@ def _slot_of(group, dy, dx, kernel_size):
     return (group * kernel_size + dy) * kernel_size + dx
 
 
-def _reassemble(x, masks, n, c, Y, X, kernel_size, scale, group_channels):
+def _reassemble_at(x, masks, n, c, Y, X, kernel_size, scale, group_channels):
     """out[n, c, Y, X]: the k x k window of x around (Y//s, X//s), weighted by
     the kernel that masks holds for output pixel (Y, X)."""
     radius = (kernel_size - 1) // 2
@@ -88,7 +88,7 @@ def _reassemble(x, masks, n, c, Y, X, kernel_size, scale, group_channels):
     return total
 
 
-def _grad_feature(grad_out, masks, n, c, row, col, kernel_size, scale, group_channels):
+def _gather_to_window_at(grad_out, masks, n, c, row, col, kernel_size, scale, group_channels):
     """d loss / d x[n, c, row, col]: the outputs whose window holds this pixel.
 
     Window slot (dy, dx) of output (Y, X) reads row Y//s + dy - r, so the
@@ -114,7 +114,7 @@ def _grad_feature(grad_out, masks, n, c, row, col, kernel_size, scale, group_cha
     return total
 
 
-def _grad_mask(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels):
+def _window_product_at(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels):
     """d loss / d masks[n, slot, Y, X]: sum over the group's channels of
     grad_out times the feature that slot reads (0 outside the map)."""
     kernel_area = kernel_size * kernel_size
@@ -133,9 +133,9 @@ def _grad_mask(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels):
 unravel4 = per_element(_unravel4)
 window_origin = per_element(_window_origin)
 slot_of = per_element(_slot_of)
-reassemble = per_element(_reassemble)
-grad_feature = per_element(_grad_feature)
-grad_mask = per_element(_grad_mask)
+reassemble_at = per_element(_reassemble_at)
+gather_to_window_at = per_element(_gather_to_window_at)
+window_product_at = per_element(_window_product_at)
 
 
 # --------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def carafe_forward_kernel(x, masks, out, kernel_size, scale, group_channels):
     i = cuda.grid(1)
     if i < out.size:
         n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
-        out[n, c, Y, X] = reassemble(x, masks, n, c, Y, X, kernel_size, scale, group_channels)
+        out[n, c, Y, X] = reassemble_at(x, masks, n, c, Y, X, kernel_size, scale, group_channels)
 
 
 @cuda_kernel(_signature)
@@ -160,7 +160,7 @@ def carafe_grad_feature_kernel(grad_out, masks, grad_x, kernel_size, scale, grou
     i = cuda.grid(1)
     if i < grad_x.size:
         n, c, row, col = unravel4(i, grad_x.shape[1], grad_x.shape[2], grad_x.shape[3])
-        grad_x[n, c, row, col] = grad_feature(grad_out, masks, n, c, row, col, kernel_size, scale,
+        grad_x[n, c, row, col] = gather_to_window_at(grad_out, masks, n, c, row, col, kernel_size, scale,
                                               group_channels)
 
 
@@ -169,7 +169,7 @@ def carafe_grad_mask_kernel(grad_out, x, grad_masks, kernel_size, scale, group_c
     i = cuda.grid(1)
     if i < grad_masks.size:
         n, slot, Y, X = unravel4(i, grad_masks.shape[1], grad_masks.shape[2], grad_masks.shape[3])
-        grad_masks[n, slot, Y, X] = grad_mask(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels)
+        grad_masks[n, slot, Y, X] = window_product_at(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels)
 
 
 # --------------------------------------------------------------------------
@@ -255,12 +255,6 @@ def carafe_grad_mask_cpu(grad_out, columns, grad_masks, kernel_size, scale, grou
                 grad_masks[n, slot_of(group, dy, dx, kernel_size), Y, :] = total
 
 
-_KERNELS = {
-    "cuda": (carafe_forward_kernel, carafe_grad_feature_kernel, carafe_grad_mask_kernel),
-    "cpu": (carafe_forward_cpu, carafe_grad_feature_cpu, carafe_grad_mask_cpu),
-}
-
-
 def _launch(kernel, backend, target, *arrays_and_ints):
     """Run ``kernel`` writing ``target`` (one thread per element on CUDA)."""
     args = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in arrays_and_ints]
@@ -278,6 +272,46 @@ def _upsampled_columns(x, kernel_size, scale):
     columns = x.new_empty((n, channels, height, (width + 2 * radius) * scale))
     upsample_columns_cpu(kernel_array(x), scale, radius, kernel_array(columns))
     return columns
+
+
+# The three operations below are all of CARAFE's arithmetic. SAPA reuses them:
+# its similarity is `window_products` (queries against key windows), and its
+# backward is `reassemble` and `gather_to_windows`.
+
+
+def reassemble(backend, x, masks, kernel_size, scale, group_channels):
+    """out[n, c, Y, X] = sum_t masks[n, slot(c, t), Y, X] * x[n, c, window_t(Y, X)]."""
+    out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
+    if backend == "cpu":
+        _launch(carafe_forward_cpu, backend, out, _upsampled_columns(x, kernel_size, scale), masks, out,
+                kernel_size, scale, group_channels)
+    else:
+        _launch(carafe_forward_kernel, backend, out, x, masks, out, kernel_size, scale, group_channels)
+    return out
+
+
+def gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channels):
+    """The transpose of ``reassemble`` with respect to x: each low-res pixel
+    sums masks * grad_out over the outputs whose window holds it."""
+    n, channels, height, width = grad_out.shape
+    grad_x = grad_out.new_empty((n, channels, height // scale, width // scale))
+    kernel = carafe_grad_feature_cpu if backend == "cpu" else carafe_grad_feature_kernel
+    _launch(kernel, backend, grad_x, grad_out, masks, grad_x, kernel_size, scale, group_channels)
+    return grad_x
+
+
+def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
+    """result[n, slot(g, t), Y, X] = sum over the group's channels c of
+    grad_out[n, c, Y, X] * x[n, c, window_t(Y, X)] (0 outside the map)."""
+    n, channels, height, width = grad_out.shape
+    slots = channels // group_channels * kernel_size * kernel_size
+    result = grad_out.new_empty((n, slots, height, width))
+    if backend == "cpu":
+        _launch(carafe_grad_mask_cpu, backend, result, grad_out, _upsampled_columns(x, kernel_size, scale), result,
+                kernel_size, scale, group_channels)
+    else:
+        _launch(carafe_grad_mask_kernel, backend, result, grad_out, x, result, kernel_size, scale, group_channels)
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -309,31 +343,22 @@ class CarafeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, masks, kernel_size, scale, group, backend):
         x, masks = x.contiguous(), masks.contiguous()
-        forward_kernel = _KERNELS[backend][0]
-        out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
         group_channels = x.shape[1] // group
-        source = _upsampled_columns(x, kernel_size, scale) if backend == "cpu" else x
-        _launch(forward_kernel, backend, out, source, masks, out, kernel_size, scale, group_channels)
         ctx.save_for_backward(x, masks)
         ctx.config = (kernel_size, scale, group_channels, backend)
-        return out
+        return reassemble(backend, x, masks, kernel_size, scale, group_channels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, masks = ctx.saved_tensors
         kernel_size, scale, group_channels, backend = ctx.config
-        _, feature_kernel, mask_kernel = _KERNELS[backend]
         grad_out = grad_out.contiguous()
         grad_x = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-            _launch(feature_kernel, backend, grad_x, grad_out, masks, grad_x, kernel_size, scale, group_channels)
+            grad_x = gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channels)
         if ctx.needs_input_grad[1]:
-            grad_masks = torch.empty_like(masks)
-            source = _upsampled_columns(x, kernel_size, scale) if backend == "cpu" else x
-            _launch(mask_kernel, backend, grad_masks, grad_out, source, grad_masks, kernel_size, scale,
-                    group_channels)
+            grad_masks = window_products(backend, grad_out, x, kernel_size, scale, group_channels)
         return grad_x, grad_masks, None, None, None, None
 
 

@@ -1,0 +1,245 @@
+"""SAPA: similarity-aware point affiliation (Lu et al., NeurIPS 2022).
+
+Each upsampled point ``(Y, X)`` compares its high-res *query* (from the
+encoder feature ``y``) with the *keys* of the k x k low-res window around
+``(Y//s, X//s)`` (from the decoder feature ``x``); a softmax of those
+similarities is the kernel with which CARAFE reassembles ``x``. Inside a
+region all neighbours look alike (smooth kernels); at a boundary the query
+picks the side it belongs to (sharp kernels).
+
+``ul.sapa_similarity(q, key, kernel_size, scale)``::
+
+    logits[n, t, Y, X] = < q[n, :, Y, X], key[n, :, Y//s + dy_t, X//s + dx_t] >
+
+no 1/sqrt(d); an out-of-map neighbour gets logit 0 (not -inf: it still takes
+part in the softmax, with value 0). ``ul.SAPA`` is the module (variants B,
+G, I) with the official parameter names.
+
+The similarity is exactly CARAFE's mask gradient with the queries in the
+role of the output gradient, and its backward is CARAFE's reassembly (for
+the queries) and CARAFE's feature gradient (for the keys). So this file
+reuses the kernels of ``carafe.py`` and adds no new index math.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backend import resolve_backend
+from ..validation import check_feature_map, check_odd_kernel_size, check_positive_int, kernel_dtype, shape_str
+from .carafe import carafe, gather_to_windows, reassemble, window_products
+
+# --------------------------------------------------------------------------
+# Reference (backend="torch")
+# --------------------------------------------------------------------------
+
+
+def sapa_similarity_reference(q, key, kernel_size, scale):
+    """The similarity in plain PyTorch: unfold the key windows, repeat each
+    for its s x s query points, dot product over channels."""
+    n, dim, height, width = key.shape
+    area = kernel_size * kernel_size
+    windows = F.unfold(key, kernel_size, padding=(kernel_size - 1) // 2).view(n, dim, area, height, width)
+    windows = windows.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)
+    return (q.unsqueeze(2) * windows).sum(dim=1)
+
+
+# --------------------------------------------------------------------------
+# Autograd glue
+# --------------------------------------------------------------------------
+
+
+class SimilarityFunction(torch.autograd.Function):
+    """Forward and backward on the Numba kernels of CARAFE (group 1: every
+    query channel meets the same key channel)."""
+
+    @staticmethod
+    def forward(ctx, q, key, kernel_size, scale, backend):
+        q, key = q.contiguous(), key.contiguous()
+        ctx.save_for_backward(q, key)
+        ctx.config = (kernel_size, scale, backend)
+        return window_products(backend, q, key, kernel_size, scale, q.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logits):
+        q, key = ctx.saved_tensors
+        kernel_size, scale, backend = ctx.config
+        grad_logits = grad_logits.contiguous()
+        dim = q.shape[1]
+        grad_q = grad_key = None
+        if ctx.needs_input_grad[0]:
+            # d logits[t] / d q = key window t: reassemble the keys with grad_logits.
+            grad_q = reassemble(backend, key, grad_logits, kernel_size, scale, dim)
+        if ctx.needs_input_grad[1]:
+            # d logits[t] / d key = q at every point whose window t holds that key.
+            grad_key = gather_to_windows(backend, q, grad_logits, kernel_size, scale, dim)
+        return grad_q, grad_key, None, None, None
+
+
+def sapa_similarity(q, key, kernel_size, scale, backend=None):
+    """SAPA's similarity logits (see the module docstring).
+
+    Args:
+        q: (N, d, s*h, s*w) queries (high resolution).
+        key: (N, d, h, w) keys (low resolution).
+        kernel_size: odd window size k.
+        scale: integer factor s.
+        backend: None/"auto", "cuda", "cpu" or "torch".
+
+    Returns:
+        (N, k*k, s*h, s*w) logits, dtype ``torch.promote_types(q.dtype,
+        key.dtype)``; differentiable with respect to ``q`` and ``key``.
+    """
+    op = "sapa_similarity"
+    check_feature_map(q, "q", op)
+    check_feature_map(key, "key", op)
+    kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", op)
+    scale = check_positive_int(scale, "scale", op)
+    if q.shape[0] != key.shape[0]:
+        raise ValueError(f"{op}: batch sizes differ: q {shape_str(q)}, key {shape_str(key)}")
+    if q.shape[1] != key.shape[1]:
+        raise ValueError(
+            f"{op}: query and key embeddings must have the same dimension; got q {shape_str(q)} "
+            f"({q.shape[1]} channels) and key {shape_str(key)} ({key.shape[1]} channels)"
+        )
+    if (q.shape[2], q.shape[3]) != (scale * key.shape[2], scale * key.shape[3]):
+        raise ValueError(
+            f"{op}: q must be exactly scale x the size of key: expected spatial size "
+            f"({scale * key.shape[2]}, {scale * key.shape[3]}) for key {shape_str(key)} and scale={scale}, "
+            f"got q {shape_str(q)}"
+        )
+    if q.device != key.device:
+        raise ValueError(f"{op}: q is on {q.device} but key on {key.device}")
+    backend = resolve_backend(backend, [q, key], op)
+    result_dtype = torch.promote_types(q.dtype, key.dtype)
+    compute_dtype = kernel_dtype(result_dtype)
+    q, key = q.to(compute_dtype), key.to(compute_dtype)
+    if backend == "torch":
+        logits = sapa_similarity_reference(q, key, kernel_size, scale)
+    else:
+        logits = SimilarityFunction.apply(q, key, kernel_size, scale, backend)
+    return logits.to(result_dtype)
+
+
+# --------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------
+
+VARIANTS = ("B", "G", "I")
+
+
+def _channels_last(t):
+    return t.permute(0, 2, 3, 1)
+
+
+def _channels_first(t):
+    return t.permute(0, 3, 1, 2)
+
+
+class SAPA(nn.Module):
+    """The SAPA upsampler: ``forward(y, x)`` upsamples the decoder feature
+    ``x: (N, dim_x, h, w)`` by ``up_factor``, guided by the encoder feature
+    ``y: (N, dim_y, s*h, s*w)``. A drop-in replacement for
+    ``F.interpolate(x, scale_factor=s)`` in a decoder with skip connections.
+
+    Variants (``variant=``):
+
+    * ``"B"`` (default): ``q = q(LN(y))``, ``key = k(LN(x))``;
+      parameters ``norm_y``, ``norm_x``, ``q``, ``k``.
+    * ``"G"`` (gated, best in the paper): ``g = up(sigmoid(gate(LN(x))))``,
+      ``q = g * qy(LN(y)) + (1 - g) * qx(up(x))`` with ``up`` nearest and raw
+      ``x`` in the second term; parameters ``norm_y``, ``norm_x``, ``qy``,
+      ``qx``, ``gate``, ``k``.
+    * ``"I"``: no parameters, ``q = LN(y)``, ``key = LN(x)``; needs
+      ``dim_y == dim_x``.
+
+    LayerNorms are over channels (eps 1e-5); values are always the raw ``x``.
+    """
+
+    def __init__(self, dim_y, dim_x=None, up_factor=2, up_kernel_size=5, embedding_dim=64, qkv_bias=True,
+                 variant="B"):
+        super().__init__()
+        dim_x = dim_y if dim_x is None else dim_x
+        check_positive_int(dim_y, "dim_y", "SAPA")
+        check_positive_int(dim_x, "dim_x", "SAPA")
+        if variant not in VARIANTS:
+            raise ValueError(f"SAPA: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        if variant == "I" and dim_y != dim_x:
+            raise ValueError(
+                f"SAPA: variant 'I' compares LN(y) with LN(x) directly, so it needs dim_y == dim_x; got "
+                f"dim_y={dim_y}, dim_x={dim_x}. Use variant 'B' or 'G' (they project both to embedding_dim)."
+            )
+        self.dim_y, self.dim_x, self.variant = dim_y, dim_x, variant
+        self.up_factor = check_positive_int(up_factor, "up_factor", "SAPA")
+        self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "SAPA")
+        self.embedding_dim = embedding_dim
+        if variant == "I":
+            return
+        self.norm_y = nn.LayerNorm(dim_y)
+        self.norm_x = nn.LayerNorm(dim_x)
+        if variant == "B":
+            self.q = nn.Linear(dim_y, embedding_dim, bias=qkv_bias)
+        else:
+            self.qy = nn.Linear(dim_y, embedding_dim, bias=qkv_bias)
+            self.qx = nn.Linear(dim_x, embedding_dim, bias=qkv_bias)
+            self.gate = nn.Linear(dim_x, 1, bias=qkv_bias)
+        self.k = nn.Linear(dim_x, embedding_dim, bias=qkv_bias)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _check(self, y, x):
+        op = "SAPA"
+        check_feature_map(y, "y", op)
+        check_feature_map(x, "x", op)
+        if y.shape[1] != self.dim_y or x.shape[1] != self.dim_x:
+            raise ValueError(f"SAPA: expected y with {self.dim_y} and x with {self.dim_x} channels, got y "
+                             f"{shape_str(y)} and x {shape_str(x)}")
+        s = self.up_factor
+        if y.shape[0] != x.shape[0] or (y.shape[2], y.shape[3]) != (s * x.shape[2], s * x.shape[3]):
+            raise ValueError(f"SAPA: y must be the same batch and exactly up_factor={s} x the size of x; got y "
+                             f"{shape_str(y)} and x {shape_str(x)}")
+
+    def queries_and_keys(self, y, x):
+        """(q, key) in (N, d, H, W) layout, as the variant defines them."""
+        y_last, x_last = _channels_last(y), _channels_last(x)
+        if self.variant == "I":
+            q = F.layer_norm(y_last, (self.dim_y,))
+            key = F.layer_norm(x_last, (self.dim_x,))
+            return _channels_first(q), _channels_first(key)
+        x_normed = self.norm_x(x_last)
+        key = self.k(x_normed)
+        if self.variant == "B":
+            q = self.q(self.norm_y(y_last))
+        else:
+            s = self.up_factor
+            gate = torch.sigmoid(self.gate(x_normed))
+            gate = _channels_last(F.interpolate(_channels_first(gate), scale_factor=s, mode="nearest"))
+            x_up = _channels_last(F.interpolate(x, scale_factor=s, mode="nearest"))
+            q = gate * self.qy(self.norm_y(y_last)) + (1 - gate) * self.qx(x_up)
+        return _channels_first(q), _channels_first(key)
+
+    def kernels(self, y, x):
+        """The normalised upsampling kernels, (N, k*k, s*h, s*w)."""
+        self._check(y, x)
+        q, key = self.queries_and_keys(y, x)
+        logits = sapa_similarity(q, key, self.up_kernel_size, self.up_factor)
+        return F.softmax(logits, dim=1)
+
+    def forward(self, y, x):
+        return carafe(x, self.kernels(y, x), self.up_kernel_size, self.up_factor, 1)
+
+    def extra_repr(self):
+        return (f"dim_y={self.dim_y}, dim_x={self.dim_x}, variant={self.variant!r}, up_factor={self.up_factor}, "
+                f"up_kernel_size={self.up_kernel_size}, embedding_dim={self.embedding_dim}")
