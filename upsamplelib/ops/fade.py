@@ -1,0 +1,450 @@
+"""FADE: fusing the assets of decoder and encoder (Lu et al., ECCV 2022).
+
+FADE predicts CARAFE kernels from *both* the high-res encoder feature ``en``
+(detail: boundaries, matting) and the low-res decoder feature ``de``
+(semantics: regions), and gates between the encoder feature and the
+reassembled decoder feature.
+
+The kernels come from a **semi-shift convolution**: one k x k conv ``W, b``
+applied to the compressed encoder map ``E`` (high res) and to the
+compressed decoder map ``D`` (low res), the decoder window moving one
+low-res step every ``s`` output steps::
+
+    logits(p) = sum_u W[u] . E(p + u) + b  +  sum_u W[u] . D(p // s + u) + b
+
+``ul.semi_shift_conv(en, de, weight, bias, scale)`` computes this in one
+pass, without materialising ``conv(E)`` or the upsampled ``conv(D)``: the
+two windows share the weight, so each tap multiplies ``E + D`` once. It
+equals ``conv2d(en) + nearest_up(conv2d(de))`` (the bias twice, as in the
+original) and is *not* a conv over ``nearest_up(de)``.
+
+``ul.FADE(in_channels_en, in_channels_de)`` and ``ul.FADE(..., lite=True)``
+are the modules, with the official parameter names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from numba import cuda, int64, prange
+
+from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, launch, per_element, resolve_backend
+from ..validation import check_feature_map, check_odd_kernel_size, check_positive_int, kernel_dtype, shape_str
+from .carafe import carafe, unravel4
+
+# --------------------------------------------------------------------------
+# Per-element bodies, shared by the CUDA kernels and the CPU loops.
+# weight: (O, C / groups, k, k); output channel o belongs to group
+# o // (O / groups), input channel c to group c // (C / groups).
+# --------------------------------------------------------------------------
+
+
+def _tap(feature, n, c, row, col):
+    """feature[n, c, row, col], or 0 outside the map (zero padding)."""
+    if 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]:
+        return feature[n, c, row, col]
+    return feature.dtype.type(0)
+
+
+def _semi_shift_at(en, de, weight, bias, n, o, Y, X, scale, groups):
+    """logits[n, o, Y, X]: the encoder window around (Y, X) and the decoder
+    window around (Y // s, X // s), in one loop over channels and taps."""
+    size, in_per_group = weight.shape[2], weight.shape[1]
+    pad = size // 2
+    first = (o // (weight.shape[0] // groups)) * in_per_group
+    low_row, low_col = Y // scale, X // scale
+    total = bias[o] + bias[o]
+    for local in range(in_per_group):
+        c = first + local
+        for uy in range(size):
+            for ux in range(size):
+                both = tap(en, n, c, Y + uy - pad, X + ux - pad) + tap(de, n, c, low_row + uy - pad, low_col + ux - pad)
+                total = fma(weight[o, local, uy, ux], both, total)
+    return total
+
+
+def _grad_en_at(grad_out, weight, n, c, Y, X, groups):
+    """d loss / d en[n, c, Y, X]: the outputs whose encoder window holds it
+    (a stride-1 transposed convolution)."""
+    size, in_per_group = weight.shape[2], weight.shape[1]
+    out_per_group = weight.shape[0] // groups
+    pad = size // 2
+    group = c // in_per_group
+    total = grad_out.dtype.type(0)
+    for o in range(group * out_per_group, (group + 1) * out_per_group):
+        for uy in range(size):
+            for ux in range(size):
+                total = fma(weight[o, c - group * in_per_group, uy, ux],
+                            tap(grad_out, n, o, Y - uy + pad, X - ux + pad), total)
+    return total
+
+
+def _grad_de_at(grad_out, weight, n, c, row, col, scale, groups):
+    """d loss / d de[n, c, row, col]: the decoder window of output (Y, X) is
+    centred on (Y // s, X // s), so tap u reads ``row`` from the s x s
+    outputs attached to low-res pixel (row - uy + pad, col - ux + pad)."""
+    size, in_per_group = weight.shape[2], weight.shape[1]
+    out_per_group = weight.shape[0] // groups
+    pad = size // 2
+    group = c // in_per_group
+    height, width = grad_out.shape[2] // scale, grad_out.shape[3] // scale
+    total = grad_out.dtype.type(0)
+    for o in range(group * out_per_group, (group + 1) * out_per_group):
+        for uy in range(size):
+            anchor_row = row - uy + pad
+            if 0 <= anchor_row < height:
+                for ux in range(size):
+                    anchor_col = col - ux + pad
+                    if 0 <= anchor_col < width:
+                        pooled = grad_out.dtype.type(0)
+                        for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                            for X in range(anchor_col * scale, anchor_col * scale + scale):
+                                pooled += grad_out[n, o, Y, X]
+                        total = fma(weight[o, c - group * in_per_group, uy, ux], pooled, total)
+    return total
+
+
+def _grad_weight_at(grad_out, en, de, o, local, uy, ux, size, scale, groups):
+    """d loss / d weight[o, local, uy, ux]: grad_out against E + D through
+    that tap, summed over the batch and every output pixel."""
+    pad = size // 2
+    c = (o // (grad_out.shape[1] // groups)) * (en.shape[1] // groups) + local
+    total = grad_out.dtype.type(0)
+    for n in range(grad_out.shape[0]):
+        for Y in range(grad_out.shape[2]):
+            for X in range(grad_out.shape[3]):
+                both = tap(en, n, c, Y + uy - pad, X + ux - pad) + tap(de, n, c, Y // scale + uy - pad,
+                                                                       X // scale + ux - pad)
+                total = fma(grad_out[n, o, Y, X], both, total)
+    return total
+
+
+tap = per_element(_tap)
+semi_shift_at = per_element(_semi_shift_at)
+grad_en_at = per_element(_grad_en_at)
+grad_de_at = per_element(_grad_de_at)
+grad_weight_at = per_element(_grad_weight_at)
+
+
+# --------------------------------------------------------------------------
+# CUDA kernels: one thread per element of what they write
+# --------------------------------------------------------------------------
+
+
+def _map(T):
+    return T[:, :, :, ::1]
+
+
+@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), T[::1], _map(T), int64, int64))
+def semi_shift_forward_kernel(en, de, weight, bias, out, scale, groups):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, o, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        out[n, o, Y, X] = semi_shift_at(en, de, weight, bias, n, o, Y, X, scale, groups)
+
+
+@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), int64))
+def semi_shift_grad_en_kernel(grad_out, weight, grad_en, groups):
+    i = cuda.grid(1)
+    if i < grad_en.size:
+        n, c, Y, X = unravel4(i, grad_en.shape[1], grad_en.shape[2], grad_en.shape[3])
+        grad_en[n, c, Y, X] = grad_en_at(grad_out, weight, n, c, Y, X, groups)
+
+
+@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), int64, int64))
+def semi_shift_grad_de_kernel(grad_out, weight, grad_de, scale, groups):
+    i = cuda.grid(1)
+    if i < grad_de.size:
+        n, c, row, col = unravel4(i, grad_de.shape[1], grad_de.shape[2], grad_de.shape[3])
+        grad_de[n, c, row, col] = grad_de_at(grad_out, weight, n, c, row, col, scale, groups)
+
+
+@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), _map(T), int64, int64))
+def semi_shift_grad_weight_kernel(grad_out, en, de, grad_weight, scale, groups):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        o, local, uy, ux = unravel4(i, grad_weight.shape[1], grad_weight.shape[2], grad_weight.shape[3])
+        grad_weight[o, local, uy, ux] = grad_weight_at(grad_out, en, de, o, local, uy, ux, grad_weight.shape[2],
+                                                       scale, groups)
+
+
+# --------------------------------------------------------------------------
+# CPU loops: the same bodies, parallel over rows (over weights for the
+# weight gradient)
+# --------------------------------------------------------------------------
+
+
+@cpu_kernel
+def semi_shift_forward_cpu(en, de, weight, bias, out, scale, groups):
+    batch, outputs, height, width = out.shape
+    for line in prange(batch * outputs * height):
+        n, o, Y = line // (outputs * height), (line // height) % outputs, line % height
+        for X in range(width):
+            out[n, o, Y, X] = semi_shift_at(en, de, weight, bias, n, o, Y, X, scale, groups)
+
+
+@cpu_kernel
+def semi_shift_grad_en_cpu(grad_out, weight, grad_en, groups):
+    batch, channels, height, width = grad_en.shape
+    for line in prange(batch * channels * height):
+        n, c, Y = line // (channels * height), (line // height) % channels, line % height
+        for X in range(width):
+            grad_en[n, c, Y, X] = grad_en_at(grad_out, weight, n, c, Y, X, groups)
+
+
+@cpu_kernel
+def semi_shift_grad_de_cpu(grad_out, weight, grad_de, scale, groups):
+    batch, channels, height, width = grad_de.shape
+    for line in prange(batch * channels * height):
+        n, c, row = line // (channels * height), (line // height) % channels, line % height
+        for col in range(width):
+            grad_de[n, c, row, col] = grad_de_at(grad_out, weight, n, c, row, col, scale, groups)
+
+
+@cpu_kernel
+def semi_shift_grad_weight_cpu(grad_out, en, de, grad_weight, scale, groups):
+    outputs, in_per_group, size, _ = grad_weight.shape
+    for index in prange(grad_weight.size):
+        o, local = index // (in_per_group * size * size), (index // (size * size)) % in_per_group
+        uy, ux = (index // size) % size, index % size
+        grad_weight[o, local, uy, ux] = grad_weight_at(grad_out, en, de, o, local, uy, ux, size, scale, groups)
+
+
+_KERNELS = {
+    "cuda": (semi_shift_forward_kernel, semi_shift_grad_en_kernel, semi_shift_grad_de_kernel,
+             semi_shift_grad_weight_kernel),
+    "cpu": (semi_shift_forward_cpu, semi_shift_grad_en_cpu, semi_shift_grad_de_cpu, semi_shift_grad_weight_cpu),
+}
+
+
+def _launch(kernel, backend, target, *arrays_and_ints):
+    args = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in arrays_and_ints]
+    if backend == "cuda":
+        launch(kernel, target.numel(), *args)
+    else:
+        kernel(*args)
+
+
+# --------------------------------------------------------------------------
+# Reference (backend="torch"): the two-convolution formulation
+# --------------------------------------------------------------------------
+
+
+def semi_shift_conv_reference(en, de, weight, bias, scale, groups=1):
+    """conv2d(en) + nearest_up(conv2d(de)): two convolutions and an
+    upsampled intermediate, the formulation of the original code."""
+    pad = weight.shape[2] // 2
+    encoder = F.conv2d(en, weight, bias, padding=pad, groups=groups)
+    decoder = F.conv2d(de, weight, bias, padding=pad, groups=groups)
+    return encoder + F.interpolate(decoder, scale_factor=scale, mode="nearest")
+
+
+# --------------------------------------------------------------------------
+# Autograd glue
+# --------------------------------------------------------------------------
+
+
+class SemiShiftFunction(torch.autograd.Function):
+    """One-pass semi-shift convolution forward and backward on Numba kernels."""
+
+    @staticmethod
+    def forward(ctx, en, de, weight, bias, scale, groups, backend):
+        en, de, weight, bias = en.contiguous(), de.contiguous(), weight.contiguous(), bias.contiguous()
+        forward_kernel = _KERNELS[backend][0]
+        out = en.new_empty((en.shape[0], weight.shape[0], en.shape[2], en.shape[3]))
+        _launch(forward_kernel, backend, out, en, de, weight, bias, out, scale, groups)
+        ctx.save_for_backward(en, de, weight)
+        ctx.config = (scale, groups, backend)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        en, de, weight = ctx.saved_tensors
+        scale, groups, backend = ctx.config
+        _, en_kernel, de_kernel, weight_kernel = _KERNELS[backend]
+        grad_out = grad_out.contiguous()
+        grads = [None] * 4
+        if ctx.needs_input_grad[0]:
+            grads[0] = torch.empty_like(en)
+            _launch(en_kernel, backend, grads[0], grad_out, weight, grads[0], groups)
+        if ctx.needs_input_grad[1]:
+            grads[1] = torch.empty_like(de)
+            _launch(de_kernel, backend, grads[1], grad_out, weight, grads[1], scale, groups)
+        if ctx.needs_input_grad[2]:
+            grads[2] = torch.empty_like(weight)
+            _launch(weight_kernel, backend, grads[2], grad_out, en, de, grads[2], scale, groups)
+        if ctx.needs_input_grad[3]:
+            grads[3] = 2 * grad_out.sum(dim=(0, 2, 3))  # the bias enters twice
+        return (*grads, None, None, None)
+
+
+def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
+    """The semi-shift convolution of FADE, in one pass (see the module docstring).
+
+    Args:
+        en: (N, C, s*h, s*w) encoder map (high resolution).
+        de: (N, C, h, w) decoder map (low resolution).
+        weight: (O, C // groups, k, k) with odd k, shared by both paths.
+        bias: (O,) or None; added on both paths (so twice), as the original does.
+        scale: integer s.
+        backend: None/"auto", "cuda", "cpu" or "torch".
+        groups: channel groups of the convolution (FADE-Lite's depthwise
+            content encoder uses groups = O = C).
+
+    Returns:
+        (N, O, s*h, s*w) ``== conv2d(en, weight, bias, padding=k//2)
+        + nearest_up(conv2d(de, weight, bias, padding=k//2), s)``;
+        differentiable in ``en``, ``de``, ``weight`` and ``bias``.
+    """
+    op = "semi_shift_conv"
+    check_feature_map(en, "en", op)
+    check_feature_map(de, "de", op)
+    check_feature_map(weight, "weight", op)
+    scale = check_positive_int(scale, "scale", op)
+    groups = check_positive_int(groups, "groups", op)
+    size = check_odd_kernel_size(weight.shape[2], "the kernel size of weight", op)
+    if weight.shape[3] != size:
+        raise ValueError(f"{op}: weight must have square k x k taps, got {shape_str(weight)}")
+    n, channels, height, width = de.shape
+    if en.shape[0] != n:
+        raise ValueError(f"{op}: batch sizes differ: en {shape_str(en)}, de {shape_str(de)}")
+    if en.shape[1] != channels:
+        raise ValueError(f"{op}: en and de must have the same channels (they share the weight); got en "
+                         f"{shape_str(en)} and de {shape_str(de)}")
+    if (en.shape[2], en.shape[3]) != (scale * height, scale * width):
+        raise ValueError(f"{op}: en must be exactly scale x the size of de: expected spatial size "
+                         f"({scale * height}, {scale * width}) for de {shape_str(de)} and scale={scale}, "
+                         f"got en {shape_str(en)}")
+    if channels % groups or weight.shape[0] % groups or weight.shape[1] * groups != channels:
+        raise ValueError(f"{op}: weight {shape_str(weight)} does not fit {channels} input channels in "
+                         f"groups={groups}: expected (O, {channels} // {groups}, k, k) with O divisible by groups")
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must be a tensor of shape ({weight.shape[0]},), got "
+                         f"{getattr(bias, 'shape', bias)}")
+    devices = {t.device for t in (en, de, weight, bias)}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: en, de, weight and bias are on different devices: "
+                         f"{', '.join(sorted(map(str, devices)))}")
+    backend = resolve_backend(backend, [en, de, weight, bias], op)
+    result_dtype = en.dtype
+    for t in (de, weight, bias):
+        result_dtype = torch.promote_types(result_dtype, t.dtype)
+    compute_dtype = kernel_dtype(result_dtype)
+    en, de, weight, bias = (t.to(compute_dtype) for t in (en, de, weight, bias))
+    if backend == "torch":
+        out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
+    else:
+        out = SemiShiftFunction.apply(en, de, weight, bias, scale, groups, backend)
+    return out.to(result_dtype)
+
+
+# --------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------
+
+
+class GateGenerator(nn.Module):
+    """g = sigmoid(nearest_up(conv1x1(de))): one channel, from the decoder."""
+
+    def __init__(self, in_channels, scale):
+        super().__init__()
+        self.scale = scale
+        self.conv = nn.Conv2d(in_channels, 1, 1)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, de):
+        return torch.sigmoid(F.interpolate(self.conv(de), scale_factor=self.scale, mode="nearest"))
+
+
+class SemiShift(nn.Module):
+    """The kernel generator: compress both features, then the semi-shift
+    convolution with the shared ``content_encoder``."""
+
+    def __init__(self, in_channels_en, in_channels_de, scale, up_kernel_size, embedding_dim, kernel_size, lite):
+        super().__init__()
+        self.scale = scale
+        logits = up_kernel_size * up_kernel_size
+        compressed = logits if lite else embedding_dim
+        self.compressor_en = nn.Conv2d(in_channels_en, compressed, 1)
+        self.compressor_de = nn.Conv2d(in_channels_de, compressed, 1, bias=False)
+        self.content_encoder = nn.Conv2d(compressed, logits, kernel_size, padding=kernel_size // 2,
+                                         groups=logits if lite else 1)
+        for conv in (self.compressor_en, self.compressor_de, self.content_encoder):
+            nn.init.normal_(conv.weight, std=0.001)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, en, de):
+        return semi_shift_conv(self.compressor_en(en), self.compressor_de(de), self.content_encoder.weight,
+                               self.content_encoder.bias, self.scale, groups=self.content_encoder.groups)
+
+
+class FADE(nn.Module):
+    """The FADE upsampler: ``forward(en, de)`` upsamples the decoder feature
+    ``de: (N, C, h, w)`` by ``scale``, guided by the encoder feature
+    ``en: (N, C, s*h, s*w)``::
+
+        kernels = softmax(semi_shift_conv(compressor_en(en), compressor_de(de)))  # over k_up**2
+        out = g * en + (1 - g) * carafe(de, kernels),  g = sigmoid(nearest_up(conv1x1(de)))
+
+    ``lite=True`` is FADE-Lite: the compressors map straight to ``k_up**2``
+    channels and the content encoder is depthwise. Parameter names are the
+    official ones (``gate_generator.conv``, ``ker_generator.compressor_en``,
+    ``ker_generator.compressor_de``, ``ker_generator.content_encoder``).
+    """
+
+    def __init__(self, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5, embedding_dim=64,
+                 kernel_size=3, lite=False):
+        super().__init__()
+        in_channels_de = in_channels_en if in_channels_de is None else in_channels_de
+        check_positive_int(in_channels_en, "in_channels_en", "FADE")
+        check_positive_int(in_channels_de, "in_channels_de", "FADE")
+        if in_channels_en != in_channels_de:
+            raise ValueError(
+                f"FADE: in_channels_en={in_channels_en} and in_channels_de={in_channels_de} differ, but the "
+                "output blends en and the upsampled de channel by channel (g * en + (1 - g) * up(de)). "
+                f"Align them first, e.g. with nn.Conv2d({in_channels_de}, {in_channels_en}, 1) on the decoder "
+                f"feature (or nn.Conv2d({in_channels_en}, {in_channels_de}, 1) on the encoder feature)."
+            )
+        self.channels = in_channels_en
+        self.scale = check_positive_int(scale, "scale", "FADE")
+        self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "FADE")
+        kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", "FADE")
+        self.lite = bool(lite)
+        self.gate_generator = GateGenerator(in_channels_de, scale)
+        self.ker_generator = SemiShift(in_channels_en, in_channels_de, scale, up_kernel_size, embedding_dim,
+                                       kernel_size, lite)
+
+    def _check(self, en, de):
+        check_feature_map(en, "en", "FADE")
+        check_feature_map(de, "de", "FADE")
+        s = self.scale
+        if en.shape[1] != self.channels or de.shape[1] != self.channels:
+            raise ValueError(f"FADE: expected en and de with {self.channels} channels, got en {shape_str(en)} "
+                             f"and de {shape_str(de)}")
+        if en.shape[0] != de.shape[0] or (en.shape[2], en.shape[3]) != (s * de.shape[2], s * de.shape[3]):
+            raise ValueError(f"FADE: en must be the same batch and exactly scale={s} x the size of de; got en "
+                             f"{shape_str(en)} and de {shape_str(de)}")
+
+    def kernels(self, en, de):
+        """The normalised upsampling kernels, (N, k_up**2, s*h, s*w)."""
+        self._check(en, de)
+        return F.softmax(self.ker_generator(en, de), dim=1)
+
+    def gate(self, de):
+        """The gate map g, (N, 1, s*h, s*w): 1 keeps the encoder feature."""
+        return self.gate_generator(de)
+
+    def forward(self, en, de):
+        kernels = self.kernels(en, de)
+        gate = self.gate(de)
+        return gate * en + (1 - gate) * carafe(de, kernels, self.up_kernel_size, self.scale, 1)
+
+    def extra_repr(self):
+        return (f"channels={self.channels}, scale={self.scale}, up_kernel_size={self.up_kernel_size}, "
+                f"lite={self.lite}")
