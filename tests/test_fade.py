@@ -166,3 +166,9 @@ def test_module_bad_sizes():
     module = ul.FADE(4)
     with pytest.raises(ValueError, match="exactly scale=2"):
         module(torch.randn(1, 4, 7, 8), torch.randn(1, 4, 4, 4))
+
+
+def test_cpu_and_cuda_forward_agree_bit_for_bit():
+    en, de, weight, bias = _inputs(c=3, h=3, w=4, s=2, o=2, dtype=torch.float32)
+    assert torch.equal(on("cpu", ul.semi_shift_conv)(en, de, weight, bias, 2),
+                       on("cuda", ul.semi_shift_conv)(en, de, weight, bias, 2))

@@ -24,6 +24,7 @@ are the modules, with the official parameter names.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -170,52 +171,121 @@ def semi_shift_grad_weight_kernel(grad_out, en, de, grad_weight, scale, groups):
 
 
 # --------------------------------------------------------------------------
-# CPU loops: the same bodies, parallel over rows (over weights for the
-# weight gradient)
+# CPU loops. A thread per element would leave the vector units idle, so
+# these walk whole rows: each tap is one contiguous multiply-add over a row.
+# They read zero-padded copies of the maps ("columns"): row segments then
+# never leave the array, and out-of-map taps read exact zeros, so every
+# output gets the same additions in the same order as on the GPU.
 # --------------------------------------------------------------------------
 
 
 @cpu_kernel
-def semi_shift_forward_cpu(en, de, weight, bias, out, scale, groups):
-    batch, outputs, height, width = out.shape
-    for line in prange(batch * outputs * height):
-        n, o, Y = line // (outputs * height), (line // height) % outputs, line % height
-        for X in range(width):
-            out[n, o, Y, X] = semi_shift_at(en, de, weight, bias, n, o, Y, X, scale, groups)
-
-
-@cpu_kernel
-def semi_shift_grad_en_cpu(grad_out, weight, grad_en, groups):
-    batch, channels, height, width = grad_en.shape
-    for line in prange(batch * channels * height):
-        n, c, Y = line // (channels * height), (line // height) % channels, line % height
-        for X in range(width):
-            grad_en[n, c, Y, X] = grad_en_at(grad_out, weight, n, c, Y, X, groups)
-
-
-@cpu_kernel
-def semi_shift_grad_de_cpu(grad_out, weight, grad_de, scale, groups):
-    batch, channels, height, width = grad_de.shape
+def pad_columns_cpu(feature, scale, pad, columns):
+    """columns[n, c, row, j] = feature[n, c, row, j // scale - pad], 0 outside."""
+    batch, channels, height, width = feature.shape
     for line in prange(batch * channels * height):
         n, c, row = line // (channels * height), (line // height) % channels, line % height
-        for col in range(width):
-            grad_de[n, c, row, col] = grad_de_at(grad_out, weight, n, c, row, col, scale, groups)
+        for j in range(columns.shape[3]):
+            col = j // scale - pad
+            columns[n, c, row, j] = feature[n, c, row, col] if 0 <= col < width else feature.dtype.type(0)
 
 
 @cpu_kernel
-def semi_shift_grad_weight_cpu(grad_out, en, de, grad_weight, scale, groups):
+def sum_pool_cpu(grad_out, scale, pooled):
+    """pooled[n, o, a, b] = sum of grad_out over the s x s outputs attached to (a, b)."""
+    batch, outputs, height, width = pooled.shape
+    for line in prange(batch * outputs * height):
+        n, o, a = line // (outputs * height), (line // height) % outputs, line % height
+        for b in range(width):
+            total = grad_out.dtype.type(0)
+            for Y in range(a * scale, a * scale + scale):
+                for X in range(b * scale, b * scale + scale):
+                    total += grad_out[n, o, Y, X]
+            pooled[n, o, a, b] = total
+
+
+@cpu_kernel
+def semi_shift_forward_cpu(en_columns, de_columns, weight, bias, out, scale, groups):
+    batch, outputs, height, width = out.shape
+    size, in_per_group = weight.shape[2], weight.shape[1]
+    pad = size // 2
+    low_height = de_columns.shape[2]
+    for line in prange(batch * outputs * height):
+        n, o, Y = line // (outputs * height), (line // height) % outputs, line % height
+        first = (o // (outputs // groups)) * in_per_group
+        total = np.full(width, bias[o] + bias[o], out.dtype)
+        for local in range(in_per_group):
+            c = first + local
+            for uy in range(size):
+                en_row, de_row = Y + uy - pad, Y // scale + uy - pad
+                en_inside, de_inside = 0 <= en_row < height, 0 <= de_row < low_height
+                for ux in range(size):
+                    w = weight[o, local, uy, ux]
+                    if en_inside and de_inside:
+                        en_part = en_columns[n, c, en_row, ux: ux + width]
+                        de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
+                        for X in range(width):
+                            total[X] = fma(w, en_part[X] + de_part[X], total[X])
+                    elif en_inside:
+                        en_part = en_columns[n, c, en_row, ux: ux + width]
+                        for X in range(width):
+                            total[X] = fma(w, en_part[X], total[X])
+                    elif de_inside:
+                        de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
+                        for X in range(width):
+                            total[X] = fma(w, de_part[X], total[X])
+        out[n, o, Y, :] = total
+
+
+@cpu_kernel
+def transposed_conv_cpu(grad_columns, weight, grad_input, groups):
+    """grad_input[n, c, y, x] = sum_{o, u} weight[o, c, u] * grad[n, o, y - uy + p, x - ux + p]:
+    the gradient of en (from grad_out), and of de (from the pooled grad_out)."""
+    batch, channels, height, width = grad_input.shape
+    size, in_per_group = weight.shape[2], weight.shape[1]
+    out_per_group = weight.shape[0] // groups
+    pad = size // 2
+    for line in prange(batch * channels * height):
+        n, c, y = line // (channels * height), (line // height) % channels, line % height
+        group = c // in_per_group
+        total = np.zeros(width, grad_input.dtype)
+        for o in range(group * out_per_group, (group + 1) * out_per_group):
+            for uy in range(size):
+                row = y - uy + pad
+                if 0 <= row < height:
+                    for ux in range(size):
+                        w = weight[o, c - group * in_per_group, uy, ux]
+                        part = grad_columns[n, o, row, 2 * pad - ux: 2 * pad - ux + width]
+                        for x in range(width):
+                            total[x] = fma(w, part[x], total[x])
+        grad_input[n, c, y, :] = total
+
+
+@cpu_kernel
+def semi_shift_grad_weight_cpu(grad_out, en_columns, de_columns, grad_weight, scale, groups):
     outputs, in_per_group, size, _ = grad_weight.shape
-    for index in prange(grad_weight.size):
-        o, local = index // (in_per_group * size * size), (index // (size * size)) % in_per_group
-        uy, ux = (index // size) % size, index % size
-        grad_weight[o, local, uy, ux] = grad_weight_at(grad_out, en, de, o, local, uy, ux, size, scale, groups)
-
-
-_KERNELS = {
-    "cuda": (semi_shift_forward_kernel, semi_shift_grad_en_kernel, semi_shift_grad_de_kernel,
-             semi_shift_grad_weight_kernel),
-    "cpu": (semi_shift_forward_cpu, semi_shift_grad_en_cpu, semi_shift_grad_de_cpu, semi_shift_grad_weight_cpu),
-}
+    batch, _, height, width = grad_out.shape
+    pad = size // 2
+    low_height = de_columns.shape[2]
+    for pair in prange(outputs * in_per_group):
+        o, local = pair // in_per_group, pair % in_per_group
+        c = (o // (outputs // groups)) * in_per_group + local
+        for uy in range(size):
+            for ux in range(size):
+                partial = np.zeros(width, grad_weight.dtype)  # one running sum per column
+                for n in range(batch):
+                    for Y in range(height):
+                        grads = grad_out[n, o, Y]
+                        en_row, de_row = Y + uy - pad, Y // scale + uy - pad
+                        if 0 <= en_row < height:
+                            en_part = en_columns[n, c, en_row, ux: ux + width]
+                            for X in range(width):
+                                partial[X] = fma(grads[X], en_part[X], partial[X])
+                        if 0 <= de_row < low_height:
+                            de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
+                            for X in range(width):
+                                partial[X] = fma(grads[X], de_part[X], partial[X])
+                grad_weight[o, local, uy, ux] = partial.sum()
 
 
 def _launch(kernel, backend, target, *arrays_and_ints):
@@ -245,15 +315,28 @@ def semi_shift_conv_reference(en, de, weight, bias, scale, groups=1):
 # --------------------------------------------------------------------------
 
 
+def _padded_columns(feature, scale, pad):
+    """``feature`` repeated ``scale`` times along its columns and zero-padded
+    by ``pad`` low-res columns on each side (the CPU loops' input)."""
+    n, channels, height, width = feature.shape
+    columns = feature.new_empty((n, channels, height, (width + 2 * pad) * scale))
+    pad_columns_cpu(kernel_array(feature), scale, pad, kernel_array(columns))
+    return columns
+
+
 class SemiShiftFunction(torch.autograd.Function):
     """One-pass semi-shift convolution forward and backward on Numba kernels."""
 
     @staticmethod
     def forward(ctx, en, de, weight, bias, scale, groups, backend):
         en, de, weight, bias = en.contiguous(), de.contiguous(), weight.contiguous(), bias.contiguous()
-        forward_kernel = _KERNELS[backend][0]
         out = en.new_empty((en.shape[0], weight.shape[0], en.shape[2], en.shape[3]))
-        _launch(forward_kernel, backend, out, en, de, weight, bias, out, scale, groups)
+        pad = weight.shape[2] // 2
+        if backend == "cpu":
+            _launch(semi_shift_forward_cpu, backend, out, _padded_columns(en, 1, pad),
+                    _padded_columns(de, scale, pad), weight, bias, out, scale, groups)
+        else:
+            _launch(semi_shift_forward_kernel, backend, out, en, de, weight, bias, out, scale, groups)
         ctx.save_for_backward(en, de, weight)
         ctx.config = (scale, groups, backend)
         return out
@@ -263,18 +346,34 @@ class SemiShiftFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         en, de, weight = ctx.saved_tensors
         scale, groups, backend = ctx.config
-        _, en_kernel, de_kernel, weight_kernel = _KERNELS[backend]
         grad_out = grad_out.contiguous()
+        pad = weight.shape[2] // 2
+        on_cpu = backend == "cpu"
         grads = [None] * 4
         if ctx.needs_input_grad[0]:
             grads[0] = torch.empty_like(en)
-            _launch(en_kernel, backend, grads[0], grad_out, weight, grads[0], groups)
+            if on_cpu:
+                _launch(transposed_conv_cpu, backend, grads[0], _padded_columns(grad_out, 1, pad), weight,
+                        grads[0], groups)
+            else:
+                _launch(semi_shift_grad_en_kernel, backend, grads[0], grad_out, weight, grads[0], groups)
         if ctx.needs_input_grad[1]:
             grads[1] = torch.empty_like(de)
-            _launch(de_kernel, backend, grads[1], grad_out, weight, grads[1], scale, groups)
+            if on_cpu:
+                pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
+                sum_pool_cpu(kernel_array(grad_out), scale, kernel_array(pooled))
+                _launch(transposed_conv_cpu, backend, grads[1], _padded_columns(pooled, 1, pad), weight,
+                        grads[1], groups)
+            else:
+                _launch(semi_shift_grad_de_kernel, backend, grads[1], grad_out, weight, grads[1], scale, groups)
         if ctx.needs_input_grad[2]:
             grads[2] = torch.empty_like(weight)
-            _launch(weight_kernel, backend, grads[2], grad_out, en, de, grads[2], scale, groups)
+            if on_cpu:
+                _launch(semi_shift_grad_weight_cpu, backend, grads[2], grad_out, _padded_columns(en, 1, pad),
+                        _padded_columns(de, scale, pad), grads[2], scale, groups)
+            else:
+                _launch(semi_shift_grad_weight_kernel, backend, grads[2], grad_out, en, de, grads[2], scale,
+                        groups)
         if ctx.needs_input_grad[3]:
             grads[3] = 2 * grad_out.sum(dim=(0, 2, 3))  # the bias enters twice
         return (*grads, None, None, None)
