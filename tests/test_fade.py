@@ -172,3 +172,13 @@ def test_cpu_and_cuda_forward_agree_bit_for_bit():
     en, de, weight, bias = _inputs(c=3, h=3, w=4, s=2, o=2, dtype=torch.float32)
     assert torch.equal(on("cpu", ul.semi_shift_conv)(en, de, weight, bias, 2),
                        on("cuda", ul.semi_shift_conv)(en, de, weight, bias, 2))
+
+
+def test_modules_can_run_the_reference_backend():
+    torch.manual_seed(4)
+    for module, inputs in [(ul.FADE(4), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 3, 3))),
+                           (ul.SAPA(4), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 3, 3))),
+                           (ul.CARAFE(4), (torch.randn(1, 4, 3, 3),))]:
+        fast = module(*inputs)
+        module.backend = "torch"
+        torch.testing.assert_close(module(*inputs), fast, rtol=1e-5, atol=1e-6)

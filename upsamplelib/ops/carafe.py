@@ -432,6 +432,8 @@ class CARAFE(nn.Module):
 
     Parameter names follow mmcv's ``CARAFEPack`` (``channel_compressor``,
     ``content_encoder``), so its checkpoints load with ``load_state_dict``.
+    The attribute ``backend`` (default None: by device) selects the
+    reassembly backend, e.g. ``module.backend = "torch"`` for the reference.
     """
 
     def __init__(self, channels, scale=2, up_kernel=5, up_group=1, encoder_kernel=3,
@@ -445,6 +447,7 @@ class CARAFE(nn.Module):
         if channels % up_group:
             raise ValueError(f"CARAFE: up_group={up_group} must divide channels={channels}")
         encoder_kernel = check_odd_kernel_size(encoder_kernel, "encoder_kernel", "CARAFE")
+        self.backend = None
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,
@@ -472,7 +475,7 @@ class CARAFE(nn.Module):
         return weights.view(n, slots, height, width)
 
     def forward(self, x):
-        return carafe(x, self.kernels(x), self.up_kernel, self.scale, self.up_group)
+        return carafe(x, self.kernels(x), self.up_kernel, self.scale, self.up_group, backend=self.backend)
 
     def extra_repr(self):
         return (f"channels={self.channels}, scale={self.scale}, up_kernel={self.up_kernel}, "

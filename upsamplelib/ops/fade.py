@@ -478,9 +478,10 @@ class SemiShift(nn.Module):
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
 
-    def forward(self, en, de):
+    def forward(self, en, de, backend=None):
         return semi_shift_conv(self.compressor_en(en), self.compressor_de(de), self.content_encoder.weight,
-                               self.content_encoder.bias, self.scale, groups=self.content_encoder.groups)
+                               self.content_encoder.bias, self.scale, backend=backend,
+                               groups=self.content_encoder.groups)
 
 
 class FADE(nn.Module):
@@ -495,6 +496,8 @@ class FADE(nn.Module):
     channels and the content encoder is depthwise. Parameter names are the
     official ones (``gate_generator.conv``, ``ker_generator.compressor_en``,
     ``ker_generator.compressor_de``, ``ker_generator.content_encoder``).
+    The attribute ``backend`` (default None: by device) selects the backend
+    of the semi-shift convolution and the reassembly.
     """
 
     def __init__(self, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5, embedding_dim=64,
@@ -515,6 +518,7 @@ class FADE(nn.Module):
         self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "FADE")
         kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", "FADE")
         self.lite = bool(lite)
+        self.backend = None
         self.gate_generator = GateGenerator(in_channels_de, scale)
         self.ker_generator = SemiShift(in_channels_en, in_channels_de, scale, up_kernel_size, embedding_dim,
                                        kernel_size, lite)
@@ -533,7 +537,7 @@ class FADE(nn.Module):
     def kernels(self, en, de):
         """The normalised upsampling kernels, (N, k_up**2, s*h, s*w)."""
         self._check(en, de)
-        return F.softmax(self.ker_generator(en, de), dim=1)
+        return F.softmax(self.ker_generator(en, de, self.backend), dim=1)
 
     def gate(self, de):
         """The gate map g, (N, 1, s*h, s*w): 1 keeps the encoder feature."""
@@ -542,7 +546,7 @@ class FADE(nn.Module):
     def forward(self, en, de):
         kernels = self.kernels(en, de)
         gate = self.gate(de)
-        return gate * en + (1 - gate) * carafe(de, kernels, self.up_kernel_size, self.scale, 1)
+        return gate * en + (1 - gate) * carafe(de, kernels, self.up_kernel_size, self.scale, 1, backend=self.backend)
 
     def extra_repr(self):
         return (f"channels={self.channels}, scale={self.scale}, up_kernel_size={self.up_kernel_size}, "

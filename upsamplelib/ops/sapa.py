@@ -157,6 +157,8 @@ class SAPA(nn.Module):
       ``dim_y == dim_x``.
 
     LayerNorms are over channels (eps 1e-5); values are always the raw ``x``.
+    The attribute ``backend`` (default None: by device) selects the backend
+    of the similarity and the reassembly, e.g. ``module.backend = "torch"``.
     """
 
     def __init__(self, dim_y, dim_x=None, up_factor=2, up_kernel_size=5, embedding_dim=64, qkv_bias=True,
@@ -176,6 +178,7 @@ class SAPA(nn.Module):
         self.up_factor = check_positive_int(up_factor, "up_factor", "SAPA")
         self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "SAPA")
         self.embedding_dim = embedding_dim
+        self.backend = None
         if variant == "I":
             return
         self.norm_y = nn.LayerNorm(dim_y)
@@ -234,11 +237,11 @@ class SAPA(nn.Module):
         """The normalised upsampling kernels, (N, k*k, s*h, s*w)."""
         self._check(y, x)
         q, key = self.queries_and_keys(y, x)
-        logits = sapa_similarity(q, key, self.up_kernel_size, self.up_factor)
+        logits = sapa_similarity(q, key, self.up_kernel_size, self.up_factor, backend=self.backend)
         return F.softmax(logits, dim=1)
 
     def forward(self, y, x):
-        return carafe(x, self.kernels(y, x), self.up_kernel_size, self.up_factor, 1)
+        return carafe(x, self.kernels(y, x), self.up_kernel_size, self.up_factor, 1, backend=self.backend)
 
     def extra_repr(self):
         return (f"dim_y={self.dim_y}, dim_x={self.dim_x}, variant={self.variant!r}, up_factor={self.up_factor}, "
