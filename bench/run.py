@@ -200,7 +200,117 @@ def bench_carafe(repeat: int) -> None:
                       f"at the measured {bandwidth:.0f} GB/s: {roofline / kernel:.0%} of roofline")
 
 
-SUITES = {"interpolate": bench_interpolate, "carafe": bench_carafe}
+SAPA_SETUP = """
+g = torch.Generator().manual_seed(0)
+channels, h, w = (8, 4, 4) if SIZE == "tiny" else ({channels}, {size}, {size})
+module = ul.SAPA(channels, channels, up_factor=2, up_kernel_size=5, embedding_dim=64).to(device)
+module.backend = {backend!r}
+y = torch.randn(1, channels, 2 * h, 2 * w, generator=g).to(device).requires_grad_()
+x = torch.randn(1, channels, h, w, generator=g).to(device).requires_grad_()
+"""
+
+
+def bench_sapa(repeat: int) -> None:
+    print("== SAPA-B module (d=64, k=5, x2) forward and backward (baseline: the same module on the plain-PyTorch "
+          "unfold formulation, backend='torch')")
+    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
+    for device, backend in devices:
+        for channels, size, runs in ((64, 32, repeat), (256, 120, max(3, repeat // 5))):
+            torch.manual_seed(0)
+            module = ul.SAPA(channels, channels).to(device)
+            y = torch.randn(1, channels, 2 * size, 2 * size, device=device)
+            x = torch.randn(1, channels, size, size, device=device)
+            label = f"sapa-B C={channels} {size}->{2 * size} {backend}"
+            times = {}
+            for name in (backend, "torch"):
+                module.backend = name
+                forward = median_ms(lambda: module(y, x), runs)
+                yr, xr = y.clone().requires_grad_(), x.clone().requires_grad_()
+                out = module(yr, xr)
+                grad = torch.randn_like(out)
+                backward = median_ms(lambda: torch.autograd.grad(out, (yr, xr), grad, retain_graph=True), runs)
+                times[name] = (forward, backward)
+            report(f"{label} forward", times[backend][0], times["torch"][0], f"unfold-{device}")
+            report(f"{label} backward (y and x)", times[backend][1], times["torch"][1], f"unfold-{device}")
+            statement = "out = module(y, x); torch.autograd.grad(out, (y, x), torch.ones_like(out))"
+            memory = [peak_extra_memory_mb(SAPA_SETUP.format(channels=channels, size=size, backend=name),
+                                           statement, device) for name in (backend, "torch")]
+            report_memory(f"{label} fwd+bwd peak extra memory", *memory, f"unfold-{device}")
+
+
+FADE_SETUP = """
+from upsamplelib.ops.fade import semi_shift_conv_reference
+g = torch.Generator().manual_seed(0)
+c, h = (4, 4) if SIZE == "tiny" else (64, 64)
+en = torch.randn(1, c, 2 * h, 2 * h, generator=g).to(device).requires_grad_()
+de = torch.randn(1, c, h, h, generator=g).to(device).requires_grad_()
+weight = (0.01 * torch.randn(25, c, 3, 3, generator=g)).to(device).requires_grad_()
+bias = torch.zeros(25).to(device).requires_grad_()
+"""
+
+
+def _concat_conv(en, de, weight, bias):
+    """The naive alternative: one conv over [encoder, upsampled decoder]."""
+    both = torch.cat([en, F.interpolate(de, scale_factor=2, mode="nearest")], dim=1)
+    return F.conv2d(both, torch.cat([weight, weight], dim=1), 2 * bias, padding=weight.shape[2] // 2)
+
+
+def bench_fade(repeat: int) -> None:
+    print("== FADE: semi-shift convolution (C=64 compressed, 64x64 -> 128x128, 3x3 -> 25 logits) and the whole "
+          "module (C=64) forward+backward (baselines: the two-conv PyTorch formulation, and one conv over "
+          "[encoder, upsampled decoder])")
+    from upsamplelib.ops.fade import semi_shift_conv_reference
+
+    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
+    for device, backend in devices:
+        g = torch.Generator().manual_seed(0)
+        en = torch.randn(1, 64, 128, 128, generator=g).to(device)
+        de = torch.randn(1, 64, 64, 64, generator=g).to(device)
+        weight = (0.01 * torch.randn(25, 64, 3, 3, generator=g)).to(device)
+        bias = torch.zeros(25, device=device)
+        variants = {
+            "ours": lambda *t: ul.semi_shift_conv(*t, scale=2, backend=backend),
+            "two-conv": lambda *t: semi_shift_conv_reference(*t, 2),
+            "concat-conv": _concat_conv,
+        }
+        forward, backward = {}, {}
+        for name, function in variants.items():
+            forward[name] = median_ms(lambda f=function: f(en, de, weight, bias), repeat)
+            leaves = [t.clone().requires_grad_() for t in (en, de, weight, bias)]
+            out = function(*leaves)
+            grad = torch.randn_like(out)
+            backward[name] = median_ms(lambda o=out, l=leaves, gr=grad: torch.autograd.grad(o, l, gr, retain_graph=True),
+                                       repeat)
+        for name in ("two-conv", "concat-conv"):
+            report(f"semi-shift {backend} forward", forward["ours"], forward[name], f"{name}-{device}")
+            report(f"semi-shift {backend} backward (en, de, W, b)", backward["ours"], backward[name], f"{name}-{device}")
+        statements = {
+            "ours": f"out = ul.semi_shift_conv(en, de, weight, bias, 2, backend={backend!r})",
+            "two-conv": "out = semi_shift_conv_reference(en, de, weight, bias, 2)",
+            "concat-conv": ("both = torch.cat([en, torch.nn.functional.interpolate(de, scale_factor=2)], 1); "
+                            "out = torch.nn.functional.conv2d(both, torch.cat([weight, weight], 1), 2 * bias, padding=1)"),
+        }
+        backward_statement = "; torch.autograd.grad(out, (en, de, weight, bias), torch.ones_like(out))"
+        memory = {name: peak_extra_memory_mb(FADE_SETUP, statement + backward_statement, device)
+                  for name, statement in statements.items()}
+        for name in ("two-conv", "concat-conv"):
+            report_memory(f"semi-shift {backend} fwd+bwd peak extra memory", memory["ours"], memory[name],
+                          f"{name}-{device}")
+        torch.manual_seed(0)
+        module = ul.FADE(64).to(device)
+        en_full, de_full = torch.randn(1, 64, 128, 128, device=device), torch.randn(1, 64, 64, 64, device=device)
+
+        def module_step(name):
+            module.backend = name
+            a, b = en_full.clone().requires_grad_(), de_full.clone().requires_grad_()
+            out = module(a, b)
+            torch.autograd.grad(out, (a, b), torch.ones_like(out))
+
+        report(f"FADE module {backend} forward+backward", median_ms(lambda: module_step(backend), repeat),
+               median_ms(lambda: module_step("torch"), repeat), f"two-conv+unfold-{device}")
+
+
+SUITES = {"interpolate": bench_interpolate, "carafe": bench_carafe, "sapa": bench_sapa, "fade": bench_fade}
 
 
 def main(argv=None) -> int:
