@@ -243,6 +243,17 @@ def launch(kernel, n_threads: int, *args, threads_per_block: int = THREADS_PER_B
         kernel[blocks, threads, _torch_stream()](*args)
 
 
+def run(kernel, backend: str, n_threads: int, *args):
+    """Run a kernel of either Numba backend: a CUDA kernel (``backend="cuda"``)
+    on a 1-D grid of ``n_threads`` threads, a CPU loop (``"cpu"``) as a plain
+    call. Tensor arguments are handed over with ``kernel_array``."""
+    arrays = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args]
+    if backend == "cuda":
+        launch(kernel, n_threads, *arrays)
+    else:
+        kernel(*arrays)
+
+
 # --------------------------------------------------------------------------
 # One body, two targets
 # --------------------------------------------------------------------------

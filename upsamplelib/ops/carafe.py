@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import numpy as np
 from numba import cuda, int64, prange
 
-from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, launch, per_element, resolve_backend
+from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
 from ..validation import (
     check_feature_map,
     check_odd_kernel_size,
@@ -255,15 +255,6 @@ def carafe_grad_mask_cpu(grad_out, columns, grad_masks, kernel_size, scale, grou
                 grad_masks[n, slot_of(group, dy, dx, kernel_size), Y, :] = total
 
 
-def _launch(kernel, backend, target, *arrays_and_ints):
-    """Run ``kernel`` writing ``target`` (one thread per element on CUDA)."""
-    args = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in arrays_and_ints]
-    if backend == "cuda":
-        launch(kernel, target.numel(), *args)
-    else:
-        kernel(*args)
-
-
 def _upsampled_columns(x, kernel_size, scale):
     """x upsampled along its columns, zero-padded by the window radius (the
     input of the CPU loops; s times the size of x, not k*k*s*s times)."""
@@ -283,10 +274,10 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
     """out[n, c, Y, X] = sum_t masks[n, slot(c, t), Y, X] * x[n, c, window_t(Y, X)]."""
     out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
     if backend == "cpu":
-        _launch(carafe_forward_cpu, backend, out, _upsampled_columns(x, kernel_size, scale), masks, out,
+        run(carafe_forward_cpu, backend, out.numel(), _upsampled_columns(x, kernel_size, scale), masks, out,
                 kernel_size, scale, group_channels)
     else:
-        _launch(carafe_forward_kernel, backend, out, x, masks, out, kernel_size, scale, group_channels)
+        run(carafe_forward_kernel, backend, out.numel(), x, masks, out, kernel_size, scale, group_channels)
     return out
 
 
@@ -296,7 +287,7 @@ def gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channe
     n, channels, height, width = grad_out.shape
     grad_x = grad_out.new_empty((n, channels, height // scale, width // scale))
     kernel = carafe_grad_feature_cpu if backend == "cpu" else carafe_grad_feature_kernel
-    _launch(kernel, backend, grad_x, grad_out, masks, grad_x, kernel_size, scale, group_channels)
+    run(kernel, backend, grad_x.numel(), grad_out, masks, grad_x, kernel_size, scale, group_channels)
     return grad_x
 
 
@@ -307,10 +298,10 @@ def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
     slots = channels // group_channels * kernel_size * kernel_size
     result = grad_out.new_empty((n, slots, height, width))
     if backend == "cpu":
-        _launch(carafe_grad_mask_cpu, backend, result, grad_out, _upsampled_columns(x, kernel_size, scale), result,
+        run(carafe_grad_mask_cpu, backend, result.numel(), grad_out, _upsampled_columns(x, kernel_size, scale), result,
                 kernel_size, scale, group_channels)
     else:
-        _launch(carafe_grad_mask_kernel, backend, result, grad_out, x, result, kernel_size, scale, group_channels)
+        run(carafe_grad_mask_kernel, backend, result.numel(), grad_out, x, result, kernel_size, scale, group_channels)
     return result
 
 

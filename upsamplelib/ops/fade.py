@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from numba import cuda, int64, prange
 
-from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, launch, per_element, resolve_backend
+from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
 from ..validation import check_feature_map, check_odd_kernel_size, check_positive_int, kernel_dtype, shape_str
 from .carafe import carafe, unravel4
 
@@ -288,14 +288,6 @@ def semi_shift_grad_weight_cpu(grad_out, en_columns, de_columns, grad_weight, sc
                 grad_weight[o, local, uy, ux] = partial.sum()
 
 
-def _launch(kernel, backend, target, *arrays_and_ints):
-    args = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in arrays_and_ints]
-    if backend == "cuda":
-        launch(kernel, target.numel(), *args)
-    else:
-        kernel(*args)
-
-
 # --------------------------------------------------------------------------
 # Reference (backend="torch"): the two-convolution formulation
 # --------------------------------------------------------------------------
@@ -333,10 +325,10 @@ class SemiShiftFunction(torch.autograd.Function):
         out = en.new_empty((en.shape[0], weight.shape[0], en.shape[2], en.shape[3]))
         pad = weight.shape[2] // 2
         if backend == "cpu":
-            _launch(semi_shift_forward_cpu, backend, out, _padded_columns(en, 1, pad),
+            run(semi_shift_forward_cpu, backend, out.numel(), _padded_columns(en, 1, pad),
                     _padded_columns(de, scale, pad), weight, bias, out, scale, groups)
         else:
-            _launch(semi_shift_forward_kernel, backend, out, en, de, weight, bias, out, scale, groups)
+            run(semi_shift_forward_kernel, backend, out.numel(), en, de, weight, bias, out, scale, groups)
         ctx.save_for_backward(en, de, weight)
         ctx.config = (scale, groups, backend)
         return out
@@ -353,26 +345,26 @@ class SemiShiftFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grads[0] = torch.empty_like(en)
             if on_cpu:
-                _launch(transposed_conv_cpu, backend, grads[0], _padded_columns(grad_out, 1, pad), weight,
+                run(transposed_conv_cpu, backend, grads[0].numel(), _padded_columns(grad_out, 1, pad), weight,
                         grads[0], groups)
             else:
-                _launch(semi_shift_grad_en_kernel, backend, grads[0], grad_out, weight, grads[0], groups)
+                run(semi_shift_grad_en_kernel, backend, grads[0].numel(), grad_out, weight, grads[0], groups)
         if ctx.needs_input_grad[1]:
             grads[1] = torch.empty_like(de)
             if on_cpu:
                 pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
                 sum_pool_cpu(kernel_array(grad_out), scale, kernel_array(pooled))
-                _launch(transposed_conv_cpu, backend, grads[1], _padded_columns(pooled, 1, pad), weight,
+                run(transposed_conv_cpu, backend, grads[1].numel(), _padded_columns(pooled, 1, pad), weight,
                         grads[1], groups)
             else:
-                _launch(semi_shift_grad_de_kernel, backend, grads[1], grad_out, weight, grads[1], scale, groups)
+                run(semi_shift_grad_de_kernel, backend, grads[1].numel(), grad_out, weight, grads[1], scale, groups)
         if ctx.needs_input_grad[2]:
             grads[2] = torch.empty_like(weight)
             if on_cpu:
-                _launch(semi_shift_grad_weight_cpu, backend, grads[2], grad_out, _padded_columns(en, 1, pad),
+                run(semi_shift_grad_weight_cpu, backend, grads[2].numel(), grad_out, _padded_columns(en, 1, pad),
                         _padded_columns(de, scale, pad), grads[2], scale, groups)
             else:
-                _launch(semi_shift_grad_weight_kernel, backend, grads[2], grad_out, en, de, grads[2], scale,
+                run(semi_shift_grad_weight_kernel, backend, grads[2].numel(), grad_out, en, de, grads[2], scale,
                         groups)
         if ctx.needs_input_grad[3]:
             grads[3] = 2 * grad_out.sum(dim=(0, 2, 3))  # the bias enters twice

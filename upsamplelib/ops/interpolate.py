@@ -33,9 +33,9 @@ from ..backend import (
     cuda_kernel,
     fma,
     kernel_array,
-    launch,
     per_element,
     resolve_backend,
+    run,
 )
 from ..validation import check_feature_map, kernel_dtype
 
@@ -415,16 +415,9 @@ def _planes(tensor):
     return tensor.reshape(n * c, h, w)
 
 
-def _launch(kernel, backend, n_threads, *args):
-    if backend == "cuda":
-        launch(kernel, n_threads, *args)
-    else:
-        kernel(*args)
-
-
 def _forward(backend, x, out, geometry):
     real_t = np.float32 if x.dtype == torch.float32 else np.float64
-    _launch(
+    run(
         _FORWARD[(geometry.family, backend)], backend, out.numel(),
         kernel_array(_planes(x)), kernel_array(_planes(out)),
         real_t(geometry.scale_h), real_t(geometry.scale_w), geometry.flag,
@@ -436,7 +429,7 @@ def _axis_table(backend, in_size, out_size, scale, geometry, like):
     index = torch.empty((2, out_size), dtype=torch.int64, device=like.device)
     weight = like.new_empty((2, out_size))
     real_t = np.float32 if like.dtype == torch.float32 else np.float64
-    _launch(
+    run(
         _AXIS_TABLE[backend], backend, out_size,
         kernel_array(index), kernel_array(weight),
         in_size, real_t(scale), geometry.family == "bilinear", geometry.flag,
@@ -448,7 +441,7 @@ def _backward(backend, grad_out, grad_x, geometry):
     in_h, in_w = grad_x.shape[2], grad_x.shape[3]
     index_y, weight_y = _axis_table(backend, in_h, geometry.out_h, geometry.scale_h, geometry, grad_out)
     index_x, weight_x = _axis_table(backend, in_w, geometry.out_w, geometry.scale_w, geometry, grad_out)
-    _launch(
+    run(
         _BACKWARD[backend], backend, grad_x.numel(),
         kernel_array(_planes(grad_out)), kernel_array(_planes(grad_x)),
         kernel_array(index_y), kernel_array(weight_y),
