@@ -12,8 +12,8 @@ renormalised at the border). ``ul.CARAFE`` is the whole upsampler: kernel
 prediction (channel compressor, content encoder, pixel shuffle, softmax)
 followed by this reassembly, with mmcv's ``CARAFEPack`` parameter names.
 
-Backends: ``cuda`` (Numba-CUDA, one thread per output element, GPU or
-simulator), ``cpu`` (Numba CPU loops that walk whole rows so the vector
+Backends: ``cuda`` (Numba-CUDA, one thread per output pixel and a few
+channels, GPU or simulator), ``cpu`` (Numba CPU loops that walk whole rows so the vector
 units work; same index helpers and the same order of additions as the CUDA
 bodies, so the two agree bit for bit in the forward) and ``torch`` (the
 plain-PyTorch unfold formulation, the reference).
@@ -139,7 +139,7 @@ window_product_at = per_element(_window_product_at)
 
 
 # --------------------------------------------------------------------------
-# CUDA kernels: one thread per element of what they write
+# CUDA kernels: one thread per output pixel and run of PER_THREAD channels
 # --------------------------------------------------------------------------
 
 
@@ -147,29 +147,50 @@ def _signature(T):
     return (T[:, :, :, ::1], T[:, :, :, ::1], T[:, :, :, ::1], int64, int64, int64)
 
 
+#: Channels (or, for the mask gradient, window slots) per thread. The
+#: channels of one output pixel share its k*k mask values: a thread that
+#: walks several of them reads those values again from L1, not from L2.
+#: Measured on an H100 at C=64, 64x64 -> 128x128: 8 per thread runs the
+#: forward ~2.5x faster than one.
+PER_THREAD = 8
+
+
+def _chunked_threads(target):
+    """Threads for a kernel writing ``target`` PER_THREAD channels at a time."""
+    n, channels, height, width = target.shape
+    return n * ((channels + PER_THREAD - 1) // PER_THREAD) * height * width
+
+
 @cuda_kernel(_signature)
 def carafe_forward_kernel(x, masks, out, kernel_size, scale, group_channels):
     i = cuda.grid(1)
-    if i < out.size:
-        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
-        out[n, c, Y, X] = reassemble_at(x, masks, n, c, Y, X, kernel_size, scale, group_channels)
+    chunks = (out.shape[1] + PER_THREAD - 1) // PER_THREAD
+    if i < out.shape[0] * chunks * out.shape[2] * out.shape[3]:
+        n, chunk, Y, X = unravel4(i, chunks, out.shape[2], out.shape[3])
+        for c in range(chunk * PER_THREAD, min(chunk * PER_THREAD + PER_THREAD, out.shape[1])):
+            out[n, c, Y, X] = reassemble_at(x, masks, n, c, Y, X, kernel_size, scale, group_channels)
 
 
 @cuda_kernel(_signature)
 def carafe_grad_feature_kernel(grad_out, masks, grad_x, kernel_size, scale, group_channels):
     i = cuda.grid(1)
-    if i < grad_x.size:
-        n, c, row, col = unravel4(i, grad_x.shape[1], grad_x.shape[2], grad_x.shape[3])
-        grad_x[n, c, row, col] = gather_to_window_at(grad_out, masks, n, c, row, col, kernel_size, scale,
-                                              group_channels)
+    chunks = (grad_x.shape[1] + PER_THREAD - 1) // PER_THREAD
+    if i < grad_x.shape[0] * chunks * grad_x.shape[2] * grad_x.shape[3]:
+        n, chunk, row, col = unravel4(i, chunks, grad_x.shape[2], grad_x.shape[3])
+        for c in range(chunk * PER_THREAD, min(chunk * PER_THREAD + PER_THREAD, grad_x.shape[1])):
+            grad_x[n, c, row, col] = gather_to_window_at(grad_out, masks, n, c, row, col, kernel_size, scale,
+                                                         group_channels)
 
 
 @cuda_kernel(_signature)
 def carafe_grad_mask_kernel(grad_out, x, grad_masks, kernel_size, scale, group_channels):
     i = cuda.grid(1)
-    if i < grad_masks.size:
-        n, slot, Y, X = unravel4(i, grad_masks.shape[1], grad_masks.shape[2], grad_masks.shape[3])
-        grad_masks[n, slot, Y, X] = window_product_at(grad_out, x, n, slot, Y, X, kernel_size, scale, group_channels)
+    chunks = (grad_masks.shape[1] + PER_THREAD - 1) // PER_THREAD
+    if i < grad_masks.shape[0] * chunks * grad_masks.shape[2] * grad_masks.shape[3]:
+        n, chunk, Y, X = unravel4(i, chunks, grad_masks.shape[2], grad_masks.shape[3])
+        for slot in range(chunk * PER_THREAD, min(chunk * PER_THREAD + PER_THREAD, grad_masks.shape[1])):
+            grad_masks[n, slot, Y, X] = window_product_at(grad_out, x, n, slot, Y, X, kernel_size, scale,
+                                                          group_channels)
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +298,7 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
         run(carafe_forward_cpu, backend, out.numel(), _upsampled_columns(x, kernel_size, scale), masks, out,
                 kernel_size, scale, group_channels)
     else:
-        run(carafe_forward_kernel, backend, out.numel(), x, masks, out, kernel_size, scale, group_channels)
+        run(carafe_forward_kernel, backend, _chunked_threads(out), x, masks, out, kernel_size, scale, group_channels)
     return out
 
 
@@ -287,7 +308,7 @@ def gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channe
     n, channels, height, width = grad_out.shape
     grad_x = grad_out.new_empty((n, channels, height // scale, width // scale))
     kernel = carafe_grad_feature_cpu if backend == "cpu" else carafe_grad_feature_kernel
-    run(kernel, backend, grad_x.numel(), grad_out, masks, grad_x, kernel_size, scale, group_channels)
+    run(kernel, backend, _chunked_threads(grad_x), grad_out, masks, grad_x, kernel_size, scale, group_channels)
     return grad_x
 
 
@@ -301,7 +322,7 @@ def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
         run(carafe_grad_mask_cpu, backend, result.numel(), grad_out, _upsampled_columns(x, kernel_size, scale), result,
                 kernel_size, scale, group_channels)
     else:
-        run(carafe_grad_mask_kernel, backend, result.numel(), grad_out, x, result, kernel_size, scale, group_channels)
+        run(carafe_grad_mask_kernel, backend, _chunked_threads(result), grad_out, x, result, kernel_size, scale, group_channels)
     return result
 
 
