@@ -98,3 +98,12 @@ def test_nearest_index_checker_passes_the_library_rule(capsys):
 
     check_nearest_index(lambda d, i, o: _reference_index(d, i, o, False))
     assert capsys.readouterr().out.startswith("PASS nearest_index")
+
+
+def test_unsolved_kernel_is_reported_from_its_source_on_any_target():
+    @cuda.jit
+    def unsolved(x, out, factor):
+        raise NotImplementedError("Exercise 00.1: write this part")
+
+    with pytest.raises(NotImplementedError, match="Exercise 00.1"):
+        checkers.check_scale_kernel(unsolved)

@@ -34,6 +34,7 @@ def test_solution_notebooks_are_nbval_ready():
     for path in sorted((ROOT / "solutions").glob("*.ipynb")):
         notebook = json.loads(path.read_text())
         assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+        assert "widgets" not in notebook["metadata"], f"{path.name}: stored widget state (random ids)"
         for index, cell in enumerate(notebook["cells"]):
             if cell["cell_type"] != "code":
                 continue

@@ -17,8 +17,8 @@ The lesson gets, at the indentation of the BEGIN line,
 Cells tagged ``uses-exercise`` in the solution (the checker cells, and any
 cell that runs the student's code) are tagged ``raises-exception`` in the
 lesson, so the lesson runs top to bottom under nbval-lax while exercises are
-unsolved. Cells tagged ``solution-only`` are dropped. Outputs and execution
-counts are cleared. Never edit a lesson by hand: edit the solution, run
+unsolved. Cells tagged ``solution-only`` are dropped. Outputs, execution
+counts and stored widget state are cleared. Never edit a lesson by hand: edit the solution, run
 ``make solutions``.
 """
 
@@ -71,6 +71,8 @@ def strip_solutions(source: str, where: str) -> str:
 def make_lesson(solution: dict, name: str) -> dict:
     """The student notebook for one solution notebook (as JSON dicts)."""
     lesson = copy.deepcopy(solution)
+    # Widget state is what a run happened to draw, with random model ids.
+    lesson.get("metadata", {}).pop("widgets", None)
     cells = []
     for index, cell in enumerate(lesson["cells"]):
         tags = cell.get("metadata", {}).get("tags", [])

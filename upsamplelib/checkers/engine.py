@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import ctypes
+import inspect
 import random
+import textwrap
 import threading
 
 import numpy as np
@@ -61,10 +64,42 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     return result[0] if result else None
 
 
+def kernel_definition(kernel):
+    """(Python function, its ``ast.FunctionDef``) of a kernel or function."""
+    function = getattr(kernel, "py_func", kernel)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            return function, node
+    raise CheckFailed("could not find the kernel's source")  # pragma: no cover
+
+
+def unsolved_exercise(kernel):
+    """The message of the ``NotImplementedError`` an unsolved exercise's
+    kernel raises, or None. Read from the source: a GPU does not report an
+    exception raised inside a kernel, it just leaves the output unwritten."""
+    try:
+        _, definition = kernel_definition(kernel)
+    except (OSError, TypeError):  # no source to read
+        return None
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(target, ast.Name) and target.id == "NotImplementedError":
+                args = node.exc.args if isinstance(node.exc, ast.Call) else []
+                if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                    return args[0].value
+                return "this exercise is not written yet"
+    return None
+
+
 def launch_student_kernel(kernel, launch, *arrays, timeout: float = DEFAULT_TIMEOUT):
     """``kernel[launch](*arrays)`` under the timeout. Host (NumPy) arrays are
     copied to the GPU and back automatically, and taken as they are by the
-    simulator."""
+    simulator. An unsolved exercise raises its NotImplementedError on both."""
+    stub = unsolved_exercise(kernel)
+    if stub is not None:
+        raise NotImplementedError(stub)
     run_with_timeout(lambda: kernel[launch](*arrays), timeout=timeout)
 
 

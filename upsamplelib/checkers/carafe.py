@@ -1,0 +1,522 @@
+"""Checkers of lesson 03 (CARAFE: kernel prediction, reassembly forward and backward)."""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backend import launch_config
+from ..ops.carafe import CARAFE, carafe_reference
+from .bilinear import _uses_atomics
+from .engine import (
+    CheckFailed,
+    compare,
+    kernel_definition,
+    launch_student_kernel,
+    passed,
+    run_with_timeout,
+    unsolved_exercise,
+)
+from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
+
+__all__ = [
+    "check_predict_kernels",
+    "check_carafe_padded_kernel",
+    "check_carafe_border_kernel",
+    "check_carafe_group_kernel",
+    "check_carafe_tiled_kernel",
+    "check_carafe_grad_x_kernel",
+    "check_carafe_grad_masks_kernel",
+    "check_carafe_function",
+    "shared_memory_problems",
+]
+
+# --------------------------------------------------------------------------
+# Cases and references
+# --------------------------------------------------------------------------
+
+#: (N, C, h, w, kernel_size, scale, group). Odd sizes, maps smaller than the
+#: window, k = 1 (the window is one pixel), scale 1 (no upsampling), and
+#: output sizes that no block size divides. Small: every output is a Python
+#: thread in the simulator.
+_GROUP1_CASES = [
+    (1, 2, 5, 7, 5, 2, 1),
+    (2, 1, 4, 3, 3, 3, 1),
+    (1, 2, 3, 6, 7, 1, 1),
+    (1, 1, 5, 4, 1, 4, 1),
+    (1, 1, 2, 9, 5, 3, 1),
+    (1, 1, 1, 1, 3, 2, 1),
+]
+
+_GROUP_CASES = [
+    (1, 4, 3, 5, 3, 2, 2),
+    (1, 6, 4, 3, 5, 2, 3),
+    (2, 4, 2, 3, 3, 3, 4),
+    (1, 2, 5, 5, 5, 1, 1),
+    (1, 4, 1, 3, 7, 2, 2),
+]
+
+#: Cases of the tiled kernel: output sizes that are not multiples of the tile,
+#: one smaller than a tile, and the largest radius the tile allows.
+_TILED_CASES = [
+    (1, 2, 5, 7, 5, 2, 1),
+    (1, 2, 3, 4, 3, 3, 2),
+    (1, 1, 12, 10, 7, 1, 1),
+    (1, 2, 2, 3, 5, 4, 2),
+    (2, 1, 3, 2, 1, 2, 1),
+]
+
+_BACKWARD_CASES = [
+    (1, 2, 3, 4, 3, 2, 1),
+    (1, 4, 3, 3, 5, 2, 2),
+    (2, 2, 2, 3, 3, 3, 2),
+    (1, 3, 4, 2, 5, 1, 1),
+    (1, 1, 1, 2, 3, 2, 1),
+]
+
+
+def _describe(case):
+    n, c, h, w, k, s, g = case
+    return f"x ({n}, {c}, {h}, {w}), kernel_size={k}, scale={s}, group={g}"
+
+
+def _inputs(case, seed, dtype=np.float32):
+    """x (N, C, h, w) and normalised masks (N, G*k*k, s*h, s*w) as arrays."""
+    n, c, h, w, k, s, g = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    logits = torch.from_numpy(2 * rng.standard_normal((n, g, k * k, s * h, s * w)))
+    masks = F.softmax(logits, dim=2).reshape(n, g * k * k, s * h, s * w).numpy().astype(dtype)
+    return x, masks
+
+
+def _windows(x_padded, kernel_size, scale):
+    """(N, C, k*k, s*h, s*w): the k x k window of every output pixel, read
+    from a map padded by the radius on every side."""
+    n, channels = x_padded.shape[:2]
+    height, width = x_padded.shape[2] - kernel_size + 1, x_padded.shape[3] - kernel_size + 1
+    windows = F.unfold(x_padded, kernel_size).view(n, channels, kernel_size * kernel_size, height, width)
+    return windows.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)
+
+
+def _reassemble(x, masks, kernel_size, scale, group, pad="constant", interleaved=False, transposed=False):
+    """CARAFE and some of the ways to get it wrong, in float64 torch."""
+    x, masks = torch.as_tensor(x).double(), torch.as_tensor(masks).double()
+    n, channels, height, width = x.shape
+    radius = (kernel_size - 1) // 2
+    area = kernel_size * kernel_size
+    x_padded = F.pad(x, (radius,) * 4, mode=pad)
+    windows = _windows(x_padded, kernel_size, scale)
+    weights = masks.view(n, group, area, scale * height, scale * width)
+    if transposed:
+        weights = weights.view(n, group, kernel_size, kernel_size, scale * height, scale * width).transpose(2, 3)
+        weights = weights.reshape(n, group, area, scale * height, scale * width)
+    if interleaved:
+        owner = torch.arange(channels) % group
+    else:
+        owner = torch.arange(channels) // (channels // group)
+    return (windows * weights[:, owner]).sum(dim=2)
+
+
+def _variants(x, masks, kernel_size, scale, group):
+    """Wrong answers that a student's kernel may match, each with its hint."""
+    n, channels, height, width = x.shape
+    radius = (kernel_size - 1) // 2
+    found = []
+    zero = _reassemble(x, masks, kernel_size, scale, group)
+    inside = _reassemble(np.ones_like(x), masks, kernel_size, scale, group)
+    found.append((zero / inside,
+                  "your kernel renormalises the weights at the border (divides by the weights of the slots "
+                  "inside the map). CARAFE does not: an outside neighbour is a zero feature and its weight "
+                  "is simply lost, so the border outputs are smaller."))
+    found.append((_reassemble(x, masks, kernel_size, scale, group, pad="replicate"),
+                  "your kernel repeats the edge pixel for neighbours outside the map (it clamps the index). "
+                  "CARAFE pads with zeros: skip the slots whose row or column is outside the map."))
+    if radius < height and radius < width:
+        found.append((_reassemble(x, masks, kernel_size, scale, group, pad="reflect"),
+                      "your kernel reflects the map at its border (as one third-party port does). CARAFE pads "
+                      "with zeros: skip the slots whose row or column is outside the map."))
+    if kernel_size > 1:
+        found.append((_reassemble(x, masks, kernel_size, scale, group, transposed=True),
+                      "rows and columns of the window are swapped: slot t = dy * kernel_size + dx, with dy "
+                      "(the row offset) outer."))
+    if group > 1 and channels // group > 1:
+        found.append((_reassemble(x, masks, kernel_size, scale, group, interleaved=True),
+                      "channel c belongs to group c // (C // group) (contiguous blocks of C // group "
+                      "channels), not c % group."))
+    return found
+
+
+def _diagnose(expected, got, variants, *, what, case, hint, rtol=1e-5, atol=1e-5):
+    """compare(), but name a known mistake when the result matches one."""
+    expected_np = expected.detach().numpy()
+    if got.shape == expected_np.shape and not np.allclose(got, expected_np, rtol=rtol, atol=atol):
+        matches = [explanation for wrong, explanation in variants
+                   if np.allclose(got, wrong.numpy(), rtol=rtol, atol=atol)]
+        if len(matches) == 1:
+            raise CheckFailed(f"{what}: wrong values for {case}.\nHint: {matches[0]}")
+        if matches:
+            raise CheckFailed(f"{what}: wrong values for {case}, which match several known mistakes on this "
+                              "case:\n" + "\n".join(f"* {m}" for m in matches))
+    compare(expected_np, got, what=what, case=case, hint=hint, rtol=rtol, atol=atol)
+
+
+def _launch(kernel, launch, *arrays, what, index_hint):
+    try:
+        launch_student_kernel(kernel, launch, *arrays)
+    except IndexError as error:
+        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {index_hint}") from None
+    except Exception as error:
+        if _is_float_index_error(error):
+            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}. "
+                              "Integer division `Y // scale` keeps indices integers.") from None
+        raise
+
+
+_FORWARD_HINT = ("out[n, c, Y, X] = sum over dy, dx in range(kernel_size) of "
+                 "masks[n, dy * kernel_size + dx, Y, X] * x[n, c, Y // scale - r + dy, X // scale - r + dx], "
+                 "r = (kernel_size - 1) // 2")
+
+
+# --------------------------------------------------------------------------
+# 03.1 kernel prediction
+# --------------------------------------------------------------------------
+
+_PREDICT_CASES = [  # (N, C, h, w, kernel_size, scale, group, encoder_kernel, compressed)
+    (1, 4, 5, 6, 5, 2, 1, 3, 8),
+    (2, 6, 3, 4, 3, 3, 2, 1, 4),
+    (1, 8, 4, 3, 3, 2, 4, 3, 16),
+    (1, 2, 2, 5, 1, 2, 1, 3, 4),
+]
+
+
+def _predict_variants(logits, kernel_size, scale, group):
+    """Plausible wrong kernel predictions from the encoder's logits."""
+    area = kernel_size * kernel_size
+    shuffled = F.pixel_shuffle(logits, scale)
+    n, slots, height, width = shuffled.shape
+    found = [
+        (F.softmax(shuffled, dim=1),
+         "the softmax runs over all group * kernel_size**2 channels at once; each group's kernel is "
+         "normalised on its own: view the channels as (N, group, k*k, H, W) and take the softmax over the k*k."),
+        (F.pixel_shuffle(F.softmax(logits, dim=1), scale),
+         "the softmax comes before the pixel shuffle, so it mixes the kernels of the s*s output pixels that "
+         "one low-res position predicts. Shuffle first, then normalise each output pixel's k*k weights."),
+        (shuffled,
+         "the kernels are not normalised: apply a softmax over each group's k*k slots."),
+        (F.softmax(shuffled.view(n, group, area, height, width), dim=1).view(n, slots, height, width),
+         "the softmax runs over the groups; it must run over the k*k slots of each group (dim=2 of the "
+         "(N, group, k*k, H, W) view)."),
+    ]
+    if scale > 1:
+        # A hand-made shuffle with the sub-pixel index outer: channel (i*s + j) * G*k*k + c.
+        n0, channels, h0, w0 = logits.shape
+        regrouped = logits.view(n0, scale * scale, channels // (scale * scale), h0, w0).transpose(1, 2)
+        wrong = F.pixel_shuffle(regrouped.reshape(n0, channels, h0, w0), scale)
+        found.append((F.softmax(wrong.view(n, group, area, height, width), dim=2).view(n, slots, height, width),
+                      "the channels were rearranged before the pixel shuffle. F.pixel_shuffle(logits, scale) "
+                      "already puts channel (c * s*s + i * s + j) at output channel c, sub-pixel (i, j)."))
+    return found
+
+
+def check_predict_kernels(predict_kernels):
+    """``predict_kernels(x, channel_compressor, content_encoder, scale,
+    kernel_size, group) -> (N, group*k*k, s*h, s*w)``, the normalised kernels
+    that ``ul.CARAFE.kernels`` computes."""
+    what = "predict_kernels"
+    generator = torch.Generator().manual_seed(30)
+    for n, channels, h, w, k, s, g, encoder_kernel, compressed in _PREDICT_CASES:
+        module = CARAFE(channels, scale=s, up_kernel=k, up_group=g, encoder_kernel=encoder_kernel,
+                        compressed_channels=compressed)
+        with torch.no_grad():
+            for parameter in module.parameters():  # far from uniform kernels, so mistakes show
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        x = torch.randn(n, channels, h, w, generator=generator)
+        case = f"x ({n}, {channels}, {h}, {w}), scale={s}, kernel_size={k}, group={g}"
+        with torch.no_grad():
+            got = predict_kernels(x, module.channel_compressor, module.content_encoder, s, k, g)
+            expected = module.kernels(x)
+            logits = module.content_encoder(module.channel_compressor(x))
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{what} returned {type(got).__name__}; expected a torch.Tensor")
+        if tuple(got.shape) != tuple(expected.shape):
+            raise CheckFailed(
+                f"{what}: shape {tuple(got.shape)} for {case}; expected {tuple(expected.shape)} = "
+                f"(N, group * kernel_size**2, scale * h, scale * w).\nHint: F.pixel_shuffle(logits, scale) "
+                "turns (N, s*s*G*k*k, h, w) into (N, G*k*k, s*h, s*w)"
+            )
+        got = got.detach()
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            for wrong, explanation in _predict_variants(logits, k, s, g):
+                if torch.allclose(got, wrong, rtol=1e-5, atol=1e-6):
+                    raise CheckFailed(f"{what}: wrong kernels for {case}.\nHint: {explanation}")
+        compare(expected, got, what=what, case=case,
+                hint="compressor, then encoder, then F.pixel_shuffle(., scale), then a softmax over the "
+                     "k*k slots of each group")
+    passed(what, len(_PREDICT_CASES))
+
+
+# --------------------------------------------------------------------------
+# 03.2 - 03.4 the forward kernels, one thread per output element
+# --------------------------------------------------------------------------
+
+
+def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT,
+                   diagnose=True):
+    for index, case in enumerate(cases):
+        n, c, h, w, k, s, g = case
+        x, masks = _inputs(case, seed + index)
+        radius = (k - 1) // 2
+        out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+        arrays = [np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (radius, radius), (radius, radius))))
+                  if padded else x, masks, out, k, s]
+        if with_group:
+            arrays.append(g)
+        index_hint = ("x_padded has r rows and columns of zeros on every side, so output (Y, X) reads rows "
+                      "Y // scale + dy for dy in range(kernel_size)" if padded else
+                      "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x; and guard "
+                      "the thread with `if i < out.size:`")
+        _launch(kernel, launch_config(out.size, 128), *arrays, what=what, index_hint=index_hint)
+        expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
+        variants = _variants(x, masks, k, s, g) if diagnose else []
+        _diagnose(expected, out, variants, what=what, case=_describe(case), hint=hint)
+    passed(what, len(cases))
+
+
+def check_carafe_padded_kernel(kernel):
+    """``kernel(x_padded, masks, out, kernel_size, scale)``: group 1, one
+    thread per element of ``out`` (N, C, s*h, s*w) on a 1-D grid;
+    ``x_padded`` is x with r = (k - 1) // 2 zero rows and columns on every side."""
+    _forward_cases(kernel, _GROUP1_CASES, "carafe_padded_kernel", 31, padded=True,
+                   hint="out[n, c, Y, X] = sum over dy, dx in range(kernel_size) of "
+                        "masks[n, dy * kernel_size + dx, Y, X] * x_padded[n, c, Y // scale + dy, X // scale + dx]")
+
+
+def check_carafe_border_kernel(kernel):
+    """``kernel(x, masks, out, kernel_size, scale)``: group 1, one thread per
+    element of ``out``, zero padding done by skipping the outside slots."""
+    _forward_cases(kernel, _GROUP1_CASES, "carafe_border_kernel", 32,
+                   hint=_FORWARD_HINT + "; slots outside the map add nothing (and are not renormalised)")
+
+
+def check_carafe_group_kernel(kernel):
+    """``kernel(x, masks, out, kernel_size, scale, group)``: one thread per
+    element of ``out``; channel c uses the kernels of group c // (C // group)."""
+    _forward_cases(kernel, _GROUP_CASES + _GROUP1_CASES[:2], "carafe_group_kernel", 33, with_group=True,
+                   hint="group g = c // (C // group) reads mask channel g * kernel_size**2 + t for slot t")
+
+
+# --------------------------------------------------------------------------
+# 03.5 the shared-memory tile
+# --------------------------------------------------------------------------
+
+
+def _dotted(node):
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def shared_memory_problems(kernel):
+    """What in a kernel's source would break on a GPU although the simulator
+    accepts it: a shared array whose shape is not made of module-level integer
+    constants, and ``cuda.syncthreads()`` calls that some threads may skip
+    (inside an ``if``, or after a ``return``). A list of messages, empty if none."""
+    function, definition = kernel_definition(kernel)
+    problems = []
+    local_names = {a.arg for a in definition.args.args}
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            local_names.add(node.id)
+    shared_calls = [node for node in ast.walk(definition)
+                    if isinstance(node, ast.Call) and _dotted(node.func).endswith("shared.array")]
+    if not shared_calls:
+        problems.append("the kernel declares no shared array (cuda.shared.array(shape, float32)).")
+    for call in shared_calls:
+        shape = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "shape"), None)
+        for node in ast.walk(shape) if shape is not None else []:
+            if isinstance(node, ast.Name):
+                value = function.__globals__.get(node.id)
+                if node.id in local_names or not isinstance(value, int):
+                    problems.append(
+                        f"the shape of the shared array uses `{node.id}`, which is not a module-level integer "
+                        "constant. On a GPU the shape must be known when the kernel is compiled (the simulator "
+                        "accepts anything): size the array for the largest case with constants such as "
+                        "TILE and MAX_RADIUS.")
+            elif isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+                problems.append(
+                    f"the shape of the shared array uses `{ast.unparse(node)}`, which is only known at run "
+                    "time; on a GPU the shape must be made of module-level integer constants.")
+    syncs = [node for node in ast.walk(definition)
+             if isinstance(node, ast.Call) and _dotted(node.func).endswith("syncthreads")]
+    if not syncs:
+        problems.append("the kernel never calls cuda.syncthreads(): threads may read the tile before the "
+                        "threads that load it have written it.")
+    for node in ast.walk(definition):
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            for inner in ast.walk(node):
+                if inner in syncs:
+                    problems.append(
+                        f"cuda.syncthreads() on line {inner.lineno} of the kernel sits inside an `if` or "
+                        "`while`. Every thread of the block must reach every syncthreads (a thread past the "
+                        "edge of the output too), or the block may hang or read a half-loaded tile: call "
+                        "it at the top level of the kernel and guard only the work around it.")
+    if syncs:
+        last = max(s.lineno for s in syncs)
+        for node in ast.walk(definition):
+            if isinstance(node, ast.Return) and node.lineno < last:
+                problems.append(
+                    f"the kernel returns on line {node.lineno}, before cuda.syncthreads() on line {last}: the "
+                    "threads that return neither help load the tile nor reach the barrier. Guard the work "
+                    "with `if Y < height and X < width:` instead of returning early.")
+    unique = []
+    for problem in problems:
+        if problem not in unique:
+            unique.append(problem)
+    return unique
+
+
+def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
+    """``kernel(x, masks, out, kernel_size, scale, group)`` launched on blocks
+    of ``tile x tile`` threads, one per output pixel of a tile, and a grid
+    ``(ceil(W / tile), ceil(H / tile), N * C)``: block z is the plane
+    (n, c) = divmod(z, C). It stages the low-res window of its tile in a
+    shared array sized by the constants ``tile`` and ``max_radius``."""
+    what = "carafe_tiled_kernel"
+    problems = [] if unsolved_exercise(kernel) is not None else shared_memory_problems(kernel)
+    if problems:
+        raise CheckFailed(f"{what}: " + "\n".join(problems))
+    cases = [case for case in _TILED_CASES if (case[4] - 1) // 2 <= max_radius]
+    for index, case in enumerate(cases):
+        n, c, h, w, k, s, g = case
+        x, masks = _inputs(case, 35 + index)
+        out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+        grid = (math.ceil(s * w / tile), math.ceil(s * h / tile), n * c)
+        _launch(kernel, (grid, (tile, tile)), x, masks, out, k, s, g, what=what,
+                index_hint="a tile index is outside the shared array: the tile holds low-res rows from "
+                           "Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output "
+                           "row; output Y reads tile row Y // scale - Y0 // scale + dy")
+        expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
+        _diagnose(expected, out, _variants(x, masks, k, s, g), what=what,
+                  case=f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
+                  hint="every thread of the block, inside the output or not, must help load the tile "
+                       "(zeros outside the map) before cuda.syncthreads(); then each thread inside the "
+                       "output sums its k*k tile values weighted by its masks")
+    passed(what, len(cases))
+
+
+# --------------------------------------------------------------------------
+# 03.6 - 03.7 the backward kernels
+# --------------------------------------------------------------------------
+
+
+def _gradients(x, masks, grad_out, k, s, g):
+    x_ref = torch.from_numpy(x).double().requires_grad_()
+    masks_ref = torch.from_numpy(masks).double().requires_grad_()
+    out = carafe_reference(x_ref, masks_ref, k, s, g)
+    return torch.autograd.grad(out, (x_ref, masks_ref), torch.from_numpy(grad_out).double())
+
+
+def _backward_cases(kernel, what, wrt, hint, index_hint):
+    for index, case in enumerate(_BACKWARD_CASES):
+        n, c, h, w, k, s, g = case
+        x, masks = _inputs(case, 36 + index)
+        grad_out = np.random.default_rng(46 + index).standard_normal((n, c, s * h, s * w)).astype(np.float32)
+        grad_x, grad_masks = _gradients(x, masks, grad_out, k, s, g)
+        if wrt == "x":
+            result = np.full(x.shape, np.nan, np.float32)
+            arrays = (grad_out, masks, result, k, s, g)
+            expected = grad_x
+        else:
+            result = np.full(masks.shape, np.nan, np.float32)
+            arrays = (grad_out, x, result, k, s, g)
+            expected = grad_masks
+        _launch(kernel, launch_config(result.size, 128), *arrays, what=what, index_hint=index_hint)
+        compare(expected.numpy(), result, what=what, case=_describe(case), hint=hint, rtol=1e-5, atol=1e-5)
+    passed(what, len(_BACKWARD_CASES))
+
+
+def check_carafe_grad_x_kernel(kernel):
+    """``kernel(grad_out, masks, grad_x, kernel_size, scale, group)``: one
+    thread per element of ``grad_x`` (N, C, h, w), a gather: no atomics."""
+    what = "carafe_grad_x_kernel"
+    if _uses_atomics(kernel):
+        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread writes only its own "
+                          "pixel of grad_x, so no atomics are needed; the kernel uses cuda.atomic.")
+    _backward_cases(
+        kernel, what, "x",
+        hint="low-res pixel (row, col) is slot (dy, dx) of the outputs attached to low-res pixel "
+             "(row - dy + r, col - dx + r), i.e. output rows (row - dy + r) * scale + sy for sy in range(scale) "
+             "(and the same for columns); sum masks[n, slot, Y, X] * grad_out[n, c, Y, X] over them",
+        index_hint="skip the anchors (row - dy + r, col - dx + r) outside 0..h-1, 0..w-1")
+
+
+def check_carafe_grad_masks_kernel(kernel):
+    """``kernel(grad_out, x, grad_masks, kernel_size, scale, group)``: one
+    thread per element of ``grad_masks`` (N, G*k*k, s*h, s*w)."""
+    _backward_cases(
+        kernel, "carafe_grad_masks_kernel", "masks",
+        hint="grad_masks[n, g*k*k + t, Y, X] = sum over the channels c of group g of grad_out[n, c, Y, X] * "
+             "x[n, c, row_t, col_t], and 0 if slot t's pixel is outside the map",
+        index_hint="slot t reads row Y // scale - r + t // kernel_size and column X // scale - r + "
+                   "t % kernel_size: check both are inside x before reading")
+
+
+# --------------------------------------------------------------------------
+# 03.8 the autograd Function
+# --------------------------------------------------------------------------
+
+
+def check_carafe_function(function_class):
+    """``function_class.apply(x, masks, kernel_size, scale, group)``: a
+    torch.autograd.Function whose forward and backward run the student's
+    kernels on (N, C, h, w) CPU tensors, float32 and float64."""
+    what = "CarafeFunction"
+    cases = [(1, 4, 3, 4, 3, 2, 2, torch.float64), (2, 2, 3, 2, 5, 3, 1, torch.float32)]
+    for index, (n, c, h, w, k, s, g, dtype) in enumerate(cases):
+        case = f"{_describe((n, c, h, w, k, s, g))}, {str(dtype).replace('torch.', '')}"
+        x_np, masks_np = _inputs((n, c, h, w, k, s, g), 50 + index, np.float64)
+        x = torch.from_numpy(x_np).to(dtype).requires_grad_()
+        masks = torch.from_numpy(masks_np).to(dtype).requires_grad_()
+        out = run_with_timeout(lambda: function_class.apply(x, masks, k, s, g), what="forward")
+        expected = carafe_reference(x.detach().double(), masks.detach().double(), k, s, g)
+        if not isinstance(out, torch.Tensor) or out.dtype != dtype:
+            raise CheckFailed(f"{what}: forward returned {type(out).__name__}"
+                              f"{' of dtype ' + str(out.dtype) if isinstance(out, torch.Tensor) else ''} for "
+                              f"{case}; expected a tensor of the inputs' dtype {dtype}")
+        compare(expected, out.detach().double(), what=what, case=f"forward, {case}",
+                hint="forward returns carafe(x, masks) as a new (N, C, s*h, s*w) tensor")
+        if not out.requires_grad:
+            raise CheckFailed(f"{what}: the output does not require grad; call it as CarafeFunction.apply(...)")
+        grad_out = torch.from_numpy(np.random.default_rng(60 + index).standard_normal(out.shape)).to(dtype)
+        try:
+            got = run_with_timeout(lambda: torch.autograd.grad(out, (x, masks), grad_out), what="backward")
+        except RuntimeError as error:
+            raise CheckFailed(f"{what}: backward failed for {case}: {str(error).splitlines()[0]}\n"
+                              "Hint: backward must return one gradient per input of forward: "
+                              "(grad_x, grad_masks, None, None, None)") from None
+        expected_grads = _gradients(x_np, masks_np, grad_out.double().numpy(), k, s, g)
+        for name, e, o in zip(("x", "masks"), expected_grads, got):
+            compare(e, o.double(), what=what, case=f"gradient of {name}, {case}", rtol=1e-4, atol=1e-5,
+                    hint="backward returns (gather of grad_out over the windows, window products of grad_out "
+                         "and x, None, None, None), each with the shape of its input")
+    x = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[0]).requires_grad_()
+    masks = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[1]).requires_grad_()
+    ok = run_with_timeout(
+        lambda: torch.autograd.gradcheck(lambda a, b: function_class.apply(a, b, 3, 2, 2), (x, masks),
+                                         fast_mode=True, raise_exception=False),
+        what="gradcheck",
+    )
+    if not ok:
+        raise CheckFailed(f"{what}: torch.autograd.gradcheck fails (float64, kernel_size=3, scale=2, group=2).\n"
+                          "Hint: make the tensors contiguous before handing them to the kernels, and return "
+                          "new tensors (do not write into grad_out)")
+    passed(what, len(cases) + 1)
