@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 import upsamplelib as ul  # noqa: E402
 
 GPU = torch.cuda.is_available() and not ul.SIMULATOR
+DEVICES = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
 
 
 def median_ms(function, repeat: int, warmup: int = 3) -> float:
@@ -132,8 +133,7 @@ def _backward(function, x):
 
 def bench_interpolate(repeat: int) -> None:
     print("== nearest / bilinear: 1x64x128x128 -> 256x256, float32 (baseline: F.interpolate)")
-    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
-    for device, backend in devices:
+    for device, backend in DEVICES:
         x = torch.randn(1, 64, 128, 128, device=device)
         for mode in ("nearest", "bilinear"):
             ours = lambda t, m=mode: ul.interpolate(t, scale_factor=2, mode=m, backend=backend)  # noqa: E731
@@ -161,8 +161,7 @@ def bench_carafe(repeat: int) -> None:
           "upsamplelib.ops.carafe.carafe_reference)")
     from upsamplelib.ops.carafe import carafe_reference
 
-    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
-    for device, backend in devices:
+    for device, backend in DEVICES:
         for groups in (1, 4):
             g = torch.Generator().manual_seed(0)
             x = torch.randn(1, 64, 64, 64, generator=g).to(device)
@@ -213,8 +212,7 @@ x = torch.randn(1, channels, h, w, generator=g).to(device).requires_grad_()
 def bench_sapa(repeat: int) -> None:
     print("== SAPA-B module (d=64, k=5, x2) forward and backward (baseline: the same module on the plain-PyTorch "
           "unfold formulation, backend='torch')")
-    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
-    for device, backend in devices:
+    for device, backend in DEVICES:
         for channels, size, runs in ((64, 32, repeat), (256, 120, max(3, repeat // 5))):
             torch.manual_seed(0)
             module = ul.SAPA(channels, channels).to(device)
@@ -261,8 +259,7 @@ def bench_fade(repeat: int) -> None:
           "[encoder, upsampled decoder])")
     from upsamplelib.ops.fade import semi_shift_conv_reference
 
-    devices = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
-    for device, backend in devices:
+    for device, backend in DEVICES:
         g = torch.Generator().manual_seed(0)
         en = torch.randn(1, 64, 128, 128, generator=g).to(device)
         de = torch.randn(1, 64, 64, 64, generator=g).to(device)
@@ -317,7 +314,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("suites", nargs="*", help=f"any of {', '.join(SUITES)} (default: all)")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU measurements")
     args = parser.parse_args(argv)
+    if args.gpu_only:
+        if not GPU:
+            parser.error("--gpu-only: no CUDA GPU here")
+        DEVICES[:] = [("cuda", "cuda")]
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")

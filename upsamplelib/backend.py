@@ -306,16 +306,22 @@ def _fma(a, b, c):
 
 def _fma_python(a, b, c):
     """fma for the simulator: the exact a * b + c, rounded once to a's type."""
+    if isinstance(a, np.float32):
+        # A float32 product is exact in float64, and TwoSum gives the exact
+        # error of the float64 sum; only a float32 tie then needs it.
+        product, addend = float(a) * float(b), float(c)
+        total = product + addend
+        back = total - product
+        error = (product - (total - back)) + (addend - back)
+        nearest = np.float32(total)
+        if error != 0 and float(nearest) != total:
+            other = np.nextafter(nearest, np.float32(np.inf if total > float(nearest) else -np.inf))
+            if (float(nearest) + float(other)) / 2 == total:  # a tie that the error breaks
+                above = max(nearest, other)
+                return above if error > 0 else min(nearest, other)
+        return nearest
     exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
-    if not isinstance(a, np.float32):
-        return float(exact)
-    nearest = np.float32(float(exact))
-    best = nearest
-    for candidate in (np.nextafter(nearest, np.float32(-np.inf)), np.nextafter(nearest, np.float32(np.inf))):
-        error, best_error = abs(Fraction(float(candidate)) - exact), abs(Fraction(float(best)) - exact)
-        if error < best_error or (error == best_error and candidate.view(np.int32) % 2 == 0):
-            best = candidate
-    return best
+    return float(exact)
 
 
 #: ``fma(a, b, c)`` = a * b + c rounded once, on every target (LLVM's fma on
