@@ -39,8 +39,7 @@ lessons: setup
 # Re-execute the solution notebooks in place (after editing one), then
 # regenerate the lessons from them.
 solutions: setup
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-		--ExecutePreprocessor.store_widget_state=False solutions/*.ipynb
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 solutions/*.ipynb
 	$(BIN)/python tools/make_lessons.py
 
 bench: setup

@@ -96,6 +96,14 @@ def dumps(notebook: dict) -> str:
     return json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def strip_widget_state(path: Path) -> None:
+    """Remove the widget state nbconvert stores in an executed solution
+    (random model ids that change on every run; nbval ignores it)."""
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    if notebook.get("metadata", {}).pop("widgets", None) is not None:
+        path.write_text(dumps(notebook), encoding="utf-8")
+
+
 def expected_lessons():
     for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
         solution = json.loads(path.read_text(encoding="utf-8"))
@@ -106,6 +114,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only report lessons that are out of date")
     args = parser.parse_args(argv)
+    if not args.check:
+        for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
+            strip_widget_state(path)
     stale = []
     for path, text in expected_lessons():
         current = path.read_text(encoding="utf-8") if path.exists() else None

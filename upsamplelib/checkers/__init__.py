@@ -8,7 +8,7 @@ actual value, and a hint. Student kernels run under a timeout, so a kernel
 that never finishes is reported instead of waited on forever.
 
 The checkers of each lesson live in a module named after it
-(``gpu_model``, ``nearest``, ``bilinear``, ...); all are importable from here.
+(``gpu_model``, ``nearest``, ``bilinear``, ``carafe``, ...); all are importable from here.
 """
 
 from .engine import (  # noqa: F401
@@ -23,3 +23,6 @@ from .engine import (  # noqa: F401
 from .gpu_model import *  # noqa: F401,F403
 from .nearest import *  # noqa: F401,F403
 from .bilinear import *  # noqa: F401,F403
+from .carafe import *  # noqa: F401,F403
+from .sapa import *  # noqa: F401,F403
+from .fade import *  # noqa: F401,F403

@@ -1,0 +1,532 @@
+"""Checkers of lesson 05 (FADE: the semi-shift convolution as two PyTorch
+convolutions, per output pixel, and as one-pass kernel; its three gradient
+kernels; the autograd Function; the gate and the module's forward)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backend import launch_config
+from ..ops.fade import FADE, semi_shift_conv_reference
+from .bilinear import _uses_atomics
+from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
+from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
+
+__all__ = [
+    "check_semi_shift_two_convs",
+    "check_semi_shift_pixel",
+    "check_semi_shift_kernel",
+    "check_semi_shift_grad_en_kernel",
+    "check_semi_shift_grad_de_kernel",
+    "check_semi_shift_grad_weight_kernel",
+    "check_semi_shift_function",
+    "check_fade_forward",
+]
+
+# --------------------------------------------------------------------------
+# Cases, references and the usual mistakes
+# --------------------------------------------------------------------------
+
+#: (N, C, O, h, w, kernel_size, scale): non-square maps, maps smaller than
+#: the window, k = 1, 3, 5, scales 1 to 3, a batch of 2. Small on purpose:
+#: every output is a Python thread in the simulator, and each loops over
+#: C * k * k taps.
+_CASES = [
+    (1, 2, 3, 3, 4, 3, 2),
+    (2, 1, 2, 2, 3, 3, 3),
+    (1, 3, 2, 4, 2, 5, 2),
+    (1, 2, 2, 3, 3, 1, 2),
+    (1, 2, 3, 2, 5, 3, 1),
+    (1, 1, 1, 1, 1, 3, 2),
+]
+
+#: Larger cases for the PyTorch formulation, which costs nothing to check.
+_TORCH_CASES = _CASES + [(2, 5, 9, 6, 7, 3, 2), (1, 4, 25, 5, 3, 3, 4)]
+
+UPSAMPLED_HINT = ("your result is a convolution over nearest_up(D): the decoder window of output (Y, X) then covers "
+                  "high-res rows Y - r .. Y + r, i.e. low-res rows (Y + uy - r) // s, only 2 distinct rows for k=3, "
+                  "s=2. The semi-shift's decoder window is centred on the low-res pixel (Y // s, X // s) that the "
+                  "output is attached to: it reads D at row Y // s + uy - r, column X // s + ux - r")
+BIAS_ONCE_HINT = ("the bias is added once; the semi-shift applies the same conv (weight AND bias) on both paths, so the "
+                  "bias is added twice: 2 * bias[o] + sum ...")
+NO_BIAS_HINT = "the bias is missing: the result is 2 * bias[o] + the sum over the taps of both windows"
+ENCODER_ONLY_HINT = ("only the encoder window is summed; add the decoder window too: D at low-res row Y // s + uy - r, "
+                     "column X // s + ux - r, with the same weight")
+DECODER_ONLY_HINT = ("only the decoder window is summed; add the encoder window too: E at row Y + uy - r, column "
+                     "X + ux - r, with the same weight")
+REPLICATE_HINT = ("your result repeats the edge pixels for taps outside the map (a clamped index). The convolutions pad "
+                  "with zeros: a tap outside the map adds nothing")
+TRANSPOSED_HINT = "rows and columns of the weight are swapped: tap (uy, ux) is weight[o, c, uy, ux], uy the row offset"
+FLIPPED_HINT = ("the weight is flipped: F.conv2d (and the semi-shift) is a correlation, tap (uy, ux) of output (Y, X) "
+                "reads row Y + uy - r with weight[o, c, uy, ux], not weight[o, c, k - 1 - uy, k - 1 - ux]")
+BILINEAR_HINT = "the decoder path is upsampled bilinearly; the semi-shift repeats it: F.interpolate(..., mode='nearest')"
+BORDER_HINT = ("the first wrong output is at the border of the map, where a window sticks out. Taps outside the map "
+               "add 0 (zero padding): check 0 <= row < height and 0 <= col < width before reading. (NumPy, and so the "
+               "simulator, reads index -1 silently as the last row)")
+
+_FORMULA = ("out[n, o, Y, X] = 2 * bias[o] + sum over c, uy, ux of weight[o, c, uy, ux] * (E[n, c, Y + uy - r, "
+            "X + ux - r] + D[n, c, Y // s + uy - r, X // s + ux - r]), r = k // 2, zero outside the maps")
+
+
+def _describe(case):
+    n, c, o, h, w, k, s = case
+    return f"E ({n}, {c}, {s * h}, {s * w}), D ({n}, {c}, {h}, {w}), weight ({o}, {c}, {k}, {k}), scale={s}"
+
+
+def _inputs(case, seed, dtype=np.float32):
+    """E, D, weight, bias as arrays."""
+    n, c, o, h, w, k, s = case
+    rng = np.random.default_rng(seed)
+    E = rng.standard_normal((n, c, s * h, s * w)).astype(dtype)
+    D = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((o, c, k, k)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    return E, D, weight, bias
+
+
+def _torch(*arrays):
+    return [torch.from_numpy(np.asarray(a)).double() for a in arrays]
+
+
+def _reference(E, D, weight, bias, scale):
+    return semi_shift_conv_reference(*_torch(E, D, weight, bias), scale)
+
+
+def _conv(x, weight, bias, mode="constant"):
+    pad = weight.shape[2] // 2
+    if mode == "constant" or pad == 0:
+        return F.conv2d(x, weight, bias, padding=pad)
+    return F.conv2d(F.pad(x, (pad,) * 4, mode=mode), weight, bias)
+
+
+def _up(x, scale, mode="nearest"):
+    if mode == "nearest":
+        return F.interpolate(x, scale_factor=scale, mode="nearest")
+    return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
+
+
+def _variants(E, D, weight, bias, scale, bilinear=False):
+    """Wrong results a student's code may produce, each with its hint."""
+    E, D, weight, bias = _torch(E, D, weight, bias)
+    b = bias[None, :, None, None]
+    right = semi_shift_conv_reference(E, D, weight, bias, scale)
+    encoder, decoder = _conv(E, weight, bias), _up(_conv(D, weight, bias), scale)
+    found = [
+        (encoder + _conv(_up(D, scale), weight, bias), UPSAMPLED_HINT),
+        (right - b, BIAS_ONCE_HINT),
+        (right - 2 * b, NO_BIAS_HINT),
+        (encoder, ENCODER_ONLY_HINT),
+        (encoder + b, ENCODER_ONLY_HINT),
+        (decoder, DECODER_ONLY_HINT),
+        (decoder + b, DECODER_ONLY_HINT),
+        (_conv(E, weight, bias, "replicate") + _up(_conv(D, weight, bias, "replicate"), scale), REPLICATE_HINT),
+        (semi_shift_conv_reference(E, D, weight.transpose(2, 3), bias, scale), TRANSPOSED_HINT),
+        (semi_shift_conv_reference(E, D, weight.flip(2, 3), bias, scale), FLIPPED_HINT),
+    ]
+    if bilinear:
+        found.append((encoder + _up(_conv(D, weight, bias), scale, "bilinear"), BILINEAR_HINT))
+    return found
+
+
+def _at_border(index, shape_low, kernel_size, scale):
+    """Whether output index (n, o, Y, X) has a window (encoder or decoder) that leaves the maps."""
+    _, _, Y, X = index
+    h, w = shape_low
+    r = kernel_size // 2
+    encoder_inside = r <= Y < scale * h - r and r <= X < scale * w - r
+    decoder_inside = r <= Y // scale < h - r and r <= X // scale < w - r
+    return not (encoder_inside and decoder_inside)
+
+
+def _first_mismatch(expected, got, rtol, atol):
+    bad = ~np.isclose(got, expected, rtol=rtol, atol=atol)
+    return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
+
+
+def _diagnose(expected, got, variants, *, what, case, hint, rtol=1e-4, atol=1e-4, border=None):
+    """compare(), but name a known mistake when the result matches one.
+
+    ``border(index)`` (optional) says whether an output index touches the
+    border; a first mismatch there, with the inside right, gets BORDER_HINT."""
+    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
+    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    if got.shape == expected.shape:
+        if np.isnan(got).any():
+            index = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
+            raise CheckFailed(f"{what}: the value at index {index} was never written (it is still NaN) for {case}.\n"
+                              "Hint: one thread per element; every thread inside the array writes its element, also "
+                              "when it is 0 (the checker fills the array with NaN first)")
+        if not np.allclose(got, expected, rtol=rtol, atol=atol):
+            for wrong, explanation in variants:
+                if wrong.shape == got.shape and np.allclose(got, wrong.numpy(), rtol=rtol, atol=atol):
+                    raise CheckFailed(f"{what}: wrong values for {case}.\nHint: {explanation}")
+            if border is not None:
+                index = _first_mismatch(expected, got, rtol, atol)
+                inside_ok = all(border(tuple(int(i) for i in bad))
+                                for bad in np.argwhere(~np.isclose(got, expected, rtol=rtol, atol=atol)))
+                if border(index) and inside_ok:
+                    hint = BORDER_HINT
+    compare(expected, got, what=what, case=case, hint=hint, rtol=rtol, atol=atol)
+
+
+def _launch(kernel, n_threads, *arrays, what, guard):
+    try:
+        launch_student_kernel(kernel, launch_config(n_threads, 64), *arrays)
+    except IndexError as error:
+        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: guard the thread with "
+                          f"`if i < {guard}:`, and check that a tap is inside the map before reading it") from None
+    except Exception as error:
+        if _is_float_index_error(error):
+            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}. Integer "
+                              "division `Y // scale` keeps indices integers.") from None
+        raise
+
+
+# --------------------------------------------------------------------------
+# 05.1 two convolutions in PyTorch
+# --------------------------------------------------------------------------
+
+
+def check_semi_shift_two_convs(semi_shift):
+    """``semi_shift(E, D, weight, bias, scale)`` in PyTorch: (N, C, s*h, s*w)
+    and (N, C, h, w) -> (N, O, s*h, s*w), as a conv on E plus the nearest
+    upsampling of the same conv on D."""
+    what = "semi_shift_two_convs"
+    for index, case in enumerate(_TORCH_CASES):
+        n, c, o, h, w, k, s = case
+        E, D, weight, bias = _inputs(case, 500 + index, np.float64)
+        got = semi_shift(*_torch(E, D, weight, bias), s)
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
+        if tuple(got.shape) != (n, o, s * h, s * w):
+            raise CheckFailed(f"{what}: shape {tuple(got.shape)} for {_describe(case)}; expected "
+                              f"{(n, o, s * h, s * w)} = (N, O, s*h, s*w).\nHint: pad both convolutions by "
+                              "k // 2 (padding=weight.shape[2] // 2) so that they keep the size, and upsample the "
+                              "decoder's by scale")
+        _diagnose(_reference(E, D, weight, bias, s), got, _variants(E, D, weight, bias, s, bilinear=True),
+                  what=what, case=_describe(case), rtol=1e-7, atol=1e-9,
+                  hint="F.conv2d(E, weight, bias, padding=k // 2) + F.interpolate(F.conv2d(D, weight, bias, "
+                       "padding=k // 2), scale_factor=scale, mode='nearest')")
+    passed(what, len(_TORCH_CASES))
+
+
+# --------------------------------------------------------------------------
+# 05.2 one output pixel, in plain Python
+# --------------------------------------------------------------------------
+
+
+def check_semi_shift_pixel(semi_shift_pixel):
+    """``semi_shift_pixel(E, D, weight, bias, n, o, Y, X, scale)`` -> the
+    logit out[n, o, Y, X], from NumPy arrays, by the windowed definition.
+    Checked at every output pixel of every case."""
+    what = "semi_shift_pixel"
+    for index, case in enumerate(_CASES):
+        n, c, o, h, w, k, s = case
+        E, D, weight, bias = _inputs(case, 510 + index, np.float64)
+        got = np.empty((n, o, s * h, s * w))
+        for b in range(n):
+            for channel in range(o):
+                for Y in range(s * h):
+                    for X in range(s * w):
+                        try:
+                            value = semi_shift_pixel(E, D, weight, bias, b, channel, Y, X, s)
+                        except IndexError as error:
+                            raise CheckFailed(
+                                f"{what}(n={b}, o={channel}, Y={Y}, X={X}, scale={s}) indexed out of bounds for "
+                                f"{_describe(case)} ({error}).\nHint: a tap outside the map adds 0: check "
+                                "0 <= row < height and 0 <= col < width before reading") from None
+                        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+                            raise CheckFailed(f"{what} returned {value!r} of type {type(value).__name__} at "
+                                              f"(n={b}, o={channel}, Y={Y}, X={X}); expected a number")
+                        got[b, channel, Y, X] = float(value)
+        _diagnose(_reference(E, D, weight, bias, s), got, _variants(E, D, weight, bias, s), what=what,
+                  case=_describe(case), hint=_FORMULA, rtol=1e-7, atol=1e-9,
+                  border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
+    passed(what, len(_CASES))
+
+
+# --------------------------------------------------------------------------
+# 05.3 the one-pass kernel
+# --------------------------------------------------------------------------
+
+
+def check_semi_shift_kernel(kernel):
+    """``kernel(E, D, weight, bias, out, scale)``: one thread per element
+    (n, o, Y, X) of ``out`` (N, O, s*h, s*w) on a 1-D grid, reading E and D
+    directly (no intermediate maps)."""
+    what = "semi_shift_kernel"
+    for index, case in enumerate(_CASES):
+        n, c, o, h, w, k, s = case
+        E, D, weight, bias = _inputs(case, 520 + index)
+        out = np.full((n, o, s * h, s * w), np.nan, np.float32)
+        _launch(kernel, out.size, E, D, weight, bias, out, s, what=what, guard="out.size")
+        _diagnose(_reference(E, D, weight, bias, s), out, _variants(E, D, weight, bias, s), what=what,
+                  case=_describe(case), rtol=1e-4, atol=1e-4,
+                  hint="unravel i into (n, o, Y, X) with X fastest; then " + _FORMULA,
+                  border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
+    passed(what, len(_CASES))
+
+
+# --------------------------------------------------------------------------
+# 05.4 - 05.6 the gradient kernels
+# --------------------------------------------------------------------------
+
+
+def _gradients(E, D, weight, bias, grad_out, scale):
+    tensors = [t.requires_grad_() for t in _torch(E, D, weight, bias)]
+    out = semi_shift_conv_reference(*tensors, scale)
+    return torch.autograd.grad(out, tensors, torch.from_numpy(grad_out).double())
+
+
+def _pool(grad_out, scale):
+    return F.avg_pool2d(grad_out, scale) * scale * scale
+
+
+def _backward_cases(seed):
+    for index, case in enumerate(_CASES):
+        n, c, o, h, w, k, s = case
+        E, D, weight, bias = _inputs(case, seed + index)
+        grad_out = np.random.default_rng(seed + 50 + index).standard_normal((n, o, s * h, s * w)).astype(np.float32)
+        yield case, E, D, weight, bias, grad_out
+
+
+def check_semi_shift_grad_en_kernel(kernel):
+    """``kernel(grad_out, weight, grad_en)``: one thread per element
+    (n, c, Y, X) of ``grad_en`` (N, C, H, W), a gather (no atomics)."""
+    what = "semi_shift_grad_en_kernel"
+    if _uses_atomics(kernel):
+        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread sums into its own element of "
+                          "grad_en, so no atomics are needed; the kernel uses cuda.atomic.")
+    for case, E, D, weight, bias, grad_out in _backward_cases(530):
+        expected = _gradients(E, D, weight, bias, grad_out, case[6])[0]
+        grad_en = np.full(E.shape, np.nan, np.float32)
+        _launch(kernel, grad_en.size, grad_out, weight, grad_en, what=what, guard="grad_en.size")
+        g, W = _torch(grad_out, weight)
+        pad = W.shape[2] // 2
+        variants = [(F.conv2d(g, W.transpose(0, 1), padding=pad),
+                     "tap (uy, ux) of output (Y, X) reads E at (Y + uy - r, X + ux - r), so E at (Y, X) is read by "
+                     "output (Y - uy + r, X - ux + r): sum weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, "
+                     "X - ux + r] (minus, not plus)")]
+        _diagnose(expected, grad_en, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
+                  hint="grad_en[n, c, Y, X] = sum over o, uy, ux of weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, "
+                       "X - ux + r], skipping outputs outside the map")
+    passed(what, len(_CASES))
+
+
+def check_semi_shift_grad_de_kernel(kernel):
+    """``kernel(grad_out, weight, grad_de, scale)``: one thread per element
+    (n, c, row, col) of ``grad_de`` (N, C, h, w), a gather (no atomics)."""
+    what = "semi_shift_grad_de_kernel"
+    if _uses_atomics(kernel):
+        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread sums into its own element of "
+                          "grad_de, so no atomics are needed; the kernel uses cuda.atomic.")
+    for case, E, D, weight, bias, grad_out in _backward_cases(540):
+        s = case[6]
+        expected = _gradients(E, D, weight, bias, grad_out, s)[1]
+        grad_de = np.full(D.shape, np.nan, np.float32)
+        _launch(kernel, grad_de.size, grad_out, weight, grad_de, s, what=what, guard="grad_de.size")
+        g, W, Dt = _torch(grad_out, weight, D)
+        pad = W.shape[2] // 2
+        Dt.requires_grad_()
+        upsampled = F.conv2d(_up(Dt, s), W, padding=pad)
+        variants = [
+            (F.conv_transpose2d(g[:, :, ::s, ::s].contiguous(), W, padding=pad),
+             "only one output per low-res pixel is counted. All s x s outputs attached to a low-res pixel share "
+             "its decoder window: sum grad_out over rows anchor_row * s .. anchor_row * s + s - 1 (and the same "
+             "for the columns)"),
+            (F.conv2d(_pool(g, s), W.transpose(0, 1), padding=pad),
+             "the anchor is (row - uy + r, col - ux + r) (minus): output p's tap u reads D at p // s + u - r"),
+            (torch.autograd.grad(upsampled, Dt, g)[0], "this is the gradient of a conv over nearest_up(D). " +
+             UPSAMPLED_HINT.split(": ", 1)[1]),
+        ]
+        _diagnose(expected, grad_de, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
+                  hint="grad_de[n, c, row, col] = sum over o, uy, ux of weight[o, c, uy, ux] * (the sum of grad_out "
+                       "over the s x s outputs attached to low-res pixel (row - uy + r, col - ux + r)), skipping "
+                       "anchors outside the low-res map")
+    passed(what, len(_CASES))
+
+
+def check_semi_shift_grad_weight_kernel(kernel):
+    """``kernel(grad_out, E, D, grad_weight, scale)``: one thread per element
+    (o, c, uy, ux) of ``grad_weight`` (O, C, k, k), summing over the batch
+    and every output pixel."""
+    what = "semi_shift_grad_weight_kernel"
+    for case, E, D, weight, bias, grad_out in _backward_cases(550):
+        n, c, o, h, w, k, s = case
+        expected = _gradients(E, D, weight, bias, grad_out, s)[2]
+        grad_weight = np.full(weight.shape, np.nan, np.float32)
+        _launch(kernel, grad_weight.size, grad_out, E, D, grad_weight, s, what=what, guard="grad_weight.size")
+        variants = []
+        for name, parts in (("encoder", (E, np.zeros_like(D))), ("decoder", (np.zeros_like(E), D))):
+            wrong = _gradients(*parts, weight, bias, grad_out, s)[2]
+            other = "decoder" if name == "encoder" else "encoder"
+            variants.append((wrong, f"only the {name} window is counted: each tap multiplies grad_out by the sum of "
+                                    f"the {name} AND the {other} value it reads"))
+        if n > 1:
+            variants.append((_gradients(E[:1], D[:1], weight, bias, grad_out[:1], s)[2],
+                             "only the first batch element is counted: sum over n too"))
+        Et, Dt, Wt, g = _torch(E, D, weight, grad_out)
+        Wt.requires_grad_()
+        upsampled = _conv(Et, Wt, None) + _conv(_up(Dt, s), Wt, None)
+        variants.append((torch.autograd.grad(upsampled, Wt, g)[0], UPSAMPLED_HINT))
+        _diagnose(expected, grad_weight, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
+                  hint="grad_weight[o, c, uy, ux] = sum over n, Y, X of grad_out[n, o, Y, X] * (E[n, c, Y + uy - r, "
+                       "X + ux - r] + D[n, c, Y // s + uy - r, X // s + ux - r]), zero outside the maps")
+    passed(what, len(_CASES))
+
+
+# --------------------------------------------------------------------------
+# 05.7 the autograd Function
+# --------------------------------------------------------------------------
+
+
+def check_semi_shift_function(function_class):
+    """``function_class.apply(E, D, weight, bias, scale)``: a
+    torch.autograd.Function whose forward and backward run the student's
+    kernels on CPU tensors, float32 and float64."""
+    what = "SemiShiftFunction"
+    cases = [((1, 2, 3, 3, 2, 3, 2), torch.float64), ((2, 2, 2, 2, 3, 3, 3), torch.float32),
+             ((1, 3, 2, 2, 2, 1, 2), torch.float32)]
+    for index, (case, dtype) in enumerate(cases):
+        n, c, o, h, w, k, s = case
+        description = f"{_describe(case)}, {str(dtype).replace('torch.', '')}"
+        arrays = _inputs(case, 560 + index, np.float64)
+        leaves = [torch.from_numpy(a).to(dtype).requires_grad_() for a in arrays]
+        out = run_with_timeout(lambda: function_class.apply(*leaves, s), what="forward")
+        if not isinstance(out, torch.Tensor) or out.dtype != dtype:
+            raise CheckFailed(f"{what}: forward returned {type(out).__name__}"
+                              f"{' of dtype ' + str(out.dtype) if isinstance(out, torch.Tensor) else ''} for "
+                              f"{description}; expected a tensor of the inputs' dtype {dtype}")
+        expected = _reference(*arrays, s)
+        compare(expected, out.detach().double(), what=what, case=f"forward, {description}", rtol=1e-4, atol=1e-4,
+                hint="forward launches your one-pass kernel on contiguous .detach()ed inputs and returns the new "
+                     "(N, O, s*h, s*w) tensor")
+        if not out.requires_grad:
+            raise CheckFailed(f"{what}: the output does not require grad; call it as SemiShiftFunction.apply(...)")
+        grad_out = torch.from_numpy(np.random.default_rng(570 + index).standard_normal(out.shape)).to(dtype)
+        try:
+            got = run_with_timeout(lambda: torch.autograd.grad(out, leaves, grad_out), what="backward")
+        except RuntimeError as error:
+            raise CheckFailed(f"{what}: backward failed for {description}: {str(error).splitlines()[0]}\n"
+                              "Hint: backward must return one gradient per input of forward: "
+                              "(grad_en, grad_de, grad_weight, grad_bias, None)") from None
+        wanted = _gradients(*arrays, grad_out.double().numpy(), s)
+        for name, e, g in zip(("en", "de", "weight", "bias"), wanted, got):
+            if name == "bias" and torch.allclose(g.double(), e / 2, rtol=1e-4, atol=1e-4):
+                raise CheckFailed(f"{what}: the gradient of the bias is half what it should be for {description}.\n"
+                                  "Hint: the bias is added on both paths (twice), so its gradient is "
+                                  "2 * grad_out.sum(dim=(0, 2, 3))")
+            compare(e, g.double(), what=what, case=f"gradient of {name}, {description}", rtol=1e-4, atol=1e-4,
+                    hint="backward returns (grad_en, grad_de, grad_weight, 2 * grad_out.sum(dim=(0, 2, 3)), None), "
+                         "each computed by your kernels from grad_out.contiguous()")
+    arrays = _inputs((1, 2, 2, 2, 2, 3, 2), 580, np.float64)
+    leaves = [torch.from_numpy(a).requires_grad_() for a in arrays]
+    ok = run_with_timeout(
+        lambda: torch.autograd.gradcheck(lambda *t: function_class.apply(*t, 2), leaves, fast_mode=True,
+                                         raise_exception=False),
+        what="gradcheck",
+    )
+    if not ok:
+        raise CheckFailed(f"{what}: torch.autograd.gradcheck fails (float64, E (1, 2, 4, 4), D (1, 2, 2, 2), "
+                          "weight (2, 2, 3, 3), scale=2).\nHint: make the tensors contiguous before handing them "
+                          "to the kernels, and return new tensors (do not write into grad_out)")
+    passed(what, len(cases) + 1)
+
+
+# --------------------------------------------------------------------------
+# 05.8 the gate and the module's forward
+# --------------------------------------------------------------------------
+
+#: (N, C, h, w, scale, up_kernel_size, embedding_dim, kernel_size, lite)
+_MODULE_CASES = [
+    (1, 4, 3, 4, 2, 3, 8, 3, False),
+    (2, 3, 2, 3, 3, 5, 6, 3, False),
+    (1, 2, 3, 2, 2, 5, 8, 1, True),
+    (1, 4, 2, 3, 2, 3, 8, 3, True),
+]
+
+
+def _random_module(case, seed):
+    n, c, h, w, s, k_up, dim, k, lite = case
+    with torch.random.fork_rng(devices=[]):  # the module's init draws from the global generator
+        module = FADE(c, scale=s, up_kernel_size=k_up, embedding_dim=dim, kernel_size=k, lite=lite)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():  # kernels far from uniform, a gate far from 0.5
+            parameter.copy_(0.7 * torch.randn(parameter.shape, generator=generator))
+        en = torch.randn(n, c, s * h, s * w, generator=generator)
+        de = torch.randn(n, c, h, w, generator=generator)
+    module.backend = "torch"
+    return module, en, de
+
+
+def _fade_variants(module, en, de):
+    """Outputs of plausible wrong forwards, each with its hint."""
+    from ..ops.carafe import carafe_reference
+
+    generator, gate_conv = module.ker_generator, module.gate_generator.conv
+    s, k_up = module.scale, module.up_kernel_size
+    groups = generator.content_encoder.groups
+    E, D = generator.compressor_en(en), generator.compressor_de(de)
+    weight, bias = generator.content_encoder.weight, generator.content_encoder.bias
+    logits = semi_shift_conv_reference(E, D, weight, bias, s, groups)
+    kernels = F.softmax(logits, dim=1)
+    raw_gate = _up(gate_conv(de), s)
+    gate = torch.sigmoid(raw_gate)
+    reassembled = carafe_reference(de, kernels, k_up, s, 1)
+
+    def mix(g, k=None):
+        return g * en + (1 - g) * (reassembled if k is None else carafe_reference(de, k, k_up, s, 1))
+
+    once = logits - bias[None, :, None, None]
+    pad = weight.shape[2] // 2
+    upsampled = (F.conv2d(E, weight, bias, padding=pad, groups=groups)
+                 + F.conv2d(_up(D, s), weight, bias, padding=pad, groups=groups))
+    return [
+        ((1 - gate) * en + gate * reassembled,
+         "the gate is the other way round: g is the share of the ENCODER feature, out = g * en + (1 - g) * "
+         "carafe(de, kernels)"),
+        (reassembled, "the gate is missing: out = g * en + (1 - g) * carafe(de, kernels)"),
+        (mix(raw_gate), "the gate has no sigmoid: g = sigmoid(nearest_up(gate_generator.conv(de)))"),
+        (mix(torch.sigmoid(_up(gate_conv(de), s, "bilinear"))),
+         "the gate is upsampled bilinearly; FADE repeats it: F.interpolate(..., mode='nearest')"),
+        (mix(torch.sigmoid(gate_conv(en))),
+         "the gate comes from the encoder feature; FADE's gate is decoder-dependent: "
+         "sigmoid(nearest_up(gate_generator.conv(de)))"),
+        (mix(gate, logits), "the kernels are not normalised: apply a softmax over the k_up * k_up channels (dim=1)"),
+        (mix(gate, F.softmax(once, dim=1)), "the kernels' logits have the bias once. " + BIAS_ONCE_HINT.split("; ")[1]),
+        (mix(gate, F.softmax(upsampled, dim=1)), UPSAMPLED_HINT),
+    ]
+
+
+def check_fade_forward(fade_forward):
+    """``fade_forward(module, en, de)``: the output of a ``ul.FADE`` module
+    (FADE or FADE-Lite) from its parameters, ``ul.semi_shift_conv`` and
+    ``ul.carafe``."""
+    what = "fade_forward"
+    for index, case in enumerate(_MODULE_CASES):
+        n, c, h, w, s, k_up, dim, k, lite = case
+        module, en, de = _random_module(case, 590 + index)
+        with torch.no_grad():
+            expected = module(en, de)
+        description = (f"en {tuple(en.shape)}, de {tuple(de.shape)}, scale={s}, up_kernel_size={k_up}, "
+                       f"embedding_dim={dim}, kernel_size={k}, lite={lite}")
+        try:
+            with torch.no_grad():
+                got = run_with_timeout(lambda: fade_forward(module, en, de), what="fade_forward")
+        except ValueError as error:
+            raise CheckFailed(f"{what}: {error}\nHint: for FADE-Lite ({description}) the content encoder is "
+                              "depthwise: pass groups=module.ker_generator.content_encoder.groups to "
+                              "ul.semi_shift_conv") from None
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
+        with torch.no_grad():
+            variants = _fade_variants(module, en, de)
+        _diagnose(expected, got.detach().cpu(), variants, what=what, case=description, rtol=1e-4, atol=1e-5,
+                  hint="kernels = softmax over dim 1 of ul.semi_shift_conv(compressor_en(en), compressor_de(de), "
+                       "content_encoder.weight, content_encoder.bias, scale, groups=content_encoder.groups); "
+                       "g = sigmoid(nearest_up(gate_generator.conv(de))); out = g * en + (1 - g) * "
+                       "ul.carafe(de, kernels, up_kernel_size, scale)")
+    passed(what, len(_MODULE_CASES))

@@ -1,0 +1,467 @@
+"""Checkers of lesson 04 (SAPA: embedding, similarity, softmax, the fused
+block kernel, the whole upsampler, and the backward of the similarity)."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import torch
+
+from ..backend import SIMULATOR, launch_config
+from ..ops.sapa import SAPA, sapa_similarity_reference
+from .bilinear import _uses_atomics
+from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
+from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
+
+__all__ = [
+    "check_sapa_embedding",
+    "check_similarity_reference",
+    "check_similarity_kernel",
+    "check_softmax_kernel",
+    "check_similarity_block_kernel",
+    "check_sapa_forward",
+    "check_grad_query_kernel",
+    "check_grad_key_kernel",
+]
+
+#: (N, d, h, w, kernel_size, scale): odd sizes, d not a multiple of anything,
+#: maps smaller than the window, scales 1 to 3.
+_SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 3, 4, 3, 2), (1, 5, 4, 3, 5, 2), (1, 2, 2, 5, 3, 3), (1, 4, 1, 2, 5, 1),
+           (1, 7, 3, 3, 3, 1)]
+
+OUT_OF_MAP_HINT = ("this slot's neighbour lies outside the low-res map. SAPA gives it logit 0 (not -inf, and not "
+                   "left unwritten): write 0")
+SLOT_HINT = ("slot t is window position (dy, dx) with t = (dy + r) * k + (dx + r), r = (k - 1) // 2: row-major, dy "
+             "outer; it reads key[n, :, Y // s + dy, X // s + dx]")
+
+
+def _random(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _reference_logits(q, key, kernel_size, scale):
+    return sapa_similarity_reference(torch.from_numpy(q).double(), torch.from_numpy(key).double(), kernel_size, scale)
+
+
+def _outside_mask(shape, key_shape, kernel_size, scale):
+    """(N, k*k, sH, sW) bool: the slots whose neighbour lies outside the key map."""
+    _, area, height, width = shape
+    radius = (kernel_size - 1) // 2
+    t = np.arange(area)[:, None, None]
+    rows = np.arange(height)[None, :, None] // scale + t // kernel_size - radius
+    cols = np.arange(width)[None, None, :] // scale + t % kernel_size - radius
+    outside = (rows < 0) | (rows >= key_shape[2]) | (cols < 0) | (cols >= key_shape[3])
+    return np.broadcast_to(outside[None], shape)
+
+
+def _numpy(value):
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _mismatches(expected, got, rtol, atol):
+    expected, got = _numpy(expected), _numpy(got)
+    if expected.shape != got.shape:
+        return None
+    return ~np.isclose(got, expected, rtol=rtol, atol=atol)
+
+
+def _transposed_slots(values, kernel_size):
+    n, area, height, width = values.shape
+    return values.reshape(n, kernel_size, kernel_size, height, width).transpose(0, 2, 1, 3, 4).reshape(values.shape)
+
+
+def _window_hint(expected, got, key_shape, kernel_size, scale, default, rtol, atol):
+    """The hint for wrong (N, k*k, sH, sW) logits or weights: slots in the wrong
+    order, only the out-of-map slots wrong, values never written, or ``default``."""
+    bad = _mismatches(expected, got, rtol, atol)
+    if bad is None or not bad.any():
+        return default
+    got = _numpy(got)
+    if kernel_size > 1 and not _mismatches(expected, _transposed_slots(got, kernel_size), rtol, atol).any():
+        return "the window slots are in the wrong order: " + SLOT_HINT
+    outside = _outside_mask(bad.shape, key_shape, kernel_size, scale)
+    if not (bad & ~outside).any():
+        return OUT_OF_MAP_HINT
+    if np.isnan(got[bad]).any():
+        return "some values were never written: every thread must write its element (also when it is 0)"
+    return default
+
+
+def _launch(kernel, launch, *arrays, what, guard_hint="guard the body with `if i < out.size:`"):
+    try:
+        launch_student_kernel(kernel, launch, *arrays)
+    except IndexError as error:
+        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {guard_hint}; and check that "
+                          "window neighbours outside the map are skipped before they are read") from None
+    except Exception as error:
+        if _is_float_index_error(error):
+            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
+        raise
+
+
+# --------------------------------------------------------------------------
+# 04.1 The embedding of SAPA-B
+# --------------------------------------------------------------------------
+
+
+def _randomise(module, seed):
+    """Random values for every parameter (LayerNorm affine and biases included),
+    so that an embedding that skips one of them is caught."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            noise = 0.5 * torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            parameter.copy_(noise + (1.0 if name.startswith("norm_") and name.endswith("weight") else 0.0))
+    return module
+
+
+def check_sapa_embedding(embed):
+    """``embed(module, y, x) -> (q, key)`` for a SAPA-B ``module``:
+    ``q = module.q(LN_y(y))``, ``key = module.k(LN_x(x))``, LayerNorm over
+    the channels, both (N, d, H, W)."""
+    what = "sapa_embedding"
+    cases = [(1, 4, 4, 8, 2, 3, 2), (2, 6, 3, 5, 3, 2, 2), (1, 3, 7, 16, 2, 2, 3), (1, 5, 5, 1, 1, 1, 1)]
+    for index, (n, dim_y, dim_x, dim, h, w, s) in enumerate(cases):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(40 + index)
+            module = SAPA(dim_y, dim_x, up_factor=s, embedding_dim=dim, variant="B").double()
+            _randomise(module, 40 + index)
+            y = 2 * torch.randn(n, dim_y, s * h, s * w, dtype=torch.float64) + 1
+            x = 2 * torch.randn(n, dim_x, h, w, dtype=torch.float64) - 1
+        expected_q, expected_key = module.queries_and_keys(y, x)
+        got = embed(module, y, x)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise CheckFailed(f"{what}: expected a pair (q, key), got {type(got).__name__}")
+        case = f"y {tuple(y.shape)}, x {tuple(x.shape)}, embedding_dim={dim}"
+        hint = ("LayerNorm normalises each pixel's channel vector: move the channels last "
+                "(t.permute(0, 2, 3, 1)), apply module.norm_y (or norm_x), then the Linear module.q (or k), "
+                "and move the channels back (permute(0, 3, 1, 2))")
+        compare(expected_q.detach(), got[0].detach(), what=f"{what} (q)", case=case, hint=hint, rtol=1e-6, atol=1e-8)
+        compare(expected_key.detach(), got[1].detach(), what=f"{what} (key)", case=case, hint=hint, rtol=1e-6,
+                atol=1e-8)
+    passed(what, len(cases))
+
+
+# --------------------------------------------------------------------------
+# 04.2 The similarity in PyTorch
+# --------------------------------------------------------------------------
+
+
+def check_similarity_reference(similarity):
+    """``similarity(q, key, kernel_size, scale)`` in plain PyTorch:
+    (N, d, sH, sW) and (N, d, h, w) -> (N, k*k, sH, sW) logits."""
+    what = "similarity_reference"
+    rng = np.random.default_rng(41)
+    for n, d, h, w, k, s in _SHAPES:
+        q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+        expected = _reference_logits(q, key, k, s)
+        got = similarity(torch.from_numpy(q).double(), torch.from_numpy(key).double(), k, s)
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
+        hint = _window_hint(expected, got, key.shape, k, s,
+                            SLOT_HINT + ". With F.unfold(key, k, padding=r) the windows come in exactly this order "
+                            "(view them as (N, d, k*k, h, w)); repeat each s times along both axes", 1e-6, 1e-8)
+        compare(expected, got.detach(), what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
+                rtol=1e-6, atol=1e-8)
+    passed(what, len(_SHAPES))
+
+
+# --------------------------------------------------------------------------
+# 04.3 One thread per output point and window slot
+# --------------------------------------------------------------------------
+
+
+def check_similarity_kernel(kernel):
+    """``kernel(q, key, logits, kernel_size, scale)``: one thread per element
+    (n, t, Y, X) of ``logits`` on a 1-D grid."""
+    what = "similarity_kernel"
+    rng = np.random.default_rng(42)
+    for n, d, h, w, k, s in _SHAPES:
+        q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+        logits = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
+        _launch(kernel, launch_config(logits.size, 64), q, key, logits, k, s, what=what,
+                guard_hint="the last block runs past logits.size: guard with `if i < logits.size:`")
+        expected = _reference_logits(q, key, k, s).float()
+        hint = _window_hint(expected, logits, key.shape, k, s,
+                            "unravel i into (n, t, Y, X) (X fastest, then Y, t, n); " + SLOT_HINT +
+                            "; then sum q[n, c, Y, X] * key[n, c, row, col] over the channels c", 1e-4, 1e-4)
+        compare(expected, logits, what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
+                rtol=1e-4, atol=1e-4)
+    passed(what, len(_SHAPES))
+
+
+# --------------------------------------------------------------------------
+# 04.4 A numerically safe softmax
+# --------------------------------------------------------------------------
+
+
+_SHIFT_HINT = ("exp(89) is already inf in float32, and exp(-104) is 0. Subtract each point's largest logit before "
+               "exp: softmax is unchanged, the largest term is exp(0) = 1 and the sum is at least 1")
+
+
+def check_softmax_kernel(kernel):
+    """``kernel(logits, weights)``: softmax over axis 1 of (N, k*k, H, W),
+    one thread per point (n, Y, X) on a 1-D grid; must survive large logits."""
+    what = "softmax_kernel"
+    rng = np.random.default_rng(43)
+    cases = [((1, 1, 3, 5), 1.0), ((2, 9, 4, 3), 3.0), ((1, 25, 5, 7), 1.0), ((1, 9, 3, 3), 300.0),
+             ((1, 49, 2, 3), 150.0), ((1, 25, 3, 2), -1.0)]
+    for shape, spread in cases:
+        logits = _random(rng, shape) * np.float32(abs(spread))
+        if spread < 0:
+            logits -= np.float32(400.0)  # every exp underflows to 0 without the shift
+        elif spread > 100:
+            logits += np.float32(100.0)  # every exp overflows to inf without the shift
+        weights = np.full(shape, np.nan, np.float32)
+        points = shape[0] * shape[2] * shape[3]
+        case = f"logits {shape} between {float(logits.min()):.0f} and {float(logits.max()):.0f}"
+        try:
+            _launch(kernel, launch_config(points, 64), logits, weights, what=what,
+                    guard_hint="there are N * H * W points, fewer than threads: guard with "
+                               "`if i < logits.shape[0] * logits.shape[2] * logits.shape[3]:`")
+        except (OverflowError, ZeroDivisionError) as error:
+            # The simulator runs math.exp in Python, which raises where a GPU gives inf (or a 0 sum).
+            raise CheckFailed(f"{what}: {type(error).__name__} ({error}) for {case}.\nHint: {_SHIFT_HINT}") from None
+        expected = torch.softmax(torch.from_numpy(logits).double(), dim=1).float()
+        if not np.isfinite(weights).all():
+            raise CheckFailed(
+                f"{what}: {int((~np.isfinite(weights)).sum())} of {weights.size} weights are nan or inf for {case}.\n"
+                f"Hint: {_SHIFT_HINT}")
+        compare(expected, weights, what=what, case=case, rtol=1e-5, atol=1e-6,
+                hint="weights[n, t, Y, X] = exp(logits[n, t, Y, X] - m) / sum over t' of exp(logits[n, t', Y, X] - m) "
+                     "with m the largest logit of the point; unravel i into (n, Y, X)")
+    passed(what, len(cases))
+
+
+# --------------------------------------------------------------------------
+# 04.5 One block per output point: reduction in shared memory
+# --------------------------------------------------------------------------
+
+
+def _shared_shape_problems(kernel):
+    """Shapes of ``cuda.shared.array`` calls that a GPU compiler rejects: the
+    simulator accepts any shape, the GPU needs compile-time constants."""
+    function = getattr(kernel, "py_func", kernel)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    constants = function.__globals__
+    problems = []
+
+    def constant(node):
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, int) and not isinstance(node.value, bool)
+        if isinstance(node, ast.Name):
+            value = constants.get(node.id)
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if isinstance(node, ast.Tuple):
+            return all(constant(element) for element in node.elts)
+        return False
+
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "array"
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "shared"):
+            shape = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "shape"), None)
+            if shape is not None and not constant(shape):
+                problems.append(ast.unparse(shape))
+    return problems
+
+
+@contextlib.contextmanager
+def _fast_barriers():
+    """The simulator's barrier is a polling loop that hands the GIL over only
+    every few milliseconds; a shorter switch interval makes kernels with many
+    syncthreads several times faster there. Restored afterwards."""
+    previous = sys.getswitchinterval()
+    if SIMULATOR:
+        sys.setswitchinterval(1e-4)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+@contextlib.contextmanager
+def _counting_syncthreads():
+    """In the simulator, count the ``cuda.syncthreads()`` calls of every
+    thread: {(block, thread): count}. (A thread that leaves early lets the
+    simulator's barrier go on without it; a GPU hangs or races.)"""
+    counts = Counter()
+    if not SIMULATOR:
+        yield None
+        return
+    from numba.cuda.simulator.kernel import BlockThread
+
+    original = BlockThread.syncthreads
+
+    def counted(self):
+        counts[(tuple(self.blockIdx), tuple(self.threadIdx))] += 1
+        return original(self)
+
+    BlockThread.syncthreads = counted
+    try:
+        yield counts
+    finally:
+        BlockThread.syncthreads = original
+
+
+def _divergent_block(counts, blocks, threads):
+    """(block, {count: threads}) of the first block whose threads called
+    syncthreads different numbers of times, or None."""
+    for block in range(blocks):
+        seen = Counter(counts.get(((block, 0, 0), (t, 0, 0)), 0) for t in range(threads))
+        if len(seen) > 1:
+            return block, dict(seen)
+    return None
+
+
+def check_similarity_block_kernel(kernel, threads_per_block):
+    """``kernel(q, key, weights, kernel_size, scale)`` launched with one block
+    of ``threads_per_block`` threads per output point (N * sH * sW blocks):
+    the similarity logits reduced over channels in shared memory, then the
+    softmax; writes the (N, k*k, sH, sW) kernels."""
+    what = "similarity_block_kernel"
+    problems = _shared_shape_problems(kernel)
+    if problems:
+        raise CheckFailed(
+            f"{what}: cuda.shared.array with shape `{problems[0]}`. The simulator accepts it, a GPU compiler does "
+            "not: a shared array's size is fixed when the kernel is compiled, so its shape must be a number or a "
+            "module-level constant (a tuple of them), not a variable or an expression.\nHint: define e.g. "
+            "`MAX_AREA = 49` at module level and use `cuda.shared.array((MAX_AREA, THREADS), numba.float32)`")
+    rng = np.random.default_rng(44)
+    # (N, d, h, w, k, s): channels fewer than, not a multiple of, and more than the block
+    cases = [(1, 37, 2, 3, 3, 2), (1, 5, 3, 2, 5, 1), (2, 70, 2, 2, 3, 1), (1, 16, 1, 1, 7, 2)]
+    for n, d, h, w, k, s in cases:
+        q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+        weights = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
+        blocks = n * s * h * s * w
+        with _fast_barriers(), _counting_syncthreads() as counts:
+            _launch(kernel, (blocks, threads_per_block), q, key, weights, k, s, what=what,
+                    guard_hint="threads of a block split the channels: c in range(threadIdx.x, d, threads)")
+        case = f"q {q.shape}, key {key.shape}, k={k}, s={s}, {blocks} blocks of {threads_per_block} threads"
+        if counts is not None:
+            divergent = _divergent_block(counts, blocks, threads_per_block)
+            if divergent:
+                block, seen = divergent
+                raise CheckFailed(
+                    f"{what}: in block {block} ({case}) the threads called cuda.syncthreads() different numbers "
+                    f"of times ({', '.join(f'{c} times: {m} threads' for c, m in sorted(seen.items()))}). On a "
+                    "GPU that hangs or races (the simulator just lets it through).\nHint: every thread of the "
+                    "block must reach every syncthreads: keep it out of `if threadIdx.x < ...` branches and "
+                    "loops whose count depends on the thread, and do not return early")
+        expected = torch.softmax(_reference_logits(q, key, k, s), dim=1).float()
+        if np.isnan(weights).any():
+            index = tuple(int(i) for i in np.argwhere(np.isnan(weights))[0])
+            raise CheckFailed(f"{what}: weights{index} was never written (or is nan) for {case}.\nHint: after the "
+                              "softmax, the threads of the block write the k*k weights of their point: slots t = "
+                              "threadIdx.x, threadIdx.x + threads, ... (there may be more slots than threads)")
+        hint = ("each thread sums q * key over its channels (c = threadIdx.x, threadIdx.x + threads, ...) for every "
+                "slot into partial[t, threadIdx.x]; syncthreads; halve the active threads each step adding "
+                "partial[t, i + stride] into partial[t, i], with a syncthreads after each step; partial[t, 0] is then "
+                "the logit (0 for an out-of-map slot); softmax with the max subtracted")
+        if d > threads_per_block:
+            hint = (f"the check has {d} channels, more than the {threads_per_block} threads: does every thread loop "
+                    f"over c = threadIdx.x, threadIdx.x + {threads_per_block}, ...? " + hint)
+        hint = _window_hint(expected, weights, key.shape, k, s, hint, 1e-4, 1e-5)
+        if hint == OUT_OF_MAP_HINT:
+            hint += " (its weight is then exp(0 - max) / sum, not 0)"
+        compare(expected, weights, what=what, case=case, hint=hint, rtol=1e-4, atol=1e-5)
+    passed(what, len(cases))
+
+
+# --------------------------------------------------------------------------
+# 04.6 The whole upsampler
+# --------------------------------------------------------------------------
+
+
+def check_sapa_forward(sapa_forward):
+    """``sapa_forward(module, y, x)``: the output of a SAPA-B ``module``
+    computed with the student's kernels and ``ul.carafe`` (group 1)."""
+    what = "sapa_forward"
+    # (N, dim_y, dim_x, embedding_dim, h, w, scale, kernel_size)
+    cases = [(1, 6, 5, 8, 3, 4, 2, 3), (1, 4, 3, 37, 2, 3, 3, 5)]
+    for index, (n, dim_y, dim_x, dim, h, w, s, k) in enumerate(cases):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(45 + index)
+            module = _randomise(SAPA(dim_y, dim_x, up_factor=s, up_kernel_size=k, embedding_dim=dim, variant="B"),
+                                45 + index)
+            y = torch.randn(n, dim_y, s * h, s * w)
+            x = torch.randn(n, dim_x, h, w)
+        module.backend = "torch"
+        with torch.no_grad():
+            expected = module(y, x)
+        with _fast_barriers():
+            got = run_with_timeout(lambda: sapa_forward(module, y, x), what="sapa_forward")
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
+        compare(expected, got.detach().cpu(), what=what,
+                case=f"y {tuple(y.shape)}, x {tuple(x.shape)}, up_factor={s}, up_kernel_size={k}",
+                hint="q, key = the embedding (04.1, or module.queries_and_keys); the kernels from your block kernel "
+                     "(one block per output point); then ul.carafe(x, kernels, module.up_kernel_size, "
+                     "module.up_factor, group=1): the values are the raw x", rtol=1e-4, atol=1e-5)
+    passed(what, len(cases))
+
+
+# --------------------------------------------------------------------------
+# 04.7 and 04.8 The backward of the similarity
+# --------------------------------------------------------------------------
+
+
+def _gradients(q, key, grad_logits, kernel_size, scale):
+    q_ref = torch.from_numpy(q).double().requires_grad_()
+    key_ref = torch.from_numpy(key).double().requires_grad_()
+    logits = sapa_similarity_reference(q_ref, key_ref, kernel_size, scale)
+    grad_q, grad_key = torch.autograd.grad(logits, (q_ref, key_ref), torch.from_numpy(grad_logits).double())
+    return grad_q.float(), grad_key.float()
+
+
+def _check_gradient(kernel, what, wrt, hint):
+    rng = np.random.default_rng(46)
+    for n, d, h, w, k, s in _SHAPES:
+        q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+        grad_logits = _random(rng, (n, k * k, s * h, s * w))
+        expected_q, expected_key = _gradients(q, key, grad_logits, k, s)
+        if wrt == "q":
+            grad = np.full_like(q, np.nan)
+            arrays, expected, name = (grad_logits, key, grad), expected_q, "grad_q"
+        else:
+            grad = np.full_like(key, np.nan)
+            arrays, expected, name = (grad_logits, q, grad), expected_key, "grad_key"
+        _launch(kernel, launch_config(grad.size, 64), *arrays, k, s, what=what,
+                guard_hint=f"guard with `if i < {name}.size:`")
+        if np.isnan(grad).any():
+            index = tuple(int(i) for i in np.argwhere(np.isnan(grad))[0])
+            raise CheckFailed(f"{what}: {name}{index} was never written for q {q.shape}, key {key.shape}, k={k}, "
+                              f"s={s}.\nHint: one thread per element of {name}; each writes its total, also when "
+                              "it is 0 (the checker does not zero the array first)")
+        compare(expected, grad, what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
+                rtol=1e-4, atol=1e-4)
+    passed(what, len(_SHAPES))
+
+
+def check_grad_query_kernel(kernel):
+    """``kernel(grad_logits, key, grad_q, kernel_size, scale)``: one thread per
+    element (n, c, Y, X) of ``grad_q``."""
+    _check_gradient(kernel, "grad_query_kernel", "q",
+                    "logits[t] = sum_c q[c] * key[c, window t], so d loss / d q[n, c, Y, X] = sum over the slots t "
+                    "inside the map of grad_logits[n, t, Y, X] * key[n, c, row_t, col_t]")
+
+
+def check_grad_key_kernel(kernel):
+    """``kernel(grad_logits, q, grad_key, kernel_size, scale)``: one thread per
+    element (n, c, row, col) of ``grad_key``, a gather (no atomics)."""
+    what = "grad_key_kernel"
+    if _uses_atomics(kernel):
+        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread sums into its own key "
+                          "element, so no atomics are needed; the kernel uses cuda.atomic.")
+    _check_gradient(kernel, what, "key",
+                    "key[n, c, row, col] is read through slot (dy, dx) by the s x s outputs attached to low-res "
+                    "pixel (row - dy + r, col - dx + r), if that pixel is inside the map; sum "
+                    "grad_logits[n, t, Y, X] * q[n, c, Y, X] over those slots and outputs")
