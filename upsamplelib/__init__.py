@@ -12,5 +12,16 @@ from .ops.fade import FADE, semi_shift_conv
 from .ops.interpolate import interpolate
 from .ops.sapa import SAPA, sapa_similarity
 
-__all__ = ["interpolate", "carafe", "CARAFE", "sapa_similarity", "SAPA", "semi_shift_conv", "FADE", "backend", "CUDA_TARGET", "SIMULATOR"]
+__all__ = [
+    "interpolate",
+    "carafe",
+    "CARAFE",
+    "sapa_similarity",
+    "SAPA",
+    "semi_shift_conv",
+    "FADE",
+    "backend",
+    "CUDA_TARGET",
+    "SIMULATOR",
+]
 __version__ = "0.1.0"

@@ -98,9 +98,15 @@ def _runs_per_group(per_group):
 
 def _chunked_threads(target, per_group):
     """Threads for a kernel that writes ``target`` in runs of PER_THREAD
-    channels, each run inside one group of ``per_group`` channels."""
+    channels, each run inside one group of ``per_group`` channels (the host
+    side of ``run_count``, on a tensor)."""
+    return _run_count(target, per_group)
+
+
+def _run_count(target, per_group):
+    """How many runs (threads) cover ``target``."""
     n, channels, height, width = target.shape
-    return n * (channels // per_group) * runs_per_group(per_group) * height * width
+    return n * (channels // per_group) * ((per_group + PER_THREAD - 1) // PER_THREAD) * height * width
 
 
 def _run_of(i, target, per_group):
@@ -114,13 +120,14 @@ def _run_of(i, target, per_group):
 
 
 runs_per_group = per_element(_runs_per_group)
+run_count = per_element(_run_count)
 run_of = per_element(_run_of)
 
 
 @cuda_kernel(_signature)
 def carafe_forward_kernel(x, masks, out, kernel_size, scale, group_channels):
     i = cuda.grid(1)
-    if i < out.shape[0] * (out.shape[1] // group_channels) * runs_per_group(group_channels) * out.shape[2] * out.shape[3]:
+    if i < run_count(out, group_channels):
         n, first, count, Y, X = run_of(i, out, group_channels)
         total = cuda.local.array(PER_THREAD, out.dtype)
         for j in range(PER_THREAD):
@@ -144,7 +151,7 @@ def carafe_forward_kernel(x, masks, out, kernel_size, scale, group_channels):
 @cuda_kernel(_signature)
 def carafe_grad_feature_kernel(grad_out, masks, grad_x, kernel_size, scale, group_channels):
     i = cuda.grid(1)
-    if i < grad_x.shape[0] * (grad_x.shape[1] // group_channels) * runs_per_group(group_channels) * grad_x.shape[2] * grad_x.shape[3]:
+    if i < run_count(grad_x, group_channels):
         n, first, count, row, col = run_of(i, grad_x, group_channels)
         total = cuda.local.array(PER_THREAD, grad_x.dtype)
         for j in range(PER_THREAD):
@@ -171,7 +178,7 @@ def carafe_grad_feature_kernel(grad_out, masks, grad_x, kernel_size, scale, grou
 def carafe_grad_mask_kernel(grad_out, x, grad_masks, kernel_size, scale, group_channels):
     i = cuda.grid(1)
     area = kernel_size * kernel_size
-    if i < grad_masks.shape[0] * (grad_masks.shape[1] // area) * runs_per_group(area) * grad_masks.shape[2] * grad_masks.shape[3]:
+    if i < run_count(grad_masks, area):
         n, first, count, Y, X = run_of(i, grad_masks, area)
         total = cuda.local.array(PER_THREAD, grad_masks.dtype)
         for j in range(PER_THREAD):
@@ -273,10 +280,11 @@ def carafe_grad_mask_cpu(grad_out, columns, grad_masks, kernel_size, scale, grou
                 grad_masks[n, slot_of(group, dy, dx, kernel_size), Y, :] = total
 
 
-def _upsampled_columns(x, kernel_size, scale):
-    """x upsampled along its columns, zero-padded by the window radius (the
-    input of the CPU loops; s times the size of x, not k*k*s*s times)."""
-    radius = (kernel_size - 1) // 2
+def upsampled_columns(x, scale, radius):
+    """x repeated ``scale`` times along its columns and zero-padded by
+    ``radius`` low-res columns on each side: ``columns[..., j] =
+    x[..., j // scale - radius]``. The input of the row-walking CPU loops
+    (here and in fade.py): s times the size of x, not k*k*s*s times."""
     n, channels, height, width = x.shape
     columns = x.new_empty((n, channels, height, (width + 2 * radius) * scale))
     upsample_columns_cpu(kernel_array(x), scale, radius, kernel_array(columns))
@@ -292,10 +300,11 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
     """out[n, c, Y, X] = sum_t masks[n, slot(c, t), Y, X] * x[n, c, window_t(Y, X)]."""
     out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
     if backend == "cpu":
-        run(carafe_forward_cpu, backend, out.numel(), _upsampled_columns(x, kernel_size, scale), masks, out,
-                kernel_size, scale, group_channels)
+        columns = upsampled_columns(x, scale, (kernel_size - 1) // 2)
+        run(carafe_forward_cpu, backend, out.numel(), columns, masks, out, kernel_size, scale, group_channels)
     else:
-        run(carafe_forward_kernel, backend, _chunked_threads(out, group_channels), x, masks, out, kernel_size, scale, group_channels)
+        run(carafe_forward_kernel, backend, _chunked_threads(out, group_channels), x, masks, out, kernel_size,
+            scale, group_channels)
     return out
 
 
@@ -305,7 +314,8 @@ def gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channe
     n, channels, height, width = grad_out.shape
     grad_x = grad_out.new_empty((n, channels, height // scale, width // scale))
     kernel = carafe_grad_feature_cpu if backend == "cpu" else carafe_grad_feature_kernel
-    run(kernel, backend, _chunked_threads(grad_x, group_channels), grad_out, masks, grad_x, kernel_size, scale, group_channels)
+    run(kernel, backend, _chunked_threads(grad_x, group_channels), grad_out, masks, grad_x, kernel_size, scale,
+        group_channels)
     return grad_x
 
 
@@ -316,10 +326,12 @@ def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
     slots = channels // group_channels * kernel_size * kernel_size
     result = grad_out.new_empty((n, slots, height, width))
     if backend == "cpu":
-        run(carafe_grad_mask_cpu, backend, result.numel(), grad_out, _upsampled_columns(x, kernel_size, scale), result,
-                kernel_size, scale, group_channels)
+        columns = upsampled_columns(x, scale, (kernel_size - 1) // 2)
+        run(carafe_grad_mask_cpu, backend, result.numel(), grad_out, columns, result, kernel_size, scale,
+            group_channels)
     else:
-        run(carafe_grad_mask_kernel, backend, _chunked_threads(result, kernel_size * kernel_size), grad_out, x, result, kernel_size, scale, group_channels)
+        run(carafe_grad_mask_kernel, backend, _chunked_threads(result, kernel_size * kernel_size), grad_out, x,
+            result, kernel_size, scale, group_channels)
     return result
 
 

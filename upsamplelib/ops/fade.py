@@ -32,7 +32,7 @@ from numba import cuda, int64, prange
 
 from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
 from ..validation import check_feature_map, check_odd_kernel_size, check_positive_int, kernel_dtype, shape_str
-from .carafe import carafe, unravel4
+from .carafe import carafe, unravel4, upsampled_columns
 
 # --------------------------------------------------------------------------
 # Per-element bodies, shared by the CUDA kernels and the CPU loops.
@@ -180,17 +180,6 @@ def semi_shift_grad_weight_kernel(grad_out, en, de, grad_weight, scale, groups):
 
 
 @cpu_kernel
-def pad_columns_cpu(feature, scale, pad, columns):
-    """columns[n, c, row, j] = feature[n, c, row, j // scale - pad], 0 outside."""
-    batch, channels, height, width = feature.shape
-    for line in prange(batch * channels * height):
-        n, c, row = line // (channels * height), (line // height) % channels, line % height
-        for j in range(columns.shape[3]):
-            col = j // scale - pad
-            columns[n, c, row, j] = feature[n, c, row, col] if 0 <= col < width else feature.dtype.type(0)
-
-
-@cpu_kernel
 def sum_pool_cpu(grad_out, scale, pooled):
     """pooled[n, o, a, b] = sum of grad_out over the s x s outputs attached to (a, b)."""
     batch, outputs, height, width = pooled.shape
@@ -307,15 +296,6 @@ def semi_shift_conv_reference(en, de, weight, bias, scale, groups=1):
 # --------------------------------------------------------------------------
 
 
-def _padded_columns(feature, scale, pad):
-    """``feature`` repeated ``scale`` times along its columns and zero-padded
-    by ``pad`` low-res columns on each side (the CPU loops' input)."""
-    n, channels, height, width = feature.shape
-    columns = feature.new_empty((n, channels, height, (width + 2 * pad) * scale))
-    pad_columns_cpu(kernel_array(feature), scale, pad, kernel_array(columns))
-    return columns
-
-
 class SemiShiftFunction(torch.autograd.Function):
     """One-pass semi-shift convolution forward and backward on Numba kernels."""
 
@@ -325,8 +305,8 @@ class SemiShiftFunction(torch.autograd.Function):
         out = en.new_empty((en.shape[0], weight.shape[0], en.shape[2], en.shape[3]))
         pad = weight.shape[2] // 2
         if backend == "cpu":
-            run(semi_shift_forward_cpu, backend, out.numel(), _padded_columns(en, 1, pad),
-                    _padded_columns(de, scale, pad), weight, bias, out, scale, groups)
+            run(semi_shift_forward_cpu, backend, out.numel(), upsampled_columns(en, 1, pad),
+                    upsampled_columns(de, scale, pad), weight, bias, out, scale, groups)
         else:
             run(semi_shift_forward_kernel, backend, out.numel(), en, de, weight, bias, out, scale, groups)
         ctx.save_for_backward(en, de, weight)
@@ -345,7 +325,7 @@ class SemiShiftFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grads[0] = torch.empty_like(en)
             if on_cpu:
-                run(transposed_conv_cpu, backend, grads[0].numel(), _padded_columns(grad_out, 1, pad), weight,
+                run(transposed_conv_cpu, backend, grads[0].numel(), upsampled_columns(grad_out, 1, pad), weight,
                         grads[0], groups)
             else:
                 run(semi_shift_grad_en_kernel, backend, grads[0].numel(), grad_out, weight, grads[0], groups)
@@ -354,15 +334,15 @@ class SemiShiftFunction(torch.autograd.Function):
             if on_cpu:
                 pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
                 sum_pool_cpu(kernel_array(grad_out), scale, kernel_array(pooled))
-                run(transposed_conv_cpu, backend, grads[1].numel(), _padded_columns(pooled, 1, pad), weight,
+                run(transposed_conv_cpu, backend, grads[1].numel(), upsampled_columns(pooled, 1, pad), weight,
                         grads[1], groups)
             else:
                 run(semi_shift_grad_de_kernel, backend, grads[1].numel(), grad_out, weight, grads[1], scale, groups)
         if ctx.needs_input_grad[2]:
             grads[2] = torch.empty_like(weight)
             if on_cpu:
-                run(semi_shift_grad_weight_cpu, backend, grads[2].numel(), grad_out, _padded_columns(en, 1, pad),
-                        _padded_columns(de, scale, pad), grads[2], scale, groups)
+                run(semi_shift_grad_weight_cpu, backend, grads[2].numel(), grad_out, upsampled_columns(en, 1, pad),
+                        upsampled_columns(de, scale, pad), grads[2], scale, groups)
             else:
                 run(semi_shift_grad_weight_kernel, backend, grads[2].numel(), grad_out, en, de, grads[2], scale,
                         groups)
