@@ -174,8 +174,10 @@ def semi_shift_grad_weight_kernel(grad_out, en, de, grad_weight, scale, groups):
 # CPU loops. A thread per element would leave the vector units idle, so
 # these walk whole rows: each tap is one contiguous multiply-add over a row.
 # They read zero-padded copies of the maps ("columns"): row segments then
-# never leave the array, and out-of-map taps read exact zeros, so every
-# output gets the same additions in the same order as on the GPU.
+# never leave the array, and out-of-map taps read exact zeros, so the
+# logits and the gradients of en and de get the same additions in the same
+# order as on the GPU. The weight gradient, a sum over every pixel, is kept
+# as per-column running sums and agrees with the GPU's to rounding.
 # --------------------------------------------------------------------------
 
 
@@ -195,35 +197,43 @@ def sum_pool_cpu(grad_out, scale, pooled):
 
 @cpu_kernel
 def semi_shift_forward_cpu(en_columns, de_columns, weight, bias, out, scale, groups):
+    # One line is one output row of one group, for all the group's outputs:
+    # each tap's E + D row is formed once and reused by every output, and
+    # each output still sums its taps in the GPU's order.
     batch, outputs, height, width = out.shape
     size, in_per_group = weight.shape[2], weight.shape[1]
+    out_per_group = outputs // groups
     pad = size // 2
     low_height = de_columns.shape[2]
-    for line in prange(batch * outputs * height):
-        n, o, Y = line // (outputs * height), (line // height) % outputs, line % height
-        first = (o // (outputs // groups)) * in_per_group
-        total = np.full(width, bias[o] + bias[o], out.dtype)
+    for line in prange(batch * groups * height):
+        n, group, Y = line // (groups * height), (line // height) % groups, line % height
+        first_out, first_in = group * out_per_group, group * in_per_group
+        totals = np.empty((out_per_group, width), out.dtype)
+        for j in range(out_per_group):
+            totals[j, :] = bias[first_out + j] + bias[first_out + j]
+        summed = np.empty(width, out.dtype)
         for local in range(in_per_group):
-            c = first + local
+            c = first_in + local
             for uy in range(size):
                 en_row, de_row = Y + uy - pad, Y // scale + uy - pad
                 en_inside, de_inside = 0 <= en_row < height, 0 <= de_row < low_height
+                if not (en_inside or de_inside):
+                    continue
                 for ux in range(size):
-                    w = weight[o, local, uy, ux]
                     if en_inside and de_inside:
                         en_part = en_columns[n, c, en_row, ux: ux + width]
                         de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
                         for X in range(width):
-                            total[X] = fma(w, en_part[X] + de_part[X], total[X])
+                            summed[X] = en_part[X] + de_part[X]
                     elif en_inside:
-                        en_part = en_columns[n, c, en_row, ux: ux + width]
+                        summed[:] = en_columns[n, c, en_row, ux: ux + width]
+                    else:
+                        summed[:] = de_columns[n, c, de_row, ux * scale: ux * scale + width]
+                    for j in range(out_per_group):
+                        w = weight[first_out + j, local, uy, ux]
                         for X in range(width):
-                            total[X] = fma(w, en_part[X], total[X])
-                    elif de_inside:
-                        de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
-                        for X in range(width):
-                            total[X] = fma(w, de_part[X], total[X])
-        out[n, o, Y, :] = total
+                            totals[j, X] = fma(w, summed[X], totals[j, X])
+        out[n, first_out: first_out + out_per_group, Y, :] = totals
 
 
 @cpu_kernel
@@ -234,47 +244,50 @@ def transposed_conv_cpu(grad_columns, weight, grad_input, groups):
     size, in_per_group = weight.shape[2], weight.shape[1]
     out_per_group = weight.shape[0] // groups
     pad = size // 2
-    for line in prange(batch * channels * height):
-        n, c, y = line // (channels * height), (line // height) % channels, line % height
-        group = c // in_per_group
-        total = np.zeros(width, grad_input.dtype)
+    # A line is one row of one group's input channels: each row of grad is
+    # read once for all of them (as in the forward loop).
+    for line in prange(batch * groups * height):
+        n, group, y = line // (groups * height), (line // height) % groups, line % height
+        totals = np.zeros((in_per_group, width), grad_input.dtype)
         for o in range(group * out_per_group, (group + 1) * out_per_group):
             for uy in range(size):
                 row = y - uy + pad
                 if 0 <= row < height:
                     for ux in range(size):
-                        w = weight[o, c - group * in_per_group, uy, ux]
                         part = grad_columns[n, o, row, 2 * pad - ux: 2 * pad - ux + width]
-                        for x in range(width):
-                            total[x] = fma(w, part[x], total[x])
-        grad_input[n, c, y, :] = total
+                        for local in range(in_per_group):
+                            w = weight[o, local, uy, ux]
+                            for x in range(width):
+                                totals[local, x] = fma(w, part[x], totals[local, x])
+        grad_input[n, group * in_per_group: (group + 1) * in_per_group, y, :] = totals
 
 
 @cpu_kernel
-def semi_shift_grad_weight_cpu(grad_out, en_columns, de_columns, grad_weight, scale, groups):
+def correlate_cpu(grad, columns, grad_weight, groups):
+    """grad_weight[o, local, uy, ux] = sum_{n, y, x} grad[n, o, y, x] * input[n, c, y + uy - p, x + ux - p]
+    (``columns``: the input zero-padded by p columns): the weight gradient
+    of a stride-1 conv. The taps are the inner loops, so one row of grad
+    and the rows under it are read once for all k*k taps."""
     outputs, in_per_group, size, _ = grad_weight.shape
-    batch, _, height, width = grad_out.shape
+    batch, _, height, width = grad.shape
     pad = size // 2
-    low_height = de_columns.shape[2]
     for pair in prange(outputs * in_per_group):
         o, local = pair // in_per_group, pair % in_per_group
         c = (o // (outputs // groups)) * in_per_group + local
+        partial = np.zeros((size, size, width), grad_weight.dtype)  # one running sum per tap and column
+        for n in range(batch):
+            for y in range(height):
+                grads = grad[n, o, y]
+                for uy in range(size):
+                    row = y + uy - pad
+                    if 0 <= row < height:
+                        for ux in range(size):
+                            part = columns[n, c, row, ux: ux + width]
+                            for x in range(width):
+                                partial[uy, ux, x] = fma(grads[x], part[x], partial[uy, ux, x])
         for uy in range(size):
             for ux in range(size):
-                partial = np.zeros(width, grad_weight.dtype)  # one running sum per column
-                for n in range(batch):
-                    for Y in range(height):
-                        grads = grad_out[n, o, Y]
-                        en_row, de_row = Y + uy - pad, Y // scale + uy - pad
-                        if 0 <= en_row < height:
-                            en_part = en_columns[n, c, en_row, ux: ux + width]
-                            for X in range(width):
-                                partial[X] = fma(grads[X], en_part[X], partial[X])
-                        if 0 <= de_row < low_height:
-                            de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
-                            for X in range(width):
-                                partial[X] = fma(grads[X], de_part[X], partial[X])
-                grad_weight[o, local, uy, ux] = partial.sum()
+                grad_weight[o, local, uy, ux] = partial[uy, ux].sum()
 
 
 # --------------------------------------------------------------------------
@@ -294,6 +307,29 @@ def semi_shift_conv_reference(en, de, weight, bias, scale, groups=1):
 # --------------------------------------------------------------------------
 # Autograd glue
 # --------------------------------------------------------------------------
+
+
+def _semi_shift_backward_cpu(needs, grad_out, en, de, weight, scale, groups):
+    """Gradients of en, de and weight on the CPU loops. The decoder's share is
+    taken at low resolution: all s x s outputs of a block see the same
+    decoder window, so only their summed gradient (``pooled``) matters."""
+    pad = weight.shape[2] // 2
+    grad_en = grad_de = grad_weight = None
+    if needs[1] or needs[2]:
+        pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
+        sum_pool_cpu(kernel_array(grad_out), scale, kernel_array(pooled))
+    if needs[0]:
+        grad_en = torch.empty_like(en)
+        run(transposed_conv_cpu, "cpu", 0, upsampled_columns(grad_out, 1, pad), weight, grad_en, groups)
+    if needs[1]:
+        grad_de = torch.empty_like(de)
+        run(transposed_conv_cpu, "cpu", 0, upsampled_columns(pooled, 1, pad), weight, grad_de, groups)
+    if needs[2]:
+        from_en, from_de = torch.empty_like(weight), torch.empty_like(weight)
+        run(correlate_cpu, "cpu", 0, grad_out, upsampled_columns(en, 1, pad), from_en, groups)
+        run(correlate_cpu, "cpu", 0, pooled, upsampled_columns(de, 1, pad), from_de, groups)
+        grad_weight = from_en + from_de
+    return grad_en, grad_de, grad_weight
 
 
 class SemiShiftFunction(torch.autograd.Function):
@@ -319,33 +355,21 @@ class SemiShiftFunction(torch.autograd.Function):
         en, de, weight = ctx.saved_tensors
         scale, groups, backend = ctx.config
         grad_out = grad_out.contiguous()
-        pad = weight.shape[2] // 2
-        on_cpu = backend == "cpu"
-        grads = [None] * 4
-        if ctx.needs_input_grad[0]:
-            grads[0] = torch.empty_like(en)
-            if on_cpu:
-                run(transposed_conv_cpu, backend, grads[0].numel(), upsampled_columns(grad_out, 1, pad), weight,
-                        grads[0], groups)
-            else:
-                run(semi_shift_grad_en_kernel, backend, grads[0].numel(), grad_out, weight, grads[0], groups)
-        if ctx.needs_input_grad[1]:
-            grads[1] = torch.empty_like(de)
-            if on_cpu:
-                pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
-                sum_pool_cpu(kernel_array(grad_out), scale, kernel_array(pooled))
-                run(transposed_conv_cpu, backend, grads[1].numel(), upsampled_columns(pooled, 1, pad), weight,
-                        grads[1], groups)
-            else:
-                run(semi_shift_grad_de_kernel, backend, grads[1].numel(), grad_out, weight, grads[1], scale, groups)
-        if ctx.needs_input_grad[2]:
-            grads[2] = torch.empty_like(weight)
-            if on_cpu:
-                run(semi_shift_grad_weight_cpu, backend, grads[2].numel(), grad_out, upsampled_columns(en, 1, pad),
-                        upsampled_columns(de, scale, pad), grads[2], scale, groups)
-            else:
-                run(semi_shift_grad_weight_kernel, backend, grads[2].numel(), grad_out, en, de, grads[2], scale,
-                        groups)
+        needs = ctx.needs_input_grad
+        if backend == "cpu":
+            grads = list(_semi_shift_backward_cpu(needs, grad_out, en, de, weight, scale, groups)) + [None]
+        else:
+            grads = [None] * 4
+            if needs[0]:
+                grads[0] = torch.empty_like(en)
+                run(semi_shift_grad_en_kernel, backend, en.numel(), grad_out, weight, grads[0], groups)
+            if needs[1]:
+                grads[1] = torch.empty_like(de)
+                run(semi_shift_grad_de_kernel, backend, de.numel(), grad_out, weight, grads[1], scale, groups)
+            if needs[2]:
+                grads[2] = torch.empty_like(weight)
+                run(semi_shift_grad_weight_kernel, backend, weight.numel(), grad_out, en, de, grads[2], scale,
+                    groups)
         if ctx.needs_input_grad[3]:
             grads[3] = 2 * grad_out.sum(dim=(0, 2, 3))  # the bias enters twice
         return (*grads, None, None, None)
