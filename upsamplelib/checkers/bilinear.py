@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
-import io
-import tokenize
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..backend import launch_config
-from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
-from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
+from .engine import (
+    FLOAT_INDEX_HINT,
+    CheckFailed,
+    compare,
+    launch_checked,
+    passed,
+    require_gather,
+    run_with_timeout,
+    uses_atomics,
+)
 
 __all__ = [
     "check_linear_index",
@@ -68,15 +72,8 @@ def _reference(x, size, align_corners):
 
 
 def _kernel_case(kernel, n_threads, *arrays, what):
-    try:
-        launch_student_kernel(kernel, launch_config(n_threads, 64), *arrays)
-    except IndexError as error:
-        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
-                          "Hint: guard the body with a bounds check") from None
-    except Exception as error:
-        if _is_float_index_error(error):
-            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
-        raise
+    launch_checked(kernel, launch_config(n_threads, 64), *arrays, what=what,
+                   bounds_hint="guard the body with a bounds check")
 
 
 def check_bilinear_kernel(kernel):
@@ -114,18 +111,11 @@ def _check_backward(kernel, what, one_thread_per, hint):
     passed(what, 2 * len(_SHAPES))
 
 
-def _uses_atomics(kernel) -> bool:
-    """Whether the kernel's code (not its comments or strings) names ``atomic``."""
-    source = inspect.getsource(getattr(kernel, "py_func", kernel))
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.cleandoc(source)).readline)
-    return any(token.type == tokenize.NAME and token.string == "atomic" for token in tokens)
-
-
 def check_bilinear_scatter_kernel(kernel):
     """``kernel(grad_out, grad_x, align_corners)``, one thread per output
     element, adding its four weighted contributions into ``grad_x``
     (zero-filled by the checker)."""
-    if not _uses_atomics(kernel):
+    if not uses_atomics(kernel):
         # The simulator runs a block's threads one after the other most of the
         # time, so a plain `+=` gives the right sum here and a wrong one on a GPU.
         raise CheckFailed("bilinear_scatter_kernel: several threads add into the same input pixel at the same "
@@ -139,9 +129,7 @@ def check_bilinear_gather_kernel(kernel):
     """``kernel(grad_out, grad_x, align_corners)``, one thread per input
     element, summing the outputs that read it; no atomics."""
     what = "bilinear_gather_kernel"
-    if _uses_atomics(kernel):
-        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread writes only its own "
-                          "input pixel, so no atomics are needed; the kernel uses cuda.atomic.")
+    require_gather(kernel, what, "writes only its own input pixel")
     _check_backward(kernel, what, "input",
                     "loop over the output rows and columns whose i0 or i1 is this pixel, and add "
                     "w_y * w_x * grad_out for each")

@@ -11,17 +11,18 @@ import torch.nn.functional as F
 
 from ..backend import launch_config
 from ..ops.carafe import CARAFE, carafe_reference
-from .bilinear import _uses_atomics
 from .engine import (
+    INTEGER_DIVISION_NOTE,
     CheckFailed,
     compare,
+    diagnose,
     kernel_definition,
-    launch_student_kernel,
+    launch_checked,
     passed,
+    require_gather,
     run_with_timeout,
     unsolved_exercise,
 )
-from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
 
 __all__ = [
     "check_predict_kernels",
@@ -151,30 +152,9 @@ def _variants(x, masks, kernel_size, scale, group):
     return found
 
 
-def _diagnose(expected, got, variants, *, what, case, hint, rtol=1e-5, atol=1e-5):
-    """compare(), but name a known mistake when the result matches one."""
-    expected_np = expected.detach().numpy()
-    if got.shape == expected_np.shape and not np.allclose(got, expected_np, rtol=rtol, atol=atol):
-        matches = [explanation for wrong, explanation in variants
-                   if np.allclose(got, wrong.numpy(), rtol=rtol, atol=atol)]
-        if len(matches) == 1:
-            raise CheckFailed(f"{what}: wrong values for {case}.\nHint: {matches[0]}")
-        if matches:
-            raise CheckFailed(f"{what}: wrong values for {case}, which match several known mistakes on this "
-                              "case:\n" + "\n".join(f"* {m}" for m in matches))
-    compare(expected_np, got, what=what, case=case, hint=hint, rtol=rtol, atol=atol)
-
-
 def _launch(kernel, launch, *arrays, what, index_hint):
-    try:
-        launch_student_kernel(kernel, launch, *arrays)
-    except IndexError as error:
-        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {index_hint}") from None
-    except Exception as error:
-        if _is_float_index_error(error):
-            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}. "
-                              "Integer division `Y // scale` keeps indices integers.") from None
-        raise
+    launch_checked(kernel, launch, *arrays, what=what, bounds_hint=index_hint,
+                   float_index_note=INTEGER_DIVISION_NOTE)
 
 
 _FORWARD_HINT = ("out[n, c, Y, X] = sum over dy, dx in range(kernel_size) of "
@@ -265,8 +245,7 @@ def check_predict_kernels(predict_kernels):
 # --------------------------------------------------------------------------
 
 
-def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT,
-                   diagnose=True):
+def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT):
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, seed + index)
@@ -282,8 +261,7 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                       "the thread with `if i < out.size:`")
         _launch(kernel, launch_config(out.size, 128), *arrays, what=what, index_hint=index_hint)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
-        variants = _variants(x, masks, k, s, g) if diagnose else []
-        _diagnose(expected, out, variants, what=what, case=_describe(case), hint=hint)
+        diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
     passed(what, len(cases))
 
 
@@ -405,7 +383,7 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
                            "Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output "
                            "row; output Y reads tile row Y // scale - Y0 // scale + dy")
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
-        _diagnose(expected, out, _variants(x, masks, k, s, g), what=what,
+        diagnose(expected, out, _variants(x, masks, k, s, g), what=what,
                   case=f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
                   hint="every thread of the block, inside the output or not, must help load the tile "
                        "(zeros outside the map) before cuda.syncthreads(); then each thread inside the "
@@ -448,9 +426,7 @@ def check_carafe_grad_x_kernel(kernel):
     """``kernel(grad_out, masks, grad_x, kernel_size, scale, group)``: one
     thread per element of ``grad_x`` (N, C, h, w), a gather: no atomics."""
     what = "carafe_grad_x_kernel"
-    if _uses_atomics(kernel):
-        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread writes only its own "
-                          "pixel of grad_x, so no atomics are needed; the kernel uses cuda.atomic.")
+    require_gather(kernel, what, "writes only its own pixel of grad_x")
     _backward_cases(
         kernel, what, "x",
         hint="low-res pixel (row, col) is slot (dy, dx) of the outputs attached to low-res pixel "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import ctypes
 import inspect
+import io
 import random
 import textwrap
 import threading
+import tokenize
 
 import numpy as np
 import torch
@@ -103,6 +105,49 @@ def launch_student_kernel(kernel, launch, *arrays, timeout: float = DEFAULT_TIME
     run_with_timeout(lambda: kernel[launch](*arrays), timeout=timeout)
 
 
+#: What a checker says when a kernel indexes an array with a float (on a GPU
+#: this is a compile error: Numba-CUDA's math.floor returns a float).
+FLOAT_INDEX_HINT = ("an array index is a float. On the GPU `math.floor` returns a float (in Python, and so "
+                    "in the simulator, it returns an int): write `int(math.floor(...))`")
+
+#: Added to FLOAT_INDEX_HINT by the checkers of kernels that divide by the scale.
+INTEGER_DIVISION_NOTE = " Integer division `Y // scale` keeps indices integers."
+
+
+def is_float_index_error(error: Exception) -> bool:
+    return "array index type float" in str(error)
+
+
+def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_index_note: str = ""):
+    """``launch_student_kernel``, with the two launch failures students meet
+    most reported as CheckFailed: an index out of bounds (the simulator
+    raises IndexError) and a float index (only the GPU compiler refuses it)."""
+    try:
+        launch_student_kernel(kernel, launch, *arrays)
+    except IndexError as error:
+        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {bounds_hint}") from None
+    except Exception as error:
+        if is_float_index_error(error):
+            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}."
+                              + float_index_note) from None
+        raise
+
+
+def uses_atomics(kernel) -> bool:
+    """Whether the kernel's code (not its comments or strings) names ``atomic``."""
+    source = inspect.getsource(getattr(kernel, "py_func", kernel))
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.cleandoc(source)).readline)
+    return any(token.type == tokenize.NAME and token.string == "atomic" for token in tokens)
+
+
+def require_gather(kernel, what: str, each_thread: str) -> None:
+    """Refuse atomics in a gather exercise; ``each_thread`` says what a
+    thread of the gather writes."""
+    if uses_atomics(kernel):
+        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread {each_thread}, so no "
+                          "atomics are needed; the kernel uses cuda.atomic.")
+
+
 def _as_numpy(value):
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
@@ -131,6 +176,34 @@ def compare(expected, got, *, what: str, case: str, hint: str = "", exact: bool 
             f"First mismatch at index {index}: expected {expected[index].item()!r}, got {got[index].item()!r}."
             + (f"\nHint: {hint}" if hint else "")
         )
+
+
+def diagnose(expected, got, variants, *, what: str, case: str, hint: str, rtol: float = 1e-5, atol: float = 1e-5,
+             border=None, border_hint: str = "") -> None:
+    """``compare()``, but say why when the result is wrong in a known way:
+    values never written (the checkers fill outputs with NaN first), or a
+    match with one of ``variants``, a list of (wrong result, explanation).
+    ``border(index)`` (optional) says whether an index touches the border of
+    the map; when every mismatch does, the hint becomes ``border_hint``."""
+    expected, got = _as_numpy(expected), _as_numpy(got)
+    if got.shape == expected.shape:
+        if np.isnan(got).any():
+            index = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
+            raise CheckFailed(f"{what}: the value at index {index} was never written (it is still NaN) for {case}.\n"
+                              "Hint: one thread per element; every thread inside the array writes its element, also "
+                              "when it is 0 (the checker fills the array with NaN first)")
+        wrong = ~np.isclose(got, expected, rtol=rtol, atol=atol)
+        if wrong.any():
+            matches = [explanation for result, explanation in variants
+                       if result.shape == got.shape and np.allclose(got, _as_numpy(result), rtol=rtol, atol=atol)]
+            if len(matches) == 1:
+                raise CheckFailed(f"{what}: wrong values for {case}.\nHint: {matches[0]}")
+            if matches:
+                raise CheckFailed(f"{what}: wrong values for {case}, which match several known mistakes on this "
+                                  "case:\n" + "\n".join(f"* {m}" for m in matches))
+            if border is not None and all(border(tuple(int(i) for i in index)) for index in np.argwhere(wrong)):
+                hint = border_hint
+    compare(expected, got, what=what, case=case, hint=hint, rtol=rtol, atol=atol)
 
 
 def passed(what: str, cases: int) -> None:

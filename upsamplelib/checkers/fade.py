@@ -10,9 +10,16 @@ import torch.nn.functional as F
 
 from ..backend import launch_config
 from ..ops.fade import FADE, semi_shift_conv_reference
-from .bilinear import _uses_atomics
-from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
-from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
+from .engine import (
+    INTEGER_DIVISION_NOTE,
+    CheckFailed,
+    compare,
+    diagnose,
+    launch_checked,
+    passed,
+    require_gather,
+    run_with_timeout,
+)
 
 __all__ = [
     "check_semi_shift_two_convs",
@@ -140,48 +147,15 @@ def _at_border(index, shape_low, kernel_size, scale):
     return not (encoder_inside and decoder_inside)
 
 
-def _first_mismatch(expected, got, rtol, atol):
-    bad = ~np.isclose(got, expected, rtol=rtol, atol=atol)
-    return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
-
-
-def _diagnose(expected, got, variants, *, what, case, hint, rtol=1e-4, atol=1e-4, border=None):
-    """compare(), but name a known mistake when the result matches one.
-
-    ``border(index)`` (optional) says whether an output index touches the
-    border; a first mismatch there, with the inside right, gets BORDER_HINT."""
-    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
-    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    if got.shape == expected.shape:
-        if np.isnan(got).any():
-            index = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
-            raise CheckFailed(f"{what}: the value at index {index} was never written (it is still NaN) for {case}.\n"
-                              "Hint: one thread per element; every thread inside the array writes its element, also "
-                              "when it is 0 (the checker fills the array with NaN first)")
-        if not np.allclose(got, expected, rtol=rtol, atol=atol):
-            for wrong, explanation in variants:
-                if wrong.shape == got.shape and np.allclose(got, wrong.numpy(), rtol=rtol, atol=atol):
-                    raise CheckFailed(f"{what}: wrong values for {case}.\nHint: {explanation}")
-            if border is not None:
-                index = _first_mismatch(expected, got, rtol, atol)
-                inside_ok = all(border(tuple(int(i) for i in bad))
-                                for bad in np.argwhere(~np.isclose(got, expected, rtol=rtol, atol=atol)))
-                if border(index) and inside_ok:
-                    hint = BORDER_HINT
-    compare(expected, got, what=what, case=case, hint=hint, rtol=rtol, atol=atol)
+def _diagnose(expected, got, variants, *, rtol=1e-4, atol=1e-4, **details):
+    diagnose(expected, got, variants, rtol=rtol, atol=atol, border_hint=BORDER_HINT, **details)
 
 
 def _launch(kernel, n_threads, *arrays, what, guard):
-    try:
-        launch_student_kernel(kernel, launch_config(n_threads, 64), *arrays)
-    except IndexError as error:
-        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: guard the thread with "
-                          f"`if i < {guard}:`, and check that a tap is inside the map before reading it") from None
-    except Exception as error:
-        if _is_float_index_error(error):
-            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}. Integer "
-                              "division `Y // scale` keeps indices integers.") from None
-        raise
+    launch_checked(kernel, launch_config(n_threads, 64), *arrays, what=what,
+                   bounds_hint=f"guard the thread with `if i < {guard}:`, and check that a tap is inside the map "
+                               "before reading it",
+                   float_index_note=INTEGER_DIVISION_NOTE)
 
 
 # --------------------------------------------------------------------------
@@ -296,9 +270,7 @@ def check_semi_shift_grad_en_kernel(kernel):
     """``kernel(grad_out, weight, grad_en)``: one thread per element
     (n, c, Y, X) of ``grad_en`` (N, C, H, W), a gather (no atomics)."""
     what = "semi_shift_grad_en_kernel"
-    if _uses_atomics(kernel):
-        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread sums into its own element of "
-                          "grad_en, so no atomics are needed; the kernel uses cuda.atomic.")
+    require_gather(kernel, what, "sums into its own element of grad_en")
     for case, E, D, weight, bias, grad_out in _backward_cases(530):
         expected = _gradients(E, D, weight, bias, grad_out, case[6])[0]
         grad_en = np.full(E.shape, np.nan, np.float32)
@@ -319,9 +291,7 @@ def check_semi_shift_grad_de_kernel(kernel):
     """``kernel(grad_out, weight, grad_de, scale)``: one thread per element
     (n, c, row, col) of ``grad_de`` (N, C, h, w), a gather (no atomics)."""
     what = "semi_shift_grad_de_kernel"
-    if _uses_atomics(kernel):
-        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread sums into its own element of "
-                          "grad_de, so no atomics are needed; the kernel uses cuda.atomic.")
+    require_gather(kernel, what, "sums into its own element of grad_de")
     for case, E, D, weight, bias, grad_out in _backward_cases(540):
         s = case[6]
         expected = _gradients(E, D, weight, bias, grad_out, s)[1]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .engine import CheckFailed, compare, launch_student_kernel, passed, random_sizes
+from .engine import CheckFailed, compare, launch_checked, passed, random_sizes
 
 __all__ = [
     "check_scale_kernel",
@@ -25,10 +25,7 @@ BOUNDS_HINT = (
 
 def _run_elementwise(kernel, launch, x, factor, what):
     out = np.zeros_like(x)
-    try:
-        launch_student_kernel(kernel, launch, x, out, np.float32(factor))
-    except IndexError as error:
-        raise CheckFailed(f"{what}: a thread indexed past the end ({error}).\nHint: {BOUNDS_HINT}") from None
+    launch_checked(kernel, launch, x, out, np.float32(factor), what=what, bounds_hint=BOUNDS_HINT)
     return out
 
 
@@ -95,11 +92,8 @@ def check_flip_kernel(kernel, block=(16, 8)):
         image = rng.standard_normal((height, width)).astype(np.float32)
         out = np.zeros_like(image)
         grid = (math.ceil(width / block[0]), math.ceil(height / block[1]))
-        try:
-            launch_student_kernel(kernel, (grid, block), image, out)
-        except IndexError as error:
-            raise CheckFailed(f"{what}: a thread indexed past the image ({error}).\n"
-                              "Hint: guard with `if row < out.shape[0] and col < out.shape[1]:`") from None
+        launch_checked(kernel, (grid, block), image, out, what=what,
+                       bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`")
         compare(image[:, ::-1], out, what=what, case=f"a {height}x{width} image, grid {grid} of {block}",
                 hint="col, row = cuda.grid(2); the mirror of column col is width - 1 - col")
     passed(what, len(shapes))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..backend import launch_config
 from ..ops.interpolate import nearest_source_index
-from .engine import CheckFailed, compare, launch_student_kernel, passed
+from .engine import FLOAT_INDEX_HINT, CheckFailed, compare, launch_checked, passed
 
 __all__ = [
     "check_nearest_index",
@@ -27,16 +27,6 @@ FLOAT32_SENSITIVE_SIZES = [(210, 400), (252, 114), (18, 492), (60, 232)]
 
 _SIZE_PAIRS = FLOAT32_SENSITIVE_SIZES + [(1, 1), (1, 7), (7, 1), (3, 3), (4, 8), (5, 12), (12, 5),
                                          (9, 20), (20, 9), (64, 255), (255, 64), (100, 333)]
-
-
-#: What a checker says when a kernel indexes an array with a float (on a GPU
-#: this is a compile error: Numba-CUDA's math.floor returns a float).
-FLOAT_INDEX_HINT = ("an array index is a float. On the GPU `math.floor` returns a float (in Python, and so "
-                    "in the simulator, it returns an int): write `int(math.floor(...))`")
-
-
-def _is_float_index_error(error: Exception) -> bool:
-    return "array index type float" in str(error)
 
 
 def _reference_index(dst, in_size, out_size, exact):
@@ -92,15 +82,8 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
         x = rng.standard_normal((h, w)).astype(np.float32)
         out = np.full((out_h, out_w), np.nan, np.float32)
         grid = (math.ceil(out_w / block[0]), math.ceil(out_h / block[1]))
-        try:
-            launch_student_kernel(kernel, (grid, block), x, out)
-        except IndexError as error:
-            raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
-                              "Hint: guard with `if row < out.shape[0] and col < out.shape[1]:`") from None
-        except Exception as error:
-            if _is_float_index_error(error):
-                raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
-            raise
+        launch_checked(kernel, (grid, block), x, out, what=what,
+                       bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`")
         expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
         compare(expected, out, exact=True, what=what, case=f"{h}x{w} -> {out_h}x{out_w}",
                 hint="out[row, col] = x[nearest_index(row, ...), nearest_index(col, ...)]")
@@ -119,15 +102,8 @@ def check_nearest_kernel(kernel, exact: bool = False):
     for (planes, h, w), (out_h, out_w) in _SHAPES:
         x = rng.standard_normal((planes, h, w)).astype(np.float32)
         out = np.full((planes, out_h, out_w), np.nan, np.float32)
-        try:
-            launch_student_kernel(kernel, launch_config(out.size, 64), x, out, exact)
-        except IndexError as error:
-            raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\n"
-                              "Hint: the last block runs past out.size; guard with `if i < out.size:`") from None
-        except Exception as error:
-            if _is_float_index_error(error):
-                raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
-            raise
+        launch_checked(kernel, launch_config(out.size, 64), x, out, exact, what=what,
+                       bounds_hint="the last block runs past out.size; guard with `if i < out.size:`")
         expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
         compare(expected, out, exact=True, what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}",
                 hint="unravel i into (plane, row, col): col = i % W, row = (i // W) % H, plane = i // (W * H)")

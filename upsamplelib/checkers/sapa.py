@@ -15,9 +15,7 @@ import torch
 
 from ..backend import SIMULATOR, launch_config
 from ..ops.sapa import SAPA, sapa_similarity_reference
-from .bilinear import _uses_atomics
-from .engine import CheckFailed, compare, launch_student_kernel, passed, run_with_timeout
-from .nearest import FLOAT_INDEX_HINT, _is_float_index_error
+from .engine import CheckFailed, compare, launch_checked, passed, require_gather, run_with_timeout
 
 __all__ = [
     "check_sapa_embedding",
@@ -94,15 +92,9 @@ def _window_hint(expected, got, key_shape, kernel_size, scale, default, rtol, at
 
 
 def _launch(kernel, launch, *arrays, what, guard_hint="guard the body with `if i < out.size:`"):
-    try:
-        launch_student_kernel(kernel, launch, *arrays)
-    except IndexError as error:
-        raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {guard_hint}; and check that "
-                          "window neighbours outside the map are skipped before they are read") from None
-    except Exception as error:
-        if _is_float_index_error(error):
-            raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}.") from None
-        raise
+    launch_checked(kernel, launch, *arrays, what=what,
+                   bounds_hint=f"{guard_hint}; and check that window neighbours outside the map are skipped "
+                               "before they are read")
 
 
 # --------------------------------------------------------------------------
@@ -458,9 +450,7 @@ def check_grad_key_kernel(kernel):
     """``kernel(grad_logits, q, grad_key, kernel_size, scale)``: one thread per
     element (n, c, row, col) of ``grad_key``, a gather (no atomics)."""
     what = "grad_key_kernel"
-    if _uses_atomics(kernel):
-        raise CheckFailed(f"{what}: this exercise asks for a gather, where each thread sums into its own key "
-                          "element, so no atomics are needed; the kernel uses cuda.atomic.")
+    require_gather(kernel, what, "sums into its own key element")
     _check_gradient(kernel, what, "key",
                     "key[n, c, row, col] is read through slot (dy, dx) by the s x s outputs attached to low-res "
                     "pixel (row - dy + r, col - dx + r), if that pixel is inside the map; sum "
