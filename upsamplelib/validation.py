@@ -52,6 +52,28 @@ def check_odd_kernel_size(value, name: str, op: str) -> int:
     return value
 
 
+def check_same_batch(first, first_name: str, second, second_name: str, op: str) -> None:
+    if first.shape[0] != second.shape[0]:
+        raise ValueError(f"{op}: batch sizes differ: {first_name} {shape_str(first)}, {second_name} {shape_str(second)}")
+
+
+def check_upsampled_size(high, high_name: str, low, low_name: str, scale: int, op: str) -> None:
+    """``high`` must be exactly ``scale`` x the spatial size of ``low``: any
+    other size is an error, not a silent crop."""
+    expected = (scale * low.shape[2], scale * low.shape[3])
+    if (high.shape[2], high.shape[3]) != expected:
+        raise ValueError(
+            f"{op}: {high_name} must be exactly scale x the size of {low_name}: expected spatial size "
+            f"({expected[0]}, {expected[1]}) for {low_name} {shape_str(low)} and scale={scale}, "
+            f"got {high_name} {shape_str(high)}"
+        )
+
+
+def check_same_device(first, first_name: str, second, second_name: str, op: str) -> None:
+    if first.device != second.device:
+        raise ValueError(f"{op}: {first_name} is on {first.device} but {second_name} on {second.device}")
+
+
 def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a kernel computes in for inputs of ``dtype``."""
     return dtype if dtype in KERNEL_DTYPES else torch.float32

@@ -42,6 +42,9 @@ from ..validation import (
     check_feature_map,
     check_odd_kernel_size,
     check_positive_int,
+    check_same_batch,
+    check_same_device,
+    check_upsampled_size,
     kernel_dtype,
     shape_str,
 )
@@ -390,25 +393,18 @@ def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
     kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", op)
     scale = check_positive_int(scale, "scale", op)
     group = check_positive_int(group, "group", op)
-    n, channels, height, width = x.shape
+    channels = x.shape[1]
     if channels % group != 0:
         raise ValueError(f"{op}: group={group} must divide the {channels} channels of x")
-    if masks.shape[0] != n:
-        raise ValueError(f"{op}: batch sizes differ: x {shape_str(x)}, masks {shape_str(masks)}")
+    check_same_batch(x, "x", masks, "masks", op)
     expected_slots = group * kernel_size * kernel_size
     if masks.shape[1] != expected_slots:
         raise ValueError(
             f"{op}: masks has {masks.shape[1]} channels; expected group * kernel_size**2 = "
             f"{group} * {kernel_size}**2 = {expected_slots} (masks {shape_str(masks)})"
         )
-    if (masks.shape[2], masks.shape[3]) != (scale * height, scale * width):
-        raise ValueError(
-            f"{op}: masks must be exactly scale x the size of x: expected spatial size "
-            f"({scale * height}, {scale * width}) for x {shape_str(x)} and scale={scale}, "
-            f"got masks {shape_str(masks)}"
-        )
-    if x.device != masks.device:
-        raise ValueError(f"{op}: x is on {x.device} but masks on {masks.device}")
+    check_upsampled_size(masks, "masks", x, "x", scale, op)
+    check_same_device(x, "x", masks, "masks", op)
     return kernel_size, scale, group
 
 

@@ -31,7 +31,15 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 
 from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
-from ..validation import check_feature_map, check_odd_kernel_size, check_positive_int, kernel_dtype, shape_str
+from ..validation import (
+    check_feature_map,
+    check_odd_kernel_size,
+    check_positive_int,
+    check_same_batch,
+    check_upsampled_size,
+    kernel_dtype,
+    shape_str,
+)
 from .carafe import carafe, unravel4, upsampled_columns
 
 # --------------------------------------------------------------------------
@@ -402,16 +410,12 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
     size = check_odd_kernel_size(weight.shape[2], "the kernel size of weight", op)
     if weight.shape[3] != size:
         raise ValueError(f"{op}: weight must have square k x k taps, got {shape_str(weight)}")
-    n, channels, height, width = de.shape
-    if en.shape[0] != n:
-        raise ValueError(f"{op}: batch sizes differ: en {shape_str(en)}, de {shape_str(de)}")
+    channels = de.shape[1]
+    check_same_batch(en, "en", de, "de", op)
     if en.shape[1] != channels:
         raise ValueError(f"{op}: en and de must have the same channels (they share the weight); got en "
                          f"{shape_str(en)} and de {shape_str(de)}")
-    if (en.shape[2], en.shape[3]) != (scale * height, scale * width):
-        raise ValueError(f"{op}: en must be exactly scale x the size of de: expected spatial size "
-                         f"({scale * height}, {scale * width}) for de {shape_str(de)} and scale={scale}, "
-                         f"got en {shape_str(en)}")
+    check_upsampled_size(en, "en", de, "de", scale, op)
     if channels % groups or weight.shape[0] % groups or weight.shape[1] * groups != channels:
         raise ValueError(f"{op}: weight {shape_str(weight)} does not fit {channels} input channels in "
                          f"groups={groups}: expected (O, {channels} // {groups}, k, k) with O divisible by groups")

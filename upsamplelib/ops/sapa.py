@@ -28,7 +28,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backend import resolve_backend
-from ..validation import check_feature_map, check_odd_kernel_size, check_positive_int, kernel_dtype, shape_str
+from ..validation import (
+    check_feature_map,
+    check_odd_kernel_size,
+    check_positive_int,
+    check_same_batch,
+    check_same_device,
+    check_upsampled_size,
+    kernel_dtype,
+    shape_str,
+)
 from .carafe import carafe, gather_to_windows, reassemble, window_products
 
 # --------------------------------------------------------------------------
@@ -98,21 +107,14 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
     check_feature_map(key, "key", op)
     kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", op)
     scale = check_positive_int(scale, "scale", op)
-    if q.shape[0] != key.shape[0]:
-        raise ValueError(f"{op}: batch sizes differ: q {shape_str(q)}, key {shape_str(key)}")
+    check_same_batch(q, "q", key, "key", op)
     if q.shape[1] != key.shape[1]:
         raise ValueError(
             f"{op}: query and key embeddings must have the same dimension; got q {shape_str(q)} "
             f"({q.shape[1]} channels) and key {shape_str(key)} ({key.shape[1]} channels)"
         )
-    if (q.shape[2], q.shape[3]) != (scale * key.shape[2], scale * key.shape[3]):
-        raise ValueError(
-            f"{op}: q must be exactly scale x the size of key: expected spatial size "
-            f"({scale * key.shape[2]}, {scale * key.shape[3]}) for key {shape_str(key)} and scale={scale}, "
-            f"got q {shape_str(q)}"
-        )
-    if q.device != key.device:
-        raise ValueError(f"{op}: q is on {q.device} but key on {key.device}")
+    check_upsampled_size(q, "q", key, "key", scale, op)
+    check_same_device(q, "q", key, "key", op)
     backend = resolve_backend(backend, [q, key], op)
     result_dtype = torch.promote_types(q.dtype, key.dtype)
     compute_dtype = kernel_dtype(result_dtype)
