@@ -99,15 +99,10 @@ def _runs_per_group(per_group):
     return (per_group + PER_THREAD - 1) // PER_THREAD
 
 
-def _chunked_threads(target, per_group):
-    """Threads for a kernel that writes ``target`` in runs of PER_THREAD
-    channels, each run inside one group of ``per_group`` channels (the host
-    side of ``run_count``, on a tensor)."""
-    return _run_count(target, per_group)
-
-
 def _run_count(target, per_group):
-    """How many runs (threads) cover ``target``."""
+    """How many runs (threads) cover ``target``, written in runs of
+    PER_THREAD channels that each stay inside one group of ``per_group``
+    channels. The host calls it on a tensor to size the launch."""
     n, channels, height, width = target.shape
     return n * (channels // per_group) * ((per_group + PER_THREAD - 1) // PER_THREAD) * height * width
 
@@ -306,7 +301,7 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
         columns = upsampled_columns(x, scale, (kernel_size - 1) // 2)
         run(carafe_forward_cpu, backend, out.numel(), columns, masks, out, kernel_size, scale, group_channels)
     else:
-        run(carafe_forward_kernel, backend, _chunked_threads(out, group_channels), x, masks, out, kernel_size,
+        run(carafe_forward_kernel, backend, _run_count(out, group_channels), x, masks, out, kernel_size,
             scale, group_channels)
     return out
 
@@ -317,7 +312,7 @@ def gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channe
     n, channels, height, width = grad_out.shape
     grad_x = grad_out.new_empty((n, channels, height // scale, width // scale))
     kernel = carafe_grad_feature_cpu if backend == "cpu" else carafe_grad_feature_kernel
-    run(kernel, backend, _chunked_threads(grad_x, group_channels), grad_out, masks, grad_x, kernel_size, scale,
+    run(kernel, backend, _run_count(grad_x, group_channels), grad_out, masks, grad_x, kernel_size, scale,
         group_channels)
     return grad_x
 
@@ -333,7 +328,7 @@ def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
         run(carafe_grad_mask_cpu, backend, result.numel(), grad_out, columns, result, kernel_size, scale,
             group_channels)
     else:
-        run(carafe_grad_mask_kernel, backend, _chunked_threads(result, kernel_size * kernel_size), grad_out, x,
+        run(carafe_grad_mask_kernel, backend, _run_count(result, kernel_size * kernel_size), grad_out, x,
             result, kernel_size, scale, group_channels)
     return result
 

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from numba import cuda, int64, prange
 
-from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
+from ..backend import cpu_kernel, cuda_kernel, fma, per_element, resolve_backend, run
 from ..validation import (
     check_feature_map,
     check_odd_kernel_size,
@@ -325,17 +325,17 @@ def _semi_shift_backward_cpu(needs, grad_out, en, de, weight, scale, groups):
     grad_en = grad_de = grad_weight = None
     if needs[1] or needs[2]:
         pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
-        sum_pool_cpu(kernel_array(grad_out), scale, kernel_array(pooled))
+        run(sum_pool_cpu, "cpu", pooled.numel(), grad_out, scale, pooled)
     if needs[0]:
         grad_en = torch.empty_like(en)
-        run(transposed_conv_cpu, "cpu", 0, upsampled_columns(grad_out, 1, pad), weight, grad_en, groups)
+        run(transposed_conv_cpu, "cpu", grad_en.numel(), upsampled_columns(grad_out, 1, pad), weight, grad_en, groups)
     if needs[1]:
         grad_de = torch.empty_like(de)
-        run(transposed_conv_cpu, "cpu", 0, upsampled_columns(pooled, 1, pad), weight, grad_de, groups)
+        run(transposed_conv_cpu, "cpu", grad_de.numel(), upsampled_columns(pooled, 1, pad), weight, grad_de, groups)
     if needs[2]:
         from_en, from_de = torch.empty_like(weight), torch.empty_like(weight)
-        run(correlate_cpu, "cpu", 0, grad_out, upsampled_columns(en, 1, pad), from_en, groups)
-        run(correlate_cpu, "cpu", 0, pooled, upsampled_columns(de, 1, pad), from_de, groups)
+        run(correlate_cpu, "cpu", weight.numel(), grad_out, upsampled_columns(en, 1, pad), from_en, groups)
+        run(correlate_cpu, "cpu", weight.numel(), pooled, upsampled_columns(de, 1, pad), from_de, groups)
         grad_weight = from_en + from_de
     return grad_en, grad_de, grad_weight
 
