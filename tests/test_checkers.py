@@ -1,5 +1,6 @@
 """The checkers pass right answers, and explain wrong ones."""
 
+import threading
 import time
 
 import numpy as np
@@ -61,11 +62,14 @@ def test_first_mismatch_is_reported_with_expected_and_got():
 
 
 def test_hung_kernel_is_reported_not_waited_on():
+    before = set(threading.enumerate())
     start = time.monotonic()
     with pytest.raises(checkers.KernelTimeout, match="did not finish within 2 s"):
         checkers.launch_student_kernel(never_ends, (1, 32), np.zeros(4, np.float32), np.zeros(4, np.float32),
                                        np.float32(1), timeout=2)
     assert time.monotonic() - start < 10
+    # No thread of the hung kernel is left spinning: one would slow every later test.
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
 
 
 def test_unsolved_exercise_reports_not_implemented():

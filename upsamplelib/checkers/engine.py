@@ -9,6 +9,7 @@ import io
 import random
 import textwrap
 import threading
+import time
 import tokenize
 
 import numpy as np
@@ -35,6 +36,22 @@ def _stop_thread(thread: threading.Thread) -> None:
         )
 
 
+def _stop_threads_since(before, patience: float = 5.0) -> None:
+    """Stop every thread started after the snapshot ``before``. Repeated
+    until none is left: the simulator may still be starting a block's
+    threads when the first ones are stopped, and one left spinning would
+    slow every later kernel of the process."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        stuck = [thread for thread in threading.enumerate() if thread not in before and thread.is_alive()]
+        if not stuck:
+            return
+        for thread in stuck:
+            _stop_thread(thread)
+        for thread in stuck:
+            thread.join(0.05)
+
+
 def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: str = "kernel"):
     """Run ``function(*args)`` in a worker thread; raise KernelTimeout if it
     has not returned after ``timeout`` seconds. Exceptions propagate."""
@@ -51,11 +68,7 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        stuck = set(threading.enumerate()) - before
-        for thread in stuck:
-            _stop_thread(thread)
-        for thread in stuck:
-            thread.join(5)
+        _stop_threads_since(before)
         raise KernelTimeout(
             f"the {what} did not finish within {timeout:g} s. Look for a loop whose "
             "counter never reaches its bound, or threads waiting at cuda.syncthreads() "
