@@ -36,18 +36,26 @@ def _stop_thread(thread: threading.Thread) -> None:
         )
 
 
-def _stop_threads_since(before, patience: float = 5.0) -> None:
-    """Stop every thread started after the snapshot ``before``. Repeated
-    until none is left: the simulator may still be starting a block's
-    threads when the first ones are stopped, and one left spinning would
+def _stop_threads_since(before, launcher, patience: float = 5.0) -> None:
+    """Stop every thread started after the snapshot ``before``.
+
+    The simulated threads of the kernel are stopped first, each signalled
+    once; the ``launcher`` thread then sees them gone and returns by itself,
+    restoring the simulator's state on the way (a signal arriving during
+    that clean-up would leave the kernel's module patched). The sweep repeats
+    for threads the simulator was still starting: one left spinning would
     slow every later kernel of the process."""
+    signalled = set()
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         stuck = [thread for thread in threading.enumerate() if thread not in before and thread.is_alive()]
         if not stuck:
             return
-        for thread in stuck:
-            _stop_thread(thread)
+        targets = [thread for thread in stuck if thread is not launcher] or stuck
+        for thread in targets:
+            if thread not in signalled:
+                _stop_thread(thread)
+                signalled.add(thread)
         for thread in stuck:
             thread.join(0.05)
 
@@ -68,7 +76,7 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        _stop_threads_since(before)
+        _stop_threads_since(before, worker)
         raise KernelTimeout(
             f"the {what} did not finish within {timeout:g} s. Look for a loop whose "
             "counter never reaches its bound, or threads waiting at cuda.syncthreads() "
