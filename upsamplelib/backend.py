@@ -28,6 +28,7 @@ import ctypes
 import math
 import os
 import sys
+import threading
 from fractions import Fraction
 
 CUDA_TARGET_ENV = "UPSAMPLELIB_CUDA"
@@ -226,6 +227,11 @@ def launch_config(n_threads: int, threads_per_block: int = THREADS_PER_BLOCK):
     return math.ceil(n_threads / threads_per_block), threads_per_block
 
 
+#: Held by every simulated launch (see ``launch``); reentrant so that a
+#: caller may hold it around several launches.
+SIMULATOR_LOCK = threading.RLock()
+
+
 def _torch_stream():
     return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
 
@@ -238,7 +244,11 @@ def launch(kernel, n_threads: int, *args, threads_per_block: int = THREADS_PER_B
     """
     blocks, threads = launch_config(n_threads, threads_per_block)
     if SIMULATOR:
-        kernel[blocks, threads](*args)
+        # The simulator keeps the running kernel's thread state in globals:
+        # two launches at once (a DataLoader thread, a web server) would
+        # see each other's threads. One launch at a time.
+        with SIMULATOR_LOCK:
+            kernel[blocks, threads](*args)
     else:
         kernel[blocks, threads, _torch_stream()](*args)
 

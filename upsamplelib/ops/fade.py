@@ -446,6 +446,14 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
 # --------------------------------------------------------------------------
 
 
+def xavier_init(conv):
+    """The original FADE's init of every convolution: Xavier-uniform
+    weights, zero bias."""
+    nn.init.xavier_uniform_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class GateGenerator(nn.Module):
     """g = sigmoid(nearest_up(conv1x1(de))): one channel, from the decoder."""
 
@@ -453,8 +461,7 @@ class GateGenerator(nn.Module):
         super().__init__()
         self.scale = scale
         self.conv = nn.Conv2d(in_channels, 1, 1)
-        nn.init.normal_(self.conv.weight, std=0.01)
-        nn.init.zeros_(self.conv.bias)
+        xavier_init(self.conv)
 
     def forward(self, de):
         return torch.sigmoid(F.interpolate(self.conv(de), scale_factor=self.scale, mode="nearest"))
@@ -474,9 +481,7 @@ class SemiShift(nn.Module):
         self.content_encoder = nn.Conv2d(compressed, logits, kernel_size, padding=kernel_size // 2,
                                          groups=logits if lite else 1)
         for conv in (self.compressor_en, self.compressor_de, self.content_encoder):
-            nn.init.normal_(conv.weight, std=0.001)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+            xavier_init(conv)
 
     def forward(self, en, de, backend=None):
         return semi_shift_conv(self.compressor_en(en), self.compressor_de(de), self.content_encoder.weight,
