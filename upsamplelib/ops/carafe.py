@@ -31,11 +31,14 @@ float32.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import numpy as np
 from numba import cuda, int64, prange
+from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
 from ..validation import (
@@ -201,8 +204,21 @@ def carafe_grad_mask_kernel(grad_out, x, grad_masks, kernel_size, scale, group_c
 # over the row. That needs x "upsampled along the columns" first:
 #     columns[n, c, row, j] = x[n, c, row, j // s - r]   (0 outside the map)
 # so that slot dx of output X reads columns[..., X + dx*s]. Same index math
-# (window_origin, slot_of), same order of additions as the CUDA bodies.
+# (window_origin, slot_of), same order of additions as the CUDA bodies, and
+# like them the loops skip out-of-map slots instead of multiplying the
+# padding (a NaN mask there must not reach the result): slot dx is inside
+# the map for the outputs in ``slot_columns``.
 # --------------------------------------------------------------------------
+
+
+def _slot_columns(dx, scale, radius, low_width):
+    """[begin, end): the outputs X whose slot dx reads a column inside the
+    map, i.e. 0 <= X // scale - radius + dx < low_width."""
+    width = low_width * scale
+    return max(0, (radius - dx) * scale), min(width, (low_width + radius - dx) * scale)
+
+
+slot_columns = per_element(_slot_columns)
 
 
 @cpu_kernel
@@ -229,7 +245,8 @@ def carafe_forward_cpu(columns, masks, out, kernel_size, scale, group_channels):
                 for dx in range(kernel_size):
                     weights = masks[n, slot_of(c // group_channels, dy, dx, kernel_size), Y]
                     values = columns[n, c, top + dy, dx * scale: dx * scale + width]
-                    for X in range(width):
+                    begin, end = slot_columns(dx, scale, radius, width // scale)
+                    for X in range(begin, end):
                         total[X] = fma(weights[X], values[X], total[X])
         out[n, c, Y, :] = total
 
@@ -270,10 +287,11 @@ def carafe_grad_mask_cpu(grad_out, columns, grad_masks, kernel_size, scale, grou
             for dx in range(kernel_size):
                 total = np.zeros(width, grad_masks.dtype)
                 if 0 <= top + dy < low_height:
+                    begin, end = slot_columns(dx, scale, radius, width // scale)
                     for c in range(group * group_channels, (group + 1) * group_channels):
                         grads = grad_out[n, c, Y]
                         values = columns[n, c, top + dy, dx * scale: dx * scale + width]
-                        for X in range(width):
+                        for X in range(begin, end):
                             total[X] = fma(grads[X], values[X], total[X])
                 grad_masks[n, slot_of(group, dy, dx, kernel_size), Y, :] = total
 
@@ -338,47 +356,153 @@ def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
 # --------------------------------------------------------------------------
 
 
+def inside_map(kernel_size, scale, height, width, device):
+    """(k*k, s*h, s*w) bool: whether window slot t of output (Y, X) reads a
+    pixel inside the (h, w) map. The kernels skip the slots that do not."""
+    radius = (kernel_size - 1) // 2
+    offsets = torch.arange(kernel_size, device=device) - radius
+    rows = (torch.arange(scale * height, device=device) // scale)[None, :] + offsets[:, None]
+    cols = (torch.arange(scale * width, device=device) // scale)[None, :] + offsets[:, None]
+    rows_inside = (rows >= 0) & (rows < height)
+    cols_inside = (cols >= 0) & (cols < width)
+    return (rows_inside[:, None, :, None] & cols_inside[None, :, None, :]).reshape(
+        kernel_size * kernel_size, scale * height, scale * width)
+
+
 def carafe_reference(x, masks, kernel_size, scale, group=1):
     """CARAFE in plain PyTorch: unfold every k x k window, repeat each window
     for the s x s outputs attached to it, weight and sum. Simple, and it
-    materialises C*k*k*(s*h)*(s*w) values: the memory the kernels avoid."""
+    materialises C*k*k*(s*h)*(s*w) values: the memory the kernels avoid.
+    Out-of-map slots are dropped, not multiplied by the zero padding, as
+    the kernels do (a NaN weight there must not reach the output)."""
     n, channels, height, width = x.shape
     area = kernel_size * kernel_size
     windows = F.unfold(x, kernel_size, padding=(kernel_size - 1) // 2)
     windows = windows.view(n, group, channels // group, area, height, width)
     windows = windows.repeat_interleave(scale, dim=4).repeat_interleave(scale, dim=5)
+    inside = inside_map(kernel_size, scale, height, width, x.device)
     weights = masks.view(n, group, 1, area, scale * height, scale * width)
+    weights = torch.where(inside, weights, torch.zeros((), dtype=weights.dtype, device=weights.device))
     return (windows * weights).sum(dim=3).view(n, channels, scale * height, scale * width)
 
 
 # --------------------------------------------------------------------------
-# Autograd glue
+# PyTorch custom operators. CARAFE is linear in x and in masks, and the
+# three operations close under differentiation:
+#   carafe(x, m)                 d/dx: window_gather(g, m)   d/dm: window_products(g, x)
+#   window_gather(g, m)          d/dg: carafe(G, m)          d/dm: window_products(g, G)
+#   window_products(g, x)        d/dg: carafe(x, M)          d/dx: window_gather(g, M)
+# so writing each derivative through these ops gives gradients of any order.
 # --------------------------------------------------------------------------
 
 
-class CarafeFunction(torch.autograd.Function):
-    """Numba kernels forward and backward (backend "cuda" or "cpu")."""
+@torch.library.custom_op("upsamplelib::carafe", mutates_args=())
+def carafe_op(x: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, group: int,
+              backend: str) -> torch.Tensor:
+    """CARAFE reassembly on the Numba kernels (arguments already checked)."""
+    return reassemble(backend, x.contiguous(), masks.contiguous(), kernel_size, scale, x.shape[1] // group)
 
-    @staticmethod
-    def forward(ctx, x, masks, kernel_size, scale, group, backend):
-        x, masks = x.contiguous(), masks.contiguous()
-        group_channels = x.shape[1] // group
-        ctx.save_for_backward(x, masks)
-        ctx.config = (kernel_size, scale, group_channels, backend)
-        return reassemble(backend, x, masks, kernel_size, scale, group_channels)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, masks = ctx.saved_tensors
-        kernel_size, scale, group_channels, backend = ctx.config
-        grad_out = grad_out.contiguous()
-        grad_x = grad_masks = None
-        if ctx.needs_input_grad[0]:
-            grad_x = gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channels)
-        if ctx.needs_input_grad[1]:
-            grad_masks = window_products(backend, grad_out, x, kernel_size, scale, group_channels)
-        return grad_x, grad_masks, None, None, None, None
+@carafe_op.register_fake
+def _(x, masks, kernel_size, scale, group, backend):
+    return x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
+
+
+@torch.library.custom_op("upsamplelib::carafe_window_gather", mutates_args=())
+def window_gather_op(grad_out: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, group: int,
+                     backend: str) -> torch.Tensor:
+    """The adjoint of ``carafe`` in x: each low-res pixel sums masks *
+    grad_out over the outputs whose window holds it."""
+    return gather_to_windows(backend, grad_out.contiguous(), masks.contiguous(), kernel_size, scale,
+                             grad_out.shape[1] // group)
+
+
+@window_gather_op.register_fake
+def _(grad_out, masks, kernel_size, scale, group, backend):
+    n, channels, height, width = grad_out.shape
+    return grad_out.new_empty((n, channels, height // scale, width // scale))
+
+
+@torch.library.custom_op("upsamplelib::carafe_window_products", mutates_args=())
+def window_products_op(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int, scale: int, group: int,
+                       backend: str) -> torch.Tensor:
+    """The adjoint of ``carafe`` in masks: result[slot(g, t), Y, X] = sum over
+    the group's channels of grad_out[c, Y, X] * x[c, window_t(Y, X)]."""
+    return window_products(backend, grad_out.contiguous(), x.contiguous(), kernel_size, scale,
+                           grad_out.shape[1] // group)
+
+
+@window_products_op.register_fake
+def _(grad_out, x, kernel_size, scale, group, backend):
+    n, _, height, width = grad_out.shape
+    return grad_out.new_empty((n, group * kernel_size * kernel_size, height, width))
+
+
+def save_inputs(ctx, inputs, output):
+    """setup_context of the window ops: both tensors, and the rest as config."""
+    first, second, *config = inputs
+    ctx.save_for_backward(first, second)
+    ctx.config = config
+
+
+def _carafe_derivative(ctx, grad_out):
+    x, masks = ctx.saved_tensors
+    grad_x = grad_masks = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.upsamplelib.carafe_window_gather(grad_out, masks, *ctx.config)
+    if ctx.needs_input_grad[1]:
+        grad_masks = torch.ops.upsamplelib.carafe_window_products(grad_out, x, *ctx.config)
+    return grad_x, grad_masks, None, None, None, None
+
+
+def _window_gather_derivative(ctx, grad_grad_x):
+    grad_out, masks = ctx.saved_tensors
+    grad_grad_out = grad_masks = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_out = torch.ops.upsamplelib.carafe(grad_grad_x, masks, *ctx.config)
+    if ctx.needs_input_grad[1]:
+        grad_masks = torch.ops.upsamplelib.carafe_window_products(grad_out, grad_grad_x, *ctx.config)
+    return grad_grad_out, grad_masks, None, None, None, None
+
+
+def window_products_derivative(ctx, grad_result):
+    """Derivative of a window product (``carafe_window_products``, and SAPA's
+    similarity, which is one)."""
+    grad_out, x = ctx.saved_tensors
+    grad_grad_out = grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_out = torch.ops.upsamplelib.carafe(x, grad_result, *ctx.config)
+    if ctx.needs_input_grad[1]:
+        grad_x = torch.ops.upsamplelib.carafe_window_gather(grad_out, grad_result, *ctx.config)
+    return grad_grad_out, grad_x, None, None, None, None
+
+
+torch.library.register_autograd("upsamplelib::carafe", _carafe_derivative, setup_context=save_inputs)
+torch.library.register_autograd("upsamplelib::carafe_window_gather", _window_gather_derivative,
+                                setup_context=save_inputs)
+torch.library.register_autograd("upsamplelib::carafe_window_products", window_products_derivative,
+                                setup_context=save_inputs)
+
+
+def window_flops(high_res_shape, kernel_size):
+    """One multiply-add (2 FLOPs) per channel, window slot and high-res
+    pixel: the count of all three operations (border slots included)."""
+    return 2 * math.prod(high_res_shape) * kernel_size * kernel_size
+
+
+@register_flop_formula(torch.ops.upsamplelib.carafe)
+def _(x_shape, masks_shape, kernel_size, *args, out_shape=None, **kwargs):
+    return window_flops(out_shape, kernel_size)
+
+
+@register_flop_formula(torch.ops.upsamplelib.carafe_window_gather)
+def _(grad_shape, masks_shape, kernel_size, *args, out_shape=None, **kwargs):
+    return window_flops(grad_shape, kernel_size)
+
+
+@register_flop_formula(torch.ops.upsamplelib.carafe_window_products)
+def _(grad_shape, x_shape, kernel_size, *args, out_shape=None, **kwargs):
+    return window_flops(grad_shape, kernel_size)
 
 
 def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
@@ -417,7 +541,7 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
 
     Returns:
         (N, C, scale*h, scale*w), dtype ``torch.promote_types(x.dtype, masks.dtype)``;
-        differentiable with respect to ``x`` and ``masks``.
+        differentiable with respect to ``x`` and ``masks``, to any order.
     """
     op = "carafe"
     kernel_size, scale, group = check_carafe_arguments(x, masks, kernel_size, scale, group, op)
@@ -428,7 +552,7 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
     if backend == "torch":
         out = carafe_reference(x, masks, kernel_size, scale, group)
     else:
-        out = CarafeFunction.apply(x, masks, kernel_size, scale, group, backend)
+        out = torch.ops.upsamplelib.carafe(x, masks, kernel_size, scale, group, backend)
     return out.to(result_dtype)
 
 

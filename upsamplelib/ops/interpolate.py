@@ -10,33 +10,32 @@ forward and backward, on three backends:
 The CUDA kernels and the CPU loops call the same per-axis index functions
 and per-element bodies (``per_element`` compiles each for both targets).
 
-PyTorch's index rules, as its CPU kernels apply them (see lesson 01/02):
-coordinates are computed in the "opmath" type (float32 for float32 and half
-inputs, float64 for float64), ``scale = in/out`` when ``size=`` is given and
-``1/scale_factor`` when ``scale_factor=`` is, and the floor is taken of the
-coordinate rounded to float32.
+PyTorch's index rules: ``scale = in/out`` when ``size=`` is given and
+``1/scale_factor`` when ``scale_factor=`` is; nearest floors
+``dst * scale``, nearest-exact ``(dst + 0.5) * scale``, bilinear blends the
+two pixels around ``(dst + 0.5) * scale - 0.5``. The float rounding of each
+step differs between PyTorch's kernels (generic CPU, channels-last CPU,
+CUDA), and ``nearest_rule`` picks the one ``F.interpolate`` would run.
+
+Each Numba op is a PyTorch custom operator (``torch.ops.upsamplelib.*``)
+with a fake implementation, an autograd formula and a FLOP formula, so
+``torch.compile(fullgraph=True)``, ``torch.library.opcheck`` and
+``FlopCounterMode`` see it as one op.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import cuda, int64, prange, types
+from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import (
-    cpu_kernel,
-    cuda_kernel,
-    fma,
-    kernel_array,
-    per_element,
-    resolve_backend,
-    run,
-)
+from ..backend import cpu_kernel, cuda_kernel, fma, per_element, resolve_backend, run
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -46,23 +45,47 @@ MODES = ("nearest", "nearest-exact", "bilinear")
 # --------------------------------------------------------------------------
 
 
-def _nearest_source_index(dst, in_size, out_size, scale, exact, real_t):
+#: The three ways PyTorch computes a nearest index (see ``nearest_rule``).
+#: GENERIC: PyTorch's CPU kernel for NCHW maps whose output is large: the
+#: coordinate in the "opmath" type (float64 for float64 maps, float32
+#: otherwise), no shortcuts. LEGACY: its CPU kernel for small outputs and
+#: channels-last maps: float32 throughout, and two shortcuts (same size:
+#: copy; exactly twice the size: dst >> 1). DEVICE: its CUDA kernel: float32
+#: throughout, no shortcuts.
+NEAREST_GENERIC, NEAREST_LEGACY, NEAREST_DEVICE = 0, 1, 2
+
+
+def _nearest_source_index(dst, in_size, out_size, scale, exact, rule, real_t):
     """Input index that output index ``dst`` copies, along one axis.
 
-    ``nearest``: floor(dst * scale), with PyTorch's two legacy shortcuts
-    (same size: copy; exactly twice the size: dst // 2).
-    ``nearest-exact``: the pixel-centre coordinate (dst + 0.5) * scale - 0.5,
-    rounded half up. ``real_t`` is the coordinate type (float32/float64).
+    ``nearest``: floor(dst * scale). ``nearest-exact``: floor((dst + 0.5) *
+    scale), which PyTorch's generic CPU kernel writes as the pixel-centre
+    coordinate (dst + 0.5) * scale - 0.5 rounded half up. ``scale`` is
+    already rounded as the rule wants it (``axis_scale``); ``real_t`` is the
+    opmath type (float32/float64), used by the GENERIC rule only. Every
+    float step is cast explicitly: NumPy (the simulator) and Numba (the GPU)
+    type mixed float32 arithmetic differently.
     """
-    if exact:
-        centre = real_t(np.float64(scale) * (dst + 0.5) - 0.5)
-        real = np.float64(max(centre, real_t(0))) + 0.5
-    elif out_size == in_size:
-        return dst
-    elif out_size == 2 * in_size:
-        return dst >> 1
+    if rule == NEAREST_GENERIC:
+        if exact:
+            centre = real_t(np.float64(scale) * (dst + 0.5) - 0.5)
+            real = np.float64(max(centre, real_t(0))) + 0.5
+        else:
+            real = real_t(scale) * real_t(dst)
+    elif rule == NEAREST_LEGACY:
+        if exact:
+            real = (dst + 0.5) * np.float64(np.float32(scale))
+        elif out_size == in_size:
+            return dst
+        elif out_size == 2 * in_size:
+            return dst >> 1
+        else:
+            real = np.float32(dst) * np.float32(scale)
     else:
-        real = scale * real_t(dst)
+        if exact:
+            real = (np.float32(dst) + np.float32(0.5)) * np.float32(scale)
+        else:
+            real = np.float32(dst) * np.float32(scale)
     return min(int(math.floor(np.float32(real))), in_size - 1)
 
 
@@ -95,7 +118,7 @@ def _lerp(a, b, wa, wb):
     return fma(a, wa, b * wb)
 
 
-def _fill_axis_table(index, weight, dst, in_size, scale, linear, flag):
+def _fill_axis_table(index, weight, dst, in_size, scale, linear, flag, rule):
     """Column ``dst`` of an axis table: the input indices (i0, i1) that output
     ``dst`` reads along this axis and their weights (w0, w1). Nearest is the
     special case i1 = i0, (w0, w1) = (1, 0)."""
@@ -104,7 +127,7 @@ def _fill_axis_table(index, weight, dst, in_size, scale, linear, flag):
     if linear:
         i0, i1, w0, w1 = linear_source_index(dst, in_size, out_size, scale, flag, real_t)
     else:
-        i0 = nearest_source_index(dst, in_size, out_size, scale, flag, real_t)
+        i0 = nearest_source_index(dst, in_size, out_size, scale, flag, rule, real_t)
         i1, w0, w1 = i0, real_t(1), real_t(0)
     index[0, dst] = i0
     index[1, dst] = i1
@@ -175,22 +198,22 @@ unravel = per_element(_unravel)
 
 
 def _signature(T):
-    return (T[:, :, ::1], T[:, :, ::1], T, T, types.boolean)
+    return (T[:, :, ::1], T[:, :, ::1], T, T, types.boolean, int64)
 
 
 @cuda_kernel(_signature)
-def nearest_forward_kernel(x, out, scale_h, scale_w, exact):
+def nearest_forward_kernel(x, out, scale_h, scale_w, exact, rule):
     i = cuda.grid(1)
     if i < out.size:
         p, Y, X = unravel(i, out.shape[1], out.shape[2])
         real_t = x.dtype.type
-        y = nearest_source_index(Y, x.shape[1], out.shape[1], scale_h, exact, real_t)
-        x_ = nearest_source_index(X, x.shape[2], out.shape[2], scale_w, exact, real_t)
+        y = nearest_source_index(Y, x.shape[1], out.shape[1], scale_h, exact, rule, real_t)
+        x_ = nearest_source_index(X, x.shape[2], out.shape[2], scale_w, exact, rule, real_t)
         out[p, Y, X] = x[p, y, x_]
 
 
 @cuda_kernel(_signature)
-def bilinear_forward_kernel(x, out, scale_h, scale_w, align_corners):
+def bilinear_forward_kernel(x, out, scale_h, scale_w, align_corners, rule):
     i = cuda.grid(1)
     if i < out.size:
         p, Y, X = unravel(i, out.shape[1], out.shape[2])
@@ -202,11 +225,11 @@ def bilinear_forward_kernel(x, out, scale_h, scale_w, align_corners):
         out[p, Y, X] = lerp(top, bottom, wy0, wy1)
 
 
-@cuda_kernel(lambda T: (int64[:, ::1], T[:, ::1], int64, T, types.boolean, types.boolean))
-def axis_table_kernel(index, weight, in_size, scale, linear, flag):
+@cuda_kernel(lambda T: (int64[:, ::1], T[:, ::1], int64, T, types.boolean, types.boolean, int64))
+def axis_table_kernel(index, weight, in_size, scale, linear, flag, rule):
     dst = cuda.grid(1)
     if dst < index.shape[1]:
-        fill_axis_table(index, weight, dst, in_size, scale, linear, flag)
+        fill_axis_table(index, weight, dst, in_size, scale, linear, flag, rule)
 
 
 @cuda_kernel(lambda T: (T[:, :, ::1], T[:, :, ::1], int64[:, ::1], T[:, ::1], int64[:, ::1], T[:, ::1]))
@@ -227,22 +250,22 @@ def backward_kernel(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
 
 
 @cpu_kernel
-def nearest_forward_cpu(x, out, scale_h, scale_w, exact):
+def nearest_forward_cpu(x, out, scale_h, scale_w, exact, rule):
     planes, out_h, out_w = out.shape
     real_t = x.dtype.type
     source_x = np.empty(out_w, np.int64)
     for X in range(out_w):
-        source_x[X] = nearest_source_index(X, x.shape[2], out_w, scale_w, exact, real_t)
+        source_x[X] = nearest_source_index(X, x.shape[2], out_w, scale_w, exact, rule, real_t)
     for row in prange(planes * out_h):
         p, Y = row // out_h, row % out_h
-        source_row = x[p, nearest_source_index(Y, x.shape[1], out_h, scale_h, exact, real_t)]
+        source_row = x[p, nearest_source_index(Y, x.shape[1], out_h, scale_h, exact, rule, real_t)]
         out_row = out[p, Y]
         for X in range(out_w):
             out_row[X] = source_row[source_x[X]]
 
 
 @cpu_kernel
-def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners):
+def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners, rule):
     planes, out_h, out_w = out.shape
     real_t = x.dtype.type
     x0s = np.empty(out_w, np.int64)
@@ -266,9 +289,9 @@ def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners):
 
 
 @cpu_kernel
-def axis_table_cpu(index, weight, in_size, scale, linear, flag):
+def axis_table_cpu(index, weight, in_size, scale, linear, flag, rule):
     for dst in prange(index.shape[1]):
-        fill_axis_table(index, weight, dst, in_size, scale, linear, flag)
+        fill_axis_table(index, weight, dst, in_size, scale, linear, flag, rule)
 
 
 @cpu_kernel
@@ -297,58 +320,52 @@ _BACKWARD = {"cuda": backward_kernel, "cpu": backward_cpu}
 
 
 # --------------------------------------------------------------------------
-# Geometry: output size and the per-axis scales, as PyTorch computes them
+# Arguments: output size, scales and index rule, as PyTorch computes them
 # --------------------------------------------------------------------------
 
 
-class Geometry(NamedTuple):
-    """Everything the kernels need besides the arrays."""
-
-    out_h: int
-    out_w: int
-    family: str  # "nearest" or "bilinear"
-    flag: bool  # nearest: exact?; bilinear: align_corners?
-    scale_h: float  # coordinate scales (cast to the kernel dtype at launch)
-    scale_w: float
-    scale_factors: tuple | None  # as given, for the torch reference
-
-
-def _pair(value, name, op):
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{op}: {name} must be a number or a pair (H, W), got {value!r}")
-        return tuple(value)
-    return (value, value)
+def nearest_rule(x, out_h, out_w):
+    """Which of PyTorch's nearest kernels ``F.interpolate(x)`` runs, so that
+    ours reproduces its index math bit for bit: on a GPU its CUDA kernel;
+    on the CPU the channels-last kernel for channels-last maps of more than
+    3 channels and for small outputs (out_h + out_w <= 128), else the
+    generic one (PyTorch's ``_use_channels_last_kernel_2d``)."""
+    if x.is_cuda:
+        return NEAREST_DEVICE
+    if (x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 3) or out_h + out_w <= 128:
+        return NEAREST_LEGACY
+    return NEAREST_GENERIC
 
 
-def _axis_scale(in_size, out_size, scale_factor, family, align_corners, dtype):
-    """The coordinate scale of one axis in the kernel dtype (PyTorch's
-    area_pixel_compute_scale / compute_scales_value)."""
-    real_t = np.float32 if dtype == torch.float32 else np.float64
-    if family == "bilinear" and align_corners:
-        return real_t(in_size - 1) / real_t(out_size - 1) if out_size > 1 else real_t(0)
+def axis_scale(in_size, out_size, scale_factor, mode, align_corners, rule, dtype):
+    """The coordinate scale of one axis, rounded as PyTorch rounds it
+    (``area_pixel_compute_scale`` / ``compute_scales_value``): in float32 for
+    the LEGACY and DEVICE nearest rules, else in the opmath type of
+    ``dtype``. Returned as a Python float (exact: float32 fits in it)."""
+    if mode != "bilinear" and rule != NEAREST_GENERIC:
+        real_t = np.float32
+    else:
+        real_t = np.float64 if dtype == torch.float64 else np.float32
+    if mode == "bilinear" and align_corners:
+        return float(real_t(in_size - 1) / real_t(out_size - 1)) if out_size > 1 else 0.0
     if scale_factor is not None and scale_factor > 0:
-        return real_t(1.0 / scale_factor)
-    return real_t(in_size) / real_t(out_size)
+        return float(real_t(1.0 / scale_factor))
+    return float(real_t(in_size) / real_t(out_size))
 
 
-def interpolation_geometry(x, size, scale_factor, mode, align_corners, op="interpolate"):
-    """Validate the arguments of ``interpolate`` and compute the geometry."""
+def check_interpolate_arguments(x, size, scale_factor, mode, align_corners, op="interpolate"):
+    """Validate the arguments of ``interpolate``; return (out_h, out_w,
+    (factor_h, factor_w) or (None, None), align_corners as a bool)."""
     check_feature_map(x, "input", op)
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"{op}: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    family = "bilinear" if mode == "bilinear" else "nearest"
-    if family == "nearest":
-        if align_corners is not None:
-            raise ValueError(
-                f"{op}: align_corners={align_corners!r} only applies to mode='bilinear'; "
-                f"leave it None for mode={mode!r}"
-            )
-        flag = mode == "nearest-exact"
-    else:
-        if align_corners is not None and not isinstance(align_corners, bool):
-            raise TypeError(f"{op}: align_corners must be True, False or None, got {align_corners!r}")
-        flag = bool(align_corners)
+    if mode != "bilinear" and align_corners is not None:
+        raise ValueError(
+            f"{op}: align_corners={align_corners!r} only applies to mode='bilinear'; "
+            f"leave it None for mode={mode!r}"
+        )
+    if align_corners is not None and not isinstance(align_corners, bool):
+        raise TypeError(f"{op}: align_corners must be True, False or None, got {align_corners!r}")
     if size is not None and scale_factor is not None:
         raise ValueError(f"{op}: give size or scale_factor, not both (got size={size!r}, scale_factor={scale_factor!r})")
     if size is None and scale_factor is None:
@@ -361,31 +378,29 @@ def interpolation_geometry(x, size, scale_factor, mode, align_corners, op="inter
                 raise TypeError(f"{op}: size must be an int or a pair of ints, got {size!r}")
             if s < 1:
                 raise ValueError(f"{op}: size must be positive, got {size!r}")
-        out_h, out_w = int(sizes[0]), int(sizes[1])
-        factors = (None, None)
-        scale_factors = None
-    else:
-        factors = _pair(scale_factor, "scale_factor", op)
-        for f in factors:
-            if isinstance(f, bool) or not isinstance(f, numbers.Real):
-                raise TypeError(f"{op}: scale_factor must be a number or a pair of numbers, got {scale_factor!r}")
-            if not math.isfinite(f) or f <= 0:
-                raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
-        factors = (float(factors[0]), float(factors[1]))
-        out_h, out_w = int(in_h * factors[0]), int(in_w * factors[1])
-        if out_h < 1 or out_w < 1:
-            raise ValueError(
-                f"{op}: scale_factor={scale_factor!r} turns input size ({in_h}, {in_w}) into "
-                f"an empty output ({out_h}, {out_w})"
-            )
-        scale_factors = factors
-    dtype = kernel_dtype(x.dtype)
-    return Geometry(
-        out_h, out_w, family, flag,
-        _axis_scale(in_h, out_h, factors[0], family, flag, dtype),
-        _axis_scale(in_w, out_w, factors[1], family, flag, dtype),
-        scale_factors,
-    )
+        return int(sizes[0]), int(sizes[1]), (None, None), bool(align_corners)
+    factors = _pair(scale_factor, "scale_factor", op)
+    for f in factors:
+        if isinstance(f, bool) or not isinstance(f, numbers.Real):
+            raise TypeError(f"{op}: scale_factor must be a number or a pair of numbers, got {scale_factor!r}")
+        if not math.isfinite(f) or f <= 0:
+            raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
+    factors = (float(factors[0]), float(factors[1]))
+    out_h, out_w = int(in_h * factors[0]), int(in_w * factors[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"{op}: scale_factor={scale_factor!r} turns input size ({in_h}, {in_w}) into "
+            f"an empty output ({out_h}, {out_w})"
+        )
+    return out_h, out_w, factors, bool(align_corners)
+
+
+def _pair(value, name, op):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name} must be a number or a pair (H, W), got {value!r}")
+        return tuple(value)
+    return (value, value)
 
 
 # --------------------------------------------------------------------------
@@ -393,20 +408,22 @@ def interpolation_geometry(x, size, scale_factor, mode, align_corners, op="inter
 # --------------------------------------------------------------------------
 
 
-def interpolate_reference(x, geometry: Geometry, mode: str):
+def interpolate_reference(x, out_h, out_w, factors, mode, align_corners):
     """The spec: ``F.interpolate`` with the same arguments."""
     kwargs = {"mode": mode}
-    if geometry.family == "bilinear":
-        kwargs["align_corners"] = geometry.flag
-    if geometry.scale_factors is not None:
-        kwargs["scale_factor"] = geometry.scale_factors
+    if mode == "bilinear":
+        kwargs["align_corners"] = align_corners
+    if factors[0] is not None:
+        kwargs["scale_factor"] = factors
     else:
-        kwargs["size"] = (geometry.out_h, geometry.out_w)
+        kwargs["size"] = (out_h, out_w)
     return F.interpolate(x, **kwargs)
 
 
 # --------------------------------------------------------------------------
-# Autograd glue
+# PyTorch custom operators: torch.ops.upsamplelib.interpolate and its
+# adjoint, interpolate_backward. Each is linear in its tensor, and each is
+# the other's derivative, so gradients of every order follow.
 # --------------------------------------------------------------------------
 
 
@@ -415,58 +432,105 @@ def _planes(tensor):
     return tensor.reshape(n * c, h, w)
 
 
-def _forward(backend, x, out, geometry):
-    real_t = np.float32 if x.dtype == torch.float32 else np.float64
-    run(
-        _FORWARD[(geometry.family, backend)], backend, out.numel(),
-        kernel_array(_planes(x)), kernel_array(_planes(out)),
-        real_t(geometry.scale_h), real_t(geometry.scale_w), geometry.flag,
-    )
+def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, dtype):
+    """(scale_h, scale_w) in the kernel dtype, and the kernels' flag."""
+    real_t = np.float32 if dtype == torch.float32 else np.float64
+    scale_h = real_t(axis_scale(in_h, out_h, factor_h, mode, align_corners, rule, dtype))
+    scale_w = real_t(axis_scale(in_w, out_w, factor_w, mode, align_corners, rule, dtype))
+    flag = align_corners if mode == "bilinear" else mode == "nearest-exact"
+    return scale_h, scale_w, flag
 
 
-def _axis_table(backend, in_size, out_size, scale, geometry, like):
+@torch.library.custom_op("upsamplelib::interpolate", mutates_args=())
+def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_corners: bool,
+                   factor_h: Optional[float], factor_w: Optional[float], rule: int, backend: str) -> torch.Tensor:
+    """Resize (N, C, h, w) -> (N, C, out_h, out_w) on the Numba kernels."""
+    x = x.contiguous()
+    out = x.new_empty((x.shape[0], x.shape[1], out_h, out_w))
+    scale_h, scale_w, flag = _launch_scales(x.shape[2], x.shape[3], out_h, out_w, mode, align_corners,
+                                            factor_h, factor_w, rule, x.dtype)
+    family = "bilinear" if mode == "bilinear" else "nearest"
+    run(_FORWARD[(family, backend)], backend, out.numel(), _planes(x), _planes(out), scale_h, scale_w, flag, rule)
+    return out
+
+
+@interpolate_op.register_fake
+def _(x, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, backend):
+    return x.new_empty((x.shape[0], x.shape[1], out_h, out_w))
+
+
+def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
     """(index, weight): the (2, out_size) table of one axis (see _fill_axis_table)."""
     index = torch.empty((2, out_size), dtype=torch.int64, device=like.device)
     weight = like.new_empty((2, out_size))
-    real_t = np.float32 if like.dtype == torch.float32 else np.float64
-    run(
-        _AXIS_TABLE[backend], backend, out_size,
-        kernel_array(index), kernel_array(weight),
-        in_size, real_t(scale), geometry.family == "bilinear", geometry.flag,
-    )
+    run(_AXIS_TABLE[backend], backend, out_size, index, weight, in_size, scale, mode == "bilinear", flag, rule)
     return index, weight
 
 
-def _backward(backend, grad_out, grad_x, geometry):
-    in_h, in_w = grad_x.shape[2], grad_x.shape[3]
-    index_y, weight_y = _axis_table(backend, in_h, geometry.out_h, geometry.scale_h, geometry, grad_out)
-    index_x, weight_x = _axis_table(backend, in_w, geometry.out_w, geometry.scale_w, geometry, grad_out)
-    run(
-        _BACKWARD[backend], backend, grad_x.numel(),
-        kernel_array(_planes(grad_out)), kernel_array(_planes(grad_x)),
-        kernel_array(index_y), kernel_array(weight_y),
-        kernel_array(index_x), kernel_array(weight_x),
-    )
+@torch.library.custom_op("upsamplelib::interpolate_backward", mutates_args=())
+def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: str, align_corners: bool,
+                            factor_h: Optional[float], factor_w: Optional[float], rule: int,
+                            backend: str) -> torch.Tensor:
+    """The adjoint of ``interpolate``: each input pixel gathers the outputs
+    that read it, with their weights (no atomics)."""
+    grad_out = grad_out.contiguous()
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    grad_x = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
+    scale_h, scale_w, flag = _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w,
+                                            rule, grad_out.dtype)
+    index_y, weight_y = _axis_table(backend, in_h, out_h, scale_h, mode, flag, rule, grad_out)
+    index_x, weight_x = _axis_table(backend, in_w, out_w, scale_w, mode, flag, rule, grad_out)
+    run(_BACKWARD[backend], backend, grad_x.numel(), _planes(grad_out), _planes(grad_x),
+        index_y, weight_y, index_x, weight_x)
+    return grad_x
 
 
-class InterpolateFunction(torch.autograd.Function):
-    """Numba kernels forward and backward (backend "cuda" or "cpu")."""
+@interpolate_backward_op.register_fake
+def _(grad_out, in_h, in_w, mode, align_corners, factor_h, factor_w, rule, backend):
+    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
 
-    @staticmethod
-    def forward(ctx, x, geometry, backend):
-        x = x.contiguous()
-        out = x.new_empty((x.shape[0], x.shape[1], geometry.out_h, geometry.out_w))
-        _forward(backend, x, out, geometry)
-        ctx.geometry, ctx.backend, ctx.input_shape = geometry, backend, x.shape
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        grad_out = grad_out.contiguous()
-        grad_x = grad_out.new_empty(ctx.input_shape)
-        _backward(ctx.backend, grad_out, grad_x, ctx.geometry)
-        return grad_x, None, None
+def _remember_sizes(ctx, inputs, output):
+    tensor, *arguments = inputs
+    ctx.sizes = (tensor.shape[2], tensor.shape[3])
+    ctx.arguments = arguments[2:]  # mode ... backend
+
+
+def _interpolate_derivative(ctx, grad_out):
+    grad_x = torch.ops.upsamplelib.interpolate_backward(grad_out, *ctx.sizes, *ctx.arguments)
+    return (grad_x,) + (None,) * 8
+
+
+def _interpolate_backward_derivative(ctx, grad_grad_x):
+    grad_grad_out = torch.ops.upsamplelib.interpolate(grad_grad_x, *ctx.sizes, *ctx.arguments)
+    return (grad_grad_out,) + (None,) * 8
+
+
+torch.library.register_autograd("upsamplelib::interpolate", _interpolate_derivative,
+                                setup_context=_remember_sizes)
+torch.library.register_autograd("upsamplelib::interpolate_backward", _interpolate_backward_derivative,
+                                setup_context=_remember_sizes)
+
+
+def _interpolate_flops(mode, out_shape):
+    """Multiplies and adds: none for nearest (a copy), 3 lerps of 3 FLOPs
+    each per bilinear output."""
+    return 0 if mode != "bilinear" else 9 * math.prod(out_shape)
+
+
+@register_flop_formula(torch.ops.upsamplelib.interpolate)
+def _(x_shape, out_h, out_w, mode, *args, out_shape=None, **kwargs):
+    return _interpolate_flops(mode, out_shape)
+
+
+@register_flop_formula(torch.ops.upsamplelib.interpolate_backward)
+def _(grad_shape, in_h, in_w, mode, *args, out_shape=None, **kwargs):
+    return _interpolate_flops(mode, grad_shape)
+
+
+# --------------------------------------------------------------------------
+# The public function
+# --------------------------------------------------------------------------
 
 
 def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, backend=None):
@@ -484,15 +548,20 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         backend: None/"auto", "cuda", "cpu" or "torch" (see backend.py).
 
     Returns:
-        The resized tensor; differentiable with respect to ``x``.
+        The resized tensor, differentiable with respect to ``x`` to any
+        order. nearest and nearest-exact equal ``F.interpolate(x)`` bit for
+        bit (PyTorch's index math follows x's device, memory layout and the
+        output size; see ``nearest_rule``); bilinear to float rounding.
     """
     op = "interpolate"
-    geometry = interpolation_geometry(x, size, scale_factor, mode, align_corners, op)
+    out_h, out_w, factors, align_corners = check_interpolate_arguments(x, size, scale_factor, mode,
+                                                                       align_corners, op)
     backend = resolve_backend(backend, [x], op)
-    compute_dtype = kernel_dtype(x.dtype)
-    x_compute = x.to(compute_dtype)
+    x_compute = x.to(kernel_dtype(x.dtype))
     if backend == "torch":
-        out = interpolate_reference(x_compute, geometry, mode)
+        out = interpolate_reference(x_compute, out_h, out_w, factors, mode, align_corners)
     else:
-        out = InterpolateFunction.apply(x_compute, geometry, backend)
+        rule = nearest_rule(x, out_h, out_w) if mode != "bilinear" else NEAREST_GENERIC
+        out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, align_corners, *factors, rule,
+                                                backend)
     return out.to(x.dtype)

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.utils.flop_counter import register_flop_formula
+
 from ..backend import resolve_backend
 from ..validation import (
     check_feature_map,
@@ -38,7 +40,14 @@ from ..validation import (
     kernel_dtype,
     shape_str,
 )
-from .carafe import carafe, gather_to_windows, reassemble, window_products
+from .carafe import (
+    carafe,
+    inside_map,
+    save_inputs,
+    window_flops,
+    window_products,
+    window_products_derivative,
+)
 
 # --------------------------------------------------------------------------
 # Reference (backend="torch")
@@ -47,45 +56,47 @@ from .carafe import carafe, gather_to_windows, reassemble, window_products
 
 def sapa_similarity_reference(q, key, kernel_size, scale):
     """The similarity in plain PyTorch: unfold the key windows, repeat each
-    for its s x s query points, dot product over channels."""
+    for its s x s query points, dot product over channels. Out-of-map
+    neighbours get logit 0 without a product (as in the kernels: a NaN
+    query must not leak into them)."""
     n, dim, height, width = key.shape
     area = kernel_size * kernel_size
     windows = F.unfold(key, kernel_size, padding=(kernel_size - 1) // 2).view(n, dim, area, height, width)
     windows = windows.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)
-    return (q.unsqueeze(2) * windows).sum(dim=1)
+    logits = (q.unsqueeze(2) * windows).sum(dim=1)
+    inside = inside_map(kernel_size, scale, height, width, q.device)
+    return torch.where(inside, logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
 
 
 # --------------------------------------------------------------------------
-# Autograd glue
+# PyTorch custom operator: torch.ops.upsamplelib.sapa_similarity. It is
+# CARAFE's window product with group 1 (every query channel meets the same
+# key channel), and it shares that op's derivative: the query gradient is a
+# reassembly of the keys, the key gradient a window gather of the queries.
 # --------------------------------------------------------------------------
 
 
-class SimilarityFunction(torch.autograd.Function):
-    """Forward and backward on the Numba kernels of CARAFE (group 1: every
-    query channel meets the same key channel)."""
+@torch.library.custom_op("upsamplelib::sapa_similarity", mutates_args=())
+def sapa_similarity_op(q: torch.Tensor, key: torch.Tensor, kernel_size: int, scale: int, group: int,
+                       backend: str) -> torch.Tensor:
+    """SAPA's similarity logits on the Numba kernels (arguments checked;
+    ``group`` is always 1, kept so the op shares CARAFE's derivative)."""
+    return window_products(backend, q.contiguous(), key.contiguous(), kernel_size, scale, q.shape[1] // group)
 
-    @staticmethod
-    def forward(ctx, q, key, kernel_size, scale, backend):
-        q, key = q.contiguous(), key.contiguous()
-        ctx.save_for_backward(q, key)
-        ctx.config = (kernel_size, scale, backend)
-        return window_products(backend, q, key, kernel_size, scale, q.shape[1])
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logits):
-        q, key = ctx.saved_tensors
-        kernel_size, scale, backend = ctx.config
-        grad_logits = grad_logits.contiguous()
-        dim = q.shape[1]
-        grad_q = grad_key = None
-        if ctx.needs_input_grad[0]:
-            # d logits[t] / d q = key window t: reassemble the keys with grad_logits.
-            grad_q = reassemble(backend, key, grad_logits, kernel_size, scale, dim)
-        if ctx.needs_input_grad[1]:
-            # d logits[t] / d key = q at every point whose window t holds that key.
-            grad_key = gather_to_windows(backend, q, grad_logits, kernel_size, scale, dim)
-        return grad_q, grad_key, None, None, None
+@sapa_similarity_op.register_fake
+def _(q, key, kernel_size, scale, group, backend):
+    n, _, height, width = q.shape
+    return q.new_empty((n, group * kernel_size * kernel_size, height, width))
+
+
+torch.library.register_autograd("upsamplelib::sapa_similarity", window_products_derivative,
+                                setup_context=save_inputs)
+
+
+@register_flop_formula(torch.ops.upsamplelib.sapa_similarity)
+def _(q_shape, key_shape, kernel_size, *args, out_shape=None, **kwargs):
+    return window_flops(q_shape, kernel_size)
 
 
 def sapa_similarity(q, key, kernel_size, scale, backend=None):
@@ -100,7 +111,7 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
 
     Returns:
         (N, k*k, s*h, s*w) logits, dtype ``torch.promote_types(q.dtype,
-        key.dtype)``; differentiable with respect to ``q`` and ``key``.
+        key.dtype)``; differentiable with respect to ``q`` and ``key``, to any order.
     """
     op = "sapa_similarity"
     check_feature_map(q, "q", op)
@@ -122,7 +133,7 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
     if backend == "torch":
         logits = sapa_similarity_reference(q, key, kernel_size, scale)
     else:
-        logits = SimilarityFunction.apply(q, key, kernel_size, scale, backend)
+        logits = torch.ops.upsamplelib.sapa_similarity(q, key, kernel_size, scale, 1, backend)
     return logits.to(result_dtype)
 
 
