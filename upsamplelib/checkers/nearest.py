@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import launch_config
-from ..ops.interpolate import nearest_source_index
+from ..ops.interpolate import NEAREST_GENERIC, nearest_source_index
 from .engine import FLOAT_INDEX_HINT, CheckFailed, compare, launch_checked, passed
 
 __all__ = [
@@ -31,7 +31,7 @@ _SIZE_PAIRS = FLOAT32_SENSITIVE_SIZES + [(1, 1), (1, 7), (7, 1), (3, 3), (4, 8),
 
 def _reference_index(dst, in_size, out_size, exact):
     scale = np.float32(in_size) / np.float32(out_size)
-    return int(nearest_source_index(dst, in_size, out_size, scale, exact, np.float32))
+    return int(nearest_source_index(dst, in_size, out_size, scale, exact, NEAREST_GENERIC, np.float32))
 
 
 def _check_index(student, exact, what, hint):
