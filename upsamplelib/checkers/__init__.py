@@ -26,3 +26,4 @@ from .bilinear import *  # noqa: F401,F403
 from .carafe import *  # noqa: F401,F403
 from .sapa import *  # noqa: F401,F403
 from .fade import *  # noqa: F401,F403
+from .capstone import *  # noqa: F401,F403
