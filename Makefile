@@ -1,27 +1,57 @@
 # Two commands for a newcomer: `make lab` (start the course) and `make test`
 # (run every test). Both first run `make setup`, which creates or updates
 # the virtual environment in .venv and does nothing when it is up to date.
+#
+#   make setup CUDA=cu12     switch the environment to another toolkit
+#   make lab ARGS="--port 9999 --ip 0.0.0.0"
+#   make test CUDA=none      numba's built-in simulator, no CUDA wheels at all
 
 PYTHON ?= python3
-# numba-cuda's toolkit extra: cu13 (default; also right with no GPU) or cu12
-# for a driver that reports CUDA 12.x in nvidia-smi.
-CUDA ?= cu13
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
+
+# Which CUDA toolkit the environment gets, as numba-cuda's extras name them:
+#   cu13  numba-cuda with CUDA 13 toolkit wheels: a CUDA 13 driver, or a Linux
+#         machine with no GPU (the simulator, and the PTX check of `make test`)
+#   cu12  the same with CUDA 12 wheels, for a driver whose nvidia-smi says 12.x
+#   none  no numba-cuda: numba's built-in CUDA simulator, no toolkit; the only
+#         choice on macOS, where numba-cuda has no wheels
+# The choice is remembered in the environment: once `make setup CUDA=cu12` has
+# run, a plain `make lab` or `make test` keeps cu12 until CUDA= says otherwise.
+TOOLKIT_FILE := $(VENV)/upsamplelib-toolkit
+PLATFORM_TOOLKIT := $(if $(filter Darwin,$(shell uname -s)),none,cu13)
+ifeq ($(origin CUDA),undefined)
+CUDA := $(or $(shell cat $(TOOLKIT_FILE) 2>/dev/null),$(PLATFORM_TOOLKIT))
+endif
+ifeq ($(filter $(CUDA),cu13 cu12 none),)
+$(error CUDA=$(CUDA): expected cu13, cu12 or none)
+endif
 STAMP := $(VENV)/.upsamplelib-$(CUDA)
+
+# The PTX check (tests/test_ptx.py) needs numba-cuda's compiler: with a
+# toolkit it must run, and a missing compiler fails the tests; with
+# CUDA=none it is skipped and says why.
+export UPSAMPLELIB_REQUIRE_PTX := $(if $(filter none,$(CUDA)),0,1)
+# Which toolkit the tests should find installed (tests/test_simulators.py).
+export UPSAMPLELIB_TOOLKIT := $(CUDA)
+
+# JupyterLab refuses to start as root unless told: containers, Colab, Docker.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup lab test test-lib test-notebooks lessons solutions bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# TORCH_INDEX=<url> installs torch from that index (e.g. a CUDA 12 build).
+$(STAMP): pyproject.toml constraints.txt tools/setup_env.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -c constraints.txt -e ".[course,test,$(CUDA)]"
+	$(BIN)/python tools/setup_env.py --toolkit $(CUDA) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 	@rm -f $(VENV)/.upsamplelib-*
 	@touch $@
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=lessons
+	@echo "JupyterLab is starting: open the http://127.0.0.1:... URL it prints below (Ctrl-C stops it)."
+	$(BIN)/jupyter lab --notebook-dir=lessons $(ROOT_FLAG) $(ARGS)
 
 test: test-lib test-notebooks
 
