@@ -129,15 +129,41 @@ from numba.extending import intrinsic  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+
+
+def _repository_url() -> str:
+    """The course repository, as the installed package's metadata names it
+    (pyproject.toml's [project.urls] is the one place it is written)."""
+    from importlib import metadata
+
+    try:
+        entries = metadata.metadata("upsamplelib").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:  # run from a source tree, not installed
+        entries = []
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "repository":
+            return url.strip()
+    return "<the course repository>"
+
+
 try:
     from numba import cuda  # noqa: E402
 except Exception as error:  # pragma: no cover - depends on the install
+    # numba's own numba.cuda (no numba-cuda installed) needs no toolkit for
+    # the simulator; numba-cuda needs libcudart even there.
     raise ImportError(
-        "numba.cuda could not load a CUDA toolkit (it needs libcudart even for "
-        "the simulator). Install upsamplelib with a toolkit extra: "
-        "pip install 'upsamplelib[cu13]' (or [cu12] for a CUDA 12 driver). "
-        f"Original error: {error}"
+        "numba-cuda could not load a CUDA toolkit (it needs libcudart even for "
+        "its simulator). Install its toolkit wheels: `make setup` in the course, or "
+        f'pip install "upsamplelib[cu13] @ git+{_repository_url()}" ([cu12] for a '
+        "CUDA 12 driver); or uninstall numba-cuda, and numba's built-in simulator "
+        f"runs the kernels. Original error: {error}"
     ) from error
+
+#: Which package provides ``numba.cuda``: "numba-cuda", or "numba" for the
+#: CUDA target built into numba (its simulator needs no CUDA toolkit; the
+#: route on macOS and with ``make setup CUDA=none``).
+CUDA_PROVIDER = "numba-cuda" if "numba_cuda" in os.path.normpath(cuda.__file__).split(os.sep) else "numba"
 
 # In case numba was imported before us and read its configuration already.
 for _config in (numba.config, sys.modules.get("numba.cuda.core.config")):
