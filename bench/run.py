@@ -237,7 +237,7 @@ def bench_sapa(repeat: int) -> None:
 
 
 FADE_SETUP = """
-from upsamplelib.ops.fade import semi_shift_conv_reference
+from upsamplelib.ops.fade import two_convolutions
 g = torch.Generator().manual_seed(0)
 c, h = (4, 4) if SIZE == "tiny" else (64, 64)
 en = torch.randn(1, c, 2 * h, 2 * h, generator=g).to(device).requires_grad_()
@@ -257,7 +257,7 @@ def bench_fade(repeat: int) -> None:
     print("== FADE: semi-shift convolution (C=64 compressed, 64x64 -> 128x128, 3x3 -> 25 logits) and the whole "
           "module (C=64) forward+backward (baselines: the two-conv PyTorch formulation, and one conv over "
           "[encoder, upsampled decoder])")
-    from upsamplelib.ops.fade import semi_shift_conv_reference
+    from upsamplelib.ops.fade import two_convolutions
 
     for device, backend in DEVICES:
         g = torch.Generator().manual_seed(0)
@@ -267,7 +267,7 @@ def bench_fade(repeat: int) -> None:
         bias = torch.zeros(25, device=device)
         variants = {
             "ours": lambda *t: ul.semi_shift_conv(*t, scale=2, backend=backend),
-            "two-conv": lambda *t: semi_shift_conv_reference(*t, 2),
+            "two-conv": lambda *t: two_convolutions(*t, 2),
             "concat-conv": _concat_conv,
         }
         forward, backward = {}, {}
@@ -283,7 +283,7 @@ def bench_fade(repeat: int) -> None:
             report(f"semi-shift {backend} backward (en, de, W, b)", backward["ours"], backward[name], f"{name}-{device}")
         statements = {
             "ours": f"out = ul.semi_shift_conv(en, de, weight, bias, 2, backend={backend!r})",
-            "two-conv": "out = semi_shift_conv_reference(en, de, weight, bias, 2)",
+            "two-conv": "out = two_convolutions(en, de, weight, bias, 2)",
             "concat-conv": ("both = torch.cat([en, torch.nn.functional.interpolate(de, scale_factor=2)], 1); "
                             "out = torch.nn.functional.conv2d(both, torch.cat([weight, weight], 1), 2 * bias, padding=1)"),
         }

@@ -17,22 +17,32 @@ KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def shape_str(tensor: torch.Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in tensor.shape) + ")"
+    return str(tuple(int(d) for d in tensor.shape))
 
 
-def check_feature_map(tensor, name: str, op: str) -> None:
-    """A non-empty 4-D floating-point (N, C, H, W) torch tensor."""
+def check_float_tensor(tensor, name: str, op: str) -> None:
+    """A dense floating-point torch tensor (float16, bfloat16, float32 or float64)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dim() != 4:
-        raise ValueError(
-            f"{op}: {name} must be 4-D (N, C, H, W), got shape {shape_str(tensor)}"
-        )
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{op}: {name} is a {tensor.layout} tensor; the kernels take dense tensors: "
+                        f"convert it with {name}.to_dense()")
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{op}: {name} must be a floating-point tensor (float16, bfloat16, "
             f"float32 or float64), got {tensor.dtype}"
         )
+
+
+def check_feature_map(tensor, name: str, op: str) -> None:
+    """A non-empty 4-D floating-point (N, C, H, W) dense torch tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout == torch.strided and tensor.dim() != 4:
+        raise ValueError(
+            f"{op}: {name} must be 4-D (N, C, H, W), got shape {shape_str(tensor)}"
+        )
+    check_float_tensor(tensor, name, op)
     if tensor.numel() == 0:
         raise ValueError(f"{op}: {name} is empty, shape {shape_str(tensor)}")
 

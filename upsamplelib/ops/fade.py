@@ -24,15 +24,20 @@ are the modules, with the official parameter names.
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from numba import cuda, int64, prange
+from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import cpu_kernel, cuda_kernel, fma, per_element, resolve_backend, run
 from ..validation import (
     check_feature_map,
+    check_float_tensor,
     check_odd_kernel_size,
     check_positive_int,
     check_same_batch,
@@ -40,7 +45,7 @@ from ..validation import (
     kernel_dtype,
     shape_str,
 )
-from .carafe import carafe, unravel4, upsampled_columns
+from .carafe import carafe, slot_columns, unravel4, upsampled_columns
 
 # --------------------------------------------------------------------------
 # Per-element bodies, shared by the CUDA kernels and the CPU loops.
@@ -49,33 +54,40 @@ from .carafe import carafe, unravel4, upsampled_columns
 # --------------------------------------------------------------------------
 
 
-def _tap(feature, n, c, row, col):
-    """feature[n, c, row, col], or 0 outside the map (zero padding)."""
-    if 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]:
-        return feature[n, c, row, col]
-    return feature.dtype.type(0)
-
-
-def _semi_shift_at(en, de, weight, bias, n, o, Y, X, scale, groups):
+def _semi_shift_at(en, de, weight, bias, bias_count, n, o, Y, X, scale, groups):
     """logits[n, o, Y, X]: the encoder window around (Y, X) and the decoder
-    window around (Y // s, X // s), in one loop over channels and taps."""
+    window around (Y // s, X // s), in one loop over channels and taps. A
+    tap outside both maps is skipped, not multiplied by the zero padding
+    (a NaN weight there must not reach the output). An absent map has size
+    0, so all its taps are outside it."""
     size, in_per_group = weight.shape[2], weight.shape[1]
     pad = size // 2
     first = (o // (weight.shape[0] // groups)) * in_per_group
     low_row, low_col = Y // scale, X // scale
-    total = bias[o] + bias[o]
+    total = weight.dtype.type(0)
+    for _ in range(bias_count):
+        total += bias[o]
     for local in range(in_per_group):
         c = first + local
         for uy in range(size):
             for ux in range(size):
-                both = tap(en, n, c, Y + uy - pad, X + ux - pad) + tap(de, n, c, low_row + uy - pad, low_col + ux - pad)
-                total = fma(weight[o, local, uy, ux], both, total)
+                en_row, en_col = Y + uy - pad, X + ux - pad
+                de_row, de_col = low_row + uy - pad, low_col + ux - pad
+                en_inside = 0 <= en_row < en.shape[2] and 0 <= en_col < en.shape[3]
+                de_inside = 0 <= de_row < de.shape[2] and 0 <= de_col < de.shape[3]
+                if en_inside and de_inside:
+                    total = fma(weight[o, local, uy, ux], en[n, c, en_row, en_col] + de[n, c, de_row, de_col], total)
+                elif en_inside:
+                    total = fma(weight[o, local, uy, ux], en[n, c, en_row, en_col], total)
+                elif de_inside:
+                    total = fma(weight[o, local, uy, ux], de[n, c, de_row, de_col], total)
     return total
 
 
 def _grad_en_at(grad_out, weight, n, c, Y, X, groups):
     """d loss / d en[n, c, Y, X]: the outputs whose encoder window holds it
-    (a stride-1 transposed convolution)."""
+    (a stride-1 transposed convolution; taps that would read an output
+    outside the map are skipped)."""
     size, in_per_group = weight.shape[2], weight.shape[1]
     out_per_group = weight.shape[0] // groups
     pad = size // 2
@@ -83,9 +95,12 @@ def _grad_en_at(grad_out, weight, n, c, Y, X, groups):
     total = grad_out.dtype.type(0)
     for o in range(group * out_per_group, (group + 1) * out_per_group):
         for uy in range(size):
-            for ux in range(size):
-                total = fma(weight[o, c - group * in_per_group, uy, ux],
-                            tap(grad_out, n, o, Y - uy + pad, X - ux + pad), total)
+            row = Y - uy + pad
+            if 0 <= row < grad_out.shape[2]:
+                for ux in range(size):
+                    col = X - ux + pad
+                    if 0 <= col < grad_out.shape[3]:
+                        total = fma(weight[o, c - group * in_per_group, uy, ux], grad_out[n, o, row, col], total)
     return total
 
 
@@ -116,20 +131,27 @@ def _grad_de_at(grad_out, weight, n, c, row, col, scale, groups):
 
 def _grad_weight_at(grad_out, en, de, o, local, uy, ux, size, scale, groups):
     """d loss / d weight[o, local, uy, ux]: grad_out against E + D through
-    that tap, summed over the batch and every output pixel."""
+    that tap, summed over the batch and every output pixel whose tap reads
+    inside a map (``_semi_shift_at``'s terms)."""
     pad = size // 2
     c = (o // (grad_out.shape[1] // groups)) * (en.shape[1] // groups) + local
     total = grad_out.dtype.type(0)
     for n in range(grad_out.shape[0]):
         for Y in range(grad_out.shape[2]):
             for X in range(grad_out.shape[3]):
-                both = tap(en, n, c, Y + uy - pad, X + ux - pad) + tap(de, n, c, Y // scale + uy - pad,
-                                                                       X // scale + ux - pad)
-                total = fma(grad_out[n, o, Y, X], both, total)
+                en_row, en_col = Y + uy - pad, X + ux - pad
+                de_row, de_col = Y // scale + uy - pad, X // scale + ux - pad
+                en_inside = 0 <= en_row < en.shape[2] and 0 <= en_col < en.shape[3]
+                de_inside = 0 <= de_row < de.shape[2] and 0 <= de_col < de.shape[3]
+                if en_inside and de_inside:
+                    total = fma(grad_out[n, o, Y, X], en[n, c, en_row, en_col] + de[n, c, de_row, de_col], total)
+                elif en_inside:
+                    total = fma(grad_out[n, o, Y, X], en[n, c, en_row, en_col], total)
+                elif de_inside:
+                    total = fma(grad_out[n, o, Y, X], de[n, c, de_row, de_col], total)
     return total
 
 
-tap = per_element(_tap)
 semi_shift_at = per_element(_semi_shift_at)
 grad_en_at = per_element(_grad_en_at)
 grad_de_at = per_element(_grad_de_at)
@@ -145,12 +167,12 @@ def _map(T):
     return T[:, :, :, ::1]
 
 
-@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), T[::1], _map(T), int64, int64))
-def semi_shift_forward_kernel(en, de, weight, bias, out, scale, groups):
+@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), T[::1], int64, _map(T), int64, int64))
+def semi_shift_forward_kernel(en, de, weight, bias, bias_count, out, scale, groups):
     i = cuda.grid(1)
     if i < out.size:
         n, o, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
-        out[n, o, Y, X] = semi_shift_at(en, de, weight, bias, n, o, Y, X, scale, groups)
+        out[n, o, Y, X] = semi_shift_at(en, de, weight, bias, bias_count, n, o, Y, X, scale, groups)
 
 
 @cuda_kernel(lambda T: (_map(T), _map(T), _map(T), int64))
@@ -181,11 +203,13 @@ def semi_shift_grad_weight_kernel(grad_out, en, de, grad_weight, scale, groups):
 # --------------------------------------------------------------------------
 # CPU loops. A thread per element would leave the vector units idle, so
 # these walk whole rows: each tap is one contiguous multiply-add over a row.
-# They read zero-padded copies of the maps ("columns"): row segments then
-# never leave the array, and out-of-map taps read exact zeros, so the
-# logits and the gradients of en and de get the same additions in the same
-# order as on the GPU. The weight gradient, a sum over every pixel, is kept
-# as per-column running sums and agrees with the GPU's to rounding.
+# They read zero-padded copies of the maps ("columns"), so row segments
+# never leave the array; like the GPU bodies they skip the taps that fall
+# outside a map (``slot_columns`` gives the columns where a tap is inside),
+# so the logits and the gradients of en and de get the same additions in
+# the same order as on the GPU. The weight gradient, a sum over every
+# pixel, is kept as per-column running sums and agrees with the GPU's to
+# rounding.
 # --------------------------------------------------------------------------
 
 
@@ -204,50 +228,63 @@ def sum_pool_cpu(grad_out, scale, pooled):
 
 
 @cpu_kernel
-def semi_shift_forward_cpu(en_columns, de_columns, weight, bias, out, scale, groups):
+def semi_shift_forward_cpu(en_columns, de_columns, weight, bias, bias_count, out, scale, groups):
     # One line is one output row of one group, for all the group's outputs:
     # each tap's E + D row is formed once and reused by every output, and
-    # each output still sums its taps in the GPU's order.
+    # each output still sums its taps in the GPU's order. An absent map has
+    # height 0, so none of its rows is inside.
     batch, outputs, height, width = out.shape
     size, in_per_group = weight.shape[2], weight.shape[1]
     out_per_group = outputs // groups
     pad = size // 2
-    low_height = de_columns.shape[2]
+    en_height, de_height = en_columns.shape[2], de_columns.shape[2]
+    de_width = width // scale
     for line in prange(batch * groups * height):
         n, group, Y = line // (groups * height), (line // height) % groups, line % height
         first_out, first_in = group * out_per_group, group * in_per_group
-        totals = np.empty((out_per_group, width), out.dtype)
+        totals = np.zeros((out_per_group, width), out.dtype)
         for j in range(out_per_group):
-            totals[j, :] = bias[first_out + j] + bias[first_out + j]
-        summed = np.empty(width, out.dtype)
+            for _ in range(bias_count):
+                totals[j, :] += bias[first_out + j]
+        summed = np.zeros(width, out.dtype)
         for local in range(in_per_group):
             c = first_in + local
             for uy in range(size):
                 en_row, de_row = Y + uy - pad, Y // scale + uy - pad
-                en_inside, de_inside = 0 <= en_row < height, 0 <= de_row < low_height
+                en_inside, de_inside = 0 <= en_row < en_height, 0 <= de_row < de_height
                 if not (en_inside or de_inside):
                     continue
                 for ux in range(size):
+                    # The tap's columns inside either map: one range (both
+                    # are cut on the same side).
+                    begin, end = width, 0
+                    if en_inside:
+                        en_begin, en_end = slot_columns(ux, 1, pad, width)
+                        begin, end = min(begin, en_begin), max(end, en_end)
+                    if de_inside:
+                        de_begin, de_end = slot_columns(ux, scale, pad, de_width)
+                        begin, end = min(begin, de_begin), max(end, de_end)
                     if en_inside and de_inside:
                         en_part = en_columns[n, c, en_row, ux: ux + width]
                         de_part = de_columns[n, c, de_row, ux * scale: ux * scale + width]
-                        for X in range(width):
+                        for X in range(begin, end):
                             summed[X] = en_part[X] + de_part[X]
                     elif en_inside:
-                        summed[:] = en_columns[n, c, en_row, ux: ux + width]
+                        summed[begin:end] = en_columns[n, c, en_row, ux + begin: ux + end]
                     else:
-                        summed[:] = de_columns[n, c, de_row, ux * scale: ux * scale + width]
+                        summed[begin:end] = de_columns[n, c, de_row, ux * scale + begin: ux * scale + end]
                     for j in range(out_per_group):
                         w = weight[first_out + j, local, uy, ux]
-                        for X in range(width):
+                        for X in range(begin, end):
                             totals[j, X] = fma(w, summed[X], totals[j, X])
         out[n, first_out: first_out + out_per_group, Y, :] = totals
 
 
 @cpu_kernel
 def transposed_conv_cpu(grad_columns, weight, grad_input, groups):
-    """grad_input[n, c, y, x] = sum_{o, u} weight[o, c, u] * grad[n, o, y - uy + p, x - ux + p]:
-    the gradient of en (from grad_out), and of de (from the pooled grad_out)."""
+    """grad_input[n, c, y, x] = sum_{o, u} weight[o, c, u] * grad[n, o, y - uy + p, x - ux + p]
+    over the grad pixels inside the map: the gradient of en (from
+    grad_out), and of de (from the pooled grad_out)."""
     batch, channels, height, width = grad_input.shape
     size, in_per_group = weight.shape[2], weight.shape[1]
     out_per_group = weight.shape[0] // groups
@@ -263,9 +300,10 @@ def transposed_conv_cpu(grad_columns, weight, grad_input, groups):
                 if 0 <= row < height:
                     for ux in range(size):
                         part = grad_columns[n, o, row, 2 * pad - ux: 2 * pad - ux + width]
+                        begin, end = slot_columns(2 * pad - ux, 1, pad, width)
                         for local in range(in_per_group):
                             w = weight[o, local, uy, ux]
-                            for x in range(width):
+                            for x in range(begin, end):
                                 totals[local, x] = fma(w, part[x], totals[local, x])
         grad_input[n, group * in_per_group: (group + 1) * in_per_group, y, :] = totals
 
@@ -273,7 +311,8 @@ def transposed_conv_cpu(grad_columns, weight, grad_input, groups):
 @cpu_kernel
 def correlate_cpu(grad, columns, grad_weight, groups):
     """grad_weight[o, local, uy, ux] = sum_{n, y, x} grad[n, o, y, x] * input[n, c, y + uy - p, x + ux - p]
-    (``columns``: the input zero-padded by p columns): the weight gradient
+    over the input pixels inside the map (``columns``: the input
+    zero-padded by p columns): the weight gradient
     of a stride-1 conv. The taps are the inner loops, so one row of grad
     and the rows under it are read once for all k*k taps."""
     outputs, in_per_group, size, _ = grad_weight.shape
@@ -291,7 +330,8 @@ def correlate_cpu(grad, columns, grad_weight, groups):
                     if 0 <= row < height:
                         for ux in range(size):
                             part = columns[n, c, row, ux: ux + width]
-                            for x in range(width):
+                            begin, end = slot_columns(ux, 1, pad, width)
+                            for x in range(begin, end):
                                 partial[uy, ux, x] = fma(grads[x], part[x], partial[uy, ux, x])
         for uy in range(size):
             for ux in range(size):
@@ -299,109 +339,323 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 
 
 # --------------------------------------------------------------------------
-# Reference (backend="torch"): the two-convolution formulation
+# Reference (backend="torch"), and the two-convolution formulation
 # --------------------------------------------------------------------------
 
 
-def semi_shift_conv_reference(en, de, weight, bias, scale, groups=1):
+def two_convolutions(en, de, weight, bias, scale, groups=1):
     """conv2d(en) + nearest_up(conv2d(de)): two convolutions and an
-    upsampled intermediate, the formulation of the original code."""
+    upsampled intermediate, the formulation of the original code (and the
+    fastest plain-PyTorch one). It multiplies the zero padding, so a NaN
+    weight reaches every border pixel."""
     pad = weight.shape[2] // 2
     encoder = F.conv2d(en, weight, bias, padding=pad, groups=groups)
     decoder = F.conv2d(de, weight, bias, padding=pad, groups=groups)
     return encoder + F.interpolate(decoder, scale_factor=scale, mode="nearest")
 
 
+def convolution_inside_map(feature, weight, groups=1):
+    """conv2d(feature, weight, padding=k//2, groups=groups), one tap at a
+    time, with each tap's terms kept only where it reads inside the map:
+    the kernels' semantics (out-of-map taps skipped, not multiplied by the
+    padding), in plain PyTorch."""
+    n, _, height, width = feature.shape
+    outputs, in_per_group, size, _ = weight.shape
+    pad = size // 2
+    padded = F.pad(feature, (pad, pad, pad, pad))
+    grouped_weight = weight.reshape(groups, outputs // groups, in_per_group, size, size)
+    rows = torch.arange(height, device=feature.device)
+    cols = torch.arange(width, device=feature.device)
+    total = feature.new_zeros((n, outputs, height, width))
+    for uy in range(size):
+        rows_inside = ((rows + uy - pad >= 0) & (rows + uy - pad < height))[:, None]
+        for ux in range(size):
+            cols_inside = ((cols + ux - pad >= 0) & (cols + ux - pad < width))[None, :]
+            window = padded[:, :, uy: uy + height, ux: ux + width].reshape(n, groups, in_per_group, height, width)
+            term = torch.einsum("goc,ngchw->ngohw", grouped_weight[..., uy, ux], window)
+            term = term.reshape(n, outputs, height, width)
+            total = total + torch.where(rows_inside & cols_inside, term, torch.zeros((), dtype=term.dtype,
+                                                                                    device=term.device))
+    return total
+
+
+def semi_shift_conv_reference(en, de, weight, bias, scale, groups=1):
+    """The spec in plain PyTorch: the two convolutions with out-of-map taps
+    skipped, the decoder's upsampled, the bias on both."""
+    encoder = convolution_inside_map(en, weight, groups)
+    decoder = convolution_inside_map(de, weight, groups)
+    if bias is not None:
+        encoder = encoder + bias.view(1, -1, 1, 1)
+        decoder = decoder + bias.view(1, -1, 1, 1)
+    return encoder + F.interpolate(decoder, scale_factor=scale, mode="nearest")
+
+
 # --------------------------------------------------------------------------
-# Autograd glue
+# PyTorch custom operators. The semi-shift convolution F(en, de, W) is
+# linear in (en, de) and in W; its three derivatives are
+#   encoder_grad(g, W)      (d/d en: a transposed convolution of g)
+#   decoder_grad(g, W)      (d/d de: the same, of g summed over s x s blocks)
+#   weight_grad(g, en, de)  (d/d W: g correlated with en and de)
+# and the derivatives of those are F and each other again (with en or de
+# absent: ``None``, a map with no pixels, all of whose taps are skipped):
+#   encoder_grad(g, W): d/dg = F(G, None, W), d/dW = weight_grad(g, G, None)
+#   decoder_grad(g, W): d/dg = F(None, G, W), d/dW = weight_grad(g, None, G)
+#   weight_grad(g, en, de): d/dg = F(en, de, G), d/d en = encoder_grad(g, G),
+#                           d/d de = decoder_grad(g, G)
+# so gradients of every order come from these four ops.
 # --------------------------------------------------------------------------
 
 
-def _semi_shift_backward_cpu(needs, grad_out, en, de, weight, scale, groups):
-    """Gradients of en, de and weight on the CPU loops. The decoder's share is
-    taken at low resolution: all s x s outputs of a block see the same
-    decoder window, so only their summed gradient (``pooled``) matters."""
-    pad = weight.shape[2] // 2
-    grad_en = grad_de = grad_weight = None
-    if needs[1] or needs[2]:
-        pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], de.shape[2], de.shape[3]))
-        run(sum_pool_cpu, "cpu", pooled.numel(), grad_out, scale, pooled)
-    if needs[0]:
-        grad_en = torch.empty_like(en)
-        run(transposed_conv_cpu, "cpu", grad_en.numel(), upsampled_columns(grad_out, 1, pad), weight, grad_en, groups)
-    if needs[1]:
-        grad_de = torch.empty_like(de)
-        run(transposed_conv_cpu, "cpu", grad_de.numel(), upsampled_columns(pooled, 1, pad), weight, grad_de, groups)
-    if needs[2]:
-        from_en, from_de = torch.empty_like(weight), torch.empty_like(weight)
-        run(correlate_cpu, "cpu", weight.numel(), grad_out, upsampled_columns(en, 1, pad), from_en, groups)
-        run(correlate_cpu, "cpu", weight.numel(), pooled, upsampled_columns(de, 1, pad), from_de, groups)
-        grad_weight = from_en + from_de
-    return grad_en, grad_de, grad_weight
+def _present(en, de):
+    """(batch, channels) of whichever map is given."""
+    given = en if en is not None else de
+    return given.shape[0], given.shape[1]
 
 
-class SemiShiftFunction(torch.autograd.Function):
-    """One-pass semi-shift convolution forward and backward on Numba kernels."""
+def _or_absent(feature, batch, channels, like):
+    """``feature`` made contiguous, or a map with no pixels if it is None."""
+    return feature.contiguous() if feature is not None else like.new_empty((batch, channels, 0, 0))
 
-    @staticmethod
-    def forward(ctx, en, de, weight, bias, scale, groups, backend):
-        en, de, weight, bias = en.contiguous(), de.contiguous(), weight.contiguous(), bias.contiguous()
-        out = en.new_empty((en.shape[0], weight.shape[0], en.shape[2], en.shape[3]))
+
+def _output_size(en, de, scale):
+    return (en.shape[2], en.shape[3]) if en is not None else (scale * de.shape[2], scale * de.shape[3])
+
+
+@torch.library.custom_op("upsamplelib::semi_shift_conv", mutates_args=())
+def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], weight: torch.Tensor,
+                       bias: Optional[torch.Tensor], scale: int, groups: int, backend: str) -> torch.Tensor:
+    """conv(en) + nearest_up(conv(de)) in one pass, the bias added once per
+    given map (arguments already checked)."""
+    batch, channels = _present(en, de)
+    height, width = _output_size(en, de, scale)
+    weight = weight.contiguous()
+    bias_count = (en is not None) + (de is not None) if bias is not None else 0
+    bias = bias.contiguous() if bias is not None else weight.new_zeros(weight.shape[0])
+    en, de = _or_absent(en, batch, channels, weight), _or_absent(de, batch, channels, weight)
+    out = weight.new_empty((batch, weight.shape[0], height, width))
+    if backend == "cpu":
         pad = weight.shape[2] // 2
-        if backend == "cpu":
-            run(semi_shift_forward_cpu, backend, out.numel(), upsampled_columns(en, 1, pad),
-                    upsampled_columns(de, scale, pad), weight, bias, out, scale, groups)
-        else:
-            run(semi_shift_forward_kernel, backend, out.numel(), en, de, weight, bias, out, scale, groups)
-        ctx.save_for_backward(en, de, weight)
-        ctx.config = (scale, groups, backend)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        en, de, weight = ctx.saved_tensors
-        scale, groups, backend = ctx.config
-        grad_out = grad_out.contiguous()
-        needs = ctx.needs_input_grad
-        if backend == "cpu":
-            grads = list(_semi_shift_backward_cpu(needs, grad_out, en, de, weight, scale, groups)) + [None]
-        else:
-            grads = [None] * 4
-            if needs[0]:
-                grads[0] = torch.empty_like(en)
-                run(semi_shift_grad_en_kernel, backend, en.numel(), grad_out, weight, grads[0], groups)
-            if needs[1]:
-                grads[1] = torch.empty_like(de)
-                run(semi_shift_grad_de_kernel, backend, de.numel(), grad_out, weight, grads[1], scale, groups)
-            if needs[2]:
-                grads[2] = torch.empty_like(weight)
-                run(semi_shift_grad_weight_kernel, backend, weight.numel(), grad_out, en, de, grads[2], scale,
-                    groups)
-        if ctx.needs_input_grad[3]:
-            grads[3] = 2 * grad_out.sum(dim=(0, 2, 3))  # the bias enters twice
-        return (*grads, None, None, None)
+        run(semi_shift_forward_cpu, backend, out.numel(), upsampled_columns(en, 1, pad),
+            upsampled_columns(de, scale, pad), weight, bias, bias_count, out, scale, groups)
+    else:
+        run(semi_shift_forward_kernel, backend, out.numel(), en, de, weight, bias, bias_count, out, scale, groups)
+    return out
 
 
-def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
-    """The semi-shift convolution of FADE, in one pass (see the module docstring).
+@semi_shift_conv_op.register_fake
+def _(en, de, weight, bias, scale, groups, backend):
+    batch, _ = _present(en, de)
+    return weight.new_empty((batch, weight.shape[0], *_output_size(en, de, scale)))
 
-    Args:
-        en: (N, C, s*h, s*w) encoder map (high resolution).
-        de: (N, C, h, w) decoder map (low resolution).
-        weight: (O, C // groups, k, k) with odd k, shared by both paths.
-        bias: (O,) or None; added on both paths (so twice), as the original does.
-        scale: integer s.
-        backend: None/"auto", "cuda", "cpu" or "torch".
-        groups: channel groups of the convolution (FADE-Lite's depthwise
-            content encoder uses groups = O = C).
 
-    Returns:
-        (N, O, s*h, s*w) ``== conv2d(en, weight, bias, padding=k//2)
-        + nearest_up(conv2d(de, weight, bias, padding=k//2), s)``;
-        differentiable in ``en``, ``de``, ``weight`` and ``bias``.
-    """
-    op = "semi_shift_conv"
+def _sum_pool(grad_out, scale):
+    """grad_out summed over each s x s block: the decoder's share of it."""
+    pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], grad_out.shape[2] // scale,
+                                 grad_out.shape[3] // scale))
+    run(sum_pool_cpu, "cpu", pooled.numel(), grad_out, scale, pooled)
+    return pooled
+
+
+@torch.library.custom_op("upsamplelib::semi_shift_conv_encoder_grad", mutates_args=())
+def encoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, groups: int, backend: str) -> torch.Tensor:
+    """d loss / d en of the semi-shift convolution: a stride-1 transposed
+    convolution of grad_out."""
+    grad_out, weight = grad_out.contiguous(), weight.contiguous()
+    grad_en = grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2],
+                                  grad_out.shape[3]))
+    if backend == "cpu":
+        pad = weight.shape[2] // 2
+        run(transposed_conv_cpu, backend, grad_en.numel(), upsampled_columns(grad_out, 1, pad), weight, grad_en,
+            groups)
+    else:
+        run(semi_shift_grad_en_kernel, backend, grad_en.numel(), grad_out, weight, grad_en, groups)
+    return grad_en
+
+
+@encoder_grad_op.register_fake
+def _(grad_out, weight, groups, backend):
+    return grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2], grad_out.shape[3]))
+
+
+@torch.library.custom_op("upsamplelib::semi_shift_conv_decoder_grad", mutates_args=())
+def decoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, scale: int, groups: int,
+                    backend: str) -> torch.Tensor:
+    """d loss / d de of the semi-shift convolution. All s x s outputs of a
+    block see the same decoder window, so only their summed gradient
+    matters: the CPU path pools first and works at low resolution."""
+    grad_out, weight = grad_out.contiguous(), weight.contiguous()
+    grad_de = grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2] // scale,
+                                  grad_out.shape[3] // scale))
+    if backend == "cpu":
+        pad = weight.shape[2] // 2
+        run(transposed_conv_cpu, backend, grad_de.numel(), upsampled_columns(_sum_pool(grad_out, scale), 1, pad),
+            weight, grad_de, groups)
+    else:
+        run(semi_shift_grad_de_kernel, backend, grad_de.numel(), grad_out, weight, grad_de, scale, groups)
+    return grad_de
+
+
+@decoder_grad_op.register_fake
+def _(grad_out, weight, scale, groups, backend):
+    return grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2] // scale,
+                               grad_out.shape[3] // scale))
+
+
+@torch.library.custom_op("upsamplelib::semi_shift_conv_weight_grad", mutates_args=())
+def weight_grad_op(grad_out: torch.Tensor, en: Optional[torch.Tensor], de: Optional[torch.Tensor],
+                   kernel_size: int, scale: int, groups: int, backend: str) -> torch.Tensor:
+    """d loss / d weight of the semi-shift convolution: grad_out against
+    the given maps, through every tap."""
+    batch, channels = _present(en, de)
+    grad_out = grad_out.contiguous()
+    shape = (grad_out.shape[1], channels // groups, kernel_size, kernel_size)
+    if backend == "cpu":
+        pad = kernel_size // 2
+        grad_weight = grad_out.new_zeros(shape)
+        for feature, grad in ((en, grad_out), (de, _sum_pool(grad_out, scale) if de is not None else None)):
+            if feature is not None:
+                share = grad_out.new_empty(shape)
+                run(correlate_cpu, backend, share.numel(), grad, upsampled_columns(feature.contiguous(), 1, pad),
+                    share, groups)
+                grad_weight += share
+        return grad_weight
+    grad_weight = grad_out.new_empty(shape)
+    run(semi_shift_grad_weight_kernel, backend, grad_weight.numel(), grad_out,
+        _or_absent(en, batch, channels, grad_out), _or_absent(de, batch, channels, grad_out), grad_weight, scale,
+        groups)
+    return grad_weight
+
+
+@weight_grad_op.register_fake
+def _(grad_out, en, de, kernel_size, scale, groups, backend):
+    _, channels = _present(en, de)
+    return grad_out.new_empty((grad_out.shape[1], channels // groups, kernel_size, kernel_size))
+
+
+def _save_semi_shift(ctx, inputs, output):
+    en, de, weight, bias, scale, groups, backend = inputs
+    ctx.save_for_backward(en, de, weight)
+    ctx.config = (scale, groups, backend)
+    ctx.bias_count = (en is not None) + (de is not None)
+
+
+def _semi_shift_derivative(ctx, grad_out):
+    en, de, weight = ctx.saved_tensors
+    scale, groups, backend = ctx.config
+    needs = ctx.needs_input_grad
+    ops = torch.ops.upsamplelib
+    grad_en = ops.semi_shift_conv_encoder_grad(grad_out, weight, groups, backend) if needs[0] else None
+    grad_de = ops.semi_shift_conv_decoder_grad(grad_out, weight, scale, groups, backend) if needs[1] else None
+    grad_weight = None
+    if needs[2]:
+        grad_weight = ops.semi_shift_conv_weight_grad(grad_out, en, de, weight.shape[2], scale, groups, backend)
+    grad_bias = ctx.bias_count * grad_out.sum(dim=(0, 2, 3)) if needs[3] else None
+    return grad_en, grad_de, grad_weight, grad_bias, None, None, None
+
+
+def _save_encoder_grad(ctx, inputs, output):
+    grad_out, weight, groups, backend = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.config = (groups, backend)
+
+
+def _encoder_grad_derivative(ctx, grad_grad_en):
+    grad_out, weight = ctx.saved_tensors
+    groups, backend = ctx.config
+    ops = torch.ops.upsamplelib
+    grad_grad_out = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_out = ops.semi_shift_conv(grad_grad_en, None, weight, None, 1, groups, backend)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.semi_shift_conv_weight_grad(grad_out, grad_grad_en, None, weight.shape[2], 1, groups,
+                                                      backend)
+    return grad_grad_out, grad_weight, None, None
+
+
+def _save_decoder_grad(ctx, inputs, output):
+    grad_out, weight, scale, groups, backend = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.config = (scale, groups, backend)
+
+
+def _decoder_grad_derivative(ctx, grad_grad_de):
+    grad_out, weight = ctx.saved_tensors
+    scale, groups, backend = ctx.config
+    ops = torch.ops.upsamplelib
+    grad_grad_out = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_out = ops.semi_shift_conv(None, grad_grad_de, weight, None, scale, groups, backend)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.semi_shift_conv_weight_grad(grad_out, None, grad_grad_de, weight.shape[2], scale, groups,
+                                                      backend)
+    return grad_grad_out, grad_weight, None, None, None
+
+
+def _save_weight_grad(ctx, inputs, output):
+    grad_out, en, de, kernel_size, scale, groups, backend = inputs
+    ctx.save_for_backward(grad_out, en, de)
+    ctx.config = (scale, groups, backend)
+
+
+def _weight_grad_derivative(ctx, grad_grad_weight):
+    grad_out, en, de = ctx.saved_tensors
+    scale, groups, backend = ctx.config
+    needs = ctx.needs_input_grad
+    ops = torch.ops.upsamplelib
+    grad_grad_out = grad_en = grad_de = None
+    if needs[0]:
+        grad_grad_out = ops.semi_shift_conv(en, de, grad_grad_weight, None, scale, groups, backend)
+    if needs[1]:
+        grad_en = ops.semi_shift_conv_encoder_grad(grad_out, grad_grad_weight, groups, backend)
+    if needs[2]:
+        grad_de = ops.semi_shift_conv_decoder_grad(grad_out, grad_grad_weight, scale, groups, backend)
+    return grad_grad_out, grad_en, grad_de, None, None, None, None
+
+
+torch.library.register_autograd("upsamplelib::semi_shift_conv", _semi_shift_derivative,
+                                setup_context=_save_semi_shift)
+torch.library.register_autograd("upsamplelib::semi_shift_conv_encoder_grad", _encoder_grad_derivative,
+                                setup_context=_save_encoder_grad)
+torch.library.register_autograd("upsamplelib::semi_shift_conv_decoder_grad", _decoder_grad_derivative,
+                                setup_context=_save_decoder_grad)
+torch.library.register_autograd("upsamplelib::semi_shift_conv_weight_grad", _weight_grad_derivative,
+                                setup_context=_save_weight_grad)
+
+
+def _conv_flops(pixels_shape, weight_shape, paths=1):
+    """2 FLOPs per multiply-add of a convolution over ``pixels_shape``
+    (N, O, H, W) with a weight of ``weight_shape`` (O, C/g, k, k), per map."""
+    n, _, height, width = pixels_shape
+    return 2 * paths * n * height * width * math.prod(weight_shape)
+
+
+@register_flop_formula(torch.ops.upsamplelib.semi_shift_conv)
+def _(en_shape, de_shape, weight_shape, *args, out_shape=None, **kwargs):
+    return _conv_flops(out_shape, weight_shape, (en_shape is not None) + (de_shape is not None))
+
+
+@register_flop_formula(torch.ops.upsamplelib.semi_shift_conv_encoder_grad)
+def _(grad_shape, weight_shape, *args, out_shape=None, **kwargs):
+    return _conv_flops(grad_shape, weight_shape)
+
+
+@register_flop_formula(torch.ops.upsamplelib.semi_shift_conv_decoder_grad)
+def _(grad_shape, weight_shape, *args, out_shape=None, **kwargs):
+    return _conv_flops(out_shape, weight_shape) + math.prod(grad_shape)  # + the pooling's adds
+
+
+@register_flop_formula(torch.ops.upsamplelib.semi_shift_conv_weight_grad)
+def _(grad_shape, en_shape, de_shape, *args, out_shape=None, **kwargs):
+    return _conv_flops(grad_shape, out_shape, (en_shape is not None) + (de_shape is not None))
+
+
+# --------------------------------------------------------------------------
+# The public function
+# --------------------------------------------------------------------------
+
+
+def check_semi_shift_arguments(en, de, weight, bias, scale, groups, op="semi_shift_conv"):
+    """Validate the arguments of ``semi_shift_conv``; return (scale, groups)."""
     check_feature_map(en, "en", op)
     check_feature_map(de, "de", op)
     check_feature_map(weight, "weight", op)
@@ -419,25 +673,53 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
     if channels % groups or weight.shape[0] % groups or weight.shape[1] * groups != channels:
         raise ValueError(f"{op}: weight {shape_str(weight)} does not fit {channels} input channels in "
                          f"groups={groups}: expected (O, {channels} // {groups}, k, k) with O divisible by groups")
-    if bias is None:
-        bias = weight.new_zeros(weight.shape[0])
-    if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
-        raise ValueError(f"{op}: bias must be a tensor of shape ({weight.shape[0]},), got "
-                         f"{getattr(bias, 'shape', bias)}")
-    devices = {t.device for t in (en, de, weight, bias)}
+    if bias is not None:
+        check_float_tensor(bias, "bias", op)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must be of shape ({weight.shape[0]},), one value per output channel of "
+                             f"weight {shape_str(weight)}; got {shape_str(bias)}")
+    given = [t for t in (en, de, weight, bias) if t is not None]
+    devices = {t.device for t in given}
     if len(devices) > 1:
         raise ValueError(f"{op}: en, de, weight and bias are on different devices: "
                          f"{', '.join(sorted(map(str, devices)))}")
-    backend = resolve_backend(backend, [en, de, weight, bias], op)
+    return scale, groups
+
+
+def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
+    """The semi-shift convolution of FADE, in one pass (see the module docstring).
+
+    Args:
+        en: (N, C, s*h, s*w) encoder map (high resolution).
+        de: (N, C, h, w) decoder map (low resolution).
+        weight: (O, C // groups, k, k) with odd k, shared by both paths.
+        bias: (O,) or None; added on both paths (so twice), as the original does.
+        scale: integer s.
+        backend: None/"auto", "cuda", "cpu" or "torch".
+        groups: channel groups of the convolution (FADE-Lite's depthwise
+            content encoder uses groups = O = C).
+
+    Returns:
+        (N, O, s*h, s*w) ``== conv2d(en, weight, bias, padding=k//2)
+        + nearest_up(conv2d(de, weight, bias, padding=k//2), s)``, except
+        that taps outside the maps are skipped rather than multiplied by
+        the padding; differentiable in ``en``, ``de``, ``weight`` and
+        ``bias``, to any order.
+    """
+    op = "semi_shift_conv"
+    scale, groups = check_semi_shift_arguments(en, de, weight, bias, scale, groups, op)
+    given = [t for t in (en, de, weight, bias) if t is not None]
+    backend = resolve_backend(backend, given, op)
     result_dtype = en.dtype
-    for t in (de, weight, bias):
+    for t in given[1:]:
         result_dtype = torch.promote_types(result_dtype, t.dtype)
     compute_dtype = kernel_dtype(result_dtype)
-    en, de, weight, bias = (t.to(compute_dtype) for t in (en, de, weight, bias))
+    en, de, weight = (t.to(compute_dtype) for t in (en, de, weight))
+    bias = bias.to(compute_dtype) if bias is not None else None
     if backend == "torch":
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
-        out = SemiShiftFunction.apply(en, de, weight, bias, scale, groups, backend)
+        out = torch.ops.upsamplelib.semi_shift_conv(en, de, weight, bias, scale, groups, backend)
     return out.to(result_dtype)
 
 
