@@ -164,7 +164,7 @@ def test_unequal_channels_are_rejected_with_advice():
 
 def test_module_bad_sizes():
     module = ul.FADE(4)
-    with pytest.raises(ValueError, match="exactly scale=2"):
+    with pytest.raises(ValueError, match="exactly scale x the size of de.*scale=2"):
         module(torch.randn(1, 4, 7, 8), torch.randn(1, 4, 4, 4))
 
 

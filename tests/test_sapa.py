@@ -172,5 +172,5 @@ def test_module_backward_and_bad_input():
         ul.SAPA(4, 6, variant="I")
     with pytest.raises(ValueError, match="unknown variant"):
         ul.SAPA(4, variant="X")
-    with pytest.raises(ValueError, match="exactly up_factor=2"):
+    with pytest.raises(ValueError, match="exactly up_factor x the size of x.*up_factor=2"):
         module(y[:, :, :5], x)

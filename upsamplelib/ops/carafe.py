@@ -42,7 +42,9 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
 from ..validation import (
+    check_batched_map,
     check_feature_map,
+    check_module_input,
     check_odd_kernel_size,
     check_positive_int,
     check_same_batch,
@@ -583,6 +585,8 @@ class CARAFE(nn.Module):
         if channels % up_group:
             raise ValueError(f"CARAFE: up_group={up_group} must divide channels={channels}")
         encoder_kernel = check_odd_kernel_size(encoder_kernel, "encoder_kernel", "CARAFE")
+        encoder_dilation = check_positive_int(encoder_dilation, "encoder_dilation", "CARAFE")
+        compressed_channels = check_positive_int(compressed_channels, "compressed_channels", "CARAFE")
         self.backend = None
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
@@ -611,6 +615,8 @@ class CARAFE(nn.Module):
         return weights.view(n, slots, height, width)
 
     def forward(self, x):
+        check_batched_map(x, "x", "CARAFE")
+        check_module_input(x, "x", self.channels, self, "CARAFE")
         return carafe(x, self.kernels(x), self.up_kernel, self.scale, self.up_group, backend=self.backend)
 
     def extra_repr(self):

@@ -36,7 +36,11 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import cpu_kernel, cuda_kernel, fma, per_element, resolve_backend, run
 from ..validation import (
+    check_batched_map,
+    check_bool,
     check_feature_map,
+    check_guide_pair,
+    check_module_input,
     check_float_tensor,
     check_odd_kernel_size,
     check_positive_int,
@@ -804,22 +808,20 @@ class FADE(nn.Module):
         self.scale = check_positive_int(scale, "scale", "FADE")
         self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "FADE")
         kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", "FADE")
-        self.lite = bool(lite)
+        embedding_dim = check_positive_int(embedding_dim, "embedding_dim", "FADE")
+        self.lite = check_bool(lite, "lite", "FADE")
         self.backend = None
         self.gate_generator = GateGenerator(in_channels_de, scale)
         self.ker_generator = SemiShift(in_channels_en, in_channels_de, scale, up_kernel_size, embedding_dim,
                                        kernel_size, lite)
 
     def _check(self, en, de):
-        check_feature_map(en, "en", "FADE")
-        check_feature_map(de, "de", "FADE")
-        s = self.scale
-        if en.shape[1] != self.channels or de.shape[1] != self.channels:
-            raise ValueError(f"FADE: expected en and de with {self.channels} channels, got en {shape_str(en)} "
-                             f"and de {shape_str(de)}")
-        if en.shape[0] != de.shape[0] or (en.shape[2], en.shape[3]) != (s * de.shape[2], s * de.shape[3]):
-            raise ValueError(f"FADE: en must be the same batch and exactly scale={s} x the size of de; got en "
-                             f"{shape_str(en)} and de {shape_str(de)}")
+        op = "FADE"
+        check_batched_map(en, "en", op)
+        check_batched_map(de, "de", op)
+        check_guide_pair(en, "en", de, "de", self.scale, op)
+        check_module_input(en, "en", self.channels, self, op)
+        check_module_input(de, "de", self.channels, self, op)
 
     def kernels(self, en, de):
         """The normalised upsampling kernels, (N, k_up**2, s*h, s*w)."""

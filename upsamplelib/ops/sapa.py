@@ -31,7 +31,11 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import resolve_backend
 from ..validation import (
+    check_batched_map,
+    check_bool,
     check_feature_map,
+    check_guide_pair,
+    check_module_input,
     check_odd_kernel_size,
     check_positive_int,
     check_same_batch,
@@ -190,7 +194,8 @@ class SAPA(nn.Module):
         self.dim_y, self.dim_x, self.variant = dim_y, dim_x, variant
         self.up_factor = check_positive_int(up_factor, "up_factor", "SAPA")
         self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "SAPA")
-        self.embedding_dim = embedding_dim
+        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim", "SAPA")
+        check_bool(qkv_bias, "qkv_bias", "SAPA")
         self.backend = None
         if variant == "I":
             return
@@ -217,15 +222,11 @@ class SAPA(nn.Module):
 
     def _check(self, y, x):
         op = "SAPA"
-        check_feature_map(y, "y", op)
-        check_feature_map(x, "x", op)
-        if y.shape[1] != self.dim_y or x.shape[1] != self.dim_x:
-            raise ValueError(f"SAPA: expected y with {self.dim_y} and x with {self.dim_x} channels, got y "
-                             f"{shape_str(y)} and x {shape_str(x)}")
-        s = self.up_factor
-        if y.shape[0] != x.shape[0] or (y.shape[2], y.shape[3]) != (s * x.shape[2], s * x.shape[3]):
-            raise ValueError(f"SAPA: y must be the same batch and exactly up_factor={s} x the size of x; got y "
-                             f"{shape_str(y)} and x {shape_str(x)}")
+        check_batched_map(y, "y", op)
+        check_batched_map(x, "x", op)
+        check_guide_pair(y, "y", x, "x", self.up_factor, op, "up_factor")
+        check_module_input(y, "y", self.dim_y, self, op)
+        check_module_input(x, "x", self.dim_x, self, op)
 
     def queries_and_keys(self, y, x):
         """(q, key) in (N, d, H, W) layout, as the variant defines them."""
