@@ -14,6 +14,13 @@ the metrics in ``metrics``, ``load_results`` / ``summarise`` for the committed
 
 from . import data, metrics, model  # noqa: F401
 from .data import REGION_CLASSES, TASKS, Dataset, make_dataset  # noqa: F401
-from .model import UPSAMPLERS, EncoderDecoder, count_parameters, make_upsampler, upsampler_parameters  # noqa: F401
+from .model import (  # noqa: F401
+    UPSAMPLERS,
+    EncoderDecoder,
+    count_parameters,
+    make_upsampler,
+    matched_width,
+    upsampler_parameters,
+)
 from .results import RESULTS, load_results, summarise  # noqa: F401
 from .train import Config, build_model, datasets, run, train_model  # noqa: F401

@@ -150,3 +150,16 @@ def count_parameters(module: nn.Module) -> int:
 def upsampler_parameters(model: EncoderDecoder) -> int:
     """Parameters in the three upsampling stages alone."""
     return sum(count_parameters(up) for up in model.ups)
+
+
+def matched_width(upsampler, budget: int, outputs: int = 5, widths=range(4, 41)):
+    """The largest width whose ``EncoderDecoder(upsampler, outputs, width)``
+    has at most ``budget`` parameters (None if none has): the network to
+    compare with when parameters, not the operator, might explain a gain."""
+    best = None
+    for width in widths:
+        with torch.random.fork_rng(devices=[]):
+            count = count_parameters(EncoderDecoder(upsampler, outputs, width))
+        if count <= budget:
+            best = width
+    return best

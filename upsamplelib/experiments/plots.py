@@ -201,3 +201,20 @@ def kernels_figure(results, task, val):
                     "(cyan: true boundaries)", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.9))
     return figure
+
+
+def band_figure(image, target, band, title="band"):
+    """An image, its labels, and a band (boolean map) over the labels."""
+    figure, axes = plt.subplots(1, 3, figsize=(8.4, 3))
+    _show_image(axes[0], image)
+    axes[0].set_title("image", fontsize=10)
+    _show_target(axes[1], "region", target)
+    axes[1].set_title("classes", fontsize=10)
+    _show_target(axes[2], "region", target, alpha=0.35)
+    axes[2].imshow(np.ma.masked_where(~np.asarray(band), np.ones(np.asarray(band).shape)), cmap="autumn",
+                   vmin=0, vmax=1, alpha=0.8, interpolation="nearest")
+    axes[2].set_title(title, fontsize=10)
+    for axis in axes:
+        _off(axis)
+    figure.tight_layout()
+    return figure

@@ -118,30 +118,34 @@ def compare_cells(summary, task, metric, better, worse):
 
 
 #: The qualitative claims of the papers, each as comparisons of two cells:
-#: (claim, source, [(task, metric, should-be-better, should-be-worse), ...]).
+#: (claim, source, figure, [(task, metric, should-be-better, should-be-worse), ...]); ``figure`` names the
+#: figure of the lesson that shows the numbers.
+BARS = "the metric bars of the full experiment"
+CURVES = "the training curves of the full experiment"
+
 CLAIMS = [
     ("CARAFE (decoder-only kernels) beats bilinear on the region task",
-     "FADE/CARAFE: ADE20K mIoU 42.82 vs 41.68",
+     "FADE/CARAFE: ADE20K mIoU 42.82 vs 41.68", BARS,
      [("region", "miou", "carafe", "bilinear"), ("region", "boundary_iou", "carafe", "bilinear")]),
     ("CARAFE is worse than bilinear on the detail task",
-     "FADE: matting SAD 41.01 vs 37.31",
+     "FADE: matting SAD 41.01 vs 37.31", BARS,
      [("detail", "sad", "bilinear", "carafe"), ("detail", "grad", "bilinear", "carafe")]),
     ("Encoder-aware kernels (FADE, SAPA-B) beat CARAFE on the detail task",
-     "FADE: matting SAD 31.10 (FADE), 31.19 (SAPA-B) vs 41.01 (CARAFE)",
+     "FADE: matting SAD 31.10 (FADE), 31.19 (SAPA-B) vs 41.01 (CARAFE)", BARS,
      [("detail", "sad", "fade", "carafe"), ("detail", "sad", "sapa-b", "carafe"),
       ("detail", "grad", "fade", "carafe"), ("detail", "grad", "sapa-b", "carafe")]),
     ("FADE beats bilinear on both tasks (task-agnostic)",
-     "FADE: mIoU 44.41 vs 41.68; SAD 31.10 vs 37.31",
+     "FADE: mIoU 44.41 vs 41.68; SAD 31.10 vs 37.31", BARS,
      [("region", "miou", "fade", "bilinear"), ("region", "boundary_iou", "fade", "bilinear"),
       ("detail", "sad", "fade", "bilinear"), ("detail", "grad", "fade", "bilinear")]),
     ("SAPA-G beats SAPA-B on the region task",
-     "SAPA/FADE: ADE20K mIoU 44.39 vs 43.20",
+     "SAPA/FADE: ADE20K mIoU 44.39 vs 43.20", BARS,
      [("region", "miou", "sapa-g", "sapa-b")]),
     ("FADE beats SAPA-B on the region task",
-     "FADE: ADE20K mIoU 44.41 vs 43.20",
+     "FADE: ADE20K mIoU 44.41 vs 43.20", BARS,
      [("region", "miou", "fade", "sapa-b")]),
     ("SAPA overfits less than nearest and bilinear (smaller gap between validation and training loss)",
-     "SAPA: SegNet on a small two-class set, mIoU 94.9 vs 89.5 / 90.1",
+     "SAPA: SegNet on a small two-class set, mIoU 94.9 vs 89.5 / 90.1", CURVES,
      [("region", "gap", "sapa-b", "nearest"), ("region", "gap", "sapa-b", "bilinear"),
       ("detail", "gap", "sapa-b", "nearest"), ("detail", "gap", "sapa-b", "bilinear")]),
 ]
@@ -153,7 +157,7 @@ def claims(results) -> list:
     ``partly supported`` (some comparisons) or ``not resolved`` (none)."""
     summary = summarise(results)
     verdicts = []
-    for claim, source, comparisons in CLAIMS:
+    for claim, source, figure, comparisons in CLAIMS:
         rows = []
         for task, metric, better, worse in comparisons:
             if task not in summary or better not in summary[task] or worse not in summary[task]:
@@ -172,7 +176,8 @@ def claims(results) -> list:
             overall = "partly supported"
         else:
             overall = "not resolved"
-        verdicts.append({"claim": claim, "source": source, "comparisons": rows, "verdict": overall})
+        verdicts.append({"claim": claim, "source": source, "figure": figure, "comparisons": rows,
+                         "verdict": overall})
     return verdicts
 
 
@@ -180,7 +185,8 @@ def claims_report(results) -> str:
     """The claims as text: one block per claim, its verdict and the numbers."""
     lines = []
     for item in claims(results):
-        lines.append(f"[{item['verdict'].upper()}] {item['claim']}  (paper: {item['source']})")
+        lines.append(f"[{item['verdict'].upper()}] {item['claim']}")
+        lines.append(f"    paper: {item['source']}; here: {item['figure']}")
         for row in item["comparisons"]:
             _, scale, decimals = DISPLAY.get(row["metric"], (row["metric"], 1, 4))
             lines.append(f"    {row['task']:6s} {row['metric']:12s} {row['better']:>9s} vs {row['worse']:9s}: "
