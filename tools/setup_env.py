@@ -12,9 +12,11 @@ Steps, each skipped when there is nothing to do:
    different names (nvidia-cuda-runtime vs nvidia-cuda-runtime-cu12), so
    pip would otherwise keep both and numba-cuda would go on loading CUDA 13.
 3. torch, when missing: on Linux with no NVIDIA driver, PyTorch's CPU build
-   from PyTorch's CPU wheel index (about 190 MB instead of about 2.7 GB of
-   CUDA libraries); when that index cannot be reached within a few seconds,
-   the default index. ``--torch-index URL`` chooses the index instead.
+   from PyTorch's CPU wheel index (a 192 MB wheel; PyPI's Linux torch is the
+   CUDA build, 527 MB plus about 2 GB of CUDA libraries); when that index
+   cannot be reached within a few seconds, the default index.
+   ``--torch-index URL`` (or TORCH_INDEX) chooses the index instead.
+   Sizes measured with tools/download_sizes.py.
 4. The course itself, editable, with the extras ``course``, ``test`` and the
    toolkit's (``-c constraints.txt``).
 5. The choice of toolkit is written into the environment
@@ -175,7 +177,8 @@ def torch_index(requested: str | None, torch_installed: bool, platform: str, dri
     if reachable(TORCH_CPU_INDEX):
         return TORCH_CPU_INDEX, f"no NVIDIA driver: torch's CPU build from {TORCH_CPU_INDEX}"
     return None, (f"no NVIDIA driver, but {TORCH_CPU_INDEX} cannot be reached: torch from the "
-                  "default index (on Linux that is the CUDA build, about 2.7 GB with its libraries)")
+                  "default index (from PyPI that is the CUDA build: the whole setup then downloads "
+                  "about 3.0 GB instead of 0.56 GB)")
 
 
 def torch_cuda_major() -> str | None:

@@ -1,0 +1,27 @@
+"""Installing the course where it is missing: Colab, or a Jupyter started
+outside the course's environment.
+
+Every lesson's first code cell carries a copy of ``course_install_command``
+(``tools/make_lessons.py`` writes it there from this file, with the
+repository named in pyproject.toml) and runs the command it returns before
+``import upsamplelib``. A copy, because the cell runs exactly where this
+package cannot be imported yet. tests/test_install.py tests the function and
+checks that every lesson carries this version of it.
+"""
+
+import sys
+
+
+def course_install_command(repository, upsamplelib_found, nvidia_driver, python=sys.executable):
+    """The pip command that installs the course from its repository, or None
+    when upsamplelib can be imported already.
+
+    With an NVIDIA driver, numba-cuda comes with its CUDA 12 wheels, which a
+    CUDA 12 driver and a CUDA 13 one both run; without one, numba's built-in
+    CUDA simulator needs no toolkit at all. torch is left as it is (Colab
+    has one; pip installs one where it is missing).
+    """
+    if upsamplelib_found:
+        return None
+    extras = "course,cu12" if nvidia_driver else "course"
+    return [python, "-m", "pip", "install", "--quiet", f"upsamplelib[{extras}] @ git+{repository}"]
