@@ -226,3 +226,70 @@ def test_cpu_backend_refuses_cuda_tensors():
 
     with pytest.raises(ValueError, match="backend='cpu'.*cuda:0"):
         resolve_backend("cpu", [FakeCudaTensor()], "interpolate")
+
+
+def nearest_sweep_configs(count, seed):
+    """Random nearest / nearest-exact resizes as a user might ask for them:
+    sizes 1-90, scale factors with 0-3 decimals or an explicit size, float32
+    and float64, 1-5 channels, sometimes channels-last (PyTorch's index
+    math depends on each of these)."""
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        h, w = rng.randint(1, 90), rng.randint(1, 90)
+        if rng.random() < 0.5:
+            factors = tuple(round(rng.uniform(0.3, 5.0), rng.randint(0, 3)) for _ in range(2))
+            if min(factors) <= 0 or int(h * factors[0]) < 1 or int(w * factors[1]) < 1:
+                continue
+            kwargs = {"scale_factor": factors}
+        else:
+            kwargs = {"size": (rng.randint(1, 90), rng.randint(1, 90))}
+        configs.append(dict(shape=(1, rng.randint(1, 5), h, w), kwargs=kwargs,
+                            mode=rng.choice(NEAREST_MODES), dtype=rng.choice([torch.float32, torch.float64]),
+                            channels_last=rng.random() < 0.25))
+    return configs
+
+
+def nearest_sweep_mismatches(configs, backend):
+    """The configs where ul.interpolate differs from F.interpolate in any bit."""
+    mismatches = []
+    for config in configs:
+        x = torch.randn(config["shape"], dtype=config["dtype"])
+        if config["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        expected = F.interpolate(x, mode=config["mode"], **config["kwargs"])
+        got = ul.interpolate(x, mode=config["mode"], backend=backend, **config["kwargs"])
+        if not torch.equal(got, expected):
+            mismatches.append(config)
+    return mismatches
+
+
+def test_nearest_sweep_is_bit_for_bit_cpu():
+    mismatches = nearest_sweep_mismatches(nearest_sweep_configs(4000, seed=11), "cpu")
+    assert not mismatches, f"{len(mismatches)} of 4000 differ, e.g. {mismatches[:3]}"
+
+
+def test_nearest_sweep_is_bit_for_bit_cuda():
+    # The simulator runs a Python thread per output element: small maps only.
+    configs = [c for c in nearest_sweep_configs(400, seed=12) if c["shape"][1] * c["shape"][2] * c["shape"][3] <= 300]
+    configs = [c for c in configs if "size" in c["kwargs"] and c["kwargs"]["size"][0] * c["kwargs"]["size"][1] <= 2000
+               or "scale_factor" in c["kwargs"] and c["shape"][2] * c["shape"][3] * 25 <= 2000][:25]
+    assert len(configs) >= 10
+    mismatches = nearest_sweep_mismatches(configs, "cuda")
+    assert not mismatches, mismatches[:3]
+
+
+@pytest.mark.parametrize("shape,kwargs,mode,dtype", [
+    ((1, 2, 32, 37), {"scale_factor": (3.37, 1.002)}, "nearest", torch.float32),  # PyTorch reads dst - 1
+    ((1, 2, 30, 12), {"scale_factor": (4.0, 2.068)}, "nearest", torch.float32),  # no >> 1 shortcut here
+    ((1, 2, 16, 2), {"size": (20, 47)}, "nearest-exact", torch.float32),  # a tie at column 23
+    ((1, 2, 10, 10), {"scale_factor": 2.098}, "nearest", torch.float32),  # small output: the shortcut applies
+    ((1, 2, 24, 5), {"size": (37, 100)}, "nearest-exact", torch.float64),  # float64 opmath
+    ((2, 6, 40, 30), {"scale_factor": 2.3}, "nearest", torch.float64),  # channels-last kernel (below)
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nearest_cases_reported_wrong_before(shape, kwargs, mode, dtype, channels_last):
+    x = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ul.interpolate(x, mode=mode, backend="cpu", **kwargs), F.interpolate(x, mode=mode, **kwargs))
