@@ -507,6 +507,28 @@ def _(grad_shape, x_shape, kernel_size, *args, out_shape=None, **kwargs):
     return window_flops(grad_shape, kernel_size)
 
 
+def check_not_mmcv_order(x, masks, kernel_size, scale, group, op="carafe"):
+    """Refuse a call in mmcv's order, ``carafe(features, masks, kernel_size,
+    group_size, scale_factor)``, which hands this function ``scale=G`` and
+    ``group=s``. masks of shape (N, G*k*k, s*h, s*w) fit this reading only
+    when G == s (G*k*k == s*k*k and s*h == G*h), and then the two orders
+    are one and the same call. So every other mmcv-order call with
+    well-formed masks fails the shape checks: this says why, naming the
+    order, before any other check can blame a shape."""
+    low_height, low_width = x.shape[2], x.shape[3]
+    slots = kernel_size * kernel_size
+    fits = masks.shape[1] == group * slots and tuple(masks.shape[2:]) == (scale * low_height, scale * low_width)
+    fits_swapped = (masks.shape[1] == scale * slots
+                    and tuple(masks.shape[2:]) == (group * low_height, group * low_width))
+    if not fits and fits_swapped:
+        raise ValueError(
+            f"{op}: the arguments look like mmcv's order. mmcv.ops.carafe(features, masks, kernel_size, "
+            f"group_size, scale_factor) takes the group before the scale; ul.carafe(x, masks, kernel_size, scale, "
+            f"group) takes the scale first. masks {shape_str(masks)} for x {shape_str(x)} fit scale={group}, "
+            f"group={scale}: call {op}(x, masks, {kernel_size}, {group}, {scale}), or pass scale= and group= by "
+            f"keyword")
+
+
 def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
     """Validate the arguments of ``carafe``; raise before any launch."""
     check_feature_map(x, "x", op)
@@ -514,6 +536,7 @@ def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
     kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", op)
     scale = check_positive_int(scale, "scale", op)
     group = check_positive_int(group, "group", op)
+    check_not_mmcv_order(x, masks, kernel_size, scale, group, op)
     channels = x.shape[1]
     if channels % group != 0:
         raise ValueError(f"{op}: group={group} must divide the {channels} channels of x")
@@ -522,7 +545,9 @@ def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
     if masks.shape[1] != expected_slots:
         raise ValueError(
             f"{op}: masks has {masks.shape[1]} channels; expected group * kernel_size**2 = "
-            f"{group} * {kernel_size}**2 = {expected_slots} (masks {shape_str(masks)})"
+            f"{group} * {kernel_size}**2 = {expected_slots} (masks {shape_str(masks)}). Note the order of the "
+            f"arguments: {op}(x, masks, kernel_size, scale, group), not mmcv's (..., kernel_size, group_size, "
+            f"scale_factor)"
         )
     check_upsampled_size(masks, "masks", x, "x", scale, op)
     check_same_device(x, "x", masks, "masks", op)
@@ -531,6 +556,11 @@ def check_carafe_arguments(x, masks, kernel_size, scale, group, op="carafe"):
 
 def carafe(x, masks, kernel_size, scale, group=1, backend=None):
     """CARAFE reassembly (see the module docstring for the exact formula).
+
+    The order differs from mmcv's ``carafe(features, masks, kernel_size,
+    group_size, scale_factor)``: here the scale comes before the group. A
+    call in mmcv's order raises ``ValueError`` saying so (when the group
+    equals the scale the two orders are the same call).
 
     Args:
         x: (N, C, h, w) features.
@@ -569,16 +599,31 @@ class CARAFE(nn.Module):
     ``F.interpolate(x, scale_factor=scale)`` in a decoder.
 
     Parameter names follow mmcv's ``CARAFEPack`` (``channel_compressor``,
-    ``content_encoder``), so its checkpoints load with ``load_state_dict``.
+    ``content_encoder``), so its checkpoints load with ``load_state_dict``,
+    and so do its arguments: ``CARAFE(channels, scale_factor=2, ...)`` (or
+    positionally, ``CARAFE(channels, 2, ...)``) is ``CARAFEPack``'s call;
+    ``scale_factor`` is an alias of ``scale`` (default 2; giving both with
+    different values is an error) and a read-only attribute too. Init as
+    mmcv's: Xavier-uniform convolutions with zero bias, then the content
+    encoder's weight normal(std=0.001) so the kernels start near uniform.
     The attribute ``backend`` (default None: by device) selects the
     reassembly backend, e.g. ``module.backend = "torch"`` for the reference.
     """
 
-    def __init__(self, channels, scale=2, up_kernel=5, up_group=1, encoder_kernel=3,
-                 encoder_dilation=1, compressed_channels=64):
+    def __init__(self, channels, scale=None, up_kernel=5, up_group=1, encoder_kernel=3,
+                 encoder_dilation=1, compressed_channels=64, *, scale_factor=None):
         super().__init__()
         check_positive_int(channels, "channels", "CARAFE")
         self.channels = channels
+        if scale is not None:
+            check_positive_int(scale, "scale", "CARAFE")
+        if scale_factor is not None:
+            check_positive_int(scale_factor, "scale_factor", "CARAFE")
+            if scale is not None and scale != scale_factor:
+                raise ValueError(f"CARAFE: scale={scale} and scale_factor={scale_factor} differ; scale_factor is "
+                                 f"mmcv's name for scale: give one of them")
+            scale = scale_factor
+        scale = 2 if scale is None else scale
         self.scale = check_positive_int(scale, "scale", "CARAFE")
         self.up_kernel = check_odd_kernel_size(up_kernel, "up_kernel", "CARAFE")
         self.up_group = check_positive_int(up_group, "up_group", "CARAFE")
@@ -597,6 +642,11 @@ class CARAFE(nn.Module):
             dilation=encoder_dilation,
         )
         self.reset_parameters()
+
+    @property
+    def scale_factor(self):
+        """mmcv's name for ``scale``."""
+        return self.scale
 
     def reset_parameters(self):
         for conv in (self.channel_compressor, self.content_encoder):

@@ -775,6 +775,37 @@ class SemiShift(nn.Module):
                                groups=self.content_encoder.groups)
 
 
+#: FADE_H2L's names of the kernel generator's parameters, and the FADE_L2H
+#: names this module uses (and ``state_dict()`` writes). Same tensors, same
+#: shapes: ``conv2_kernels`` is the content encoder's (k_up**2, E, k, k)
+#: weight (for FADE-Lite the depthwise (k_up**2, 1, k, k)), ``conv1_de``
+#: has no bias. ``gate_generator.conv.*`` is named alike in both.
+H2L_NAMES = {
+    "kernel_generator.conv1_en.weight": "ker_generator.compressor_en.weight",
+    "kernel_generator.conv1_en.bias": "ker_generator.compressor_en.bias",
+    "kernel_generator.conv1_de.weight": "ker_generator.compressor_de.weight",
+    "kernel_generator.conv2_kernels": "ker_generator.content_encoder.weight",
+    "kernel_generator.conv2_bias": "ker_generator.content_encoder.bias",
+}
+
+
+def accept_h2l_names(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Load-state-dict pre-hook of ``FADE``: renames FADE_H2L's keys (under
+    this module's ``prefix``) to the L2H names, so both checkpoint formats
+    load with ``strict=True``. A key given under both names is an error,
+    not a silent choice. ``load_state_dict`` hands the hook its own copy of
+    the dictionary: the caller's is not changed."""
+    for h2l, l2h in H2L_NAMES.items():
+        old, new = prefix + h2l, prefix + l2h
+        if old not in state_dict:
+            continue
+        if new in state_dict:
+            error_msgs.append(f"FADE: the state dict holds {old!r} (FADE_H2L's name) and {new!r} (FADE_L2H's name) "
+                              f"for the same parameter; keep one of them")
+            continue
+        state_dict[new] = state_dict.pop(old)
+
+
 class FADE(nn.Module):
     """The FADE upsampler: ``forward(en, de)`` upsamples the decoder feature
     ``de: (N, C, h, w)`` by ``scale``, guided by the encoder feature
@@ -784,44 +815,55 @@ class FADE(nn.Module):
         out = g * en + (1 - g) * carafe(de, kernels),  g = sigmoid(nearest_up(conv1x1(de)))
 
     ``lite=True`` is FADE-Lite: the compressors map straight to ``k_up**2``
-    channels and the content encoder is depthwise. Parameter names are the
-    official ones (``gate_generator.conv``, ``ker_generator.compressor_en``,
-    ``ker_generator.compressor_de``, ``ker_generator.content_encoder``).
+    channels and the content encoder is depthwise. ``gate=False`` is the
+    authors' SemiShiftUp: no gate generator, ``out = carafe(de, kernels)``
+    (no encoder term, so ``en`` and ``de`` may then have different channel
+    counts; the output has ``de``'s). Parameter names are the official
+    (FADE_L2H) ones (``gate_generator.conv``, ``ker_generator.compressor_en``,
+    ``ker_generator.compressor_de``, ``ker_generator.content_encoder``);
+    ``load_state_dict`` also accepts FADE_H2L's names (``H2L_NAMES``), and
+    ``state_dict()`` writes the L2H names. Every convolution starts
+    Xavier-uniform with zero bias, as in the original.
     The attribute ``backend`` (default None: by device) selects the backend
     of the semi-shift convolution and the reassembly.
     """
 
     def __init__(self, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5, embedding_dim=64,
-                 kernel_size=3, lite=False):
+                 kernel_size=3, lite=False, gate=True):
         super().__init__()
         in_channels_de = in_channels_en if in_channels_de is None else in_channels_de
         check_positive_int(in_channels_en, "in_channels_en", "FADE")
         check_positive_int(in_channels_de, "in_channels_de", "FADE")
-        if in_channels_en != in_channels_de:
+        self.gated = check_bool(gate, "gate", "FADE")
+        if self.gated and in_channels_en != in_channels_de:
             raise ValueError(
                 f"FADE: in_channels_en={in_channels_en} and in_channels_de={in_channels_de} differ, but the "
                 "output blends en and the upsampled de channel by channel (g * en + (1 - g) * up(de)). "
                 f"Align them first, e.g. with nn.Conv2d({in_channels_de}, {in_channels_en}, 1) on the decoder "
-                f"feature (or nn.Conv2d({in_channels_en}, {in_channels_de}, 1) on the encoder feature)."
+                f"feature (or nn.Conv2d({in_channels_en}, {in_channels_de}, 1) on the encoder feature), "
+                "or use gate=False (SemiShiftUp: no encoder term in the output)."
             )
-        self.channels = in_channels_en
+        self.channels_en, self.channels_de = in_channels_en, in_channels_de
+        self.channels = in_channels_de  # the output's
         self.scale = check_positive_int(scale, "scale", "FADE")
         self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "FADE")
         kernel_size = check_odd_kernel_size(kernel_size, "kernel_size", "FADE")
         embedding_dim = check_positive_int(embedding_dim, "embedding_dim", "FADE")
         self.lite = check_bool(lite, "lite", "FADE")
         self.backend = None
-        self.gate_generator = GateGenerator(in_channels_de, scale)
+        if self.gated:
+            self.gate_generator = GateGenerator(in_channels_de, scale)
         self.ker_generator = SemiShift(in_channels_en, in_channels_de, scale, up_kernel_size, embedding_dim,
                                        kernel_size, lite)
+        self._register_load_state_dict_pre_hook(accept_h2l_names)
 
     def _check(self, en, de):
         op = "FADE"
         check_batched_map(en, "en", op)
         check_batched_map(de, "de", op)
         check_guide_pair(en, "en", de, "de", self.scale, op)
-        check_module_input(en, "en", self.channels, self, op)
-        check_module_input(de, "de", self.channels, self, op)
+        check_module_input(en, "en", self.channels_en, self, op)
+        check_module_input(de, "de", self.channels_de, self, op)
 
     def kernels(self, en, de):
         """The normalised upsampling kernels, (N, k_up**2, s*h, s*w)."""
@@ -829,14 +871,24 @@ class FADE(nn.Module):
         return F.softmax(self.ker_generator(en, de, self.backend), dim=1)
 
     def gate(self, de):
-        """The gate map g, (N, 1, s*h, s*w): 1 keeps the encoder feature."""
+        """The gate map g, (N, 1, s*h, s*w): 1 keeps the encoder feature.
+        Without a gate (``gate=False``) it is 0 everywhere: the output is
+        the reassembled decoder feature alone."""
+        if not self.gated:
+            n, _, height, width = de.shape
+            return de.new_zeros((n, 1, self.scale * height, self.scale * width))
         return self.gate_generator(de)
 
     def forward(self, en, de):
         kernels = self.kernels(en, de)
+        upsampled = carafe(de, kernels, self.up_kernel_size, self.scale, 1, backend=self.backend)
+        if not self.gated:
+            return upsampled
         gate = self.gate(de)
-        return gate * en + (1 - gate) * carafe(de, kernels, self.up_kernel_size, self.scale, 1, backend=self.backend)
+        return gate * en + (1 - gate) * upsampled
 
     def extra_repr(self):
-        return (f"channels={self.channels}, scale={self.scale}, up_kernel_size={self.up_kernel_size}, "
-                f"lite={self.lite}")
+        channels = (f"channels={self.channels}" if self.channels_en == self.channels_de
+                    else f"channels_en={self.channels_en}, channels_de={self.channels_de}")
+        return (f"{channels}, scale={self.scale}, up_kernel_size={self.up_kernel_size}, "
+                f"lite={self.lite}, gate={self.gated}")

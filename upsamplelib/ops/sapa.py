@@ -147,6 +147,10 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
 
 VARIANTS = ("B", "G", "I")
 
+#: SAPAExp's ``q_mode`` values and the variant each one is (``"cat"`` is
+#: not one of the paper's lettered variants).
+Q_MODES = {"encoder_only": "B", "gate": "G", "cat": None}
+
 
 def _channels_last(t):
     return t.permute(0, 2, 3, 1)
@@ -156,42 +160,92 @@ def _channels_first(t):
     return t.permute(0, 3, 1, 2)
 
 
+def _resolve_query_mode(variant, q_mode):
+    """(variant, q_mode) from what the caller gave: either one, both when
+    they agree, or neither (SAPA-B). ``q_mode`` is None for SAPA-I and
+    ``variant`` None for ``q_mode="cat"``."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"SAPA: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if q_mode is not None and q_mode not in Q_MODES:
+        raise ValueError(f"SAPA: unknown q_mode {q_mode!r}; expected one of {', '.join(map(repr, Q_MODES))}")
+    if variant is None and q_mode is None:
+        return "B", "encoder_only"
+    if q_mode is None:
+        return variant, {"B": "encoder_only", "G": "gate", "I": None}[variant]
+    if variant is not None and Q_MODES[q_mode] != variant:
+        same = {letter: mode for mode, letter in Q_MODES.items() if letter}
+        meaning = (f"variant={variant!r} is q_mode={same[variant]!r}" if variant in same
+                   else "variant 'I' has no query projection, so no q_mode")
+        raise ValueError(f"SAPA: variant={variant!r} and q_mode={q_mode!r} contradict each other ({meaning}); "
+                         f"give one of them")
+    return Q_MODES[q_mode], q_mode
+
+
 class SAPA(nn.Module):
     """The SAPA upsampler: ``forward(y, x)`` upsamples the decoder feature
     ``x: (N, dim_x, h, w)`` by ``up_factor``, guided by the encoder feature
     ``y: (N, dim_y, s*h, s*w)``. A drop-in replacement for
     ``F.interpolate(x, scale_factor=s)`` in a decoder with skip connections.
 
-    Variants (``variant=``):
+    Variants (``variant=``, or SAPAExp's ``q_mode=``):
 
-    * ``"B"`` (default): ``q = q(LN(y))``, ``key = k(LN(x))``;
-      parameters ``norm_y``, ``norm_x``, ``q``, ``k``.
-    * ``"G"`` (gated, best in the paper): ``g = up(sigmoid(gate(LN(x))))``,
-      ``q = g * qy(LN(y)) + (1 - g) * qx(up(x))`` with ``up`` nearest and raw
-      ``x`` in the second term; parameters ``norm_y``, ``norm_x``, ``qy``,
-      ``qx``, ``gate``, ``k``.
+    * ``"B"`` = ``q_mode="encoder_only"`` (the default): ``q = q(LN(y))``,
+      ``key = k(LN(x))``; parameters ``norm_y``, ``norm_x``, ``q``, ``k``.
+    * ``"G"`` = ``q_mode="gate"`` (gated, best in the paper):
+      ``g = up(sigmoid(gate(LN(x))))``, ``q = g * qy(LN(y)) + (1 - g) * qx(up(x))``
+      with ``up`` nearest and raw ``x`` in the second term; parameters
+      ``norm_y``, ``norm_x``, ``qy``, ``qx``, ``gate``, ``k``.
+    * ``q_mode="cat"`` (SAPAExp): ``q = q([LN(y), up(x)])``, the
+      concatenation over channels with raw ``x``, so ``q.weight`` is
+      ``(embedding_dim, dim_y + dim_x)``; parameters ``norm_y``, ``norm_x``,
+      ``q``, ``k``. ``variant`` is None.
     * ``"I"``: no parameters, ``q = LN(y)``, ``key = LN(x)``; needs
       ``dim_y == dim_x``.
 
-    LayerNorms are over channels (eps 1e-5); values are always the raw ``x``.
+    Values: the raw ``x``; with ``v_embed=True`` or ``out_dim != dim_x``
+    (SAPAExp), a projection ``v = Linear(dim_x -> out_dim)`` of ``LN(x)``,
+    and the output has ``out_dim`` channels.
+
+    The positional order is this library's (``dim_y, dim_x, up_factor,
+    up_kernel_size, embedding_dim, qkv_bias, variant``); SAPAExp's
+    ``out_dim``, ``q_mode`` and ``v_embed`` come after it in SAPAExp's
+    order and are keyword-only (``SAPAExp(dim_y, dim_x, out_dim, q_mode,
+    ...)`` positionally would put ``out_dim`` in ``up_factor``). A
+    contradicting ``variant`` and ``q_mode`` raise ``ValueError``; left
+    at None (their defaults) each follows the other, and SAPA-B when both are.
+
+    LayerNorms are over channels (eps 1e-5). Init as the originals: Linear
+    trunc-normal std 0.02 with zero bias, LayerNorm weight 1 and bias 0.
     The attribute ``backend`` (default None: by device) selects the backend
     of the similarity and the reassembly, e.g. ``module.backend = "torch"``.
     """
 
     def __init__(self, dim_y, dim_x=None, up_factor=2, up_kernel_size=5, embedding_dim=64, qkv_bias=True,
-                 variant="B"):
+                 variant=None, *, out_dim=None, q_mode=None, v_embed=False):
         super().__init__()
+        if isinstance(up_kernel_size, str) or isinstance(embedding_dim, bool):
+            raise TypeError(
+                f"SAPA: up_kernel_size={up_kernel_size!r}, embedding_dim={embedding_dim!r}: this looks like "
+                "SAPAExp's positional order (dim_y, dim_x, out_dim, q_mode, v_embed, ...). ul.SAPA's positional "
+                "order is (dim_y, dim_x, up_factor, up_kernel_size, embedding_dim, qkv_bias, variant); pass "
+                "out_dim=, q_mode= and v_embed= by keyword")
         dim_x = dim_y if dim_x is None else dim_x
         check_positive_int(dim_y, "dim_y", "SAPA")
         check_positive_int(dim_x, "dim_x", "SAPA")
-        if variant not in VARIANTS:
-            raise ValueError(f"SAPA: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        out_dim = dim_x if out_dim is None else check_positive_int(out_dim, "out_dim", "SAPA")
+        check_bool(v_embed, "v_embed", "SAPA")
+        variant, q_mode = _resolve_query_mode(variant, q_mode)
+        value_projection = v_embed or out_dim != dim_x
         if variant == "I" and dim_y != dim_x:
             raise ValueError(
                 f"SAPA: variant 'I' compares LN(y) with LN(x) directly, so it needs dim_y == dim_x; got "
                 f"dim_y={dim_y}, dim_x={dim_x}. Use variant 'B' or 'G' (they project both to embedding_dim)."
             )
-        self.dim_y, self.dim_x, self.variant = dim_y, dim_x, variant
+        if variant == "I" and value_projection:
+            raise ValueError(f"SAPA: variant 'I' has no parameters, so no value projection: v_embed={v_embed}, "
+                             f"out_dim={out_dim} (dim_x={dim_x}) need variant 'B' or 'G' or a q_mode")
+        self.dim_y, self.dim_x, self.out_dim = dim_y, dim_x, out_dim
+        self.variant, self.q_mode, self.projects_values = variant, q_mode, value_projection
         self.up_factor = check_positive_int(up_factor, "up_factor", "SAPA")
         self.up_kernel_size = check_odd_kernel_size(up_kernel_size, "up_kernel_size", "SAPA")
         self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim", "SAPA")
@@ -201,13 +255,17 @@ class SAPA(nn.Module):
             return
         self.norm_y = nn.LayerNorm(dim_y)
         self.norm_x = nn.LayerNorm(dim_x)
-        if variant == "B":
+        if q_mode == "encoder_only":
             self.q = nn.Linear(dim_y, embedding_dim, bias=qkv_bias)
+        elif q_mode == "cat":
+            self.q = nn.Linear(dim_y + dim_x, embedding_dim, bias=qkv_bias)
         else:
             self.qy = nn.Linear(dim_y, embedding_dim, bias=qkv_bias)
             self.qx = nn.Linear(dim_x, embedding_dim, bias=qkv_bias)
             self.gate = nn.Linear(dim_x, 1, bias=qkv_bias)
         self.k = nn.Linear(dim_x, embedding_dim, bias=qkv_bias)
+        if value_projection:
+            self.v = nn.Linear(dim_x, out_dim, bias=qkv_bias)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -228,35 +286,50 @@ class SAPA(nn.Module):
         check_module_input(y, "y", self.dim_y, self, op)
         check_module_input(x, "x", self.dim_x, self, op)
 
-    def queries_and_keys(self, y, x):
-        """(q, key) in (N, d, H, W) layout, as the variant defines them."""
+    def _projections(self, y, x):
+        """(q, key, values) in (N, d, H, W) layout, as the variant defines them."""
         y_last, x_last = _channels_last(y), _channels_last(x)
         if self.variant == "I":
             q = F.layer_norm(y_last, (self.dim_y,))
             key = F.layer_norm(x_last, (self.dim_x,))
-            return _channels_first(q), _channels_first(key)
+            return _channels_first(q), _channels_first(key), x
+        s = self.up_factor
         x_normed = self.norm_x(x_last)
         key = self.k(x_normed)
-        if self.variant == "B":
+        if self.q_mode == "encoder_only":
             q = self.q(self.norm_y(y_last))
         else:
-            s = self.up_factor
-            gate = torch.sigmoid(self.gate(x_normed))
-            gate = _channels_last(F.interpolate(_channels_first(gate), scale_factor=s, mode="nearest"))
             x_up = _channels_last(F.interpolate(x, scale_factor=s, mode="nearest"))
-            q = gate * self.qy(self.norm_y(y_last)) + (1 - gate) * self.qx(x_up)
-        return _channels_first(q), _channels_first(key)
+            if self.q_mode == "cat":
+                q = self.q(torch.cat([self.norm_y(y_last), x_up], dim=-1))
+            else:
+                gate = torch.sigmoid(self.gate(x_normed))
+                gate = _channels_last(F.interpolate(_channels_first(gate), scale_factor=s, mode="nearest"))
+                q = gate * self.qy(self.norm_y(y_last)) + (1 - gate) * self.qx(x_up)
+        values = _channels_first(self.v(x_normed)) if self.projects_values else x
+        return _channels_first(q), _channels_first(key), values
+
+    def queries_and_keys(self, y, x):
+        """(q, key) in (N, d, H, W) layout, as the variant defines them."""
+        q, key, _ = self._projections(y, x)
+        return q, key
+
+    def _kernels(self, q, key):
+        logits = sapa_similarity(q, key, self.up_kernel_size, self.up_factor, backend=self.backend)
+        return F.softmax(logits, dim=1)
 
     def kernels(self, y, x):
         """The normalised upsampling kernels, (N, k*k, s*h, s*w)."""
         self._check(y, x)
-        q, key = self.queries_and_keys(y, x)
-        logits = sapa_similarity(q, key, self.up_kernel_size, self.up_factor, backend=self.backend)
-        return F.softmax(logits, dim=1)
+        return self._kernels(*self.queries_and_keys(y, x))
 
     def forward(self, y, x):
-        return carafe(x, self.kernels(y, x), self.up_kernel_size, self.up_factor, 1, backend=self.backend)
+        self._check(y, x)
+        q, key, values = self._projections(y, x)
+        return carafe(values, self._kernels(q, key), self.up_kernel_size, self.up_factor, 1, backend=self.backend)
 
     def extra_repr(self):
-        return (f"dim_y={self.dim_y}, dim_x={self.dim_x}, variant={self.variant!r}, up_factor={self.up_factor}, "
+        mode = f"variant={self.variant!r}" if self.variant is not None else f"q_mode={self.q_mode!r}"
+        values = f", out_dim={self.out_dim}, v_embed=True" if self.projects_values else ""
+        return (f"dim_y={self.dim_y}, dim_x={self.dim_x}, {mode}{values}, up_factor={self.up_factor}, "
                 f"up_kernel_size={self.up_kernel_size}, embedding_dim={self.embedding_dim}")
