@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import upsamplelib as ul
+from conftest import KERNEL_BACKENDS, on
+from upsamplelib import backend as machinery
 from upsamplelib.ops.fade import H2L_NAMES
 
 # ----------------------------------------------------------- plain PyTorch
@@ -559,3 +561,33 @@ def test_sapa_init_is_the_originals(kwargs):
         else:
             _assert_std(v, 0.02, name)
             assert abs(v.mean().item()) < 0.02 * 0.03, name
+
+
+# ------------------------------------------- the originals' limits, not ours
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_carafe_has_no_limit_on_group_times_window(backend):
+    """mmcv's fast CARAFE silently needs G * k**2 <= 384; here 4 * 11**2 = 484 and 16 * 5**2 = 400."""
+    torch.manual_seed(9)
+    for group, k in [(4, 11), (16, 5)]:
+        x = torch.randn(1, 16, 6, 5, dtype=torch.float64)
+        masks = F.softmax(torch.randn(1, group, k * k, 12, 10, dtype=torch.float64), dim=2).view(1, -1, 12, 10)
+        torch.testing.assert_close(on(backend, ul.carafe)(x, masks, k, 2, group), _reassemble(x, masks, k, 2, group))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_sapa_backward_has_no_channel_limit(backend):
+    """SAPA's CUDA backward is limited to <= 1024 value channels; here 1040,
+    on the Numba CPU loops and the Numba-CUDA kernels (GPU or simulator)."""
+    torch.manual_seed(10)
+    device = "cuda" if backend == "cuda" and not machinery.SIMULATOR else "cpu"
+    module = ul.SAPA(4, 1040, up_kernel_size=3, embedding_dim=4).double()
+    y = torch.randn(1, 4, 4, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 1040, 2, 3, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(1, 1040, 4, 6, dtype=torch.float64)
+    expected = torch.autograd.grad(_sapa_forward(module.state_dict(), y, x, "encoder_only", 3, 2), (y, x), grad)
+    module.backend = backend
+    module.to(device)
+    got = torch.autograd.grad(module(y.to(device), x.to(device)), (y, x), grad.to(device))
+    torch.testing.assert_close(got, expected)
