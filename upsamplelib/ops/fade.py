@@ -890,5 +890,5 @@ class FADE(nn.Module):
     def extra_repr(self):
         channels = (f"channels={self.channels}" if self.channels_en == self.channels_de
                     else f"channels_en={self.channels_en}, channels_de={self.channels_de}")
-        return (f"{channels}, scale={self.scale}, up_kernel_size={self.up_kernel_size}, "
-                f"lite={self.lite}, gate={self.gated}")
+        gate = "" if self.gated else ", gate=False"
+        return f"{channels}, scale={self.scale}, up_kernel_size={self.up_kernel_size}, lite={self.lite}{gate}"
