@@ -356,8 +356,16 @@ def _fma_python(a, b, c):
                 above = max(nearest, other)
                 return above if error > 0 else min(nearest, other)
         return nearest
-    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
-    return float(exact)
+    a, b, c = float(a), float(b), float(c)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return a * b + c  # NaN and Inf come out as IEEE fma gives them
+    if not math.isfinite(c):
+        return c  # the exact product is finite even where a * b would overflow
+    exact = Fraction(a) * Fraction(b) + Fraction(c)
+    try:
+        return float(exact)
+    except OverflowError:
+        return math.copysign(math.inf, exact)
 
 
 #: ``fma(a, b, c)`` = a * b + c rounded once, on every target (LLVM's fma on
