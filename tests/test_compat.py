@@ -286,6 +286,8 @@ def test_sapa_variant_and_q_mode():
         ul.SAPA(4, 6, 6, "gate")
     with pytest.raises(TypeError, match="SAPAExp's positional order"):
         ul.SAPA(4, 6, 6, 5, True)
+    with pytest.raises(TypeError, match="SAPAExp's positional order"):
+        ul.SAPA(4, 6, None)  # SAPAExp(dim_y, dim_x, out_dim=None)
     with pytest.raises(TypeError):
         ul.SAPA(4, 6, 2, 5, 64, True, "B", 8)  # out_dim is keyword-only
 

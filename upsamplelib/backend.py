@@ -365,7 +365,7 @@ def _fma_python(a, b, c):
     try:
         return float(exact)
     except OverflowError:
-        return math.copysign(math.inf, exact)
+        return math.inf if exact > 0 else -math.inf
 
 
 #: ``fma(a, b, c)`` = a * b + c rounded once, on every target (LLVM's fma on

@@ -223,9 +223,10 @@ class SAPA(nn.Module):
     def __init__(self, dim_y, dim_x=None, up_factor=2, up_kernel_size=5, embedding_dim=64, qkv_bias=True,
                  variant=None, *, out_dim=None, q_mode=None, v_embed=False):
         super().__init__()
-        if isinstance(up_kernel_size, str) or isinstance(embedding_dim, bool):
+        if up_factor is None or isinstance(up_kernel_size, str) or isinstance(embedding_dim, bool):
             raise TypeError(
-                f"SAPA: up_kernel_size={up_kernel_size!r}, embedding_dim={embedding_dim!r}: this looks like "
+                f"SAPA: up_factor={up_factor!r}, up_kernel_size={up_kernel_size!r}, embedding_dim={embedding_dim!r}: "
+                "this looks like "
                 "SAPAExp's positional order (dim_y, dim_x, out_dim, q_mode, v_embed, ...). ul.SAPA's positional "
                 "order is (dim_y, dim_x, up_factor, up_kernel_size, embedding_dim, qkv_bias, variant); pass "
                 "out_dim=, q_mode= and v_embed= by keyword")
