@@ -125,9 +125,13 @@ def test_the_chosen_toolkit_is_remembered(tmp_path):
 
 
 def test_ptx_check_is_required_only_with_a_toolkit(tmp_path):
-    show = "--eval=show-require:\n\t@echo REQUIRE=$$UPSAMPLELIB_REQUIRE_PTX"
+    # A second makefile adds a target that shows the exported variable
+    # (macOS's make 3.81 has no --eval).
+    shower = tmp_path / "show.mk"
+    shower.write_text("show-require:\n\t@echo REQUIRE=$$UPSAMPLELIB_REQUIRE_PTX\n")
     for toolkit, required in (("cu13", "1"), ("cu12", "1"), ("none", "0")):
-        result = subprocess.run(["make", "-s", f"VENV={tmp_path / 'venv'}", f"CUDA={toolkit}", show, "show-require"],
+        result = subprocess.run(["make", "-s", "-f", "Makefile", "-f", str(shower), f"VENV={tmp_path / 'venv'}",
+                                 f"CUDA={toolkit}", "show-require"],
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.stdout.strip() == f"REQUIRE={required}", result.stderr
 
