@@ -1,0 +1,178 @@
+"""The Numba ops as PyTorch custom operators (torch.ops.upsamplelib.*):
+opcheck, torch.compile(fullgraph=True) under aot_eager and inductor, FLOP
+counts, meta tensors and torch.jit.trace."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import upsamplelib as ul
+from test_higher_order import MODULES, module_inputs
+
+OPS = torch.ops.upsamplelib
+K, S = 3, 2
+
+
+def _op_cases(backend, n=2):
+    """(op, args) for every custom op, at small sizes."""
+    x = torch.randn(n, 4, 3, 5)
+    masks = torch.rand(n, 2 * K * K, 6, 10)
+    grad_high = torch.randn(n, 4, 6, 10)
+    en, de = torch.randn(n, 4, 6, 10), torch.randn(n, 4, 3, 5)
+    weight, bias = torch.randn(4, 2, 3, 3), torch.randn(4)
+    return [
+        (OPS.interpolate, (x, 7, 9, "nearest", False, None, None, 0, backend)),
+        (OPS.interpolate, (x, 6, 10, "bilinear", True, 2.0, 2.0, 0, backend)),
+        (OPS.interpolate_backward, (grad_high, 3, 5, "nearest-exact", False, None, None, 1, backend)),
+        (OPS.carafe, (x, masks, K, S, 2, backend)),
+        (OPS.carafe_window_gather, (grad_high, masks, K, S, 2, backend)),
+        (OPS.carafe_window_products, (grad_high, x, K, S, 2, backend)),
+        (OPS.sapa_similarity, (grad_high, x, K, S, 1, backend)),
+        (OPS.semi_shift_conv, (en, de, weight, bias, S, 2, backend)),
+        (OPS.semi_shift_conv, (en, None, weight, None, S, 2, backend)),
+        (OPS.semi_shift_conv, (None, de, weight, bias, S, 2, backend)),
+        (OPS.semi_shift_conv_encoder_grad, (torch.randn(n, 4, 6, 10), weight, 2, backend)),
+        (OPS.semi_shift_conv_decoder_grad, (torch.randn(n, 4, 6, 10), weight, S, 2, backend)),
+        (OPS.semi_shift_conv_weight_grad, (torch.randn(n, 4, 6, 10), en, de, 3, S, 2, backend)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_opcheck_cpu(case):
+    op, args = _op_cases("cpu")[case]
+    args = [a.double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("case", [0, 3, 6, 7])
+def test_opcheck_cuda_backend(case):
+    if not ul.backend.SIMULATOR:
+        pytest.skip("the GPU run checks these through the module tests; opcheck here needs CPU tensors")
+    op, args = _op_cases("cuda", n=1)[case]
+    args = [a.double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_every_op_is_registered_with_a_fake_kernel_and_autograd():
+    names = {"interpolate", "interpolate_backward", "carafe", "carafe_window_gather", "carafe_window_products",
+             "sapa_similarity", "semi_shift_conv", "semi_shift_conv_encoder_grad", "semi_shift_conv_decoder_grad",
+             "semi_shift_conv_weight_grad"}
+    assert {op.__name__ for op, _ in _op_cases("cpu")} == names
+
+
+def _compiled_step(model, inputs, backend):
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = compiled(*leaves)
+    out.backward(torch.ones_like(out))
+    return out.detach(), [t.grad for t in leaves] + [p.grad.clone() for p in model.parameters()]
+
+
+def _eager_step(model, inputs):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = model(*leaves)
+    out.backward(torch.ones_like(out))
+    return out.detach(), [t.grad for t in leaves] + [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("name", MODULES)
+def test_modules_compile_fullgraph(name, compiler):
+    make, _ = MODULES[name]
+    torch.manual_seed(0)
+    model = make()
+    inputs = module_inputs(name, torch.float32)
+    eager_out, eager_grads = _eager_step(model, inputs)
+    model.zero_grad()
+    out, grads = _compiled_step(model, inputs, compiler)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(out, eager_out, **tolerance)
+    for got, expected in zip(grads, eager_grads):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+class _Functional(torch.nn.Module):
+    """Every functional op in one graph."""
+
+    def forward(self, x, masks, en, de, weight):
+        up = ul.interpolate(x, scale_factor=2, mode="bilinear") + ul.interpolate(x, size=(6, 10))
+        logits = ul.sapa_similarity(en, de, K, S)
+        return (ul.carafe(x, masks, K, S).sum() + up.sum() + logits.sum()
+                + ul.semi_shift_conv(en, de, weight, None, S).sum())
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_functional_ops_compile_fullgraph(compiler):
+    inputs = (torch.randn(1, 4, 3, 5), torch.rand(1, K * K, 6, 10), torch.randn(1, 4, 6, 10),
+              torch.randn(1, 4, 3, 5), torch.randn(2, 4, 3, 3))
+    eager_out, eager_grads = _eager_step(_Functional(), inputs)
+    out, grads = _compiled_step(_Functional(), inputs, compiler)
+    torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-4)
+    for got, expected in zip(grads, eager_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flop_counter_counts_every_op():
+    x = torch.randn(1, 8, 4, 6, requires_grad=True)
+    model = ul.CARAFE(8, compressed_channels=4)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    out_elements = 1 * 8 * 8 * 12
+    assert counts["upsamplelib.carafe"] == 2 * out_elements * 25
+    assert counts["upsamplelib.carafe_window_gather"] == 2 * out_elements * 25
+    assert counts["upsamplelib.carafe_window_products"] == 2 * out_elements * 25
+    assert counts["aten.convolution"] > 0  # the kernel predictor is counted as usual
+
+    en, de = torch.randn(1, 4, 6, 8, requires_grad=True), torch.randn(1, 4, 3, 4, requires_grad=True)
+    weight = torch.randn(5, 4, 3, 3, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        (ul.semi_shift_conv(en, de, weight).sum() + ul.sapa_similarity(en, de, 3, 2).sum()
+         + ul.interpolate(de, scale_factor=2, mode="bilinear").sum() + ul.interpolate(de, scale_factor=2).sum()
+         ).backward()
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    assert counts["upsamplelib.semi_shift_conv"] == 2 * 2 * (6 * 8) * (5 * 4 * 9)  # both maps
+    assert counts["upsamplelib.semi_shift_conv_weight_grad"] == 2 * 2 * (6 * 8) * (5 * 4 * 9)
+    assert counts["upsamplelib.semi_shift_conv_encoder_grad"] == 2 * (6 * 8) * (5 * 4 * 9)
+    assert counts["upsamplelib.sapa_similarity"] == 2 * 4 * 48 * 9
+    assert counts["upsamplelib.interpolate"] == 9 * 4 * 48  # bilinear; nearest is a copy: 0
+    assert "upsamplelib.interpolate_backward" in counts
+
+
+def test_meta_tensors_give_shapes_only():
+    meta = torch.device("meta")
+    x, masks = torch.empty(2, 8, 5, 7, device=meta), torch.empty(2, 25, 10, 14, device=meta)
+    assert ul.carafe(x, masks, 5, 2).shape == (2, 8, 10, 14)
+    assert ul.interpolate(x, scale_factor=2.5, mode="nearest").shape == (2, 8, 12, 17)
+    assert ul.sapa_similarity(torch.empty(2, 8, 10, 14, device=meta), x, 3, 2).shape == (2, 9, 10, 14)
+    assert ul.semi_shift_conv(torch.empty(2, 8, 10, 14, device=meta), x,
+                              torch.empty(4, 8, 3, 3, device=meta)).shape == (2, 4, 10, 14)
+    for name, (make, _) in MODULES.items():
+        model = make().to(meta)
+        inputs = [t.to(meta) for t in module_inputs(name, torch.float32)]
+        out = model(*inputs)
+        assert out.device == meta and out.shape[2:] == (2 * inputs[-1].shape[2], 2 * inputs[-1].shape[3]), name
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_jit_trace_generalises_to_other_sizes(name):
+    make, _ = MODULES[name]
+    model = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
+        traced = torch.jit.trace(model, module_inputs(name, torch.float32))
+    other = [F.interpolate(t, scale_factor=2) for t in module_inputs(name, torch.float32)]
+    torch.testing.assert_close(traced(*other), model(*other))
+
+
+def test_backend_keeps_its_meaning_inside_the_op():
+    x, masks = torch.randn(1, 2, 3, 3), torch.rand(1, 9, 6, 6)
+    for backend in ("cpu", "cuda", "torch"):
+        if backend == "cuda" and not ul.backend.SIMULATOR:
+            continue
+        torch.testing.assert_close(ul.carafe(x, masks, 3, 2, backend=backend),
+                                   ul.carafe(x, masks, 3, 2, backend="torch"))
