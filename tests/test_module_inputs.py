@@ -1,0 +1,144 @@
+"""The modules check their input and their constructor arguments, and say
+what is wrong (ValueError or TypeError naming the value) before any work;
+the simulator serves launches from several threads."""
+
+import threading
+
+import pytest
+import torch
+
+import upsamplelib as ul
+
+
+def _expect(error, match, function, *args, **kwargs):
+    with pytest.raises(error, match=match):
+        function(*args, **kwargs)
+
+
+GUIDED = {
+    "SAPA": lambda: ul.SAPA(4, 6, embedding_dim=8),
+    "SAPA-I": lambda: ul.SAPA(4, variant="I"),
+    "FADE": lambda: ul.FADE(4, embedding_dim=8),
+}
+
+
+def _pair(name, n=1, dtype=torch.float32):
+    low = 6 if name == "SAPA" else 4
+    return torch.randn(n, 4, 6, 8, dtype=dtype), torch.randn(n, low, 3, 4, dtype=dtype)
+
+
+def test_carafe_module_forward_checks():
+    module = ul.CARAFE(4, compressed_channels=8)
+    _expect(ValueError, r"built for 4", module, torch.randn(1, 3, 5, 5))
+    _expect(ValueError, r"unbatched.*x.unsqueeze\(0\)", module, torch.randn(4, 5, 5))
+    _expect(ValueError, r"must be 4-D", module, torch.randn(1, 1, 4, 5, 5))
+    _expect(TypeError, r"floating-point.*torch.int64", module, torch.ones(1, 4, 5, 5, dtype=torch.int64))
+    _expect(TypeError, r"x is torch.float64 but the module's parameters are torch.float32", module,
+            torch.randn(1, 4, 5, 5, dtype=torch.float64))
+    _expect(TypeError, r"sparse.*to_dense", module, torch.randn(1, 4, 5, 5).to_sparse())
+    _expect(TypeError, r"must be a torch.Tensor", module, [[1.0]])
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_guided_modules_forward_checks(name):
+    module = GUIDED[name]()
+    high, low = _pair(name)
+    first, second = ("y", "x") if name.startswith("SAPA") else ("en", "de")
+    if low.shape[1] == high.shape[1]:
+        _expect(ValueError, "look swapped", module, low, high)
+    _expect(ValueError, rf"unbatched.*{first}.unsqueeze", module, high[0], low)
+    _expect(ValueError, rf"unbatched.*{second}.unsqueeze", module, high, low[0])
+    _expect(ValueError, r"has 5 channels.*built for", module, torch.randn(1, 5, 6, 8), low)
+    _expect(TypeError, r"floating-point", module, high.to(torch.int32), low)
+    _expect(TypeError, rf"{first} is torch.float32 but {second} is torch.float64", module, high, low.double())
+    _expect(ValueError, r"batch sizes differ", module, torch.cat([high, high]), low)
+    _expect(ValueError, rf"exactly .* x the size of {second}", module, high[:, :, :5], low)
+    if name != "SAPA-I":
+        _expect(TypeError, r"parameters are torch.float32", module, high.double(), low.double())
+
+
+def test_swapped_arguments_are_named_even_with_equal_channels():
+    _expect(ValueError, r"look swapped.*forward\(y, x\)", ul.SAPA(4, variant="I"), torch.randn(1, 4, 3, 4),
+            torch.randn(1, 4, 6, 8))
+    _expect(ValueError, r"look swapped.*forward\(en, de\)", ul.FADE(4, embedding_dim=8), torch.randn(1, 4, 3, 4),
+            torch.randn(1, 4, 6, 8))
+
+
+def test_checks_happen_before_any_work():
+    # A wrong call leaves no trace in autograd: nothing ran.
+    module = ul.FADE(4, embedding_dim=8)
+    with pytest.raises(ValueError):
+        module(torch.randn(1, 4, 6, 8), torch.randn(1, 3, 3, 4))
+    assert all(p.grad is None for p in module.parameters())
+
+
+def test_autocast_may_mix_dtypes():
+    module = ul.CARAFE(4, compressed_channels=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(torch.randn(1, 4, 5, 5))
+    assert out.shape == (1, 4, 10, 10)
+
+
+@pytest.mark.parametrize("value,error", [(0, ValueError), (-4, ValueError), (8.0, TypeError), ("64", TypeError),
+                                         (True, TypeError)])
+def test_constructor_sizes(value, error):
+    _expect(error, "compressed_channels", ul.CARAFE, 4, compressed_channels=value)
+    _expect(error, "embedding_dim", ul.SAPA, 4, embedding_dim=value)
+    _expect(error, "embedding_dim", ul.FADE, 4, embedding_dim=value)
+
+
+def test_constructor_flags_and_dilation():
+    _expect(ValueError, "encoder_dilation", ul.CARAFE, 4, encoder_dilation=-1)
+    _expect(ValueError, "encoder_dilation", ul.CARAFE, 4, encoder_dilation=0)
+    _expect(TypeError, "lite must be True or False", ul.FADE, 4, lite="no")
+    _expect(TypeError, "lite must be True or False", ul.FADE, 4, lite=1)
+    _expect(TypeError, "qkv_bias must be True or False", ul.SAPA, 4, qkv_bias="yes")
+
+
+def test_semi_shift_conv_bias_checks():
+    en, de, weight = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2), torch.randn(3, 2, 3, 3)
+    _expect(TypeError, r"bias must be a floating-point tensor .* got torch.complex64", ul.semi_shift_conv, en, de,
+            weight, torch.randn(3, dtype=torch.complex64))
+    _expect(TypeError, r"bias must be a floating-point .* got torch.int64", ul.semi_shift_conv, en, de, weight,
+            torch.ones(3, dtype=torch.int64))
+    _expect(TypeError, r"bias must be a floating-point .* got torch.bool", ul.semi_shift_conv, en, de, weight,
+            torch.ones(3, dtype=torch.bool))
+    _expect(ValueError, r"bias must be of shape \(3,\).*got \(4,\)", ul.semi_shift_conv, en, de, weight,
+            torch.randn(4))
+    _expect(TypeError, r"bias must be a torch.Tensor", ul.semi_shift_conv, en, de, weight, [0.0, 0.0, 0.0])
+
+
+def test_sparse_inputs_of_the_functional_ops():
+    x, masks = torch.randn(1, 2, 3, 3), torch.rand(1, 9, 6, 6)
+    _expect(TypeError, r"x is a torch.sparse_coo tensor", ul.carafe, x.to_sparse(), masks, 3, 2)
+    _expect(TypeError, r"input is a torch.sparse_coo tensor", ul.interpolate, x.to_sparse(), scale_factor=2)
+    _expect(TypeError, r"key is a torch.sparse_coo tensor", ul.sapa_similarity, torch.randn(1, 2, 6, 6),
+            x.to_sparse(), 3, 2)
+
+
+@pytest.mark.skipif(not ul.backend.SIMULATOR, reason="checks the simulator's serialisation")
+def test_simulated_launches_from_several_threads_are_correct():
+    x, masks = torch.randn(1, 2, 3, 3), torch.rand(1, 9, 6, 6)
+    expected = ul.carafe(x, masks, 3, 2, backend="torch")
+    images = torch.randn(1, 2, 5, 4)
+    expected_up = ul.interpolate(images, scale_factor=2, mode="bilinear", backend="torch")
+    errors, results = [], []
+
+    def work(i):
+        try:
+            for _ in range(2):
+                if i % 2:
+                    results.append(torch.allclose(ul.carafe(x, masks, 3, 2, backend="cuda"), expected))
+                else:
+                    results.append(torch.allclose(ul.interpolate(images, scale_factor=2, mode="bilinear",
+                                                                 backend="cuda"), expected_up))
+        except Exception as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert results == [True] * 8
