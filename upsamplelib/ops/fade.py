@@ -65,27 +65,34 @@ def _semi_shift_at(en, de, weight, bias, bias_count, n, o, Y, X, scale, groups):
     (a NaN weight there must not reach the output). An absent map has size
     0, so all its taps are outside it."""
     size, in_per_group = weight.shape[2], weight.shape[1]
-    pad = size // 2
     first = (o // (weight.shape[0] // groups)) * in_per_group
-    low_row, low_col = Y // scale, X // scale
     total = weight.dtype.type(0)
     for _ in range(bias_count):
         total += bias[o]
     for local in range(in_per_group):
-        c = first + local
         for uy in range(size):
             for ux in range(size):
-                en_row, en_col = Y + uy - pad, X + ux - pad
-                de_row, de_col = low_row + uy - pad, low_col + ux - pad
-                en_inside = 0 <= en_row < en.shape[2] and 0 <= en_col < en.shape[3]
-                de_inside = 0 <= de_row < de.shape[2] and 0 <= de_col < de.shape[3]
-                if en_inside and de_inside:
-                    total = fma(weight[o, local, uy, ux], en[n, c, en_row, en_col] + de[n, c, de_row, de_col], total)
-                elif en_inside:
-                    total = fma(weight[o, local, uy, ux], en[n, c, en_row, en_col], total)
-                elif de_inside:
-                    total = fma(weight[o, local, uy, ux], de[n, c, de_row, de_col], total)
+                both, inside = window_sum(en, de, n, first + local, Y, X, uy, ux, size // 2, scale)
+                if inside:
+                    total = fma(weight[o, local, uy, ux], both, total)
     return total
+
+
+def _window_sum(en, de, n, c, Y, X, uy, ux, pad, scale):
+    """(E(p + u) + D(p // s + u), whether either is inside its map) for
+    output p = (Y, X) and tap u = (uy, ux) of a window of radius ``pad``;
+    a term outside its map is left out, not read as zero padding."""
+    en_row, en_col = Y + uy - pad, X + ux - pad
+    de_row, de_col = Y // scale + uy - pad, X // scale + ux - pad
+    en_inside = 0 <= en_row < en.shape[2] and 0 <= en_col < en.shape[3]
+    de_inside = 0 <= de_row < de.shape[2] and 0 <= de_col < de.shape[3]
+    if en_inside and de_inside:
+        return en[n, c, en_row, en_col] + de[n, c, de_row, de_col], True
+    if en_inside:
+        return en[n, c, en_row, en_col], True
+    if de_inside:
+        return de[n, c, de_row, de_col], True
+    return en.dtype.type(0), False
 
 
 def _grad_en_at(grad_out, weight, n, c, Y, X, groups):
@@ -143,19 +150,13 @@ def _grad_weight_at(grad_out, en, de, o, local, uy, ux, size, scale, groups):
     for n in range(grad_out.shape[0]):
         for Y in range(grad_out.shape[2]):
             for X in range(grad_out.shape[3]):
-                en_row, en_col = Y + uy - pad, X + ux - pad
-                de_row, de_col = Y // scale + uy - pad, X // scale + ux - pad
-                en_inside = 0 <= en_row < en.shape[2] and 0 <= en_col < en.shape[3]
-                de_inside = 0 <= de_row < de.shape[2] and 0 <= de_col < de.shape[3]
-                if en_inside and de_inside:
-                    total = fma(grad_out[n, o, Y, X], en[n, c, en_row, en_col] + de[n, c, de_row, de_col], total)
-                elif en_inside:
-                    total = fma(grad_out[n, o, Y, X], en[n, c, en_row, en_col], total)
-                elif de_inside:
-                    total = fma(grad_out[n, o, Y, X], de[n, c, de_row, de_col], total)
+                both, inside = window_sum(en, de, n, c, Y, X, uy, ux, pad, scale)
+                if inside:
+                    total = fma(grad_out[n, o, Y, X], both, total)
     return total
 
 
+window_sum = per_element(_window_sum)
 semi_shift_at = per_element(_semi_shift_at)
 grad_en_at = per_element(_grad_en_at)
 grad_de_at = per_element(_grad_de_at)
