@@ -4,7 +4,6 @@ modules equal those of the plain-PyTorch reference."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 import upsamplelib as ul
