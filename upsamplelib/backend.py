@@ -375,6 +375,30 @@ def _fma_python(a, b, c):
 fma = per_element(_fma, python=_fma_python)
 
 
+#: The namespace of the library's PyTorch operators: ``torch.ops.upsamplelib.*``.
+OPERATORS = torch.library.Library("upsamplelib", "DEF")
+
+
+def operator(name):
+    """Register a function as the PyTorch operator ``torch.ops.upsamplelib.<name>``
+    for CPU and CUDA tensors, its schema read from the type hints. The
+    function gains ``register_fake`` (a decorator, as on ``custom_op``).
+
+    ``torch.library.custom_op`` would do the same, but it wraps the function
+    in ``torch._disable_dynamo``, which imports ``torch._dynamo`` (1.5 s) at
+    the first call of any operator: a student's first cell would pay it.
+    """
+
+    def register(function):
+        OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()))
+        for dispatch_key in ("CPU", "CUDA"):
+            OPERATORS.impl(name, function, dispatch_key)
+        function.register_fake = lambda fake: torch.library.register_fake(f"upsamplelib::{name}", fake)
+        return function
+
+    return register
+
+
 def cpu_kernel(function):
     """A Numba CPU kernel: parallel over its outermost ``prange``, cached."""
     return numba.njit(parallel=True, cache=True, error_model="numpy")(function)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, per_element, resolve_backend, run
+from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, operator, per_element, resolve_backend, run
 from ..validation import (
     check_batched_map,
     check_feature_map,
@@ -398,7 +398,7 @@ def carafe_reference(x, masks, kernel_size, scale, group=1):
 # --------------------------------------------------------------------------
 
 
-@torch.library.custom_op("upsamplelib::carafe", mutates_args=())
+@operator("carafe")
 def carafe_op(x: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, group: int,
               backend: str) -> torch.Tensor:
     """CARAFE reassembly on the Numba kernels (arguments already checked)."""
@@ -410,7 +410,7 @@ def _(x, masks, kernel_size, scale, group, backend):
     return x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
 
 
-@torch.library.custom_op("upsamplelib::carafe_window_gather", mutates_args=())
+@operator("carafe_window_gather")
 def window_gather_op(grad_out: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, group: int,
                      backend: str) -> torch.Tensor:
     """The adjoint of ``carafe`` in x: each low-res pixel sums masks *
@@ -425,7 +425,7 @@ def _(grad_out, masks, kernel_size, scale, group, backend):
     return grad_out.new_empty((n, channels, height // scale, width // scale))
 
 
-@torch.library.custom_op("upsamplelib::carafe_window_products", mutates_args=())
+@operator("carafe_window_products")
 def window_products_op(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int, scale: int, group: int,
                        backend: str) -> torch.Tensor:
     """The adjoint of ``carafe`` in masks: result[slot(g, t), Y, X] = sum over

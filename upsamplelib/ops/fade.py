@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import cpu_kernel, cuda_kernel, fma, per_element, resolve_backend, run
+from ..backend import cpu_kernel, cuda_kernel, fma, operator, per_element, resolve_backend, run
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -426,7 +426,7 @@ def _output_size(en, de, scale):
     return (en.shape[2], en.shape[3]) if en is not None else (scale * de.shape[2], scale * de.shape[3])
 
 
-@torch.library.custom_op("upsamplelib::semi_shift_conv", mutates_args=())
+@operator("semi_shift_conv")
 def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], weight: torch.Tensor,
                        bias: Optional[torch.Tensor], scale: int, groups: int, backend: str) -> torch.Tensor:
     """conv(en) + nearest_up(conv(de)) in one pass, the bias added once per
@@ -461,7 +461,7 @@ def _sum_pool(grad_out, scale):
     return pooled
 
 
-@torch.library.custom_op("upsamplelib::semi_shift_conv_encoder_grad", mutates_args=())
+@operator("semi_shift_conv_encoder_grad")
 def encoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, groups: int, backend: str) -> torch.Tensor:
     """d loss / d en of the semi-shift convolution: a stride-1 transposed
     convolution of grad_out."""
@@ -482,7 +482,7 @@ def _(grad_out, weight, groups, backend):
     return grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2], grad_out.shape[3]))
 
 
-@torch.library.custom_op("upsamplelib::semi_shift_conv_decoder_grad", mutates_args=())
+@operator("semi_shift_conv_decoder_grad")
 def decoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, scale: int, groups: int,
                     backend: str) -> torch.Tensor:
     """d loss / d de of the semi-shift convolution. All s x s outputs of a
@@ -506,7 +506,7 @@ def _(grad_out, weight, scale, groups, backend):
                                grad_out.shape[3] // scale))
 
 
-@torch.library.custom_op("upsamplelib::semi_shift_conv_weight_grad", mutates_args=())
+@operator("semi_shift_conv_weight_grad")
 def weight_grad_op(grad_out: torch.Tensor, en: Optional[torch.Tensor], de: Optional[torch.Tensor],
                    kernel_size: int, scale: int, groups: int, backend: str) -> torch.Tensor:
     """d loss / d weight of the semi-shift convolution: grad_out against

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange, types
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import cpu_kernel, cuda_kernel, fma, per_element, resolve_backend, run
+from ..backend import cpu_kernel, cuda_kernel, fma, operator, per_element, resolve_backend, run
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -441,7 +441,7 @@ def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, fact
     return scale_h, scale_w, flag
 
 
-@torch.library.custom_op("upsamplelib::interpolate", mutates_args=())
+@operator("interpolate")
 def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_corners: bool,
                    factor_h: Optional[float], factor_w: Optional[float], rule: int, backend: str) -> torch.Tensor:
     """Resize (N, C, h, w) -> (N, C, out_h, out_w) on the Numba kernels."""
@@ -467,7 +467,7 @@ def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
     return index, weight
 
 
-@torch.library.custom_op("upsamplelib::interpolate_backward", mutates_args=())
+@operator("interpolate_backward")
 def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: str, align_corners: bool,
                             factor_h: Optional[float], factor_w: Optional[float], rule: int,
                             backend: str) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import resolve_backend
+from ..backend import operator, resolve_backend
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -80,7 +80,7 @@ def sapa_similarity_reference(q, key, kernel_size, scale):
 # --------------------------------------------------------------------------
 
 
-@torch.library.custom_op("upsamplelib::sapa_similarity", mutates_args=())
+@operator("sapa_similarity")
 def sapa_similarity_op(q: torch.Tensor, key: torch.Tensor, kernel_size: int, scale: int, group: int,
                        backend: str) -> torch.Tensor:
     """SAPA's similarity logits on the Numba kernels (arguments checked;
