@@ -24,6 +24,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -269,6 +270,11 @@ def launch(kernel, n_threads: int, *args, threads_per_block: int = THREADS_PER_B
     torch work around it.
     """
     blocks, threads = launch_config(n_threads, threads_per_block)
+    launch_grid(kernel, blocks, threads, *args)
+
+
+def launch_grid(kernel, blocks: int, threads: int, *args):
+    """Launch ``kernel`` on ``blocks`` blocks of ``threads`` threads (1-D)."""
     if SIMULATOR:
         # The simulator keeps the running kernel's thread state in globals:
         # two launches at once (a DataLoader thread, a web server) would
@@ -283,11 +289,194 @@ def run(kernel, backend: str, n_threads: int, *args):
     """Run a kernel of either Numba backend: a CUDA kernel (``backend="cuda"``)
     on a 1-D grid of ``n_threads`` threads, a CPU loop (``"cpu"``) as a plain
     call. Tensor arguments are handed over with ``kernel_array``."""
-    arrays = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args]
     if backend == "cuda":
-        launch(kernel, n_threads, *arrays)
+        run_grid(kernel, *launch_config(n_threads), *args)
     else:
-        kernel(*arrays)
+        kernel(*[kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args])
+
+
+def run_grid(kernel, blocks: int, threads: int, *args):
+    """Launch a CUDA kernel on ``blocks`` blocks of ``threads`` threads, its
+    tensor arguments handed over as kernel arrays. On a GPU, after the first
+    launch of a kernel with given argument types, the cached fast path
+    (``FAST_LAUNCH``) replaces numba's per-call dispatch."""
+    if not SIMULATOR and FAST_LAUNCH.enabled:
+        FAST_LAUNCH(kernel, blocks, threads, args)
+    else:
+        launch_grid(kernel, blocks, threads, *[kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args])
+
+
+# --------------------------------------------------------------------------
+# Launch overhead. numba's ``kernel[blocks, threads, stream](*arrays)`` does,
+# on every call: a DeviceNDArray-like view per tensor (``as_cuda_array``
+# reads ``__cuda_array_interface__``), a Stream object for torch's stream,
+# a launch-configuration object, the typeof of every argument and the
+# lookup of the compiled overload, then its argument marshalling. Only the
+# marshalling depends on the call; the rest is the same for every call of
+# a kernel with the same argument types, so it is done once and cached.
+# --------------------------------------------------------------------------
+
+
+def _c_strides(shape, itemsize):
+    """Strides in bytes of a C-contiguous array: what numba passes for an
+    array whose ``__cuda_array_interface__`` gives no strides (contiguous)."""
+    strides, step = [0] * len(shape), itemsize
+    for axis in range(len(shape) - 1, -1, -1):
+        strides[axis] = step
+        step *= shape[axis]
+    return strides
+
+
+def _pack_array(tensor, parameters):
+    """A contiguous tensor as the fields of numba's array argument, in the
+    order of ``_Kernel._prepare_args``: meminfo, parent, size, itemsize,
+    data pointer, shape, strides (bytes)."""
+    if not tensor.is_contiguous():
+        raise ValueError("a CUDA kernel needs contiguous tensors")
+    shape, itemsize = tensor.shape, tensor.element_size()
+    parameters += (0, 0, tensor.numel(), itemsize, tensor.data_ptr())
+    parameters += shape
+    parameters += _c_strides(shape, itemsize)
+
+
+def parameter_packer(numba_type):
+    """``pack(value, parameters)`` appending a value of ``numba_type`` to the
+    launch parameters exactly as numba-cuda's ``_Kernel._prepare_args`` does
+    (tests/test_fast_kernels.py checks them against it)."""
+    from numba.core import types
+
+    if isinstance(numba_type, types.Array):
+        return _pack_array
+    if isinstance(numba_type, types.Integer):
+        ctype = getattr(ctypes, f"c_{numba_type}")
+        return lambda value, parameters: parameters.append(ctype(value))
+    if numba_type == types.float64:
+        return lambda value, parameters: parameters.append(ctypes.c_double(value))
+    if numba_type == types.float32:
+        return lambda value, parameters: parameters.append(ctypes.c_float(value))
+    if numba_type == types.boolean:
+        return lambda value, parameters: parameters.append(value)
+    raise NotImplementedError(f"no fast launch for arguments of type {numba_type}")
+
+
+def argument_key(args):
+    """What selects a kernel's compiled overload: for a contiguous tensor its
+    dtype and rank (its numba type is then ``Array(dtype, ndim, 'C')``), for
+    a scalar its Python type."""
+    return tuple((a.dtype, a.dim()) if isinstance(a, torch.Tensor) else type(a) for a in args)
+
+
+class FastLaunch:
+    """Cached launches of CUDA kernels on a GPU.
+
+    The first launch of a kernel with given argument types goes through
+    numba (it compiles, and it creates its context); then this keeps, per
+    (kernel, device, argument types): the compiled function's driver handle
+    and one packer per argument. Per stream, the stream object; per
+    (grid, block), the launch configuration. A later launch is the
+    argument packing plus the driver call (``driver_launch``).
+    """
+
+    def __init__(self):
+        self.enabled = True
+        self.kernels = {}
+        self.streams = {}
+        self.configs = {}
+        self.driver_launch = None  # cuda.core's launch, bound on first use
+
+    def _current_stream(self, device):
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        handle = raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
+        stream = self.streams.get(handle)
+        if stream is None:
+            from numba.cuda.cudadrv import driver
+
+            stream = driver._to_core_stream(cuda.external_stream(handle) if handle else 0)
+            self.streams[handle] = stream
+        return stream
+
+    def _config(self, blocks, threads):
+        config = self.configs.get((blocks, threads))
+        if config is None:
+            from cuda.core import LaunchConfig
+
+            config = self.configs[(blocks, threads)] = LaunchConfig(grid=(blocks, 1, 1), block=(threads, 1, 1))
+        return config
+
+    def _first_launch(self, kernel, blocks, threads, args, key):
+        arrays = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args]
+        launch_grid(kernel, blocks, threads, *arrays)
+        compiled = kernel.overloads.get(tuple(kernel.typeof_pyval(a) for a in arrays))
+        entry = None
+        if compiled is not None and not (compiled.debug or compiled.cooperative or compiled.extensions):
+            entry = (compiled._codelibrary.get_cufunc().kernel,
+                     tuple(parameter_packer(t) for t in compiled.argument_types))
+        self.kernels[key] = entry  # None: this kernel always takes numba's path
+
+    def __call__(self, kernel, blocks, threads, args):
+        device = torch.cuda.current_device()
+        key = (kernel, device, argument_key(args))
+        entry = self.kernels.get(key, False)
+        if entry is False:
+            self._first_launch(kernel, blocks, threads, args, key)
+            return
+        if entry is None:
+            launch_grid(kernel, blocks, threads, *[kernel_array(a) if isinstance(a, torch.Tensor) else a
+                                                   for a in args])
+            return
+        function, packers = entry
+        parameters = []
+        for pack, value in zip(packers, args):
+            pack(value, parameters)
+        if self.driver_launch is None:
+            from cuda.core import launch as driver_launch
+
+            self.driver_launch = driver_launch
+        self.driver_launch(self._current_stream(device), self._config(blocks, threads), function, *parameters)
+
+
+#: The launcher ``run`` and ``run_grid`` use on a GPU; ``FAST_LAUNCH.enabled
+#: = False`` sends every launch through numba's own dispatch.
+FAST_LAUNCH = FastLaunch()
+
+
+# --------------------------------------------------------------------------
+# Teaching and fast kernels. Each op has simple "teaching" CUDA kernels (the
+# lessons' kernels: one thread per output element or run of channels) and,
+# where the GPU needs them, "fast" ones (shared-memory tiles, block
+# reductions). backend="cuda" runs the fast ones on a GPU and the teaching
+# ones in the simulator, unless told otherwise.
+# --------------------------------------------------------------------------
+
+KERNEL_VARIANTS = ("teaching", "fast")
+_kernel_variant = "auto"
+
+
+def kernel_variant() -> str:
+    """"fast" or "teaching": which CUDA kernels ``backend="cuda"`` runs now."""
+    if _kernel_variant == "auto":
+        return "teaching" if SIMULATOR else "fast"
+    return _kernel_variant
+
+
+def set_kernel_variant(variant: str) -> None:
+    """Choose the CUDA kernels: "fast", "teaching" or "auto" (fast on a GPU,
+    teaching in the simulator, the default)."""
+    global _kernel_variant
+    if variant not in KERNEL_VARIANTS + ("auto",):
+        raise ValueError(f"unknown kernel variant {variant!r}; expected 'fast', 'teaching' or 'auto'")
+    _kernel_variant = variant
+
+
+@contextlib.contextmanager
+def kernel_variant_as(variant: str):
+    """``with kernel_variant_as("teaching"): ...`` runs the block with those kernels."""
+    previous = _kernel_variant
+    set_kernel_variant(variant)
+    try:
+        yield
+    finally:
+        set_kernel_variant(previous)
 
 
 # --------------------------------------------------------------------------

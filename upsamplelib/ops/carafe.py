@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import cpu_kernel, cuda_kernel, fma, kernel_array, operator, per_element, resolve_backend, run
+from ..backend import (cpu_kernel, cuda_kernel, fma, kernel_array, kernel_variant, operator, per_element,
+                       resolve_backend, run, run_grid)
 from ..validation import (
     check_batched_map,
     check_feature_map,
@@ -201,6 +202,154 @@ def carafe_grad_mask_kernel(grad_out, x, grad_masks, kernel_size, scale, group_c
 
 
 # --------------------------------------------------------------------------
+# Fast CUDA kernels (backend.kernel_variant() == "fast", the default on a
+# GPU). A block computes a TILE x TILE tile of outputs for a run of
+# channels (or, for the window products, of window slots). The s*s outputs
+# attached to a low-res pixel and their neighbours read overlapping k x k
+# windows, so the block first copies the low-res patch that all its windows
+# cover into shared memory (consecutive threads reading consecutive
+# columns: coalesced), then every thread reads its windows from there. Each
+# output adds the same terms in the same order as in the teaching kernels
+# above, so both agree bit for bit.
+# --------------------------------------------------------------------------
+
+#: Output tile side of the fast kernels: TILE * TILE threads per block.
+TILE = 16
+#: Shared-memory elements per block (32 KiB in float64).
+SHARED_ELEMENTS = 4096
+
+
+def _tiled_signature(T):
+    return (T[:, :, :, ::1], T[:, :, :, ::1], T[:, :, :, ::1], int64, int64, int64, int64, int64)
+
+
+def tile_patch_side(kernel_size, scale):
+    """Low-res rows (and columns) the windows of a TILE x TILE output tile
+    cover, at most: rows Y0 // s - r .. (Y0 + TILE - 1) // s + r."""
+    return (TILE - 1) // scale + 1 + kernel_size - 1
+
+
+def _tile_of_block(block, height, width):
+    """(run, first output row, first output col) of a block of a tiled kernel."""
+    tiles_x = (width + TILE - 1) // TILE
+    tiles_y = (height + TILE - 1) // TILE
+    col_tile = block % tiles_x
+    rest = block // tiles_x
+    row_tile = rest % tiles_y
+    return rest // tiles_y, row_tile * TILE, col_tile * TILE
+
+
+def _load_patch(patch, x, n, first, count, top, left, side, thread, threads):
+    """patch[(j * side + r) * side + c] = x[n, first + j, top + r, left + c]
+    (0 outside the map: never read, the kernels skip those slots)."""
+    for e in range(thread, count * side * side, threads):
+        j = e // (side * side)
+        r = (e // side) % side
+        c = e % side
+        row, col = top + r, left + c
+        value = x.dtype.type(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, first + j, row, col]
+        patch[e] = value
+
+
+tile_of_block = per_element(_tile_of_block)
+load_patch = per_element(_load_patch)
+
+
+@cuda_kernel(_tiled_signature)
+def carafe_forward_tiled_kernel(x, masks, out, kernel_size, scale, group_channels, run_channels, side):
+    patch = cuda.shared.array(SHARED_ELEMENTS, out.dtype)
+    height, width = out.shape[2], out.shape[3]
+    runs = (group_channels + run_channels - 1) // run_channels
+    run, Y0, X0 = tile_of_block(cuda.blockIdx.x, height, width)
+    chunks = (out.shape[1] // group_channels) * runs
+    n, chunk = run // chunks, run % chunks
+    group = chunk // runs
+    first = group * group_channels + (chunk % runs) * run_channels
+    count = min(run_channels, group_channels - (chunk % runs) * run_channels)
+    radius = (kernel_size - 1) // 2
+    top, left = window_origin(Y0, scale, radius), window_origin(X0, scale, radius)
+    thread = cuda.threadIdx.x
+    load_patch(patch, x, n, first, count, top, left, side, thread, TILE * TILE)
+    cuda.syncthreads()
+    Y, X = Y0 + thread // TILE, X0 + thread % TILE
+    if Y < height and X < width:
+        total = cuda.local.array(PER_THREAD, out.dtype)
+        for j in range(PER_THREAD):
+            total[j] = 0
+        row0, col0 = window_origin(Y, scale, radius), window_origin(X, scale, radius)
+        for dy in range(kernel_size):
+            row = row0 + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = col0 + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, slot_of(group, dy, dx, kernel_size), Y, X]
+                        at = (row - top) * side + col - left
+                        for j in range(count):
+                            total[j] = fma(weight, patch[j * side * side + at], total[j])
+        for j in range(count):
+            out[n, first + j, Y, X] = total[j]
+
+
+@cuda_kernel(_tiled_signature)
+def carafe_window_products_tiled_kernel(grad_out, x, result, kernel_size, scale, group_channels, run_channels,
+                                        side):
+    """result[n, slot(g, t), Y, X] = sum_c grad_out[n, c, Y, X] * x[n, c, window_t]:
+    a block owns a tile and a run of PER_THREAD slots, and walks the group's
+    channels run_channels at a time through a shared-memory patch of x."""
+    patch = cuda.shared.array(SHARED_ELEMENTS, result.dtype)
+    height, width = result.shape[2], result.shape[3]
+    area = kernel_size * kernel_size
+    slot_runs = (area + PER_THREAD - 1) // PER_THREAD
+    run, Y0, X0 = tile_of_block(cuda.blockIdx.x, height, width)
+    chunks = (result.shape[1] // area) * slot_runs
+    n, chunk = run // chunks, run % chunks
+    group = chunk // slot_runs
+    first_slot = (chunk % slot_runs) * PER_THREAD
+    slot_count = min(PER_THREAD, area - first_slot)
+    radius = (kernel_size - 1) // 2
+    top, left = window_origin(Y0, scale, radius), window_origin(X0, scale, radius)
+    thread = cuda.threadIdx.x
+    Y, X = Y0 + thread // TILE, X0 + thread % TILE
+    active = Y < height and X < width
+    row0, col0 = window_origin(Y, scale, radius), window_origin(X, scale, radius)
+    total = cuda.local.array(PER_THREAD, result.dtype)
+    for j in range(PER_THREAD):
+        total[j] = 0
+    for c0 in range(group * group_channels, (group + 1) * group_channels, run_channels):
+        count = min(run_channels, (group + 1) * group_channels - c0)
+        cuda.syncthreads()  # everyone is done reading the previous patch
+        load_patch(patch, x, n, c0, count, top, left, side, thread, TILE * TILE)
+        cuda.syncthreads()
+        if active:
+            for j in range(count):
+                grad = grad_out[n, c0 + j, Y, X]
+                for u in range(slot_count):
+                    t = first_slot + u
+                    row, col = row0 + t // kernel_size, col0 + t % kernel_size
+                    if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                        at = (j * side + row - top) * side + col - left
+                        total[u] = fma(grad, patch[at], total[u])
+    if active:
+        for u in range(slot_count):
+            result[n, group * area + first_slot + u, Y, X] = total[u]
+
+
+def tiled_launch(target, runs_total, kernel_size, scale, group_channels, most_channels):
+    """(blocks, threads, run_channels, side) of a tiled kernel writing
+    ``target``, or None when the patch of one channel does not fit in
+    shared memory (huge kernel_size: the teaching kernels then run)."""
+    side = tile_patch_side(kernel_size, scale)
+    run_channels = min(most_channels, SHARED_ELEMENTS // (side * side), group_channels)
+    if run_channels < 1:
+        return None
+    tiles = ((target.shape[2] + TILE - 1) // TILE) * ((target.shape[3] + TILE - 1) // TILE)
+    return runs_total(run_channels) * tiles, TILE * TILE, run_channels, side
+
+
+# --------------------------------------------------------------------------
 # CPU loops. A thread per element would leave the CPU's vector units idle,
 # so these walk whole rows: for each window slot, one contiguous multiply-add
 # over the row. That needs x "upsampled along the columns" first:
@@ -320,10 +469,35 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
     if backend == "cpu":
         columns = upsampled_columns(x, scale, (kernel_size - 1) // 2)
         run(carafe_forward_cpu, backend, out.numel(), columns, masks, out, kernel_size, scale, group_channels)
+    elif (tiled := _fast_tiles(out, kernel_size, scale, group_channels, channels=True)) is not None:
+        blocks, threads, run_channels, side = tiled
+        run_grid(carafe_forward_tiled_kernel, blocks, threads, x, masks, out, kernel_size, scale, group_channels,
+                 run_channels, side)
     else:
         run(carafe_forward_kernel, backend, _run_count(out, group_channels), x, masks, out, kernel_size,
             scale, group_channels)
     return out
+
+
+def _fast_tiles(target, kernel_size, scale, group_channels, channels):
+    """The launch of a fast tiled kernel (see ``tiled_launch``), or None
+    when the teaching kernels are chosen (``backend.kernel_variant()``) or
+    the patch does not fit."""
+    if kernel_variant() != "fast":
+        return None
+    batch, planes = target.shape[0], target.shape[1]
+    if channels:  # runs of channels inside each group
+        def runs_total(run_channels):
+            return batch * (planes // group_channels) * ((group_channels + run_channels - 1) // run_channels)
+    else:  # runs of PER_THREAD window slots inside each group
+        area = kernel_size * kernel_size
+
+        def runs_total(run_channels):
+            return batch * (planes // area) * ((area + PER_THREAD - 1) // PER_THREAD)
+    # The forward keeps a run of channels in registers; the window products
+    # keep slots there, and take as many channels per patch as fit.
+    most_channels = PER_THREAD if channels else group_channels
+    return tiled_launch(target, runs_total, kernel_size, scale, group_channels, most_channels)
 
 
 def gather_to_windows(backend, grad_out, masks, kernel_size, scale, group_channels):
@@ -347,6 +521,10 @@ def window_products(backend, grad_out, x, kernel_size, scale, group_channels):
         columns = upsampled_columns(x, scale, (kernel_size - 1) // 2)
         run(carafe_grad_mask_cpu, backend, result.numel(), grad_out, columns, result, kernel_size, scale,
             group_channels)
+    elif (tiled := _fast_tiles(result, kernel_size, scale, group_channels, channels=False)) is not None:
+        blocks, threads, run_channels, side = tiled
+        run_grid(carafe_window_products_tiled_kernel, blocks, threads, grad_out, x, result, kernel_size, scale,
+                 group_channels, run_channels, side)
     else:
         run(carafe_grad_mask_kernel, backend, _run_count(result, kernel_size * kernel_size), grad_out, x,
             result, kernel_size, scale, group_channels)

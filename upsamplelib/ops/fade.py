@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import cpu_kernel, cuda_kernel, fma, operator, per_element, resolve_backend, run
+from ..backend import (cpu_kernel, cuda_kernel, fma, kernel_variant, operator, per_element, resolve_backend,
+                       run, run_grid)
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -203,6 +204,49 @@ def semi_shift_grad_weight_kernel(grad_out, en, de, grad_weight, scale, groups):
         o, local, uy, ux = unravel4(i, grad_weight.shape[1], grad_weight.shape[2], grad_weight.shape[3])
         grad_weight[o, local, uy, ux] = grad_weight_at(grad_out, en, de, o, local, uy, ux, grad_weight.shape[2],
                                                        scale, groups)
+
+
+#: Most threads of a block of the fast weight-gradient kernel (a power of 2).
+REDUCE_THREADS = 256
+
+
+@cuda_kernel(lambda T: (_map(T), _map(T), _map(T), _map(T), int64, int64))
+def semi_shift_grad_weight_reduce_kernel(grad_out, en, de, grad_weight, scale, groups):
+    """The fast weight gradient: one block per weight, not one thread. Its
+    threads split the batch's pixels (consecutive threads, consecutive
+    pixels: coalesced reads), then add their partial sums in shared memory
+    by halving. The teaching kernel's thread walks every pixel alone."""
+    partial = cuda.shared.array(REDUCE_THREADS, grad_weight.dtype)
+    o, local, uy, ux = unravel4(cuda.blockIdx.x, grad_weight.shape[1], grad_weight.shape[2], grad_weight.shape[3])
+    size = grad_weight.shape[2]
+    c = (o // (grad_out.shape[1] // groups)) * (en.shape[1] // groups) + local
+    height, width = grad_out.shape[2], grad_out.shape[3]
+    thread, threads = cuda.threadIdx.x, cuda.blockDim.x
+    total = grad_weight.dtype.type(0)
+    for p in range(thread, grad_out.shape[0] * height * width, threads):
+        n, Y, X = p // (height * width), (p // width) % height, p % width
+        both, inside = window_sum(en, de, n, c, Y, X, uy, ux, size // 2, scale)
+        if inside:
+            total = fma(grad_out[n, o, Y, X], both, total)
+    partial[thread] = total
+    cuda.syncthreads()
+    step = threads // 2
+    while step > 0:
+        if thread < step:
+            partial[thread] += partial[thread + step]
+        cuda.syncthreads()
+        step //= 2
+    if thread == 0:
+        grad_weight[o, local, uy, ux] = partial[0]
+
+
+def reduce_threads(pixels):
+    """Threads per block of the reduction: a power of 2, at most
+    REDUCE_THREADS, no more than the pixels (small maps in the simulator)."""
+    threads = 32
+    while threads < REDUCE_THREADS and threads < pixels:
+        threads *= 2
+    return threads
 
 
 # --------------------------------------------------------------------------
@@ -525,9 +569,13 @@ def weight_grad_op(grad_out: torch.Tensor, en: Optional[torch.Tensor], de: Optio
                 grad_weight += share
         return grad_weight
     grad_weight = grad_out.new_empty(shape)
-    run(semi_shift_grad_weight_kernel, backend, grad_weight.numel(), grad_out,
-        _or_absent(en, batch, channels, grad_out), _or_absent(de, batch, channels, grad_out), grad_weight, scale,
-        groups)
+    maps = (grad_out, _or_absent(en, batch, channels, grad_out), _or_absent(de, batch, channels, grad_out),
+            grad_weight, scale, groups)
+    if kernel_variant() == "fast":
+        threads = reduce_threads(grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3])
+        run_grid(semi_shift_grad_weight_reduce_kernel, grad_weight.numel(), threads, *maps)
+    else:
+        run(semi_shift_grad_weight_kernel, backend, grad_weight.numel(), *maps)
     return grad_weight
 
 
