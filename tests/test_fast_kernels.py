@@ -24,12 +24,16 @@ from upsamplelib.ops import fade as fade_ops
 
 ROOT = Path(__file__).resolve().parent.parent
 DTYPES = [torch.float32, torch.float64]
+#: Where backend="cuda" takes its tensors: the CPU in the simulator.
+DEVICE = "cpu" if backend.SIMULATOR else "cuda"
 
 
 @pytest.fixture
 def launched(monkeypatch):
-    """The names of the CUDA kernels launched during the test, in order."""
+    """The names of the CUDA kernels launched during the test, in order
+    (on a GPU with the launch cache off, so every launch is seen)."""
     names = []
+    monkeypatch.setattr(backend.FAST_LAUNCH, "enabled", False)
     original = backend.launch_grid
 
     def record(kernel, blocks, threads, *args):
@@ -58,8 +62,8 @@ CARAFE_CASES = [(2, 4, 9, 5, 3, 2, 2), (2, 3, 4, 3, 5, 3, 1)]
 @pytest.mark.parametrize("case", CARAFE_CASES)
 def test_tiled_carafe_forward_equals_the_teaching_kernel(case, dtype, launched):
     n, c, h, w, k, s, g = case
-    x = torch.randn(n, c, h, w, dtype=dtype)
-    masks = torch.randn(n, g * k * k, s * h, s * w, dtype=dtype)
+    x = torch.randn(n, c, h, w, dtype=dtype, device=DEVICE)
+    masks = torch.randn(n, g * k * k, s * h, s * w, dtype=dtype, device=DEVICE)
     teaching, fast = both_variants(lambda: ul.carafe(x, masks, k, s, g, backend="cuda"))
     assert launched == ["carafe_forward_kernel", "carafe_forward_tiled_kernel"]
     # The same terms added in the same order: bit for bit.
@@ -72,9 +76,9 @@ def test_tiled_carafe_forward_equals_the_teaching_kernel(case, dtype, launched):
 def test_tiled_window_products_equal_the_teaching_kernel(case, dtype, launched):
     """CARAFE's mask gradient, through autograd."""
     n, c, h, w, k, s, g = case
-    x = torch.randn(n, c, h, w, dtype=dtype)
-    masks = torch.randn(n, g * k * k, s * h, s * w, dtype=dtype)
-    grad = torch.randn(n, c, s * h, s * w, dtype=dtype)
+    x = torch.randn(n, c, h, w, dtype=dtype, device=DEVICE)
+    masks = torch.randn(n, g * k * k, s * h, s * w, dtype=dtype, device=DEVICE)
+    grad = torch.randn(n, c, s * h, s * w, dtype=dtype, device=DEVICE)
 
     def mask_gradient():
         m = masks.clone().requires_grad_()
@@ -91,8 +95,8 @@ def test_tiled_sapa_similarity_equals_the_teaching_kernel(launched):
     """SAPA's similarity is a window product with one group. At k=5, s=2
     the patch side is 12, so 4096 // 144 = 28 channels fit in shared
     memory: 30 channels take two passes (28 + 2)."""
-    q = torch.randn(2, 30, 6, 6)
-    key = torch.randn(2, 30, 3, 3)
+    q = torch.randn(2, 30, 6, 6, device=DEVICE)
+    key = torch.randn(2, 30, 3, 3, device=DEVICE)
     teaching, fast = both_variants(lambda: ul.sapa_similarity(q, key, 5, 2, backend="cuda"))
     assert launched == ["carafe_grad_mask_kernel", "carafe_window_products_tiled_kernel"]
     assert torch.equal(teaching, fast)
@@ -122,9 +126,9 @@ def test_reduced_weight_gradient_equals_the_teaching_kernel(dtype, en_given, lau
     per weight: the same terms in another order, so equal to rounding.
     Two groups, batch 2, an odd low-res width."""
     n, c, o, h, w, k, s, groups = 2, 4, 2, 2, 3, 3, 2, 2
-    en = torch.randn(n, c, s * h, s * w, dtype=dtype) if en_given else None
-    de = torch.randn(n, c, h, w, dtype=dtype)
-    grad = torch.randn(n, o, s * h, s * w, dtype=dtype)
+    en = torch.randn(n, c, s * h, s * w, dtype=dtype, device=DEVICE) if en_given else None
+    de = torch.randn(n, c, h, w, dtype=dtype, device=DEVICE)
+    grad = torch.randn(n, o, s * h, s * w, dtype=dtype, device=DEVICE)
     teaching, fast = both_variants(
         lambda: torch.ops.upsamplelib.semi_shift_conv_weight_grad(grad, en, de, k, s, groups, "cuda"))
     assert launched == ["semi_shift_grad_weight_kernel", "semi_shift_grad_weight_reduce_kernel"]
@@ -275,3 +279,34 @@ def test_packed_parameters_equal_numbas(gpu_target_checks):
 
 def test_fast_launch_caches_after_the_first_launch(gpu_target_checks):
     assert "cached" in gpu_target_checks.stdout.splitlines(), gpu_target_checks.stdout + gpu_target_checks.stderr
+
+
+# --------------------------------------------------------------------------
+# bench/gpu.py (the GPU benchmark that bench/gpu_check.sh runs): what of it
+# runs without a GPU. `bash bench/gpu_check.sh --dry-run` runs every case.
+# --------------------------------------------------------------------------
+
+
+def _gpu_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_slot_loop_baseline_is_carafe():
+    gpu_bench = _gpu_bench()
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    masks = torch.randn(2, 2 * 9, 15, 12, dtype=torch.float64)
+    torch.testing.assert_close(gpu_bench.carafe_slot_loop(x, masks, 3, 3, 2),
+                               carafe_ops.carafe_reference(x, masks, 3, 3, 2))
+
+
+@pytest.mark.skipif(not backend.SIMULATOR, reason="checks the refusal without a GPU")
+def test_the_gpu_benchmark_refuses_to_run_without_a_gpu(capsys):
+    with pytest.raises(SystemExit) as raised:
+        _gpu_bench().main([])
+    assert raised.value.code == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
