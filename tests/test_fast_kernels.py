@@ -218,7 +218,7 @@ CACHING_CHECK = """
         from upsamplelib import backend
         from numba.core import types
 
-        torch.cuda.current_device = lambda: 0
+        torch.cuda.current_device = torch._C._cuda_getDevice = lambda: 0
         torch._C._cuda_getCurrentRawStream = lambda device: 1234
         numba_launches, driver_calls = [], []
         backend.launch_grid = lambda kernel, blocks, threads, *args: numba_launches.append((blocks, threads))

@@ -327,16 +327,27 @@ def _c_strides(shape, itemsize):
     return strides
 
 
+#: (shape, dtype) -> (size, itemsize, shape + strides): the fields of an
+#: array argument that do not change between calls on same-shaped tensors.
+_ARRAY_FIELDS: dict = {}
+
+
 def _pack_array(tensor, parameters):
     """A contiguous tensor as the fields of numba's array argument, in the
     order of ``_Kernel._prepare_args``: meminfo, parent, size, itemsize,
     data pointer, shape, strides (bytes)."""
     if not tensor.is_contiguous():
         raise ValueError("a CUDA kernel needs contiguous tensors")
-    shape, itemsize = tensor.shape, tensor.element_size()
-    parameters += (0, 0, tensor.numel(), itemsize, tensor.data_ptr())
-    parameters += shape
-    parameters += _c_strides(shape, itemsize)
+    key = (tensor.shape, tensor.dtype)
+    fields = _ARRAY_FIELDS.get(key)
+    if fields is None:
+        if len(_ARRAY_FIELDS) > 4096:  # many shapes (varying input sizes): start over
+            _ARRAY_FIELDS.clear()
+        shape, itemsize = tuple(tensor.shape), tensor.element_size()
+        fields = _ARRAY_FIELDS[key] = (tensor.numel(), itemsize, shape + tuple(_c_strides(shape, itemsize)))
+    size, itemsize, shape_and_strides = fields
+    parameters += (0, 0, size, itemsize, tensor.data_ptr())
+    parameters += shape_and_strides
 
 
 def parameter_packer(numba_type):
@@ -364,6 +375,12 @@ def argument_key(args):
     dtype and rank (its numba type is then ``Array(dtype, ndim, 'C')``), for
     a scalar its Python type."""
     return tuple((a.dtype, a.dim()) if isinstance(a, torch.Tensor) else type(a) for a in args)
+
+
+def _current_device():
+    """torch.cuda.current_device() without its Python wrapper's checks."""
+    get_device = getattr(torch._C, "_cuda_getDevice", None)
+    return get_device() if get_device is not None else torch.cuda.current_device()
 
 
 class FastLaunch:
@@ -414,7 +431,7 @@ class FastLaunch:
         self.kernels[key] = entry  # None: this kernel always takes numba's path
 
     def __call__(self, kernel, blocks, threads, args):
-        device = torch.cuda.current_device()
+        device = _current_device()
         key = (kernel, device, argument_key(args))
         entry = self.kernels.get(key, False)
         if entry is False:
