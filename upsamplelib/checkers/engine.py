@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import ast
-import ctypes
 import inspect
 import io
 import random
 import textwrap
 import threading
-import time
 import tokenize
 
 import numpy as np
 import torch
+
+from .. import backend
+from . import hung_kernels
 
 #: Seconds a student kernel may run before it is reported as hung.
 DEFAULT_TIMEOUT = 60.0
@@ -27,48 +28,26 @@ class KernelTimeout(CheckFailed):
     """A student's kernel did not finish in time."""
 
 
-def _stop_thread(thread: threading.Thread) -> None:
-    # Simulated kernels are Python threads running Python code: an
-    # asynchronous exception ends a spinning one so it stops eating the CPU.
-    if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit)
-        )
-
-
-def _stop_threads_since(before, launcher, patience: float = 5.0) -> None:
-    """Stop every thread started after the snapshot ``before``.
-
-    The simulated threads of the kernel are stopped first, each signalled
-    once; the ``launcher`` thread then sees them gone and returns by itself,
-    restoring the simulator's state on the way (a signal arriving during
-    that clean-up would leave the kernel's module patched). The sweep repeats
-    for threads the simulator was still starting: one left spinning would
-    slow every later kernel of the process."""
-    signalled = set()
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        stuck = [thread for thread in threading.enumerate() if thread not in before and thread.is_alive()]
-        if not stuck:
-            return
-        targets = [thread for thread in stuck if thread is not launcher] or stuck
-        for thread in targets:
-            if thread not in signalled:
-                _stop_thread(thread)
-                signalled.add(thread)
-        for thread in stuck:
-            thread.join(0.05)
-
-
 def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: str = "kernel"):
     """Run ``function(*args)`` in a worker thread; raise KernelTimeout if it
-    has not returned after ``timeout`` seconds. Exceptions propagate."""
+    has not returned after ``timeout`` seconds. Exceptions propagate.
+
+    In the simulator the worker holds ``backend.SIMULATOR_LOCK``, so a
+    launch waits for the previous one to be fully unwound; a hung launch is
+    stopped from inside its threads and the simulator's state checked
+    afterwards (see ``hung_kernels``), so that later launches of the process
+    still work."""
     result, error = [], []
-    before = set(threading.enumerate())
 
     def work():
         try:
-            result.append(function(*args))
+            if backend.SIMULATOR:
+                with backend.SIMULATOR_LOCK:
+                    if not hung_kernels.healthy():  # a launch interrupted earlier (e.g. from the keyboard)
+                        hung_kernels.repair_simulator()
+                    result.append(function(*args))
+            else:
+                result.append(function(*args))
         except BaseException as exc:  # re-raised in the caller's thread
             error.append(exc)
 
@@ -76,12 +55,18 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        _stop_threads_since(before, worker)
-        raise KernelTimeout(
-            f"the {what} did not finish within {timeout:g} s. Look for a loop whose "
-            "counter never reaches its bound, or threads waiting at cuda.syncthreads() "
-            "that others never reach (every thread of a block must call it)."
-        )
+        # A kernel on a GPU cannot be interrupted: waiting longer would not help.
+        simulated = backend.SIMULATOR or bool(hung_kernels.simulated_threads())
+        stopped = hung_kernels.stop(worker, work, patience=20.0 if simulated else 0.5)
+        if stopped:
+            hung_kernels.repair_simulator()
+        message = (f"the {what} did not finish within {timeout:g} s. Look for a loop whose "
+                   "counter never reaches its bound, or threads waiting at cuda.syncthreads() "
+                   "that others never reach (every thread of a block must call it).")
+        if not stopped:
+            message += (" It is still running and cannot be stopped from here: restart the kernel "
+                        "(Kernel > Restart) before running more cells.")
+        raise KernelTimeout(message)
     if error:
         raise error[0]
     return result[0] if result else None
@@ -190,6 +175,9 @@ def compare(expected, got, *, what: str, case: str, hint: str = "", exact: bool 
     else:
         bad = ~np.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=False)
     if bad.any():
+        from .rules import first_index_hint  # a kernel that ignores the batch or plane index
+
+        hint = first_index_hint(bad, what) or hint
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         count = int(bad.sum())
         raise CheckFailed(
@@ -210,9 +198,12 @@ def diagnose(expected, got, variants, *, what: str, case: str, hint: str, rtol: 
     if got.shape == expected.shape:
         if np.isnan(got).any():
             index = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
+            from .rules import first_index_hint  # a kernel that ignores the batch or plane index
+
             raise CheckFailed(f"{what}: the value at index {index} was never written (it is still NaN) for {case}.\n"
-                              "Hint: one thread per element; every thread inside the array writes its element, also "
-                              "when it is 0 (the checker fills the array with NaN first)")
+                              "Hint: " + (first_index_hint(np.isnan(got), what) or
+                                          "one thread per element; every thread inside the array writes its "
+                                          "element, also when it is 0 (the checker fills the array with NaN first)"))
         wrong = ~np.isclose(got, expected, rtol=rtol, atol=atol)
         if wrong.any():
             matches = [explanation for result, explanation in variants
