@@ -27,3 +27,4 @@ from .carafe import *  # noqa: F401,F403
 from .sapa import *  # noqa: F401,F403
 from .fade import *  # noqa: F401,F403
 from .capstone import *  # noqa: F401,F403
+from .performance import *  # noqa: F401,F403

@@ -141,6 +141,16 @@ _add("06.4", "06_capstone", "your own upsampler: sub-pixel convolution", "PixelS
 _add("06.5", "06_capstone", "a fair comparison: the same parameter budget", "matched_width",
      "checkers.check_matched_width(matched_width)")
 
+_add("07.1", "07_performance", "`median_time`", "median_time", "checkers.check_median_time(median_time)")
+_add("07.2", "07_performance", "`carafe_traffic`", "carafe_traffic", "checkers.check_carafe_traffic(carafe_traffic)")
+_add("07.3", "07_performance", "CARAFE channels-last", "carafe_channels_last_kernel",
+     "checkers.check_carafe_channels_last_kernel(carafe_channels_last_kernel)")
+_add("07.4", "07_performance", "several channels per thread", "carafe_channel_blocked_kernel",
+     "checkers.check_carafe_channel_blocked_kernel(carafe_channel_blocked_kernel, CHANNELS_PER_THREAD)")
+# carafe_cpu_slow is the lesson's given slow loop order, the baseline the checker times against.
+_add("07.5", "07_performance", "`carafe_rows_cpu`", "carafe_rows_cpu",
+     "checkers.check_carafe_rows_cpu(carafe_rows_cpu, carafe_cpu_slow)")
+
 
 def for_lesson(lesson: str) -> list[Exercise]:
     """The exercises of a lesson, by notebook stem (``"01_nearest"``) or

@@ -1,0 +1,527 @@
+"""Lesson 07 (performance): the checkers pass right answers and catch wrong
+ones, the access records count what they say, and the stored GPU figures are
+read when present and their absence is said plainly."""
+
+import upsamplelib  # noqa: F401,I001  (first: it chooses the CUDA target before numba loads)
+
+import statistics
+import time
+
+import numba
+import numpy as np
+import pytest
+from numba import cuda, float32
+
+from upsamplelib import checkers, traffic
+from upsamplelib.backend import launch_config
+from upsamplelib.checkers import performance
+from upsamplelib.checkers.engine import CheckFailed
+
+# --------------------------------------------------------------------------
+# 07.1 median_time
+# --------------------------------------------------------------------------
+
+
+def median_time(function, repeat=7, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def mean_time(function, repeat=7, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return statistics.mean(times)
+
+
+def no_warmup(function, repeat=7, warmup=1, clock=time.perf_counter):
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    for _ in range(warmup):
+        function()
+    return statistics.median(times)
+
+
+def warmup_timed_too(function, repeat=7, warmup=1, clock=time.perf_counter):
+    times = []
+    for _ in range(warmup + repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def total_over_repeat(function, repeat=7, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        function()
+    start = clock()
+    for _ in range(repeat):
+        function()
+    return (clock() - start) / repeat
+
+
+def extra_call(function, repeat=7, warmup=1, clock=time.perf_counter):
+    function()
+    return median_time(function, repeat, warmup, clock)
+
+
+def test_median_time_passes_the_right_answer(capsys):
+    checkers.check_median_time(median_time)
+    assert "PASS median_time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (mean_time, "that is the mean"),
+    (no_warmup, "the warm-up calls were timed"),
+    (warmup_timed_too, "the warm-up calls are in the median"),
+    (total_over_repeat, "the mean"),
+    (extra_call, r"warmup \+ repeat"),
+])
+def test_median_time_catches_wrong_answers(wrong, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        checkers.check_median_time(wrong)
+
+
+# --------------------------------------------------------------------------
+# 07.2 carafe_traffic
+# --------------------------------------------------------------------------
+
+
+def carafe_traffic(n, c, h, w, kernel_size, scale, group=1, itemsize=4):
+    outputs = n * c * (scale * h) * (scale * w)
+    values = n * c * h * w + n * group * kernel_size ** 2 * (scale * h) * (scale * w) + outputs
+    return 2 * kernel_size ** 2 * outputs, itemsize * values
+
+
+def test_carafe_traffic_passes_the_right_answer(capsys):
+    checkers.check_carafe_traffic(carafe_traffic)
+    assert "PASS carafe_traffic" in capsys.readouterr().out
+    assert performance.carafe_traffic(1, 256, 128, 128, 5, 2) == carafe_traffic(1, 256, 128, 128, 5, 2)
+
+
+def _traffic_variant(flops_factor=1.0, masks=True, out=True, itemsize=True, unfold=False, group=True):
+    def wrong(n, c, h, w, kernel_size, scale, group_count=1, size=4):
+        outputs = n * c * (scale * h) * (scale * w)
+        x_values = n * c * kernel_size ** 2 * (scale * h) * (scale * w) if unfold else n * c * h * w
+        mask_values = n * (group_count if group else 1) * kernel_size ** 2 * (scale * h) * (scale * w)
+        values = x_values + (mask_values if masks else 0) + (outputs if out else 0)
+        return int(flops_factor * 2 * kernel_size ** 2 * outputs), (size if itemsize else 1) * values
+    return wrong
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_traffic_variant(flops_factor=0.5), "multiply-adds"),
+    (_traffic_variant(masks=False), "bytes of masks are missing"),
+    (_traffic_variant(out=False), "bytes of out are missing"),
+    (_traffic_variant(itemsize=False), "multiply by itemsize"),
+    (_traffic_variant(unfold=True), "as the unfold version does"),
+    (_traffic_variant(group=False), "`group` masks per output pixel"),
+    (lambda *args: 0, "return a pair"),
+])
+def test_carafe_traffic_catches_wrong_answers(wrong, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        checkers.check_carafe_traffic(wrong)
+
+
+# --------------------------------------------------------------------------
+# 07.3 channels-last CARAFE
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def channels_last_kernel(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_pixel_fastest(x, masks, out, kernel_size, scale):
+    # Right values, but neighbouring threads are C elements apart in memory.
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        c = rest % channels
+        n = rest // channels
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_accumulating_in_out(x, masks, out, kernel_size, scale):
+    # Right values, but it stores into out once per slot.
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        r = (kernel_size - 1) // 2
+        out[n, Y, X, c] = 0
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        out[n, Y, X, c] += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+
+
+@cuda.jit
+def channels_last_nchw_masks(x, masks, out, kernel_size, scale):
+    # Reads the masks as if they were (N, k*k, H, W): wrong values.
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        flat = masks.shape[1] * masks.shape[2] * masks.shape[3]
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        index = ((dy * kernel_size + dx) * height + Y) * width + X
+                        rest2 = index % flat
+                        total += masks[n, rest2 // (width * masks.shape[3]), rest2 // masks.shape[3] % width,
+                                       rest2 % masks.shape[3]] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+def test_channels_last_passes_the_right_answer(capsys):
+    checkers.check_carafe_channels_last_kernel(channels_last_kernel)
+    output = capsys.readouterr().out
+    assert "PASS carafe_channels_last_kernel" in output
+    assert "x 4.0" in output and "out 4.0" in output
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (channels_last_pixel_fastest, "sectors of 32 bytes"),
+    (channels_last_accumulating_in_out, "written more than once"),
+    (channels_last_nchw_masks, "values wrong"),
+])
+def test_channels_last_catches_wrong_answers(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checkers.check_carafe_channels_last_kernel(wrong)
+
+
+# --------------------------------------------------------------------------
+# 07.4 several channels per thread
+# --------------------------------------------------------------------------
+
+CHANNELS_PER_THREAD = 4
+
+
+@cuda.jit
+def blocked_kernel(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        first = (rest % runs) * CHANNELS_PER_THREAD
+        n = rest // runs
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
+@cuda.jit
+def blocked_without_reuse(x, masks, out, kernel_size, scale):
+    # Right values, but the mask value is loaded again for every channel.
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        first = (rest % runs) * CHANNELS_PER_THREAD
+        n = rest // runs
+        r = (kernel_size - 1) // 2
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                total = float32(0)
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < x.shape[2]:
+                        for dx in range(kernel_size):
+                            col = X // scale - r + dx
+                            if 0 <= col < x.shape[3]:
+                                total += masks[n, dy * kernel_size + dx, Y, X] * x[n, first + j, row, col]
+                out[n, first + j, Y, X] = total
+
+
+@cuda.jit
+def blocked_without_tail(x, masks, out, kernel_size, scale):
+    # Assumes C is a multiple of CHANNELS_PER_THREAD: the last channels stay unwritten.
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = channels // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        first = (rest % runs) * CHANNELS_PER_THREAD
+        n = rest // runs
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            out[n, first + j, Y, X] = sums[j]
+
+
+def test_blocked_passes_the_right_answer(capsys):
+    checkers.check_carafe_channel_blocked_kernel(blocked_kernel, CHANNELS_PER_THREAD)
+    assert "PASS carafe_channel_blocked_kernel" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (blocked_without_reuse, "loads of masks"),
+    (blocked_without_tail, "never written|out of bounds"),
+])
+def test_blocked_catches_wrong_answers(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checkers.check_carafe_channel_blocked_kernel(wrong, CHANNELS_PER_THREAD)
+
+
+def test_blocked_loads_agree_with_the_traffic_counter():
+    x, masks = performance._carafe_inputs(1, 6, 3, 3, 3, 2, 1, seed=5)
+    out = np.zeros((1, 6, 6, 6), np.float32)
+    launch = launch_config(2 * 36, 128)
+    record = performance.record_kernel(blocked_kernel, launch, x, masks, out, 3, 2)
+    report = traffic.count(blocked_kernel, *launch, x, masks, np.zeros_like(out), 3, 2)
+    assert record.count("masks") == report.array("masks").loads
+    assert record.count("x") == report.array("x").loads
+    assert record.count("out", "store") == report.array("out").stores == out.size
+
+
+# --------------------------------------------------------------------------
+# 07.5 the CPU loop
+# --------------------------------------------------------------------------
+
+
+@numba.njit
+def slow(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    r = (kernel_size - 1) // 2
+    for n in range(batch):
+        for X in range(width):
+            for Y in range(height):
+                for c in range(channels):
+                    total = np.float32(0)
+                    for dy in range(kernel_size):
+                        row = Y // scale - r + dy
+                        if 0 <= row < x.shape[2]:
+                            for dx in range(kernel_size):
+                                col = X // scale - r + dx
+                                if 0 <= col < x.shape[3]:
+                                    total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+                    out[n, c, Y, X] = total
+
+
+@numba.njit
+def planes_slots_innermost(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    r = (kernel_size - 1) // 2
+    for n in range(batch):
+        for c in range(channels):
+            for Y in range(height):
+                for X in range(width):
+                    total = np.float32(0)
+                    for dy in range(kernel_size):
+                        row = Y // scale - r + dy
+                        if 0 <= row < x.shape[2]:
+                            for dx in range(kernel_size):
+                                col = X // scale - r + dx
+                                if 0 <= col < x.shape[3]:
+                                    total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+                    out[n, c, Y, X] = total
+
+
+@numba.njit(parallel=True)
+def rows(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit
+def rows_not_zeroed(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
+def rows_in_python(x, masks, out, kernel_size, scale):
+    rows.py_func(x, masks, out, kernel_size, scale)
+
+
+def test_rows_cpu_passes_the_right_answer(capsys):
+    speedup = checkers.check_carafe_rows_cpu(rows, slow)
+    output = capsys.readouterr().out
+    assert "PASS carafe_rows_cpu" in output
+    assert speedup >= 1.5
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (slow, "leave the cache line"),
+    (planes_slots_innermost, "leave the cache line"),
+    (rows_not_zeroed, "never written"),
+    (rows_in_python, "numba.njit"),
+])
+def test_rows_cpu_catches_wrong_answers(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checkers.check_carafe_rows_cpu(wrong, slow)
+
+
+def test_line_switches_tell_strided_from_contiguous():
+    x, masks = performance._carafe_inputs(1, 2, 3, 16, 3, 2, 1, seed=6)
+    out = np.zeros((1, 2, 6, 32), np.float32)
+    contiguous = performance.record_function(rows, x, masks, out, 3, 2)
+    strided = performance.record_function(slow, x, masks, out, 3, 2)
+    for name in ("masks", "out"):
+        assert contiguous.line_switches(name) < 0.15 < 0.9 < strided.line_switches(name)
+
+
+# --------------------------------------------------------------------------
+# The stored GPU figures
+# --------------------------------------------------------------------------
+
+
+def test_without_a_reference_run_the_lesson_says_so_and_how_to_make_one(tmp_path):
+    text = performance.gpu_reference_summary(tmp_path / "gpu_reference.csv")
+    assert text.startswith("No reference GPU run is committed yet")
+    assert performance.GPU_REFERENCE_COMMAND in text
+
+
+def test_a_reference_run_is_shown_with_its_gpu_and_labelled_as_stored(tmp_path):
+    path = tmp_path / "gpu_reference.csv"
+    path.write_text("# written by the benchmark on a GPU\n"
+                    "gpu,op,pass,ours_ms,baseline_ms,ratio\n"
+                    "NVIDIA H200,carafe,forward,0.210,0.300,0.70\n"
+                    "NVIDIA H200,interpolate,forward,0.030,0.040,0.75\n", encoding="utf-8")
+    text = performance.gpu_reference_summary(path)
+    first, header, *rows = text.split("\n")
+    assert first.startswith("STORED FIGURES from a real-GPU run on NVIDIA H200")
+    assert "not measured on this machine" in first
+    assert header.split() == ["op", "pass", "ours_ms", "baseline_ms", "ratio"]
+    assert rows[0].split() == ["carafe", "forward", "0.210", "0.300", "0.70"]
+
+
+def test_a_reference_run_that_names_no_gpu_is_refused(tmp_path):
+    path = tmp_path / "gpu_reference.csv"
+    path.write_text("op,ours_ms\ncarafe,0.2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="names the GPU"):
+        performance.gpu_reference_summary(path)

@@ -1,0 +1,642 @@
+"""Checkers of lesson 07 (performance): honest timing, arithmetic intensity,
+coalesced and reusing CARAFE kernels, and the loop order of a CPU loop.
+
+Speed is graded by what a kernel *does*, counted in the simulator, not by
+how long it takes on a loaded machine: every access a kernel makes to its
+arrays is recorded (which thread, which source line, which element), and
+from that record come the loads per output and, for each load instruction
+a warp of 32 threads executes, the 32-byte memory sectors it touches (the
+unit a GPU's memory system moves). A CPU function is run the same way as
+plain Python, and its record says how often consecutive accesses leave the
+64-byte cache line of the one before. Timings are measured and reported
+side by side, and graded only by a generous ratio.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+import statistics
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config
+from ..ops.carafe import carafe_reference
+from .engine import CheckFailed, compare, kernel_definition, passed, run_with_timeout, unsolved_exercise
+
+__all__ = [
+    "AccessRecord",
+    "record_kernel",
+    "record_function",
+    "check_median_time",
+    "check_carafe_traffic",
+    "check_carafe_channels_last_kernel",
+    "check_carafe_channel_blocked_kernel",
+    "check_carafe_rows_cpu",
+]
+
+#: Bytes a GPU's memory system moves per transaction (an L2 sector).
+SECTOR_BYTES = 32
+#: Bytes of a CPU cache line.
+CACHE_LINE_BYTES = 64
+WARP_SIZE = 32
+
+#: The committed real-GPU run the lesson shows where no GPU is present.
+GPU_REFERENCE = Path(__file__).resolve().parents[2] / "bench" / "gpu_reference.csv"
+GPU_REFERENCE_COMMAND = "python bench/run.py --gpu-reference"
+
+
+# --------------------------------------------------------------------------
+# Recording what a kernel or a CPU loop touches
+# --------------------------------------------------------------------------
+
+
+class _RecordingArray:
+    """A NumPy array that notes every element read and written: the thread
+    (block, linear thread id), the kernel's source line, and the flat offset."""
+
+    def __init__(self, name, array, log, loop_names=()):
+        self._name, self._array, self._log, self._loop_names = name, array, log, loop_names
+        self.shape, self.size, self.dtype, self.ndim = array.shape, array.size, array.dtype, array.ndim
+        self.strides = array.strides
+
+    def __len__(self):
+        return len(self._array)
+
+    def _note(self, kind, index):
+        thread = threading.current_thread()
+        block = tuple(getattr(thread, "blockIdx", (0, 0, 0)))
+        thread_id = getattr(thread, "thread_id", 0)
+        frame = sys._getframe(2)
+        line = frame.f_lineno
+        loops = tuple(frame.f_locals.get(name) for name in self._loop_names) if self._loop_names else ()
+        index = index if isinstance(index, tuple) else (index,)
+        try:
+            offset = int(np.ravel_multi_index(tuple(int(i) for i in index), self.shape))
+        except (TypeError, ValueError):  # a slice or an out-of-range index: let NumPy say what is wrong
+            return
+        self._log.append((block, thread_id, self._name, kind, line, offset, loops))
+
+    def __getitem__(self, index):
+        value = self._array[index]
+        self._note("load", index)
+        return value
+
+    def __setitem__(self, index, value):
+        self._array[index] = value
+        self._note("store", index)
+
+
+class AccessRecord:
+    """Every access of one launch (or one CPU call), with the measures the
+    lesson uses. ``names`` are the kernel's parameter names."""
+
+    def __init__(self, log, arrays):
+        self.log = list(log)
+        self.itemsize = {name: array.dtype.itemsize for name, array in arrays.items()}
+
+    def count(self, name, kind="load"):
+        """How many times the kernel loaded (or stored) an element of ``name``."""
+        return sum(1 for entry in self.log if entry[2] == name and entry[3] == kind)
+
+    def stores_per_element(self, name):
+        """{flat offset: number of stores} of array ``name``."""
+        counts = defaultdict(int)
+        for entry in self.log:
+            if entry[2] == name and entry[3] == "store":
+                counts[entry[5]] += 1
+        return counts
+
+    def warp_requests(self, name, kind="load"):
+        """The memory requests of ``name``: one per load (store) instruction a
+        warp executes, as {request: [offsets]}. A warp executes a line for all
+        its threads at once, in the same iteration of the loops around it, so
+        the accesses of its threads to one line are paired by the values of
+        the loop counters that the threads share (``dy``, ``dx``: not a
+        grid-stride counter, which differs from thread to thread), then by
+        their order. Threads that skip an iteration (a slot outside the map)
+        leave their lane of that request empty, as on a GPU."""
+        lanes = defaultdict(lambda: defaultdict(list))  # (block, warp, line) -> thread -> [(loops, offset)]
+        for block, thread_id, array, what, line, offset, loops in self.log:
+            if array == name and what == kind:
+                lanes[(block, thread_id // WARP_SIZE, line)][thread_id].append((loops, offset))
+        requests = defaultdict(list)
+        for group, threads in lanes.items():
+            firsts = [accesses[0][0] for accesses in threads.values()]
+            shared = [v for v in range(len(firsts[0]))
+                      if max(Counter(first[v] for first in firsts).values()) * 2 >= len(firsts)]
+            for accesses in threads.values():
+                occurrence = defaultdict(int)
+                for loops, offset in accesses:
+                    key = tuple(loops[v] for v in shared)
+                    requests[group + (key, occurrence[key])].append(offset)
+                    occurrence[key] += 1
+        return requests
+
+    def sectors_per_request(self, name, kind="load"):
+        """The mean number of distinct 32-byte sectors a warp's request of
+        ``name`` touches: 1 when all 32 threads read one value (a broadcast),
+        4 when they read 32 consecutive float32, 32 when every thread's
+        element lies in a sector of its own."""
+        requests = self.warp_requests(name, kind)
+        if not requests:
+            return 0.0
+        per_sector = SECTOR_BYTES // self.itemsize[name]
+        sectors = [len({offset // per_sector for offset in offsets}) for offsets in requests.values()]
+        return sum(sectors) / len(sectors)
+
+    def line_switches(self, name):
+        """The share of accesses to ``name`` (in program order, one thread)
+        that touch another 64-byte cache line than the access before: near
+        1 for a loop that strides through memory, about itemsize / 64 for
+        one that walks it element after element."""
+        per_line = CACHE_LINE_BYTES // self.itemsize[name]
+        lines = [entry[5] // per_line for entry in self.log if entry[2] == name]
+        if not lines:
+            return 0.0
+        return sum(a != b for a, b in zip(lines, lines[1:])) / len(lines)
+
+
+def _parameter_names(function):
+    code = getattr(function, "py_func", function).__code__
+    return code.co_varnames[:code.co_argcount]
+
+
+def _loop_names(function):
+    """The counters of the function's ``for`` loops."""
+    try:
+        _, definition = kernel_definition(function)
+    except (OSError, TypeError, CheckFailed):
+        return ()
+    names = [node.target.id for node in ast.walk(definition)
+             if isinstance(node, ast.For) and isinstance(node.target, ast.Name)]
+    return tuple(dict.fromkeys(names))
+
+
+def _wrap(function, args, loops=False):
+    log = []
+    loop_names = _loop_names(function) if loops else ()
+    names = _parameter_names(function)
+    wrapped, arrays = [], {}
+    for name, arg in zip(names, args):
+        if isinstance(arg, np.ndarray):
+            arrays[name] = arg
+            arg = _RecordingArray(name, arg, log, loop_names)
+        wrapped.append(arg)
+    return log, wrapped, arrays
+
+
+def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord:
+    """Launch ``kernel[launch](*args)`` in the simulator (also on a machine
+    with a GPU) with every NumPy argument recorded; the arrays are written as
+    by a normal launch. ``traffic.count`` counts per thread; this record
+    keeps the order and the addresses, which coalescing is about."""
+    stub = unsolved_exercise(kernel)
+    if stub is not None:
+        raise NotImplementedError(stub)
+    log, wrapped, arrays = _wrap(kernel, args, loops=True)
+    if SIMULATOR:
+        simulated = kernel
+    else:  # pragma: no cover - on a GPU the simulator runs the kernel's Python function
+        from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+        simulated = FakeCUDAKernel(getattr(kernel, "py_func", kernel), device=False)
+
+    def launch_recorded():
+        # In the simulator run_with_timeout's worker holds SIMULATOR_LOCK already (taking it here, in the
+        # caller's thread, would deadlock that worker); on a GPU nothing else serialises the simulator.
+        with SIMULATOR_LOCK:
+            simulated[launch](*wrapped)
+
+    run_with_timeout(launch_recorded, timeout=timeout)
+    return AccessRecord(log, arrays)
+
+
+def record_function(function, *args) -> AccessRecord:
+    """Call ``function`` (a ``numba.njit`` function runs as plain Python,
+    ``prange`` as ``range``) with every NumPy argument recorded."""
+    log, wrapped, arrays = _wrap(function, args)
+    getattr(function, "py_func", function)(*wrapped)
+    return AccessRecord(log, arrays)
+
+
+# --------------------------------------------------------------------------
+# 07.1 timing honestly
+# --------------------------------------------------------------------------
+
+
+def median_time(function, repeat: int = 7, warmup: int = 1, clock=time.perf_counter) -> float:
+    """The median of ``repeat`` timed calls of ``function()`` after
+    ``warmup`` untimed ones, in seconds: the lesson's reference for 07.1."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+class _FakeClock:
+    """A clock that only moves when the timed function runs: each call of
+    the function takes the next planned duration."""
+
+    def __init__(self, durations):
+        self.now = 1000.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def __call__(self):
+        return self.now
+
+    def work(self):
+        if self.calls >= len(self.durations):
+            raise CheckFailed("median_time: the function was called more often than warmup + repeat times")
+        self.now += self.durations[self.calls]
+        self.calls += 1
+
+
+def check_median_time(function):
+    """``function`` is the student's ``median_time(function, repeat, warmup, clock)``: call ``function``
+    ``warmup`` times untimed, then ``repeat`` times, each timed alone with
+    ``clock()``; return the median of those times in seconds."""
+    what = "median_time"
+    # First call: compilation (5 s). Later: 2 ms runs, a few disturbed by other programs.
+    plans = [
+        (7, 1, [5.0] + [0.002, 0.0021, 0.5, 0.0019, 0.002, 0.0022, 0.0018]),
+        (5, 2, [5.0, 0.003] + [0.001, 0.001, 0.3, 0.0012, 0.4]),
+        (4, 1, [2.0] + [0.004, 0.002, 0.003, 0.9]),
+    ]
+    rng = np.random.default_rng(71)  # and one drawn at random (the grader draws other ones)
+    repeat, warmup = int(rng.integers(5, 10)), int(rng.integers(1, 3))
+    runs = (0.001 * (1 + rng.random(repeat))).round(6).tolist()
+    runs[int(rng.integers(repeat))] = 0.25  # a disturbed run
+    plans.append((repeat, warmup, [float(rng.integers(2, 9))] + [0.004] * (warmup - 1) + runs))
+    for repeat, warmup, durations in plans:
+        clock = _FakeClock(durations)
+        case = f"repeat={repeat}, warmup={warmup}, call times {durations} s (the first is a compilation)"
+        try:
+            result = function(clock.work, repeat=repeat, warmup=warmup, clock=clock)
+        except NotImplementedError:
+            raise
+        except CheckFailed as error:
+            raise CheckFailed(f"{error}, for {case}") from None
+        timed = durations[warmup:]
+        expected = statistics.median(timed)
+        if clock.calls != warmup + repeat:
+            raise CheckFailed(f"{what}: the function ran {clock.calls} times for {case}; expected "
+                              f"warmup + repeat = {warmup + repeat}.\nHint: first `warmup` untimed calls, "
+                              "then `repeat` timed ones")
+        if result is None or not isinstance(result, (int, float)):
+            raise CheckFailed(f"{what}: returned {result!r} for {case}; return the median time in seconds")
+        if math.isclose(result, expected, rel_tol=1e-9):
+            continue
+        hints = [
+            (statistics.mean(timed), "that is the mean: one disturbed run pulls it far up. Return the median "
+                                     "(statistics.median), which a few slow runs do not move"),
+            (min(timed), "that is the fastest run. It is a fair figure too, but this exercise asks for the "
+                         "median, which also tells how a typical run goes"),
+            (statistics.median(durations[:repeat]), "the warm-up calls were timed: the first call compiles. Call "
+                                                    "the function `warmup` times before timing"),
+            (statistics.median(durations), "the warm-up calls are in the median: time only the `repeat` calls "
+                                           "after them"),
+            (sum(timed) / repeat, "that is the total of the timed calls divided by their number (the mean): "
+                                  "time every call alone and take the median"),
+        ]
+        for value, hint in hints:
+            if math.isclose(result, value, rel_tol=1e-9):
+                raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s.\n"
+                                  f"Hint: {hint}")
+        raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s (the median of the "
+                          f"timed calls {timed}).\nHint: read clock() just before and just after each call")
+    passed(what, len(plans))
+
+
+# --------------------------------------------------------------------------
+# 07.2 arithmetic intensity
+# --------------------------------------------------------------------------
+
+
+def carafe_traffic(n, c, h, w, kernel_size, scale, group=1, itemsize=4):
+    """(FLOPs, fewest bytes) of one CARAFE forward: the lesson's reference
+    for exercise 07.2, used by the cells after it."""
+    outputs = n * c * scale * h * scale * w
+    flops = 2 * kernel_size * kernel_size * outputs
+    moved = itemsize * (n * c * h * w + n * group * kernel_size * kernel_size * scale * h * scale * w + outputs)
+    return flops, moved
+
+
+def check_carafe_traffic(function):
+    """``function`` is the student's ``carafe_traffic(n, c, h, w, kernel_size, scale, group, itemsize)`` ->
+    ``(flops, bytes)``: the floating-point operations of CARAFE's forward
+    (a multiply and an add per window slot and output element) and the
+    fewest bytes it must move (read x and the masks once, write out once)."""
+    what = "carafe_traffic"
+    cases = [(1, 256, 64, 64, 5, 2, 1, 4), (2, 64, 30, 17, 3, 2, 4, 4), (1, 128, 120, 120, 5, 2, 1, 2),
+             (3, 16, 9, 11, 7, 4, 2, 8), (1, 1, 1, 1, 1, 1, 1, 4)]
+    rng = np.random.default_rng(72)  # and one drawn at random (the grader draws other ones)
+    group = int(rng.choice([1, 2, 4]))
+    cases.append((int(rng.integers(1, 4)), group * int(rng.integers(1, 40)), int(rng.integers(1, 50)),
+                  int(rng.integers(1, 50)), int(rng.choice([1, 3, 5, 7])), int(rng.integers(1, 5)), group,
+                  int(rng.choice([2, 4, 8]))))
+    for case in cases:
+        n, c, h, w, k, s, g, itemsize = case
+        expected = carafe_traffic(*case)
+        got = function(n, c, h, w, k, s, g, itemsize)
+        name = f"n={n}, c={c}, h={h}, w={w}, kernel_size={k}, scale={s}, group={g}, itemsize={itemsize}"
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise CheckFailed(f"{what}: returned {got!r} for {name}; return a pair (flops, bytes)")
+        flops, moved = got
+        outputs = n * c * s * h * s * w
+        if flops != expected[0]:
+            hint = "count a multiply and an add for each of the k*k window slots of each output element"
+            if flops == expected[0] // 2:
+                hint = "that counts multiply-adds; a multiply-add is two floating-point operations"
+            elif flops == 2 * k * k * n * s * h * s * w * g:
+                hint = "every channel computes its own sum: count every output element, not every output pixel"
+            raise CheckFailed(f"{what}: {flops} FLOPs for {name}; expected {expected[0]}.\nHint: {hint}")
+        if moved != expected[1]:
+            parts = {"x": itemsize * n * c * h * w, "masks": itemsize * n * g * k * k * s * h * s * w,
+                     "out": itemsize * outputs}
+            hint = "x once (n*c*h*w values), the masks once (n*group*k*k*(s*h)*(s*w)), out once, times itemsize"
+            for part, size in parts.items():
+                if moved == expected[1] - size:
+                    hint = f"the bytes of {part} are missing: a kernel must read (or write) every value of it once"
+            if moved == expected[1] // itemsize:
+                hint = "that counts values; multiply by itemsize to get bytes"
+            elif moved == itemsize * (n * c * k * k * s * h * s * w + parts["masks"] // itemsize + outputs):
+                hint = "that counts x once per window slot and output, as the unfold version does; the fewest " \
+                       "bytes read each value of x once"
+            elif moved == expected[1] - parts["masks"] + itemsize * n * k * k * s * h * s * w:
+                hint = "there are `group` masks per output pixel: n*group*k*k*(s*h)*(s*w) values"
+            raise CheckFailed(f"{what}: {moved} bytes for {name}; expected {expected[1]}.\nHint: {hint}")
+    passed(what, len(cases))
+
+
+# --------------------------------------------------------------------------
+# 07.3 coalescing: CARAFE channels-last
+# --------------------------------------------------------------------------
+
+
+def _carafe_inputs(n, c, h, w, k, s, g, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    logits = torch.from_numpy(rng.standard_normal((n, g, k * k, s * h, s * w)).astype(np.float32))
+    masks = torch.softmax(logits, dim=2).reshape(n, g * k * k, s * h, s * w).numpy()
+    return x, masks
+
+
+def _reference(x, masks, k, s, g=1):
+    return carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g).numpy()
+
+
+def _wrong_index(error, what, hint):
+    if isinstance(error, IndexError):
+        return CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {hint}")
+    if "array index type float" in str(error):
+        return CheckFailed(f"{what}: an array index is a float; write `Y // scale`, not `math.floor(Y / scale)`")
+    return None
+
+
+def _record_checked(kernel, launch, *args, what, hint):
+    try:
+        return record_kernel(kernel, launch, *args)
+    except (NotImplementedError, CheckFailed):
+        raise
+    except Exception as error:
+        failure = _wrong_index(error, what, hint)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _every_output_once(record, name, size, what, case):
+    stores = record.stores_per_element(name)
+    missing = size - len(stores)
+    twice = sum(1 for count in stores.values() if count > 1)
+    if twice:
+        raise CheckFailed(f"{what}: {twice} outputs were written more than once for {case}: each thread computes "
+                          "its own outputs and writes each of them once (a loop over all outputs in every thread, "
+                          "or an accumulation into `out`, repeats the work)")
+    if missing:
+        raise CheckFailed(f"{what}: {missing} of {size} outputs were never written for {case}")
+
+
+_CHANNELS_LAST_CASES = [(1, 32, 3, 3, 3, 2), (2, 48, 3, 4, 5, 2), (1, 64, 2, 3, 3, 3)]
+
+
+def check_carafe_channels_last_kernel(kernel):
+    """``kernel(x, masks, out, kernel_size, scale)`` on channels-last arrays:
+    ``x`` (N, h, w, C), ``masks`` (N, s*h, s*w, k*k), ``out`` (N, s*h, s*w, C),
+    one thread per element of ``out`` on a 1-D grid of 128-thread blocks,
+    the channel varying fastest from thread to thread. Graded by the values
+    and by the sectors each warp's loads and stores touch."""
+    what = "carafe_channels_last_kernel"
+    worst = {"x": 0.0, "masks": 0.0, "out": 0.0}
+    for index, (n, c, h, w, k, s) in enumerate(_CHANNELS_LAST_CASES):
+        x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 70 + index)
+        x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        masks_last = np.ascontiguousarray(masks.transpose(0, 2, 3, 1))
+        out = np.full((n, s * h, s * w, c), np.nan, np.float32)
+        case = f"x of shape (N, h, w, C) = {x_last.shape}, kernel_size={k}, scale={s}"
+        record = _record_checked(kernel, launch_config(out.size, 128), x_last, masks_last, out, k, s, what=what,
+                                 hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]; the "
+                                      "flat index unravels as (n, Y, X, c) with c fastest")
+        expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
+        if np.isnan(out).any():
+            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+            raise CheckFailed(f"{what}: out{first} was never written for {case}.\nHint: one thread per element of "
+                              "out, on a grid of out.size threads")
+        compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5,
+                hint="thread i is element (n, Y, X, c) of out, c = i % C fastest; output (Y, X) reads "
+                     "x[n, Y // s - r + dy, X // s - r + dx, c] with weight masks[n, Y, X, dy * k + dx], "
+                     "skipping the slots outside the map")
+        _every_output_once(record, "out", out.size, what, case)
+        names = _parameter_names(kernel)[:3]
+        for name, key in zip(names, ("x", "masks", "out")):
+            kind = "store" if key == "out" else "load"
+            worst[key] = max(worst[key], record.sectors_per_request(name, kind))
+    limits = {"x": 6.0, "masks": 2.5, "out": 6.0}
+    for key, limit in limits.items():
+        if worst[key] > limit:
+            ideal = {"x": "4 (32 consecutive float32)", "masks": "1 (all threads of a warp read the same mask "
+                     "value)", "out": "4"}[key]
+            raise CheckFailed(
+                f"{what}: a warp's {'stores to' if key == 'out' else 'loads of'} {key} touch {worst[key]:.1f} "
+                f"sectors of 32 bytes on average; ideal is {ideal}, and more than {limit:g} means the threads of "
+                "a warp are spread over memory.\nHint: let consecutive threads take consecutive channels: "
+                "c = i % C, then X, Y and n")
+    passed(what, len(_CHANNELS_LAST_CASES))
+    print(f"  sectors per warp request: x {worst['x']:.1f}, masks {worst['masks']:.1f}, out {worst['out']:.1f} "
+          "(ideal 4, 1, 4)")
+
+
+# --------------------------------------------------------------------------
+# 07.4 reuse: one thread, several channels
+# --------------------------------------------------------------------------
+
+_BLOCKED_CASES = [(1, 9, 3, 4, 5, 2), (2, 4, 3, 3, 3, 2), (1, 6, 2, 5, 3, 3), (1, 3, 4, 3, 1, 2)]
+
+
+def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
+    """``kernel(x, masks, out, kernel_size, scale)`` on (N, C, h, w) arrays,
+    one group: one thread per output pixel and run of ``channels_per_thread``
+    channels (the last run may be shorter), ``N * ceil(C / channels_per_thread)
+    * H * W`` threads on a 1-D grid, X fastest. Each thread loads each of its
+    mask values once and uses it for all channels of its run."""
+    what = "carafe_channel_blocked_kernel"
+    for index, (n, c, h, w, k, s) in enumerate(_BLOCKED_CASES):
+        x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 80 + index)
+        out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+        runs = math.ceil(c / channels_per_thread)
+        threads = n * runs * s * h * s * w
+        case = f"x {x.shape}, kernel_size={k}, scale={s}, {channels_per_thread} channels per thread"
+        record = _record_checked(kernel, launch_config(threads, 128), x, masks, out, k, s, what=what,
+                                 hint="the last run of channels is shorter when C is not a multiple of "
+                                      "CHANNELS_PER_THREAD: test c < C before using channel c")
+        if np.isnan(out).any():
+            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+            raise CheckFailed(f"{what}: out{first} was never written for {case}.\nHint: thread i handles pixel "
+                              "(Y, X) and channels run * CHANNELS_PER_THREAD onwards, for i < N * runs * H * W, "
+                              "runs = ceil(C / CHANNELS_PER_THREAD)")
+        compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
+                hint="each of the thread's channels sums masks[n, t, Y, X] * x[n, c, row, col] over the inside slots")
+        _every_output_once(record, "out", out.size, what, case)
+        x_name, masks_name = _parameter_names(kernel)[:2]
+        pixels = n * s * h * s * w
+        mask_loads, x_loads = record.count(masks_name), record.count(x_name)
+        allowed = runs * k * k * pixels
+        if mask_loads > allowed:
+            raise CheckFailed(
+                f"{what}: {mask_loads} loads of masks for {case}, {mask_loads / (n * c * s * h * s * w):.2f} per "
+                f"output element; with {channels_per_thread} channels per thread it takes at most {allowed} "
+                f"({allowed / (n * c * s * h * s * w):.2f} per output).\nHint: load each mask value once into a "
+                "local variable, then use it for every channel of the thread's run (the channel loop inside the "
+                "slot loop)")
+        if x_loads > c * k * k * pixels:
+            raise CheckFailed(f"{what}: {x_loads} loads of x for {case}; one per channel, inside slot and pixel is "
+                              f"at most {c * k * k * pixels}")
+    passed(what, len(_BLOCKED_CASES))
+
+
+# --------------------------------------------------------------------------
+# 07.5 the CPU loop: loop order, contiguous inner loops
+# --------------------------------------------------------------------------
+
+
+def time_side_by_side(functions, repeat: int = 7, warmup: int = 1):
+    """Median seconds of each of ``functions``, measured in turns (one run of
+    each, then the next round), so that a disturbance hits them all alike."""
+    for function in functions:
+        for _ in range(warmup):
+            function()
+    times = [[] for _ in functions]
+    for _ in range(repeat):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            times[index].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+_CPU_CASES = [(1, 2, 3, 16, 3, 2), (2, 3, 4, 5, 5, 2), (1, 1, 2, 7, 3, 3)]
+#: Traced (as Python) for the access order: rows long enough to span several cache lines.
+_TRACE_CASE = (1, 2, 3, 16, 3, 2)
+
+
+def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64, 64)):
+    """``fast(x, masks, out, kernel_size, scale)``: CARAFE forward on (N, C,
+    h, w) float32 arrays, one group, ``numba.njit``-compiled, writing every
+    element of ``out``. Graded on the values, on the order of its accesses
+    (run as Python: most consecutive accesses must stay in one cache line)
+    and on its speed against ``slow`` measured side by side (median of 5,
+    at least ``min_speedup`` times faster; a sound loop order is several
+    times faster, so a loaded machine does not turn a pass into a failure)."""
+    what = "carafe_rows_cpu"
+    stub = unsolved_exercise(fast)
+    if stub is not None:
+        raise NotImplementedError(stub)
+    if not hasattr(fast, "py_func"):
+        raise CheckFailed(f"{what}: this is a plain Python function; compile it with numba.njit (the checker times "
+                          "it, and Python runs these loops a hundred times slower)")
+    for index, (n, c, h, w, k, s) in enumerate(_CPU_CASES):
+        x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 90 + index)
+        out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+        case = f"x {x.shape}, kernel_size={k}, scale={s}"
+        try:
+            fast(x, masks, out, k, s)
+        except NotImplementedError:
+            raise
+        except IndexError as error:
+            raise CheckFailed(f"{what}: index out of bounds for {case} ({error}).\nHint: the inner loop over X "
+                              "runs only over the columns whose slot lies inside the map") from None
+        if np.isnan(out).any():
+            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+            raise CheckFailed(f"{what}: out{first} was never written (it is NaN) for {case}.\nHint: zero each "
+                              "output row before adding the slots into it")
+        compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
+                hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
+                     "over the slots inside the map")
+    n, c, h, w, k, s = _TRACE_CASE
+    x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 99)
+    record = record_function(fast, x, masks, np.zeros((n, c, s * h, s * w), np.float32), k, s)
+    names = _parameter_names(fast)[:3]
+    switches = {name: record.line_switches(name) for name in names}
+    for name, share in switches.items():
+        if share > 0.3:
+            raise CheckFailed(
+                f"{what}: {share:.0%} of the accesses to {name} leave the cache line of the access before; a loop "
+                "whose innermost index is the last (contiguous) axis stays in a line for 16 float32.\nHint: "
+                "put the loop over X innermost, the loops over the slots (dy, dx) around it, and make the "
+                "channel loop an outer one")
+    n, c, h, w = size
+    x, masks = _carafe_inputs(n, c, h, w, 5, 2, 1, 98)
+    out_fast, out_slow = (np.zeros((n, c, 2 * h, 2 * w), np.float32) for _ in range(2))
+    fast_time, slow_time = time_side_by_side([lambda: fast(x, masks, out_fast, 5, 2),
+                                              lambda: slow(x, masks, out_slow, 5, 2)], repeat=5)
+    if slow_time < min_speedup * fast_time:
+        raise CheckFailed(f"{what}: {fast_time * 1e3:.2f} ms against {slow_time * 1e3:.2f} ms for the slow loop "
+                          f"order on x {tuple(size)}, k=5, s=2: less than {min_speedup:g} times faster.\nHint: is it "
+                          "compiled with numba.njit? Keep the innermost loop free of tests: compute the range of "
+                          "X whose slot column lies inside the map before it")
+    passed(what, len(_CPU_CASES))
+    print("  accesses that change cache line: " + ", ".join(f"{name} {share:.0%}" for name, share in switches.items()))
+    return slow_time / fast_time
+
+
+# --------------------------------------------------------------------------
+# The committed real-GPU run
+# --------------------------------------------------------------------------
+
+
+def gpu_reference_summary(path=None) -> str:
+    """The stored figures of the committed real-GPU run, as text, or a plain
+    statement that there is none yet and how to make it."""
+    path = Path(path) if path is not None else GPU_REFERENCE
+    if not path.exists():
+        return (f"No reference GPU run is committed yet ({path.parent.name}/{path.name} does not exist): run "
+                f"`{GPU_REFERENCE_COMMAND}` on a machine with an NVIDIA GPU to create it. Until then this lesson "
+                "shows no GPU figures.")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(row for row in handle if not row.startswith("#")))
+    if not rows:
+        return f"{path.parent.name}/{path.name} holds no measurements."
+    device_column = next((name for name in ("gpu", "device_name", "device") if name in rows[0]), None)
+    if device_column is None:
+        raise ValueError(f"{path}: no column names the GPU (expected one of gpu, device_name, device)")
+    gpus = sorted({row[device_column] for row in rows})
+    columns = [name for name in rows[0] if name != device_column]
+    widths = {name: max(len(name), *(len(row[name] or "") for row in rows)) for name in columns}
+    lines = [f"STORED FIGURES from a real-GPU run on {', '.join(gpus)} ({path.parent.name}/{path.name}), "
+             "not measured on this machine:",
+             "  ".join(name.ljust(widths[name]) for name in columns)]
+    lines += ["  ".join((row[name] or "").ljust(widths[name]) for name in columns) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
