@@ -53,7 +53,7 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["count", "TrafficReport", "ArrayTraffic", "COUNTERS"]
+__all__ = ["count", "run_counted", "TrafficReport", "ArrayTraffic", "COUNTERS"]
 
 #: The per-thread counters of a report, in the order ``totals`` lists them.
 COUNTERS = ("global_loads", "global_stores", "global_atomics", "shared_loads", "shared_stores", "shared_atomics")
@@ -300,6 +300,7 @@ class _Patched:
         shared_class, atomic_class = kernelapi.FakeCUDAShared, kernelapi.FakeCUDAAtomic
         original_shared = shared_class.array
         made = {}
+        making = threading.Lock()  # the threads of a block ask for the same array at once
 
         def shared_array(shared, shape, dtype, alignment=None):
             if shape == 0:  # dynamic shared memory: one buffer for every array
@@ -310,12 +311,13 @@ class _Patched:
                 caller = sys._getframe(1)
                 key = (caller.f_code.co_filename, caller.f_lineno)
                 array = None
-            if key not in made:
-                if array is None:
-                    array = np.empty(shape, _as_dtype(dtype))
-                name = f"shared array {len(made) + 1}"
-                made[key] = _counted(array, counters, "shared", name, arrays)
-            return made[key]
+            with making:
+                if key not in made:
+                    if array is None:
+                        array = np.empty(shape, _as_dtype(dtype))
+                    name = f"shared array {len(made) + 1}"
+                    made[key] = _counted(array, counters, "shared", name, arrays)
+                return made[key]
 
         self.saved.append((shared_class, "array", original_shared))
         shared_class.array = shared_array
@@ -398,6 +400,12 @@ def count(kernel, griddim, blockdim, *args, timeout: float | None = None) -> Tra
     (default: the checkers' timeout) raises ``checkers.KernelTimeout``."""
     from .checkers.engine import DEFAULT_TIMEOUT, run_with_timeout
 
+    return run_with_timeout(lambda: run_counted(kernel, griddim, blockdim, args),
+                            timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+
+
+def run_counted(kernel, griddim, blockdim, args) -> TrafficReport:
+    """``count`` without the timeout, in the calling thread."""
     griddim, blockdim = _dims(griddim), _dims(blockdim)
     dims = max(len(griddim), len(blockdim))
     griddim = griddim + (1,) * (dims - len(griddim))
@@ -416,8 +424,7 @@ def count(kernel, griddim, blockdim, *args, timeout: float | None = None) -> Tra
         launched.append(value if array is None else _counted(array, counters, "global", name, arrays))
     simulated = _simulated_kernel(kernel)
     with backend.SIMULATOR_LOCK, _Patched(_simulator_modules(), counters, arrays):
-        run_with_timeout(lambda: simulated[griddim, blockdim](*launched),
-                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+        simulated[griddim, blockdim](*launched)
     values = counters.values
     return TrafficReport(griddim=griddim, blockdim=blockdim, arrays=arrays,
                          **{name: values[name] for name in COUNTERS})

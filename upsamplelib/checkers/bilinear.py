@@ -17,6 +17,7 @@ from .engine import (
     run_with_timeout,
     uses_atomics,
 )
+from .rules import KernelCheck
 
 __all__ = [
     "check_linear_index",
@@ -71,44 +72,46 @@ def _reference(x, size, align_corners):
     return x, F.interpolate(x[None], size=size, mode="bilinear", align_corners=align_corners)[0]
 
 
-def _kernel_case(kernel, n_threads, *arrays, what):
-    launch_checked(kernel, launch_config(n_threads, 64), *arrays, what=what,
-                   bounds_hint="guard the body with a bounds check")
+def _kernel_case(rules, n_threads, *arrays, count=False, case=""):
+    rules.launch(launch_config(n_threads, 64), *arrays, bounds_hint="guard the body with a bounds check",
+                 count=count, case=case)
 
 
 def check_bilinear_kernel(kernel):
     """``kernel(x, out, align_corners)``: (planes, H, W) -> (planes, H', W'),
     one thread per output element."""
     what = "bilinear_kernel"
+    rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(21)
     for align_corners in (False, True):
-        for (planes, h, w), size in _SHAPES:
+        for index, ((planes, h, w), size) in enumerate(_SHAPES):
             x = rng.standard_normal((planes, h, w)).astype(np.float32)
             out = np.full((planes,) + size, np.nan, np.float32)
-            _kernel_case(kernel, out.size, x, out, align_corners, what=what)
+            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
+            _kernel_case(rules, out.size, x, out, align_corners, count=index == 2 and not align_corners, case=case)
             _, expected = _reference(x, size, align_corners)
-            compare(expected.detach().float(), out, what=what,
-                    case=f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}",
+            compare(expected.detach().float(), out, what=what, case=case,
                     hint="blend the four neighbours: first along the row with (wx0, wx1), then the two rows "
                          "with (wy0, wy1)")
-    passed(what, 2 * len(_SHAPES))
+    rules.passed(2 * len(_SHAPES))
 
 
 def _check_backward(kernel, what, one_thread_per, hint):
+    rules = KernelCheck(kernel, what, output=1, writes="atomic" if one_thread_per == "output" else "once")
     rng = np.random.default_rng(22)
     for align_corners in (False, True):
-        for (planes, h, w), size in _SHAPES:
+        for index, ((planes, h, w), size) in enumerate(_SHAPES):
             x = rng.standard_normal((planes, h, w)).astype(np.float32)
             x_ref, out_ref = _reference(x, size, align_corners)
             grad_out = rng.standard_normal(out_ref.shape).astype(np.float32)
             (expected,) = torch.autograd.grad(out_ref, x_ref, torch.from_numpy(grad_out).double())
             grad_x = np.zeros_like(x)
             n_threads = grad_out.size if one_thread_per == "output" else grad_x.size
-            _kernel_case(kernel, n_threads, grad_out, grad_x, align_corners, what=what)
-            compare(expected.float(), grad_x, what=what,
-                    case=f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}",
-                    hint=hint)
-    passed(what, 2 * len(_SHAPES))
+            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
+            _kernel_case(rules, n_threads, grad_out, grad_x, align_corners, count=index == 2 and not align_corners,
+                         case=case)
+            compare(expected.float(), grad_x, what=what, case=case, hint=hint)
+    rules.passed(2 * len(_SHAPES))
 
 
 def check_bilinear_scatter_kernel(kernel):
@@ -141,7 +144,7 @@ def check_bilinear_function(function_class):
     what = "BilinearFunction"
     torch.manual_seed(23)
     for align_corners in (False, True):
-        x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)  # batch and channels >= 2
         size = (5, 7)
         out = run_with_timeout(lambda: function_class.apply(x, size, align_corners), what="forward")
         expected = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)

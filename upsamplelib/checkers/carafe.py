@@ -23,6 +23,7 @@ from .engine import (
     run_with_timeout,
     unsolved_exercise,
 )
+from .rules import KernelCheck
 
 __all__ = [
     "check_predict_kernels",
@@ -34,6 +35,7 @@ __all__ = [
     "check_carafe_grad_masks_kernel",
     "check_carafe_function",
     "shared_memory_problems",
+    "x_loads_per_channel",
 ]
 
 # --------------------------------------------------------------------------
@@ -47,6 +49,7 @@ __all__ = [
 _GROUP1_CASES = [
     (1, 2, 5, 7, 5, 2, 1),
     (2, 1, 4, 3, 3, 3, 1),
+    (2, 3, 2, 3, 3, 2, 1),
     (1, 2, 3, 6, 7, 1, 1),
     (1, 1, 5, 4, 1, 4, 1),
     (1, 1, 2, 9, 5, 3, 1),
@@ -68,7 +71,7 @@ _TILED_CASES = [
     (1, 2, 3, 4, 3, 3, 2),
     (1, 1, 12, 10, 7, 1, 1),
     (1, 2, 2, 3, 5, 4, 2),
-    (2, 1, 3, 2, 1, 2, 1),
+    (2, 2, 3, 2, 1, 2, 1),
 ]
 
 _BACKWARD_CASES = [
@@ -150,11 +153,6 @@ def _variants(x, masks, kernel_size, scale, group):
                       "channel c belongs to group c // (C // group) (contiguous blocks of C // group "
                       "channels), not c % group."))
     return found
-
-
-def _launch(kernel, launch, *arrays, what, index_hint):
-    launch_checked(kernel, launch, *arrays, what=what, bounds_hint=index_hint,
-                   float_index_note=INTEGER_DIVISION_NOTE)
 
 
 _FORWARD_HINT = ("out[n, c, Y, X] = sum over dy, dx in range(kernel_size) of "
@@ -246,6 +244,7 @@ def check_predict_kernels(predict_kernels):
 
 
 def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT):
+    rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, seed + index)
@@ -259,10 +258,11 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                       "Y // scale + dy for dy in range(kernel_size)" if padded else
                       "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x; and guard "
                       "the thread with `if i < out.size:`")
-        _launch(kernel, launch_config(out.size, 128), *arrays, what=what, index_hint=index_hint)
+        rules.launch(launch_config(out.size, 128), *arrays, bounds_hint=index_hint, count=index == 1,
+                     case=_describe(case))
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
-    passed(what, len(cases))
+    rules.passed(len(cases))
 
 
 def check_carafe_padded_kernel(kernel):
@@ -373,22 +373,60 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
     if problems:
         raise CheckFailed(f"{what}: " + "\n".join(problems))
     cases = [case for case in _TILED_CASES if (case[4] - 1) // 2 <= max_radius]
+    rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, 35 + index)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         grid = (math.ceil(s * w / tile), math.ceil(s * h / tile), n * c)
-        _launch(kernel, (grid, (tile, tile)), x, masks, out, k, s, g, what=what,
-                index_hint="a tile index is outside the shared array: the tile holds low-res rows from "
-                           "Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output "
-                           "row; output Y reads tile row Y // scale - Y0 // scale + dy")
+        report = rules.launch(
+            (grid, (tile, tile)), x, masks, out, k, s, g, count=index == 0, case=_describe(case),
+            bounds_hint="a tile index is outside the shared array: the tile holds low-res rows from "
+                        "Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output "
+                        "row; output Y reads tile row Y // scale - Y0 // scale + dy")
+        if report is not None:
+            counted = (case, report)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what,
                   case=f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
                   hint="every thread of the block, inside the output or not, must help load the tile "
                        "(zeros outside the map) before cuda.syncthreads(); then each thread inside the "
                        "output sums its k*k tile values weighted by its masks")
-    passed(what, len(cases))
+    _require_tile_reuse(what, *counted, tile)
+    rules.passed(len(cases))
+
+
+def x_loads_per_channel(h, w, k, s, tile=None):
+    """Loads of x per plane, as lesson 03 counts them: one per inside window
+    slot and output (tile=None), or one per inside tile value and block."""
+    r = (k - 1) // 2
+
+    def along(size):
+        if tile is None:  # every output reads its inside rows
+            return sum(sum(0 <= Y // s - r + d < size for d in range(k)) for Y in range(s * size))
+        total = 0  # every block loads the inside rows of its tile
+        for Y0 in range(0, s * size, tile):
+            first, last = Y0 // s - r, (Y0 + tile - 1) // s + r
+            total += min(last, size - 1) - max(first, 0) + 1
+        return total
+
+    return along(h) * along(w)
+
+
+def _require_tile_reuse(what, case, report, tile):
+    """The tiled kernel must load x as rarely as lesson 03 counts: each
+    inside value of a block's tile once."""
+    n, c, h, w, k, s, g = case
+    x_loads = report.array(list(report.arrays)[0]).loads
+    tiled = n * c * x_loads_per_channel(h, w, k, s, tile)
+    naive = n * c * x_loads_per_channel(h, w, k, s)
+    if x_loads > tiled:
+        raise CheckFailed(
+            f"{what}: the values are right, but the kernel loads x from global memory {x_loads} times for "
+            f"{_describe(case)}; the tile of the lesson loads it {tiled} times (one thread per output: {naive}). "
+            "Every value of x that a block needs should be loaded once, into the shared tile.\nHint: the "
+            "threads load the tile's rows * cols values once, in the strided loop; after cuda.syncthreads() "
+            "the sum reads tile[...], never x[...]")
 
 
 # --------------------------------------------------------------------------
@@ -404,6 +442,7 @@ def _gradients(x, masks, grad_out, k, s, g):
 
 
 def _backward_cases(kernel, what, wrt, hint, index_hint):
+    rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
     for index, case in enumerate(_BACKWARD_CASES):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, 36 + index)
@@ -417,9 +456,10 @@ def _backward_cases(kernel, what, wrt, hint, index_hint):
             result = np.full(masks.shape, np.nan, np.float32)
             arrays = (grad_out, x, result, k, s, g)
             expected = grad_masks
-        _launch(kernel, launch_config(result.size, 128), *arrays, what=what, index_hint=index_hint)
+        rules.launch(launch_config(result.size, 128), *arrays, bounds_hint=index_hint, count=index == 2,
+                     case=_describe(case))
         compare(expected.numpy(), result, what=what, case=_describe(case), hint=hint, rtol=1e-5, atol=1e-5)
-    passed(what, len(_BACKWARD_CASES))
+    rules.passed(len(_BACKWARD_CASES))
 
 
 def check_carafe_grad_x_kernel(kernel):

@@ -20,6 +20,7 @@ from .engine import (
     require_gather,
     run_with_timeout,
 )
+from .rules import KernelCheck
 
 __all__ = [
     "check_semi_shift_two_convs",
@@ -42,7 +43,7 @@ __all__ = [
 #: C * k * k taps.
 _CASES = [
     (1, 2, 3, 3, 4, 3, 2),
-    (2, 1, 2, 2, 3, 3, 3),
+    (2, 2, 2, 2, 3, 3, 3),
     (1, 3, 2, 4, 2, 5, 2),
     (1, 2, 2, 3, 3, 1, 2),
     (1, 2, 3, 2, 5, 3, 1),
@@ -151,11 +152,14 @@ def _diagnose(expected, got, variants, *, rtol=1e-4, atol=1e-4, **details):
     diagnose(expected, got, variants, rtol=rtol, atol=atol, border_hint=BORDER_HINT, **details)
 
 
-def _launch(kernel, n_threads, *arrays, what, guard):
-    launch_checked(kernel, launch_config(n_threads, 64), *arrays, what=what,
-                   bounds_hint=f"guard the thread with `if i < {guard}:`, and check that a tap is inside the map "
-                               "before reading it",
-                   float_index_note=INTEGER_DIVISION_NOTE)
+def _rules(kernel, what, output):
+    return KernelCheck(kernel, what, output=output, float_index_note=INTEGER_DIVISION_NOTE)
+
+
+def _launch(rules, n_threads, *arrays, guard, count=False, case=""):
+    rules.launch(launch_config(n_threads, 64), *arrays, count=count, case=case,
+                 bounds_hint=f"guard the thread with `if i < {guard}:`, and check that a tap is inside the map "
+                             "before reading it")
 
 
 # --------------------------------------------------------------------------
@@ -231,16 +235,17 @@ def check_semi_shift_kernel(kernel):
     (n, o, Y, X) of ``out`` (N, O, s*h, s*w) on a 1-D grid, reading E and D
     directly (no intermediate maps)."""
     what = "semi_shift_kernel"
+    rules = _rules(kernel, what, 4)
     for index, case in enumerate(_CASES):
         n, c, o, h, w, k, s = case
         E, D, weight, bias = _inputs(case, 520 + index)
         out = np.full((n, o, s * h, s * w), np.nan, np.float32)
-        _launch(kernel, out.size, E, D, weight, bias, out, s, what=what, guard="out.size")
+        _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size", count=index == 1, case=_describe(case))
         _diagnose(_reference(E, D, weight, bias, s), out, _variants(E, D, weight, bias, s), what=what,
                   case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="unravel i into (n, o, Y, X) with X fastest; then " + _FORMULA,
                   border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
-    passed(what, len(_CASES))
+    rules.passed(len(_CASES))
 
 
 # --------------------------------------------------------------------------
@@ -271,10 +276,12 @@ def check_semi_shift_grad_en_kernel(kernel):
     (n, c, Y, X) of ``grad_en`` (N, C, H, W), a gather (no atomics)."""
     what = "semi_shift_grad_en_kernel"
     require_gather(kernel, what, "sums into its own element of grad_en")
-    for case, E, D, weight, bias, grad_out in _backward_cases(530):
+    rules = _rules(kernel, what, 2)
+    for index, (case, E, D, weight, bias, grad_out) in enumerate(_backward_cases(530)):
         expected = _gradients(E, D, weight, bias, grad_out, case[6])[0]
         grad_en = np.full(E.shape, np.nan, np.float32)
-        _launch(kernel, grad_en.size, grad_out, weight, grad_en, what=what, guard="grad_en.size")
+        _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size", count=index == 1,
+                case=_describe(case))
         g, W = _torch(grad_out, weight)
         pad = W.shape[2] // 2
         variants = [(F.conv2d(g, W.transpose(0, 1), padding=pad),
@@ -284,7 +291,7 @@ def check_semi_shift_grad_en_kernel(kernel):
         _diagnose(expected, grad_en, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_en[n, c, Y, X] = sum over o, uy, ux of weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, "
                        "X - ux + r], skipping outputs outside the map")
-    passed(what, len(_CASES))
+    rules.passed(len(_CASES))
 
 
 def check_semi_shift_grad_de_kernel(kernel):
@@ -292,11 +299,13 @@ def check_semi_shift_grad_de_kernel(kernel):
     (n, c, row, col) of ``grad_de`` (N, C, h, w), a gather (no atomics)."""
     what = "semi_shift_grad_de_kernel"
     require_gather(kernel, what, "sums into its own element of grad_de")
-    for case, E, D, weight, bias, grad_out in _backward_cases(540):
+    rules = _rules(kernel, what, 2)
+    for index, (case, E, D, weight, bias, grad_out) in enumerate(_backward_cases(540)):
         s = case[6]
         expected = _gradients(E, D, weight, bias, grad_out, s)[1]
         grad_de = np.full(D.shape, np.nan, np.float32)
-        _launch(kernel, grad_de.size, grad_out, weight, grad_de, s, what=what, guard="grad_de.size")
+        _launch(rules, grad_de.size, grad_out, weight, grad_de, s, guard="grad_de.size", count=index == 1,
+                case=_describe(case))
         g, W, Dt = _torch(grad_out, weight, D)
         pad = W.shape[2] // 2
         Dt.requires_grad_()
@@ -315,7 +324,7 @@ def check_semi_shift_grad_de_kernel(kernel):
                   hint="grad_de[n, c, row, col] = sum over o, uy, ux of weight[o, c, uy, ux] * (the sum of grad_out "
                        "over the s x s outputs attached to low-res pixel (row - uy + r, col - ux + r)), skipping "
                        "anchors outside the low-res map")
-    passed(what, len(_CASES))
+    rules.passed(len(_CASES))
 
 
 def check_semi_shift_grad_weight_kernel(kernel):
@@ -323,11 +332,13 @@ def check_semi_shift_grad_weight_kernel(kernel):
     (o, c, uy, ux) of ``grad_weight`` (O, C, k, k), summing over the batch
     and every output pixel."""
     what = "semi_shift_grad_weight_kernel"
-    for case, E, D, weight, bias, grad_out in _backward_cases(550):
+    rules = _rules(kernel, what, 3)
+    for index, (case, E, D, weight, bias, grad_out) in enumerate(_backward_cases(550)):
         n, c, o, h, w, k, s = case
         expected = _gradients(E, D, weight, bias, grad_out, s)[2]
         grad_weight = np.full(weight.shape, np.nan, np.float32)
-        _launch(kernel, grad_weight.size, grad_out, E, D, grad_weight, s, what=what, guard="grad_weight.size")
+        _launch(rules, grad_weight.size, grad_out, E, D, grad_weight, s, guard="grad_weight.size", count=index == 1,
+                case=_describe(case))
         variants = []
         for name, parts in (("encoder", (E, np.zeros_like(D))), ("decoder", (np.zeros_like(E), D))):
             wrong = _gradients(*parts, weight, bias, grad_out, s)[2]
@@ -344,7 +355,7 @@ def check_semi_shift_grad_weight_kernel(kernel):
         _diagnose(expected, grad_weight, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_weight[o, c, uy, ux] = sum over n, Y, X of grad_out[n, o, Y, X] * (E[n, c, Y + uy - r, "
                        "X + ux - r] + D[n, c, Y // s + uy - r, X // s + ux - r]), zero outside the maps")
-    passed(what, len(_CASES))
+    rules.passed(len(_CASES))
 
 
 # --------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import torch
 
+from ..backend import SIMULATOR
 from .engine import CheckFailed, compare, launch_checked, passed, random_sizes
+from .rules import KernelCheck
 
 __all__ = [
     "check_scale_kernel",
@@ -23,24 +25,25 @@ BOUNDS_HINT = (
 )
 
 
-def _run_elementwise(kernel, launch, x, factor, what):
+def _run_elementwise(rules, launch, x, factor, count=False, case=""):
     out = np.zeros_like(x)
-    launch_checked(kernel, launch, x, out, np.float32(factor), what=what, bounds_hint=BOUNDS_HINT)
+    rules.launch(launch, x, out, np.float32(factor), bounds_hint=BOUNDS_HINT, count=count, case=case)
     return out
 
 
 def check_scale_kernel(kernel, threads_per_block: int = 128):
     """``kernel(x, out, factor)``: out[i] = x[i] * factor, one thread per element."""
     what = "scale_kernel"
+    rules = KernelCheck(kernel, what, output=1)
     sizes = random_sizes(seed=0, count=6, low=1, high=1500)
     rng = np.random.default_rng(0)
-    for n in sizes:
+    for index, n in enumerate(sizes):
         x = rng.standard_normal(n).astype(np.float32)
         blocks = math.ceil(n / threads_per_block)
-        out = _run_elementwise(kernel, (blocks, threads_per_block), x, 2.5, what)
-        compare(x * np.float32(2.5), out, what=what, case=f"n={n} with {blocks} blocks of {threads_per_block}",
-                hint="out[i] = x[i] * factor for i = cuda.grid(1)")
-    passed(what, len(sizes))
+        case = f"n={n} with {blocks} blocks of {threads_per_block}"
+        out = _run_elementwise(rules, (blocks, threads_per_block), x, 2.5, count=index == 2, case=case)
+        compare(x * np.float32(2.5), out, what=what, case=case, hint="out[i] = x[i] * factor for i = cuda.grid(1)")
+    rules.passed(len(sizes))
 
 
 def check_launch_config(launch_config):
@@ -71,38 +74,113 @@ def check_grid_stride_kernel(kernel, blocks: int = 2, threads_per_block: int = 3
     """``kernel(x, out, factor)`` launched on a fixed, small grid must still
     cover arrays larger than the grid (a grid-stride loop)."""
     what = "grid_stride_kernel"
+    rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(1)
     sizes = random_sizes(seed=1, count=5, low=1, high=700)
-    for n in sizes:
+    for index, n in enumerate(sizes):
         x = rng.standard_normal(n).astype(np.float32)
-        out = _run_elementwise(kernel, (blocks, threads_per_block), x, -1.5, what)
-        compare(x * np.float32(-1.5), out, what=what,
-                case=f"n={n} with a fixed grid of {blocks} x {threads_per_block} threads",
+        case = f"n={n} with a fixed grid of {blocks} x {threads_per_block} threads"
+        out = _run_elementwise(rules, (blocks, threads_per_block), x, -1.5, count=index == 1, case=case)
+        compare(x * np.float32(-1.5), out, what=what, case=case,
                 hint="start at cuda.grid(1) and step by cuda.gridsize(1) until n")
-    passed(what, len(sizes))
+    rules.passed(len(sizes))
 
 
 def check_flip_kernel(kernel, block=(16, 8)):
     """``kernel(image, out)``: out[row, col] = image[row, width - 1 - col] on a
     2-D grid whose first coordinate is the column."""
     what = "flip_kernel"
+    rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(2)
     shapes = [(1, 1), (8, 16), (13, 29), (31, 7), (20, 45)]
-    for height, width in shapes:
+    for index, (height, width) in enumerate(shapes):
         image = rng.standard_normal((height, width)).astype(np.float32)
         out = np.zeros_like(image)
         grid = (math.ceil(width / block[0]), math.ceil(height / block[1]))
-        launch_checked(kernel, (grid, block), image, out, what=what,
-                       bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`")
-        compare(image[:, ::-1], out, what=what, case=f"a {height}x{width} image, grid {grid} of {block}",
+        case = f"a {height}x{width} image, grid {grid} of {block}"
+        rules.launch((grid, block), image, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
+                     count=index == 2, case=case)
+        compare(image[:, ::-1], out, what=what, case=case,
                 hint="col, row = cuda.grid(2); the mirror of column col is width - 1 - col")
-    passed(what, len(shapes))
+    rules.passed(len(shapes))
+
+
+#: Tensor methods that bring a tensor's values to host memory (a copy, for a CUDA tensor).
+_HOST_COPIES = {"cpu": "tensor.cpu()", "to": "tensor.to(...)", "numpy": "tensor.numpy()",
+                "__array__": "np.asarray(tensor)", "tolist": "tensor.tolist()", "item": "tensor.item()"}
+
+
+class _PretendCudaTensor(torch.Tensor):
+    """A CPU tensor that says it lives on a GPU, and records every call
+    that would copy a real CUDA tensor to host memory. So, with no GPU, the
+    checker still sees what ``to_kernel_array`` does with a CUDA tensor."""
+
+    host_copies: list = []
+
+    @property
+    def is_cuda(self):
+        return True
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in _HOST_COPIES:
+            cls.host_copies.append(_HOST_COPIES[name])
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _shares_memory_when_on_a_gpu(to_kernel_array, what):
+    """In the simulator: hand ``to_kernel_array`` a pretend CUDA tensor
+    (``cuda.as_cuda_array`` gives a view of it) and refuse host round trips."""
+    from numba import cuda
+
+    tensor = torch.zeros(3, 4).as_subclass(_PretendCudaTensor)
+    _PretendCudaTensor.host_copies = []
+    calls = []
+
+    def as_cuda_array(obj, sync=True):
+        calls.append(obj)
+        return torch.Tensor.numpy(obj.as_subclass(torch.Tensor))
+
+    missing = not hasattr(cuda, "as_cuda_array")
+    previous = getattr(cuda, "as_cuda_array", None)
+    cuda.as_cuda_array = as_cuda_array
+    try:
+        array = to_kernel_array(tensor)
+    finally:
+        if missing:
+            del cuda.as_cuda_array
+        else:
+            cuda.as_cuda_array = previous
+    copies = sorted(set(_PretendCudaTensor.host_copies))
+    if copies:
+        raise CheckFailed(
+            f"{what}: for a CUDA tensor it calls {' and '.join(copies)}, which brings the values to host memory "
+            "(or fails: a CUDA tensor has no .numpy()). A kernel would then work on a copy, and every call would "
+            "cross the PCIe bus twice; the simulator hides it, since there every tensor is on the CPU.\n"
+            "Hint: `if tensor.is_cuda: return cuda.as_cuda_array(tensor)`, which shares the GPU memory; "
+            "tensor.numpy() only for CPU tensors")
+    if not calls:
+        raise CheckFailed(f"{what}: for a CUDA tensor it returned {type(array).__name__} without calling "
+                          "cuda.as_cuda_array.\nHint: `if tensor.is_cuda: return cuda.as_cuda_array(tensor)`")
+    array[1, 2] = 7.0
+    if float(tensor.as_subclass(torch.Tensor)[1, 2]) != 7.0:
+        raise CheckFailed(f"{what}: for a CUDA tensor, writing through the array did not change the tensor, so "
+                          "it is a copy.\nHint: cuda.as_cuda_array(tensor) shares the GPU memory")
 
 
 def check_to_kernel_array(to_kernel_array):
-    """``to_kernel_array(tensor)`` must share memory with the tensor."""
+    """``to_kernel_array(tensor)`` must share memory with the tensor; for a
+    CUDA tensor with no host round trip (checked with a pretend one where
+    there is no GPU)."""
     what = "to_kernel_array"
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" not in devices and SIMULATOR:
+        _shares_memory_when_on_a_gpu(to_kernel_array, what)
     for device in devices:
         tensor = torch.zeros(3, 4, device=device)
         array = to_kernel_array(tensor)
@@ -119,4 +197,4 @@ def check_to_kernel_array(to_kernel_array):
                 f"{what}: writing through the array did not change the {device} tensor, so it is a copy.\n"
                 "Hint: tensor.numpy() on the CPU and cuda.as_cuda_array(tensor) on the GPU share memory"
             )
-    passed(what, len(devices))
+    passed(what, 2 if "cuda" not in devices and SIMULATOR else len(devices))

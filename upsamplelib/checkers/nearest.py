@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..backend import launch_config
 from ..ops.interpolate import NEAREST_GENERIC, nearest_source_index
 from .engine import FLOAT_INDEX_HINT, CheckFailed, compare, launch_checked, passed
+from .rules import KernelCheck
 
 __all__ = [
     "check_nearest_index",
@@ -77,17 +78,18 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
     """``kernel(x, out)``: nearest upsampling of one (H, W) plane, one thread
     per output pixel on a 2-D grid whose first coordinate is the column."""
     what = "nearest_plane_kernel"
+    rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(10)
-    for (h, w), (out_h, out_w) in _PLANE_SHAPES:
+    for index, ((h, w), (out_h, out_w)) in enumerate(_PLANE_SHAPES):
         x = rng.standard_normal((h, w)).astype(np.float32)
         out = np.full((out_h, out_w), np.nan, np.float32)
         grid = (math.ceil(out_w / block[0]), math.ceil(out_h / block[1]))
-        launch_checked(kernel, (grid, block), x, out, what=what,
-                       bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`")
+        rules.launch((grid, block), x, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
+                     count=index == 2, case=f"{h}x{w} -> {out_h}x{out_w}")
         expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
         compare(expected, out, exact=True, what=what, case=f"{h}x{w} -> {out_h}x{out_w}",
                 hint="out[row, col] = x[nearest_index(row, ...), nearest_index(col, ...)]")
-    passed(what, len(_PLANE_SHAPES))
+    rules.passed(len(_PLANE_SHAPES))
 
 
 _SHAPES = [((1, 1, 1), (2, 3)), ((2, 4, 5), (9, 10)), ((3, 7, 3), (16, 7)), ((2, 9, 11), (5, 6)), ((1, 5, 5), (23, 11))]
@@ -98,13 +100,15 @@ def check_nearest_kernel(kernel, exact: bool = False):
     thread per output element on a 1-D grid."""
     what = "nearest_kernel" + (" (nearest-exact)" if exact else "")
     mode = "nearest-exact" if exact else "nearest"
+    rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(11)
-    for (planes, h, w), (out_h, out_w) in _SHAPES:
+    for index, ((planes, h, w), (out_h, out_w)) in enumerate(_SHAPES):
         x = rng.standard_normal((planes, h, w)).astype(np.float32)
         out = np.full((planes, out_h, out_w), np.nan, np.float32)
-        launch_checked(kernel, launch_config(out.size, 64), x, out, exact, what=what,
-                       bounds_hint="the last block runs past out.size; guard with `if i < out.size:`")
+        rules.launch(launch_config(out.size, 64), x, out, exact,
+                     bounds_hint="the last block runs past out.size; guard with `if i < out.size:`",
+                     count=index == 2, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}")
         expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
         compare(expected, out, exact=True, what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}",
                 hint="unravel i into (plane, row, col): col = i % W, row = (i // W) % H, plane = i // (W * H)")
-    passed(what, len(_SHAPES))
+    rules.passed(len(_SHAPES))

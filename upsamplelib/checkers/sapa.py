@@ -16,6 +16,7 @@ import torch
 from ..backend import SIMULATOR, launch_config
 from ..ops.sapa import SAPA, sapa_similarity_reference
 from .engine import CheckFailed, compare, launch_checked, passed, require_gather, run_with_timeout
+from .rules import KernelCheck
 
 __all__ = [
     "check_sapa_embedding",
@@ -91,10 +92,10 @@ def _window_hint(expected, got, key_shape, kernel_size, scale, default, rtol, at
     return default
 
 
-def _launch(kernel, launch, *arrays, what, guard_hint="guard the body with `if i < out.size:`"):
-    launch_checked(kernel, launch, *arrays, what=what,
-                   bounds_hint=f"{guard_hint}; and check that window neighbours outside the map are skipped "
-                               "before they are read")
+def _launch(rules, launch, *arrays, guard_hint="guard the body with `if i < out.size:`", count=False, case=""):
+    return rules.launch(launch, *arrays, count=count, case=case,
+                        bounds_hint=f"{guard_hint}; and check that window neighbours outside the map are skipped "
+                                    "before they are read")
 
 
 # --------------------------------------------------------------------------
@@ -173,11 +174,13 @@ def check_similarity_kernel(kernel):
     """``kernel(q, key, logits, kernel_size, scale)``: one thread per element
     (n, t, Y, X) of ``logits`` on a 1-D grid."""
     what = "similarity_kernel"
+    rules = KernelCheck(kernel, what, output=2)
     rng = np.random.default_rng(42)
-    for n, d, h, w, k, s in _SHAPES:
+    for index, (n, d, h, w, k, s) in enumerate(_SHAPES):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         logits = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
-        _launch(kernel, launch_config(logits.size, 64), q, key, logits, k, s, what=what,
+        _launch(rules, launch_config(logits.size, 64), q, key, logits, k, s, count=index == 1,
+                case=f"q {q.shape}, key {key.shape}, k={k}, s={s}",
                 guard_hint="the last block runs past logits.size: guard with `if i < logits.size:`")
         expected = _reference_logits(q, key, k, s).float()
         hint = _window_hint(expected, logits, key.shape, k, s,
@@ -185,13 +188,17 @@ def check_similarity_kernel(kernel):
                             "; then sum q[n, c, Y, X] * key[n, c, row, col] over the channels c", 1e-4, 1e-4)
         compare(expected, logits, what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
                 rtol=1e-4, atol=1e-4)
-    passed(what, len(_SHAPES))
+    rules.passed(len(_SHAPES))
 
 
 # --------------------------------------------------------------------------
 # 04.4 A numerically safe softmax
 # --------------------------------------------------------------------------
 
+
+_MAX_START_HINT = ("Start the running maximum at the point's first logit, logits[n, 0, Y, X] (or at -inf), not "
+                   "at 0: with every logit far below 0 a maximum that starts at 0 stays 0, every exp(logit - 0) "
+                   "is 0 and the sum is 0")
 
 _SHIFT_HINT = ("exp(89) is already inf in float32, and exp(-104) is 0. Subtract each point's largest logit before "
                "exp: softmax is unchanged, the largest term is exp(0) = 1 and the sum is at least 1")
@@ -201,34 +208,45 @@ def check_softmax_kernel(kernel):
     """``kernel(logits, weights)``: softmax over axis 1 of (N, k*k, H, W),
     one thread per point (n, Y, X) on a 1-D grid; must survive large logits."""
     what = "softmax_kernel"
+    rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(43)
+    # (shape, spread): normal logits times the spread; or (shape, (low, high)): uniform in [low, high],
+    # every logit so far from 0 that exp() of it, or of it minus a maximum that starts at 0, is 0 or inf
+    # even in the simulator's float64.
     cases = [((1, 1, 3, 5), 1.0), ((2, 9, 4, 3), 3.0), ((1, 25, 5, 7), 1.0), ((1, 9, 3, 3), 300.0),
-             ((1, 49, 2, 3), 150.0), ((1, 25, 3, 2), -1.0)]
-    for shape, spread in cases:
-        logits = _random(rng, shape) * np.float32(abs(spread))
-        if spread < 0:
+             ((1, 49, 2, 3), 150.0), ((1, 25, 3, 2), -1.0), ((2, 9, 2, 3), (-1000.0, -800.0)),
+             ((2, 9, 3, 2), (800.0, 1000.0))]
+    for index, (shape, spread) in enumerate(cases):
+        if isinstance(spread, tuple):
+            logits = rng.uniform(*spread, size=shape).astype(np.float32)
+        else:
+            logits = _random(rng, shape) * np.float32(abs(spread))
+        if not isinstance(spread, tuple) and spread < 0:
             logits -= np.float32(400.0)  # every exp underflows to 0 without the shift
-        elif spread > 100:
+        elif not isinstance(spread, tuple) and spread > 100:
             logits += np.float32(100.0)  # every exp overflows to inf without the shift
         weights = np.full(shape, np.nan, np.float32)
         points = shape[0] * shape[2] * shape[3]
         case = f"logits {shape} between {float(logits.min()):.0f} and {float(logits.max()):.0f}"
+        hint = _SHIFT_HINT
+        if float(logits.max()) < -200:
+            hint = ("every logit of this case is below -800. " + _MAX_START_HINT)
         try:
-            _launch(kernel, launch_config(points, 64), logits, weights, what=what,
+            _launch(rules, launch_config(points, 64), logits, weights, count=index == 1, case=case,
                     guard_hint="there are N * H * W points, fewer than threads: guard with "
                                "`if i < logits.shape[0] * logits.shape[2] * logits.shape[3]:`")
         except (OverflowError, ZeroDivisionError) as error:
             # The simulator runs math.exp in Python, which raises where a GPU gives inf (or a 0 sum).
-            raise CheckFailed(f"{what}: {type(error).__name__} ({error}) for {case}.\nHint: {_SHIFT_HINT}") from None
+            raise CheckFailed(f"{what}: {type(error).__name__} ({error}) for {case}.\nHint: {hint}") from None
         expected = torch.softmax(torch.from_numpy(logits).double(), dim=1).float()
         if not np.isfinite(weights).all():
             raise CheckFailed(
                 f"{what}: {int((~np.isfinite(weights)).sum())} of {weights.size} weights are nan or inf for {case}.\n"
-                f"Hint: {_SHIFT_HINT}")
+                f"Hint: {hint}")
         compare(expected, weights, what=what, case=case, rtol=1e-5, atol=1e-6,
                 hint="weights[n, t, Y, X] = exp(logits[n, t, Y, X] - m) / sum over t' of exp(logits[n, t', Y, X] - m) "
                      "with m the largest logit of the point; unravel i into (n, Y, X)")
-    passed(what, len(cases))
+    rules.passed(len(cases))
 
 
 # --------------------------------------------------------------------------
@@ -327,17 +345,20 @@ def check_similarity_block_kernel(kernel, threads_per_block):
             "not: a shared array's size is fixed when the kernel is compiled, so its shape must be a number or a "
             "module-level constant (a tuple of them), not a variable or an expression.\nHint: define e.g. "
             "`MAX_AREA = 49` at module level and use `cuda.shared.array((MAX_AREA, THREADS), numba.float32)`")
+    rules = KernelCheck(kernel, what, output=2)
     rng = np.random.default_rng(44)
     # (N, d, h, w, k, s): channels fewer than, not a multiple of, and more than the block
     cases = [(1, 37, 2, 3, 3, 2), (1, 5, 3, 2, 5, 1), (2, 70, 2, 2, 3, 1), (1, 16, 1, 1, 7, 2)]
-    for n, d, h, w, k, s in cases:
+    for index, (n, d, h, w, k, s) in enumerate(cases):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         weights = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
         blocks = n * s * h * s * w
-        with _fast_barriers(), _counting_syncthreads() as counts:
-            _launch(kernel, (blocks, threads_per_block), q, key, weights, k, s, what=what,
-                    guard_hint="threads of a block split the channels: c in range(threadIdx.x, d, threads)")
         case = f"q {q.shape}, key {key.shape}, k={k}, s={s}, {blocks} blocks of {threads_per_block} threads"
+        with _fast_barriers(), _counting_syncthreads() as counts:
+            report = _launch(rules, (blocks, threads_per_block), q, key, weights, k, s, count=index == 0, case=case,
+                             guard_hint="threads of a block split the channels: c in range(threadIdx.x, d, threads)")
+        if report is not None:
+            counted = (case, report, q.shape, key.shape, k, s)
         if counts is not None:
             divergent = _divergent_block(counts, blocks, threads_per_block)
             if divergent:
@@ -365,7 +386,39 @@ def check_similarity_block_kernel(kernel, threads_per_block):
         if hint == OUT_OF_MAP_HINT:
             hint += " (its weight is then exp(0 - max) / sum, not 0)"
         compare(expected, weights, what=what, case=case, hint=hint, rtol=1e-4, atol=1e-5)
-    passed(what, len(cases))
+    _require_split_channels(what, *counted, threads_per_block)
+    rules.passed(len(cases))
+
+
+def similarity_loads(q_shape, key_shape, kernel_size, scale):
+    """Global loads of q and key that the similarity needs, as lesson 04
+    counts them: for every output point and every window slot inside the
+    map, d values of q and d of key, each loaded once."""
+    n, d, height, width = q_shape
+    inside = ~_outside_mask((n, kernel_size * kernel_size, height, width), key_shape, kernel_size, scale)
+    return 2 * d * int(inside.sum())
+
+
+def _require_split_channels(what, case, report, q_shape, key_shape, k, s, threads):
+    """The block kernel's lanes split the channels: together they load each
+    q * key pair once, and no lane loads more than its share."""
+    needed = similarity_loads(q_shape, key_shape, k, s)
+    loads = report.totals["global_loads"]
+    share = 2 * k * k * -(-q_shape[1] // threads)
+    busiest = int(report.global_loads.max())
+    if loads > needed:
+        raise CheckFailed(
+            f"{what}: the weights are right, but the block loads q and key {loads} times from global memory for "
+            f"{case}; the dot products need {needed} loads (2 * d per inside slot of every point), as many as "
+            "one thread per (point, slot) of 04.3 makes. The threads of a block should share the work, not each "
+            "do all of it.\nHint: lane l sums only the channels c = l, l + THREADS, l + 2 * THREADS, ... of "
+            "every slot into partial[t, l]; the tree reduction in shared memory adds the lanes' sums")
+    if busiest > share:
+        raise CheckFailed(
+            f"{what}: the weights are right, but one thread loads {busiest} values from global memory for {case}, "
+            f"more than a lane's share of the channels ({share} = 2 * k*k * ceil(d / THREADS)): the lanes do not "
+            "split the channel loop.\nHint: lane l sums only the channels c = l, l + THREADS, ... of every slot "
+            "into partial[t, l]; the tree reduction in shared memory adds the lanes' sums")
 
 
 # --------------------------------------------------------------------------
@@ -378,7 +431,7 @@ def check_sapa_forward(sapa_forward):
     computed with the student's kernels and ``ul.carafe`` (group 1)."""
     what = "sapa_forward"
     # (N, dim_y, dim_x, embedding_dim, h, w, scale, kernel_size)
-    cases = [(1, 6, 5, 8, 3, 4, 2, 3), (1, 4, 3, 37, 2, 3, 3, 5)]
+    cases = [(2, 6, 5, 8, 3, 4, 2, 3), (1, 4, 3, 37, 2, 3, 3, 5)]
     for index, (n, dim_y, dim_x, dim, h, w, s, k) in enumerate(cases):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(45 + index)
@@ -415,8 +468,9 @@ def _gradients(q, key, grad_logits, kernel_size, scale):
 
 
 def _check_gradient(kernel, what, wrt, hint):
+    rules = KernelCheck(kernel, what, output=2)
     rng = np.random.default_rng(46)
-    for n, d, h, w, k, s in _SHAPES:
+    for index, (n, d, h, w, k, s) in enumerate(_SHAPES):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         grad_logits = _random(rng, (n, k * k, s * h, s * w))
         expected_q, expected_key = _gradients(q, key, grad_logits, k, s)
@@ -426,8 +480,8 @@ def _check_gradient(kernel, what, wrt, hint):
         else:
             grad = np.full_like(key, np.nan)
             arrays, expected, name = (grad_logits, q, grad), expected_key, "grad_key"
-        _launch(kernel, launch_config(grad.size, 64), *arrays, k, s, what=what,
-                guard_hint=f"guard with `if i < {name}.size:`")
+        _launch(rules, launch_config(grad.size, 64), *arrays, k, s, count=index == 1,
+                case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", guard_hint=f"guard with `if i < {name}.size:`")
         if np.isnan(grad).any():
             index = tuple(int(i) for i in np.argwhere(np.isnan(grad))[0])
             raise CheckFailed(f"{what}: {name}{index} was never written for q {q.shape}, key {key.shape}, k={k}, "
@@ -435,7 +489,7 @@ def _check_gradient(kernel, what, wrt, hint):
                               "it is 0 (the checker does not zero the array first)")
         compare(expected, grad, what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
                 rtol=1e-4, atol=1e-4)
-    passed(what, len(_SHAPES))
+    rules.passed(len(_SHAPES))
 
 
 def check_grad_query_kernel(kernel):

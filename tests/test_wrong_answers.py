@@ -1,0 +1,732 @@
+"""A corpus of plausible wrong student answers: every one must be caught by
+its checker, with a message that names the actual mistake.
+
+The kinds the issue lists (a float index, a scatter only partly atomic, a
+kernel right only for batch size 1, a grid-stride loop doing the work
+twice, a softmax whose running maximum starts at 0, host round trips in a
+zero-copy exercise), one per rule the checkers enforce beyond the values
+(a GPU compile, writes exactly once, atomics, extreme logits, the loads a
+fast kernel may make), and the wrong answers of test_checkers.py. Correct
+answers of the rules' exercises pass (the solutions notebooks run all of
+them under nbval too).
+
+The kernels sit at module level, as in a notebook: the checkers read their
+source to compile them for a GPU.
+"""
+
+import math
+import re
+
+import numba
+import numpy as np
+import pytest
+from numba import cuda, float32
+
+from upsamplelib import backend as ul_backend
+from upsamplelib import checkers
+from upsamplelib.backend import per_element
+from upsamplelib.checkers import ptx
+
+pytestmark = [
+    pytest.mark.skipif(not ul_backend.SIMULATOR, reason="the checkers' counted launches run in the simulator"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+]
+
+needs_ptx = pytest.mark.skipif(not ptx.compiler_available(), reason="no PTX compiler (numba-cuda not installed)")
+
+
+# --------------------------------------------------------------------------
+# Helpers, as the lessons define them
+# --------------------------------------------------------------------------
+
+
+@per_element
+def linear_index(dst, in_size, out_size, align_corners):
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        src = dst * scale
+    else:
+        scale = in_size / out_size
+        src = max((dst + 0.5) * scale - 0.5, 0.0)
+    i0 = min(int(math.floor(src)), in_size - 1)
+    i1 = min(i0 + 1, in_size - 1)
+    w1 = min(src - i0, 1.0)
+    return i0, i1, 1.0 - w1, w1
+
+
+@per_element
+def unravel4(i, channels, height, width):
+    x = i % width
+    rest = i // width
+    y = rest % height
+    rest = rest // height
+    return rest // channels, rest % channels, y, x
+
+
+@per_element
+def window_neighbour(t, Y, X, kernel_size, scale):
+    radius = (kernel_size - 1) // 2
+    return Y // scale + t // kernel_size - radius, X // scale + t % kernel_size - radius
+
+
+@per_element
+def read_or_zero(feature, n, c, row, col):
+    if 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]:
+        return feature[n, c, row, col]
+    return 0.0
+
+
+def plain_twice(value):  # no decorator: the GPU cannot call it
+    return 2 * value
+
+
+TILE = 8
+MAX_RADIUS = 3
+WINDOW = TILE + 2 * MAX_RADIUS
+THREADS = 32
+MAX_AREA = 49
+
+
+# --------------------------------------------------------------------------
+# 00 the execution model
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def scale_unguarded(x, out, factor):
+    i = cuda.grid(1)
+    out[i] = x[i] * factor
+
+
+@cuda.jit
+def scale_off_by_one(x, out, factor):
+    i = cuda.grid(1)
+    if 0 < i < out.size:
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def scale_float_index(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = x[math.floor(i / 1)] * factor
+
+
+@cuda.jit
+def scale_plain_helper(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = plain_twice(x[i]) * factor / 2
+
+
+@cuda.jit
+def scale_builds_a_list(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        values = [x[i]]
+        out[i] = values[0] * factor
+
+
+@cuda.jit
+def scale_every_thread_writes_twice(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = x[i] * factor
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def grid_stride_by_block(x, out, factor):
+    for i in range(cuda.grid(1), out.size, cuda.blockDim.x):
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def grid_stride_from_zero(x, out, factor):
+    for i in range(cuda.threadIdx.x, out.size, cuda.blockDim.x):
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def grid_stride_correct(x, out, factor):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def flip_rows_and_columns_swapped(image, out):
+    row, col = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = image[row, out.shape[1] - 1 - col]
+
+
+def to_kernel_array_round_trip(tensor):
+    return tensor.detach().cpu().numpy()
+
+
+def to_kernel_array_numpy_everywhere(tensor):
+    return tensor.detach().numpy()
+
+
+def to_kernel_array_copy_to_device(tensor):
+    tensor = tensor.detach()
+    if tensor.is_cuda:
+        return cuda.to_device(tensor.cpu().numpy())
+    return tensor.numpy()
+
+
+def to_kernel_array_correct(tensor):
+    tensor = tensor.detach()
+    if tensor.is_cuda:
+        return cuda.as_cuda_array(tensor)
+    return tensor.numpy()
+
+
+# --------------------------------------------------------------------------
+# 01 nearest
+# --------------------------------------------------------------------------
+
+
+@per_element
+def nearest_index(dst, in_size, out_size):
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = int(math.floor(np.float32(dst) * scale))
+    return min(src, in_size - 1)
+
+
+@cuda.jit
+def nearest_first_plane_only(x, out, exact):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        col = i % width
+        row = (i // width) % height
+        plane = i // (width * height)
+        out[plane, row, col] = x[0, nearest_index(row, x.shape[1], height), nearest_index(col, x.shape[2], width)]
+
+
+@cuda.jit
+def nearest_float_index(x, out, exact):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        col = i % width
+        row = (i // width) % height
+        plane = i // (width * height)
+        src_row = min(math.floor(row * x.shape[1] / height), x.shape[1] - 1)
+        out[plane, row, col] = x[plane, src_row, nearest_index(col, x.shape[2], width)]
+
+
+# --------------------------------------------------------------------------
+# 02 bilinear
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def scatter_partly_atomic(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_out.size:
+        height, width = grad_out.shape[1], grad_out.shape[2]
+        col = i % width
+        row = (i // width) % height
+        p = i // (width * height)
+        y0, y1, wy0, wy1 = linear_index(row, grad_x.shape[1], height, align_corners)
+        x0, x1, wx0, wx1 = linear_index(col, grad_x.shape[2], width, align_corners)
+        g = grad_out[p, row, col]
+        cuda.atomic.add(grad_x, (p, y0, x0), wy0 * wx0 * g)
+        cuda.atomic.add(grad_x, (p, y0, x1), wy0 * wx1 * g)
+        cuda.atomic.add(grad_x, (p, y1, x0), wy1 * wx0 * g)
+        grad_x[p, y1, x1] += wy1 * wx1 * g
+
+
+@cuda.jit
+def scatter_correct(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_out.size:
+        height, width = grad_out.shape[1], grad_out.shape[2]
+        col = i % width
+        row = (i // width) % height
+        p = i // (width * height)
+        y0, y1, wy0, wy1 = linear_index(row, grad_x.shape[1], height, align_corners)
+        x0, x1, wx0, wx1 = linear_index(col, grad_x.shape[2], width, align_corners)
+        g = grad_out[p, row, col]
+        cuda.atomic.add(grad_x, (p, y0, x0), wy0 * wx0 * g)
+        cuda.atomic.add(grad_x, (p, y0, x1), wy0 * wx1 * g)
+        cuda.atomic.add(grad_x, (p, y1, x0), wy1 * wx0 * g)
+        cuda.atomic.add(grad_x, (p, y1, x1), wy1 * wx1 * g)
+
+
+@cuda.jit
+def bilinear_first_plane_only(x, out, align_corners):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        col = i % width
+        row = (i // width) % height
+        p = i // (width * height)
+        y0, y1, wy0, wy1 = linear_index(row, x.shape[1], height, align_corners)
+        x0, x1, wx0, wx1 = linear_index(col, x.shape[2], width, align_corners)
+        top = wx0 * x[0, y0, x0] + wx1 * x[0, y0, x1]
+        bottom = wx0 * x[0, y1, x0] + wx1 * x[0, y1, x1]
+        out[p, row, col] = wy0 * top + wy1 * bottom
+
+
+# --------------------------------------------------------------------------
+# 03 CARAFE
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def carafe_border_float_index(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = math.floor(Y / scale) - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_border_batch_one(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        total += masks[0, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_border_without_batch(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+        X = i % width
+        Y = (i // width) % height
+        c = (i // (width * height)) % channels
+        n = 0
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_tiled_reads_global(x, masks, out, kernel_size, scale, group):
+    """Loads the tile, then sums from x anyway: right values, naive traffic."""
+    tile = cuda.shared.array((WINDOW, WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n = cuda.blockIdx.z // channels
+    c = cuda.blockIdx.z % channels
+    Y0 = cuda.blockIdx.y * TILE
+    X0 = cuda.blockIdx.x * TILE
+    r = (kernel_size - 1) // 2
+    top = Y0 // scale - r
+    left = X0 // scale - r
+    rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+    cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+    for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+        row = top + j // cols
+        col = left + j % cols
+        value = float32(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, c, row, col]
+        tile[j // cols, j % cols] = value
+    cuda.syncthreads()
+    Y = Y0 + cuda.threadIdx.y
+    X = X0 + cuda.threadIdx.x
+    if Y < height and X < width:
+        g = c // (channels // group)
+        total = float32(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row = Y // scale - r + dy
+                col = X // scale - r + dx
+                if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                    total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_tiled_correct(x, masks, out, kernel_size, scale, group):
+    tile = cuda.shared.array((WINDOW, WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n = cuda.blockIdx.z // channels
+    c = cuda.blockIdx.z % channels
+    Y0 = cuda.blockIdx.y * TILE
+    X0 = cuda.blockIdx.x * TILE
+    r = (kernel_size - 1) // 2
+    top = Y0 // scale - r
+    left = X0 // scale - r
+    rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+    cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+    for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+        row = top + j // cols
+        col = left + j % cols
+        value = float32(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, c, row, col]
+        tile[j // cols, j % cols] = value
+    cuda.syncthreads()
+    Y = Y0 + cuda.threadIdx.y
+    X = X0 + cuda.threadIdx.x
+    if Y < height and X < width:
+        g = c // (channels // group)
+        ty = Y // scale - Y0 // scale
+        tx = X // scale - X0 // scale
+        total = float32(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+        out[n, c, Y, X] = total
+
+
+# --------------------------------------------------------------------------
+# 04 SAPA
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def similarity_batch_one(q, key, logits, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < logits.size:
+        area, height, width = logits.shape[1], logits.shape[2], logits.shape[3]
+        X = i % width
+        Y = (i // width) % height
+        t = (i // (width * height)) % area
+        n = i // (width * height * area)
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(q.shape[1]):
+                total += q[n, c, Y, X] * key[0, c, row, col]
+        logits[n, t, Y, X] = total
+
+
+@cuda.jit
+def softmax_max_starts_at_zero(logits, weights):
+    i = cuda.grid(1)
+    area, height, width = logits.shape[1], logits.shape[2], logits.shape[3]
+    if i < logits.shape[0] * height * width:
+        X = i % width
+        Y = (i // width) % height
+        n = i // (width * height)
+        top = 0.0
+        for t in range(area):
+            top = max(top, logits[n, t, Y, X])
+        total = 0.0
+        for t in range(area):
+            total += math.exp(logits[n, t, Y, X] - top)
+        for t in range(area):
+            weights[n, t, Y, X] = math.exp(logits[n, t, Y, X] - top) / total
+
+
+@cuda.jit
+def softmax_without_max(logits, weights):
+    i = cuda.grid(1)
+    area, height, width = logits.shape[1], logits.shape[2], logits.shape[3]
+    if i < logits.shape[0] * height * width:
+        X = i % width
+        Y = (i // width) % height
+        n = i // (width * height)
+        total = 0.0
+        for t in range(area):
+            total += math.exp(logits[n, t, Y, X])
+        for t in range(area):
+            weights[n, t, Y, X] = math.exp(logits[n, t, Y, X]) / total
+
+
+@cuda.jit
+def block_every_lane_all_channels(q, key, weights, kernel_size, scale):
+    """Every lane computes the whole dot product; only lane 0 keeps it."""
+    partial = cuda.shared.array((MAX_AREA, THREADS), numba.float32)
+    lane = cuda.threadIdx.x
+    point = cuda.blockIdx.x
+    height, width = q.shape[2], q.shape[3]
+    X = point % width
+    Y = (point // width) % height
+    n = point // (width * height)
+    area = kernel_size * kernel_size
+    for t in range(area):
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(q.shape[1]):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+        partial[t, lane] = total if lane == 0 else 0.0
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if lane < stride:
+            for t in range(area):
+                partial[t, lane] += partial[t, lane + stride]
+        cuda.syncthreads()
+        stride //= 2
+    top = partial[0, 0]
+    for t in range(1, area):
+        top = max(top, partial[t, 0])
+    total = 0.0
+    for t in range(area):
+        total += math.exp(partial[t, 0] - top)
+    for t in range(lane, area, THREADS):
+        weights[n, t, Y, X] = math.exp(partial[t, 0] - top) / total
+
+
+@cuda.jit
+def block_lane_zero_does_all(q, key, weights, kernel_size, scale):
+    """Lane 0 loads every channel; the others idle: right values, one busy thread."""
+    partial = cuda.shared.array((MAX_AREA, THREADS), numba.float32)
+    lane = cuda.threadIdx.x
+    point = cuda.blockIdx.x
+    height, width = q.shape[2], q.shape[3]
+    X = point % width
+    Y = (point // width) % height
+    n = point // (width * height)
+    area = kernel_size * kernel_size
+    for t in range(area):
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        total = 0.0
+        if lane == 0 and 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(q.shape[1]):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+        partial[t, lane] = total
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if lane < stride:
+            for t in range(area):
+                partial[t, lane] += partial[t, lane + stride]
+        cuda.syncthreads()
+        stride //= 2
+    top = partial[0, 0]
+    for t in range(1, area):
+        top = max(top, partial[t, 0])
+    total = 0.0
+    for t in range(area):
+        total += math.exp(partial[t, 0] - top)
+    for t in range(lane, area, THREADS):
+        weights[n, t, Y, X] = math.exp(partial[t, 0] - top) / total
+
+
+@cuda.jit
+def block_correct(q, key, weights, kernel_size, scale):
+    partial = cuda.shared.array((MAX_AREA, THREADS), numba.float32)
+    lane = cuda.threadIdx.x
+    point = cuda.blockIdx.x
+    height, width = q.shape[2], q.shape[3]
+    X = point % width
+    Y = (point // width) % height
+    n = point // (width * height)
+    area = kernel_size * kernel_size
+    for t in range(area):
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(lane, q.shape[1], THREADS):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+        partial[t, lane] = total
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if lane < stride:
+            for t in range(area):
+                partial[t, lane] += partial[t, lane + stride]
+        cuda.syncthreads()
+        stride //= 2
+    top = partial[0, 0]
+    for t in range(1, area):
+        top = max(top, partial[t, 0])
+    total = 0.0
+    for t in range(area):
+        total += math.exp(partial[t, 0] - top)
+    for t in range(lane, area, THREADS):
+        weights[n, t, Y, X] = math.exp(partial[t, 0] - top) / total
+
+
+@cuda.jit
+def grad_query_writes_per_slot(grad_logits, key, grad_q, kernel_size, scale):
+    """Writes its running total after every slot: right in the end, k*k writes per element."""
+    i = cuda.grid(1)
+    if i < grad_q.size:
+        channels, height, width = grad_q.shape[1], grad_q.shape[2], grad_q.shape[3]
+        X = i % width
+        Y = (i // width) % height
+        c = (i // (width * height)) % channels
+        n = i // (width * height * channels)
+        total = 0.0
+        for t in range(kernel_size * kernel_size):
+            row, col = window_neighbour(t, Y, X, kernel_size, scale)
+            if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+                total += grad_logits[n, t, Y, X] * key[n, c, row, col]
+            grad_q[n, c, Y, X] = total
+
+
+# --------------------------------------------------------------------------
+# 05 FADE
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def semi_shift_batch_one(E, D, weight, bias, out, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        outputs, height, width = out.shape[1], out.shape[2], out.shape[3]
+        X = i % width
+        Y = (i // width) % height
+        o = (i // (width * height)) % outputs
+        n = i // (width * height * outputs)
+        size = weight.shape[2]
+        r = size // 2
+        row, col = Y // scale, X // scale
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(size):
+                for ux in range(size):
+                    both = (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                            + read_or_zero(D, 0, c, row + uy - r, col + ux - r))
+                    total += weight[o, c, uy, ux] * both
+        out[n, o, Y, X] = total
+
+
+@cuda.jit
+def semi_shift_float_index(E, D, weight, bias, out, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        outputs, height, width = out.shape[1], out.shape[2], out.shape[3]
+        X = i % width
+        Y = (i // width) % height
+        o = (i // (width * height)) % outputs
+        n = i // (width * height * outputs)
+        size = weight.shape[2]
+        r = size // 2
+        row, col = math.floor(Y / scale), math.floor(X / scale)
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(size):
+                for ux in range(size):
+                    both = (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                            + read_or_zero(D, n, c, row + uy - r, col + ux - r))
+                    total += weight[o, c, uy, ux] * both
+        out[n, o, Y, X] = total
+
+
+# --------------------------------------------------------------------------
+# The corpus: (name, checker call, what the message must say)
+# --------------------------------------------------------------------------
+
+FLOAT_INDEX = r"GPU compiler rejects.*\n.*int\(math\.floor"
+
+CORPUS = [
+    # the issue's six kinds
+    ("float index (00)", lambda: checkers.check_scale_kernel(scale_float_index), FLOAT_INDEX, True),
+    ("float index (01)", lambda: checkers.check_nearest_kernel(nearest_float_index), FLOAT_INDEX, True),
+    ("float index (03)", lambda: checkers.check_carafe_border_kernel(carafe_border_float_index), FLOAT_INDEX, True),
+    ("float index (05)", lambda: checkers.check_semi_shift_kernel(semi_shift_float_index), FLOAT_INDEX, True),
+    ("scatter partly atomic", lambda: checkers.check_bilinear_scatter_kernel(scatter_partly_atomic),
+     r"plain stores, not atomics.*\n.*every write", False),
+    ("batch 1 only: masks[0] (03)", lambda: checkers.check_carafe_border_kernel(carafe_border_batch_one),
+     r"batch element 0 is right.*ignores the batch index", False),
+    ("batch 1 only: n = 0 (03)", lambda: checkers.check_carafe_border_kernel(carafe_border_without_batch),
+     r"never written.*\n.*batch element 0 is right.*ignores the batch index", False),
+    ("batch 1 only: key[0] (04)", lambda: checkers.check_similarity_kernel(similarity_batch_one),
+     r"batch element 0 .*right", False),
+    ("batch 1 only: D[0] (05)", lambda: checkers.check_semi_shift_kernel(semi_shift_batch_one),
+     r"batch element 0 .*right", False),
+    ("first plane only (01)", lambda: checkers.check_nearest_kernel(nearest_first_plane_only),
+     r"plane 0 .*right", False),
+    ("first plane only (02)", lambda: checkers.check_bilinear_kernel(bilinear_first_plane_only),
+     r"plane 0 .*right", False),
+    ("grid stride by blockDim", lambda: checkers.check_grid_stride_kernel(grid_stride_by_block),
+     r"written more than once.*\n.*cuda\.gridsize\(1\)", False),
+    ("grid stride from threadIdx", lambda: checkers.check_grid_stride_kernel(grid_stride_from_zero),
+     r"written more than once", False),
+    ("softmax max starts at 0", lambda: checkers.check_softmax_kernel(softmax_max_starts_at_zero),
+     r"Start the running maximum at the point's first logit", False),
+    ("to_kernel_array .cpu().numpy()", lambda: checkers.check_to_kernel_array(to_kernel_array_round_trip),
+     r"tensor\.cpu\(\)", False),
+    ("to_kernel_array .numpy() everywhere",
+     lambda: checkers.check_to_kernel_array(to_kernel_array_numpy_everywhere), r"tensor\.numpy\(\)", False),
+    ("to_kernel_array to_device(cpu())", lambda: checkers.check_to_kernel_array(to_kernel_array_copy_to_device),
+     r"tensor\.cpu\(\)", False),
+    # one per new rule
+    ("plain Python helper", lambda: checkers.check_scale_kernel(scale_plain_helper),
+     r"GPU compiler rejects.*plain_twice.*\n.*@per_element", True),
+    ("a list in a kernel", lambda: checkers.check_scale_kernel(scale_builds_a_list),
+     r"GPU compiler rejects.*\n.*lists", True),
+    ("each thread writes twice", lambda: checkers.check_scale_kernel(scale_every_thread_writes_twice),
+     r"written more than once", False),
+    ("grad_q written per slot", lambda: checkers.check_grad_query_kernel(grad_query_writes_per_slot),
+     r"written more than once", False),
+    ("softmax without the max", lambda: checkers.check_softmax_kernel(softmax_without_max),
+     r"OverflowError.*\n.*Subtract each point's largest logit", False),
+    ("tiled kernel sums from x", lambda: checkers.check_carafe_tiled_kernel(carafe_tiled_reads_global, TILE,
+                                                                             MAX_RADIUS),
+     r"loads x from global memory \d+ times.*the tile of the lesson loads it \d+ times", False),
+    ("block kernel: every lane all channels",
+     lambda: checkers.check_similarity_block_kernel(block_every_lane_all_channels, THREADS),
+     r"loads q and key \d+ times .* need \d+ loads", False),
+    ("block kernel: lane 0 does all", lambda: checkers.check_similarity_block_kernel(block_lane_zero_does_all, THREADS),
+     r"one thread loads \d+ values .*lanes do not split the channel loop", False),
+    # from test_checkers.py
+    ("unguarded", lambda: checkers.check_scale_kernel(scale_unguarded), r"if i < out\.size", False),
+    ("off by one", lambda: checkers.check_scale_kernel(scale_off_by_one), r"First mismatch at index \(0,\)", False),
+    ("flip: grid(2) swapped", lambda: checkers.check_flip_kernel(flip_rows_and_columns_swapped),
+     r"out of bounds|mismatch", False),
+]
+
+CORRECT = [
+    ("grid stride", lambda: checkers.check_grid_stride_kernel(grid_stride_correct)),
+    ("scatter", lambda: checkers.check_bilinear_scatter_kernel(scatter_correct)),
+    ("zero-copy", lambda: checkers.check_to_kernel_array(to_kernel_array_correct)),
+    ("tiled", lambda: checkers.check_carafe_tiled_kernel(carafe_tiled_correct, TILE, MAX_RADIUS)),
+    ("block reduction", lambda: checkers.check_similarity_block_kernel(block_correct, THREADS)),
+]
+
+
+def _run(case):
+    name, check, pattern, compiles = case
+    if compiles and not ptx.compiler_available():
+        pytest.skip("no PTX compiler (numba-cuda not installed)")
+    with pytest.raises(checkers.CheckFailed) as caught:
+        check()
+    message = str(caught.value)
+    assert re.search(pattern, message), f"{name}: the message does not name the mistake:\n{message}"
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case[0] for case in CORPUS])
+def test_wrong_answer_is_caught_and_named(case):
+    _run(case)
+
+
+@pytest.mark.parametrize("name, check", CORRECT, ids=[name for name, _ in CORRECT])
+def test_correct_answer_passes(name, check, capsys):
+    check()
+    assert capsys.readouterr().out.startswith("PASS ")
+
+
+def test_the_corpus_covers_every_kind():
+    """At least the issue's six kinds and one wrong answer per new rule."""
+    names = " ".join(case[0] for case in CORPUS)
+    for kind in ("float index", "partly atomic", "batch 1 only", "grid stride", "max starts at 0", ".cpu()",
+                 "plain Python helper", "writes twice", "without the max", "tiled kernel", "block kernel"):
+        assert kind in names, kind
