@@ -388,6 +388,84 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 
 
 # --------------------------------------------------------------------------
+# The cpu backend's fast path. The semi-shift convolution is two dense
+# convolutions (en's, and de's at low resolution) and a nearest upsample-add;
+# on a CPU PyTorch's convolutions (oneDNN, im2col + GEMM) beat any loop we
+# could write, so the cpu backend hands them the dense part and fuses only
+# the upsample-add, in place. Their zero padding differs from our skipped
+# taps only where a non-finite value meets it: a padded zero times a NaN or
+# Inf weight (the forward, the en and de gradients), or times a NaN or Inf
+# grad_out (the weight gradient). Then the one-pass loops above run instead,
+# so the NaN/Inf semantics are the same on every path. The one-pass kernel
+# stays the lesson's and the GPU's.
+# --------------------------------------------------------------------------
+
+
+def all_finite(tensor):
+    """Whether ``tensor`` holds no NaN or Inf (the fast path's condition)."""
+    return bool(torch.isfinite(tensor).all())
+
+
+@cpu_kernel
+def add_upsampled_cpu(out, low, scale):
+    """out[n, o, Y, X] += low[n, o, Y // s, X // s], in place: the decoder's
+    share of the logits, without materialising its upsampled copy."""
+    batch, outputs, height, width = out.shape
+    for line in prange(batch * outputs * height):
+        n, o, Y = line // (outputs * height), (line // height) % outputs, line % height
+        source = low[n, o, Y // scale]
+        row = out[n, o, Y]
+        for X in range(width):
+            row[X] += source[X // scale]
+
+
+def dense_semi_shift(en, de, weight, bias, scale, groups):
+    """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
+    be None): PyTorch's convolutions and ``add_upsampled_cpu``. Equals the
+    one-pass loop to rounding when ``weight`` is finite."""
+    pad = weight.shape[2] // 2
+    low = F.conv2d(de, weight, bias, padding=pad, groups=groups).contiguous() if de is not None else None
+    if en is None:
+        return low.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    out = F.conv2d(en, weight, bias, padding=pad, groups=groups).contiguous()
+    if low is not None:
+        run(add_upsampled_cpu, "cpu", out.numel(), out, low, scale)
+    return out
+
+
+def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
+    """The one-pass CPU loop (``semi_shift_forward_cpu``), which the cpu
+    backend runs when ``weight`` is not finite: the same additions in the
+    same order as the CUDA kernel, so bit for bit its result. Contiguous
+    maps; either may be None."""
+    batch, channels = _present(en, de)
+    height, width = _output_size(en, de, scale)
+    bias_count = (en is not None) + (de is not None) if bias is not None else 0
+    bias = bias.contiguous() if bias is not None else weight.new_zeros(weight.shape[0])
+    en, de = _or_absent(en, batch, channels, weight), _or_absent(de, batch, channels, weight)
+    out = weight.new_empty((batch, weight.shape[0], height, width))
+    pad = weight.shape[2] // 2
+    run(semi_shift_forward_cpu, "cpu", out.numel(), upsampled_columns(en, 1, pad), upsampled_columns(de, scale, pad),
+        weight.contiguous(), bias, bias_count, out, scale, groups)
+    return out
+
+
+def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
+    """d loss / d weight with PyTorch's convolution weight gradient: en's
+    against grad_out, de's against grad_out summed over s x s blocks.
+    Equals the one-pass loops to rounding when ``grad_out`` is finite."""
+    channels = (en if en is not None else de).shape[1]
+    shape = (grad_out.shape[1], channels // groups, kernel_size, kernel_size)
+    pad = kernel_size // 2
+    total = None
+    for feature, grad in ((en, grad_out), (de, _sum_pool(grad_out, scale) if de is not None else None)):
+        if feature is not None:
+            share = torch.nn.grad.conv2d_weight(feature.contiguous(), shape, grad, padding=pad, groups=groups)
+            total = share if total is None else total + share
+    return total
+
+
+# --------------------------------------------------------------------------
 # Reference (backend="torch"), and the two-convolution formulation
 # --------------------------------------------------------------------------
 
@@ -478,16 +556,16 @@ def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], w
     batch, channels = _present(en, de)
     height, width = _output_size(en, de, scale)
     weight = weight.contiguous()
+    if backend == "cpu":
+        en, de = (None if t is None else t.contiguous() for t in (en, de))
+        if all_finite(weight):
+            return dense_semi_shift(en, de, weight, bias, scale, groups)
+        return one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups)
     bias_count = (en is not None) + (de is not None) if bias is not None else 0
     bias = bias.contiguous() if bias is not None else weight.new_zeros(weight.shape[0])
     en, de = _or_absent(en, batch, channels, weight), _or_absent(de, batch, channels, weight)
     out = weight.new_empty((batch, weight.shape[0], height, width))
-    if backend == "cpu":
-        pad = weight.shape[2] // 2
-        run(semi_shift_forward_cpu, backend, out.numel(), upsampled_columns(en, 1, pad),
-            upsampled_columns(de, scale, pad), weight, bias, bias_count, out, scale, groups)
-    else:
-        run(semi_shift_forward_kernel, backend, out.numel(), en, de, weight, bias, bias_count, out, scale, groups)
+    run(semi_shift_forward_kernel, backend, out.numel(), en, de, weight, bias, bias_count, out, scale, groups)
     return out
 
 
@@ -510,6 +588,8 @@ def encoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, groups: int, b
     """d loss / d en of the semi-shift convolution: a stride-1 transposed
     convolution of grad_out."""
     grad_out, weight = grad_out.contiguous(), weight.contiguous()
+    if backend == "cpu" and all_finite(weight):
+        return F.conv_transpose2d(grad_out, weight, padding=weight.shape[2] // 2, groups=groups)
     grad_en = grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2],
                                   grad_out.shape[3]))
     if backend == "cpu":
@@ -533,6 +613,8 @@ def decoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, scale: int, gr
     block see the same decoder window, so only their summed gradient
     matters: the CPU path pools first and works at low resolution."""
     grad_out, weight = grad_out.contiguous(), weight.contiguous()
+    if backend == "cpu" and all_finite(weight):
+        return F.conv_transpose2d(_sum_pool(grad_out, scale), weight, padding=weight.shape[2] // 2, groups=groups)
     grad_de = grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2] // scale,
                                   grad_out.shape[3] // scale))
     if backend == "cpu":
@@ -558,6 +640,8 @@ def weight_grad_op(grad_out: torch.Tensor, en: Optional[torch.Tensor], de: Optio
     batch, channels = _present(en, de)
     grad_out = grad_out.contiguous()
     shape = (grad_out.shape[1], channels // groups, kernel_size, kernel_size)
+    if backend == "cpu" and all_finite(grad_out):
+        return dense_weight_grad(grad_out, en, de, kernel_size, scale, groups)
     if backend == "cpu":
         pad = kernel_size // 2
         grad_weight = grad_out.new_zeros(shape)

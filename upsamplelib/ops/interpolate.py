@@ -249,43 +249,95 @@ def backward_kernel(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
 # --------------------------------------------------------------------------
 
 
+#: Output rows per parallel task of the bilinear loops: large enough that a
+#: task reuses the input rows it interpolates horizontally, small enough
+#: that planes x bands keeps both cores busy on a single plane.
+BAND_ROWS = 32
+
+
 @cpu_kernel
 def nearest_forward_cpu(x, out, scale_h, scale_w, exact, rule):
+    # Output rows that copy the same input row form a run: the first row of
+    # a run is gathered, the others are plain copies of it (a memcpy the
+    # compiler vectorises), so an upsampling by s gathers 1/s of the rows.
     planes, out_h, out_w = out.shape
     real_t = x.dtype.type
     source_x = np.empty(out_w, np.int64)
     for X in range(out_w):
         source_x[X] = nearest_source_index(X, x.shape[2], out_w, scale_w, exact, rule, real_t)
-    for row in prange(planes * out_h):
-        p, Y = row // out_h, row % out_h
-        source_row = x[p, nearest_source_index(Y, x.shape[1], out_h, scale_h, exact, rule, real_t)]
-        out_row = out[p, Y]
-        for X in range(out_w):
-            out_row[X] = source_row[source_x[X]]
+    source_y = np.empty(out_h, np.int64)
+    run_starts = np.empty(out_h + 1, np.int64)
+    runs = 0
+    for Y in range(out_h):
+        source_y[Y] = nearest_source_index(Y, x.shape[1], out_h, scale_h, exact, rule, real_t)
+        if Y == 0 or source_y[Y] != source_y[Y - 1]:
+            run_starts[runs] = Y
+            runs += 1
+    run_starts[runs] = out_h
+    # Column X copies input X // 2 (an upsampling by 2): a fixed-stride loop.
+    pair = out_w == 2 * x.shape[2]
+    for X in range(out_w):
+        pair = pair and source_x[X] == X // 2
+    for task in prange(planes * runs):
+        p, r = task // runs, task % runs
+        source_row = x[p, source_y[run_starts[r]]]
+        first = out[p, run_starts[r]]
+        if pair:
+            for col in range(out_w // 2):
+                first[2 * col] = source_row[col]
+                first[2 * col + 1] = source_row[col]
+        else:
+            for X in range(out_w):
+                first[X] = source_row[source_x[X]]
+        for Y in range(run_starts[r] + 1, run_starts[r + 1]):
+            copy = out[p, Y]
+            for X in range(out_w):
+                copy[X] = first[X]
 
 
 @cpu_kernel
 def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners, rule):
+    # Separable: each input row a band needs is interpolated along x once
+    # (PyTorch's ``top``/``bottom``, the same lerps), then each output row is
+    # one contiguous lerp of two of those rows. An upsampling by 2 thus does
+    # 1/4 of the horizontal lerps of a per-pixel loop, with identical results.
     planes, out_h, out_w = out.shape
+    in_h, in_w = x.shape[1], x.shape[2]
     real_t = x.dtype.type
     x0s = np.empty(out_w, np.int64)
     x1s = np.empty(out_w, np.int64)
     wx0s = np.empty(out_w, x.dtype)
     wx1s = np.empty(out_w, x.dtype)
     for X in range(out_w):
-        x0s[X], x1s[X], wx0s[X], wx1s[X] = linear_source_index(
-            X, x.shape[2], out_w, scale_w, align_corners, real_t
-        )
-    for row in prange(planes * out_h):
-        p, Y = row // out_h, row % out_h
-        y0, y1, wy0, wy1 = linear_source_index(Y, x.shape[1], out_h, scale_h, align_corners, real_t)
-        row0 = x[p, y0]
-        row1 = x[p, y1]
-        out_row = out[p, Y]
-        for X in range(out_w):
-            top = lerp(row0[x0s[X]], row0[x1s[X]], wx0s[X], wx1s[X])
-            bottom = lerp(row1[x0s[X]], row1[x1s[X]], wx0s[X], wx1s[X])
-            out_row[X] = lerp(top, bottom, wy0, wy1)
+        x0s[X], x1s[X], wx0s[X], wx1s[X] = linear_source_index(X, in_w, out_w, scale_w, align_corners, real_t)
+    y0s = np.empty(out_h, np.int64)
+    y1s = np.empty(out_h, np.int64)
+    wy0s = np.empty(out_h, x.dtype)
+    wy1s = np.empty(out_h, x.dtype)
+    for Y in range(out_h):
+        y0s[Y], y1s[Y], wy0s[Y], wy1s[Y] = linear_source_index(Y, in_h, out_h, scale_h, align_corners, real_t)
+    bands = (out_h + BAND_ROWS - 1) // BAND_ROWS
+    for task in prange(planes * bands):
+        p, band = task // bands, task % bands
+        first, last = band * BAND_ROWS, min(out_h, band * BAND_ROWS + BAND_ROWS)
+        low, high = y0s[first], y1s[last - 1]  # both tables never decrease
+        needed = np.zeros(high - low + 1, np.bool_)
+        for Y in range(first, last):
+            needed[y0s[Y] - low] = True
+            needed[y1s[Y] - low] = True
+        rows = np.empty((high - low + 1, out_w), x.dtype)
+        for y in range(low, high + 1):
+            if needed[y - low]:
+                source_row = x[p, y]
+                row = rows[y - low]
+                for X in range(out_w):
+                    row[X] = lerp(source_row[x0s[X]], source_row[x1s[X]], wx0s[X], wx1s[X])
+        for Y in range(first, last):
+            top, bottom = rows[y0s[Y] - low], rows[y1s[Y] - low]
+            wy0, wy1 = wy0s[Y], wy1s[Y]
+            out_row = out[p, Y]
+            for X in range(out_w):
+                out_row[X] = lerp(top[X], bottom[X], wy0, wy1)
 
 
 @cpu_kernel
@@ -307,6 +359,75 @@ def backward_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
             grad_x[p, y, x] = grad_element(
                 grad_out, p, y, x, y_range, (x_ranges[x, 0], x_ranges[x, 1]), index_y, weight_y, index_x, weight_x
             )
+
+
+@cpu_kernel
+def nearest_backward_cpu(grad_out, grad_x, index_y, index_x):
+    """The nearest adjoint as a gather: input pixel (y, x) sums the outputs
+    that copy it, a contiguous range of rows times a contiguous range of
+    columns, in PyTorch's order (rows, then columns, from zero), so the
+    result is PyTorch's bit for bit. A task owns one input row."""
+    planes, in_h, in_w = grad_x.shape
+    # Nearest reads one input per output, so the ranges tile the outputs:
+    # input x gets columns [col_starts[x], col_starts[x + 1]).
+    col_starts = np.empty(in_w + 1, np.int64)
+    for x in range(in_w + 1):
+        col_starts[x] = lower_bound(index_x, 0, x)
+    row_starts = np.empty(in_h + 1, np.int64)
+    for y in range(in_h + 1):
+        row_starts[y] = lower_bound(index_y, 0, y)
+    # An integer upsampling (input x -> columns [2x, 2x + 2) for a factor
+    # of 2) gets a fixed-stride loop, which the compiler vectorises.
+    pair = grad_out.shape[2] == 2 * in_w
+    for x in range(in_w + 1):
+        pair = pair and col_starts[x] == 2 * x
+    for task in prange(planes * in_h):
+        p, y = task // in_h, task % in_h
+        sums = grad_x[p, y]
+        sums[:] = 0
+        for Y in range(row_starts[y], row_starts[y + 1]):
+            grad_row = grad_out[p, Y]
+            if pair:
+                for x in range(in_w):
+                    sums[x] = (sums[x] + grad_row[2 * x]) + grad_row[2 * x + 1]
+            else:
+                for x in range(in_w):
+                    total = sums[x]
+                    for X in range(col_starts[x], col_starts[x + 1]):
+                        total += grad_row[X]
+                    sums[x] = total
+
+
+@cpu_kernel
+def bilinear_backward_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
+    """The bilinear adjoint, separable: each output row's gradient is first
+    folded along x into one input-width row (the adjoint of the horizontal
+    lerps), which then goes to the (at most two) input rows it came from.
+    A task owns a band of input rows, so no two tasks write one pixel."""
+    planes, in_h, in_w = grad_x.shape
+    out_w = grad_out.shape[2]
+    bands = (in_h + BAND_ROWS - 1) // BAND_ROWS
+    for task in prange(planes * bands):
+        p, band = task // bands, task % bands
+        first, last = band * BAND_ROWS, min(in_h, band * BAND_ROWS + BAND_ROWS)
+        sums = grad_x[p, first:last]
+        sums[:, :] = 0
+        folded = np.empty(in_w, grad_x.dtype)
+        # The outputs reading a row of the band: i1 >= first and i0 < last.
+        for Y in range(lower_bound(index_y, 1, first), lower_bound(index_y, 0, last)):
+            grad_row = grad_out[p, Y]
+            folded[:] = 0
+            for X in range(out_w):
+                g = grad_row[X]
+                folded[index_x[0, X]] = fma(weight_x[0, X], g, folded[index_x[0, X]])
+                folded[index_x[1, X]] = fma(weight_x[1, X], g, folded[index_x[1, X]])
+            for side in range(2):
+                y = index_y[side, Y]
+                if first <= y < last:
+                    w = weight_y[side, Y]
+                    target = sums[y - first]
+                    for x in range(in_w):
+                        target[x] = fma(w, folded[x], target[x])
 
 
 _FORWARD = {
@@ -480,8 +601,14 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
                                             rule, grad_out.dtype)
     index_y, weight_y = _axis_table(backend, in_h, out_h, scale_h, mode, flag, rule, grad_out)
     index_x, weight_x = _axis_table(backend, in_w, out_w, scale_w, mode, flag, rule, grad_out)
-    run(_BACKWARD[backend], backend, grad_x.numel(), _planes(grad_out), _planes(grad_x),
-        index_y, weight_y, index_x, weight_x)
+    if backend == "cpu" and mode != "bilinear":
+        run(nearest_backward_cpu, backend, grad_x.numel(), _planes(grad_out), _planes(grad_x), index_y, index_x)
+    elif backend == "cpu":
+        run(bilinear_backward_cpu, backend, grad_x.numel(), _planes(grad_out), _planes(grad_x),
+            index_y, weight_y, index_x, weight_x)
+    else:
+        run(_BACKWARD[backend], backend, grad_x.numel(), _planes(grad_out), _planes(grad_x),
+            index_y, weight_y, index_x, weight_x)
     return grad_x
 
 

@@ -1,0 +1,136 @@
+"""The cpu backend's fast paths (issue 14): the interpolate loops (runs of
+copied rows, separable bilinear in bands, the nearest backward as a gather,
+the bilinear backward separable) and the semi-shift convolution on PyTorch's
+convolutions. Each agrees with its reference to float rounding (nearest: bit
+for bit), in float32 and float64, with gradients to any order; the sizes
+cross the loops' band and run boundaries."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import upsamplelib as ul
+from upsamplelib.ops.fade import one_pass_semi_shift_cpu, semi_shift_conv_reference
+from upsamplelib.ops.interpolate import BAND_ROWS
+
+# Larger than a band, not multiples of it; up- and downsampling, integer
+# factors (the fixed-stride loops) and fractional ones (the general loops).
+SIZES = [(2 * BAND_ROWS + 5, 37, {"scale_factor": 2}), (BAND_ROWS + 3, 20, {"scale_factor": 3}),
+         (45, 29, {"scale_factor": 1.7}), (70, 41, {"scale_factor": 0.6}), (33, 18, {"size": (100, 7)}),
+         (40, 40, {"size": (40, 40)}), (9, 70, {"size": (81, 140)})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_nearest_forward_and_backward_bit_for_bit(mode, dtype):
+    for h, w, kwargs in SIZES:
+        x = torch.randn(2, 3, h, w, dtype=dtype, requires_grad=True)
+        expected = F.interpolate(x, mode=mode, **kwargs)
+        got = ul.interpolate(x, mode=mode, backend="cpu", **kwargs)
+        assert torch.equal(got, expected), (h, w, kwargs)
+        grad = torch.randn_like(expected)
+        (g_expected,) = torch.autograd.grad(expected, x, grad)
+        (g_got,) = torch.autograd.grad(got, x, grad)
+        assert torch.equal(g_got, g_expected), (h, w, kwargs)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_forward_and_backward_match_torch(align_corners, dtype, tolerance):
+    for h, w, kwargs in SIZES:
+        x = torch.randn(2, 3, h, w, dtype=dtype, requires_grad=True)
+        expected = F.interpolate(x, mode="bilinear", align_corners=align_corners, **kwargs)
+        got = ul.interpolate(x, mode="bilinear", align_corners=align_corners, backend="cpu", **kwargs)
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, msg=str((h, w, kwargs)))
+        grad = torch.randn_like(expected)
+        (g_expected,) = torch.autograd.grad(expected, x, grad)
+        (g_got,) = torch.autograd.grad(got, x, grad)
+        torch.testing.assert_close(g_got, g_expected, rtol=tolerance, atol=tolerance, msg=str((h, w, kwargs)))
+
+
+def test_bilinear_forward_float32_equals_torch_at_scale_2():
+    # The separable loop makes PyTorch's lerps in PyTorch's order (x, then y).
+    x = torch.randn(1, 4, 2 * BAND_ROWS + 3, 50)
+    assert torch.equal(ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"),
+                       F.interpolate(x, scale_factor=2, mode="bilinear"))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_interpolate_gradgradcheck_across_bands(mode):
+    x = torch.randn(1, 1, BAND_ROWS + 2, 3, dtype=torch.float64, requires_grad=True)
+    function = lambda t: ul.interpolate(t, scale_factor=2, mode=mode, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(function, (x,))
+    assert torch.autograd.gradgradcheck(function, (x,))
+
+
+def _semi_shift_inputs(c=4, h=5, w=6, s=2, o=3, k=3, groups=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(c * 100 + h * 10 + k)
+    return [torch.randn(*shape, generator=g, dtype=dtype)
+            for shape in ((2, c, s * h, s * w), (2, c, h, w), (o, c // groups, k, k), (o,))]
+
+
+SEMI_SHIFT_CASES = [dict(), dict(k=1), dict(k=5, s=3), dict(s=1), dict(c=6, o=6, groups=6), dict(c=4, o=6, groups=2)]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("case", SEMI_SHIFT_CASES, ids=str)
+def test_semi_shift_fast_path_matches_reference_and_one_pass_loop(case, dtype, tolerance):
+    en, de, weight, bias = _semi_shift_inputs(dtype=dtype, **case)
+    s, groups = case.get("s", 2), case.get("groups", 1)
+    fast = ul.semi_shift_conv(en, de, weight, bias, s, backend="cpu", groups=groups)
+    torch.testing.assert_close(fast, semi_shift_conv_reference(en, de, weight, bias, s, groups),
+                               rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(fast, one_pass_semi_shift_cpu(en, de, weight, bias, s, groups),
+                               rtol=tolerance, atol=tolerance)
+    # Either map absent (the higher-order derivatives' calls).
+    ops = torch.ops.upsamplelib
+    for left, right in ((en, None), (None, de)):
+        torch.testing.assert_close(ops.semi_shift_conv(left, right, weight, bias, s, groups, "cpu"),
+                                   one_pass_semi_shift_cpu(left, right, weight, bias, s, groups),
+                                   rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-11)])
+@pytest.mark.parametrize("case", SEMI_SHIFT_CASES, ids=str)
+def test_semi_shift_fast_gradients_match_reference(case, dtype, tolerance):
+    tensors = [t.requires_grad_() for t in _semi_shift_inputs(dtype=dtype, **case)]
+    s, groups = case.get("s", 2), case.get("groups", 1)
+    expected = semi_shift_conv_reference(*tensors, s, groups)
+    got = ul.semi_shift_conv(*tensors, s, backend="cpu", groups=groups)
+    grad = torch.randn_like(expected)
+    for g_got, g_expected in zip(torch.autograd.grad(got, tensors, grad),
+                                 torch.autograd.grad(expected, tensors, grad)):
+        torch.testing.assert_close(g_got, g_expected, rtol=tolerance, atol=tolerance)
+
+
+def test_semi_shift_fast_path_gradgradcheck():
+    tensors = [t.requires_grad_() for t in _semi_shift_inputs(c=2, h=3, w=3, o=2)]
+    function = lambda *t: ul.semi_shift_conv(*t, 2, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(function, tensors)
+    assert torch.autograd.gradgradcheck(function, tensors)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_values_leave_the_fast_path(bad):
+    # A padded zero times a NaN/Inf weight would poison the border; the one-pass
+    # loops skip out-of-map taps instead (SPEC), and run for such weights.
+    en, de, weight, bias = _semi_shift_inputs(dtype=torch.float32)
+    weight[0, 0, 0, 0] = bad
+    got = ul.semi_shift_conv(en, de, weight, bias, 2, backend="cpu")
+    torch.testing.assert_close(got, one_pass_semi_shift_cpu(en, de, weight, bias, 2), rtol=0, atol=0,
+                               equal_nan=True)
+    # Non-finite where the reference is (an Inf weight meets E + D there, the
+    # reference E and D apart, so an Inf may be a NaN on one side).
+    expected = semi_shift_conv_reference(en, de, weight, bias, 2)
+    assert torch.equal(got.isfinite(), expected.isfinite())
+    assert got[0, 0, 0, 0].isfinite()  # the tap reads outside both maps there: skipped
+    # The weight gradient: a NaN/Inf grad_out against the padding.
+    tensors = [t.detach().requires_grad_() for t in _semi_shift_inputs(dtype=torch.float32)]
+    out = ul.semi_shift_conv(*tensors, 2, backend="cpu")
+    grad = torch.zeros_like(out)
+    grad[0, 0, 0, 0] = bad
+    (g_weight,) = torch.autograd.grad(out, tensors[2], grad)
+    reference = semi_shift_conv_reference(*tensors, 2)
+    (g_reference,) = torch.autograd.grad(reference, tensors[2], grad)
+    assert torch.equal(g_weight.isfinite(), g_reference.isfinite())
+    assert g_weight.isfinite().any()  # the taps that read outside the map at that corner stay finite
