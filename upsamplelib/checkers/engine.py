@@ -20,8 +20,39 @@ from . import hung_kernels
 DEFAULT_TIMEOUT = 60.0
 
 
+def _red(text: str) -> str:
+    return f"\x1b[0;31m{text}\x1b[0m"
+
+
 class CheckFailed(AssertionError):
-    """A student's code gave a wrong result; the message says where and why."""
+    """A student's code gave a wrong result; the message says where and why.
+
+    In IPython it shows as its message only: the traceback would run through
+    the checker's code, not the student's."""
+
+    def _render_traceback_(self):
+        first, *rest = str(self).splitlines() or [""]
+        return [f"{_red(type(self).__name__)}: {first}", *rest]
+
+
+class ExerciseUnsolved(NotImplementedError):
+    """An exercise is still the lesson's stub. One line in IPython: which
+    exercise, and what to do. Still an exception, so that nbval's
+    raises-exception cells and the grader see it."""
+
+    def __init__(self, exercise_id: str, names=(), used_by: str | None = None):
+        self.exercise = exercise_id
+        written = " and ".join(f"`{name}`" for name in names) or "your code"
+        if used_by and used_by != exercise_id:
+            where = f"(exercise {used_by} uses it): write {written} in its cell"
+        else:
+            where = f"write {written} in the cell above"
+        self.head = f"Exercise {exercise_id} is not solved yet"
+        self.todo = f"{where} (in place of `raise NotImplementedError`), then run this cell again."
+        super().__init__(f"{self.head}: {self.todo}")
+
+    def _render_traceback_(self):
+        return [f"{_red(self.head)}: {self.todo}"]
 
 
 class KernelTimeout(CheckFailed):
