@@ -170,3 +170,57 @@ def test_solved_code_is_checked_as_it_is(tmp_path, capsys):
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("PASS nearest_plane_kernel")
     assert checkers.graded.last_fallbacks == []
+
+
+def _run_in_jupyter(cells):
+    """Execute code cells in a real Jupyter kernel (nbclient); the notebook
+    with its outputs."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=True).execute()
+    return notebook
+
+
+def _errors(cell):
+    return [output for output in cell.outputs if output.output_type == "error"]
+
+
+def _displayed_lines(error):
+    return "\n".join(error.traceback).splitlines()
+
+
+def test_in_jupyter_an_unsolved_exercise_is_one_line_and_a_wrong_one_its_message():
+    notebook = _run_in_jupyter([
+        "import os\nos.environ['UPSAMPLELIB_QUIET'] = '1'\nimport upsamplelib\n"
+        "import numpy as np\nfrom numba import cuda\nfrom upsamplelib import checkers\nfrom upsamplelib.backend import per_element",
+        # exactly what tools/make_lessons.py makes of exercises 00.1, 00.2 and 01.1
+        '@cuda.jit\ndef scale_kernel(x, out, factor):\n    raise NotImplementedError("Exercise 00.1: write this part")',
+        "checkers.check_scale_kernel(scale_kernel)",
+        'def launch_config(n, threads_per_block):\n    raise NotImplementedError("Exercise 00.2: write this part")',
+        "checkers.check_launch_config(launch_config)",
+        "checkers.check_launch_config(lambda n, threads: (n // threads, threads))",
+        '@per_element\ndef nearest_index(dst, in_size, out_size):\n'
+        '    raise NotImplementedError("Exercise 01.1: write this part")',
+        "@cuda.jit\ndef nearest_plane_kernel(x, out):\n    col, row = cuda.grid(2)\n"
+        "    if row < out.shape[0] and col < out.shape[1]:\n"
+        "        out[row, col] = x[nearest_index(row, x.shape[0], out.shape[0]), "
+        "nearest_index(col, x.shape[1], out.shape[1])]",
+        "checkers.check_nearest_plane_kernel(nearest_plane_kernel)",
+    ])
+    setup, _, unsolved_kernel, _, unsolved_function, wrong, _, _, fallback = notebook.cells
+    assert _errors(setup) == []
+    for cell, exercise, name in ((unsolved_kernel, "00.1", "scale_kernel"), (unsolved_function, "00.2", "launch_config")):
+        (error,) = _errors(cell)
+        lines = _displayed_lines(error)
+        assert error.ename == "ExerciseUnsolved" and len(lines) <= 3, lines
+        assert f"Exercise {exercise} is not solved yet" in lines[0] and f"`{name}`" in lines[0], lines
+    (error,) = _errors(wrong)
+    lines = _displayed_lines(error)
+    assert error.ename == "CheckFailed" and "round up" in error.evalue
+    assert len(lines) == len(error.evalue.splitlines()) and not any("File " in line for line in lines), lines
+    assert _errors(fallback) == []
+    printed = "".join(output.text for output in fallback.outputs if output.output_type == "stream").splitlines()
+    assert printed[0] == "01.1 is not solved yet: checking 01.3 with the library's nearest_index"
+    assert printed[1].startswith("PASS nearest_plane_kernel")
