@@ -508,16 +508,25 @@ def test_without_a_reference_run_the_lesson_says_so_and_how_to_make_one(tmp_path
 
 def test_a_reference_run_is_shown_with_its_gpu_and_labelled_as_stored(tmp_path):
     path = tmp_path / "gpu_reference.csv"
-    path.write_text("# written by the benchmark on a GPU\n"
-                    "gpu,op,pass,ours_ms,baseline_ms,ratio\n"
-                    "NVIDIA H200,carafe,forward,0.210,0.300,0.70\n"
-                    "NVIDIA H200,interpolate,forward,0.030,0.040,0.75\n", encoding="utf-8")
+    path.write_text("gpu,case,ours,ours_ms,baseline,baseline_ms,ratio,effective_gbs,copy_gbs,fraction_of_copy,note\n"
+                    "NVIDIA H200,carafe_forward,ul.carafe,0.210,unfold,0.300,0.70,1200,4000,0.30,\n"
+                    "NVIDIA H200,nearest_forward,ul.interpolate,0.030,F.interpolate,0.040,0.75,,,,small\n",
+                    encoding="utf-8")
     text = performance.gpu_reference_summary(path)
     first, header, *rows = text.split("\n")
     assert first.startswith("STORED FIGURES from a real-GPU run on NVIDIA H200")
     assert "not measured on this machine" in first
-    assert header.split() == ["op", "pass", "ours_ms", "baseline_ms", "ratio"]
-    assert rows[0].split() == ["carafe", "forward", "0.210", "0.300", "0.70"]
+    assert header.split() == list(performance.GPU_REFERENCE_COLUMNS)
+    assert rows[0].split() == ["carafe_forward", "ul.carafe", "0.210", "unfold", "0.300", "0.70", "0.30"]
+    assert rows[1].split() == ["nearest_forward", "ul.interpolate", "0.030", "F.interpolate", "0.040", "0.75"]
+
+
+def test_other_columns_are_shown_whole(tmp_path):
+    path = tmp_path / "gpu_reference.csv"
+    path.write_text("# a comment line\ndevice,op,ms\nNVIDIA H100 80GB HBM3,carafe,0.2\n", encoding="utf-8")
+    text = performance.gpu_reference_summary(path)
+    assert text.split("\n")[0].startswith("STORED FIGURES from a real-GPU run on NVIDIA H100 80GB HBM3")
+    assert text.split("\n")[1:] == ["op      ms", "carafe  0.2"]
 
 
 def test_a_reference_run_that_names_no_gpu_is_refused(tmp_path):

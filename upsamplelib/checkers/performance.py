@@ -50,7 +50,10 @@ WARP_SIZE = 32
 
 #: The committed real-GPU run the lesson shows where no GPU is present.
 GPU_REFERENCE = Path(__file__).resolve().parents[2] / "bench" / "gpu_reference.csv"
-GPU_REFERENCE_COMMAND = "python bench/run.py --gpu-reference"
+#: The command that writes it (bench/run.py runs bench/gpu.py, which names the GPU in every row).
+GPU_REFERENCE_COMMAND = "python bench/run.py --gpu-reference bench/gpu_reference.csv"
+#: The columns of bench/gpu.py the lesson shows, where present (otherwise all of them).
+GPU_REFERENCE_COLUMNS = ("case", "ours", "ours_ms", "baseline", "baseline_ms", "ratio", "fraction_of_copy")
 
 
 # --------------------------------------------------------------------------
@@ -633,7 +636,8 @@ def gpu_reference_summary(path=None) -> str:
     if device_column is None:
         raise ValueError(f"{path}: no column names the GPU (expected one of gpu, device_name, device)")
     gpus = sorted({row[device_column] for row in rows})
-    columns = [name for name in rows[0] if name != device_column]
+    columns = [name for name in GPU_REFERENCE_COLUMNS if name in rows[0]] or [
+        name for name in rows[0] if name != device_column]
     widths = {name: max(len(name), *(len(row[name] or "") for row in rows)) for name in columns}
     lines = [f"STORED FIGURES from a real-GPU run on {', '.join(gpus)} ({path.parent.name}/{path.name}), "
              "not measured on this machine:",
