@@ -38,7 +38,7 @@ export UPSAMPLELIB_TOOLKIT := $(CUDA)
 # JupyterLab refuses to start as root unless told: containers, Colab, Docker.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test test-lib test-notebooks lessons solutions bench experiments clean
+.PHONY: setup lab test test-lib test-notebooks test-browser lessons solutions bench experiments clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,18 @@ test-notebooks: setup
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg solutions
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env lessons
 
+# The lessons' widgets in a real browser (tests_browser/): JupyterLab on a
+# copy of the lessons, headless Chromium driven by playwright, screenshots in
+# build/browser/. It needs a Chromium on the machine (Debian: apt-get install
+# chromium; or CHROMIUM=/path/to/chrome); playwright downloads no browser.
+BROWSER_STAMP := $(VENV)/.upsamplelib-browser
+test-browser: $(BROWSER_STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests_browser
+
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[browser]"
+	@touch $@
+
 # Regenerate the student notebooks from the executed solutions.
 lessons: setup
 	$(BIN)/python tools/make_lessons.py
@@ -77,8 +89,10 @@ solutions: setup
 experiments: setup
 	$(BIN)/python -m upsamplelib.experiments grid --json upsamplelib/experiments/results.json
 
+# The benchmark report (a few minutes): one table, build/bench/bench.csv and
+# build/bench/bench.png. ARGS="--quick" is a smoke run; ARGS="ops" one section.
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

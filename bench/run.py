@@ -1,332 +1,510 @@
-"""Benchmarks: upsamplelib's kernels against their baselines, measured in the same run.
+"""Benchmark report: upsamplelib's kernels against the best plain-PyTorch code, measured in the same run.
 
-    make bench                     # everything
-    python bench/run.py interpolate --repeat 30
+    make bench                                   # the full report (a few minutes on 2 cores)
+    python bench/run.py --quick                  # smallest sizes, one round: a smoke run
+    python bench/run.py ops --repeat 20          # one section: ops, scaling, compile
+    python bench/run.py --gpu-reference bench/gpu_reference.csv   # on a CUDA GPU only
 
-Each line gives the median time of ours and of the baseline, and their ratio
-(ours / baseline: below 1.0 means ours is faster). On a machine with a CUDA
-GPU the CUDA kernels are measured too, against the same baseline on the GPU.
-Timings are medians over --repeat runs after warm-up runs, so the first
-call's compilation is not counted.
+It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench.png``
+(``--out`` changes the folder). Sections:
+
+* ``bandwidth``: the machine's copy bandwidth (a 256 MB tensor copy), measured in this run;
+* ``ops``: every op, forward and backward, ours against the best plain-PyTorch form on each
+  device, the ratio (ours / baseline: below 1 means ours is faster) and the issue's target;
+  the peak extra memory of each (``upsamplelib.timing.peak_extra_memory``: on the CPU the rise
+  of the resident-set high-water mark during the call, on a GPU torch's allocator peak);
+  effective GB/s (the op's minimum traffic: each input read once, each output written once,
+  over our time) as a fraction of the copy bandwidth, and GFLOP/s (FLOPs as the ops'
+  registered formulas count them, ``FlopCounterMode``);
+* ``scaling``: our forward time against H x W, C and k, with the fitted exponent of
+  time ~ size^e (1 is linear; k enters as k*k taps, so 2 is expected there); a line says
+  where the fit is not what the work predicts;
+* ``compile``: the first call of each op in a fresh process with an empty Numba cache
+  (``NUMBA_CACHE_DIR`` a new folder), and again with that cache filled: the on-disk cache is
+  what removes the compile time, and ``make setup`` fills it (``python -m upsamplelib.warmup``).
+
+Times are the best of interleaved rounds of medians (``upsamplelib.timing.compare``): the
+ours/baseline ratio of one run on one machine, never times from different runs.
+On a machine with a CUDA GPU the ops section measures the CUDA kernels too (device "cuda").
+``--gpu-reference PATH`` runs ``bench/gpu.py`` (CUDA-event timings, launch overhead, the GPU
+targets), which writes PATH naming the GPU in every row: ``bench/gpu_reference.csv`` is only
+ever written by a GPU run of that command.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import math
 import os
-import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 os.environ.setdefault("UPSAMPLELIB_QUIET", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPOSITORY)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import upsamplelib as ul  # noqa: E402
+from upsamplelib.ops.carafe import carafe_reference  # noqa: E402
+from upsamplelib.ops.fade import two_convolutions  # noqa: E402
+from upsamplelib.ops.sapa import sapa_similarity_reference  # noqa: E402
+from upsamplelib.timing import compare, copy_bandwidth, peak_extra_memory  # noqa: E402
 
 GPU = torch.cuda.is_available() and not ul.SIMULATOR
-DEVICES = [("cpu", "cpu")] + ([("cuda", "cuda")] if GPU else [])
+
+COLUMNS = ["section", "device", "device_name", "op", "pass", "shape", "ours_ms", "baseline", "baseline_ms",
+           "ratio", "target", "target_met", "ours_peak_mb", "baseline_peak_mb", "min_bytes", "ours_gbs",
+           "copy_gbs", "fraction_of_copy", "ours_gflops", "parameter", "value", "exponent", "expected_exponent",
+           "cold_s", "warm_s"]
 
 
-def median_ms(function, repeat: int, warmup: int = 3) -> float:
-    """Median wall time of ``function()`` in milliseconds (GPU work included)."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeat):
-        if GPU:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if GPU:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
-def report(name: str, ours: float, baseline: float, baseline_name: str) -> None:
-    print(f"{name:<44} ours {ours:9.3f} ms   {baseline_name} {baseline:9.3f} ms   ratio {ours / baseline:5.2f}"
-          f"   (speedup {baseline / ours:6.1f}x)")
+# --------------------------------------------------------------------------
+# Plain-PyTorch forms the kernels are held to
+# --------------------------------------------------------------------------
 
 
-def peak_extra_memory_mb(setup: str, statement: str, device: str = "cpu") -> float:
-    """Peak memory (MB) that ``statement`` allocates beyond what ``setup``
-    left allocated, measured in a fresh process: on the CPU the rise of the
-    resident-set high-water mark (after a warm-up on tiny inputs, so that
-    compilation is not counted; MB-granular, as the OS counts pages), on a
-    GPU torch's allocator peak."""
-    code = textwrap.dedent(f"""
-        import os, resource, sys
-        os.environ["UPSAMPLELIB_QUIET"] = "1"
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
-        import torch
-        import upsamplelib as ul
-        device = {device!r}
-        def peak():
-            if device == "cuda":
-                return torch.cuda.max_memory_allocated()
-            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
-            # parent process across fork and exec.
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        SIZE = "tiny"
-        {textwrap.indent(setup, "        ").strip()}
-        {statement}
-        SIZE = "full"
-        {textwrap.indent(setup, "        ").strip()}
-        if device == "cuda":
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-        before = peak() if device == "cuda" else peak()
-        base = torch.cuda.memory_allocated() if device == "cuda" else before
-        {statement}
-        if device == "cuda":
-            torch.cuda.synchronize()
-        print((peak() - base) / 2**20)
-    """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+def carafe_slot_loop(x, masks, kernel_size, scale):
+    """CARAFE (group 1) as the best plain-PyTorch loop: the zero-padded input
+    upsampled once, then one ``addcmul`` per window slot (k*k of them), each a
+    shifted view times that slot's mask. No unfold, no k*k-times copy."""
+    n, channels, height, width = x.shape
+    radius = (kernel_size - 1) // 2
+    padded = F.interpolate(F.pad(x, (radius,) * 4), scale_factor=scale, mode="nearest")
+    out = x.new_zeros((n, channels, scale * height, scale * width))
+    for slot in range(kernel_size * kernel_size):
+        dy, dx = divmod(slot, kernel_size)
+        view = padded[:, :, scale * dy: scale * (dy + height), scale * dx: scale * (dx + width)]
+        out.addcmul_(view, masks[:, slot: slot + 1])
+    return out
 
 
-def report_memory(name: str, ours: float, baseline: float, baseline_name: str) -> None:
-    fraction = ours / baseline if baseline > 0 else float("nan")
-    print(f"{name:<44} ours {ours:9.1f} MB   {baseline_name} {baseline:9.1f} MB   ratio {fraction:5.3f}")
+# --------------------------------------------------------------------------
+# The cases: (op, pass, shape, ours, {baseline: (function, target ratio or None)}, minimum bytes)
+# --------------------------------------------------------------------------
 
 
-def gpu_kernel_ms(function, repeat: int) -> float:
-    """Mean GPU time per call of the CUDA kernels ``function`` launches
-    (CUPTI, through torch.profiler): the kernels alone, no launch overhead."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(3):
-        function()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeat):
-            function()
-        torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages())
-    return total_us / 1e3 / repeat
-
-
-def gpu_bandwidth_gbs() -> float:
-    """Device memory bandwidth measured with a large copy (bytes read + written)."""
-    a = torch.empty(2**28, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = median_ms(lambda: b.copy_(a), 10)
-    return 2 * a.numel() / (ms * 1e-3) / 1e9
-
-
-def _backward(function, x):
-    """A closure running only the backward of function(x) (graph built once)."""
-    x = x.detach().requires_grad_()
-    out = function(x)
+def _grad_closure(function, inputs):
+    """A closure running only the backward of ``function(*inputs)`` (the
+    graph is built once, kept with retain_graph)."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = function(*leaves)
     grad = torch.randn_like(out)
-    return lambda: torch.autograd.grad(out, x, grad, retain_graph=True)
+    return lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)
 
 
-def bench_interpolate(repeat: int) -> None:
-    print("== nearest / bilinear: 1x64x128x128 -> 256x256, float32 (baseline: F.interpolate)")
-    for device, backend in DEVICES:
-        x = torch.randn(1, 64, 128, 128, device=device)
-        for mode in ("nearest", "bilinear"):
-            ours = lambda t, m=mode: ul.interpolate(t, scale_factor=2, mode=m, backend=backend)  # noqa: E731
-            theirs = lambda t, m=mode: F.interpolate(t, scale_factor=2, mode=m)  # noqa: E731
-            label = f"{mode} {backend}"
-            report(f"{label} forward", median_ms(lambda: ours(x), repeat), median_ms(lambda: theirs(x), repeat),
-                   f"torch-{device}")
-            report(f"{label} backward", median_ms(_backward(ours, x), repeat),
-                   median_ms(_backward(theirs, x), repeat), f"torch-{device}")
+def _step_closure(function, inputs):
+    """A closure running forward and backward of ``function(*inputs)``."""
+    def step():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = function(*leaves)
+        out.backward(torch.ones_like(out))  # fresh leaves: nothing accumulates across calls
+    return step
 
 
-CARAFE_SETUP = """
-from upsamplelib.ops.carafe import carafe_reference
-g = torch.Generator().manual_seed(0)
-n, c, h, w, k, s, groups = (1, 4, 4, 4, 5, 2, {groups}) if SIZE == "tiny" else (1, 64, 64, 64, 5, 2, {groups})
-x = torch.randn(n, c, h, w, generator=g).to(device).requires_grad_()
-masks = torch.softmax(torch.randn(n, groups, k * k, s * h, s * w, generator=g), 2).view(n, groups * k * k, s * h, s * w)
-masks = masks.to(device).requires_grad_()
-grad = torch.randn(n, c, s * h, s * w, generator=g).to(device)
-"""
+def _bytes(*tensors_or_counts):
+    return sum(4 * (t.numel() if isinstance(t, torch.Tensor) else t) for t in tensors_or_counts)
 
 
-def bench_carafe(repeat: int) -> None:
-    print("== CARAFE reassembly: N=1, C=64, 64x64 -> 128x128, k=5 (baseline: unfold formulation, "
-          "upsamplelib.ops.carafe.carafe_reference)")
-    from upsamplelib.ops.carafe import carafe_reference
+def cases(device: str, quick: bool):
+    """Yield (op, pass, shape, ours, {baseline name: (function, target)}, minimum bytes, flop function).
+    A target is the largest ours/baseline ratio the issue accepts."""
+    backend = "cuda" if device == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(0)
 
-    for device, backend in DEVICES:
-        for groups in (1, 4):
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(1, 64, 64, 64, generator=g).to(device)
-            masks = torch.softmax(torch.randn(1, groups, 25, 128, 128, generator=g), 2).view(1, groups * 25, 128, 128)
-            masks = masks.to(device)
-            ours = lambda a, b: ul.carafe(a, b, 5, 2, groups, backend=backend)  # noqa: E731
-            theirs = lambda a, b: carafe_reference(a, b, 5, 2, groups)  # noqa: E731
-            label = f"carafe G={groups} {backend}"
-            report(f"{label} forward", median_ms(lambda: ours(x, masks), repeat),
-                   median_ms(lambda: theirs(x, masks), repeat), f"unfold-{device}")
-            grads = []
-            for function in (ours, theirs):
-                xr, mr = x.clone().requires_grad_(), masks.clone().requires_grad_()
-                out = function(xr, mr)
-                grad = torch.randn_like(out)
-                grads.append(lambda o=out, a=xr, b=mr, gr=grad: torch.autograd.grad(o, (a, b), gr, retain_graph=True))
-            report(f"{label} backward (x and masks)", median_ms(grads[0], repeat), median_ms(grads[1], repeat),
-                   f"unfold-{device}")
-            setup = CARAFE_SETUP.format(groups=groups)
-            forward = "out = {}(x, masks, k, s, groups{})"
-            ours_fwd = forward.format("ul.carafe", f", backend={backend!r}")
-            theirs_fwd = forward.format("carafe_reference", "")
-            backward = "; torch.autograd.grad(out, (x, masks), grad)"
-            report_memory(f"{label} forward peak extra memory", peak_extra_memory_mb(setup, ours_fwd, device),
-                          peak_extra_memory_mb(setup, theirs_fwd, device), f"unfold-{device}")
-            report_memory(f"{label} fwd+bwd peak extra memory",
-                          peak_extra_memory_mb(setup, ours_fwd + backward, device),
-                          peak_extra_memory_mb(setup, theirs_fwd + backward, device), f"unfold-{device}")
-            if device == "cuda":
-                kernel = gpu_kernel_ms(lambda: ours(x, masks), repeat)
-                bandwidth = gpu_bandwidth_gbs()
-                minimum_bytes = 4 * (x.numel() + masks.numel() + x.numel() * 4)  # read x, masks; write out
-                roofline = minimum_bytes / (bandwidth * 1e9) * 1e3
-                print(f"{label} forward kernel {kernel:.4f} ms on the GPU; memory roofline {roofline:.4f} ms "
-                      f"at the measured {bandwidth:.0f} GB/s: {roofline / kernel:.0%} of roofline")
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device)
 
+    # interpolate
+    c, h = (8, 32) if quick else (64, 128)
+    x = randn(1, c, h, h)
+    for mode, forward_target, backward_target in (("nearest", 0.7, 1.0), ("bilinear", 0.7, 1.0)):
+        ours = lambda t, m=mode: ul.interpolate(t, scale_factor=2, mode=m, backend=backend)  # noqa: E731
+        torch_form = lambda t, m=mode: F.interpolate(t, scale_factor=2, mode=m)  # noqa: E731
+        shape = f"1x{c}x{h}x{h}->{2 * h}x{2 * h}"
+        traffic = _bytes(x, 4 * x.numel())
+        yield (f"interpolate {mode}", "forward", shape, lambda o=ours: o(x),
+               {"F.interpolate": (lambda f=torch_form: f(x), forward_target)}, traffic, lambda o=ours: o(x))
+        yield (f"interpolate {mode}", "backward", shape, _grad_closure(ours, [x]),
+               {"F.interpolate": (_grad_closure(torch_form, [x]), backward_target)}, traffic,
+               _grad_closure(ours, [x]))
 
-SAPA_SETUP = """
-g = torch.Generator().manual_seed(0)
-channels, h, w = (8, 4, 4) if SIZE == "tiny" else ({channels}, {size}, {size})
-module = ul.SAPA(channels, channels, up_factor=2, up_kernel_size=5, embedding_dim=64).to(device)
-module.backend = {backend!r}
-y = torch.randn(1, channels, 2 * h, 2 * w, generator=g).to(device).requires_grad_()
-x = torch.randn(1, channels, h, w, generator=g).to(device).requires_grad_()
-"""
+    # CARAFE
+    c, h, k = (8, 16, 5) if quick else (64, 64, 5)
+    x = randn(1, c, h, h)
+    masks = torch.softmax(randn(1, k * k, 2 * h, 2 * h), 1)
+    ours = lambda a, b: ul.carafe(a, b, k, 2, 1, backend=backend)  # noqa: E731
+    unfold = lambda a, b: carafe_reference(a, b, k, 2, 1)  # noqa: E731
+    shape = f"1x{c}x{h}x{h}->{2 * h}x{2 * h}, k={k}"
+    out_numel = 4 * x.numel()
+    yield ("carafe", "forward", shape, lambda: ours(x, masks),
+           {"unfold": (lambda: unfold(x, masks), 1 / 40),
+            "slot loop (addcmul)": (lambda: carafe_slot_loop(x, masks, k, 2), 1 / 4)},
+           _bytes(x, masks, out_numel), lambda: ours(x, masks))
+    yield ("carafe", "backward (x, masks)", shape, _grad_closure(ours, [x, masks]),
+           {"unfold": (_grad_closure(unfold, [x, masks]), None)},
+           _bytes(out_numel, x, masks, x, masks), _grad_closure(ours, [x, masks]))
 
+    # SAPA similarity (the op) and the SAPA-B module at the authors' size
+    d, h, k = (8, 16, 5) if quick else (64, 64, 5)
+    q, key = randn(1, d, 2 * h, 2 * h), randn(1, d, h, h)
+    ours = lambda a, b: ul.sapa_similarity(a, b, k, 2, backend=backend)  # noqa: E731
+    unfold = lambda a, b: sapa_similarity_reference(a, b, k, 2)  # noqa: E731
+    shape = f"q 1x{d}x{2 * h}x{2 * h}, key {h}x{h}, k={k}"
+    traffic = _bytes(q, key, k * k * q.numel() // d)
+    yield ("sapa similarity", "forward", shape, lambda: ours(q, key), {"unfold": (lambda: unfold(q, key), None)},
+           traffic, lambda: ours(q, key))
+    yield ("sapa similarity", "backward (q, key)", shape, _grad_closure(ours, [q, key]),
+           {"unfold": (_grad_closure(unfold, [q, key]), None)}, traffic + _bytes(q, key),
+           _grad_closure(ours, [q, key]))
+    channels, size = (16, 12) if quick else (256, 120)
+    torch.manual_seed(0)
+    module = ul.SAPA(channels, channels).to(device)
+    y, x = randn(1, channels, 2 * size, 2 * size), randn(1, channels, size, size)
 
-def bench_sapa(repeat: int) -> None:
-    print("== SAPA-B module (d=64, k=5, x2) forward and backward (baseline: the same module on the plain-PyTorch "
-          "unfold formulation, backend='torch')")
-    for device, backend in DEVICES:
-        for channels, size, runs in ((64, 32, repeat), (256, 120, max(3, repeat // 5))):
-            torch.manual_seed(0)
-            module = ul.SAPA(channels, channels).to(device)
-            y = torch.randn(1, channels, 2 * size, 2 * size, device=device)
-            x = torch.randn(1, channels, size, size, device=device)
-            label = f"sapa-B C={channels} {size}->{2 * size} {backend}"
-            times = {}
-            for name in (backend, "torch"):
-                module.backend = name
-                forward = median_ms(lambda: module(y, x), runs)
-                yr, xr = y.clone().requires_grad_(), x.clone().requires_grad_()
-                out = module(yr, xr)
-                grad = torch.randn_like(out)
-                backward = median_ms(lambda: torch.autograd.grad(out, (yr, xr), grad, retain_graph=True), runs)
-                times[name] = (forward, backward)
-            report(f"{label} forward", times[backend][0], times["torch"][0], f"unfold-{device}")
-            report(f"{label} backward (y and x)", times[backend][1], times["torch"][1], f"unfold-{device}")
-            statement = "out = module(y, x); torch.autograd.grad(out, (y, x), torch.ones_like(out))"
-            memory = [peak_extra_memory_mb(SAPA_SETUP.format(channels=channels, size=size, backend=name),
-                                           statement, device) for name in (backend, "torch")]
-            report_memory(f"{label} fwd+bwd peak extra memory", *memory, f"unfold-{device}")
-
-
-FADE_SETUP = """
-from upsamplelib.ops.fade import two_convolutions
-g = torch.Generator().manual_seed(0)
-c, h = (4, 4) if SIZE == "tiny" else (64, 64)
-en = torch.randn(1, c, 2 * h, 2 * h, generator=g).to(device).requires_grad_()
-de = torch.randn(1, c, h, h, generator=g).to(device).requires_grad_()
-weight = (0.01 * torch.randn(25, c, 3, 3, generator=g)).to(device).requires_grad_()
-bias = torch.zeros(25).to(device).requires_grad_()
-"""
-
-
-def _concat_conv(en, de, weight, bias):
-    """The naive alternative: one conv over [encoder, upsampled decoder]."""
-    both = torch.cat([en, F.interpolate(de, scale_factor=2, mode="nearest")], dim=1)
-    return F.conv2d(both, torch.cat([weight, weight], dim=1), 2 * bias, padding=weight.shape[2] // 2)
-
-
-def bench_fade(repeat: int) -> None:
-    print("== FADE: semi-shift convolution (C=64 compressed, 64x64 -> 128x128, 3x3 -> 25 logits) and the whole "
-          "module (C=64) forward+backward (baselines: the two-conv PyTorch formulation, and one conv over "
-          "[encoder, upsampled decoder])")
-    from upsamplelib.ops.fade import two_convolutions
-
-    for device, backend in DEVICES:
-        g = torch.Generator().manual_seed(0)
-        en = torch.randn(1, 64, 128, 128, generator=g).to(device)
-        de = torch.randn(1, 64, 64, 64, generator=g).to(device)
-        weight = (0.01 * torch.randn(25, 64, 3, 3, generator=g)).to(device)
-        bias = torch.zeros(25, device=device)
-        variants = {
-            "ours": lambda *t: ul.semi_shift_conv(*t, scale=2, backend=backend),
-            "two-conv": lambda *t: two_convolutions(*t, 2),
-            "concat-conv": _concat_conv,
-        }
-        forward, backward = {}, {}
-        for name, function in variants.items():
-            forward[name] = median_ms(lambda f=function: f(en, de, weight, bias), repeat)
-            leaves = [t.clone().requires_grad_() for t in (en, de, weight, bias)]
-            out = function(*leaves)
-            grad = torch.randn_like(out)
-            backward[name] = median_ms(lambda o=out, l=leaves, gr=grad: torch.autograd.grad(o, l, gr, retain_graph=True),
-                                       repeat)
-        for name in ("two-conv", "concat-conv"):
-            report(f"semi-shift {backend} forward", forward["ours"], forward[name], f"{name}-{device}")
-            report(f"semi-shift {backend} backward (en, de, W, b)", backward["ours"], backward[name], f"{name}-{device}")
-        statements = {
-            "ours": f"out = ul.semi_shift_conv(en, de, weight, bias, 2, backend={backend!r})",
-            "two-conv": "out = two_convolutions(en, de, weight, bias, 2)",
-            "concat-conv": ("both = torch.cat([en, torch.nn.functional.interpolate(de, scale_factor=2)], 1); "
-                            "out = torch.nn.functional.conv2d(both, torch.cat([weight, weight], 1), 2 * bias, padding=1)"),
-        }
-        backward_statement = "; torch.autograd.grad(out, (en, de, weight, bias), torch.ones_like(out))"
-        memory = {name: peak_extra_memory_mb(FADE_SETUP, statement + backward_statement, device)
-                  for name, statement in statements.items()}
-        for name in ("two-conv", "concat-conv"):
-            report_memory(f"semi-shift {backend} fwd+bwd peak extra memory", memory["ours"], memory[name],
-                          f"{name}-{device}")
-        torch.manual_seed(0)
-        module = ul.FADE(64).to(device)
-        en_full, de_full = torch.randn(1, 64, 128, 128, device=device), torch.randn(1, 64, 64, 64, device=device)
-
-        def module_step(name):
+    def sapa_module(name):
+        def run(a, b):
             module.backend = name
-            a, b = en_full.clone().requires_grad_(), de_full.clone().requires_grad_()
-            out = module(a, b)
-            torch.autograd.grad(out, (a, b), torch.ones_like(out))
+            return module(a, b)
+        return run
 
-        report(f"FADE module {backend} forward+backward", median_ms(lambda: module_step(backend), repeat),
-               median_ms(lambda: module_step("torch"), repeat), f"two-conv+unfold-{device}")
+    shape = f"C={channels}, {size}x{size}->{2 * size}x{2 * size}"
+    yield ("SAPA-B module", "forward", shape, lambda: sapa_module(backend)(y, x),
+           {"unfold (backend='torch')": (lambda: sapa_module("torch")(y, x), 1 / 15)}, None,
+           lambda: sapa_module(backend)(y, x))
+    yield ("SAPA-B module", "backward (y, x)", shape, _grad_closure(sapa_module(backend), [y, x]),
+           {"unfold (backend='torch')": (_grad_closure(sapa_module("torch"), [y, x]), None)}, None,
+           _grad_closure(sapa_module(backend), [y, x]))
+
+    # The semi-shift convolution and the FADE module
+    c, h = (8, 16) if quick else (64, 64)
+    en, de = randn(1, c, 2 * h, 2 * h), randn(1, c, h, h)
+    weight, bias = 0.01 * randn(25, c, 3, 3), randn(25)
+    tensors = [en, de, weight, bias]
+    ours = lambda *t: ul.semi_shift_conv(*t, scale=2, backend=backend)  # noqa: E731
+    two_conv = lambda *t: two_convolutions(*t, 2)  # noqa: E731
+    shape = f"C={c}, {h}x{h}->{2 * h}x{2 * h}, 3x3 -> 25"
+    out_numel = 25 * en.numel() // c
+    yield ("semi_shift_conv", "forward", shape, lambda: ours(*tensors),
+           {"two convolutions": (lambda: two_conv(*tensors), 1.0)}, _bytes(en, de, weight, out_numel),
+           lambda: ours(*tensors))
+    yield ("semi_shift_conv", "forward+backward", shape, _step_closure(ours, tensors),
+           {"two convolutions": (_step_closure(two_conv, tensors), 1.0)},
+           _bytes(en, de, weight, out_numel) * 2 + _bytes(out_numel), _step_closure(ours, tensors))
+    torch.manual_seed(0)
+    fade = ul.FADE(c).to(device)
+
+    def fade_module(name):
+        def run(a, b):
+            fade.backend = name
+            return fade(a, b)
+        return run
+
+    yield ("FADE module", "forward+backward", f"C={c}, {h}x{h}->{2 * h}x{2 * h}",
+           _step_closure(fade_module(backend), [en, de]),
+           {"two convolutions + unfold (backend='torch')": (_step_closure(fade_module("torch"), [en, de]), None)},
+           None, _step_closure(fade_module(backend), [en, de]))
 
 
-SUITES = {"interpolate": bench_interpolate, "carafe": bench_carafe, "sapa": bench_sapa, "fade": bench_fade}
+def count_flops(function) -> int:
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
+
+
+def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: float, memory: bool):
+    rows = []
+    for op, pass_, shape, ours, baselines, traffic, flop_function in cases(device, quick):
+        functions = {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
+        heavy = "SAPA-B" in op and not quick
+        seconds = compare(functions, warmup=1 if heavy else 2, repeats=max(3, repeats // 3) if heavy else repeats,
+                          rounds=rounds, device=device)
+        flops = count_flops(flop_function)
+        peaks = {name: peak_extra_memory(function, device) / 2**20 if memory else float("nan")
+                 for name, function in functions.items()}
+        for name, (_, target) in baselines.items():
+            ratio = seconds["ours"] / seconds[name]
+            gbs = traffic / seconds["ours"] / 1e9 if traffic else float("nan")
+            rows.append({
+                "section": "ops", "device": device, "device_name": device_name(device), "op": op, "pass": pass_,
+                "shape": shape, "ours_ms": 1e3 * seconds["ours"], "baseline": name,
+                "baseline_ms": 1e3 * seconds[name], "ratio": ratio,
+                "target": "" if target is None else target,
+                "target_met": "" if target is None else ratio <= target,
+                "ours_peak_mb": peaks["ours"], "baseline_peak_mb": peaks[name], "min_bytes": traffic or "",
+                "ours_gbs": gbs, "copy_gbs": copy_gbs, "fraction_of_copy": gbs / copy_gbs,
+                "ours_gflops": flops / seconds["ours"] / 1e9,
+            })
+            print_op_row(rows[-1])
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Scaling
+# --------------------------------------------------------------------------
+
+
+def scaling_runs(device: str, quick: bool, repeats: int):
+    """Our forward time against one size at a time, the others fixed; the
+    fitted exponent of time ~ size^e over the run."""
+    backend = "cuda" if device == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    def interpolate(c=32, h=64):
+        x = randn(1, c, h, h)
+        return lambda: ul.interpolate(x, scale_factor=2, mode="bilinear", backend=backend)
+
+    def carafe(c=32, h=32, k=5):
+        x, masks = randn(1, c, h, h), torch.softmax(randn(1, k * k, 2 * h, 2 * h), 1)
+        return lambda: ul.carafe(x, masks, k, 2, 1, backend=backend)
+
+    def semi_shift(c=32, h=32, k=3):
+        tensors = [randn(1, c, 2 * h, 2 * h), randn(1, c, h, h), randn(25, c, k, k), randn(25)]
+        return lambda: ul.semi_shift_conv(*tensors, scale=2, backend=backend)
+
+    sides = [32, 64] if quick else [64, 128, 256]
+    channels = [8, 16] if quick else [16, 32, 64]
+    kernels = [3, 5] if quick else [3, 5, 7]
+    plans = [("interpolate bilinear", "H x W", [(s * s, interpolate(h=s)) for s in sides], 1),
+             ("interpolate bilinear", "C", [(c, interpolate(c=c)) for c in channels], 1),
+             ("carafe", "H x W", [(s * s // 4, carafe(h=s // 2)) for s in sides], 1),
+             ("carafe", "C", [(c, carafe(c=c)) for c in channels], 1),
+             ("carafe", "k", [(k, carafe(k=k)) for k in kernels], 2),
+             ("semi_shift_conv", "H x W", [(s * s // 4, semi_shift(h=s // 2)) for s in sides], 1),
+             ("semi_shift_conv", "C", [(c, semi_shift(c=c)) for c in channels], 1),
+             ("semi_shift_conv", "k", [(k, semi_shift(k=k)) for k in kernels[:2] + [1]][::-1], 2)]
+    rows = []
+    for op, parameter, points, expected in plans:
+        values, times = [], []
+        for value, function in sorted(points, key=lambda p: p[0]):
+            seconds = compare({"ours": function}, warmup=2, repeats=repeats, rounds=1, device=device)["ours"]
+            values.append(value)
+            times.append(seconds)
+        exponent = fit_exponent(values, times)
+        for value, seconds in zip(values, times):
+            rows.append({"section": "scaling", "device": device, "device_name": device_name(device), "op": op,
+                         "pass": "forward", "parameter": parameter, "value": value, "ours_ms": 1e3 * seconds,
+                         "exponent": exponent, "expected_exponent": expected})
+        verdict = "as the work predicts" if abs(exponent - expected) <= 0.25 else "NOT as the work predicts"
+        print(f"  {op:<22} time ~ {parameter:<5}^{exponent:4.2f}  (work ~ {parameter}^{expected}: {verdict}; "
+              + ", ".join(f"{v}: {1e3 * t:.2f} ms" for v, t in zip(values, times)) + ")")
+    return rows
+
+
+def fit_exponent(values, times) -> float:
+    """Least-squares slope of log(time) against log(value)."""
+    xs, ys = [math.log(v) for v in values], [math.log(t) for t in times]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+
+
+# --------------------------------------------------------------------------
+# First-call compile time
+# --------------------------------------------------------------------------
+
+COMPILE_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    start = time.perf_counter()
+    sys.path.insert(0, {repository!r})
+    import torch
+    import upsamplelib as ul
+    times = {{"import upsamplelib": time.perf_counter() - start}}
+    def grads(out, *inputs):
+        torch.autograd.grad(out.sum(), inputs)
+    def leaf(*shape):
+        return torch.randn(*shape, requires_grad=True)
+    x, q, key = leaf(1, 3, 5, 6), leaf(1, 4, 10, 12), leaf(1, 4, 5, 6)
+    masks = torch.softmax(torch.randn(1, 9, 10, 12), 1).requires_grad_()
+    en, de, w, b = leaf(1, 4, 10, 12), leaf(1, 4, 5, 6), leaf(9, 4, 3, 3), leaf(9)
+    calls = {{
+        "interpolate nearest": lambda: grads(ul.interpolate(x, scale_factor=2, backend="cpu"), x),
+        "interpolate bilinear": lambda: grads(ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"), x),
+        "carafe": lambda: grads(ul.carafe(x, masks, 3, 2, backend="cpu"), x, masks),
+        "sapa similarity": lambda: grads(ul.sapa_similarity(q, key, 3, 2, backend="cpu"), q, key),
+        "semi_shift_conv": lambda: grads(ul.semi_shift_conv(en, de, w, b, 2, backend="cpu"), en, de, w, b),
+        "FADE module": lambda: grads(ul.FADE(4)(en, de), en, de),
+    }}
+    for name in {names!r}:
+        start = time.perf_counter()
+        calls[name]()
+        times[name] = time.perf_counter() - start
+    print(json.dumps(times))
+""")
+
+COMPILE_OPS = ["interpolate nearest", "interpolate bilinear", "carafe", "sapa similarity", "semi_shift_conv",
+               "FADE module"]
+
+
+def compile_times(quick: bool):
+    """First call (forward + backward, float32, tiny inputs) of each op, in a
+    fresh process with an empty Numba cache, then in another with that cache
+    filled. Ops share compiled helpers, so an op's time is what it adds
+    after the ones above it."""
+    names = COMPILE_OPS[:1] if quick else COMPILE_OPS
+    script = COMPILE_SCRIPT.format(repository=REPOSITORY, names=names)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="upsamplelib-numba-cache-") as cache:
+        environment = dict(os.environ, NUMBA_CACHE_DIR=cache, UPSAMPLELIB_QUIET="1")
+        for _ in ("cold", "warm"):
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                  env=environment, check=True)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cold, warm = results
+    rows = []
+    for name in ["import upsamplelib"] + names:
+        rows.append({"section": "compile", "device": "cpu", "device_name": device_name("cpu"), "op": name,
+                     "pass": "first call (forward+backward)", "cold_s": cold[name], "warm_s": warm[name]})
+        print(f"  {name:<22} empty Numba cache {cold[name]:6.2f} s   filled cache {warm[name]:6.2f} s")
+    print(f"  total                  empty Numba cache {sum(cold.values()):6.2f} s   filled cache "
+          f"{sum(warm.values()):6.2f} s   (`make setup` fills the cache: python -m upsamplelib.warmup)")
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+
+
+def _format(value, spec):
+    return "-" if value in ("", None) or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def print_op_row(row):
+    target = row["target"]
+    target_text = "" if target == "" else (f"<= {target:.2f}" if target >= 0.5 else f">= {1 / target:.0f}x faster")
+    met = "" if target == "" else ("met" if row["target_met"] else "NOT MET")
+    print(f"  {row['op']:<20} {row['pass']:<20} {row['ours_ms']:9.3f} {row['baseline'][:30]:<30} "
+          f"{row['baseline_ms']:9.3f} {row['ratio']:6.3f} {target_text:>15} {met:>7}  "
+          f"{_format(row['ours_peak_mb'], '7.1f')} {_format(row['baseline_peak_mb'], '7.1f')}  "
+          f"{_format(row['ours_gbs'], '6.1f')} {_format(row['fraction_of_copy'], '5.0%')} "
+          f"{_format(row['ours_gflops'], '6.2f')}")
+
+
+def print_op_header(device, copy_gbs):
+    print(f"== {device} ({device_name(device)}): copy bandwidth {copy_gbs:.1f} GB/s (a 256 MB copy, read + write)")
+    print(f"  {'op':<20} {'pass':<20} {'ours ms':>9} {'baseline':<30} {'base ms':>9} {'ratio':>6} "
+          f"{'target':>15} {'':>7}  {'MB ours':>7} {'MB base':>7}  {'GB/s':>6} {'%copy':>5} {'GFLOP/s':>6}")
+
+
+def write_csv(rows, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row.get(key, "") for key in COLUMNS})
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    op_rows = [r for r in rows if r["section"] == "ops"]
+    scaling = [r for r in rows if r["section"] == "scaling"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 0.35 * len(op_rows) + 2.5))
+    labels = [f"{r['op']} {r['pass']} vs {r['baseline']} ({r['device']})" for r in op_rows]
+    ratios = [r["ratio"] for r in op_rows]
+    colours = ["tab:green" if r["target_met"] is True else "tab:red" if r["target_met"] is False else "tab:gray"
+               for r in op_rows]
+    positions = range(len(op_rows))
+    left.barh(positions, ratios, color=colours)
+    for position, row in zip(positions, op_rows):
+        if row["target"] != "":
+            left.plot([row["target"]] * 2, [position - 0.4, position + 0.4], color="black")
+    left.axvline(1.0, color="gray", linestyle=":")
+    left.set_xscale("log")
+    left.set_yticks(list(positions), labels, fontsize=7)
+    left.invert_yaxis()
+    left.set_xlabel("time ours / time baseline (log; black tick: the target; green met, red not)")
+    for op, parameter in sorted({(r["op"], r["parameter"]) for r in scaling}):
+        points = [r for r in scaling if r["op"] == op and r["parameter"] == parameter]
+        values = [r["value"] for r in points]
+        times = [r["ours_ms"] for r in points]
+        right.plot([v / values[0] for v in values], [t / times[0] for t in times], marker="o",
+                   label=f"{op} vs {parameter}: exponent {points[0]['exponent']:.2f} "
+                         f"(work: {points[0]['expected_exponent']})")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("size / smallest size")
+    right.set_ylabel("time / time at the smallest size")
+    right.set_title("scaling of our forward time")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suites", nargs="*", help=f"any of {', '.join(SUITES)} (default: all)")
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU measurements")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", help="any of ops, scaling, compile (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smallest sizes, one round, no memory: a smoke run")
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls per median (default 10; quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--out", default=os.path.join(REPOSITORY, "build", "bench"),
+                        help="folder for bench.csv and bench.png")
+    parser.add_argument("--gpu-reference", metavar="PATH",
+                        help="on a CUDA GPU: run bench/gpu.py, the GPU benchmark (CUDA events), writing PATH")
     args = parser.parse_args(argv)
-    if args.gpu_only:
-        if not GPU:
-            parser.error("--gpu-only: no CUDA GPU here")
-        DEVICES[:] = [("cuda", "cuda")]
-    unknown = [name for name in args.suites if name not in SUITES]
+    sections = args.sections or ["ops", "scaling", "compile"]
+    unknown = [name for name in sections if name not in ("ops", "scaling", "compile")]
     if unknown:
-        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"CUDA: {torch.cuda.get_device_name() if GPU else 'none'}")
-    for name in args.suites or SUITES:
-        SUITES[name](args.repeat)
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from ops, scaling, compile")
+    repeats = args.repeat or (2 if args.quick else 10)
+    rounds = args.rounds or (1 if args.quick else 3)
+    devices = ["cpu"] + (["cuda"] if GPU else [])
+    if args.gpu_reference:
+        # One writer for the committed GPU figures: bench/gpu.py (it names the GPU in every row).
+        if not GPU:
+            parser.error("--gpu-reference needs a CUDA GPU (this process has none): its figures must come "
+                         "from a GPU run")
+        return subprocess.call([sys.executable, os.path.join(REPOSITORY, "bench", "gpu.py"),
+                                "--csv", args.gpu_reference])
+    started = time.perf_counter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {os.cpu_count()} CPUs; "
+          f"CUDA: {torch.cuda.get_device_name() if GPU else 'none'}; load average at start "
+          f"{os.getloadavg()[0]:.1f} (above the CPU count, other work shares the machine and times are noisy)")
+    rows = []
+    for device in devices:
+        copy_gbs = copy_bandwidth(device, megabytes=32 if args.quick else 256) / 1e9
+        rows.append({"section": "bandwidth", "device": device, "device_name": device_name(device),
+                     "op": "tensor copy", "copy_gbs": copy_gbs})
+        if "ops" in sections:
+            print_op_header(device, copy_gbs)
+            rows += measure_ops(device, args.quick, repeats, rounds, copy_gbs, memory=not args.quick)
+        if "scaling" in sections:
+            print(f"== scaling on {device}: our forward time against one size at a time")
+            rows += scaling_runs(device, args.quick, repeats)
+    if "compile" in sections:
+        print("== first call (forward + backward) of each op in a fresh process, numba cache empty / filled")
+        rows += compile_times(args.quick)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    os.makedirs(args.out, exist_ok=True)
+    csv_path, png_path = os.path.join(args.out, "bench.csv"), os.path.join(args.out, "bench.png")
+    write_csv(rows, csv_path)
+    if any(r["section"] == "ops" for r in rows):
+        plot(rows, png_path)
+        print(f"wrote {csv_path} and {png_path} in {time.perf_counter() - started:.0f} s")
+    else:
+        print(f"wrote {csv_path} in {time.perf_counter() - started:.0f} s")
     return 0
 
 
