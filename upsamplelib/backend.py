@@ -20,6 +20,8 @@ Environment variables:
                        (``gpu`` with no GPU still compiles kernels to PTX).
 ``NUMBA_ENABLE_CUDASIM``  honoured when set explicitly.
 ``UPSAMPLELIB_QUIET``  set to 1 to silence the one-line target message.
+``UPSAMPLELIB_KERNELS``  ``fast``, ``teaching`` or ``auto`` (the default: fast
+                       kernels on a GPU, teaching kernels in the simulator).
 """
 
 from __future__ import annotations
@@ -466,7 +468,10 @@ FAST_LAUNCH = FastLaunch()
 # --------------------------------------------------------------------------
 
 KERNEL_VARIANTS = ("teaching", "fast")
-_kernel_variant = "auto"
+KERNELS_ENV = "UPSAMPLELIB_KERNELS"
+_kernel_variant = os.environ.get(KERNELS_ENV, "").strip().lower() or "auto"
+if _kernel_variant not in KERNEL_VARIANTS + ("auto",):
+    raise ValueError(f"{KERNELS_ENV}={_kernel_variant!r}: expected 'fast', 'teaching', 'auto' or unset")
 
 
 def kernel_variant() -> str:
