@@ -265,7 +265,8 @@ def bench_sapa(bench):
 
     with torch.no_grad():
         bench.compare(f"SAPA-B module forward C={channels} {size}->{2 * size}",
-                      {"ours": run_module(bench.backend, False)}, {"unfold (backend=torch)": run_module("torch", False)},
+                      {"ours": run_module(bench.backend, False)},
+                      {"unfold (backend=torch)": run_module("torch", False)},
                       note="target: < 0.3 ms")
     bench.compare(f"SAPA-B module backward C={channels} {size}->{2 * size}",
                   {"ours": run_module(bench.backend, True)}, {"unfold (backend=torch)": run_module("torch", True)})
@@ -313,7 +314,8 @@ def bench_interpolate(bench):
     x = torch.randn(8 if not bench.dry_run else 1, channels, size, size, device=bench.device)
     for mode in ("nearest", "bilinear"):
         options = {"align_corners": False} if mode == "bilinear" else {}
-        ours = lambda t, m=mode, o=options: ul.interpolate(t, scale_factor=2, mode=m, backend=bench.backend, **o)  # noqa
+        def ours(t, m=mode, o=options):
+            return ul.interpolate(t, scale_factor=2, mode=m, backend=bench.backend, **o)
         theirs = lambda t, m=mode, o=options: F.interpolate(t, scale_factor=2, mode=m, **o)  # noqa: E731
         case = f"interpolate {mode} {tuple(x.shape)} x2"
         bench.compare(f"{case} forward", {"ours": lambda f=ours: f(x)}, {"F.interpolate": lambda f=theirs: f(x)},

@@ -53,9 +53,11 @@ def op_overhead():
     backend.launch_grid = lambda kernel, blocks, threads, *args: None  # no launch: Python work only
     x = torch.randn(1, 1, 8, 8)
     xc, masks = torch.randn(1, 4, 4, 4), torch.softmax(torch.randn(1, 25, 8, 8), 1)
-    rows = [("ul.interpolate nearest 8x8 x2, launch stubbed", lambda: ul.interpolate(x, scale_factor=2, backend="cuda")),
+    rows = [("ul.interpolate nearest 8x8 x2, launch stubbed",
+             lambda: ul.interpolate(x, scale_factor=2, backend="cuda")),
             ("ul.carafe C=4 4x4 x2 k=5, launch stubbed", lambda: ul.carafe(xc, masks, 5, 2, backend="cuda")),
-            ("F.interpolate nearest 8x8 x2 (CPU, whole op)", lambda: torch.nn.functional.interpolate(x, scale_factor=2))]
+            ("F.interpolate nearest 8x8 x2 (CPU, whole op)",
+             lambda: torch.nn.functional.interpolate(x, scale_factor=2))]
     for name, function in rows:
         print(f"{name:<52} {us_per_call(function):7.1f} us per call")
 
@@ -121,7 +123,8 @@ for _ in range(1000):
     launch(kernel, 4096, 256, args)
 profile.disable()
 calls = pstats.Stats(profile).total_calls / 1000
-print(f"{'cached launch (FastLaunch), driver call stubbed':<52} {cached:7.1f} us per call ({calls:.0f} Python-level calls)")
+print(f"{'cached launch (FastLaunch), driver call stubbed':<52} {cached:7.1f} us per call "
+      f"({calls:.0f} Python-level calls)")
 print(f"{'numba _prepare_args marshalling alone, same args':<52} {marshalling:7.1f} us per call "
       "(numba adds typeof, dispatch, as_cuda_array views, a Stream object: need a driver)")
 """
