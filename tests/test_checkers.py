@@ -48,6 +48,8 @@ def test_pass_prints_one_line(capsys):
     checkers.check_scale_kernel(good_scale)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("PASS scale_kernel")
+    if ul_backend.SIMULATOR:  # the counted case: one load of x per output
+        assert lines[0].endswith("; 1.00 global loads per output)")
 
 
 @pytest.mark.skipif(not ul_backend.SIMULATOR, reason="only the simulator catches writes past the end")

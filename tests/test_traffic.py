@@ -297,3 +297,19 @@ def test_a_kernel_the_gpu_rejects_gets_the_compilers_reason_once():
         ptx.require_compiles(float_index, (x, x), "float_index")
     # cached by source and types: the same request is answered from the cache
     assert ptx.submit(float_index, (x, x)) is ptx.submit(float_index, (x, x))
+
+
+WEIGHTS = np.array([0.25, 0.5, 0.25], np.float32)
+
+
+@cuda.jit
+def uses_a_global_array(x, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = WEIGHTS[i % 3] * x[i]
+
+
+@needs_ptx
+def test_a_global_array_is_a_constant_on_the_gpu_too():
+    x = np.zeros(8, np.float32)
+    assert ptx.compile_error(uses_a_global_array, (x, x)) is None

@@ -564,6 +564,41 @@ def block_correct(q, key, weights, kernel_size, scale):
 
 
 @cuda.jit
+def block_max_starts_at_zero(q, key, weights, kernel_size, scale):
+    partial = cuda.shared.array((MAX_AREA, THREADS), numba.float32)
+    lane = cuda.threadIdx.x
+    point = cuda.blockIdx.x
+    height, width = q.shape[2], q.shape[3]
+    X = point % width
+    Y = (point // width) % height
+    n = point // (width * height)
+    area = kernel_size * kernel_size
+    for t in range(area):
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(lane, q.shape[1], THREADS):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+        partial[t, lane] = total
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if lane < stride:
+            for t in range(area):
+                partial[t, lane] += partial[t, lane + stride]
+        cuda.syncthreads()
+        stride //= 2
+    top = 0.0
+    for t in range(area):
+        top = max(top, partial[t, 0])
+    total = 0.0
+    for t in range(area):
+        total += math.exp(partial[t, 0] - top)
+    for t in range(lane, area, THREADS):
+        weights[n, t, Y, X] = math.exp(partial[t, 0] - top) / total
+
+
+@cuda.jit
 def grad_query_writes_per_slot(grad_logits, key, grad_q, kernel_size, scale):
     """Writes its running total after every slot: right in the end, k*k writes per element."""
     i = cuda.grid(1)
@@ -687,6 +722,9 @@ CORPUS = [
      r"loads q and key \d+ times .* need \d+ loads", False),
     ("block kernel: lane 0 does all", lambda: checkers.check_similarity_block_kernel(block_lane_zero_does_all, THREADS),
      r"one thread loads \d+ values .*lanes do not split the channel loop", False),
+    ("block kernel: max starts at 0",
+     lambda: checkers.check_similarity_block_kernel(block_max_starts_at_zero, THREADS),
+     r"ZeroDivisionError.*below -900.*\n.*Start the running maximum", False),
     # from test_checkers.py
     ("unguarded", lambda: checkers.check_scale_kernel(scale_unguarded), r"if i < out\.size", False),
     ("off by one", lambda: checkers.check_scale_kernel(scale_off_by_one), r"First mismatch at index \(0,\)", False),

@@ -189,6 +189,9 @@ def _constant(value):
         return repr(value)
     if isinstance(value, np.generic) and value.shape == ():
         return f"__import__('numpy').{type(value).__name__}({value.item()!r})"
+    if isinstance(value, np.ndarray) and value.size <= 100_000 and value.dtype.kind in "biuf":
+        # a global array is a constant of the compiled kernel on a GPU too
+        return f"__import__('numpy').array({value.tolist()!r}, dtype={value.dtype.str!r})"
     if isinstance(value, tuple):
         parts = [_constant(item) for item in value]
         if all(part is not None for part in parts):

@@ -348,15 +348,28 @@ def check_similarity_block_kernel(kernel, threads_per_block):
     rules = KernelCheck(kernel, what, output=2)
     rng = np.random.default_rng(44)
     # (N, d, h, w, k, s): channels fewer than, not a multiple of, and more than the block
-    cases = [(1, 37, 2, 3, 3, 2), (1, 5, 3, 2, 5, 1), (2, 70, 2, 2, 3, 1), (1, 16, 1, 1, 7, 2)]
-    for index, (n, d, h, w, k, s) in enumerate(cases):
+    # and k = 1 with every logit below -900 or above +900 (positive q and key times -100 or +100): the
+    # softmax of the block must survive them as the one of 04.4 does
+    cases = [(1, 37, 2, 3, 3, 2), (1, 5, 3, 2, 5, 1), (2, 70, 2, 2, 3, 1), (1, 16, 1, 1, 7, 2),
+             (1, 37, 1, 2, 1, 2, -100.0), (1, 37, 1, 2, 1, 2, 100.0)]
+    for index, (n, d, h, w, k, s, *push) in enumerate(cases):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+        if push:  # every product positive, then far from 0
+            q, key = (np.abs(q) + np.float32(0.5)) * np.float32(push[0]), np.abs(key) + np.float32(0.5)
         weights = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
         blocks = n * s * h * s * w
         case = f"q {q.shape}, key {key.shape}, k={k}, s={s}, {blocks} blocks of {threads_per_block} threads"
-        with _fast_barriers(), _counting_syncthreads() as counts:
-            report = _launch(rules, (blocks, threads_per_block), q, key, weights, k, s, count=index == 0, case=case,
-                             guard_hint="threads of a block split the channels: c in range(threadIdx.x, d, threads)")
+        if push:
+            case += f", every logit {'below -900' if push[0] < 0 else 'above 900'}"
+        try:
+            with _fast_barriers(), _counting_syncthreads() as counts:
+                report = _launch(rules, (blocks, threads_per_block), q, key, weights, k, s, count=index == 0,
+                                 case=case, guard_hint="threads of a block split the channels: c in "
+                                                       "range(threadIdx.x, d, threads)")
+        except (OverflowError, ZeroDivisionError) as error:
+            hint = _MAX_START_HINT if push and push[0] < 0 else _SHIFT_HINT
+            raise CheckFailed(f"{what}: {type(error).__name__} ({error}) in the softmax for {case}.\n"
+                              f"Hint: {hint}") from None
         if report is not None:
             counted = (case, report, q.shape, key.shape, k, s)
         if counts is not None:
