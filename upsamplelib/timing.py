@@ -73,7 +73,7 @@ def copy_bandwidth(device="cpu", megabytes: int = 256, repeats: int = 10) -> flo
     return 2 * source.numel() / seconds
 
 
-_MALLOC_TUNED = False
+_LIBC = None
 
 
 def _resident(key: str) -> int:
@@ -84,19 +84,20 @@ def _resident(key: str) -> int:
     raise OSError(f"no {key} in /proc/self/status")
 
 
-def _map_large_allocations() -> None:
+def _return_free_memory() -> None:
     """Make glibc serve every allocation above 64 KiB with its own mmap and
-    give it back on free (its default raises that threshold as a program
-    frees large blocks, which then stay resident and hide later peaks)."""
-    global _MALLOC_TUNED
-    if not _MALLOC_TUNED:
+    unmap it on free (by default it raises that threshold as a program
+    frees large blocks, which then stay resident and hide later peaks), and
+    hand back the free memory it holds now (malloc_trim)."""
+    global _LIBC
+    if _LIBC is None:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
+        _LIBC = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)
-        libc.mallopt(M_TRIM_THRESHOLD, 1 << 16)
-        _MALLOC_TUNED = True
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 16)
+        _LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 16)
+    _LIBC.malloc_trim(0)
 
 
 def peak_extra_memory(fn, device="cpu") -> float:
@@ -106,8 +107,9 @@ def peak_extra_memory(fn, device="cpu") -> float:
     On a GPU: the CUDA caching allocator's peak (``max_memory_allocated``).
     On the CPU (Linux): the rise of the process's resident-set high-water
     mark, reset just before the call (``/proc/self/clear_refs``), with
-    glibc told to map every large block afresh and unmap it on free, so
-    that freed blocks do not hide the next peak. This counts every page the
+    glibc told to map every large block afresh and unmap it on free, and
+    to return what it holds free before the call, so that memory freed
+    earlier does not hide the call's peak. This counts every page the
     call touches: PyTorch's tensors, Numba's scratch arrays, a compiler's
     memory (so call ``fn`` once before measuring), at page granularity."""
     if torch.device(device).type == "cuda":
@@ -118,7 +120,7 @@ def peak_extra_memory(fn, device="cpu") -> float:
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - before)
     try:
-        _map_large_allocations()
+        _return_free_memory()
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # reset the high-water mark to the current resident set
         before = _resident("VmRSS:")
