@@ -356,7 +356,10 @@ def parameter_packer(numba_type):
     """``pack(value, parameters)`` appending a value of ``numba_type`` to the
     launch parameters exactly as numba-cuda's ``_Kernel._prepare_args`` does
     (tests/test_fast_kernels.py checks them against it)."""
-    from numba.core import types
+    try:  # the types numba-cuda's dispatcher compares with
+        from numba.cuda import types
+    except ImportError:
+        from numba.core import types
 
     if isinstance(numba_type, types.Array):
         return _pack_array
@@ -379,6 +382,15 @@ def argument_key(args):
     return tuple((a.dtype, a.dim()) if isinstance(a, torch.Tensor) else type(a) for a in args)
 
 
+def _has_module(name):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
 def _current_device():
     """torch.cuda.current_device() without its Python wrapper's checks."""
     get_device = getattr(torch._C, "_cuda_getDevice", None)
@@ -397,7 +409,9 @@ class FastLaunch:
     """
 
     def __init__(self):
-        self.enabled = True
+        # The path mirrors numba-cuda's launch through cuda.core; numba's
+        # built-in CUDA target launches otherwise, so it keeps its own path.
+        self.enabled = CUDA_PROVIDER == "numba-cuda" and _has_module("cuda.core")
         self.kernels = {}
         self.streams = {}
         self.configs = {}
@@ -428,8 +442,11 @@ class FastLaunch:
         compiled = kernel.overloads.get(tuple(kernel.typeof_pyval(a) for a in arrays))
         entry = None
         if compiled is not None and not (compiled.debug or compiled.cooperative or compiled.extensions):
-            entry = (compiled._codelibrary.get_cufunc().kernel,
-                     tuple(parameter_packer(t) for t in compiled.argument_types))
+            try:
+                entry = (compiled._codelibrary.get_cufunc().kernel,
+                         tuple(parameter_packer(t) for t in compiled.argument_types))
+            except (NotImplementedError, AttributeError):
+                entry = None  # an argument type or numba-cuda version this path does not know
         self.kernels[key] = entry  # None: this kernel always takes numba's path
 
     def __call__(self, kernel, blocks, threads, args):
