@@ -224,3 +224,18 @@ def test_in_jupyter_an_unsolved_exercise_is_one_line_and_a_wrong_one_its_message
     printed = "".join(output.text for output in fallback.outputs if output.output_type == "stream").splitlines()
     assert printed[0] == "01.1 is not solved yet: checking 01.3 with the library's nearest_index"
     assert printed[1].startswith("PASS nearest_plane_kernel")
+
+
+def test_a_picture_runs_the_students_code_or_the_librarys(tmp_path):
+    stubbed = run_lesson_code(lesson_code("01.3", ["01.3"]), tmp_path, "picture_01_3_stub")
+    assert checkers.runnable("01.3", stubbed["nearest_plane_kernel"]) is None
+    solved = run_lesson_code(lesson_code("01.3"), tmp_path, "picture_01_3_solved")
+    assert checkers.runnable("01.3", solved["nearest_plane_kernel"]) is solved["nearest_plane_kernel"]
+    leaning = run_lesson_code(lesson_code("01.3", ["01.1"]), tmp_path, "picture_01_3_without_01_1")
+    kernel = checkers.runnable("01.3", leaning["nearest_plane_kernel"])
+    import numpy as np
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = np.full((6, 8), np.nan, np.float32)
+    kernel[(1, 1), (8, 8)](x, out)
+    assert np.array_equal(out, x.repeat(2, 0).repeat(2, 1))

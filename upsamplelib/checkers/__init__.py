@@ -32,6 +32,7 @@ from .performance import *  # noqa: F401,F403
 
 # Keep last: the checkers a lesson calls, with the one-line message for an
 # unsolved exercise and the library's versions of unsolved earlier ones.
+from .graded import runnable  # noqa: E402,F401
 from .graded import wrap_checkers as _wrap_checkers  # noqa: E402
 
 _wrap_checkers(globals())

@@ -152,6 +152,19 @@ def check_bilinear_function(function_class):
         # index math (weights rounded to float32) is fine too.
         compare(expected.detach(), out.detach(), what=what, case=f"forward, align_corners={align_corners}",
                 hint="forward should return the bilinear upsampling of x, reshaped to (N, C, H', W')")
+        grad_out = torch.randn_like(expected)
+        try:
+            (got,) = run_with_timeout(lambda: torch.autograd.grad(out, x, grad_out), what="backward")
+        except RuntimeError as error:
+            if "incorrect number of gradient" not in str(error):
+                raise
+            raise CheckFailed(f"{what}: backward returned the wrong number of gradients: "
+                              f"{str(error).splitlines()[0]}.\nHint: backward must return one gradient per input "
+                              "of forward: (grad_x, None, None)") from None
+        (wanted,) = torch.autograd.grad(expected, x, grad_out)
+        compare(wanted, got, what=what, case=f"the gradient of x, align_corners={align_corners}",
+                hint="with the scatter kernel (02.3), grad_x must start at zero (torch.zeros, not new_empty or "
+                     "empty_like): the kernel adds into it. With the gather (02.4), check that kernel")
         ok = run_with_timeout(
             lambda: torch.autograd.gradcheck(lambda t: function_class.apply(t, size, align_corners), (x,),
                                              raise_exception=False),
@@ -159,5 +172,6 @@ def check_bilinear_function(function_class):
         )
         if not ok:
             raise CheckFailed(f"{what}: torch.autograd.gradcheck fails with align_corners={align_corners}.\n"
-                              "Hint: backward must return one gradient per forward input: (grad_x, None, None)")
+                              "Hint: make the tensors contiguous before handing them to the kernels, and return "
+                              "new tensors (do not write into grad_out)")
     passed(what, 2)

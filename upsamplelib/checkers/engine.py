@@ -6,6 +6,7 @@ import ast
 import inspect
 import io
 import random
+import re
 import textwrap
 import threading
 import tokenize
@@ -162,12 +163,54 @@ def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_i
     try:
         launch_student_kernel(kernel, launch, *arrays)
     except IndexError as error:
+        thread = _thread_with_an_element(str(error), launch, arrays)
+        if thread is not None:
+            # The guard let this thread through rightly: its index math is off, not the guard.
+            raise CheckFailed(
+                f"{what}: a thread indexed out of bounds ({error}).\nHint: thread {thread} has an element of its "
+                "own to compute, so the guard is right to let it through: an index it computes is past the end "
+                "of an array. Check each index against that array's shape (a mirror of col is width - 1 - col; "
+                "the last valid index is size - 1)") from None
         raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {bounds_hint}") from None
     except Exception as error:
         if is_float_index_error(error):
             raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}."
                               + float_index_note) from None
         raise
+
+
+_THREAD = re.compile(r"tid=\[(\d+), (\d+), (\d+)\] ctaid=\[(\d+), (\d+), (\d+)\]")
+
+
+def _thread_with_an_element(message: str, launch, arrays):
+    """The global (x, y) of the simulated thread that failed, when it is one
+    the launch has an element for: the launch is sized for an array (its
+    blocks round that array's size up) and the thread lies inside it. None
+    when it is one of the extra threads of the last blocks, or unknown."""
+    found = _THREAD.search(message)
+    if found is None:
+        return None
+    tid, ctaid = [int(v) for v in found.groups()[:3]], [int(v) for v in found.groups()[3:]]
+    grid, block = launch[0], launch[1]
+    grid = tuple(grid) if isinstance(grid, tuple) else (grid,)
+    block = tuple(block) if isinstance(block, tuple) else (block,)
+    position = [ctaid[axis] * block[axis] + tid[axis] for axis in range(len(block))]
+    for array in arrays:
+        shape = getattr(array, "shape", None)
+        if shape is None or not len(shape):
+            continue
+        if len(block) == 1:
+            size = int(np.prod(shape))
+            sized_for = (grid[0] - 1) * block[0] < size <= grid[0] * block[0]
+            inside = position[0] < size
+        elif len(block) == 2 and len(shape) == 2:  # x is the column, y the row
+            sized_for = all(-(-extent // b) == g for extent, b, g in zip((shape[1], shape[0]), block, grid))
+            inside = position[0] < shape[1] and position[1] < shape[0]
+        else:
+            continue
+        if sized_for:
+            return tuple(position) if inside else None
+    return None
 
 
 def uses_atomics(kernel) -> bool:
