@@ -4,6 +4,7 @@ read when present and their absence is said plainly."""
 
 import upsamplelib  # noqa: F401,I001  (first: it chooses the CUDA target before numba loads)
 
+import math
 import statistics
 import time
 
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 from numba import cuda, float32
 
+from upsamplelib import backend as ul_backend
 from upsamplelib import checkers, traffic
 from upsamplelib.backend import launch_config
-from upsamplelib.checkers import performance
+from upsamplelib.checkers import performance, ptx
 from upsamplelib.checkers.engine import CheckFailed
 
 # --------------------------------------------------------------------------
@@ -239,6 +241,30 @@ def channels_last_nchw_masks(x, masks, out, kernel_size, scale):
         out[n, Y, X, c] = total
 
 
+@cuda.jit
+def channels_last_float_index(x, masks, out, kernel_size, scale):
+    # Runs in the simulator (math.floor gives an int in Python); a GPU compiler rejects the float index.
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = math.floor(Y / scale) - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
 def test_channels_last_passes_the_right_answer(capsys):
     checkers.check_carafe_channels_last_kernel(channels_last_kernel)
     output = capsys.readouterr().out
@@ -250,6 +276,9 @@ def test_channels_last_passes_the_right_answer(capsys):
     (channels_last_pixel_fastest, "sectors of 32 bytes"),
     (channels_last_accumulating_in_out, "written more than once"),
     (channels_last_nchw_masks, "values wrong"),
+    pytest.param(channels_last_float_index, "GPU compiler rejects",
+                 marks=pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_available()),
+                                          reason="needs the simulator and the PTX compiler")),
 ])
 def test_channels_last_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):
