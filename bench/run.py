@@ -92,6 +92,13 @@ def carafe_slot_loop(x, masks, kernel_size, scale):
     return out
 
 
+def concat_convolution(en, de, weight, bias, scale):
+    """The naive semi-shift: one convolution over [encoder, upsampled decoder]
+    (twice the channels at high resolution; lesson 05 compares the three)."""
+    both = torch.cat([en, F.interpolate(de, scale_factor=scale, mode="nearest")], dim=1)
+    return F.conv2d(both, torch.cat([weight, weight], dim=1), 2 * bias, padding=weight.shape[2] // 2)
+
+
 # --------------------------------------------------------------------------
 # The cases: (op, pass, shape, ours, {baseline: (function, target ratio or None)}, minimum bytes)
 # --------------------------------------------------------------------------
@@ -196,13 +203,16 @@ def cases(device: str, quick: bool):
     tensors = [en, de, weight, bias]
     ours = lambda *t: ul.semi_shift_conv(*t, scale=2, backend=backend)  # noqa: E731
     two_conv = lambda *t: two_convolutions(*t, 2)  # noqa: E731
+    concat = lambda *t: concat_convolution(*t, 2)  # noqa: E731
     shape = f"C={c}, {h}x{h}->{2 * h}x{2 * h}, 3x3 -> 25"
     out_numel = 25 * en.numel() // c
     yield ("semi_shift_conv", "forward", shape, lambda: ours(*tensors),
-           {"two convolutions": (lambda: two_conv(*tensors), 1.0)}, _bytes(en, de, weight, out_numel),
+           {"two convolutions": (lambda: two_conv(*tensors), 1.0),
+            "one conv over [en, up(de)]": (lambda: concat(*tensors), None)}, _bytes(en, de, weight, out_numel),
            lambda: ours(*tensors))
     yield ("semi_shift_conv", "forward+backward", shape, _step_closure(ours, tensors),
-           {"two convolutions": (_step_closure(two_conv, tensors), 1.0)},
+           {"two convolutions": (_step_closure(two_conv, tensors), 1.0),
+            "one conv over [en, up(de)]": (_step_closure(concat, tensors), None)},
            _bytes(en, de, weight, out_numel) * 2 + _bytes(out_numel), _step_closure(ours, tensors))
     torch.manual_seed(0)
     fade = ul.FADE(c).to(device)
