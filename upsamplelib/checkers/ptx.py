@@ -16,7 +16,13 @@ of all of that, and a request runs in the background while the simulator
 runs the checker's cases.
 
 Where there is no compiler (numba-cuda is not installed: ``CUDA=none``,
-numba's built-in simulator), the check is skipped without a word.
+numba's built-in simulator), the check is skipped without a word; so it is
+where kernels run on a GPU, since launching a kernel compiles it there.
+Cost, measured on a busy 2-core machine: the worker's start (importing
+numba-cuda) 4-6 s and its first compile 2.5 s, during the first check's
+simulated cases; then 0.3 s for a small kernel, up to 8 s for one that
+inlines several helpers, again mostly while the simulator runs the cases;
+nothing for a kernel compiled before (same source and argument types).
 """
 
 from __future__ import annotations
