@@ -37,7 +37,11 @@ def classify(error: BaseException | None) -> str:
 
 
 def _message(error: BaseException) -> str:
-    if isinstance(error, (CheckFailed, NotImplementedError)):
+    if isinstance(error, NotImplementedError):
+        # The checkers' ExerciseUnsolved has a short head ("Exercise 01.3 is
+        # not solved yet"); the rest tells a student in the notebook what to do.
+        return getattr(error, "head", None) or str(error)
+    if isinstance(error, CheckFailed):
         return str(error)
     return f"{type(error).__name__}: {error}"
 

@@ -35,7 +35,7 @@ def table(report: NotebookReport, width: int | None = None) -> str:
             lines.append(row + one_line(result.message, max(width - len(row), 20)) if result.message else row.rstrip())
     for problem in report.cells:
         if problem.status in ("timeout", "crashed"):
-            what = "hung" if problem.status == "timeout" else "crashed the kernel"
+            what = "was interrupted" if problem.status == "timeout" else "crashed the kernel"
             lines.append(f"  cell {problem.cell} {what}: {one_line(problem.message, max(width - 30, 20))}")
     if report.restarts:
         lines.append(f"  the kernel was restarted {report.restarts} time{'s' if report.restarts != 1 else ''} "
