@@ -273,3 +273,17 @@ def test_hangs_and_crashes_are_reported_and_grading_carries_on(tmp_path):
     assert {c["cell"]: c["status"] for c in report["cells"]} == {3: "timeout", 6: "crashed"}
     assert report["restarts"] == 2  # after the crash, and after 00.3's threads outlived the interrupt
     assert "cell 3 was interrupted: did not finish within 20 s" in stdout and "cell 6 crashed the kernel" in stdout
+
+
+def test_a_file_that_is_no_lesson_is_a_row_with_its_reason(tmp_path):
+    (tmp_path / "class").mkdir()
+    (tmp_path / "class" / "broken.ipynb").write_text('{"cells": [')
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]),
+                   tmp_path / "class" / "other.ipynb")
+    status, stdout = grade("--batch", tmp_path / "class", "--csv", tmp_path / "grades.csv")
+    with open(tmp_path / "grades.csv", newline="") as file:
+        rows = {row["student"]: row for row in csv.DictReader(file)}
+    assert status == 1
+    assert rows["broken"]["error"].startswith("could not read the notebook: NotJSONError")
+    assert rows["other"]["error"].startswith("could not tell which lesson")
+    assert rows["broken"]["seed"] == rows["other"]["seed"]  # one salt for the whole batch

@@ -10,6 +10,7 @@ Exit status: 0 when every exercise of every notebook passed, 1 otherwise,
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 
 from .grader import DEFAULT_TIMEOUT, grade_folder, grade_notebook
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"seconds each cell, and each check, may run (default {DEFAULT_TIMEOUT})")
     parser.add_argument("--seed", type=int, metavar="N", help="salt of the checkers' random inputs (default: a "
-                        "new random one, printed, so that a grade can be reproduced)")
+                        "new random one for the run, printed, so that a grade can be reproduced)")
     parser.add_argument("--lesson", metavar="NN", help="the lesson the notebook is a copy of, e.g. 01 (default: "
                         "told from the notebook's exercises)")
     return parser
@@ -44,7 +45,9 @@ def main(argv=None) -> int:
         parser.error("--csv goes with --batch")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
-    options = {"timeout": args.timeout, "seed": args.seed, "lesson": args.lesson}
+    # One salt for a whole batch: every student's code meets the same inputs.
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    options = {"timeout": args.timeout, "seed": seed, "lesson": args.lesson}
     if args.batch:
         reports = []
         for report in grade_folder(args.batch, **options):

@@ -181,10 +181,10 @@ def grade_notebook(path, *, timeout: float = DEFAULT_TIMEOUT, seed: int | None =
         outcomes = runner.run_notebook()
         for exercise in exercises:
             results[exercise.id] = _grade_exercise(runner, notebook, outcomes, exercise, seed)
-    except GradingAborted as error:
-        report.error = str(error)
+    except Exception as error:  # noqa: BLE001  (one notebook that breaks the grader must not stop a batch)
+        report.error = str(error) if isinstance(error, GradingAborted) else f"{type(error).__name__}: {error}"
         for exercise in exercises:
-            results.setdefault(exercise.id, ExerciseResult(exercise.id, exercise.title, "error", str(error)))
+            results.setdefault(exercise.id, ExerciseResult(exercise.id, exercise.title, "error", report.error))
         outcomes = runner.outcomes
     finally:
         runner.stop()

@@ -25,7 +25,7 @@ def table(report: NotebookReport, width: int | None = None) -> str:
     width = width or shutil.get_terminal_size((_DEFAULT_WIDTH, 24)).columns
     lines = [f"{report.notebook}  (lesson {report.lesson or '?'}, inputs salted with --seed {report.seed})"]
     if report.error:
-        lines.append(f"  not graded in full: {report.error}")
+        lines.append(f"  {'not graded in full' if report.exercises else 'not graded'}: {report.error}")
     if report.exercises:
         status_width = max(len("status"), *(len(e.status) for e in report.exercises))
         head = f"  {'exercise':<8}  {'status':<{status_width}}  "
