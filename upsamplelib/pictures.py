@@ -2,7 +2,12 @@
 diagrams of which input pixels an output pixel reads.
 
 Every function returns a matplotlib Figure (call ``plt.show()`` in a
-notebook) and has no side effects, so tests can call it.
+notebook) and has no side effects, so tests can call it; the explorers
+(``footprint_explorer``) return ipywidgets that redraw such a figure.
+
+Numbers written into heatmap cells are sized to their cells and coloured
+black or white, whichever contrasts more with the cell (``_label_cells``):
+readable at notebook width, on light and dark cells alike.
 """
 
 from __future__ import annotations
@@ -28,6 +33,58 @@ def photo(height: int = 64, width: int | None = None, gray: bool = False) -> tor
     if gray:
         tensor = (0.299 * tensor[0] + 0.587 * tensor[1] + 0.114 * tensor[2])[None]
     return tensor.contiguous()
+
+
+#: Width in pixels of a notebook's output area in a 1400 px wide JupyterLab
+#: window (968 px measured in JupyterLab 4.6, tests_browser/): a widget's
+#: picture (``figure_png``) is drawn at most this wide, so the browser never
+#: shrinks it and its text keeps the size it was drawn at.
+WIDGET_WIDTH_PX = 960
+#: The text size of the numbers in heatmap cells at most, and at least
+#: unless the cell is too small for it (points).
+CELL_FONT_MAX = 11.0
+CELL_FONT_MIN = 6.0
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (components in [0, 1])."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_ratio(first, second) -> float:
+    """WCAG 2 contrast ratio of two colours (1 to 21; 4.5 is enough for text)."""
+    light, dark = sorted((relative_luminance(first), relative_luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def text_colour_on(background) -> str:
+    """"black" or "white": whichever contrasts more with ``background`` (RGB(A))."""
+    return "black" if contrast_ratio(background, (0, 0, 0)) >= contrast_ratio(background, (1, 1, 1)) else "white"
+
+
+def _cell_fontsize(axis, rows, cols, longest, largest=CELL_FONT_MAX):
+    """A font size (points) at which ``longest`` characters fit in one cell of
+    a ``rows x cols`` image filling ``axis``: about 0.6 em per character,
+    with a margin for the layout shrinking the axes later."""
+    figure_width, figure_height = axis.figure.get_size_inches()
+    box = axis.get_position()
+    cell = min(box.width * figure_width / cols, box.height * figure_height / rows) * 72
+    return float(np.clip(min(0.9 * cell / (0.6 * max(longest, 1)), 0.55 * cell), CELL_FONT_MIN, largest))
+
+
+def _label_cells(axis, image, texts, largest=CELL_FONT_MAX, **options):
+    """Write ``texts[row][col]`` into the cells of ``image`` (an imshow of a
+    ``rows x cols`` array): sized to the cells, black on light cells and
+    white on dark ones (the colour the colour map gives each cell)."""
+    values = np.asarray(image.get_array(), dtype=np.float64)
+    rows, cols = values.shape[:2]
+    size = _cell_fontsize(axis, rows, cols, max(len(t) for line in texts for t in line), largest)
+    colours = image.to_rgba(values)
+    for row in range(rows):
+        for col in range(cols):
+            axis.text(col, row, texts[row][col], ha="center", va="center", fontsize=size,
+                      color=text_colour_on(colours[row, col]), **options)
 
 
 def _as_image(image):
@@ -78,9 +135,7 @@ def block_map_figure(block_ids, block_shape, title="which block writes which pix
         axis.axvline(col - 0.5, color="black", linewidth=2)
     for row in range(0, height + 1, block_h):
         axis.axhline(row - 0.5, color="black", linewidth=2)
-    for row in range(height):
-        for col in range(width):
-            axis.text(col, row, str(int(block_ids[row, col])), ha="center", va="center", fontsize=6)
+    _label_cells(axis, axis.images[0], [[str(int(b)) for b in line] for line in block_ids], largest=9)
     axis.set_xlabel("column (cuda.grid(2)[0])")
     axis.set_ylabel("row (cuda.grid(2)[1])")
     axis.set_title(title)
@@ -176,10 +231,7 @@ def show_maps(maps, titles=None, size: float = 3.0, annotate: bool = True, cmap=
     for axis, array, title in zip(axes[0], arrays, titles):
         image = axis.imshow(array, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
         if annotate and array.size <= 100:
-            middle = (low + high) / 2
-            for (row, col), value in np.ndenumerate(array):
-                axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                          color="black" if value > middle else "white")
+            _label_cells(axis, image, [[f"{value:.2f}" for value in line] for line in array])
         axis.set_title(title)
         axis.set_xticks([])
         axis.set_yticks([])
@@ -229,7 +281,7 @@ def _low_res_cells(axis, cells, low_height, low_width, colour, label_slots=False
                                   hatch="///", linewidth=0.8, zorder=0)
         axis.add_patch(patch)
         if label_slots:
-            axis.text(col - 0.42, row - 0.42, str(t), ha="left", va="top", fontsize=6, color="0.25", zorder=5)
+            axis.text(col - 0.42, row - 0.42, str(t), ha="left", va="top", fontsize=8, color="0.2", zorder=5)
 
 
 def _output_cell(axis, Y, X, scale, colour, alpha=0.8):
@@ -280,11 +332,64 @@ def carafe_footprint_figure(panels, low_size=(6, 6), title=""):
                Patch(facecolor="tab:orange", alpha=0.55, label="outputs with the same window"),
                Patch(facecolor="tab:blue", alpha=0.3, label="its k x k window (slot t)"),
                Patch(facecolor="white", edgecolor="0.55", hatch="///", label="outside the map: zero")]
-    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    # one panel is too narrow for the legend in one row
+    columns = 4 if len(panels) > 1 else 2
+    figure.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     if title:
         figure.suptitle(title)
-    figure.subplots_adjust(left=0.04, right=0.98, bottom=0.1, top=0.8 if title else 0.86, wspace=0.15)
+    figure.subplots_adjust(left=0.04, right=0.98, bottom=0.1 if columns == 4 else 0.15, top=0.8 if title else 0.86,
+                           wspace=0.15)
     return figure
+
+
+def footprint_explorer(low_size=(6, 6), kernel_size=5, scale=2, Y=3, X=6, max_kernel_size=7, max_scale=4):
+    """Lesson 03's footprint explorer: sliders ``kernel_size``, ``scale``,
+    ``Y`` and ``X`` above ``carafe_footprint_figure`` of that one output
+    pixel (an ``ipywidgets.VBox``; the picture is an ``ipywidgets.Image``).
+
+    Y and X run over the output map, ``0 .. scale * h - 1`` and
+    ``0 .. scale * w - 1``, and their ranges follow the scale: when it
+    changes, (Y, X) moves to the same place in the same low-res pixel
+    (as far as the new scale has that place), and the figure is drawn once.
+    """
+    import ipywidgets as widgets
+
+    low_height, low_width = low_size
+    kernel_slider = widgets.IntSlider(value=kernel_size, min=1, max=max_kernel_size, step=2,
+                                      description="kernel_size")
+    scale_slider = widgets.IntSlider(value=scale, min=1, max=max_scale, description="scale")
+    # drawn at its own size (figure_png), not stretched to the notebook's width
+    picture = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start", max_width="100%"))
+
+    def redraw(change=None):
+        Y_slider, X_slider = positions.children
+        figure = carafe_footprint_figure([(kernel_slider.value, scale_slider.value, Y_slider.value, X_slider.value)],
+                                         low_size=low_size)
+        picture.value = figure_png(figure)
+
+    def position_sliders(Y, X, scale):
+        # New sliders rather than new bounds: a browser's slider keeps its
+        # first range for the End key (seen in JupyterLab 4.6, ipywidgets 8.1).
+        sliders = (widgets.IntSlider(value=Y, min=0, max=scale * low_height - 1, description="Y"),
+                   widgets.IntSlider(value=X, min=0, max=scale * low_width - 1, description="X"))
+        for slider in sliders:
+            slider.observe(redraw, names="value")
+        return sliders
+
+    def rescale(change):
+        old, new = change["old"], change["new"]
+        previous = positions.children
+        moved = [slider.value // old * new + min(slider.value % old, new - 1) for slider in previous]
+        positions.children = position_sliders(*moved, new)
+        for slider in previous:
+            slider.close()
+        redraw()
+
+    positions = widgets.HBox(position_sliders(Y, X, scale))
+    kernel_slider.observe(redraw, names="value")
+    scale_slider.observe(rescale, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([kernel_slider, scale_slider]), positions, picture])
 
 
 def carafe_tile_figure(tile, kernel_size, scale, block=(0, 0), max_radius=3, low_size=(8, 8)):
@@ -424,11 +529,9 @@ def _kernel_panel(axis, values, title, fmt, cmap, low=None, high=None, inside=No
     if high <= low:
         low, high = low - 0.5, high + 0.5
     image = axis.imshow(values, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
-    middle = (low + high) / 2
+    _label_cells(axis, image, [[format(value, fmt) for value in line] for line in values])
     for (row, col), value in np.ndenumerate(values):
         outside = inside is not None and not bool(np.asarray(inside)[row, col])
-        colour = "black" if value > middle else "white"
-        axis.text(col, row, format(value, fmt), ha="center", va="center", fontsize=7, color=colour)
         if outside:
             axis.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="//",
                                          edgecolor="0.6", linewidth=0))
@@ -437,10 +540,10 @@ def _kernel_panel(axis, values, title, fmt, cmap, low=None, high=None, inside=No
     axis.set_title(title, fontsize=10)
     axis.set_xticks(range(size))
     axis.set_yticks(range(size))
-    axis.set_xticklabels([str(d - size // 2) for d in range(size)], fontsize=7)
-    axis.set_yticklabels([str(d - size // 2) for d in range(size)], fontsize=7)
-    axis.set_xlabel("dx", fontsize=8)
-    axis.set_ylabel("dy", fontsize=8)
+    axis.set_xticklabels([str(d - size // 2) for d in range(size)], fontsize=9)
+    axis.set_yticklabels([str(d - size // 2) for d in range(size)], fontsize=9)
+    axis.set_xlabel("dx", fontsize=9)
+    axis.set_ylabel("dy", fontsize=9)
     return image
 
 
@@ -540,7 +643,8 @@ def affiliation_explorer_figure(guide, decoder, Y, X, kernel, logits, scale, ker
     below."""
     import matplotlib.pyplot as plt
 
-    figure = plt.figure(figsize=(15, 7.6))
+    # drawn WIDGET_WIDTH_PX wide by figure_png: 80 dpi, so 11 pt is 12 px
+    figure = plt.figure(figsize=(12, 6.8))
     grid = figure.add_gridspec(2, max(4, len(kernels)))
     top = [figure.add_subplot(grid[0, i]) for i in range(4)]
     bottom = [figure.add_subplot(grid[1, i]) for i in range(len(kernels))]
@@ -553,13 +657,18 @@ def affiliation_explorer_figure(guide, decoder, Y, X, kernel, logits, scale, ker
     return figure
 
 
-def figure_png(figure, dpi=72) -> bytes:
+def figure_png(figure, dpi=None) -> bytes:
     """``figure`` as PNG bytes, and closed (e.g. for an ``ipywidgets.Image``,
-    whose picture a slider can replace without any notebook output)."""
+    whose picture a slider can replace without any notebook output).
+
+    By default at the resolution that makes it ``WIDGET_WIDTH_PX`` wide,
+    at most 100 dpi: a notebook shows it at that size, not shrunk."""
     import io
 
     import matplotlib.pyplot as plt
 
+    if dpi is None:
+        dpi = min(100.0, WIDGET_WIDTH_PX / figure.get_size_inches()[0])
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
