@@ -147,3 +147,24 @@ def scatter_without_atomics(grad_out, grad_x, align_corners):
 
 def test_scatter_without_atomics_is_told_to_use_atomics():
     assert "cuda.atomic.add" in hint_of(checkers.check_bilinear_scatter_kernel, scatter_without_atomics)
+
+
+# --- 01.4: the exact flag
+
+from upsamplelib.checkers.fallbacks import nearest_index  # noqa: E402  (the library's, lesson 01's signature)
+
+
+@cuda.jit
+def nearest_ignoring_exact(x, out, exact):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        col, row, plane = i % width, (i // width) % height, i // (width * height)
+        out[plane, row, col] = x[plane, nearest_index(row, x.shape[1], height), nearest_index(col, x.shape[2], width)]
+
+
+def test_nearest_kernel_ignoring_exact_is_told_to_choose_the_index_function(capsys):
+    checkers.check_nearest_kernel(nearest_ignoring_exact, exact=False)  # right for nearest
+    message = hint_of(checkers.check_nearest_kernel, nearest_ignoring_exact, exact=True)
+    assert "nearest's, not nearest-exact's" in message and "nearest_exact_index" in message
+    assert "unravel" not in message

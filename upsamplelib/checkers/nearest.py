@@ -109,6 +109,13 @@ def check_nearest_kernel(kernel, exact: bool = False):
                      bounds_hint="the last block runs past out.size; guard with `if i < out.size:`",
                      count=index == 2, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}")
         expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
+        other = "nearest" if exact else "nearest-exact"
+        if not np.array_equal(expected.numpy(), out) and np.array_equal(
+                F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=other)[0].numpy(), out):
+            raise CheckFailed(
+                f"{what}: the result is {other}'s, not {mode}'s, for {planes}x{h}x{w} -> {planes}x{out_h}x{out_w}."
+                f"\nHint: with exact={exact} the kernel must call "
+                f"{'nearest_exact_index' if exact else 'nearest_index'}: `if exact:` chooses the index function")
         compare(expected, out, exact=True, what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}",
                 hint="unravel i into (plane, row, col): col = i % W, row = (i // W) % H, plane = i // (W * H)")
     rules.passed(len(_SHAPES))
