@@ -3,6 +3,7 @@
     make bench                                   # the full report (a few minutes on 2 cores)
     python bench/run.py --quick                  # smallest sizes, one round: a smoke run
     python bench/run.py ops --repeat 20          # one section: ops, scaling, compile
+    python bench/run.py ops --only semi FADE     # the ops whose names contain these words
     python bench/run.py --gpu-reference bench/gpu_reference.csv   # on a CUDA GPU only
 
 It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench.png``
@@ -235,9 +236,11 @@ def count_flops(function) -> int:
     return counter.get_total_flops()
 
 
-def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: float, memory: bool):
+def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: float, memory: bool, only=()):
     rows = []
     for op, pass_, shape, ours, baselines, traffic, flop_function in cases(device, quick):
+        if only and not any(word.lower() in op.lower() for word in only):
+            continue
         functions = {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
         heavy = "SAPA-B" in op and not quick
         seconds = compare(functions, warmup=1 if heavy else 2, repeats=max(3, repeats // 3) if heavy else repeats,
@@ -469,6 +472,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smallest sizes, one round, no memory: a smoke run")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per median (default 10; quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--only", nargs="+", default=(), metavar="WORD",
+                        help="ops section: only the ops whose name contains one of these words")
     parser.add_argument("--out", default=os.path.join(REPOSITORY, "build", "bench"),
                         help="folder for bench.csv and bench.png")
     parser.add_argument("--gpu-reference", metavar="PATH",
@@ -499,7 +504,8 @@ def main(argv=None) -> int:
                      "op": "tensor copy", "copy_gbs": copy_gbs})
         if "ops" in sections:
             print_op_header(device, copy_gbs)
-            rows += measure_ops(device, args.quick, repeats, rounds, copy_gbs, memory=not args.quick)
+            rows += measure_ops(device, args.quick, repeats, rounds, copy_gbs, memory=not args.quick,
+                                only=args.only)
         if "scaling" in sections:
             print(f"== scaling on {device}: our forward time against one size at a time")
             rows += scaling_runs(device, args.quick, repeats)
