@@ -170,7 +170,9 @@ def _function_source(function) -> str:
 
 
 def _names_used(code) -> set:
-    names = set(code.co_names)
+    # co_freevars: a kernel defined inside a function reads its closure's
+    # variables, which numba freezes as constants
+    names = set(code.co_names) | set(code.co_freevars)
     for constant in code.co_consts:
         if isinstance(constant, pytypes.CodeType):
             names |= _names_used(constant)
