@@ -54,6 +54,11 @@ def warm_functions(dtype):
     en, de = _leaf(1, 4, 10, 12, dtype=dtype), _leaf(1, 4, 5, 6, dtype=dtype)
     weight, bias = _leaf(9, 4, 3, 3, dtype=dtype), _leaf(9, dtype=dtype)
     _backward(ul.semi_shift_conv(en, de, weight, bias, scale=scale, backend="cpu"), en, de, weight, bias)
+    # A weight holding Inf takes the one-pass loops (the NaN/Inf rule), not PyTorch's convolutions.
+    infinite = weight.detach().clone()
+    infinite[0, 0, 0, 0] = float("inf")
+    infinite.requires_grad_()
+    _backward(ul.semi_shift_conv(en, de, infinite, bias, scale=scale, backend="cpu"), en, de, infinite, bias)
 
 
 def warm_modules(dtype):
