@@ -168,3 +168,358 @@ def test_nearest_kernel_ignoring_exact_is_told_to_choose_the_index_function(caps
     message = hint_of(checkers.check_nearest_kernel, nearest_ignoring_exact, exact=True)
     assert "nearest's, not nearest-exact's" in message and "nearest_exact_index" in message
     assert "unravel" not in message
+
+
+# --- 02.1: the linear index
+
+
+def _linear_index(clamp_source=True, clamp_i1=True):
+    def linear_index(dst, in_size, out_size, align_corners):
+        if align_corners:
+            src = dst * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        else:
+            src = (dst + 0.5) * in_size / out_size - 0.5
+            if clamp_source:
+                src = max(src, 0.0)
+        i0 = min(int(np.floor(src)), in_size - 1)
+        i1 = min(i0 + 1, in_size - 1) if clamp_i1 else i0 + 1
+        w1 = src - i0
+        return i0, i1, 1.0 - w1, w1
+
+    return linear_index
+
+
+def test_linear_index_past_the_end_is_told_to_clamp_i1():
+    message = hint_of(checkers.check_linear_index, _linear_index(clamp_i1=False))
+    assert "outside 0.." in message and "i1 = i0 + 1 only if that is still inside" in message
+
+
+def test_linear_index_with_a_negative_source_is_told_to_clamp_it_at_zero():
+    message = hint_of(checkers.check_linear_index, _linear_index(clamp_source=False))
+    assert "indices (-1, 0)" in message and "clamp the source coordinate at 0" in message
+
+
+# --- 03.1: kernel prediction, one wrong normalisation per hint
+
+
+def _predict(normalise):
+    def predict_kernels(x, channel_compressor, content_encoder, scale, kernel_size, group):
+        logits = content_encoder(channel_compressor(x))
+        return normalise(logits, scale, kernel_size, group)
+
+    return predict_kernels
+
+
+def _per_group(shuffled, kernel_size, group, dim):
+    n, slots, height, width = shuffled.shape
+    return F.softmax(shuffled.view(n, group, kernel_size * kernel_size, height, width), dim=dim).view(shuffled.shape)
+
+
+def _sub_pixel_outer_shuffle(logits, scale):
+    n, channels, height, width = logits.shape  # a hand-made shuffle with the sub-pixel index outer
+    regrouped = logits.view(n, scale * scale, channels // (scale * scale), height, width).transpose(1, 2)
+    return F.pixel_shuffle(regrouped.reshape(logits.shape), scale)
+
+
+@pytest.mark.parametrize("normalise, named", [
+    (lambda logits, s, k, g: F.softmax(F.pixel_shuffle(logits, s), dim=1),
+     r"softmax runs over all group \* kernel_size\*\*2 channels at once"),
+    (lambda logits, s, k, g: F.pixel_shuffle(F.softmax(logits, dim=1), s), r"softmax comes before the pixel shuffle"),
+    (lambda logits, s, k, g: F.pixel_shuffle(logits, s), r"kernels are not normalised"),
+    (lambda logits, s, k, g: _per_group(F.pixel_shuffle(logits, s), k, g, dim=1), r"softmax runs over the groups"),
+    (lambda logits, s, k, g: _per_group(_sub_pixel_outer_shuffle(logits, s), k, g, dim=2),
+     r"channels were rearranged before the pixel shuffle"),
+], ids=["softmax over all groups", "softmax before shuffle", "no softmax", "softmax over groups",
+        "hand-made shuffle"])
+def test_wrong_kernel_normalisation_is_named(normalise, named):
+    import re
+
+    assert re.search(named, hint_of(checkers.check_predict_kernels, _predict(normalise)))
+
+
+# --- 04.2: the similarity in PyTorch
+
+
+def _similarity(transpose_slots=False, outside=0.0):
+    def similarity(q, key, kernel_size, scale):
+        n, d, height, width = key.shape
+        radius = (kernel_size - 1) // 2
+        area = kernel_size * kernel_size
+        windows = F.unfold(key, kernel_size, padding=radius).view(n, d, area, height, width)
+        if outside != 0.0:  # mark the out-of-map slots
+            inside = F.unfold(torch.ones_like(key[:, :1]), kernel_size, padding=radius).view(n, 1, area, height, width)
+        if transpose_slots:
+            windows = windows.view(n, d, kernel_size, kernel_size, height, width).transpose(2, 3).reshape(
+                n, d, area, height, width)
+        windows = windows.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)
+        logits = (q[:, :, None] * windows).sum(dim=1)
+        if outside != 0.0:
+            inside = inside.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)[:, 0]
+            logits = logits.masked_fill(inside == 0, outside)
+        return logits
+
+    return similarity
+
+
+def test_a_right_similarity_passes(capsys):
+    checkers.check_similarity_reference(_similarity())
+    assert capsys.readouterr().out.startswith("PASS similarity_reference")
+
+
+def test_similarity_with_transposed_window_slots_is_told_the_slot_order():
+    assert "window slots are in the wrong order" in hint_of(checkers.check_similarity_reference,
+                                                           _similarity(transpose_slots=True))
+
+
+def test_similarity_with_minus_inf_outside_the_map_is_told_to_write_zero():
+    message = hint_of(checkers.check_similarity_reference, _similarity(outside=-float("inf")))
+    assert "outside the low-res map" in message and "write 0" in message
+
+
+# --- 05.1: the semi-shift as two convolutions, one wrong formulation per hint
+
+
+def _conv(x, weight, bias, mode="zeros"):
+    if mode == "zeros":
+        return F.conv2d(x, weight, bias, padding=weight.shape[2] // 2)
+    return F.conv2d(F.pad(x, (weight.shape[2] // 2,) * 4, mode=mode), weight, bias)
+
+
+def _nearest(x, scale):
+    return F.interpolate(x, scale_factor=scale, mode="nearest")
+
+
+@pytest.mark.parametrize("semi_shift, named", [
+    (lambda E, D, w, b, s: _conv(E, w, b) + _conv(_nearest(D, s), w, b), r"convolution over nearest_up\(D\)"),
+    (lambda E, D, w, b, s: _conv(E, w, b) + _nearest(_conv(D, w, None), s), r"the bias is added once"),
+    (lambda E, D, w, b, s: _conv(E, w, None) + _nearest(_conv(D, w, None), s), r"the bias is missing"),
+    (lambda E, D, w, b, s: _conv(E, w, b), r"only the encoder window is summed"),
+    (lambda E, D, w, b, s: _nearest(_conv(D, w, b), s), r"only the decoder window is summed"),
+    (lambda E, D, w, b, s: _conv(E, w, b, "replicate") + _nearest(_conv(D, w, b, "replicate"), s),
+     r"repeats the edge pixels"),
+    (lambda E, D, w, b, s: _conv(E, w.transpose(2, 3), b) + _nearest(_conv(D, w.transpose(2, 3), b), s),
+     r"rows and columns of the weight are swapped"),
+    (lambda E, D, w, b, s: _conv(E, w.flip(2, 3), b) + _nearest(_conv(D, w.flip(2, 3), b), s),
+     r"the weight is flipped"),
+    (lambda E, D, w, b, s: _conv(E, w, b) + F.interpolate(_conv(D, w, b), scale_factor=s, mode="bilinear"),
+     r"upsampled bilinearly"),
+], ids=["conv of upsampled D", "bias once", "no bias", "encoder only", "decoder only", "replicate padding",
+        "transposed weight", "flipped weight", "bilinear"])
+def test_wrong_semi_shift_formulation_is_named(semi_shift, named):
+    import re
+
+    assert re.search(named, hint_of(checkers.check_semi_shift_two_convs, semi_shift))
+
+
+# --- 05.2: one output pixel, taps outside the map read without a check
+
+
+def semi_shift_pixel_without_bounds(E, D, weight, bias, n, o, Y, X, scale):
+    radius = weight.shape[2] // 2
+    total = 2 * bias[o]
+    for c in range(weight.shape[1]):
+        for uy in range(weight.shape[2]):
+            for ux in range(weight.shape[3]):
+                row, col = Y + uy - radius, X + ux - radius
+                low_row, low_col = Y // scale + uy - radius, X // scale + ux - radius
+                # NumPy reads -1 as the last row; a row past the end raises, so those are skipped
+                e = E[n, c, row, col] if row < E.shape[2] and col < E.shape[3] else 0.0
+                d = D[n, c, low_row, low_col] if low_row < D.shape[2] and low_col < D.shape[3] else 0.0
+                total += weight[o, c, uy, ux] * (e + d)
+    return total
+
+
+def test_semi_shift_pixel_reading_index_minus_one_is_told_about_the_border():
+    message = hint_of(checkers.check_semi_shift_pixel, semi_shift_pixel_without_bounds)
+    assert "at the border of the map" in message and "index -1" in message
+
+
+# --- 03.3 / 03.4: the CARAFE kernels at the border, the slot order and the groups
+
+
+@cuda.jit
+def carafe_border_renormalised(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        r = (kernel_size - 1) // 2
+        total = 0.0
+        weight_inside = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                    total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+                    weight_inside += masks[n, dy * kernel_size + dx, Y, X]
+        out[n, c, Y, X] = total / weight_inside
+
+
+@cuda.jit
+def carafe_border_clamped(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        r = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row = min(max(Y // scale - r + dy, 0), x.shape[2] - 1)
+                col = min(max(X // scale - r + dx, 0), x.shape[3] - 1)
+                total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_border_slots_transposed(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        r = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                    total += masks[n, dx * kernel_size + dy, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_group_interleaved(x, masks, out, kernel_size, scale, group):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        r = (kernel_size - 1) // 2
+        g = c % group
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                    total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+@pytest.mark.parametrize("check, kernel, named", [
+    (checkers.check_carafe_border_kernel, carafe_border_renormalised, r"renormalises the weights at the border"),
+    (checkers.check_carafe_border_kernel, carafe_border_clamped, r"repeats the edge pixel .*clamps the index"),
+    (checkers.check_carafe_border_kernel, carafe_border_slots_transposed, r"rows and columns of the window are swapped"),
+    (checkers.check_carafe_group_kernel, carafe_group_interleaved, r"c // \(C // group\).*not c % group"),
+], ids=["renormalised", "clamped", "slots transposed", "groups interleaved"])
+def test_wrong_carafe_kernel_is_named(check, kernel, named):
+    import re
+
+    assert re.search(named, hint_of(check, kernel))
+
+
+@cuda.jit
+def carafe_border_reflected(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        r = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = abs(Y // scale - r + dy), abs(X // scale - r + dx)
+                if row >= x.shape[2]:
+                    row = 2 * (x.shape[2] - 1) - row
+                if col >= x.shape[3]:
+                    col = 2 * (x.shape[3] - 1) - col
+                total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+        out[n, c, Y, X] = total
+
+
+def test_carafe_kernel_reflecting_the_border_is_told_to_pad_with_zeros():
+    assert "reflects the map at its border" in hint_of(checkers.check_carafe_border_kernel, carafe_border_reflected)
+
+
+# --- 04.3: the similarity kernel, one thread per (n, t, Y, X)
+
+
+@cuda.jit
+def similarity_skipping_outside_slots(q, key, logits, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < logits.size:
+        width, height, area = logits.shape[3], logits.shape[2], logits.shape[1]
+        X, Y, t, n = i % width, (i // width) % height, (i // (width * height)) % area, i // (width * height * area)
+        r = (kernel_size - 1) // 2
+        row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:  # and outside: nothing written
+            total = 0.0
+            for c in range(q.shape[1]):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+            logits[n, t, Y, X] = total
+
+
+@cuda.jit
+def similarity_slots_column_major(q, key, logits, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < logits.size:
+        width, height, area = logits.shape[3], logits.shape[2], logits.shape[1]
+        X, Y, t, n = i % width, (i // width) % height, (i // (width * height)) % area, i // (width * height * area)
+        r = (kernel_size - 1) // 2
+        row, col = Y // scale + t % kernel_size - r, X // scale + t // kernel_size - r
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(q.shape[1]):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+        logits[n, t, Y, X] = total
+
+
+def test_similarity_kernel_leaving_outside_slots_unwritten_is_told_to_write_zero():
+    message = hint_of(checkers.check_similarity_kernel, similarity_skipping_outside_slots)
+    assert "outside the low-res map" in message and "write 0" in message
+
+
+def test_similarity_kernel_with_column_major_slots_is_told_the_slot_order():
+    assert "window slots are in the wrong order" in hint_of(checkers.check_similarity_kernel,
+                                                           similarity_slots_column_major)
+
+
+# --- 05.8: FADE's forward, one wrong step per hint
+
+
+def _fade_forward(gate_of=None, normalise=lambda logits: F.softmax(logits, dim=1), bias_once=False, mix=None):
+    import upsamplelib as ul
+
+    def fade_forward(module, en, de):
+        generator, encoder = module.ker_generator, module.ker_generator.content_encoder
+        E, D = generator.compressor_en(en), generator.compressor_de(de)
+        logits = ul.semi_shift_conv(E, D, encoder.weight, encoder.bias, module.scale, groups=encoder.groups)
+        if bias_once:
+            logits = logits - encoder.bias[None, :, None, None]
+        kernels = normalise(logits)
+        raw = module.gate_generator.conv(de)
+        gate = gate_of(module, raw, en) if gate_of else torch.sigmoid(F.interpolate(raw, scale_factor=module.scale))
+        reassembled = ul.carafe(de, kernels, module.up_kernel_size, module.scale)
+        return mix(gate, en, reassembled) if mix else gate * en + (1 - gate) * reassembled
+
+    return fade_forward
+
+
+def test_a_right_fade_forward_passes(capsys):
+    checkers.check_fade_forward(_fade_forward())
+    assert capsys.readouterr().out.startswith("PASS fade_forward")
+
+
+@pytest.mark.parametrize("fade_forward, named", [
+    (_fade_forward(mix=lambda g, en, r: (1 - g) * en + g * r), r"the gate is the other way round"),
+    (_fade_forward(mix=lambda g, en, r: r), r"the gate is missing"),
+    (_fade_forward(gate_of=lambda m, raw, en: F.interpolate(raw, scale_factor=m.scale)), r"the gate has no sigmoid"),
+    (_fade_forward(gate_of=lambda m, raw, en: torch.sigmoid(F.interpolate(raw, scale_factor=m.scale, mode="bilinear"))),
+     r"the gate is upsampled bilinearly"),
+    (_fade_forward(gate_of=lambda m, raw, en: torch.sigmoid(m.gate_generator.conv(en))),
+     r"the gate comes from the encoder feature"),
+    (_fade_forward(normalise=lambda logits: logits), r"the kernels are not normalised"),
+    (_fade_forward(bias_once=True), r"the bias once"),
+], ids=["gate reversed", "no gate", "no sigmoid", "bilinear gate", "encoder gate", "no softmax", "bias once"])
+def test_wrong_fade_forward_is_named(fade_forward, named):
+    import re
+
+    assert re.search(named, hint_of(checkers.check_fade_forward, fade_forward))
