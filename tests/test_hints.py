@@ -523,3 +523,170 @@ def test_wrong_fade_forward_is_named(fade_forward, named):
     import re
 
     assert re.search(named, hint_of(checkers.check_fade_forward, fade_forward))
+
+
+# --- 05.4 - 05.6: the semi-shift's gradient kernels
+
+
+@cuda.jit
+def grad_en_plus_offsets(grad_out, weight, grad_en):
+    i = cuda.grid(1)
+    if i < grad_en.size:
+        width, height, channels = grad_en.shape[3], grad_en.shape[2], grad_en.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        k = weight.shape[2]
+        r = k // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(k):
+                for ux in range(k):
+                    row, col = Y + uy - r, X + ux - r  # the forward's offsets: should be Y - uy + r
+                    if 0 <= row < height and 0 <= col < width:
+                        total += weight[o, c, uy, ux] * grad_out[n, o, row, col]
+        grad_en[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_de_one_output_per_pixel(grad_out, weight, grad_de, scale):
+    i = cuda.grid(1)
+    if i < grad_de.size:
+        width, height, channels = grad_de.shape[3], grad_de.shape[2], grad_de.shape[1]
+        col, row, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        k = weight.shape[2]
+        r = k // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(k):
+                for ux in range(k):
+                    anchor_row, anchor_col = row - uy + r, col - ux + r
+                    if 0 <= anchor_row < height and 0 <= anchor_col < width:
+                        total += weight[o, c, uy, ux] * grad_out[n, o, anchor_row * scale, anchor_col * scale]
+        grad_de[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_de_plus_offsets(grad_out, weight, grad_de, scale):
+    i = cuda.grid(1)
+    if i < grad_de.size:
+        width, height, channels = grad_de.shape[3], grad_de.shape[2], grad_de.shape[1]
+        col, row, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        k = weight.shape[2]
+        r = k // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(k):
+                for ux in range(k):
+                    anchor_row, anchor_col = row + uy - r, col + ux - r
+                    if 0 <= anchor_row < height and 0 <= anchor_col < width:
+                        for sy in range(scale):
+                            for sx in range(scale):
+                                total += weight[o, c, uy, ux] * grad_out[n, o, anchor_row * scale + sy,
+                                                                         anchor_col * scale + sx]
+        grad_de[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_weight_encoder_only(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        k, channels = grad_weight.shape[3], grad_weight.shape[1]
+        ux, uy, c, o = i % k, (i // k) % k, (i // (k * k)) % channels, i // (k * k * channels)
+        r = k // 2
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(grad_out.shape[2]):
+                for X in range(grad_out.shape[3]):
+                    row, col = Y + uy - r, X + ux - r
+                    if 0 <= row < E.shape[2] and 0 <= col < E.shape[3]:
+                        total += grad_out[n, o, Y, X] * E[n, c, row, col]
+        grad_weight[o, c, uy, ux] = total
+
+
+@cuda.jit
+def grad_weight_first_batch_only(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        k, channels = grad_weight.shape[3], grad_weight.shape[1]
+        ux, uy, c, o = i % k, (i // k) % k, (i // (k * k)) % channels, i // (k * k * channels)
+        r = k // 2
+        total = 0.0
+        n = 0
+        for Y in range(grad_out.shape[2]):
+            for X in range(grad_out.shape[3]):
+                row, col = Y + uy - r, X + ux - r
+                if 0 <= row < E.shape[2] and 0 <= col < E.shape[3]:
+                    total += grad_out[n, o, Y, X] * E[n, c, row, col]
+                row, col = Y // scale + uy - r, X // scale + ux - r
+                if 0 <= row < D.shape[2] and 0 <= col < D.shape[3]:
+                    total += grad_out[n, o, Y, X] * D[n, c, row, col]
+        grad_weight[o, c, uy, ux] = total
+
+
+@pytest.mark.parametrize("check, kernel, named", [
+    (checkers.check_semi_shift_grad_en_kernel, grad_en_plus_offsets, r"Y - uy \+ r.*\(minus, not plus\)"),
+    (checkers.check_semi_shift_grad_de_kernel, grad_de_one_output_per_pixel, r"only one output per low-res pixel"),
+    (checkers.check_semi_shift_grad_de_kernel, grad_de_plus_offsets, r"the anchor is .*\(minus\)"),
+    (checkers.check_semi_shift_grad_weight_kernel, grad_weight_encoder_only, r"only the encoder window is counted"),
+    (checkers.check_semi_shift_grad_weight_kernel, grad_weight_first_batch_only, r"only the first batch element"),
+], ids=["grad_en plus", "grad_de one output", "grad_de plus", "grad_weight encoder only", "grad_weight batch 0"])
+def test_wrong_semi_shift_gradient_kernel_is_named(check, kernel, named):
+    import re
+
+    assert re.search(named, hint_of(check, kernel))
+
+
+# --- 04.5: the block kernel, out-of-map slots left out of the softmax
+
+import math  # noqa: E402
+
+import numba  # noqa: E402
+
+LANES = 32
+MAX_AREA = 49
+
+
+@cuda.jit
+def block_softmax_without_outside_slots(q, key, weights, kernel_size, scale):
+    partial = cuda.shared.array((MAX_AREA, LANES), numba.float32)
+    lane = cuda.threadIdx.x
+    point = cuda.blockIdx.x
+    height, width = q.shape[2], q.shape[3]
+    X, Y, n = point % width, (point // width) % height, point // (width * height)
+    area = kernel_size * kernel_size
+    r = (kernel_size - 1) // 2
+    for t in range(area):
+        row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(lane, q.shape[1], LANES):
+                total += q[n, c, Y, X] * key[n, c, row, col]
+        partial[t, lane] = total
+    cuda.syncthreads()
+    stride = LANES // 2
+    while stride > 0:
+        if lane < stride:
+            for t in range(area):
+                partial[t, lane] += partial[t, lane + stride]
+        cuda.syncthreads()
+        stride //= 2
+    top = -math.inf
+    total = 0.0
+    for t in range(area):  # the out-of-map slots are left out: no neighbour, no weight
+        row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            top = max(top, partial[t, 0])
+    for t in range(area):
+        row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            total += math.exp(partial[t, 0] - top)
+    for t in range(lane, area, LANES):
+        row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
+        inside = 0 <= row < key.shape[2] and 0 <= col < key.shape[3]
+        weights[n, t, Y, X] = math.exp(partial[t, 0] - top) / total if inside else 0.0
+
+
+@simulator_only
+def test_block_kernel_leaving_outside_slots_out_of_the_softmax_is_told_they_have_logit_zero():
+    message = hint_of(checkers.check_similarity_block_kernel, block_softmax_without_outside_slots, LANES)
+    assert "out-of-map slots are left out of the softmax" in message and "logit 0" in message
+    assert "does every thread loop" not in message

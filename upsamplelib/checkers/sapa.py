@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import math
 import sys
 import textwrap
 from collections import Counter
@@ -90,6 +91,15 @@ def _window_hint(expected, got, key_shape, kernel_size, scale, default, rtol, at
     if np.isnan(got[bad]).any():
         return "some values were never written: every thread must write its element (also when it is 0)"
     return default
+
+
+def _outside_left_out(logits, weights, key_shape, kernel_size, scale):
+    """Whether ``weights`` are the softmax of ``logits`` over the inside slots only (0 outside)."""
+    outside = torch.from_numpy(np.array(_outside_mask(tuple(logits.shape), key_shape, kernel_size, scale)))
+    if not outside.any():
+        return False
+    left_out = torch.softmax(logits.masked_fill(outside, -math.inf), dim=1).numpy()
+    return np.allclose(_numpy(weights), left_out, rtol=1e-4, atol=1e-5)
 
 
 def _launch(rules, launch, *arrays, guard_hint="guard the body with `if i < out.size:`", count=False, case=""):
@@ -398,6 +408,9 @@ def check_similarity_block_kernel(kernel, threads_per_block):
         hint = _window_hint(expected, weights, key.shape, k, s, hint, 1e-4, 1e-5)
         if hint == OUT_OF_MAP_HINT:
             hint += " (its weight is then exp(0 - max) / sum, not 0)"
+        elif _outside_left_out(_reference_logits(q, key, k, s), weights, key.shape, k, s):
+            hint = ("the out-of-map slots are left out of the softmax. SAPA gives such a slot logit 0: it counts in "
+                    "the max and the sum, and its weight is exp(0 - max) / sum, not 0")
         compare(expected, weights, what=what, case=case, hint=hint, rtol=1e-4, atol=1e-5)
     _require_split_channels(what, *counted, threads_per_block)
     rules.passed(len(cases))
