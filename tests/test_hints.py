@@ -690,3 +690,93 @@ def test_block_kernel_leaving_outside_slots_out_of_the_softmax_is_told_they_have
     message = hint_of(checkers.check_similarity_block_kernel, block_softmax_without_outside_slots, LANES)
     assert "out-of-map slots are left out of the softmax" in message and "logit 0" in message
     assert "does every thread loop" not in message
+
+
+@cuda.jit
+def block_one_channel_per_lane(q, key, weights, kernel_size, scale):
+    partial = cuda.shared.array((MAX_AREA, LANES), numba.float32)
+    lane = cuda.threadIdx.x
+    point = cuda.blockIdx.x
+    height, width = q.shape[2], q.shape[3]
+    X, Y, n = point % width, (point // width) % height, point // (width * height)
+    area = kernel_size * kernel_size
+    r = (kernel_size - 1) // 2
+    for t in range(area):
+        row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3] and lane < q.shape[1]:
+            total = q[n, lane, Y, X] * key[n, lane, row, col]  # one channel per lane: d > LANES loses some
+        partial[t, lane] = total
+    cuda.syncthreads()
+    stride = LANES // 2
+    while stride > 0:
+        if lane < stride:
+            for t in range(area):
+                partial[t, lane] += partial[t, lane + stride]
+        cuda.syncthreads()
+        stride //= 2
+    top = partial[0, 0]
+    for t in range(1, area):
+        top = max(top, partial[t, 0])
+    total = 0.0
+    for t in range(area):
+        total += math.exp(partial[t, 0] - top)
+    for t in range(lane, area, LANES):
+        weights[n, t, Y, X] = math.exp(partial[t, 0] - top) / total
+
+
+@simulator_only
+def test_block_kernel_with_one_channel_per_lane_is_told_to_loop_over_the_channels():
+    message = hint_of(checkers.check_similarity_block_kernel, block_one_channel_per_lane, LANES)
+    assert "37 channels, more than the 32 threads: does every thread loop over c = threadIdx.x" in message
+
+
+# --- 03.3: the border kernel reading outside x
+
+
+@cuda.jit
+def carafe_border_without_bounds(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        r = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                total += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, Y // scale - r + dy, X // scale - r + dx]
+        out[n, c, Y, X] = total
+
+
+@simulator_only
+def test_carafe_kernel_reading_outside_x_is_told_to_check_the_neighbour():
+    message = hint_of(checkers.check_carafe_border_kernel, carafe_border_without_bounds)
+    assert "out of bounds" in message and "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3]" in message
+    assert "mirror" not in message  # lesson 00's example, not this mistake
+
+
+# --- 05.3: the one-pass kernel reading past the map
+
+
+@cuda.jit
+def semi_shift_without_bounds(E, D, weight, bias, out, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        width, height, channels = out.shape[3], out.shape[2], out.shape[1]
+        X, Y, o, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        k = weight.shape[2]
+        r = k // 2
+        total = 2 * bias[o]
+        for c in range(weight.shape[1]):
+            for uy in range(k):
+                for ux in range(k):
+                    total += weight[o, c, uy, ux] * (E[n, c, Y + uy - r, X + ux - r]
+                                                     + D[n, c, Y // scale + uy - r, X // scale + ux - r])
+        out[n, o, Y, X] = total
+
+
+@simulator_only
+def test_semi_shift_kernel_reading_past_the_map_is_told_to_check_the_tap():
+    message = hint_of(checkers.check_semi_shift_kernel, semi_shift_without_bounds)
+    assert "out of bounds" in message and "check that a tap is inside the map" in message
+    assert "mirror" not in message

@@ -259,7 +259,7 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                       "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x; and guard "
                       "the thread with `if i < out.size:`")
         rules.launch(launch_config(out.size, 128), *arrays, bounds_hint=index_hint, count=index == 1,
-                     case=_describe(case))
+                     case=_describe(case), index_hint=index_hint.split("; and guard")[0])
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
     rules.passed(len(cases))

@@ -156,10 +156,13 @@ def is_float_index_error(error: Exception) -> bool:
     return "array index type float" in str(error)
 
 
-def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_index_note: str = ""):
+def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_index_note: str = "",
+                   index_hint: str = ""):
     """``launch_student_kernel``, with the two launch failures students meet
     most reported as CheckFailed: an index out of bounds (the simulator
-    raises IndexError) and a float index (only the GPU compiler refuses it)."""
+    raises IndexError) and a float index (only the GPU compiler refuses it).
+    ``bounds_hint`` is for a thread past the end of the output (the guard),
+    ``index_hint`` for a thread with an output element whose index math is off."""
     try:
         launch_student_kernel(kernel, launch, *arrays)
     except IndexError as error:
@@ -169,8 +172,8 @@ def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_i
             raise CheckFailed(
                 f"{what}: a thread indexed out of bounds ({error}).\nHint: thread {thread} has an element of its "
                 "own to compute, so the guard is right to let it through: an index it computes is past the end "
-                "of an array. Check each index against that array's shape (a mirror of col is width - 1 - col; "
-                "the last valid index is size - 1)") from None
+                "of an array. " + (index_hint or "Check each index against that array's shape (a mirror of col "
+                                                 "is width - 1 - col; the last valid index is size - 1)")) from None
         raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {bounds_hint}") from None
     except Exception as error:
         if is_float_index_error(error):

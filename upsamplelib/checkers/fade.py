@@ -159,7 +159,9 @@ def _rules(kernel, what, output):
 def _launch(rules, n_threads, *arrays, guard, count=False, case=""):
     rules.launch(launch_config(n_threads, 64), *arrays, count=count, case=case,
                  bounds_hint=f"guard the thread with `if i < {guard}:`, and check that a tap is inside the map "
-                             "before reading it")
+                             "before reading it",
+                 index_hint="check that a tap is inside the map (0 <= row < height and 0 <= col < width) before "
+                            "reading it")
 
 
 # --------------------------------------------------------------------------

@@ -105,7 +105,8 @@ def _outside_left_out(logits, weights, key_shape, kernel_size, scale):
 def _launch(rules, launch, *arrays, guard_hint="guard the body with `if i < out.size:`", count=False, case=""):
     return rules.launch(launch, *arrays, count=count, case=case,
                         bounds_hint=f"{guard_hint}; and check that window neighbours outside the map are skipped "
-                                    "before they are read")
+                                    "before they are read",
+                        index_hint="check that window neighbours outside the map are skipped before they are read")
 
 
 # --------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def check_softmax_kernel(kernel):
         case = f"logits {shape} between {float(logits.min()):.0f} and {float(logits.max()):.0f}"
         hint = _SHIFT_HINT
         if float(logits.max()) < -200:
-            hint = ("every logit of this case is below -800. " + _MAX_START_HINT)
+            hint = f"every logit of this case is below {math.ceil(float(logits.max()))}. " + _MAX_START_HINT
         try:
             _launch(rules, launch_config(points, 64), logits, weights, count=index == 1, case=case,
                     guard_hint="there are N * H * W points, fewer than threads: guard with "
