@@ -342,7 +342,8 @@ def carafe_border_renormalised(x, masks, out, kernel_size, scale):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         r = (kernel_size - 1) // 2
         total = 0.0
         weight_inside = 0.0
@@ -360,7 +361,8 @@ def carafe_border_clamped(x, masks, out, kernel_size, scale):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         r = (kernel_size - 1) // 2
         total = 0.0
         for dy in range(kernel_size):
@@ -376,7 +378,8 @@ def carafe_border_slots_transposed(x, masks, out, kernel_size, scale):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         r = (kernel_size - 1) // 2
         total = 0.0
         for dy in range(kernel_size):
@@ -392,7 +395,8 @@ def carafe_group_interleaved(x, masks, out, kernel_size, scale, group):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         r = (kernel_size - 1) // 2
         g = c % group
         total = 0.0
@@ -407,7 +411,8 @@ def carafe_group_interleaved(x, masks, out, kernel_size, scale, group):
 @pytest.mark.parametrize("check, kernel, named", [
     (checkers.check_carafe_border_kernel, carafe_border_renormalised, r"renormalises the weights at the border"),
     (checkers.check_carafe_border_kernel, carafe_border_clamped, r"repeats the edge pixel .*clamps the index"),
-    (checkers.check_carafe_border_kernel, carafe_border_slots_transposed, r"rows and columns of the window are swapped"),
+    (checkers.check_carafe_border_kernel, carafe_border_slots_transposed,
+     r"rows and columns of the window are swapped"),
     (checkers.check_carafe_group_kernel, carafe_group_interleaved, r"c // \(C // group\).*not c % group"),
 ], ids=["renormalised", "clamped", "slots transposed", "groups interleaved"])
 def test_wrong_carafe_kernel_is_named(check, kernel, named):
@@ -421,7 +426,8 @@ def carafe_border_reflected(x, masks, out, kernel_size, scale):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         r = (kernel_size - 1) // 2
         total = 0.0
         for dy in range(kernel_size):
@@ -447,7 +453,8 @@ def similarity_skipping_outside_slots(q, key, logits, kernel_size, scale):
     i = cuda.grid(1)
     if i < logits.size:
         width, height, area = logits.shape[3], logits.shape[2], logits.shape[1]
-        X, Y, t, n = i % width, (i // width) % height, (i // (width * height)) % area, i // (width * height * area)
+        X, Y = i % width, (i // width) % height
+        t, n = (i // (width * height)) % area, i // (width * height * area)
         r = (kernel_size - 1) // 2
         row, col = Y // scale + t // kernel_size - r, X // scale + t % kernel_size - r
         if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:  # and outside: nothing written
@@ -462,7 +469,8 @@ def similarity_slots_column_major(q, key, logits, kernel_size, scale):
     i = cuda.grid(1)
     if i < logits.size:
         width, height, area = logits.shape[3], logits.shape[2], logits.shape[1]
-        X, Y, t, n = i % width, (i // width) % height, (i // (width * height)) % area, i // (width * height * area)
+        X, Y = i % width, (i // width) % height
+        t, n = (i // (width * height)) % area, i // (width * height * area)
         r = (kernel_size - 1) // 2
         row, col = Y // scale + t % kernel_size - r, X // scale + t // kernel_size - r
         total = 0.0
@@ -533,7 +541,8 @@ def grad_en_plus_offsets(grad_out, weight, grad_en):
     i = cuda.grid(1)
     if i < grad_en.size:
         width, height, channels = grad_en.shape[3], grad_en.shape[2], grad_en.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         k = weight.shape[2]
         r = k // 2
         total = 0.0
@@ -551,7 +560,8 @@ def grad_de_one_output_per_pixel(grad_out, weight, grad_de, scale):
     i = cuda.grid(1)
     if i < grad_de.size:
         width, height, channels = grad_de.shape[3], grad_de.shape[2], grad_de.shape[1]
-        col, row, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         k = weight.shape[2]
         r = k // 2
         total = 0.0
@@ -569,7 +579,8 @@ def grad_de_plus_offsets(grad_out, weight, grad_de, scale):
     i = cuda.grid(1)
     if i < grad_de.size:
         width, height, channels = grad_de.shape[3], grad_de.shape[2], grad_de.shape[1]
-        col, row, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         k = weight.shape[2]
         r = k // 2
         total = 0.0
@@ -590,7 +601,8 @@ def grad_weight_encoder_only(grad_out, E, D, grad_weight, scale):
     i = cuda.grid(1)
     if i < grad_weight.size:
         k, channels = grad_weight.shape[3], grad_weight.shape[1]
-        ux, uy, c, o = i % k, (i // k) % k, (i // (k * k)) % channels, i // (k * k * channels)
+        ux, uy = i % k, (i // k) % k
+        c, o = (i // (k * k)) % channels, i // (k * k * channels)
         r = k // 2
         total = 0.0
         for n in range(grad_out.shape[0]):
@@ -607,7 +619,8 @@ def grad_weight_first_batch_only(grad_out, E, D, grad_weight, scale):
     i = cuda.grid(1)
     if i < grad_weight.size:
         k, channels = grad_weight.shape[3], grad_weight.shape[1]
-        ux, uy, c, o = i % k, (i // k) % k, (i // (k * k)) % channels, i // (k * k * channels)
+        ux, uy = i % k, (i // k) % k
+        c, o = (i // (k * k)) % channels, i // (k * k * channels)
         r = k // 2
         total = 0.0
         n = 0
@@ -739,7 +752,8 @@ def carafe_border_without_bounds(x, masks, out, kernel_size, scale):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, c, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
         r = (kernel_size - 1) // 2
         total = 0.0
         for dy in range(kernel_size):
@@ -751,7 +765,7 @@ def carafe_border_without_bounds(x, masks, out, kernel_size, scale):
 @simulator_only
 def test_carafe_kernel_reading_outside_x_is_told_to_check_the_neighbour():
     message = hint_of(checkers.check_carafe_border_kernel, carafe_border_without_bounds)
-    assert "out of bounds" in message and "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3]" in message
+    assert "out of bounds" in message and "Check 0 <= row < x.shape[2] and 0 <= col < x.shape[3]" in message
     assert "mirror" not in message  # lesson 00's example, not this mistake
 
 
@@ -763,7 +777,8 @@ def semi_shift_without_bounds(E, D, weight, bias, out, scale):
     i = cuda.grid(1)
     if i < out.size:
         width, height, channels = out.shape[3], out.shape[2], out.shape[1]
-        X, Y, o, n = i % width, (i // width) % height, (i // (width * height)) % channels, i // (width * height * channels)
+        X, Y = i % width, (i // width) % height
+        o, n = (i // (width * height)) % channels, i // (width * height * channels)
         k = weight.shape[2]
         r = k // 2
         total = 2 * bias[o]
@@ -778,5 +793,32 @@ def semi_shift_without_bounds(E, D, weight, bias, out, scale):
 @simulator_only
 def test_semi_shift_kernel_reading_past_the_map_is_told_to_check_the_tap():
     message = hint_of(checkers.check_semi_shift_kernel, semi_shift_without_bounds)
-    assert "out of bounds" in message and "check that a tap is inside the map" in message
+    assert "out of bounds" in message and "Check that a tap is inside the map" in message
     assert "mirror" not in message
+
+
+# --- 02.3: a scatter with atomics but the weights of the wrong rows
+
+from upsamplelib.checkers.fallbacks import linear_index  # noqa: E402  (the library's, lesson 02's signature)
+
+
+@cuda.jit
+def scatter_rows_weights_swapped(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_out.size:
+        height, width = grad_out.shape[1], grad_out.shape[2]
+        col, row, p = i % width, (i // width) % height, i // (width * height)
+        y0, y1, wy0, wy1 = linear_index(row, grad_x.shape[1], height, align_corners)
+        x0, x1, wx0, wx1 = linear_index(col, grad_x.shape[2], width, align_corners)
+        g = grad_out[p, row, col]
+        cuda.atomic.add(grad_x, (p, y0, x0), wy1 * wx0 * g)  # row y0 takes wy0, not wy1
+        cuda.atomic.add(grad_x, (p, y0, x1), wy1 * wx1 * g)
+        cuda.atomic.add(grad_x, (p, y1, x0), wy0 * wx0 * g)
+        cuda.atomic.add(grad_x, (p, y1, x1), wy0 * wx1 * g)
+
+
+def test_atomic_scatter_with_wrong_weights_is_not_told_to_use_atomics():
+    message = hint_of(checkers.check_bilinear_scatter_kernel, scatter_rows_weights_swapped)
+    assert "wrong values" in message or "mismatch" in message.lower()
+    assert "use cuda.atomic.add" not in message
+    assert "(y0, x0) gets wy0 * wx0 * g" in message

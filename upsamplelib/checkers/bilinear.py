@@ -125,7 +125,9 @@ def check_bilinear_scatter_kernel(kernel):
                           "time, and `grad_x[...] += v` (read, add, write) loses updates on a GPU even when it "
                           "happens to work in the simulator.\nHint: use cuda.atomic.add(grad_x, (p, y, x), v)")
     _check_backward(kernel, "bilinear_scatter_kernel", "output",
-                    "several outputs add into the same input pixel: use cuda.atomic.add(grad_x, (p, y, x), v)")
+                    "each output adds its grad_out g to its four neighbours, weighted as in the forward: "
+                    "(y0, x0) gets wy0 * wx0 * g, (y0, x1) wy0 * wx1 * g, (y1, x0) wy1 * wx0 * g, (y1, x1) "
+                    "wy1 * wx1 * g, from linear_index of row and col with align_corners")
 
 
 def check_bilinear_gather_kernel(kernel):
