@@ -822,3 +822,82 @@ def test_atomic_scatter_with_wrong_weights_is_not_told_to_use_atomics():
     assert "wrong values" in message or "mismatch" in message.lower()
     assert "use cuda.atomic.add" not in message
     assert "(y0, x0) gets wy0 * wx0 * g" in message
+
+
+# --- 03.5: the shared-memory tile, loaded only by the threads inside the output
+
+from numba import float32  # noqa: E402
+
+TILE = 8
+MAX_RADIUS = 3
+WINDOW = TILE + 2 * MAX_RADIUS
+
+
+@cuda.jit
+def carafe_tiled_outside_threads_leave_early(x, masks, out, kernel_size, scale, group):
+    tile = cuda.shared.array((WINDOW, WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n, c = cuda.blockIdx.z // channels, cuda.blockIdx.z % channels
+    Y0, X0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
+    Y, X = Y0 + cuda.threadIdx.y, X0 + cuda.threadIdx.x
+    if Y >= height or X >= width:
+        return  # these threads' share of the tile is never loaded
+    r = (kernel_size - 1) // 2
+    top, left = Y0 // scale - r, X0 // scale - r
+    rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+    cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+    for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+        row, col = top + j // cols, left + j % cols
+        value = float32(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, c, row, col]
+        tile[j // cols, j % cols] = value
+    cuda.syncthreads()
+    g = c // (channels // group)
+    ty, tx = Y // scale - Y0 // scale, X // scale - X0 // scale
+    total = float32(0)
+    for dy in range(kernel_size):
+        for dx in range(kernel_size):
+            total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+    out[n, c, Y, X] = total
+
+
+@simulator_only
+def test_tiled_kernel_whose_outside_threads_return_early_is_told_they_skip_the_barrier():
+    message = hint_of(checkers.check_carafe_tiled_kernel, carafe_tiled_outside_threads_leave_early, TILE, MAX_RADIUS)
+    assert "returns on line" in message and "neither help load the tile nor reach the barrier" in message
+
+
+@cuda.jit
+def carafe_tiled_loaded_inside_the_guard(x, masks, out, kernel_size, scale, group):
+    tile = cuda.shared.array((WINDOW, WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n, c = cuda.blockIdx.z // channels, cuda.blockIdx.z % channels
+    Y0, X0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
+    Y, X = Y0 + cuda.threadIdx.y, X0 + cuda.threadIdx.x
+    r = (kernel_size - 1) // 2
+    top, left = Y0 // scale - r, X0 // scale - r
+    rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+    cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+    if Y < height and X < width:  # the threads outside the output skip their share of the tile
+        for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+            row, col = top + j // cols, left + j % cols
+            value = float32(0)
+            if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                value = x[n, c, row, col]
+            tile[j // cols, j % cols] = value
+    cuda.syncthreads()
+    if Y < height and X < width:
+        g = c // (channels // group)
+        ty, tx = Y // scale - Y0 // scale, X // scale - X0 // scale
+        total = float32(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+        out[n, c, Y, X] = total
+
+
+@simulator_only
+def test_tiled_kernel_loading_only_inside_the_output_is_told_every_thread_loads():
+    message = hint_of(checkers.check_carafe_tiled_kernel, carafe_tiled_loaded_inside_the_guard, TILE, MAX_RADIUS)
+    assert "every thread of the block, inside the output or not, must help load the tile" in message
