@@ -493,13 +493,16 @@ def test_similarity_kernel_with_column_major_slots_is_told_the_slot_order():
 # --- 05.8: FADE's forward, one wrong step per hint
 
 
-def _fade_forward(gate_of=None, normalise=lambda logits: F.softmax(logits, dim=1), bias_once=False, mix=None):
+def _fade_forward(gate_of=None, normalise=lambda logits: F.softmax(logits, dim=1), bias_once=False, mix=None,
+                  upsample_first=False):
     import upsamplelib as ul
 
     def fade_forward(module, en, de):
         generator, encoder = module.ker_generator, module.ker_generator.content_encoder
         E, D = generator.compressor_en(en), generator.compressor_de(de)
         logits = ul.semi_shift_conv(E, D, encoder.weight, encoder.bias, module.scale, groups=encoder.groups)
+        if upsample_first:  # one conv over [E, nearest_up(D)] instead of the semi-shift
+            logits = encoder(E) + encoder(F.interpolate(D, scale_factor=module.scale))
         if bias_once:
             logits = logits - encoder.bias[None, :, None, None]
         kernels = normalise(logits)
@@ -526,7 +529,9 @@ def test_a_right_fade_forward_passes(capsys):
      r"the gate comes from the encoder feature"),
     (_fade_forward(normalise=lambda logits: logits), r"the kernels are not normalised"),
     (_fade_forward(bias_once=True), r"the bias once"),
-], ids=["gate reversed", "no gate", "no sigmoid", "bilinear gate", "encoder gate", "no softmax", "bias once"])
+    (_fade_forward(upsample_first=True), r"convolution over nearest_up\(D\)"),
+], ids=["gate reversed", "no gate", "no sigmoid", "bilinear gate", "encoder gate", "no softmax", "bias once",
+        "conv of upsampled D"])
 def test_wrong_fade_forward_is_named(fade_forward, named):
     import re
 
@@ -635,13 +640,33 @@ def grad_weight_first_batch_only(grad_out, E, D, grad_weight, scale):
         grad_weight[o, c, uy, ux] = total
 
 
+@cuda.jit
+def grad_weight_over_upsampled_decoder(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        k, channels = grad_weight.shape[3], grad_weight.shape[1]
+        ux, uy, c, o = i % k, (i // k) % k, (i // (k * k)) % channels, i // (k * k * channels)
+        r = k // 2
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(grad_out.shape[2]):
+                for X in range(grad_out.shape[3]):
+                    row, col = Y + uy - r, X + ux - r
+                    if 0 <= row < E.shape[2] and 0 <= col < E.shape[3]:
+                        # the tap of nearest_up(D), not of the semi-shift's window D[Y // s + uy - r]
+                        total += grad_out[n, o, Y, X] * (E[n, c, row, col] + D[n, c, row // scale, col // scale])
+        grad_weight[o, c, uy, ux] = total
+
+
 @pytest.mark.parametrize("check, kernel, named", [
+    (checkers.check_semi_shift_grad_weight_kernel, grad_weight_over_upsampled_decoder,
+     r"convolution over nearest_up\(D\)"),
     (checkers.check_semi_shift_grad_en_kernel, grad_en_plus_offsets, r"Y - uy \+ r.*\(minus, not plus\)"),
     (checkers.check_semi_shift_grad_de_kernel, grad_de_one_output_per_pixel, r"only one output per low-res pixel"),
     (checkers.check_semi_shift_grad_de_kernel, grad_de_plus_offsets, r"the anchor is .*\(minus\)"),
     (checkers.check_semi_shift_grad_weight_kernel, grad_weight_encoder_only, r"only the encoder window is counted"),
     (checkers.check_semi_shift_grad_weight_kernel, grad_weight_first_batch_only, r"only the first batch element"),
-], ids=["grad_en plus", "grad_de one output", "grad_de plus", "grad_weight encoder only", "grad_weight batch 0"])
+], ids=["grad_weight upsampled D", "grad_en plus", "grad_de one output", "grad_de plus", "grad_weight encoder only", "grad_weight batch 0"])
 def test_wrong_semi_shift_gradient_kernel_is_named(check, kernel, named):
     import re
 
