@@ -49,7 +49,10 @@ class Lab:
     process: subprocess.Popen
 
     def page_url(self, notebook: str) -> str:
-        return f"{self.url}/lab/tree/{notebook}?token={self.token}"
+        # a workspace of its own, reset: the default one would reopen the
+        # notebooks of earlier tests, and one of them could take the focus
+        workspace = notebook.split(".")[0].replace("_", "-")
+        return f"{self.url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={self.token}"
 
     def api(self, path: str, method: str = "GET"):
         request = urllib.request.Request(f"{self.url}/api/{path}", method=method,
