@@ -11,13 +11,13 @@ from .engine import (
     FLOAT_INDEX_HINT,
     CheckFailed,
     compare,
-    launch_checked,
+    diagnose,
     passed,
     require_gather,
     run_with_timeout,
     uses_atomics,
 )
-from .rules import KernelCheck
+from .rules import KernelCheck, parameter_names
 
 __all__ = [
     "check_linear_index",
@@ -28,6 +28,14 @@ __all__ = [
 ]
 
 _SIZE_PAIRS = [(1, 1), (1, 5), (5, 1), (2, 2), (3, 7), (7, 3), (4, 8), (10, 25), (25, 10), (6, 6)]
+
+
+_LINEAR_RULE = {
+    rule: f"align_corners={rule}: {source}; i0 = floor(src), and w1 = src - i0 is the weight of i1 (the further "
+          "the source from i0, the more i1 counts), w0 = 1 - w1 that of i0"
+    for rule, source in ((False, "src = max((dst + 0.5) * in_size / out_size - 0.5, 0)"),
+                         (True, "src = dst * (in_size - 1) / (out_size - 1), or 0 when out_size == 1"))
+}
 
 
 def check_linear_index(linear_index):
@@ -59,8 +67,7 @@ def check_linear_index(linear_index):
                                      align_corners=align_corners)[0, 0]
             compare(expected, got, what=what,
                     case=f"a line of {in_size} -> {out_size} values, align_corners={align_corners}",
-                    hint="align_corners=False: src = max((dst + 0.5) * in/out - 0.5, 0); "
-                         "align_corners=True: src = dst * (in - 1) / (out - 1); w1 = src - floor(src)")
+                    hint=_LINEAR_RULE[align_corners])
     passed(what, 2 * len(_SIZE_PAIRS))
 
 
@@ -72,9 +79,17 @@ def _reference(x, size, align_corners):
     return x, F.interpolate(x[None], size=size, mode="bilinear", align_corners=align_corners)[0]
 
 
-def _kernel_case(rules, n_threads, *arrays, count=False, case=""):
-    rules.launch(launch_config(n_threads, 64), *arrays, bounds_hint="guard the body with a bounds check",
-                 count=count, case=case)
+def _kernel_case(rules, threads_over, *arrays, count=False, case=""):
+    """Launch one thread per element of ``arrays[threads_over]``."""
+    name = rules_parameter(rules, threads_over)
+    rules.launch(launch_config(arrays[threads_over].size, 64), *arrays, sized_for=threads_over, count=count,
+                 case=case, bounds_hint=f"the last block has threads past the end of {name}: guard the body with "
+                                        f"`if i < {name}.size:`")
+
+
+def rules_parameter(rules, position):
+    names = parameter_names(rules.kernel)
+    return names[position] if position < len(names) else f"argument {position}"
 
 
 def check_bilinear_kernel(kernel):
@@ -88,11 +103,15 @@ def check_bilinear_kernel(kernel):
             x = rng.standard_normal((planes, h, w)).astype(np.float32)
             out = np.full((planes,) + size, np.nan, np.float32)
             case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
-            _kernel_case(rules, out.size, x, out, align_corners, count=index == 2 and not align_corners, case=case)
+            _kernel_case(rules, 1, x, out, align_corners, count=index == 2 and not align_corners, case=case)
             _, expected = _reference(x, size, align_corners)
-            compare(expected.detach().float(), out, what=what, case=case,
-                    hint="blend the four neighbours: first along the row with (wx0, wx1), then the two rows "
-                         "with (wy0, wy1)")
+            _, other = _reference(x, size, not align_corners)
+            diagnose(expected.detach().float(), out, [
+                (other.detach().float(), f"the result is align_corners={not align_corners}'s: pass align_corners on "
+                                         "to linear_index, for the rows and the columns")],
+                what=what, case=case,
+                hint="blend the four neighbours: first along the row with (wx0, wx1), then the two rows "
+                     "with (wy0, wy1): wy0 * (wx0 * x[p, y0, x0] + wx1 * x[p, y0, x1]) + wy1 * (...row y1...)")
     rules.passed(2 * len(_SHAPES))
 
 
@@ -106,10 +125,9 @@ def _check_backward(kernel, what, one_thread_per, hint):
             grad_out = rng.standard_normal(out_ref.shape).astype(np.float32)
             (expected,) = torch.autograd.grad(out_ref, x_ref, torch.from_numpy(grad_out).double())
             grad_x = np.zeros_like(x)
-            n_threads = grad_out.size if one_thread_per == "output" else grad_x.size
             case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
-            _kernel_case(rules, n_threads, grad_out, grad_x, align_corners, count=index == 2 and not align_corners,
-                         case=case)
+            _kernel_case(rules, 0 if one_thread_per == "output" else 1, grad_out, grad_x, align_corners,
+                         count=index == 2 and not align_corners, case=case)
             compare(expected.float(), grad_x, what=what, case=case, hint=hint)
     rules.passed(2 * len(_SHAPES))
 
@@ -137,7 +155,8 @@ def check_bilinear_gather_kernel(kernel):
     require_gather(kernel, what, "writes only its own input pixel")
     _check_backward(kernel, what, "input",
                     "loop over the output rows and columns whose i0 or i1 is this pixel, and add "
-                    "w_y * w_x * grad_out for each")
+                    "w_y * w_x * grad_out for each; where i0 and i1 are both this pixel (at the last row or "
+                    "column), w_y (or w_x) is the sum of both weights, w0 + w1")
 
 
 def check_bilinear_function(function_class):
@@ -154,15 +173,24 @@ def check_bilinear_function(function_class):
         # index math (weights rounded to float32) is fine too.
         compare(expected.detach(), out.detach(), what=what, case=f"forward, align_corners={align_corners}",
                 hint="forward should return the bilinear upsampling of x, reshaped to (N, C, H', W')")
+        if out.dtype != x.dtype:
+            raise CheckFailed(f"{what}: forward returned {out.dtype} for an x of {x.dtype}.\nHint: run the kernels in "
+                              "x's dtype (planes.new_empty(...) for the output, no .float()): gradcheck perturbs x "
+                              "by 1e-6 in float64, far below float32's precision")
         grad_out = torch.randn_like(expected)
+        given = grad_out.clone()  # the student's backward must not change it
         try:
-            (got,) = run_with_timeout(lambda: torch.autograd.grad(out, x, grad_out), what="backward")
+            (got,) = run_with_timeout(lambda: torch.autograd.grad(out, x, given), what="backward")
         except RuntimeError as error:
             if "incorrect number of gradient" not in str(error):
                 raise
             raise CheckFailed(f"{what}: backward returned the wrong number of gradients: "
                               f"{str(error).splitlines()[0]}.\nHint: backward must return one gradient per input "
                               "of forward: (grad_x, None, None)") from None
+        if not torch.equal(given, grad_out):
+            raise CheckFailed(f"{what}: backward wrote into grad_out (autograd's tensor, which other gradients may "
+                              "share).\nHint: return new tensors; write the kernel's results into a tensor of your "
+                              "own (grad_planes.new_zeros or new_empty), and only read grad_out")
         (wanted,) = torch.autograd.grad(expected, x, grad_out)
         compare(wanted, got, what=what, case=f"the gradient of x, align_corners={align_corners}",
                 hint="with the scatter kernel (02.3), grad_x must start at zero (torch.zeros, not new_empty or "
@@ -174,6 +202,7 @@ def check_bilinear_function(function_class):
         )
         if not ok:
             raise CheckFailed(f"{what}: torch.autograd.gradcheck fails with align_corners={align_corners}.\n"
-                              "Hint: make the tensors contiguous before handing them to the kernels, and return "
-                              "new tensors (do not write into grad_out)")
+                              "Hint: the gradient is right for one grad_out, but not against finite differences "
+                              "in float64: keep forward and backward in x's dtype (no float32 copy on the way), "
+                              "and make the tensors contiguous before handing them to the kernels")
     passed(what, 2)

@@ -25,6 +25,13 @@ __all__ = [
 ]
 
 
+def _not_a_number(what, got, hint):
+    kind = type(got).__name__
+    if isinstance(got, torch.Tensor):
+        kind = f"a Tensor of shape {tuple(got.shape)}"
+    raise CheckFailed(f"{what}: expected a number, got {kind}.\nHint: {hint}")
+
+
 def _first_match(got, variants, equal):
     return [explanation for result, explanation in variants if equal(got, result)]
 
@@ -181,10 +188,8 @@ def _iou_variants(pred, target, classes, width):
     band = metrics.boundary_band(target, width)
     pred_band = metrics.boundary_band(pred, width)
 
-    def mean_iou(mask=None, empty_as_zero=False, count=None):
+    def mean_iou(mask=None, count=None):
         ious = metrics.class_iou(pred, target, classes, mask)
-        if empty_as_zero:
-            ious = torch.nan_to_num(ious, nan=0.0)
         return float(torch.nanmean(ious)) if count is None else float(torch.nansum(ious) / count)
 
     per_image = float(np.nanmean([metrics.boundary_iou(pred[i:i + 1], target[i:i + 1], classes, width)
@@ -202,10 +207,10 @@ def _iou_variants(pred, target, classes, width):
                               "boundaries: boundary_band(target, width)"),
         (mean_iou(band | pred_band), "the band is around the true AND the predicted boundaries (that is Cheng et al.'s "
                                      "Boundary IoU); this lesson's band is around the true boundaries only"),
-        (mean_iou(band, empty_as_zero=True), "a class absent from both prediction and truth inside the band counts as "
-                                             "IoU 0; leave it out of the mean (its union is empty)"),
-        (mean_iou(band, count=classes), "the mean is over all classes; average only over the classes whose union "
-                                        "inside the band is not empty"),
+        # (an empty class counted as IoU 0 and a sum divided by all the classes are the same number)
+        (mean_iou(band, count=classes), "the mean is over all the classes (a class absent from both prediction and "
+                                        "truth inside the band counts as IoU 0): average only over the classes "
+                                        "whose union inside the band is not empty"),
         (per_image, "the IoU is averaged over the images; sum the intersections and the unions over all the images "
                     "first, then divide (the benchmarks' convention)"),
         (accuracy, "this is the pixel accuracy inside the band; the metric is the IoU of each class, "
@@ -228,7 +233,8 @@ def check_boundary_iou(boundary_iou):
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if not isinstance(got, (float, int, np.floating)):
-            raise CheckFailed(f"{what}: expected a number, got {type(got).__name__}")
+            _not_a_number(what, got, "return one float for the whole batch: sum the intersections and the unions "
+                                     "over all the images first, then divide and average over the classes")
         got = float(got)
         if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
             variants = _iou_variants(pred, target, classes, width)
@@ -296,6 +302,11 @@ def _grad_variants(pred, target):
                 - F.conv2d(target.double()[:, None], hx[None, None], padding=hx.shape[0] // 2)).pow(2)
                .sum(dim=(-3, -2, -1)).mean()),
          "only the x derivative is used: the magnitude needs both filters, hx and hy"),
+        (float((F.conv2d(pred.double()[:, None], hx[None, None], padding=hx.shape[0] // 2).abs()
+                - F.conv2d(target.double()[:, None], hx[None, None], padding=hx.shape[0] // 2).abs()).pow(2)
+               .sum(dim=(-3, -2, -1)).mean()),
+         "only the x derivative is used (|gx| for the magnitude): the magnitude needs both filters, "
+         "sqrt(gx^2 + gy^2) with hx and hy"),
     ]
 
 
@@ -312,7 +323,8 @@ def check_gradient_error(gradient_error):
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if not isinstance(got, (float, int, np.floating)):
-            raise CheckFailed(f"{what}: expected a number, got {type(got).__name__}")
+            _not_a_number(what, got, "return one float: the mean over the images of each image's sum over its "
+                                     "pixels (float(per_image.mean()))")
         got = float(got)
         if not math.isclose(got, expected, rel_tol=1e-4):
             matches = _first_match(got, _grad_variants(pred, target), lambda a, b: math.isclose(a, b, rel_tol=1e-4))
@@ -366,7 +378,9 @@ def check_pixel_shuffle_upsampler(upsampler_class):
             except NotImplementedError:
                 raise
             except Exception as error:
-                raise CheckFailed(f"{what}: {upsampler_class.__name__}({c}) failed: {error!r}") from None
+                hint = ("\nHint: call super().__init__() first, before assigning any layer"
+                        if "Module.__init__() call" in str(error) else "")
+                raise CheckFailed(f"{what}: {upsampler_class.__name__}({c}) failed: {error!r}{hint}") from None
         if not isinstance(module, nn.Module):
             raise CheckFailed(f"{what}: {upsampler_class.__name__}({c}) is not an nn.Module (subclass nn.Module "
                               "and call super().__init__() first)")

@@ -157,16 +157,19 @@ def is_float_index_error(error: Exception) -> bool:
 
 
 def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_index_note: str = "",
-                   index_hint: str = ""):
+                   index_hint: str = "", sized_for: int | None = None):
     """``launch_student_kernel``, with the two launch failures students meet
     most reported as CheckFailed: an index out of bounds (the simulator
     raises IndexError) and a float index (only the GPU compiler refuses it).
     ``bounds_hint`` is for a thread past the end of the output (the guard),
-    ``index_hint`` for a thread with an output element whose index math is off."""
+    ``index_hint`` for a thread with an output element whose index math is off.
+    ``sized_for``: the position of the array the launch has one thread per
+    element of (by default, the first array whose size the grid fits)."""
     try:
         launch_student_kernel(kernel, launch, *arrays)
     except IndexError as error:
-        thread = _thread_with_an_element(str(error), launch, arrays)
+        thread = _thread_with_an_element(str(error), launch,
+                                         arrays if sized_for is None else arrays[sized_for:sized_for + 1])
         if thread is not None:
             # The guard let this thread through rightly: its index math is off, not the guard.
             raise CheckFailed(
@@ -266,12 +269,13 @@ def compare(expected, got, *, what: str, case: str, hint: str = "", exact: bool 
 
 
 def diagnose(expected, got, variants, *, what: str, case: str, hint: str, rtol: float = 1e-5, atol: float = 1e-5,
-             border=None, border_hint: str = "") -> None:
+             border=None, border_hint: str = "", unwritten_hint: str = "") -> None:
     """``compare()``, but say why when the result is wrong in a known way:
     values never written (the checkers fill outputs with NaN first), or a
     match with one of ``variants``, a list of (wrong result, explanation).
     ``border(index)`` (optional) says whether an index touches the border of
-    the map; when every mismatch does, the hint becomes ``border_hint``."""
+    the map; when every mismatch does, the hint becomes ``border_hint``.
+    ``unwritten_hint`` (optional) replaces the generic hint for values never written."""
     expected, got = _as_numpy(expected), _as_numpy(got)
     if got.shape == expected.shape:
         if np.isnan(got).any():
@@ -280,6 +284,7 @@ def diagnose(expected, got, variants, *, what: str, case: str, hint: str, rtol: 
 
             raise CheckFailed(f"{what}: the value at index {index} was never written (it is still NaN) for {case}.\n"
                               "Hint: " + (first_index_hint(np.isnan(got), what) or
+                                          unwritten_hint or
                                           "one thread per element; every thread inside the array writes its "
                                           "element, also when it is 0 (the checker fills the array with NaN first)"))
         wrong = ~np.isclose(got, expected, rtol=rtol, atol=atol)

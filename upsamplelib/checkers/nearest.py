@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..backend import launch_config
 from ..ops.interpolate import NEAREST_GENERIC, nearest_source_index
-from .engine import FLOAT_INDEX_HINT, CheckFailed, compare, launch_checked, passed
+from .engine import FLOAT_INDEX_HINT, CheckFailed, diagnose, passed
 from .rules import KernelCheck
 
 __all__ = [
@@ -37,6 +37,7 @@ def _reference_index(dst, in_size, out_size, exact):
 
 def _check_index(student, exact, what, hint):
     for in_size, out_size in _SIZE_PAIRS:
+        other = [_reference_index(dst, in_size, out_size, not exact) for dst in range(out_size)]
         for dst in range(out_size):
             expected = _reference_index(dst, in_size, out_size, exact)
             got = student(dst, in_size, out_size)
@@ -46,6 +47,8 @@ def _check_index(student, exact, what, hint):
                     f"{type(got).__name__}; an index must be an int.\nHint: {FLOAT_INDEX_HINT}"
                 )
             if got != expected:
+                if got == other[dst] and all(student(d, in_size, out_size) == i for d, i in enumerate(other)):
+                    hint = _OTHER_MODE_HINT[exact]
                 raise CheckFailed(
                     f"{what}({dst}, in_size={in_size}, out_size={out_size}) returned {got!r}, "
                     f"PyTorch uses input index {expected}.\nHint: {hint}"
@@ -53,22 +56,28 @@ def _check_index(student, exact, what, hint):
     passed(what, len(_SIZE_PAIRS))
 
 
+_NEAREST_RULE = ("floor(dst * scale) with scale = in_size / out_size, all in float32 "
+                 "(float32(dst) * (float32(in_size) / float32(out_size))), then at most in_size - 1")
+_EXACT_RULE = ("scale = float32(in_size) / float32(out_size); centre = float32((dst + 0.5) * scale - 0.5), the "
+               "product taken in float64 and rounded to float32; then floor(float32(max(centre, 0) + 0.5)) "
+               "(not round(), which rounds halves to even), at most in_size - 1")
+
+#: When every index of a size pair is the other mode's (keyed by ``exact``).
+_OTHER_MODE_HINT = {
+    True: "this is mode='nearest''s index, floor(dst * scale): nearest-exact takes the source pixel whose centre "
+          "is nearest, (dst + 0.5) * scale - 0.5 rounded half up. " + _EXACT_RULE,
+    False: "this is mode='nearest-exact''s index (pixel centres, dst + 0.5); mode='nearest' takes " + _NEAREST_RULE,
+}
+
+
 def check_nearest_index(nearest_index):
     """``nearest_index(dst, in_size, out_size)`` for ``mode='nearest'`` with ``size=``."""
-    _check_index(
-        nearest_index, False, "nearest_index",
-        "floor(dst * scale) with scale = in_size / out_size, all in float32 "
-        "(float32(dst) * (float32(in_size) / float32(out_size))), then at most in_size - 1",
-    )
+    _check_index(nearest_index, False, "nearest_index", _NEAREST_RULE)
 
 
 def check_nearest_exact_index(nearest_exact_index):
     """``nearest_exact_index(dst, in_size, out_size)`` for ``mode='nearest-exact'``."""
-    _check_index(
-        nearest_exact_index, True, "nearest_exact_index",
-        "centre = float32((dst + 0.5) * scale - 0.5) computed in float64, then "
-        "floor(float32(max(centre, 0) + 0.5)), then at most in_size - 1",
-    )
+    _check_index(nearest_exact_index, True, "nearest_exact_index", _EXACT_RULE)
 
 
 _PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19))]
@@ -85,12 +94,18 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
         out = np.full((out_h, out_w), np.nan, np.float32)
         grid = (math.ceil(out_w / block[0]), math.ceil(out_h / block[1]))
         rules.launch((grid, block), x, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
-                     count=index == 2, case=f"{h}x{w} -> {out_h}x{out_w}")
+                     count=index == 2, case=f"{h}x{w} -> {out_h}x{out_w}", sized_for=1,
+                     index_hint="read x at the source indices from nearest_index (at most x.shape - 1), not at the "
+                                "output's row and col")
         expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
-        compare(expected, out, exact=True, what=what, case=f"{h}x{w} -> {out_h}x{out_w}",
-                hint="out[row, col] = x[nearest_index(row, ...), nearest_index(col, ...)]")
+        diagnose(expected, out, [], what=what, case=f"{h}x{w} -> {out_h}x{out_w}", rtol=0, atol=0,
+                 hint="out[row, col] = x[nearest_index(row, x.shape[0], out.shape[0]), "
+                      "nearest_index(col, x.shape[1], out.shape[1])]: rows with the heights, columns with the widths")
     rules.passed(len(_PLANE_SHAPES))
 
+
+UNRAVEL_HINT = ("unravel i into (plane, row, col) with the output's sizes: col = i % W, row = (i // W) % H, "
+                "plane = i // (W * H), W = out.shape[2] and H = out.shape[1]")
 
 _SHAPES = [((1, 1, 1), (2, 3)), ((2, 4, 5), (9, 10)), ((3, 7, 3), (16, 7)), ((2, 9, 11), (5, 6)), ((1, 5, 5), (23, 11))]
 
@@ -107,7 +122,9 @@ def check_nearest_kernel(kernel, exact: bool = False):
         out = np.full((planes, out_h, out_w), np.nan, np.float32)
         rules.launch(launch_config(out.size, 64), x, out, exact,
                      bounds_hint="the last block runs past out.size; guard with `if i < out.size:`",
-                     count=index == 2, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}")
+                     count=index == 2, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}", sized_for=1,
+                     index_hint="read x at the source indices from the index function (at most x.shape - 1), not "
+                                "at the output's row and col; " + UNRAVEL_HINT)
         expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
         other = "nearest" if exact else "nearest-exact"
         if not np.array_equal(expected.numpy(), out) and np.array_equal(
@@ -116,6 +133,7 @@ def check_nearest_kernel(kernel, exact: bool = False):
                 f"{what}: the result is {other}'s, not {mode}'s, for {planes}x{h}x{w} -> {planes}x{out_h}x{out_w}."
                 f"\nHint: with exact={exact} the kernel must call "
                 f"{'nearest_exact_index' if exact else 'nearest_index'}: `if exact:` chooses the index function")
-        compare(expected, out, exact=True, what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}",
-                hint="unravel i into (plane, row, col): col = i % W, row = (i // W) % H, plane = i // (W * H)")
+        diagnose(expected, out, [], what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}", rtol=0, atol=0,
+                 hint=UNRAVEL_HINT, unwritten_hint="every thread with i < out.size writes out[plane, row, col], its "
+                                                   "own element: " + UNRAVEL_HINT)
     rules.passed(len(_SHAPES))

@@ -66,7 +66,8 @@ class KernelCheck:
         self.counted_case = None
         self.outputs = None
 
-    def launch(self, launch, *arrays, bounds_hint: str, count: bool = False, case: str = "", index_hint: str = ""):
+    def launch(self, launch, *arrays, bounds_hint: str, count: bool = False, case: str = "", index_hint: str = "",
+               sized_for: int | None = None):
         """``launch_checked``, and on the first call the PTX compile (in the
         background); with ``count`` the launch's traffic is counted."""
         if self.compiled is None:
@@ -75,11 +76,12 @@ class KernelCheck:
             self.compiled = (SIMULATOR and solved and ptx.submit(self.kernel, arrays)) or False
         if not count:
             launch_checked(self.kernel, launch, *arrays, what=self.what, bounds_hint=bounds_hint,
-                           float_index_note=self.float_index_note, index_hint=index_hint)
+                           float_index_note=self.float_index_note, index_hint=index_hint, sized_for=sized_for)
             return None
         reports = []
         launch_checked(_CountedLaunch(self.kernel, reports), launch, *arrays, what=self.what,
-                       bounds_hint=bounds_hint, float_index_note=self.float_index_note, index_hint=index_hint)
+                       bounds_hint=bounds_hint, float_index_note=self.float_index_note, index_hint=index_hint,
+                       sized_for=sized_for)
         self.report, self.counted_case = reports[0], case
         self.outputs = int(np.size(self.report.array(self.output).writes))
         return self.report
