@@ -107,13 +107,15 @@ def _windows(x_padded, kernel_size, scale):
     return windows.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)
 
 
-def _reassemble(x, masks, kernel_size, scale, group, pad="constant", interleaved=False, transposed=False):
+def _reassemble(x, masks, kernel_size, scale, group, pad="constant", interleaved=False, transposed=False,
+                uncentred=False):
     """CARAFE and some of the ways to get it wrong, in float64 torch."""
     x, masks = torch.as_tensor(x).double(), torch.as_tensor(masks).double()
     n, channels, height, width = x.shape
     radius = (kernel_size - 1) // 2
     area = kernel_size * kernel_size
-    x_padded = F.pad(x, (radius,) * 4, mode=pad)
+    # uncentred: the window starts at (Y // scale, X // scale), as if r were not subtracted
+    x_padded = F.pad(x, (0, 2 * radius, 0, 2 * radius) if uncentred else (radius,) * 4, mode=pad)
     windows = _windows(x_padded, kernel_size, scale)
     weights = masks.view(n, group, area, scale * height, scale * width)
     if transposed:
@@ -145,6 +147,10 @@ def _variants(x, masks, kernel_size, scale, group):
                       "your kernel reflects the map at its border (as one third-party port does). CARAFE pads "
                       "with zeros: skip the slots whose row or column is outside the map."))
     if kernel_size > 1:
+        found.append((_reassemble(x, masks, kernel_size, scale, group, uncentred=True),
+                      "the window is not centred on the output's low-res pixel: it starts at row Y // scale, "
+                      "but CARAFE's k x k window starts r = (kernel_size - 1) // 2 rows and columns earlier: "
+                      "row = Y // scale - r + dy, col = X // scale - r + dx."))
         found.append((_reassemble(x, masks, kernel_size, scale, group, transposed=True),
                       "rows and columns of the window are swapped: slot t = dy * kernel_size + dx, with dy "
                       "(the row offset) outer."))
@@ -234,7 +240,8 @@ def check_predict_kernels(predict_kernels):
                     raise CheckFailed(f"{what}: wrong kernels for {case}.\nHint: {explanation}")
         compare(expected, got, what=what, case=case,
                 hint="compressor, then encoder, then F.pixel_shuffle(., scale), then a softmax over the "
-                     "k*k slots of each group")
+                     "k*k slots of each group: channel g * k*k + t is slot t of group g, so view the channels as "
+                     "(N, group, k*k, H, W) (group outer) and normalise over dim=2")
     passed(what, len(_PREDICT_CASES))
 
 
@@ -254,12 +261,13 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                   if padded else x, masks, out, k, s]
         if with_group:
             arrays.append(g)
-        index_hint = ("x_padded has r rows and columns of zeros on every side, so output (Y, X) reads rows "
-                      "Y // scale + dy for dy in range(kernel_size)" if padded else
-                      "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x; and guard "
-                      "the thread with `if i < out.size:`")
-        rules.launch(launch_config(out.size, 128), *arrays, bounds_hint=index_hint, count=index == 1,
-                     case=_describe(case), index_hint=index_hint.split("; and guard")[0])
+        index_hint = ("the padded map x_padded has r rows and columns of zeros on every side, so output (Y, X) "
+                      "reads rows Y // scale + dy for dy in range(kernel_size)" if padded else
+                      "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x")
+        # bounds_hint: a thread past the end of out (or one the simulator does not say): the guard too
+        rules.launch(launch_config(out.size, 128), *arrays, count=index == 1, case=_describe(case),
+                     bounds_hint=index_hint + "; and guard the thread with `if i < out.size:`",
+                     index_hint=index_hint)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
     rules.passed(len(cases))
@@ -271,7 +279,8 @@ def check_carafe_padded_kernel(kernel):
     ``x_padded`` is x with r = (k - 1) // 2 zero rows and columns on every side."""
     _forward_cases(kernel, _GROUP1_CASES, "carafe_padded_kernel", 31, padded=True,
                    hint="out[n, c, Y, X] = sum over dy, dx in range(kernel_size) of "
-                        "masks[n, dy * kernel_size + dx, Y, X] * x_padded[n, c, Y // scale + dy, X // scale + dx]")
+                        "masks[n, dy * kernel_size + dx, Y, X] * x_padded[n, c, Y // scale + dy, X // scale + dx] "
+                        "(no - r: the r rows and columns of padding already shift the window)")
 
 
 def check_carafe_border_kernel(kernel):
@@ -303,6 +312,18 @@ def _dotted(node):
     return ".".join(reversed(parts))
 
 
+def _shape_parts(shape):
+    """The names and run-time expressions of a shared array's shape, outermost
+    first: ``x.shape[2]`` is one part, not three (``x``, ``x.shape``, ...)."""
+    if shape is None:
+        return
+    if isinstance(shape, (ast.Name, ast.Attribute, ast.Call, ast.Subscript)):
+        yield shape
+        return
+    for child in ast.iter_child_nodes(shape):
+        yield from _shape_parts(child)
+
+
 def shared_memory_problems(kernel):
     """What in a kernel's source would break on a GPU although the simulator
     accepts it: a shared array whose shape is not made of module-level integer
@@ -320,7 +341,7 @@ def shared_memory_problems(kernel):
         problems.append("the kernel declares no shared array (cuda.shared.array(shape, float32)).")
     for call in shared_calls:
         shape = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "shape"), None)
-        for node in ast.walk(shape) if shape is not None else []:
+        for node in _shape_parts(shape):
             if isinstance(node, ast.Name):
                 value = function.__globals__.get(node.id)
                 if node.id in local_names or not isinstance(value, int):
@@ -381,19 +402,76 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
         grid = (math.ceil(s * w / tile), math.ceil(s * h / tile), n * c)
         report = rules.launch(
             (grid, (tile, tile)), x, masks, out, k, s, g, count=index == 0, case=_describe(case),
-            bounds_hint="a tile index is outside the shared array: the tile holds low-res rows from "
-                        "Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output "
-                        "row; output Y reads tile row Y // scale - Y0 // scale + dy")
+            bounds_hint=_TILED_BOUNDS_HINT)
         if report is not None:
             counted = (case, report)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
+        # Wrong only in the edge blocks (here, and in a probe with blocks inside the output besides the
+        # first): their threads outside the output did not load their share of the tile.
+        edge_only = _wrong_only_in_edge_blocks(kernel, tile, max_radius)
+
+        def in_an_edge_block(index, height=s * h, width=s * w):
+            edge = (index[2] // tile + 1) * tile > height or (index[3] // tile + 1) * tile > width
+            return edge and edge_only()
+
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what,
-                  case=f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
-                  hint="every thread of the block, inside the output or not, must help load the tile "
-                       "(zeros outside the map) before cuda.syncthreads(); then each thread inside the "
-                       "output sums its k*k tile values weighted by its masks")
+                 case=f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
+                 hint="output (Y, X) sums tile[Y // scale - Y0 // scale + dy, X // scale - X0 // scale + dx] "
+                      "* masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X], where Y0 = blockIdx.y * TILE, "
+                      "X0 = blockIdx.x * TILE and tile[0, 0] holds x[n, c, Y0 // scale - r, X0 // scale - r]",
+                 border=in_an_edge_block,
+                 border_hint="only blocks at the edge of the output are wrong: every thread of the block, inside "
+                             "the output or not, must help load the tile (zeros outside the map) before "
+                             "cuda.syncthreads(); then each thread inside the output sums its k*k tile values "
+                             "weighted by its masks")
     _require_tile_reuse(what, *counted, tile)
     rules.passed(len(cases))
+
+
+def _edge_blocks(shape, tile):
+    """Mask of the output elements whose block holds threads past the edge."""
+    height, width = shape[-2:]
+    rows = (np.arange(height) // tile + 1) * tile > height
+    cols = (np.arange(width) // tile + 1) * tile > width
+    return rows[:, None] | cols[None, :]
+
+
+def _wrong_only_in_edge_blocks(kernel, tile, max_radius):
+    """A function that says (once, on first call) whether the tiled kernel,
+    run on a 3 x 3-block output whose 2 x 2 top-left blocks lie inside it, is
+    wrong in some edge block and in no inside block. The checker's own cases
+    have at most one inside block, the first, where an offset left out of the
+    tile index does no harm."""
+    verdict = []
+
+    def probe():
+        if not verdict:
+            k = 3 if max_radius >= 1 else 1
+            size = (5 * tile) // 2
+            case = (1, 1, size, size, k, 1, 1)
+            x, masks = _inputs(case, 34)
+            out = np.full((1, 1, size, size), np.nan, np.float32)
+            try:
+                launch_checked(kernel, ((3, 3, 1), (tile, tile)), x, masks, out, k, 1, 1,
+                               what="carafe_tiled_kernel", bounds_hint="")
+            except Exception:  # noqa: BLE001  (a probe: no verdict without a clean run)
+                verdict.append(False)
+                return False
+            expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, 1, 1)
+            wrong = ~np.isclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)[0, 0]
+            edge = _edge_blocks(wrong.shape, tile)
+            verdict.append(bool(wrong[edge].any() and not wrong[~edge].any()))
+        return verdict[0]
+
+    return probe
+
+
+_TILED_BOUNDS_HINT = (
+    "an index is outside an array (the message gives its axis). The shared tile (axis 0 or 1): it holds the "
+    "low-res rows from Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output row, so "
+    "output Y reads tile row Y // scale - Y0 // scale + dy. x (axis 2 or 3): while loading the tile, read x only "
+    "where 0 <= row < x.shape[2] and 0 <= col < x.shape[3], and store 0 elsewhere. masks or out: only the "
+    "threads with Y < height and X < width compute an output")
 
 
 def x_loads_per_channel(h, w, k, s, tile=None):
@@ -443,6 +521,7 @@ def _gradients(x, masks, grad_out, k, s, g):
 
 def _backward_cases(kernel, what, wrt, hint, index_hint):
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
+    output = "grad_x" if wrt == "x" else "grad_masks"
     for index, case in enumerate(_BACKWARD_CASES):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, 36 + index)
@@ -456,8 +535,9 @@ def _backward_cases(kernel, what, wrt, hint, index_hint):
             result = np.full(masks.shape, np.nan, np.float32)
             arrays = (grad_out, x, result, k, s, g)
             expected = grad_masks
-        rules.launch(launch_config(result.size, 128), *arrays, bounds_hint=index_hint, count=index == 2,
-                     case=_describe(case))
+        rules.launch(launch_config(result.size, 128), *arrays, count=index == 2, case=_describe(case),
+                     bounds_hint=f"{index_hint}; and guard the thread with `if i < {output}.size:`",
+                     index_hint=index_hint)
         compare(expected.numpy(), result, what=what, case=_describe(case), hint=hint, rtol=1e-5, atol=1e-5)
     rules.passed(len(_BACKWARD_CASES))
 
@@ -491,11 +571,31 @@ def check_carafe_grad_masks_kernel(kernel):
 # --------------------------------------------------------------------------
 
 
+def _require_float64_precision(what, case, expected, got):
+    """Float64 in, float64 out is not enough: a Function that computes in
+    float32 passes a float32 tolerance but breaks gradcheck's finite
+    differences. Say so where it happens."""
+    if not (isinstance(got, torch.Tensor) and got.dtype == torch.float64):
+        return
+    got, expected = got.detach(), torch.as_tensor(expected).double()
+    if not torch.allclose(got, expected, rtol=1e-9, atol=1e-12):
+        error = (got - expected).abs().max().item()
+        raise CheckFailed(f"{what}: {case}: right only to float32 precision (largest error {error:.1e}).\n"
+                          "Hint: compute in the inputs' dtype: no .float() or float32 arrays for float64 inputs "
+                          "(allocate with x.new_empty / torch.empty_like, accumulate in out.dtype.type(0)); "
+                          "gradcheck's finite differences need float64 precision")
+
+
 def check_carafe_function(function_class):
     """``function_class.apply(x, masks, kernel_size, scale, group)``: a
     torch.autograd.Function whose forward and backward run the student's
     kernels on (N, C, h, w) CPU tensors, float32 and float64."""
     what = "CarafeFunction"
+    if not (isinstance(function_class, type) and issubclass(function_class, torch.autograd.Function)):
+        raise CheckFailed(f"{what}: {getattr(function_class, '__name__', function_class)!s} is not a "
+                          "torch.autograd.Function, so autograd cannot call its backward.\nHint: declare it as "
+                          "`class CarafeFunction(torch.autograd.Function):` with @staticmethod forward(ctx, ...) "
+                          "and backward(ctx, grad_out), and call it as CarafeFunction.apply(...)")
     cases = [(1, 4, 3, 4, 3, 2, 2, torch.float64), (2, 2, 3, 2, 5, 3, 1, torch.float32)]
     for index, (n, c, h, w, k, s, g, dtype) in enumerate(cases):
         case = f"{_describe((n, c, h, w, k, s, g))}, {str(dtype).replace('torch.', '')}"
@@ -509,9 +609,13 @@ def check_carafe_function(function_class):
                               f"{' of dtype ' + str(out.dtype) if isinstance(out, torch.Tensor) else ''} for "
                               f"{case}; expected a tensor of the inputs' dtype {dtype}")
         compare(expected, out.detach().double(), what=what, case=f"forward, {case}",
-                hint="forward returns carafe(x, masks) as a new (N, C, s*h, s*w) tensor")
+                hint="forward returns carafe(x, masks) as a new (N, C, s*h, s*w) tensor, computed by one thread "
+                     "per element of it: launch_config(out.numel(), 128), not x.numel()")
+        _require_float64_precision(what, f"forward, {case}", expected, out)
         if not out.requires_grad:
-            raise CheckFailed(f"{what}: the output does not require grad; call it as CarafeFunction.apply(...)")
+            raise CheckFailed(f"{what}: the output of CarafeFunction.apply does not require grad for {case}, so "
+                              "its backward can never run.\nHint: forward must not mark its output "
+                              "non-differentiable (no ctx.mark_non_differentiable(out))")
         grad_out = torch.from_numpy(np.random.default_rng(60 + index).standard_normal(out.shape)).to(dtype)
         try:
             got = run_with_timeout(lambda: torch.autograd.grad(out, (x, masks), grad_out), what="backward")
@@ -524,6 +628,7 @@ def check_carafe_function(function_class):
             compare(e, o.double(), what=what, case=f"gradient of {name}, {case}", rtol=1e-4, atol=1e-5,
                     hint="backward returns (gather of grad_out over the windows, window products of grad_out "
                          "and x, None, None, None), each with the shape of its input")
+            _require_float64_precision(what, f"gradient of {name}, {case}", e, o)
     x = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[0]).requires_grad_()
     masks = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[1]).requires_grad_()
     ok = run_with_timeout(
@@ -532,7 +637,9 @@ def check_carafe_function(function_class):
         what="gradcheck",
     )
     if not ok:
-        raise CheckFailed(f"{what}: torch.autograd.gradcheck fails (float64, kernel_size=3, scale=2, group=2).\n"
-                          "Hint: make the tensors contiguous before handing them to the kernels, and return "
-                          "new tensors (do not write into grad_out)")
+        raise CheckFailed(f"{what}: torch.autograd.gradcheck fails (float64, kernel_size=3, scale=2, group=2), "
+                          "although forward and backward gave the right values.\nHint: gradcheck calls them "
+                          "again on new tensors, and twice with the same grad_out: make the tensors contiguous "
+                          "before handing them to the kernels, keep no state between calls, and return new "
+                          "tensors (do not write into grad_out or into saved tensors)")
     passed(what, len(cases) + 1)
