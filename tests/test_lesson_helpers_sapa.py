@@ -459,7 +459,7 @@ def test_embedding_without_the_layernorm_affine_is_caught():
         key = module.k(F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],))).permute(0, 3, 1, 2)
         return q, key
 
-    with pytest.raises(checkers.CheckFailed, match="LayerNorm normalises each pixel"):
+    with pytest.raises(checkers.CheckFailed, match="LayerNorm's learned scale and shift are missing"):
         checkers.check_sapa_embedding(plain_layer_norm)
 
 

@@ -177,7 +177,16 @@ def check_semi_shift_two_convs(semi_shift):
     for index, case in enumerate(_TORCH_CASES):
         n, c, o, h, w, k, s = case
         E, D, weight, bias = _inputs(case, 500 + index, np.float64)
-        got = semi_shift(*_torch(E, D, weight, bias), s)
+        try:
+            got = semi_shift(*_torch(E, D, weight, bias), s)
+        except RuntimeError as error:
+            if "must match the size of tensor" not in str(error):
+                raise
+            raise CheckFailed(f"{what}: the two paths cannot be added for {_describe(case)}: "
+                              f"{str(error).splitlines()[0]}\nHint: both must be (N, O, s*h, s*w): pad both "
+                              "convolutions by k // 2 (padding=weight.shape[2] // 2) so that they keep the size, "
+                              "and upsample the decoder's by scale (F.interpolate(..., scale_factor=scale, "
+                              "mode='nearest'))") from None
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
         if tuple(got.shape) != (n, o, s * h, s * w):
@@ -384,17 +393,38 @@ def check_semi_shift_function(function_class):
                               f"{description}; expected a tensor of the inputs' dtype {dtype}")
         expected = _reference(*arrays, s)
         compare(expected, out.detach().double(), what=what, case=f"forward, {description}", rtol=1e-4, atol=1e-4,
-                hint="forward launches your one-pass kernel on contiguous .detach()ed inputs and returns the new "
+                hint="forward launches your one-pass kernel with one thread per element of out "
+                     "(launch_config(out.numel(), ...)) on contiguous .detach()ed inputs and returns out, the new "
                      "(N, O, s*h, s*w) tensor")
+        if dtype == torch.float64 and not torch.allclose(out.detach(), expected, rtol=1e-9, atol=1e-9):
+            error = float((out.detach() - expected).abs().max())
+            raise CheckFailed(f"{what}: the float64 forward is only float32-accurate (off by up to {error:.1e}) for "
+                              f"{description}: it computes in float32 somewhere.\nHint: hand the kernel the "
+                              "inputs' own arrays (no .float()) and allocate out like E (E.new_empty(...)); "
+                              "gradcheck's finite differences need float64")
         if not out.requires_grad:
-            raise CheckFailed(f"{what}: the output does not require grad; call it as SemiShiftFunction.apply(...)")
+            raise CheckFailed(f"{what}: the output does not require grad, so autograd never calls backward.\nHint: "
+                              "subclass torch.autograd.Function with static forward(ctx, E, D, weight, bias, scale) "
+                              "and backward(ctx, grad_out), return out itself from forward, and do not mark it "
+                              "ctx.mark_non_differentiable")
         grad_out = torch.from_numpy(np.random.default_rng(570 + index).standard_normal(out.shape)).to(dtype)
+        given = grad_out.clone()
         try:
             got = run_with_timeout(lambda: torch.autograd.grad(out, leaves, grad_out), what="backward")
         except RuntimeError as error:
-            raise CheckFailed(f"{what}: backward failed for {description}: {str(error).splitlines()[0]}\n"
-                              "Hint: backward must return one gradient per input of forward: "
-                              "(grad_en, grad_de, grad_weight, grad_bias, None)") from None
+            reason = str(error).splitlines()[0]
+            if "invalid gradient at index" in reason:
+                hint = ("backward returns the gradients in forward's argument order, each of its input's shape: "
+                        "(grad_en like E (N, C, s*h, s*w), grad_de like D (N, C, h, w), grad_weight like weight, "
+                        "grad_bias (O,), None); allocate each with torch.empty_like of its own input")
+            else:
+                hint = ("backward must return one gradient per input of forward: "
+                        "(grad_en, grad_de, grad_weight, grad_bias, None)")
+            raise CheckFailed(f"{what}: backward failed for {description}: {reason}\nHint: {hint}") from None
+        if not torch.equal(grad_out, given):
+            raise CheckFailed(f"{what}: backward changed grad_out for {description}; autograd may hand the same "
+                              "tensor to other functions.\nHint: leave grad_out as it is: compute "
+                              "2 * grad_out.sum(dim=(0, 2, 3)) and the kernels' gradients into new tensors")
         wanted = _gradients(*arrays, grad_out.double().numpy(), s)
         for name, e, g in zip(("en", "de", "weight", "bias"), wanted, got):
             if name == "bias" and torch.allclose(g.double(), e / 2, rtol=1e-4, atol=1e-4):
@@ -403,7 +433,8 @@ def check_semi_shift_function(function_class):
                                   "2 * grad_out.sum(dim=(0, 2, 3))")
             compare(e, g.double(), what=what, case=f"gradient of {name}, {description}", rtol=1e-4, atol=1e-4,
                     hint="backward returns (grad_en, grad_de, grad_weight, 2 * grad_out.sum(dim=(0, 2, 3)), None), "
-                         "each computed by your kernels from grad_out.contiguous()")
+                         "each computed by your kernels from grad_out.contiguous(), each kernel launched with one "
+                         "thread per element of its own gradient (launch_config(grad.numel(), ...))")
     arrays = _inputs((1, 2, 2, 2, 2, 3, 2), 580, np.float64)
     leaves = [torch.from_numpy(a).requires_grad_() for a in arrays]
     ok = run_with_timeout(
@@ -413,8 +444,10 @@ def check_semi_shift_function(function_class):
     )
     if not ok:
         raise CheckFailed(f"{what}: torch.autograd.gradcheck fails (float64, E (1, 2, 4, 4), D (1, 2, 2, 2), "
-                          "weight (2, 2, 3, 3), scale=2).\nHint: make the tensors contiguous before handing them "
-                          "to the kernels, and return new tensors (do not write into grad_out)")
+                          "weight (2, 2, 3, 3), scale=2): backward does not match the finite differences of "
+                          "forward.\nHint: compute in the inputs' dtype (float64 here, no .float()), make the "
+                          "tensors contiguous before handing them to the kernels, keep what backward needs in ctx "
+                          "(not in globals), and return new tensors (do not write into grad_out)")
     passed(what, len(cases) + 1)
 
 
@@ -500,9 +533,15 @@ def check_fade_forward(fade_forward):
             with torch.no_grad():
                 got = run_with_timeout(lambda: fade_forward(module, en, de), what="fade_forward")
         except ValueError as error:
-            raise CheckFailed(f"{what}: {error}\nHint: for FADE-Lite ({description}) the content encoder is "
-                              "depthwise: pass groups=module.ker_generator.content_encoder.groups to "
-                              "ul.semi_shift_conv") from None
+            if lite and "groups=" in str(error):
+                hint = (f"for FADE-Lite ({description}) the content encoder is depthwise: pass "
+                        "groups=module.ker_generator.content_encoder.groups to ul.semi_shift_conv")
+            else:
+                hint = (f"for {description}: the reassembly is ul.carafe(de, kernels, module.up_kernel_size, "
+                        "module.scale), kernel size before scale, and its kernels have up_kernel_size**2 channels "
+                        "(the content encoder's output); the content encoder's own kernel_size is the semi-shift "
+                        "conv's, not the reassembly window's")
+            raise CheckFailed(f"{what}: {error}\nHint: {hint}") from None
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
         with torch.no_grad():

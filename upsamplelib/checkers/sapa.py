@@ -13,10 +13,12 @@ from collections import Counter
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..backend import SIMULATOR, launch_config
+from ..ops.carafe import carafe_reference
 from ..ops.sapa import SAPA, sapa_similarity_reference
-from .engine import CheckFailed, compare, launch_checked, passed, require_gather, run_with_timeout
+from .engine import CheckFailed, compare, diagnose, launch_checked, passed, require_gather, run_with_timeout
 from .rules import KernelCheck
 
 __all__ = [
@@ -89,7 +91,14 @@ def _window_hint(expected, got, key_shape, kernel_size, scale, default, rtol, at
     if not (bad & ~outside).any():
         return OUT_OF_MAP_HINT
     if np.isnan(got[bad]).any():
-        return "some values were never written: every thread must write its element (also when it is 0)"
+        unwritten = np.flatnonzero(np.isnan(got))
+        if unwritten[-1] == got.size - 1 and len(unwritten) == got.size - unwritten[0]:
+            return (f"the elements from flat index {unwritten[0]} on were never written, as if the guard or the "
+                    f"launch stopped there: launch one thread per element of logits (logits.size = {got.size}) "
+                    "and guard with `if i < logits.size:`")
+        return ("some values were never written, scattered through the array: check the unravel of i, X = i % W, "
+                "Y = (i // W) % H, t = (i // (W * H)) % (k*k), n = i // (W * H * k*k), so that every element "
+                "has its own thread, and that every thread writes its element (also when it is 0)")
     return default
 
 
@@ -102,11 +111,15 @@ def _outside_left_out(logits, weights, key_shape, kernel_size, scale):
     return np.allclose(_numpy(weights), left_out, rtol=1e-4, atol=1e-5)
 
 
-def _launch(rules, launch, *arrays, guard_hint="guard the body with `if i < out.size:`", count=False, case=""):
-    return rules.launch(launch, *arrays, count=count, case=case,
-                        bounds_hint=f"{guard_hint}; and check that window neighbours outside the map are skipped "
-                                    "before they are read",
-                        index_hint="check that window neighbours outside the map are skipped before they are read")
+_NEIGHBOUR_HINT = "check that window neighbours outside the map are skipped before they are read"
+
+
+def _launch(rules, launch, *arrays, guard_hint="guard the body with `if i < out.size:`", count=False, case="",
+            index_hint=_NEIGHBOUR_HINT):
+    """``index_hint``: what to check when an index is past an array's end
+    (the softmax has no window neighbours to skip)."""
+    return rules.launch(launch, *arrays, count=count, case=case, bounds_hint=f"{guard_hint}; and {index_hint}",
+                        index_hint=index_hint)
 
 
 # --------------------------------------------------------------------------
@@ -123,6 +136,20 @@ def _randomise(module, seed):
             noise = 0.5 * torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
             parameter.copy_(noise + (1.0 if name.startswith("norm_") and name.endswith("weight") else 0.0))
     return module
+
+
+def _embedding_variants(t, norm, linear):
+    """Wrong embeddings of ``t`` (N, C, H, W) through ``norm`` and ``linear``, each with its hint."""
+    last = t.permute(0, 2, 3, 1)
+    plain = F.layer_norm(last, norm.normalized_shape, eps=norm.eps)
+    return [
+        (linear(plain).permute(0, 3, 1, 2),
+         "the LayerNorm's learned scale and shift are missing (F.layer_norm(t, (C,)) has none): apply the module's "
+         "own LayerNorm, module.norm_y (or norm_x), which multiplies by its weight and adds its bias"),
+        (linear(last).permute(0, 3, 1, 2),
+         "the LayerNorm is missing: normalise each pixel's channel vector with module.norm_y (or norm_x) before "
+         "the Linear module.q (or k)"),
+    ]
 
 
 def check_sapa_embedding(embed):
@@ -146,9 +173,11 @@ def check_sapa_embedding(embed):
         hint = ("LayerNorm normalises each pixel's channel vector: move the channels last "
                 "(t.permute(0, 2, 3, 1)), apply module.norm_y (or norm_x), then the Linear module.q (or k), "
                 "and move the channels back (permute(0, 3, 1, 2))")
-        compare(expected_q.detach(), got[0].detach(), what=f"{what} (q)", case=case, hint=hint, rtol=1e-6, atol=1e-8)
-        compare(expected_key.detach(), got[1].detach(), what=f"{what} (key)", case=case, hint=hint, rtol=1e-6,
-                atol=1e-8)
+        with torch.no_grad():
+            for name, expected, (t, norm, linear) in (("q", expected_q, (y, module.norm_y, module.q)),
+                                                      ("key", expected_key, (x, module.norm_x, module.k))):
+                diagnose(expected.detach(), got[0 if name == "q" else 1].detach(), _embedding_variants(t, norm, linear),
+                         what=f"{what} ({name})", case=case, hint=hint, rtol=1e-6, atol=1e-8)
     passed(what, len(cases))
 
 
@@ -245,7 +274,9 @@ def check_softmax_kernel(kernel):
         try:
             _launch(rules, launch_config(points, 64), logits, weights, count=index == 1, case=case,
                     guard_hint="there are N * H * W points, fewer than threads: guard with "
-                               "`if i < logits.shape[0] * logits.shape[2] * logits.shape[3]:`")
+                               "`if i < logits.shape[0] * logits.shape[2] * logits.shape[3]:`",
+                    index_hint="unravel i into a point (n, Y, X) only, X = i % W, Y = (i // W) % H, n = i // (W * H); "
+                               "the slots t = 0 .. k*k - 1 are a loop inside the thread")
         except (OverflowError, ZeroDivisionError) as error:
             # The simulator runs math.exp in Python, which raises where a GPU gives inf (or a 0 sum).
             raise CheckFailed(f"{what}: {type(error).__name__} ({error}) for {case}.\nHint: {hint}") from None
@@ -361,8 +392,10 @@ def check_similarity_block_kernel(kernel, threads_per_block):
     # (N, d, h, w, k, s): channels fewer than, not a multiple of, and more than the block
     # and k = 1 with every logit below -900 or above +900 (positive q and key times -100 or +100): the
     # softmax of the block must survive them as the one of 04.4 does
+    # (+900 before -900: a softmax without the max overflows there and is told to subtract it; one whose
+    # maximum starts at 0 survives it and fails only below -900, where it is told where to start)
     cases = [(1, 37, 2, 3, 3, 2), (1, 5, 3, 2, 5, 1), (2, 70, 2, 2, 3, 1), (1, 16, 1, 1, 7, 2),
-             (1, 37, 1, 2, 1, 2, -100.0), (1, 37, 1, 2, 1, 2, 100.0)]
+             (1, 37, 1, 2, 1, 2, 100.0), (1, 37, 1, 2, 1, 2, -100.0)]
     for index, (n, d, h, w, k, s, *push) in enumerate(cases):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         if push:  # every product positive, then far from 0
@@ -375,8 +408,11 @@ def check_similarity_block_kernel(kernel, threads_per_block):
         try:
             with _fast_barriers(), _counting_syncthreads() as counts:
                 report = _launch(rules, (blocks, threads_per_block), q, key, weights, k, s, count=index == 0,
-                                 case=case, guard_hint="threads of a block split the channels: c in "
-                                                       "range(threadIdx.x, d, threads)")
+                                 case=case, guard_hint="a lane's index ran past the end of an array: its "
+                                                       "channels c in range(threadIdx.x, d, THREADS) stop below d, "
+                                                       "the slots it writes, t in range(threadIdx.x, k*k, THREADS), "
+                                                       "below k*k, and only lanes with lane < stride read "
+                                                       "partial[t, lane + stride]")
         except (OverflowError, ZeroDivisionError) as error:
             hint = _MAX_START_HINT if push and push[0] < 0 else _SHIFT_HINT
             raise CheckFailed(f"{what}: {type(error).__name__} ({error}) in the softmax for {case}.\n"
@@ -403,7 +439,10 @@ def check_similarity_block_kernel(kernel, threads_per_block):
                 "slot into partial[t, threadIdx.x]; syncthreads; halve the active threads each step adding "
                 "partial[t, i + stride] into partial[t, i], with a syncthreads after each step; partial[t, 0] is then "
                 "the logit (0 for an out-of-map slot); softmax with the max subtracted")
-        if d > threads_per_block:
+        first_channels = _reference_logits(q[:, :threads_per_block], key[:, :threads_per_block], k, s)
+        if d > threads_per_block and np.allclose(weights, torch.softmax(first_channels, dim=1).numpy(), rtol=1e-4,
+                                                 atol=1e-5):
+            # the weights of the first THREADS channels only: one channel per lane, no loop
             hint = (f"the check has {d} channels, more than the {threads_per_block} threads: does every thread loop "
                     f"over c = threadIdx.x, threadIdx.x + {threads_per_block}, ...? " + hint)
         hint = _window_hint(expected, weights, key.shape, k, s, hint, 1e-4, 1e-5)
@@ -473,11 +512,16 @@ def check_sapa_forward(sapa_forward):
             got = run_with_timeout(lambda: sapa_forward(module, y, x), what="sapa_forward")
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
-        compare(expected, got.detach().cpu(), what=what,
-                case=f"y {tuple(y.shape)}, x {tuple(x.shape)}, up_factor={s}, up_kernel_size={k}",
-                hint="q, key = the embedding (04.1, or module.queries_and_keys); the kernels from your block kernel "
-                     "(one block per output point); then ul.carafe(x, kernels, module.up_kernel_size, "
-                     "module.up_factor, group=1): the values are the raw x", rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            logits = sapa_similarity_reference(*module.queries_and_keys(y, x), k, s)
+            variants = [(carafe_reference(x, logits, k, s, 1),
+                         "the kernels are not normalised: these are the logits of 04.3. Use the block kernel of "
+                         "04.5, whose softmax makes each point's k*k weights sum to 1")]
+        diagnose(expected, got.detach().cpu(), variants, what=what,
+                 case=f"y {tuple(y.shape)}, x {tuple(x.shape)}, up_factor={s}, up_kernel_size={k}",
+                 hint="q, key = the embedding (04.1, or module.queries_and_keys); the kernels from your block kernel "
+                      "(one block per output point); then ul.carafe(x, kernels, module.up_kernel_size, "
+                      "module.up_factor, group=1): the values are the raw x", rtol=1e-4, atol=1e-5)
     passed(what, len(cases))
 
 
@@ -514,9 +558,31 @@ def _check_gradient(kernel, what, wrt, hint):
             raise CheckFailed(f"{what}: {name}{index} was never written for q {q.shape}, key {key.shape}, k={k}, "
                               f"s={s}.\nHint: one thread per element of {name}; each writes its total, also when "
                               "it is 0 (the checker does not zero the array first)")
-        compare(expected, grad, what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
-                rtol=1e-4, atol=1e-4)
+        diagnose(expected, grad, _gradient_variants(q, key, grad_logits, k, s, wrt), what=what,
+                 case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint, rtol=1e-4, atol=1e-4)
     rules.passed(len(_SHAPES))
+
+
+def _gradient_variants(q, key, grad_logits, kernel_size, scale, wrt):
+    """Wrong gradients of q or key, each with its hint: each is the right
+    gradient of a rearranged grad_logits."""
+    def gradient(rearranged):
+        return _gradients(q, key, rearranged.copy(), kernel_size, scale)[0 if wrt == "q" else 1]
+
+    found = [(gradient(_transposed_slots(grad_logits, kernel_size)), "the window slots are in the wrong order: "
+              + SLOT_HINT)]
+    if wrt == "key":
+        first_outputs = np.zeros_like(grad_logits)
+        first_outputs[:, :, ::scale, ::scale] = grad_logits[:, :, ::scale, ::scale]
+        found += [
+            (gradient(first_outputs),
+             "only one output per low-res pixel is counted. All s x s outputs attached to a low-res pixel read key "
+             "through the same slot: sum over Y = anchor_row * s .. anchor_row * s + s - 1 (and the same for X)"),
+            (gradient(grad_logits[:, ::-1]),
+             "the anchor is (row - dy + r, col - dx + r) (minus, not plus): the outputs attached to low-res pixel "
+             "(a, b) read key at (a + dy - r, b + dx - r) through slot (dy, dx)"),
+        ]
+    return found
 
 
 def check_grad_query_kernel(kernel):
