@@ -251,3 +251,11 @@ def width_smallest(upsampler, budget, outputs=5):
 ])
 def test_matched_width_mistake_is_named(wrong, named):
     assert named in hint_of(checkers.check_matched_width, wrong)
+
+
+def test_iou_matching_no_known_mistake_is_told_the_definition():
+    def half_the_iou(pred, target, classes, width):
+        return 0.5 * metrics.boundary_iou(pred, target, classes, width)
+
+    assert "then the mean over the classes with a non-empty union" in hint_of(checkers.check_boundary_iou,
+                                                                              half_the_iou)

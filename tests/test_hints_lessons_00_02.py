@@ -294,6 +294,21 @@ def nearest_always_exact(x, out, exact):
                                  nearest_exact_index(col, x.shape[2], width)]
 
 
+@cuda.jit
+def nearest_reading_at_the_output_index(x, out, exact):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        col, row, plane = i % width, (i // width) % height, i // (width * height)
+        out[plane, row, col] = x[plane, row, col]
+
+
+@simulator_only
+def test_nearest_kernel_reading_at_the_output_index_is_told_the_source_index():
+    message = hint_of(checkers.check_nearest_kernel, nearest_reading_at_the_output_index)
+    assert "the guard is right to let it through" in message and "source indices from the index function" in message
+
+
 @simulator_only
 def test_nearest_kernel_without_guard_is_told_to_guard():
     message = hint_of(checkers.check_nearest_kernel, nearest_without_guard)
