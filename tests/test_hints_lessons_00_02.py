@@ -93,10 +93,33 @@ def flip_rows(image, out):
         out[row, col] = image[out.shape[0] - 1 - row, col]
 
 
-def test_flip_kernel_mirroring_the_rows_is_told_the_column_mirror():
+@cuda.jit
+def flip_with_row_and_col_swapped(image, out):
+    row, col = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = image[row, out.shape[1] - 1 - col]
+
+
+@cuda.jit
+def flip_copying(image, out):
+    col, row = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = image[row, col]
+
+
+def test_flip_kernel_mirroring_the_rows_is_told_to_mirror_the_columns():
     message = hint_of(checkers.check_flip_kernel, flip_rows)
-    assert "the mirror of column col is width - 1 - col" in message
+    assert "the rows are mirrored" in message and "image[row, width - 1 - col]" in message
     assert "out of bounds" not in message
+
+
+def test_flip_kernel_with_row_and_col_swapped_is_told_the_order_of_cuda_grid():
+    message = hint_of(checkers.check_flip_kernel, flip_with_row_and_col_swapped)
+    assert "First mismatch" in message and "`col, row = cuda.grid(2)`, not `row, col = ...`" in message
+
+
+def test_flip_kernel_copying_is_told_to_read_the_mirrored_column():
+    assert "out is a copy of image" in hint_of(checkers.check_flip_kernel, flip_copying)
 
 
 # --------------------------------------------------------------------------

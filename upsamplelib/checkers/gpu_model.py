@@ -100,9 +100,29 @@ def check_flip_kernel(kernel, block=(16, 8)):
         case = f"a {height}x{width} image, grid {grid} of {block}"
         rules.launch((grid, block), image, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
                      count=index == 2, case=case)
-        compare(image[:, ::-1], out, what=what, case=case,
-                hint="col, row = cuda.grid(2); the mirror of column col is width - 1 - col")
+        hint = "col, row = cuda.grid(2); the mirror of column col is width - 1 - col"
+        for result, explanation in _flip_mistakes(image, grid, block):
+            if np.array_equal(out, result):
+                hint = explanation
+                break
+        compare(image[:, ::-1], out, what=what, case=case, hint=hint)
     rules.passed(len(shapes))
+
+
+def _flip_mistakes(image, grid, block):
+    """(what a wrong flip kernel writes into the zero-filled out, its mistake)."""
+    height, width = image.shape
+    # row, col = cuda.grid(2): row runs over the x threads, col over the y threads
+    swapped = np.zeros_like(image)
+    rows, cols = min(height, grid[0] * block[0]), min(width, grid[1] * block[1])
+    swapped[:rows, :cols] = image[:rows, ::-1][:, :cols]
+    return [
+        (swapped, "cuda.grid(2) returns (x, y), and x, the fastest coordinate, is the column: "
+                  "`col, row = cuda.grid(2)`, not `row, col = ...`"),
+        (image[::-1, :], "the rows are mirrored (upside down): mirror the columns instead, "
+                         "out[row, col] = image[row, width - 1 - col]"),
+        (image, "out is a copy of image: read the mirrored column, image[row, width - 1 - col]"),
+    ]
 
 
 #: Tensor methods that bring a tensor's values to host memory (a copy, for a CUDA tensor).
