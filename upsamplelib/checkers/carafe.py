@@ -267,7 +267,7 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
         # bounds_hint: a thread past the end of out (or one the simulator does not say): the guard too
         rules.launch(launch_config(out.size, 128), *arrays, count=index == 1, case=_describe(case),
                      bounds_hint=index_hint + "; and guard the thread with `if i < out.size:`",
-                     index_hint=index_hint)
+                     index_hint=index_hint, sized_for=2)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
     rules.passed(len(cases))
@@ -537,7 +537,7 @@ def _backward_cases(kernel, what, wrt, hint, index_hint):
             expected = grad_masks
         rules.launch(launch_config(result.size, 128), *arrays, count=index == 2, case=_describe(case),
                      bounds_hint=f"{index_hint}; and guard the thread with `if i < {output}.size:`",
-                     index_hint=index_hint)
+                     index_hint=index_hint, sized_for=2)
         compare(expected.numpy(), result, what=what, case=_describe(case), hint=hint, rtol=1e-5, atol=1e-5)
     rules.passed(len(_BACKWARD_CASES))
 
