@@ -198,7 +198,13 @@ class ConvNamedProj(nn.Module):
         return F.pixel_shuffle(self.proj(de), 2)
 
 
+class NearestOfTheFirstChannels(_Base):
+    def forward(self, en, de):
+        return F.interpolate(self.conv(de)[:, :de.shape[1]], scale_factor=2, mode="nearest")
+
+
 @pytest.mark.parametrize("wrong, named", [
+    (NearestOfTheFirstChannels, "repeats the first C channels by nearest upsampling"),
     (GroupedTheOtherWay, "the channels are grouped the other way"),
     (WithoutTheShuffle, "wrong output shape"),
     (ScaledShuffle, "return F.pixel_shuffle(self.conv(de), 2)"),

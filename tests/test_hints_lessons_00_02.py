@@ -118,6 +118,18 @@ def test_flip_kernel_with_row_and_col_swapped_is_told_the_order_of_cuda_grid():
     assert "First mismatch" in message and "`col, row = cuda.grid(2)`, not `row, col = ...`" in message
 
 
+@simulator_only
+def test_flip_kernel_one_past_the_end_is_told_the_mirror():
+    @cuda.jit
+    def flip_one_past_the_end(image, out):
+        col, row = cuda.grid(2)
+        if row < out.shape[0] and col < out.shape[1]:
+            out[row, col] = image[row, out.shape[1] - col]
+
+    message = hint_of(checkers.check_flip_kernel, flip_one_past_the_end)
+    assert "the guard is right" in message and "The mirror of column col is width - 1 - col" in message
+
+
 def test_flip_kernel_copying_is_told_to_read_the_mirrored_column():
     assert "out is a copy of image" in hint_of(checkers.check_flip_kernel, flip_copying)
 
@@ -423,6 +435,25 @@ def bilinear_with_crossed_weights(x, out, align_corners):
         x0, x1, wx0, wx1 = linear_index(col, x.shape[2], width, align_corners)
         out[p, row, col] = (wx0 * (wy0 * x[p, y0, x0] + wy1 * x[p, y0, x1])
                             + wx1 * (wy0 * x[p, y1, x0] + wy1 * x[p, y1, x1]))
+
+
+@cuda.jit
+def bilinear_with_the_sizes_swapped(x, out, align_corners):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        col, row, p = i % width, (i // width) % height, i // (width * height)
+        y0, y1, wy0, wy1 = linear_index(row, height, x.shape[1], align_corners)  # the output's size first
+        x0, x1, wx0, wx1 = linear_index(col, width, x.shape[2], align_corners)
+        out[p, row, col] = (wy0 * (wx0 * x[p, y0, x0] + wx1 * x[p, y0, x1])
+                            + wy1 * (wx0 * x[p, y1, x0] + wx1 * x[p, y1, x1]))
+
+
+@simulator_only
+def test_bilinear_kernel_with_the_sizes_swapped_is_told_the_argument_order():
+    message = hint_of(checkers.check_bilinear_kernel, bilinear_with_the_sizes_swapped)
+    assert "the guard is right" in message and "takes the input's size first" in message
+    assert "linear_index(row, x.shape[1], out.shape[1], align_corners)" in message and "mirror" not in message
 
 
 @simulator_only

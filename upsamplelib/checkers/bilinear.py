@@ -79,11 +79,20 @@ def _reference(x, size, align_corners):
     return x, F.interpolate(x[None], size=size, mode="bilinear", align_corners=align_corners)[0]
 
 
-def _kernel_case(rules, threads_over, *arrays, count=False, case=""):
+def _index_hint(small, large):
+    """For a thread whose index runs past the end of an array: linear_index's
+    argument order, with the kernel's own names (``small`` the input side)."""
+    return (f"linear_index(dst, in_size, out_size, align_corners) takes the input's size first: "
+            f"linear_index(row, {small}.shape[1], {large}.shape[1], align_corners) and "
+            f"linear_index(col, {small}.shape[2], {large}.shape[2], align_corners); index {small} only with i0 and "
+            f"i1, and {large} only with row and col")
+
+
+def _kernel_case(rules, threads_over, *arrays, count=False, case="", index_hint=""):
     """Launch one thread per element of ``arrays[threads_over]``."""
     name = rules_parameter(rules, threads_over)
     rules.launch(launch_config(arrays[threads_over].size, 64), *arrays, sized_for=threads_over, count=count,
-                 case=case, bounds_hint=f"the last block has threads past the end of {name}: guard the body with "
+                 case=case, index_hint=index_hint, bounds_hint=f"the last block has threads past the end of {name}: guard the body with "
                                         f"`if i < {name}.size:`")
 
 
@@ -103,7 +112,8 @@ def check_bilinear_kernel(kernel):
             x = rng.standard_normal((planes, h, w)).astype(np.float32)
             out = np.full((planes,) + size, np.nan, np.float32)
             case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
-            _kernel_case(rules, 1, x, out, align_corners, count=index == 2 and not align_corners, case=case)
+            _kernel_case(rules, 1, x, out, align_corners, count=index == 2 and not align_corners, case=case,
+                         index_hint=_index_hint(*parameter_names(kernel)[:2]))
             _, expected = _reference(x, size, align_corners)
             _, other = _reference(x, size, not align_corners)
             diagnose(expected.detach().float(), out, [
@@ -127,7 +137,8 @@ def _check_backward(kernel, what, one_thread_per, hint):
             grad_x = np.zeros_like(x)
             case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
             _kernel_case(rules, 0 if one_thread_per == "output" else 1, grad_out, grad_x, align_corners,
-                         count=index == 2 and not align_corners, case=case)
+                         count=index == 2 and not align_corners, case=case,
+                         index_hint=_index_hint(*parameter_names(kernel)[1::-1]))
             compare(expected.float(), grad_x, what=what, case=case, hint=hint)
     rules.passed(2 * len(_SHAPES))
 

@@ -176,8 +176,7 @@ def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_i
                 f"{what}: a thread indexed out of bounds ({error}).\nHint: thread {thread} has an element of its "
                 "own to compute, so the guard is right to let it through: an index it computes is past the end "
                 "of an array. " + (index_hint[:1].upper() + index_hint[1:] or "Check each index against that "
-                                   "array's shape (a mirror of col is width - 1 - col; the last valid index is "
-                                   "size - 1)")) from None
+                                   "array's shape (the last valid index is size - 1)")) from None
         raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {bounds_hint}") from None
     except Exception as error:
         if is_float_index_error(error):

@@ -99,7 +99,8 @@ def check_flip_kernel(kernel, block=(16, 8)):
         grid = (math.ceil(width / block[0]), math.ceil(height / block[1]))
         case = f"a {height}x{width} image, grid {grid} of {block}"
         rules.launch((grid, block), image, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
-                     count=index == 2, case=case)
+                     count=index == 2, case=case,
+                     index_hint="the mirror of column col is width - 1 - col (the last valid column is width - 1)")
         hint = "col, row = cuda.grid(2); the mirror of column col is width - 1 - col"
         for result, explanation in _flip_mistakes(image, grid, block):
             if np.array_equal(out, result):
