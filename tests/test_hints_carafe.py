@@ -341,6 +341,44 @@ def test_tiled_kernel_loading_x_without_bounds_is_told_to_store_zeros():
     assert "read x only where 0 <= row < x.shape[2] and 0 <= col < x.shape[3], and store 0 elsewhere" in message
 
 
+SHORT_WINDOW = TILE + MAX_RADIUS  # the radius on one side only
+
+
+@cuda.jit
+def tiled_too_small(x, masks, out, kernel_size, scale, group):
+    tile = cuda.shared.array((SHORT_WINDOW, SHORT_WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n, c = cuda.blockIdx.z // channels, cuda.blockIdx.z % channels
+    Y0, X0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
+    r = (kernel_size - 1) // 2
+    rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+    cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+    for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+        row, col = Y0 // scale - r + j // cols, X0 // scale - r + j % cols
+        value = float32(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, c, row, col]
+        tile[j // cols, j % cols] = value
+    cuda.syncthreads()
+    Y, X = Y0 + cuda.threadIdx.y, X0 + cuda.threadIdx.x
+    if Y < height and X < width:
+        g = c // (channels // group)
+        total = float32(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                total += (masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X]
+                          * tile[Y // scale - Y0 // scale + dy, X // scale - X0 // scale + dx])
+        out[n, c, Y, X] = total
+
+
+@simulator_only
+def test_tiled_kernel_with_a_tile_too_small_is_told_its_size():
+    # Right while the window fits (scale 2, 3); at scale 1 with radius 3 the tile needs 14 rows.
+    message = hint_of(checkers.check_carafe_tiled_kernel, tiled_too_small, TILE, MAX_RADIUS)
+    assert f"axis 0 with size {SHORT_WINDOW}" in message or f"axis 1 with size {SHORT_WINDOW}" in message, message
+    assert "(TILE + 2 * MAX_RADIUS) square" in message
+
+
 def test_tiled_kernel_with_a_wrong_tile_offset_is_shown_the_tile_index_not_the_loading():
     kernel = _tiled(_row_from_the_output, _row_from_the_output)
     message = hint_of(checkers.check_carafe_tiled_kernel, kernel, TILE, MAX_RADIUS)
@@ -369,6 +407,26 @@ def grad_x_without_anchor_bounds(grad_out, masks, grad_x, kernel_size, scale, gr
                     for X in range(anchor_col * scale, anchor_col * scale + scale):
                         total += masks[n, slot, Y, X] * grad_out[n, c, Y, X]
         grad_x[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_x_unguarded(grad_out, masks, grad_x, kernel_size, scale, group):
+    i = cuda.grid(1)
+    width, height, channels = grad_x.shape[3], grad_x.shape[2], grad_x.shape[1]
+    col, row = i % width, (i // width) % height
+    c, n = (i // (width * height)) % channels, i // (width * height * channels)
+    r = (kernel_size - 1) // 2
+    g = c // (channels // group)
+    total = grad_x.dtype.type(0)
+    for dy in range(kernel_size):
+        for dx in range(kernel_size):
+            anchor_row, anchor_col = row - dy + r, col - dx + r
+            if 0 <= anchor_row < grad_x.shape[2] and 0 <= anchor_col < grad_x.shape[3]:
+                slot = (g * kernel_size + dy) * kernel_size + dx
+                for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                    for X in range(anchor_col * scale, anchor_col * scale + scale):
+                        total += masks[n, slot, Y, X] * grad_out[n, c, Y, X]
+    grad_x[n, c, row, col] = total
 
 
 @cuda.jit
@@ -433,6 +491,12 @@ def test_grad_x_kernel_reading_past_the_map_is_told_to_skip_outside_anchors():
     assert "the guard is right to let it through" in message
     assert "Skip the anchors (row - dy + r, col - dx + r) outside 0..h-1, 0..w-1" in message
     assert "mirror" not in message and "guard the thread" not in message
+
+
+@simulator_only
+def test_grad_x_kernel_without_guard_is_told_to_guard():
+    message = hint_of(checkers.check_carafe_grad_x_kernel, grad_x_unguarded)
+    assert "guard the thread with `if i < grad_x.size:`" in message
 
 
 @simulator_only

@@ -467,11 +467,12 @@ def _wrong_only_in_edge_blocks(kernel, tile, max_radius):
 
 
 _TILED_BOUNDS_HINT = (
-    "an index is outside an array (the message gives its axis). The shared tile (axis 0 or 1): it holds the "
-    "low-res rows from Y0 // scale - r on, where Y0 = blockIdx.y * TILE is the block's first output row, so "
-    "output Y reads tile row Y // scale - Y0 // scale + dy. x (axis 2 or 3): while loading the tile, read x only "
-    "where 0 <= row < x.shape[2] and 0 <= col < x.shape[3], and store 0 elsewhere. masks or out: only the "
-    "threads with Y < height and X < width compute an output")
+    "an index is outside an array (the message gives its axis). The shared tile (axis 0 or 1): size it for the "
+    "largest case, (TILE + 2 * MAX_RADIUS) square at scale 1; it holds the low-res rows from Y0 // scale - r "
+    "on, where Y0 = blockIdx.y * TILE is the block's first output row, so output Y reads tile row "
+    "Y // scale - Y0 // scale + dy. x (axis 2 or 3): while loading the tile, read x only where "
+    "0 <= row < x.shape[2] and 0 <= col < x.shape[3], and store 0 elsewhere. masks or out: only the threads "
+    "with Y < height and X < width compute an output")
 
 
 def x_loads_per_channel(h, w, k, s, tile=None):
