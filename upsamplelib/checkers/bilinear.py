@@ -119,7 +119,7 @@ def check_bilinear_kernel(kernel):
             diagnose(expected.detach().float(), out, [
                 (other.detach().float(), f"the result is align_corners={not align_corners}'s: pass align_corners on "
                                          "to linear_index, for the rows and the columns")],
-                what=what, case=case,
+                what=what, case=case, atol=1e-6,
                 hint="blend the four neighbours: first along the row with (wx0, wx1), then the two rows "
                      "with (wy0, wy1): wy0 * (wx0 * x[p, y0, x0] + wx1 * x[p, y0, x1]) + wy1 * (...row y1...)")
     rules.passed(2 * len(_SHAPES))
