@@ -293,6 +293,9 @@ def _block(write="loop", max_start="first", reduce_to=0, outside_zero=False, div
         height, width = q.shape[2], q.shape[3]
         X, Y, n = point % width, (point // width) % height, point // (width * height)
         area = kernel_size * kernel_size
+        if write == "lane":  # zeroes its whole column first, so that partial[lane, 0] below reads 0, not garbage
+            for t in range(MAX_AREA):
+                partial[t, lane] = 0.0
         for t in range(area):
             row, col = window_neighbour(t, Y, X, kernel_size, scale)
             total = 0.0
@@ -510,6 +513,51 @@ def test_wrong_grad_key_is_named(kernel, named, not_named):
     assert re.search(named, message) and not_named not in message
 
 
+@cuda.jit
+def grad_query_without_the_key(grad_logits, key, grad_q, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < grad_q.size:
+        channels, height, width = grad_q.shape[1], grad_q.shape[2], grad_q.shape[3]
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
+        total = 0.0
+        for t in range(kernel_size * kernel_size):
+            row, col = window_neighbour(t, Y, X, kernel_size, scale)
+            if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+                total += grad_logits[n, t, Y, X]  # times key[n, c, row, col]
+        grad_q[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_key_without_the_lower_column_check(grad_logits, q, grad_key, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < grad_key.size:
+        channels, height, width = grad_key.shape[1], grad_key.shape[2], grad_key.shape[3]
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
+        radius = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                anchor_row, anchor_col = row - dy + radius, col - dx + radius
+                if 0 <= anchor_row < height and anchor_col < width:  # anchor_col -1 wraps to the last column
+                    t = dy * kernel_size + dx
+                    for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                        for X in range(anchor_col * scale, anchor_col * scale + scale):
+                            total += grad_logits[n, t, Y, X] * q[n, c, Y, X]
+        grad_key[n, c, row, col] = total
+
+
+def test_grad_query_without_the_key_is_told_the_formula():
+    message = hint_of(checkers.check_grad_query_kernel, grad_query_without_the_key)
+    assert "grad_logits[n, t, Y, X] * key[n, c, row_t, col_t]" in message
+
+
+def test_grad_key_reading_anchors_left_of_the_map_is_told_to_skip_them():
+    message = hint_of(checkers.check_grad_key_kernel, grad_key_without_the_lower_column_check)
+    assert "if that pixel is inside the map" in message and "the anchor is" not in message
+
+
 def test_grad_key_with_atomics_is_told_it_is_a_gather():
     @cuda.jit
     def scatter(grad_logits, q, grad_key, kernel_size, scale):
@@ -631,6 +679,51 @@ def semi_shift_without_guard(E, D, weight, bias, out, scale):
     out[n, o, Y, X] = total
 
 
+@cuda.jit
+def semi_shift_without_lower_checks(E, D, weight, bias, out, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        X, Y = i % out.shape[3], (i // out.shape[3]) % out.shape[2]
+        o, n = (i // (out.shape[3] * out.shape[2])) % out.shape[1], i // (out.shape[3] * out.shape[2] * out.shape[1])
+        r = weight.shape[2] // 2
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
+                    for row, col, low in ((Y + uy - r, X + ux - r, False),
+                                          (Y // scale + uy - r, X // scale + ux - r, True)):
+                        feature = D if low else E
+                        if row < feature.shape[2] and col < feature.shape[3]:  # -1 reads the last row
+                            total += weight[o, c, uy, ux] * feature[n, c, row, col]
+        out[n, o, Y, X] = total
+
+
+@cuda.jit
+def semi_shift_encoder_window_not_centred(E, D, weight, bias, out, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        X, Y = i % out.shape[3], (i // out.shape[3]) % out.shape[2]
+        o, n = (i // (out.shape[3] * out.shape[2])) % out.shape[1], i // (out.shape[3] * out.shape[2] * out.shape[1])
+        r = weight.shape[2] // 2
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
+                    total += weight[o, c, uy, ux] * (read_or_zero(E, n, c, Y + uy, X + ux)  # Y + uy - r
+                                                     + read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r))
+        out[n, o, Y, X] = total
+
+
+def test_semi_shift_kernel_reading_index_minus_one_is_told_about_the_border():
+    message = hint_of(checkers.check_semi_shift_kernel, semi_shift_without_lower_checks)
+    assert "at the border of the map" in message and "index -1" in message
+
+
+def test_semi_shift_kernel_with_an_encoder_window_not_centred_is_told_the_formula():
+    message = hint_of(checkers.check_semi_shift_kernel, semi_shift_encoder_window_not_centred)
+    assert "E[n, c, Y + uy - r, X + ux - r]" in message and "border" not in message
+
+
 @simulator_only
 def test_semi_shift_kernel_without_guard_is_told_to_guard():
     message = hint_of(checkers.check_semi_shift_kernel, semi_shift_without_guard)
@@ -692,6 +785,57 @@ def grad_weight_decoder_only(grad_out, E, D, grad_weight, scale):
                 for X in range(grad_out.shape[3]):
                     total += grad_out[n, o, Y, X] * read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r)
         grad_weight[o, c, uy, ux] = total
+
+
+@cuda.jit
+def grad_de_without_the_lower_anchor_check(grad_out, weight, grad_de, scale):
+    i = cuda.grid(1)
+    if i < grad_de.size:
+        height, width = grad_de.shape[2], grad_de.shape[3]
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % grad_de.shape[1], i // (width * height * grad_de.shape[1])
+        r = weight.shape[2] // 2
+        total = 0.0
+        for uy in range(weight.shape[2]):
+            for ux in range(weight.shape[2]):
+                anchor_row, anchor_col = row - uy + r, col - ux + r
+                if anchor_row < height and anchor_col < width:  # anchor -1 reads the outputs of the last row
+                    for o in range(weight.shape[0]):
+                        for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                            for X in range(anchor_col * scale, anchor_col * scale + scale):
+                                total += weight[o, c, uy, ux] * grad_out[n, o, Y, X]
+        grad_de[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_weight_without_lower_checks(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        size, channels = grad_weight.shape[2], grad_weight.shape[1]
+        ux, uy = i % size, (i // size) % size
+        c, o = (i // (size * size)) % channels, i // (size * size * channels)
+        r = size // 2
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(grad_out.shape[2]):
+                for X in range(grad_out.shape[3]):
+                    row, col = Y + uy - r, X + ux - r
+                    if row < E.shape[2] and col < E.shape[3]:
+                        total += grad_out[n, o, Y, X] * E[n, c, row, col]
+                    row, col = Y // scale + uy - r, X // scale + ux - r
+                    if row < D.shape[2] and col < D.shape[3]:
+                        total += grad_out[n, o, Y, X] * D[n, c, row, col]
+        grad_weight[o, c, uy, ux] = total
+
+
+def test_grad_de_reading_anchor_minus_one_is_told_to_skip_anchors_outside():
+    message = hint_of(checkers.check_semi_shift_grad_de_kernel, grad_de_without_the_lower_anchor_check)
+    assert "skipping anchors outside the low-res map" in message and "the anchor is" not in message
+
+
+def test_grad_weight_reading_index_minus_one_is_told_zero_outside_the_maps():
+    message = hint_of(checkers.check_semi_shift_grad_weight_kernel, grad_weight_without_lower_checks)
+    assert "zero outside the maps" in message and "window is counted" not in message
 
 
 def test_grad_en_reading_index_minus_one_is_told_to_skip_outputs_outside():
