@@ -157,6 +157,26 @@ def similarity_slot_unravelled_without_width(q, key, logits, kernel_size, scale)
         logits[n, t, Y, X] = total
 
 
+@cuda.jit
+def similarity_query_at_the_low_res_pixel(q, key, logits, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < logits.size:
+        area, height, width = logits.shape[1], logits.shape[2], logits.shape[3]
+        X, Y = i % width, (i // width) % height
+        t, n = (i // (width * height)) % area, i // (width * height * area)
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        total = 0.0
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            for c in range(q.shape[1]):
+                total += q[n, c, Y // scale, X // scale] * key[n, c, row, col]  # q is high-res: q[n, c, Y, X]
+        logits[n, t, Y, X] = total
+
+
+def test_similarity_kernel_reading_q_at_the_low_res_pixel_is_told_the_formula():
+    message = hint_of(checkers.check_similarity_kernel, similarity_query_at_the_low_res_pixel)
+    assert "sum q[n, c, Y, X] * key[n, c, row, col] over the channels c" in message
+
+
 def test_similarity_kernel_with_a_wrong_unravel_is_told_to_check_it():
     message = hint_of(checkers.check_similarity_kernel, similarity_slot_unravelled_without_width)
     assert "never written, scattered through the array: check the unravel of i" in message
@@ -400,6 +420,11 @@ def test_a_right_sapa_forward_passes(capsys):
     assert capsys.readouterr().out.startswith("PASS sapa_forward")
 
 
+def test_sapa_forward_returning_an_array_is_told_to_return_a_tensor():
+    message = hint_of(checkers.check_sapa_forward, lambda module, y, x: _sapa_forward()(module, y, x).detach().numpy())
+    assert "expected a tensor, got ndarray" in message
+
+
 def test_sapa_forward_with_the_logits_is_told_the_kernels_are_not_normalised():
     message = hint_of(checkers.check_sapa_forward, _sapa_forward(normalise=False))
     assert "the kernels are not normalised: these are the logits of 04.3" in message
@@ -489,6 +514,25 @@ def test_grad_query_adding_into_the_output_is_told_to_write_its_total():
 def test_grad_query_with_column_major_slots_is_told_the_slot_order():
     message = hint_of(checkers.check_grad_query_kernel, grad_query_slots_column_major)
     assert "the window slots are in the wrong order" in message
+
+
+@cuda.jit
+def grad_query_without_guard(grad_logits, key, grad_q, kernel_size, scale):
+    i = cuda.grid(1)
+    channels, height, width = grad_q.shape[1], grad_q.shape[2], grad_q.shape[3]
+    X, Y = i % width, (i // width) % height
+    c, n = (i // (width * height)) % channels, i // (width * height * channels)
+    total = 0.0
+    for t in range(kernel_size * kernel_size):
+        row, col = window_neighbour(t, Y, X, kernel_size, scale)
+        if 0 <= row < key.shape[2] and 0 <= col < key.shape[3]:
+            total += grad_logits[n, t, Y, X] * key[n, c, row, col]
+    grad_q[n, c, Y, X] = total
+
+
+@simulator_only
+def test_grad_query_without_guard_is_told_to_guard():
+    assert "guard with `if i < grad_q.size:`" in hint_of(checkers.check_grad_query_kernel, grad_query_without_guard)
 
 
 @simulator_only
@@ -593,6 +637,15 @@ def test_two_convs_without_padding_is_told_to_pad():
     assert "cannot be added" in message and "pad both convolutions by k // 2" in message
 
 
+def test_two_convs_returning_an_array_is_told_to_return_a_tensor():
+    def as_array(E, D, weight, bias, scale):
+        pad = weight.shape[2] // 2
+        return (F.conv2d(E, weight, bias, padding=pad)
+                + F.interpolate(F.conv2d(D, weight, bias, padding=pad), scale_factor=scale)).numpy()
+
+    assert "expected a tensor, got ndarray" in hint_of(checkers.check_semi_shift_two_convs, as_array)
+
+
 def test_two_convs_with_an_unpadded_encoder_alone_is_told_the_shape():
     message = hint_of(checkers.check_semi_shift_two_convs, lambda E, D, weight, bias, scale: F.conv2d(E, weight, bias))
     assert "= (N, O, s*h, s*w)" in message and "pad both convolutions by k // 2" in message
@@ -628,11 +681,11 @@ def test_pixel_reading_past_the_end_is_told_a_tap_outside_adds_zero():
     assert "indexed out of bounds" in message and "a tap outside the map adds 0" in message
 
 
-def test_pixel_without_the_weight_on_the_decoder_is_told_the_formula():
-    def decoder_unweighted(E, D, weight, bias, n, o, Y, X, scale):
-        return pixel(E, D, weight, bias, n, o, Y, X, scale) + 0.5  # an extra term, not a known mistake
+def test_pixel_with_an_extra_term_is_told_the_formula():
+    def extra_term(E, D, weight, bias, n, o, Y, X, scale):
+        return pixel(E, D, weight, bias, n, o, Y, X, scale) + 0.5  # not one of the known mistakes
 
-    message = hint_of(checkers.check_semi_shift_pixel, decoder_unweighted)
+    message = hint_of(checkers.check_semi_shift_pixel, extra_term)
     assert "out[n, o, Y, X] = 2 * bias[o] + sum over c, uy, ux" in message
 
 
@@ -843,6 +896,21 @@ def test_grad_en_reading_index_minus_one_is_told_to_skip_outputs_outside():
     assert "skipping outputs outside the map" in message and "(minus, not plus)" not in message
 
 
+@pytest.mark.parametrize("check, owner", [
+    (checkers.check_semi_shift_grad_en_kernel, "grad_en"),
+    (checkers.check_semi_shift_grad_de_kernel, "grad_de"),
+], ids=["grad_en", "grad_de"])
+def test_gradient_scatter_with_atomics_is_told_it_is_a_gather(check, owner):
+    @cuda.jit
+    def scatter(grad_out, weight, grad, *scale):
+        i = cuda.grid(1)
+        if i < grad_out.size:
+            cuda.atomic.add(grad, (0, 0, 0, 0), grad_out.ravel()[i])
+
+    message = hint_of(check, scatter)
+    assert "asks for a gather" in message and f"sums into its own element of {owner}" in message
+
+
 def test_grad_de_of_a_conv_over_the_upsampled_decoder_is_named():
     message = hint_of(checkers.check_semi_shift_grad_de_kernel, grad_de_of_the_upsampled_conv)
     assert "this is the gradient of a conv over nearest_up(D)" in message
@@ -956,6 +1024,11 @@ def test_fade_forward_with_carafe_arguments_swapped_is_not_told_about_groups():
 def test_fade_forward_without_groups_is_told_the_encoder_is_depthwise():
     message = hint_of(checkers.check_fade_forward, lambda m, en, de: fade_forward(m, en, de, groups=False))
     assert "lite=True" in message and "the content encoder is depthwise" in message
+
+
+def test_fade_forward_returning_an_array_is_told_to_return_a_tensor():
+    message = hint_of(checkers.check_fade_forward, lambda m, en, de: fade_forward(m, en, de).detach().numpy())
+    assert "expected a tensor, got ndarray" in message
 
 
 def test_fade_forward_with_a_softmax_over_the_wrong_axis_is_told_the_recipe():
