@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import (cpu_kernel, cuda_kernel, fma, kernel_array, kernel_variant, operator, per_element,
-                       resolve_backend, run, run_grid)
+from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, kernel_array, kernel_variant,
+                       operator, per_element, resolve_backend, run, run_grid)
 from ..validation import (
     check_batched_map,
     check_feature_map,
@@ -377,9 +377,11 @@ def upsample_columns_cpu(x, scale, radius, columns):
     batch, channels, height, width = x.shape
     for line in prange(batch * channels * height):
         n, c, row = line // (channels * height), (line // height) % channels, line % height
-        for j in range(columns.shape[3]):
-            col = j // scale - radius
-            columns[n, c, row, j] = x[n, c, row, col] if 0 <= col < width else x.dtype.type(0)
+        line_out = columns[n, c, row]
+        line_out[: radius * scale] = 0
+        line_out[(width + radius) * scale:] = 0
+        for col in range(width):
+            line_out[(col + radius) * scale: (col + radius + 1) * scale] = x[n, c, row, col]
 
 
 @cpu_kernel
@@ -387,19 +389,29 @@ def carafe_forward_cpu(columns, masks, out, kernel_size, scale, group_channels):
     batch, channels, height, width = out.shape
     low_height = columns.shape[2]
     radius = (kernel_size - 1) // 2
-    for line in prange(batch * channels * height):
-        n, c, Y = line // (channels * height), (line // height) % channels, line % height
+    groups = channels // group_channels
+    area = kernel_size * kernel_size
+    for line in prange(batch * groups * height):
+        n, group, Y = line // (groups * height), (line // height) % groups, line % height
         top = window_origin(Y, scale, radius)
-        total = np.zeros(width, out.dtype)
-        for dy in range(kernel_size):
-            if 0 <= top + dy < low_height:
-                for dx in range(kernel_size):
-                    weights = masks[n, slot_of(c // group_channels, dy, dx, kernel_size), Y]
-                    values = columns[n, c, top + dy, dx * scale: dx * scale + width]
-                    begin, end = slot_columns(dx, scale, radius, width // scale)
-                    for X in range(begin, end):
-                        total[X] = fma(weights[X], values[X], total[X])
-        out[n, c, Y, :] = total
+        # A slot whose weights are finite where it reads the zero padding
+        # may run its whole row (the padding adds 0): that length vectorises.
+        whole_row = np.empty(area, np.bool_)
+        for slot in range(area):
+            begin, end = slot_columns(slot % kernel_size, scale, radius, width // scale)
+            whole_row[slot] = finite_outside(masks[n, slot_of(group, 0, slot, kernel_size), Y], begin, end)
+        for c in range(group * group_channels, (group + 1) * group_channels):
+            total = np.zeros(width, out.dtype)
+            for dy in range(kernel_size):
+                if 0 <= top + dy < low_height:
+                    for dx in range(kernel_size):
+                        weights = masks[n, slot_of(group, dy, dx, kernel_size), Y]
+                        values = columns[n, c, top + dy, dx * scale: dx * scale + width]
+                        begin, end = 0, width
+                        if not whole_row[dy * kernel_size + dx]:
+                            begin, end = slot_columns(dx, scale, radius, width // scale)
+                        add_products(total[begin:end], weights[begin:end], values[begin:end])
+            out[n, c, Y, :] = total
 
 
 @cpu_kernel
@@ -417,10 +429,8 @@ def carafe_grad_feature_cpu(grad_out, masks, grad_x, kernel_size, scale, group_c
                 for Y in range(anchor * scale, anchor * scale + scale):
                     grads = grad_out[n, c, Y]
                     for dx in range(kernel_size):
-                        weights = masks[n, slot_of(c // group_channels, dy, dx, kernel_size), Y]
-                        segment = total[dx * scale: dx * scale + out_width]
-                        for X in range(out_width):
-                            segment[X] = fma(weights[X], grads[X], segment[X])
+                        add_products(total[dx * scale: dx * scale + out_width],
+                                     masks[n, slot_of(c // group_channels, dy, dx, kernel_size), Y], grads)
         for col in range(width):
             grad_x[n, c, row, col] = total[(col + radius) * scale: (col + radius + 1) * scale].sum()
 
@@ -433,17 +443,23 @@ def carafe_grad_mask_cpu(grad_out, columns, grad_masks, kernel_size, scale, grou
     groups = slots // (kernel_size * kernel_size)
     for line in prange(batch * groups * height):
         n, group, Y = line // (groups * height), (line // height) % groups, line % height
+        first = group * group_channels
         top = window_origin(Y, scale, radius)
+        # A finite gradient row may run whole, through the zero padding
+        # (it adds 0): that length vectorises.
+        whole_row = np.empty(group_channels, np.bool_)
+        for j in range(group_channels):
+            whole_row[j] = finite_outside(grad_out[n, first + j, Y], 0, 0)  # all of it
         for dy in range(kernel_size):
             for dx in range(kernel_size):
                 total = np.zeros(width, grad_masks.dtype)
                 if 0 <= top + dy < low_height:
-                    begin, end = slot_columns(dx, scale, radius, width // scale)
-                    for c in range(group * group_channels, (group + 1) * group_channels):
-                        grads = grad_out[n, c, Y]
-                        values = columns[n, c, top + dy, dx * scale: dx * scale + width]
-                        for X in range(begin, end):
-                            total[X] = fma(grads[X], values[X], total[X])
+                    inside_begin, inside_end = slot_columns(dx, scale, radius, width // scale)
+                    for j in range(group_channels):
+                        grads = grad_out[n, first + j, Y]
+                        values = columns[n, first + j, top + dy, dx * scale: dx * scale + width]
+                        begin, end = (0, width) if whole_row[j] else (inside_begin, inside_end)
+                        add_products(total[begin:end], grads[begin:end], values[begin:end])
                 grad_masks[n, slot_of(group, dy, dx, kernel_size), Y, :] = total
 
 
