@@ -113,3 +113,14 @@ def test_unsolved_kernel_is_reported_from_its_source_on_any_target():
 
     with pytest.raises(NotImplementedError, match="Exercise 00.1"):
         checkers.check_scale_kernel(unsolved)
+
+
+def test_a_checked_function_runs_in_the_callers_grad_mode():
+    # The student's function runs in a worker thread, and grad mode is per
+    # thread: a checker's torch.no_grad() must still hold there.
+    import torch
+
+    leaf = torch.ones(2, requires_grad=True)
+    with torch.no_grad():
+        assert not checkers.run_with_timeout(lambda: leaf * 2, what="function").requires_grad
+    assert checkers.run_with_timeout(lambda: leaf * 2, what="function").requires_grad

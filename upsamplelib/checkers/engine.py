@@ -70,9 +70,11 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     afterwards (see ``hung_kernels``), so that later launches of the process
     still work."""
     result, error = [], []
+    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread: the worker takes the caller's
 
     def work():
         try:
+            torch.set_grad_enabled(grad_enabled)
             if backend.SIMULATOR:
                 with backend.SIMULATOR_LOCK:
                     if not hung_kernels.healthy():  # a launch interrupted earlier (e.g. from the keyboard)
