@@ -30,11 +30,12 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn, warmup: int = 3, repeats: int = 20, device=None) -> float:
+def median_time(fn, warmup: int = 3, repeats: int = 20, device=None, clock=time.perf_counter) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after
     ``warmup`` calls that are not counted. ``device="cuda"`` synchronises
     before and after each call (a CUDA launch returns before its kernel
-    ends); ``torch.cuda.Event`` timing gives the same on a GPU."""
+    ends); ``torch.cuda.Event`` timing gives the same on a GPU. ``clock``
+    is replaceable so that a test can plan the durations."""
     if repeats < 1:
         raise ValueError(f"median_time: repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
@@ -42,10 +43,10 @@ def median_time(fn, warmup: int = 3, repeats: int = 20, device=None) -> float:
     times = []
     for _ in range(repeats):
         _synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         _synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import timing
 from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config
 from ..ops.carafe import carafe_reference
 from . import ptx
@@ -238,15 +239,9 @@ def record_function(function, *args) -> AccessRecord:
 
 def median_time(function, repeat: int = 7, warmup: int = 1, clock=time.perf_counter) -> float:
     """The median of ``repeat`` timed calls of ``function()`` after
-    ``warmup`` untimed ones, in seconds: the lesson's reference for 07.1."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        function()
-        times.append(clock() - start)
-    return statistics.median(times)
+    ``warmup`` untimed ones, in seconds: the lesson's reference for 07.1
+    (``upsamplelib.timing.median_time`` under the lesson's argument names)."""
+    return timing.median_time(function, warmup=warmup, repeats=repeat, clock=clock)
 
 
 class _FakeClock:
