@@ -381,7 +381,9 @@ def upsample_columns_cpu(x, scale, radius, columns):
         line_out[: radius * scale] = 0
         line_out[(width + radius) * scale:] = 0
         for col in range(width):
-            line_out[(col + radius) * scale: (col + radius + 1) * scale] = x[n, c, row, col]
+            value = x[n, c, row, col]
+            for j in range((col + radius) * scale, (col + radius + 1) * scale):
+                line_out[j] = value  # a slice per pixel would cost more than its copy
 
 
 @cpu_kernel
