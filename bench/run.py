@@ -458,8 +458,9 @@ def plot(rows, path):
     right.set_yscale("log")
     right.set_xlabel("size / smallest size")
     right.set_ylabel("time / time at the smallest size")
-    right.set_title("scaling of our forward time")
-    right.legend(fontsize=7)
+    right.set_title("scaling of our forward time" if scaling else "scaling: not run in this report")
+    if scaling:
+        right.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -494,9 +495,10 @@ def main(argv=None) -> int:
         return subprocess.call([sys.executable, os.path.join(REPOSITORY, "bench", "gpu.py"),
                                 "--csv", args.gpu_reference])
     started = time.perf_counter()
+    load = os.getloadavg()[0]
+    busy = " (above the CPU count: other work shares the machine and times are noisy)" if load > os.cpu_count() else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {os.cpu_count()} CPUs; "
-          f"CUDA: {torch.cuda.get_device_name() if GPU else 'none'}; load average at start "
-          f"{os.getloadavg()[0]:.1f} (above the CPU count, other work shares the machine and times are noisy)")
+          f"CUDA: {torch.cuda.get_device_name() if GPU else 'none'}; load average at start {load:.1f}{busy}")
     rows = []
     for device in devices:
         copy_gbs = copy_bandwidth(device, megabytes=32 if args.quick else 256) / 1e9
