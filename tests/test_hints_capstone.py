@@ -11,12 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from upsamplelib import checkers  # noqa: E402
 from upsamplelib.experiments import EncoderDecoder, count_parameters, metrics  # noqa: E402
-
-
-def hint_of(check, *args) -> str:
-    with pytest.raises(checkers.CheckFailed) as failure:
-        check(*args)
-    return str(failure.value)
+from test_hints import hint_of  # noqa: E402
 
 
 # --- 06.1 the boundary band

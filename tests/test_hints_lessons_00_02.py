@@ -23,16 +23,9 @@ from upsamplelib import backend, checkers
 from upsamplelib.checkers.engine import diagnose
 from upsamplelib.checkers.fallbacks import linear_index, nearest_exact_index, nearest_index
 
-simulator_only = pytest.mark.skipif(not backend.SIMULATOR, reason="only the simulator reports out-of-bounds indices")
+from test_hints import hint_of, simulator_only
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-def hint_of(check, *args, **kwargs) -> str:
-    """The message of the CheckFailed that ``check(*args)`` raises."""
-    with pytest.raises(checkers.CheckFailed) as failure:
-        check(*args, **kwargs)
-    return str(failure.value)
 
 
 # --------------------------------------------------------------------------
