@@ -379,3 +379,16 @@ def test_bars_of_one_seed_have_no_error_bars():
     figure = plots.metric_bars_figure(results["records"], tasks=["detail"])
     assert len(figure.axes) == 3
     assert not figure.axes[0].lines  # no error bar lines
+
+
+def test_boundary_iou_cases_keep_a_boundary_under_the_graders_fresh_seeds():
+    # Salt 1841560615 once drew a one-class map for case 612: an empty band,
+    # a NaN reference, and a correct answer dividing by zero.
+    from upsamplelib.checkers import capstone
+    from upsamplelib.grade.fresh_inputs import fresh_inputs
+
+    for salt in (1841560615, *range(40)):
+        with fresh_inputs(salt):
+            for seed, n, h, w, classes, width in capstone._IOU_CASES:
+                target = capstone._label_maps(seed, n, h, w, classes)
+                assert metrics.boundary_band(target, width).any(), (salt, seed)
