@@ -1021,6 +1021,30 @@ def test_fade_forward_with_carafe_arguments_swapped_is_not_told_about_groups():
     assert "depthwise" not in message
 
 
+def _fade_forward_with_semi_shift_inputs(semi_shift_inputs):
+    def fade_forward_(module, en, de):
+        generator = module.ker_generator
+        encoder = generator.content_encoder
+        logits = ul.semi_shift_conv(*semi_shift_inputs(generator, en, de), encoder.weight, encoder.bias,
+                                    module.scale, groups=encoder.groups)
+        gate = torch.sigmoid(F.interpolate(module.gate_generator.conv(de), scale_factor=module.scale))
+        return gate * en + (1 - gate) * ul.carafe(de, F.softmax(logits, 1), module.up_kernel_size, module.scale)
+    return fade_forward_
+
+
+def test_fade_forward_with_the_semi_shift_maps_swapped_is_told_the_encoder_comes_first():
+    swapped = _fade_forward_with_semi_shift_inputs(lambda g, en, de: (g.compressor_de(de), g.compressor_en(en)))
+    message = hint_of(checkers.check_fade_forward, swapped)
+    assert "ul.semi_shift_conv takes the encoder's (high-res) map first" in message
+    assert "ul.carafe(de, kernels" not in message
+
+
+def test_fade_forward_skipping_the_compressors_is_told_to_compress():
+    message = hint_of(checkers.check_fade_forward, _fade_forward_with_semi_shift_inputs(lambda g, en, de: (en, de)))
+    assert "the content encoder's weight expects the compressed maps" in message
+    assert "ul.carafe(de, kernels" not in message and "depthwise" not in message
+
+
 def test_fade_forward_without_groups_is_told_the_encoder_is_depthwise():
     message = hint_of(checkers.check_fade_forward, lambda m, en, de: fade_forward(m, en, de, groups=False))
     assert "lite=True" in message and "the content encoder is depthwise" in message

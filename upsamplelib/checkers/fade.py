@@ -517,6 +517,27 @@ def _fade_variants(module, en, de):
     ]
 
 
+def _fade_argument_hint(message, description, lite):
+    """The hint for a ValueError of fade_forward's calls, by the op that
+    raised it (its message starts with the op's name)."""
+    if message.startswith("semi_shift_conv:"):
+        if "must be exactly scale x the size of de" in message:
+            return (f"for {description}: ul.semi_shift_conv takes the encoder's (high-res) map first: "
+                    "semi_shift_conv(compressor_en(en), compressor_de(de), weight, bias, scale)")
+        if "does not fit" in message and lite:
+            return (f"for FADE-Lite ({description}) the content encoder is depthwise: pass "
+                    "groups=module.ker_generator.content_encoder.groups to ul.semi_shift_conv")
+        if "does not fit" in message:
+            return (f"for {description}: the content encoder's weight expects the compressed maps: "
+                    "semi_shift_conv(ker_generator.compressor_en(en), ker_generator.compressor_de(de), ...), "
+                    "not en and de themselves")
+        return (f"for {description}: semi_shift_conv(compressor_en(en), compressor_de(de), content_encoder.weight, "
+                "content_encoder.bias, scale, groups=content_encoder.groups)")
+    return (f"for {description}: the reassembly is ul.carafe(de, kernels, module.up_kernel_size, module.scale), "
+            "kernel size before scale, and its kernels have up_kernel_size**2 channels (the content encoder's "
+            "output); the content encoder's own kernel_size is the semi-shift conv's, not the reassembly window's")
+
+
 def check_fade_forward(fade_forward):
     """``fade_forward(module, en, de)``: the output of a ``ul.FADE`` module
     (FADE or FADE-Lite) from its parameters, ``ul.semi_shift_conv`` and
@@ -533,15 +554,7 @@ def check_fade_forward(fade_forward):
             with torch.no_grad():
                 got = run_with_timeout(lambda: fade_forward(module, en, de), what="fade_forward")
         except ValueError as error:
-            if lite and "groups=" in str(error):
-                hint = (f"for FADE-Lite ({description}) the content encoder is depthwise: pass "
-                        "groups=module.ker_generator.content_encoder.groups to ul.semi_shift_conv")
-            else:
-                hint = (f"for {description}: the reassembly is ul.carafe(de, kernels, module.up_kernel_size, "
-                        "module.scale), kernel size before scale, and its kernels have up_kernel_size**2 channels "
-                        "(the content encoder's output); the content encoder's own kernel_size is the semi-shift "
-                        "conv's, not the reassembly window's")
-            raise CheckFailed(f"{what}: {error}\nHint: {hint}") from None
+            raise CheckFailed(f"{what}: {error}\nHint: {_fade_argument_hint(str(error), description, lite)}") from None
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"{what}: expected a tensor, got {type(got).__name__}")
         with torch.no_grad():
