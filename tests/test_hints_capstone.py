@@ -137,7 +137,8 @@ def gradient_error_with_sigma_two(pred, target):
 
 
 def test_gradient_error_of_x_only_is_told_to_use_both_filters():
-    assert "only the x derivative is used" in hint_of(checkers.check_gradient_error, gradient_error_of_x_only)
+    assert "only the x derivative is used (|gx| for the magnitude)" in hint_of(checkers.check_gradient_error,
+                                                                           gradient_error_of_x_only)
 
 
 def test_gradient_error_per_image_is_told_to_return_the_mean():

@@ -577,7 +577,15 @@ def test_function_launching_one_thread_per_input_is_told_one_per_output():
         return _forward(x, masks, kernel_size, scale, group, threads=x.numel())
 
     message = hint_of(checkers.check_carafe_function, _function(sized_for_x))
-    assert "forward, x (1, 4, 3, 4)" in message and "one thread per element of it" in message
+    assert "forward, x (1, 4, 3, 4)" in message and "launch_config(out.numel(), 128), not x.numel()" in message
+
+
+def test_function_with_wrong_values_everywhere_is_not_told_about_the_thread_count():
+    def doubled(ctx, x, masks, kernel_size, scale, group):
+        return 2 * _forward(x, masks, kernel_size, scale, group)
+
+    message = hint_of(checkers.check_carafe_function, _function(doubled))
+    assert "forward, x (1, 4, 3, 4)" in message and "x.numel()" not in message
 
 
 def test_function_with_a_non_differentiable_output_is_told_so():

@@ -445,7 +445,7 @@ def bilinear_with_the_sizes_swapped(x, out, align_corners):
 @simulator_only
 def test_bilinear_kernel_with_the_sizes_swapped_is_told_the_argument_order():
     message = hint_of(checkers.check_bilinear_kernel, bilinear_with_the_sizes_swapped)
-    assert "the guard is right" in message and "takes the input's size first" in message
+    assert "the guard is right" in message and "array. linear_index(dst, in_size, out_size, align_corners) takes the input's size first" in message
     assert "linear_index(row, x.shape[1], out.shape[1], align_corners)" in message and "mirror" not in message
 
 
@@ -600,8 +600,32 @@ def test_gather_kernel_of_i0_only_is_told_to_take_i1_too():
     assert "whose i0 or i1 is this pixel" in hint_of(checkers.check_bilinear_gather_kernel, gather_of_i0_only)
 
 
+@cuda.jit
+def gather_looping_one_row_too_far(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_x.size:
+        in_h, in_w = grad_x.shape[1], grad_x.shape[2]
+        x, y, p = i % in_w, (i // in_w) % in_h, i // (in_w * in_h)
+        total = 0.0
+        for row in range(grad_out.shape[1] + 1):  # one row past grad_out
+            y0, y1, wy0, wy1 = linear_index(row, in_h, grad_out.shape[1], align_corners)
+            wy = (wy0 if y0 == y else 0.0) + (wy1 if y1 == y else 0.0)
+            for col in range(grad_out.shape[2]):
+                x0, x1, wx0, wx1 = linear_index(col, in_w, grad_out.shape[2], align_corners)
+                wx = (wx0 if x0 == x else 0.0) + (wx1 if x1 == x else 0.0)
+                total += wy * wx * grad_out[p, row, col]
+        grad_x[p, y, x] = total
+
+
+@simulator_only
+def test_gather_kernel_looping_past_grad_out_is_told_its_loops_not_linear_index():
+    message = hint_of(checkers.check_bilinear_gather_kernel, gather_looping_one_row_too_far)
+    assert "keep its loops inside grad_out" in message and "reading_window(y, grad_x.shape[1]" in message
+    assert "takes the input's size first" not in message
+
+
 def test_gather_kernel_with_elif_is_told_both_weights_at_the_border():
-    assert "both" in hint_of(checkers.check_bilinear_gather_kernel, gather_with_elif)
+    assert "sum of both weights, w0 + w1" in hint_of(checkers.check_bilinear_gather_kernel, gather_with_elif)
 
 
 # --------------------------------------------------------------------------

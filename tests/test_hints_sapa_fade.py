@@ -934,7 +934,9 @@ def _function(out_dtype=None, compute=None, forward_threads="out", backward_thre
             inputs = [t.detach().contiguous() for t in (E, D, weight, bias)]
             if compute is not None:
                 inputs = [t.to(compute) for t in inputs]
-            out = inputs[0].new_empty((E.shape[0], weight.shape[0], E.shape[2], E.shape[3]))
+            # Zeros, not new_empty: memory the allocator hands back could hold the right values already,
+            # and the outputs that too few threads leave unwritten would then pass.
+            out = inputs[0].new_zeros((E.shape[0], weight.shape[0], E.shape[2], E.shape[3]))
             threads = out.numel() if forward_threads == "out" else E.numel()
             forward_kernel[launch_config(threads, 128)](*_arrays(*inputs), out.numpy(), scale)
             ctx.save_for_backward(*(t.detach().contiguous() for t in (E, D, weight)))

@@ -88,16 +88,26 @@ def _index_hint(small, large):
             f"i1, and {large} only with row and col")
 
 
+def _gather_index_hint(grad_out, grad_x):
+    """For a gather thread that reads past the end of an array: its loops,
+    not linear_index's arguments, choose what it reads."""
+    return (f"a gather thread writes only its own {grad_x}[p, y, x] and reads the outputs that read that pixel: "
+            f"keep its loops inside {grad_out}, rows in reading_window(y, {grad_x}.shape[1], {grad_out}.shape[1], "
+            f"align_corners) and columns in reading_window(x, {grad_x}.shape[2], {grad_out}.shape[2], "
+            "align_corners), both ends included")
+
+
 def _kernel_case(rules, threads_over, *arrays, count=False, case="", index_hint=""):
     """Launch one thread per element of ``arrays[threads_over]``."""
-    name = rules_parameter(rules, threads_over)
+    name = _parameter_name(rules.kernel, threads_over)
     rules.launch(launch_config(arrays[threads_over].size, 64), *arrays, sized_for=threads_over, count=count,
-                 case=case, index_hint=index_hint, bounds_hint=f"the last block has threads past the end of {name}: guard the body with "
-                                        f"`if i < {name}.size:`")
+                 case=case, index_hint=index_hint,
+                 bounds_hint=f"the last block has threads past the end of {name}: guard the body with "
+                             f"`if i < {name}.size:`")
 
 
-def rules_parameter(rules, position):
-    names = parameter_names(rules.kernel)
+def _parameter_name(kernel, position):
+    names = parameter_names(kernel)
     return names[position] if position < len(names) else f"argument {position}"
 
 
@@ -138,7 +148,8 @@ def _check_backward(kernel, what, one_thread_per, hint):
             case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
             _kernel_case(rules, 0 if one_thread_per == "output" else 1, grad_out, grad_x, align_corners,
                          count=index == 2 and not align_corners, case=case,
-                         index_hint=_index_hint(*parameter_names(kernel)[1::-1]))
+                         index_hint=(_index_hint(*parameter_names(kernel)[1::-1]) if one_thread_per == "output"
+                                     else _gather_index_hint(*parameter_names(kernel)[:2])))
             compare(expected.float(), grad_x, what=what, case=case, hint=hint)
     rules.passed(2 * len(_SHAPES))
 

@@ -609,9 +609,12 @@ def check_carafe_function(function_class):
             raise CheckFailed(f"{what}: forward returned {type(out).__name__}"
                               f"{' of dtype ' + str(out.dtype) if isinstance(out, torch.Tensor) else ''} for "
                               f"{case}; expected a tensor of the inputs' dtype {dtype}")
-        compare(expected, out.detach().double(), what=what, case=f"forward, {case}",
-                hint="forward returns carafe(x, masks) as a new (N, C, s*h, s*w) tensor, computed by one thread "
-                     "per element of it: launch_config(out.numel(), 128), not x.numel()")
+        hint = "forward returns carafe(x, masks) as a new (N, C, s*h, s*w) tensor, computed by one thread per element"
+        if isinstance(out, torch.Tensor) and out.shape == expected.shape:
+            wrong = ~torch.isclose(out.detach().double(), expected, rtol=1e-4, atol=1e-4).flatten()
+            if wrong.any() and not wrong[: x.numel()].any():  # exactly the outputs past x.numel() are wrong
+                hint += " of it: launch_config(out.numel(), 128), not x.numel()"
+        compare(expected, out.detach().double(), what=what, case=f"forward, {case}", hint=hint)
         _require_float64_precision(what, f"forward, {case}", expected, out)
         if not out.requires_grad:
             raise CheckFailed(f"{what}: the output of CarafeFunction.apply does not require grad for {case}, so "

@@ -177,14 +177,21 @@ def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_i
             raise CheckFailed(
                 f"{what}: a thread indexed out of bounds ({error}).\nHint: thread {thread} has an element of its "
                 "own to compute, so the guard is right to let it through: an index it computes is past the end "
-                "of an array. " + (index_hint[:1].upper() + index_hint[1:] or "Check each index against that "
-                                   "array's shape (the last valid index is size - 1)")) from None
+                "of an array. " + (_sentence(index_hint) or "Check each index against that array's shape (the "
+                                   "last valid index is size - 1)")) from None
         raise CheckFailed(f"{what}: a thread indexed out of bounds ({error}).\nHint: {bounds_hint}") from None
     except Exception as error:
         if is_float_index_error(error):
             raise CheckFailed(f"{what}: the kernel does not compile for the GPU: {FLOAT_INDEX_HINT}."
                               + float_index_note) from None
         raise
+
+
+def _sentence(hint: str) -> str:
+    """``hint`` as a sentence: its first word capitalised, unless that word
+    is code (``linear_index(...)``, ``x_padded``), which keeps its case."""
+    first_word = hint.split(" ", 1)[0]
+    return hint[:1].upper() + hint[1:] if first_word.isalpha() else hint
 
 
 _THREAD = re.compile(r"tid=\[(\d+), (\d+), (\d+)\] ctaid=\[(\d+), (\d+), (\d+)\]")
