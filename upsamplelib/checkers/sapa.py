@@ -432,6 +432,10 @@ def check_similarity_block_kernel(kernel, threads_per_block):
         expected = torch.softmax(_reference_logits(q, key, k, s), dim=1).float()
         if np.isnan(weights).any():
             index = tuple(int(i) for i in np.argwhere(np.isnan(weights))[0])
+            if push:  # on a GPU exp does not raise: it overflows to inf / inf, or underflows to 0 / 0
+                hint = _MAX_START_HINT if push[0] < 0 else _SHIFT_HINT
+                raise CheckFailed(f"{what}: weights{index} is nan for {case}: the softmax overflowed or "
+                                  f"underflowed.\nHint: {hint}")
             raise CheckFailed(f"{what}: weights{index} was never written (or is nan) for {case}.\nHint: after the "
                               "softmax, the threads of the block write the k*k weights of their point: slots t = "
                               "threadIdx.x, threadIdx.x + threads, ... (there may be more slots than threads)")
