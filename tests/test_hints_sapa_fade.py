@@ -975,7 +975,7 @@ def test_function_returning_float32_for_float64_is_told_the_dtype():
 
 def test_function_computing_in_float32_is_told_it_is_only_float32_accurate():
     message = hint_of(checkers.check_semi_shift_function, _function(compute=torch.float32))
-    assert "only float32-accurate" in message and "no .float()" in message
+    assert "right only to float32 precision" in message and "no .float()" in message
 
 
 def test_function_with_too_few_forward_threads_is_told_one_thread_per_output():

@@ -19,6 +19,7 @@ from .engine import (
     kernel_definition,
     launch_checked,
     passed,
+    require_float64_precision,
     require_gather,
     run_with_timeout,
     unsolved_exercise,
@@ -572,19 +573,8 @@ def check_carafe_grad_masks_kernel(kernel):
 # --------------------------------------------------------------------------
 
 
-def _require_float64_precision(what, case, expected, got):
-    """Float64 in, float64 out is not enough: a Function that computes in
-    float32 passes a float32 tolerance but breaks gradcheck's finite
-    differences. Say so where it happens."""
-    if not (isinstance(got, torch.Tensor) and got.dtype == torch.float64):
-        return
-    got, expected = got.detach(), torch.as_tensor(expected).double()
-    if not torch.allclose(got, expected, rtol=1e-9, atol=1e-12):
-        error = (got - expected).abs().max().item()
-        raise CheckFailed(f"{what}: {case}: right only to float32 precision (largest error {error:.1e}).\n"
-                          "Hint: compute in the inputs' dtype: no .float() or float32 arrays for float64 inputs "
-                          "(allocate with x.new_empty / torch.empty_like, accumulate in out.dtype.type(0)); "
-                          "gradcheck's finite differences need float64 precision")
+_FLOAT64_HOW = ("no .float() or float32 arrays for float64 inputs (allocate with x.new_empty / torch.empty_like, "
+                "accumulate in out.dtype.type(0))")
 
 
 def check_carafe_function(function_class):
@@ -615,7 +605,7 @@ def check_carafe_function(function_class):
             if wrong.any() and not wrong[: x.numel()].any():  # exactly the outputs past x.numel() are wrong
                 hint += " of it: launch_config(out.numel(), 128), not x.numel()"
         compare(expected, out.detach().double(), what=what, case=f"forward, {case}", hint=hint)
-        _require_float64_precision(what, f"forward, {case}", expected, out)
+        require_float64_precision(what, f"forward, {case}", expected, out, _FLOAT64_HOW)
         if not out.requires_grad:
             raise CheckFailed(f"{what}: the output of CarafeFunction.apply does not require grad for {case}, so "
                               "its backward can never run.\nHint: forward must not mark its output "
@@ -632,7 +622,7 @@ def check_carafe_function(function_class):
             compare(e, o.double(), what=what, case=f"gradient of {name}, {case}", rtol=1e-4, atol=1e-5,
                     hint="backward returns (gather of grad_out over the windows, window products of grad_out "
                          "and x, None, None, None), each with the shape of its input")
-            _require_float64_precision(what, f"gradient of {name}, {case}", e, o)
+            require_float64_precision(what, f"gradient of {name}, {case}", e, o, _FLOAT64_HOW)
     x = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[0]).requires_grad_()
     masks = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[1]).requires_grad_()
     ok = run_with_timeout(

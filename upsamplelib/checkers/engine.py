@@ -187,6 +187,20 @@ def launch_checked(kernel, launch, *arrays, what: str, bounds_hint: str, float_i
         raise
 
 
+def require_float64_precision(what: str, case: str, expected, got, how: str) -> None:
+    """Float64 in, float64 out is not enough: a Function that computes in
+    float32 passes a float32 tolerance but breaks gradcheck's finite
+    differences. Say so where it happens; ``how`` names the lesson's fix."""
+    if not (isinstance(got, torch.Tensor) and got.dtype == torch.float64):
+        return
+    got, expected = got.detach(), torch.as_tensor(expected).double()
+    if not torch.allclose(got, expected, rtol=1e-9, atol=1e-12):
+        error = (got - expected).abs().max().item()
+        raise CheckFailed(f"{what}: {case}: right only to float32 precision (largest error {error:.1e}): it computes "
+                          f"in float32 somewhere.\nHint: compute in the inputs' dtype: {how}; gradcheck's finite "
+                          "differences need float64 precision")
+
+
 def _sentence(hint: str) -> str:
     """``hint`` as a sentence: its first word capitalised, unless that word
     is code (``linear_index(...)``, ``x_padded``), which keeps its case."""

@@ -17,6 +17,7 @@ from .engine import (
     diagnose,
     launch_checked,
     passed,
+    require_float64_precision,
     require_gather,
     run_with_timeout,
 )
@@ -396,12 +397,9 @@ def check_semi_shift_function(function_class):
                 hint="forward launches your one-pass kernel with one thread per element of out "
                      "(launch_config(out.numel(), ...)) on contiguous .detach()ed inputs and returns out, the new "
                      "(N, O, s*h, s*w) tensor")
-        if dtype == torch.float64 and not torch.allclose(out.detach(), expected, rtol=1e-9, atol=1e-9):
-            error = float((out.detach() - expected).abs().max())
-            raise CheckFailed(f"{what}: the float64 forward is only float32-accurate (off by up to {error:.1e}) for "
-                              f"{description}: it computes in float32 somewhere.\nHint: hand the kernel the "
-                              "inputs' own arrays (no .float()) and allocate out like E (E.new_empty(...)); "
-                              "gradcheck's finite differences need float64")
+        require_float64_precision(what, f"forward, {description}", expected, out,
+                                  "hand the kernel the inputs' own arrays (no .float()) and allocate out like E "
+                                  "(E.new_empty(...))")
         if not out.requires_grad:
             raise CheckFailed(f"{what}: the output does not require grad, so autograd never calls backward.\nHint: "
                               "subclass torch.autograd.Function with static forward(ctx, E, D, weight, bias, scale) "
