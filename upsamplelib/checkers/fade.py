@@ -15,7 +15,6 @@ from .engine import (
     CheckFailed,
     compare,
     diagnose,
-    launch_checked,
     passed,
     require_float64_precision,
     require_gather,

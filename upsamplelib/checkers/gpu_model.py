@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..backend import SIMULATOR
-from .engine import CheckFailed, compare, launch_checked, passed, random_sizes
+from .engine import CheckFailed, compare, passed, random_sizes
 from .rules import KernelCheck
 
 __all__ = [

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..backend import SIMULATOR, launch_config
 from ..ops.carafe import carafe_reference
 from ..ops.sapa import SAPA, sapa_similarity_reference
-from .engine import CheckFailed, compare, diagnose, launch_checked, passed, require_gather, run_with_timeout
+from .engine import CheckFailed, compare, diagnose, passed, require_gather, run_with_timeout
 from .rules import KernelCheck
 
 __all__ = [
