@@ -396,6 +396,9 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
         raise CheckFailed(f"{what}: " + "\n".join(problems))
     cases = [case for case in _TILED_CASES if (case[4] - 1) // 2 <= max_radius]
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
+    # Wrong only in the edge blocks (in a case, and in a probe with blocks inside the output besides the
+    # first): their threads outside the output did not load their share of the tile.
+    edge_only = _wrong_only_in_edge_blocks(kernel, tile, max_radius)
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, 35 + index)
@@ -407,13 +410,10 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
         if report is not None:
             counted = (case, report)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
-        # Wrong only in the edge blocks (here, and in a probe with blocks inside the output besides the
-        # first): their threads outside the output did not load their share of the tile.
-        edge_only = _wrong_only_in_edge_blocks(kernel, tile, max_radius)
 
         def in_an_edge_block(index, height=s * h, width=s * w):
-            edge = (index[2] // tile + 1) * tile > height or (index[3] // tile + 1) * tile > width
-            return edge and edge_only()
+            return ((_block_reaches_past(index[2], height, tile) or _block_reaches_past(index[3], width, tile))
+                    and edge_only())
 
         diagnose(expected, out, _variants(x, masks, k, s, g), what=what,
                  case=f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
@@ -429,11 +429,17 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
     rules.passed(len(cases))
 
 
+def _block_reaches_past(position, size, tile):
+    """Whether the block of output row (or column) ``position`` reaches
+    past ``size``; elementwise for an array of positions."""
+    return (position // tile + 1) * tile > size
+
+
 def _edge_blocks(shape, tile):
     """Mask of the output elements whose block holds threads past the edge."""
     height, width = shape[-2:]
-    rows = (np.arange(height) // tile + 1) * tile > height
-    cols = (np.arange(width) // tile + 1) * tile > width
+    rows = _block_reaches_past(np.arange(height), height, tile)
+    cols = _block_reaches_past(np.arange(width), width, tile)
     return rows[:, None] | cols[None, :]
 
 
