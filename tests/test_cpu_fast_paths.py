@@ -103,6 +103,28 @@ def test_semi_shift_fast_gradients_match_reference(case, dtype, tolerance):
         torch.testing.assert_close(g_got, g_expected, rtol=tolerance, atol=tolerance)
 
 
+def test_semi_shift_fast_path_takes_any_layout_and_returns_nchw():
+    # The cpu path runs its convolutions channels-last; what it returns is NCHW.
+    en, de, weight, bias = _semi_shift_inputs(c=5, h=3, w=11, o=7)
+    channels_last = torch.channels_last
+    de_transposed_strides = de.transpose(2, 3).contiguous().transpose(2, 3)
+    inputs = [en.contiguous(memory_format=channels_last), de_transposed_strides,
+              weight.contiguous(memory_format=channels_last), bias]
+    tensors = [t.detach().requires_grad_() for t in inputs]
+    out = ul.semi_shift_conv(*tensors, 2, backend="cpu")
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, semi_shift_conv_reference(en, de, weight, bias, 2), rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    reference_leaves = [t.detach().requires_grad_() for t in (en, de, weight, bias)]
+    expected = torch.autograd.grad(semi_shift_conv_reference(*reference_leaves, 2), reference_leaves, grad)
+    for got, want in zip(torch.autograd.grad(out, tensors, grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+    grad = grad.contiguous(memory_format=channels_last)
+    grad_en = torch.ops.upsamplelib.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu")
+    grad_de = torch.ops.upsamplelib.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")
+    assert grad_en.is_contiguous() and grad_de.is_contiguous()
+
+
 def test_semi_shift_fast_path_gradgradcheck():
     tensors = [t.requires_grad_() for t in _semi_shift_inputs(c=2, h=3, w=3, o=2)]
     function = lambda *t: ul.semi_shift_conv(*t, 2, backend="cpu")  # noqa: E731
