@@ -49,10 +49,12 @@ def test_bilinear_forward_and_backward_match_torch(align_corners, dtype, toleran
 
 
 def test_bilinear_forward_float32_equals_torch_at_scale_2():
-    # The separable loop makes PyTorch's lerps in PyTorch's order (x, then y).
-    x = torch.randn(1, 4, 2 * BAND_ROWS + 3, 50)
-    assert torch.equal(ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"),
-                       F.interpolate(x, scale_factor=2, mode="bilinear"))
+    # The separable loop makes PyTorch's lerps in PyTorch's order (x, then y),
+    # with its column pairs at twice the width (border columns and all).
+    for width in (1, 2, 3, 4, 50, 129):
+        x = torch.randn(1, 4, 2 * BAND_ROWS + 3, width)
+        assert torch.equal(ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"),
+                           F.interpolate(x, scale_factor=2, mode="bilinear")), width
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
