@@ -48,13 +48,15 @@ def test_bilinear_forward_and_backward_match_torch(align_corners, dtype, toleran
         torch.testing.assert_close(g_got, g_expected, rtol=tolerance, atol=tolerance, msg=str((h, w, kwargs)))
 
 
-def test_bilinear_forward_float32_equals_torch_at_scale_2():
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_forward_float32_equals_torch_at_scale_2(align_corners):
     # The separable loop makes PyTorch's lerps in PyTorch's order (x, then y),
-    # with its column pairs at twice the width (border columns and all).
+    # with its column pairs at twice the width (widths from 3; border columns and all).
     for width in (1, 2, 3, 4, 50, 129):
         x = torch.randn(1, 4, 2 * BAND_ROWS + 3, width)
-        assert torch.equal(ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"),
-                           F.interpolate(x, scale_factor=2, mode="bilinear")), width
+        assert torch.equal(
+            ul.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners, backend="cpu"),
+            F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)), width
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
@@ -125,6 +127,21 @@ def test_semi_shift_fast_path_takes_any_layout_and_returns_nchw():
     grad_en = torch.ops.upsamplelib.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu")
     grad_de = torch.ops.upsamplelib.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")
     assert grad_en.is_contiguous() and grad_de.is_contiguous()
+
+
+@pytest.mark.parametrize("channels,outputs", [(1, 3), (4, 1)])
+def test_semi_shift_fast_path_strides_are_the_fake_implementations(channels, outputs):
+    # A one-channel map is both channels-last and NCHW; what comes back has
+    # the usual NCHW strides, as the ops' fake implementations say.
+    en, de, weight, bias = (t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                            for t in _semi_shift_inputs(c=channels, o=outputs))
+    ops = torch.ops.upsamplelib
+    grad = torch.randn(2, outputs, en.shape[2], en.shape[3], dtype=en.dtype).contiguous(memory_format=torch.channels_last)
+    for result in (ops.semi_shift_conv(en, None, weight, bias, 2, 1, "cpu"),
+                   ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu"),
+                   ops.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu"),
+                   ops.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")):
+        assert result.stride() == torch.empty(result.shape).stride()
 
 
 def test_semi_shift_fast_path_gradgradcheck():

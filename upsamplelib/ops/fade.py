@@ -12,10 +12,12 @@ low-res step every ``s`` output steps::
 
     logits(p) = sum_u W[u] . E(p + u) + b  +  sum_u W[u] . D(p // s + u) + b
 
-``ul.semi_shift_conv(en, de, weight, bias, scale)`` computes this in one
-pass, without materialising ``conv(E)`` or the upsampled ``conv(D)``: the
-two windows share the weight, so each tap multiplies ``E + D`` once. It
-equals ``conv2d(en) + nearest_up(conv2d(de))`` (the bias twice, as in the
+``ul.semi_shift_conv(en, de, weight, bias, scale)`` computes this; its
+kernel (the GPU's, and the lesson's) does it in one pass, without
+materialising ``conv(E)`` or the upsampled ``conv(D)``: the two windows
+share the weight, so each tap multiplies ``E + D`` once. (On a CPU the cpu
+backend hands the two dense convolutions to PyTorch instead; see its fast
+path below.) It equals ``conv2d(en) + nearest_up(conv2d(de))`` (the bias twice, as in the
 original) and is *not* a conv over ``nearest_up(de)``.
 
 ``ul.FADE(in_channels_en, in_channels_de)`` and ``ul.FADE(..., lite=True)``
@@ -390,15 +392,16 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # --------------------------------------------------------------------------
 # The cpu backend's fast path. The semi-shift convolution is two dense
 # convolutions (en's, and de's at low resolution) and a nearest upsample-add;
-# on a CPU PyTorch's convolutions (oneDNN) beat any loop we could write, so
-# the cpu backend hands them the dense part. It hands them channels-last
-# maps: oneDNN's direct kernels want channels innermost, and on NCHW maps
-# they pay a reorder inside every call (at C=64, 128 x 128 -> 25 channels:
-# the forward 4.2 -> 2.9 ms, d/d en 6.1 -> 2.6 ms, d/d weight 6.2 -> 3.8 ms,
-# conversions not counted). The results come back to NCHW through a blocked
-# loop, and the forward adds the upsampled decoder share in that same pass.
-# Their zero padding differs from our skipped taps only where a non-finite
-# value meets it: a padded zero times a NaN or Inf weight (the forward, the
+# on a CPU PyTorch's convolutions (oneDNN for float32) beat any loop we could
+# write, so the cpu backend hands them the dense part. It hands them
+# channels-last maps: oneDNN's direct kernels want channels innermost, and on
+# NCHW maps they pay a reorder inside every call (float32, C=64, 128 x 128
+# -> 25 channels, 2 cores: the forward 4.2 -> 2.9 ms, d/d en 6.1 -> 2.6 ms,
+# d/d weight 6.2 -> 3.8 ms; the conversions, which semi_shift_conv pays once
+# per call, cost 0.2-0.9 ms each). The results come back to NCHW through a
+# blocked loop, and the forward adds the upsampled decoder share in that
+# same pass. PyTorch's zero padding differs from our skipped taps only where
+# a non-finite value meets it: a padded zero times a NaN or Inf weight (the forward, the
 # en and de gradients), or times a NaN or Inf grad_out (the weight
 # gradient). Then the one-pass loops above run instead, so the NaN/Inf
 # semantics are the same on every path. The one-pass kernel stays the
@@ -414,13 +417,14 @@ def all_finite(tensor):
     return bool(torch.isfinite(tensor.sum()))
 
 
-def channels_last(tensor):
+def to_channels_last(tensor):
+    """The (N, C, H, W) tensor with channels-last memory (a copy unless it has it)."""
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
 def _nhwc(tensor):
     """A channels-last tensor as the (N, H, W, C) array it is in memory."""
-    return channels_last(tensor).permute(0, 2, 3, 1)
+    return to_channels_last(tensor).permute(0, 2, 3, 1)
 
 
 # Both loops read a pixel's channels (contiguous) into a block of 16
@@ -466,11 +470,13 @@ def channels_first_plus_upsampled_cpu(high, low, scale, out):
                 out[n, o, Y, first: first + count] = block[o, :count]
 
 
-def channels_first(tensor):
+def to_channels_first(tensor):
     """``tensor.contiguous()`` for a channels-last map: PyTorch's copy for
     this transposition took 2.1 ms at 64 x 128 x 128, the loop above 0.6."""
     if tensor.is_contiguous():
-        return tensor
+        # Already in NCHW order (one channel, or one pixel): the usual
+        # strides, as the ops' fake implementations give.
+        return tensor.view(-1).view(tensor.shape)
     out = tensor.new_empty(tensor.shape)
     run(channels_first_cpu, "cpu", out.numel(), _nhwc(tensor), out)
     return out
@@ -483,13 +489,13 @@ def dense_semi_shift(en, de, weight, bias, scale, groups):
     intermediate is never made. Equals the one-pass loop to rounding when
     ``weight`` is finite."""
     pad = weight.shape[2] // 2
-    weight = channels_last(weight)
-    low = F.conv2d(channels_last(de), weight, bias, padding=pad, groups=groups) if de is not None else None
+    weight = to_channels_last(weight)
+    low = F.conv2d(to_channels_last(de), weight, bias, padding=pad, groups=groups) if de is not None else None
     if en is None:
-        return F.interpolate(channels_first(low), scale_factor=scale, mode="nearest")
-    high = F.conv2d(channels_last(en), weight, bias, padding=pad, groups=groups)
+        return F.interpolate(to_channels_first(low), scale_factor=scale, mode="nearest")
+    high = F.conv2d(to_channels_last(en), weight, bias, padding=pad, groups=groups)
     if low is None:
-        return channels_first(high)
+        return to_channels_first(high)
     out = high.new_empty(high.shape)  # NCHW: new_empty does not keep the channels-last strides
     run(channels_first_plus_upsampled_cpu, "cpu", out.numel(), _nhwc(high), _nhwc(low), scale, out)
     return out
@@ -505,15 +511,15 @@ def dense_input_grad(grad, weight, groups):
     """conv_transpose2d(grad, weight): d loss / d en from grad_out, or
     d loss / d de from the pooled grad_out, channels-last inside."""
     pad = weight.shape[2] // 2
-    return channels_first(F.conv_transpose2d(channels_last(grad), channels_last(weight), padding=pad,
+    return to_channels_first(F.conv_transpose2d(to_channels_last(grad), to_channels_last(weight), padding=pad,
                                              groups=groups))
 
 
 def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
     """The one-pass CPU loop (``semi_shift_forward_cpu``), which the cpu
     backend runs when ``weight`` is not finite: the same additions in the
-    same order as the CUDA kernel, so bit for bit its result. Contiguous
-    maps; either may be None."""
+    same order as the CUDA kernel, so bit for bit its result. Either map
+    may be None; maps in another layout are made contiguous."""
     batch, channels = _present(en, de)
     height, width = _output_size(en, de, scale)
     bias_count = (en is not None) + (de is not None) if bias is not None else 0
@@ -536,7 +542,7 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
         if feature is not None:
-            share = torch.nn.grad.conv2d_weight(channels_last(feature), shape, channels_last(grad), padding=pad,
+            share = torch.nn.grad.conv2d_weight(to_channels_last(feature), shape, to_channels_last(grad), padding=pad,
                                                 groups=groups)
             total = share if total is None else total + share
     return total.contiguous()
@@ -651,8 +657,9 @@ def _(en, de, weight, bias, scale, groups, backend):
     return weight.new_empty((batch, weight.shape[0], *_output_size(en, de, scale)))
 
 
-def _sum_pool(grad_out, scale):
-    """grad_out summed over each s x s block: the decoder's share of it."""
+def _sum_pool_loop(grad_out, scale):
+    """grad_out summed over each s x s block: the decoder's share of it
+    (the one-pass paths' Numba loop; the fast path uses dense_sum_pool)."""
     pooled = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], grad_out.shape[2] // scale,
                                  grad_out.shape[3] // scale))
     run(sum_pool_cpu, "cpu", pooled.numel(), grad_out, scale, pooled)
@@ -695,7 +702,7 @@ def decoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, scale: int, gr
                                   grad_out.shape[3] // scale))
     if backend == "cpu":
         pad = weight.shape[2] // 2
-        run(transposed_conv_cpu, backend, grad_de.numel(), upsampled_columns(_sum_pool(grad_out, scale), 1, pad),
+        run(transposed_conv_cpu, backend, grad_de.numel(), upsampled_columns(_sum_pool_loop(grad_out, scale), 1, pad),
             weight, grad_de, groups)
     else:
         run(semi_shift_grad_de_kernel, backend, grad_de.numel(), grad_out, weight, grad_de, scale, groups)
@@ -721,7 +728,7 @@ def weight_grad_op(grad_out: torch.Tensor, en: Optional[torch.Tensor], de: Optio
     if backend == "cpu":
         pad = kernel_size // 2
         grad_weight = grad_out.new_zeros(shape)
-        for feature, grad in ((en, grad_out), (de, _sum_pool(grad_out, scale) if de is not None else None)):
+        for feature, grad in ((en, grad_out), (de, _sum_pool_loop(grad_out, scale) if de is not None else None)):
             if feature is not None:
                 share = grad_out.new_empty(shape)
                 run(correlate_cpu, backend, share.numel(), grad, upsampled_columns(feature.contiguous(), 1, pad),
@@ -757,7 +764,7 @@ def _semi_shift_derivative(ctx, grad_out):
     scale, groups, backend = ctx.config
     needs = ctx.needs_input_grad
     if backend == "cpu":
-        grad_out = channels_last(grad_out)  # once, for the three gradients' convolutions
+        grad_out = to_channels_last(grad_out)  # once, for the three gradients' convolutions
     ops = torch.ops.upsamplelib
     grad_en = ops.semi_shift_conv_encoder_grad(grad_out, weight, groups, backend) if needs[0] else None
     grad_de = ops.semi_shift_conv_decoder_grad(grad_out, weight, scale, groups, backend) if needs[1] else None
@@ -902,7 +909,7 @@ def check_semi_shift_arguments(en, de, weight, bias, scale, groups, op="semi_shi
 
 
 def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
-    """The semi-shift convolution of FADE, in one pass (see the module docstring).
+    """The semi-shift convolution of FADE: one pass on the GPU (see the module docstring).
 
     Args:
         en: (N, C, s*h, s*w) encoder map (high resolution).
@@ -936,7 +943,7 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
     else:
         if backend == "cpu":
             # Saved channels-last for the backward, whose convolutions take them so.
-            en, de, weight = (channels_last(t) for t in (en, de, weight))
+            en, de, weight = (to_channels_last(t) for t in (en, de, weight))
         out = torch.ops.upsamplelib.semi_shift_conv(en, de, weight, bias, scale, groups, backend)
     return out.to(result_dtype)
 

@@ -318,10 +318,11 @@ def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners, rule):
     wy1s = np.empty(out_h, x.dtype)
     for Y in range(out_h):
         y0s[Y], y1s[Y], wy0s[Y], wy1s[Y] = linear_source_index(Y, in_h, out_h, scale_h, align_corners, real_t)
-    # Twice the width with these tables (align_corners=False): even output
-    # column 2j blends input columns j - 1 and j, odd 2j + 1 blends j and
-    # j + 1. Those are three shifted contiguous reads and stride-2 writes,
-    # which vectorise, instead of gathers: 4x faster.
+    # At twice the width the tables usually pair the columns (either
+    # align_corners): even output column 2j blends input columns j - 1 and j,
+    # odd 2j + 1 blends j and j + 1, clamped at the borders. When they do,
+    # three shifted contiguous reads and stride-2 writes, which vectorise,
+    # replace the gathers (4x faster); the weights still come from the tables.
     pairs = out_w == 2 * in_w and in_w >= 3
     for X in range(out_w):
         i0 = min(max((X - 1) // 2, 0), in_w - 1)
