@@ -136,7 +136,8 @@ def test_semi_shift_fast_path_strides_are_the_fake_implementations(channels, out
     en, de, weight, bias = (t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                             for t in _semi_shift_inputs(c=channels, o=outputs))
     ops = torch.ops.upsamplelib
-    grad = torch.randn(2, outputs, en.shape[2], en.shape[3], dtype=en.dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, outputs, en.shape[2], en.shape[3], dtype=en.dtype)
+    grad = grad.contiguous(memory_format=torch.channels_last)
     for result in (ops.semi_shift_conv(en, None, weight, bias, 2, 1, "cpu"),
                    ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu"),
                    ops.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu"),

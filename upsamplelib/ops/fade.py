@@ -17,8 +17,8 @@ kernel (the GPU's, and the lesson's) does it in one pass, without
 materialising ``conv(E)`` or the upsampled ``conv(D)``: the two windows
 share the weight, so each tap multiplies ``E + D`` once. (On a CPU the cpu
 backend hands the two dense convolutions to PyTorch instead; see its fast
-path below.) It equals ``conv2d(en) + nearest_up(conv2d(de))`` (the bias twice, as in the
-original) and is *not* a conv over ``nearest_up(de)``.
+path below.) It equals ``conv2d(en) + nearest_up(conv2d(de))`` (the bias
+twice, as in the original) and is *not* a conv over ``nearest_up(de)``.
 
 ``ul.FADE(in_channels_en, in_channels_de)`` and ``ul.FADE(..., lite=True)``
 are the modules, with the official parameter names.
@@ -401,9 +401,9 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # per call, cost 0.2-0.9 ms each). The results come back to NCHW through a
 # blocked loop, and the forward adds the upsampled decoder share in that
 # same pass. PyTorch's zero padding differs from our skipped taps only where
-# a non-finite value meets it: a padded zero times a NaN or Inf weight (the forward, the
-# en and de gradients), or times a NaN or Inf grad_out (the weight
-# gradient). Then the one-pass loops above run instead, so the NaN/Inf
+# a non-finite value meets it: a padded zero times a NaN or Inf weight (the
+# forward, the en and de gradients), or times a NaN or Inf grad_out (the
+# weight gradient). Then the one-pass loops above run instead, so the NaN/Inf
 # semantics are the same on every path. The one-pass kernel stays the
 # lesson's and the GPU's.
 # --------------------------------------------------------------------------
