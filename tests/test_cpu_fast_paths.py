@@ -1,7 +1,7 @@
 """The cpu backend's fast paths (issue 14): the interpolate loops (runs of
 copied rows, separable bilinear in bands, the nearest backward as a gather,
-the bilinear backward separable) and the semi-shift convolution on PyTorch's
-convolutions. Each agrees with its reference to float rounding (nearest: bit
+the bilinear backward separable), the CARAFE forward's register sums and the
+semi-shift convolution on PyTorch's convolutions. Each agrees with its reference to float rounding (nearest: bit
 for bit), in float32 and float64, with gradients to any order; the sizes
 cross the loops' band and run boundaries."""
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import upsamplelib as ul
+from upsamplelib.ops.carafe import carafe_reference
 from upsamplelib.ops.fade import one_pass_semi_shift_cpu, semi_shift_conv_reference
 from upsamplelib.ops.interpolate import BAND_ROWS
 
@@ -32,6 +33,25 @@ def test_nearest_forward_and_backward_bit_for_bit(mode, dtype):
         (g_expected,) = torch.autograd.grad(expected, x, grad)
         (g_got,) = torch.autograd.grad(got, x, grad)
         assert torch.equal(g_got, g_expected), (h, w, kwargs)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
+    """The cpu forward sums four channels at a time, then the rest one by
+    one; it multiplies the zero padding where the masks there are finite,
+    and sums a line again, leaving the padding out, where they are not."""
+    g = torch.Generator().manual_seed(0)
+    # (k, scale, group, channels, h, w): channel counts 4n, 4n + 1..3 and below 4
+    for k, s, group, channels, h, w in [(5, 2, 1, 9, 6, 7), (3, 2, 2, 14, 4, 5), (7, 3, 3, 3, 3, 4), (1, 2, 1, 5, 3, 3),
+                                        (5, 1, 1, 8, 5, 5)]:
+        x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
+        masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
+        masks[0, 0, 0, 1] = float("nan")  # slot (0, 0) of a top-left output reads padding (for k > 1)
+        masks[1, -1, s * h // 2, s * w // 2] = float("inf")
+        got = ul.carafe(x, masks, k, s, group, backend="cpu")
+        expected = carafe_reference(x, masks, k, s, group)
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, equal_nan=True)
+        assert torch.equal(got.isnan(), expected.isnan()), (k, s, group, channels)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
