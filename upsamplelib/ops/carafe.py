@@ -400,9 +400,31 @@ def upsample_columns_cpu(scale):
     return upsample_columns
 
 
+@cpu_kernel
+def carafe_whole_lines_cpu(masks, low_height, kernel_size, scale, whole_row):
+    """whole_row[line, t]: whether slot t's mask values are finite where, on
+    output row line = (n, group, Y), the slot reads the padding; a line may
+    sum all k*k slots when they all are (the padding then adds 0)."""
+    batch, slots, height, width = masks.shape
+    area = kernel_size * kernel_size
+    radius = (kernel_size - 1) // 2
+    groups = slots // area
+    for line in prange(batch * groups * height):
+        n, group, Y = line // (groups * height), (line // height) % groups, line % height
+        top = window_origin(Y, scale, radius)
+        for slot in range(area):
+            dy, dx = slot // kernel_size, slot % kernel_size
+            begin, end = 0, 0  # a row outside the map: all of it reads padding
+            if 0 <= top + dy < low_height:
+                begin, end = slot_columns(dx, scale, radius, width // scale)
+            whole_row[line, slot] = finite_outside(masks[n, slot_of(group, dy, dx, kernel_size), Y], begin, end)
+
+
 @functools.cache
 def carafe_forward_cpu(kernel_size, scale):
-    """The CPU forward loop for one window size and scale.
+    """The CPU forward loop for one window size and scale, every output row
+    summed over all k*k slots (``carafe_border_lines_cpu`` then redoes the
+    rows where that is wrong).
 
     Both are constants of the compiled loop (closure values: Numba caches
     one machine code per pair), so LLVM unrolls the k*k slots and vectorises
@@ -414,9 +436,7 @@ def carafe_forward_cpu(kernel_size, scale):
     per load keeps LLVM from vectorising.
 
     ``columns`` is ``upsampled_columns(x, scale, radius, pad_rows=True)``: a
-    window row that falls outside the map reads the zero rows. Where a slot
-    that reads padding has a non-finite mask value (0 * NaN is NaN, and the
-    padding must add nothing), that line sums only the slots inside.
+    window row that falls outside the map reads the zero rows.
     """
     radius = (kernel_size - 1) // 2
     area = kernel_size * kernel_size
@@ -425,35 +445,16 @@ def carafe_forward_cpu(kernel_size, scale):
     def forward(columns, masks, out, group_channels):
         batch, channels, height, width = out.shape
         padded_height, padded_width = columns.shape[2], columns.shape[3]
-        low_height, low_width = padded_height - 2 * radius, width // scale
         groups = channels // group_channels
-        lines = batch * groups * height  # one (n, group, Y) each
-        # Where a slot reads the padding, its mask values must be finite for
-        # the line to sum all k*k slots (the padding then adds 0).
-        whole_row = np.empty((lines, area), np.bool_)
-        for line in prange(lines):
-            n, group, Y = line // (groups * height), (line // height) % groups, line % height
-            top = window_origin(Y, scale, radius)
-            for slot in range(area):
-                dy, dx = slot // kernel_size, slot % kernel_size
-                begin, end = 0, 0  # a row outside the map: all of it reads padding
-                if 0 <= top + dy < low_height:
-                    begin, end = slot_columns(dx, scale, radius, low_width)
-                whole_row[line, slot] = finite_outside(masks[n, slot_of(group, dy, dx, kernel_size), Y], begin, end)
-        whole_line = np.empty(lines, np.bool_)
-        for line in range(lines):
-            whole_line[line] = whole_row[line].all()
-
-        # Every line as if whole; the others are summed again below. The body
-        # holds no array views, only flat indices, and reads no other array
-        # (not even the line flags): Numba then marks its arrays noalias,
-        # without which LLVM would need overlap checks for the four-channel
-        # loop and leave it scalar (4x slower).
         zero = np.zeros(1, out.dtype)[0]
+        # The loop body holds no array views, only flat indices, and reads no
+        # other array: Numba then marks its arrays noalias, without which LLVM
+        # would need overlap checks for the four-channel loop and leave it
+        # scalar (4x slower).
         flat_masks, flat_columns, flat_out = masks.reshape(-1), columns.reshape(-1), out.reshape(-1)
         plane = height * width
         u_plane, u_row, u_channel = np.uint64(plane), np.uint64(padded_width), np.uint64(padded_height * padded_width)
-        for line in prange(lines):
+        for line in prange(batch * groups * height):
             n, group, Y = line // (groups * height), (line // height) % groups, line % height
             top = window_origin(Y, scale, radius)
             u_mask = np.uint64(((n * groups + group) * area * height + Y) * width)  # slot_of(group, 0, 0)'s row
@@ -490,27 +491,35 @@ def carafe_forward_cpu(kernel_size, scale):
                             sum0 = fma(weight, flat_columns[at], sum0)
                     flat_out[out_base + X] = sum0
 
-        # The other lines: only the slots inside the map, whole rows at a
-        # time (slot by slot, leaving out the columns that read padding where
-        # a mask value there is not finite).
-        for line in prange(lines):
-            if not whole_line[line]:
-                n, group, Y = line // (groups * height), (line // height) % groups, line % height
-                top = window_origin(Y, scale, radius)
-                for c in range(group * group_channels, (group + 1) * group_channels):
-                    total = np.zeros(width, out.dtype)
-                    for dy in range(kernel_size):
-                        if 0 <= top + dy < low_height:
-                            for dx in range(kernel_size):
-                                weights = masks[n, slot_of(group, dy, dx, kernel_size), Y]
-                                values = columns[n, c, top + radius + dy, dx * scale: dx * scale + width]
-                                begin, end = 0, width
-                                if not whole_row[line, dy * kernel_size + dx]:
-                                    begin, end = slot_columns(dx, scale, radius, low_width)
-                                add_products(total[begin:end], weights[begin:end], values[begin:end])
-                    out[n, c, Y, :] = total
-
     return forward
+
+
+@cpu_kernel
+def carafe_border_lines_cpu(columns, masks, out, whole_row, kernel_size, scale, group_channels):
+    """The output rows that may not sum all slots (a mask value that is not
+    finite where its slot reads the padding): only the slots inside the map,
+    whole rows at a time, leaving out the columns that read padding where a
+    mask value there is not finite."""
+    batch, channels, height, width = out.shape
+    radius = (kernel_size - 1) // 2
+    low_height, low_width = columns.shape[2] - 2 * radius, width // scale
+    groups = channels // group_channels
+    for line in prange(batch * groups * height):
+        if not whole_row[line].all():
+            n, group, Y = line // (groups * height), (line // height) % groups, line % height
+            top = window_origin(Y, scale, radius)
+            for c in range(group * group_channels, (group + 1) * group_channels):
+                total = np.zeros(width, out.dtype)
+                for dy in range(kernel_size):
+                    if 0 <= top + dy < low_height:
+                        for dx in range(kernel_size):
+                            weights = masks[n, slot_of(group, dy, dx, kernel_size), Y]
+                            values = columns[n, c, top + radius + dy, dx * scale: dx * scale + width]
+                            begin, end = 0, width
+                            if not whole_row[line, dy * kernel_size + dx]:
+                                begin, end = slot_columns(dx, scale, radius, low_width)
+                            add_products(total[begin:end], weights[begin:end], values[begin:end])
+                out[n, c, Y, :] = total
 
 
 @cpu_kernel
@@ -584,9 +593,15 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
     """out[n, c, Y, X] = sum_t masks[n, slot(c, t), Y, X] * x[n, c, window_t(Y, X)]."""
     out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
     if backend == "cpu":
-        columns = upsampled_columns(x, scale, (kernel_size - 1) // 2, pad_rows=True)
-        run(carafe_forward_cpu(kernel_size, scale), backend, out.numel(), columns, masks.contiguous(), out,
-            group_channels)
+        radius = (kernel_size - 1) // 2
+        columns, masks = upsampled_columns(x, scale, radius, pad_rows=True), masks.contiguous()
+        whole_row = torch.empty((out.shape[0] * masks.shape[1] // (kernel_size * kernel_size) * out.shape[2],
+                                 kernel_size * kernel_size), dtype=torch.bool)
+        run(carafe_whole_lines_cpu, backend, out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
+        run(carafe_forward_cpu(kernel_size, scale), backend, out.numel(), columns, masks, out, group_channels)
+        if not whole_row.all():
+            run(carafe_border_lines_cpu, backend, out.numel(), columns, masks, out, whole_row, kernel_size, scale,
+                group_channels)
     elif (tiled := _fast_tiles(out, kernel_size, scale, group_channels, channels=True)) is not None:
         blocks, threads, run_channels, side = tiled
         run_grid(carafe_forward_tiled_kernel, blocks, threads, x, masks, out, kernel_size, scale, group_channels,
