@@ -39,7 +39,8 @@ def test_nearest_forward_and_backward_bit_for_bit(mode, dtype):
 def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
     """The cpu forward sums four channels at a time, then the rest one by
     one; it multiplies the zero padding where the masks there are finite,
-    and sums a line again, leaving the padding out, where they are not."""
+    and sums a line again, leaving the padding out, where they are not
+    (k = 7 takes the slot-by-slot loop for every line)."""
     g = torch.Generator().manual_seed(0)
     # (k, scale, group, channels, h, w): channel counts 4n, 4n + 1..3 and below 4
     for k, s, group, channels, h, w in [(5, 2, 1, 9, 6, 7), (3, 2, 2, 14, 4, 5), (7, 3, 3, 3, 3, 4), (1, 2, 1, 5, 3, 3),

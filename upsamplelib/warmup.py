@@ -7,10 +7,10 @@ It goes through the public API only (each function and each module, forward
 and backward, in float32 and float64), so a kernel added behind one of them is
 warmed without a change here. Nothing runs on the simulator: the CUDA
 kernels are plain Python there and have nothing to cache. CARAFE's forward
-loop is compiled for each window size and scale (both constants of the
-loop): the ones warmed here are k = 3 and 5 at scale 2 (the modules'
-defaults); any other pair compiles on its first call, about 5 s, and is
-cached then.
+loop is compiled for each window size up to 5 and each scale (both
+constants of the loop): the ones warmed here are k = 3 and 5 at scale 2
+(the modules' defaults); any other such pair compiles on its first call,
+about 5 s, and is cached then.
 """
 
 from __future__ import annotations

@@ -420,11 +420,17 @@ def carafe_whole_lines_cpu(masks, low_height, kernel_size, scale, whole_row):
             whole_row[line, slot] = finite_outside(masks[n, slot_of(group, dy, dx, kernel_size), Y], begin, end)
 
 
+#: The largest window the register loop takes. At k = 7 it took 14.9 ms at
+#: 1x64x64x64, 4.7x its k = 5 time per slot (49 mask values no longer fit
+#: the vector registers, the likely cause); the slot-by-slot loop took 5.3.
+REGISTER_SUMS_LARGEST_KERNEL = 5
+
+
 @functools.cache
 def carafe_forward_cpu(kernel_size, scale):
     """The CPU forward loop for one window size and scale, every output row
-    summed over all k*k slots (``carafe_border_lines_cpu`` then redoes the
-    rows where that is wrong).
+    summed over all k*k slots (``carafe_forward_by_slot_cpu`` then redoes
+    the rows where that is wrong).
 
     Both are constants of the compiled loop (closure values: Numba caches
     one machine code per pair), so LLVM unrolls the k*k slots and vectorises
@@ -495,17 +501,18 @@ def carafe_forward_cpu(kernel_size, scale):
 
 
 @cpu_kernel
-def carafe_border_lines_cpu(columns, masks, out, whole_row, kernel_size, scale, group_channels):
+def carafe_forward_by_slot_cpu(columns, masks, out, whole_row, every_line, kernel_size, scale, group_channels):
     """The output rows that may not sum all slots (a mask value that is not
-    finite where its slot reads the padding): only the slots inside the map,
-    whole rows at a time, leaving out the columns that read padding where a
-    mask value there is not finite."""
+    finite where its slot reads the padding), or every row: slot by slot,
+    one multiply-add over the row each, only the slots inside the map, and
+    leaving out the columns that read padding where a mask value there is
+    not finite."""
     batch, channels, height, width = out.shape
     radius = (kernel_size - 1) // 2
     low_height, low_width = columns.shape[2] - 2 * radius, width // scale
     groups = channels // group_channels
     for line in prange(batch * groups * height):
-        if not whole_row[line].all():
+        if every_line or not whole_row[line].all():
             n, group, Y = line // (groups * height), (line // height) % groups, line % height
             top = window_origin(Y, scale, radius)
             for c in range(group * group_channels, (group + 1) * group_channels):
@@ -598,10 +605,12 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
         whole_row = torch.empty((out.shape[0] * masks.shape[1] // (kernel_size * kernel_size) * out.shape[2],
                                  kernel_size * kernel_size), dtype=torch.bool)
         run(carafe_whole_lines_cpu, backend, out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
-        run(carafe_forward_cpu(kernel_size, scale), backend, out.numel(), columns, masks, out, group_channels)
-        if not whole_row.all():
-            run(carafe_border_lines_cpu, backend, out.numel(), columns, masks, out, whole_row, kernel_size, scale,
-                group_channels)
+        in_registers = kernel_size <= REGISTER_SUMS_LARGEST_KERNEL
+        if in_registers:
+            run(carafe_forward_cpu(kernel_size, scale), backend, out.numel(), columns, masks, out, group_channels)
+        if not in_registers or not whole_row.all():
+            run(carafe_forward_by_slot_cpu, backend, out.numel(), columns, masks, out, whole_row, not in_registers,
+                kernel_size, scale, group_channels)
     elif (tiled := _fast_tiles(out, kernel_size, scale, group_channels, channels=True)) is not None:
         blocks, threads, run_channels, side = tiled
         run_grid(carafe_forward_tiled_kernel, blocks, threads, x, masks, out, kernel_size, scale, group_channels,
