@@ -39,12 +39,13 @@ def test_nearest_forward_and_backward_bit_for_bit(mode, dtype):
 def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
     """The cpu forward sums four channels at a time, then the rest one by
     one; it multiplies the zero padding where the masks there are finite,
-    and sums a line again, leaving the padding out, where they are not
-    (k = 7 takes the slot-by-slot loop for every line)."""
+    and sums a row again, leaving the padding out, where they are not.
+    Windows above 5 x 5 and groups of one or two channels take the
+    slot-by-slot loop for every row."""
     g = torch.Generator().manual_seed(0)
-    # (k, scale, group, channels, h, w): channel counts 4n, 4n + 1..3 and below 4
+    # (k, scale, group, channels, h, w): 9, 7, 1, 5, 8, 2 and 3 channels per group
     for k, s, group, channels, h, w in [(5, 2, 1, 9, 6, 7), (3, 2, 2, 14, 4, 5), (7, 3, 3, 3, 3, 4), (1, 2, 1, 5, 3, 3),
-                                        (5, 1, 1, 8, 5, 5)]:
+                                        (5, 1, 1, 8, 5, 5), (5, 2, 2, 4, 4, 3), (3, 2, 2, 6, 3, 4)]:
         x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
         masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
         masks[0, 0, 0, 1] = float("nan")  # slot (0, 0) of a top-left output reads padding (for k > 1)
@@ -53,6 +54,26 @@ def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
         expected = carafe_reference(x, masks, k, s, group)
         torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, equal_nan=True)
         assert torch.equal(got.isnan(), expected.isnan()), (k, s, group, channels)
+
+
+def test_carafe_window_wider_than_map_keeps_nan_padding_out():
+    """k = 7 on a map 2 wide: slot dx = 6 of output column 0 reads column 3,
+    outside the map, and never reads inside. Its range of inside outputs
+    is empty; it once came out with a negative end, and the slice wrapped
+    around to let the NaN mask through (forward and mask gradient)."""
+    k, s, h, w = 7, 1, 2, 2
+    x = torch.ones(1, 1, h, w, dtype=torch.float64)
+    masks = torch.full((1, k * k, h, w), 0.1, dtype=torch.float64)
+    masks[0, 3 * k + 6, 0, 0] = float("nan")
+    expected = carafe_reference(x, masks, k, s)
+    assert not expected.isnan().any()
+    assert torch.equal(ul.carafe(x, masks, k, s, backend="cpu"), expected)
+    masks = masks.nan_to_num(0.1).requires_grad_()
+    grad = torch.ones(1, 1, s * h, s * w, dtype=torch.float64)
+    grad[0, 0, 0, 0] = float("nan")
+    (got,) = torch.autograd.grad(ul.carafe(x, masks, k, s, backend="cpu"), masks, grad)
+    (want,) = torch.autograd.grad(carafe_reference(x, masks, k, s), masks, grad)
+    assert torch.equal(got.isnan(), want.isnan())
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])

@@ -7,10 +7,10 @@ It goes through the public API only (each function and each module, forward
 and backward, in float32 and float64), so a kernel added behind one of them is
 warmed without a change here. Nothing runs on the simulator: the CUDA
 kernels are plain Python there and have nothing to cache. CARAFE's forward
-loop is compiled for each window size up to 5 and each scale (both
-constants of the loop): the ones warmed here are k = 3 and 5 at scale 2
-(the modules' defaults); any other such pair compiles on its first call,
-about 5 s, and is cached then.
+register loop is compiled for each window size (up to 5) and scale, both
+constants of the loop: the pairs warmed here are k = 3 (below) and k = 5
+(the modules' default) at scale 2; any other pair compiles on its first
+call, about 5 s, and is cached then.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def warm_functions(dtype):
     kernel_size, scale, group = 3, 2, 1
     masks = torch.softmax(torch.randn(1, group * kernel_size**2, 10, 12, dtype=dtype), dim=1).requires_grad_()
     _backward(ul.carafe(x, masks, kernel_size, scale, group=group, backend="cpu"), x, masks)
+    # A NaN mask value where its slot reads the padding takes the slot-by-slot loop for that row.
+    border_nan = masks.detach().clone()
+    border_nan[0, 0, 0, 0] = float("nan")
+    ul.carafe(x, border_nan, kernel_size, scale, group=group, backend="cpu")
 
     q, key = _leaf(1, 4, 10, 12, dtype=dtype), _leaf(1, 4, 5, 6, dtype=dtype)
     _backward(ul.sapa_similarity(q, key, kernel_size, scale, backend="cpu"), q, key)

@@ -17,7 +17,8 @@ to 8 channels of a group, which share their mask values; GPU or simulator),
 ``cpu`` (Numba CPU loops vectorised along whole rows) and ``torch`` (the
 plain-PyTorch unfold formulation, the reference). Both Numba backends use
 the same index helpers below and add the terms of every output in the same
-order, so they agree bit for bit.
+order (the cpu forward also adds the zero padding's exact zeros where the
+masks there are finite), so they agree bit for bit.
 
 The backward is two gathers, no atomics: the gradient of an input pixel sums
 the ``s*s*k*k`` outputs that read it; the gradient of a mask value sums
@@ -357,18 +358,23 @@ def tiled_launch(target, runs_total, kernel_size, scale, group_channels, most_ch
 #     columns[n, c, row, j] = x[n, c, row, j // s - r]   (0 outside the map)
 # so that slot dx of output X reads columns[..., X + dx*s]. Same index math
 # (window_origin, slot_of), same order of additions as the CUDA bodies. Like
-# them, the loops leave out-of-map slots out where a NaN mask there would
-# reach the result (slot dx is inside the map for the outputs in
-# ``slot_columns``); where the masks there are finite, multiplying the zero
-# padding adds exactly 0 and keeps the loop free of tests.
+# them, the loops leave out-of-map slots out where a non-finite mask value
+# there would reach the result (slot dx is inside the map for the outputs
+# in ``slot_columns``); where the masks there are finite, the forward's
+# register loop multiplies the zero padding instead, which adds exactly 0
+# (a sum that starts at +0 never becomes -0) and keeps the loop free of
+# tests.
 # --------------------------------------------------------------------------
 
 
 def _slot_columns(dx, scale, radius, low_width):
     """[begin, end): the outputs X whose slot dx reads a column inside the
-    map, i.e. 0 <= X // scale - radius + dx < low_width."""
+    map, i.e. 0 <= X // scale - radius + dx < low_width. Empty (begin ==
+    end, both within the row) when a window wider than the map has a slot
+    that never reads inside: a negative end would wrap a slice around."""
     width = low_width * scale
-    return max(0, (radius - dx) * scale), min(width, (low_width + radius - dx) * scale)
+    begin = min(width, max(0, (radius - dx) * scale))
+    return begin, max(begin, min(width, (low_width + radius - dx) * scale))
 
 
 slot_columns = per_element(_slot_columns)
@@ -401,7 +407,7 @@ def upsample_columns_cpu(scale):
 
 
 @cpu_kernel
-def carafe_whole_lines_cpu(masks, low_height, kernel_size, scale, whole_row):
+def carafe_whole_row_flags_cpu(masks, low_height, kernel_size, scale, whole_row):
     """whole_row[line, t]: whether slot t's mask values are finite where, on
     output row line = (n, group, Y), the slot reads the padding; a line may
     sum all k*k slots when they all are (the padding then adds 0)."""
@@ -424,6 +430,11 @@ def carafe_whole_lines_cpu(masks, low_height, kernel_size, scale, whole_row):
 #: 1x64x64x64, 4.7x its k = 5 time per slot (49 mask values no longer fit
 #: the vector registers, the likely cause); the slot-by-slot loop took 5.3.
 REGISTER_SUMS_LARGEST_KERNEL = 5
+#: The fewest channels per group it takes. With one or two, each mask value
+#: serves one or two outputs and the loop streams k*k mask rows at once:
+#: 10.5 and 7.1 ms at 1x64x64x64, k = 5, groups of 1 and 2, against 7.2 and
+#: 4.9 slot by slot; groups of 3, 4 and 8: 3.9, 2.9, 2.8 against 4.3, 4.2, 4.7.
+REGISTER_SUMS_FEWEST_CHANNELS = 3
 
 
 @functools.cache
@@ -466,8 +477,9 @@ def carafe_forward_cpu(kernel_size, scale):
             u_mask = np.uint64(((n * groups + group) * area * height + Y) * width)  # slot_of(group, 0, 0)'s row
             first = n * channels + group * group_channels  # channel index in the flat (N*C) order
             # Four channels at a time share each mask load and run four
-            # independent sums, which hides the latency of the fma chain
-            # (LLVM vectorises this loop for up to four, not eight).
+            # independent sums, which hides the latency of the fma chain.
+            # LLVM vectorises this loop with four output rows to store to,
+            # not with eight (too many overlap checks between them).
             for c in range(first, first + group_channels - 3, 4):
                 column_base = np.uint64((c * padded_height + top + radius) * padded_width)
                 out_base = np.uint64((c * height + Y) * width)
@@ -604,8 +616,8 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
         columns, masks = upsampled_columns(x, scale, radius, pad_rows=True), masks.contiguous()
         whole_row = torch.empty((out.shape[0] * masks.shape[1] // (kernel_size * kernel_size) * out.shape[2],
                                  kernel_size * kernel_size), dtype=torch.bool)
-        run(carafe_whole_lines_cpu, backend, out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
-        in_registers = kernel_size <= REGISTER_SUMS_LARGEST_KERNEL
+        run(carafe_whole_row_flags_cpu, backend, out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
+        in_registers = kernel_size <= REGISTER_SUMS_LARGEST_KERNEL and group_channels >= REGISTER_SUMS_FEWEST_CHANNELS
         if in_registers:
             run(carafe_forward_cpu(kernel_size, scale), backend, out.numel(), columns, masks, out, group_channels)
         if not in_registers or not whole_row.all():
