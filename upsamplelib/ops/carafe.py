@@ -474,7 +474,7 @@ def carafe_forward_cpu(kernel_size, scale):
         for line in prange(batch * groups * height):
             n, group, Y = line // (groups * height), (line // height) % groups, line % height
             top = window_origin(Y, scale, radius)
-            u_mask = np.uint64(((n * groups + group) * area * height + Y) * width)  # slot_of(group, 0, 0)'s row
+            u_mask = np.uint64(((n * groups * area + slot_of(group, 0, 0, kernel_size)) * height + Y) * width)
             first = n * channels + group * group_channels  # channel index in the flat (N*C) order
             # Four channels at a time share each mask load and run four
             # independent sums, which hides the latency of the fma chain.
@@ -603,6 +603,22 @@ def upsampled_columns(x, scale, radius, pad_rows=False):
     return columns
 
 
+def _reassemble_cpu(x, masks, out, kernel_size, scale, group_channels):
+    """The cpu forward: the register loop where it suits the window and the
+    group, then the slot-by-slot loop for the rows it cannot sum whole (or
+    for every row)."""
+    columns = upsampled_columns(x, scale, (kernel_size - 1) // 2, pad_rows=True)
+    lines = x.shape[0] * (x.shape[1] // group_channels) * out.shape[2]
+    whole_row = torch.empty((lines, kernel_size * kernel_size), dtype=torch.bool)
+    run(carafe_whole_row_flags_cpu, "cpu", out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
+    in_registers = kernel_size <= REGISTER_SUMS_LARGEST_KERNEL and group_channels >= REGISTER_SUMS_FEWEST_CHANNELS
+    if in_registers:
+        run(carafe_forward_cpu(kernel_size, scale), "cpu", out.numel(), columns, masks, out, group_channels)
+    if not in_registers or not whole_row.all():
+        run(carafe_forward_by_slot_cpu, "cpu", out.numel(), columns, masks, out, whole_row, not in_registers,
+            kernel_size, scale, group_channels)
+
+
 # The three operations below are all of CARAFE's arithmetic. SAPA reuses them:
 # its similarity is `window_products` (queries against key windows), and its
 # backward is `reassemble` and `gather_to_windows`.
@@ -612,17 +628,7 @@ def reassemble(backend, x, masks, kernel_size, scale, group_channels):
     """out[n, c, Y, X] = sum_t masks[n, slot(c, t), Y, X] * x[n, c, window_t(Y, X)]."""
     out = x.new_empty((x.shape[0], x.shape[1], masks.shape[2], masks.shape[3]))
     if backend == "cpu":
-        radius = (kernel_size - 1) // 2
-        columns, masks = upsampled_columns(x, scale, radius, pad_rows=True), masks.contiguous()
-        whole_row = torch.empty((out.shape[0] * masks.shape[1] // (kernel_size * kernel_size) * out.shape[2],
-                                 kernel_size * kernel_size), dtype=torch.bool)
-        run(carafe_whole_row_flags_cpu, backend, out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
-        in_registers = kernel_size <= REGISTER_SUMS_LARGEST_KERNEL and group_channels >= REGISTER_SUMS_FEWEST_CHANNELS
-        if in_registers:
-            run(carafe_forward_cpu(kernel_size, scale), backend, out.numel(), columns, masks, out, group_channels)
-        if not in_registers or not whole_row.all():
-            run(carafe_forward_by_slot_cpu, backend, out.numel(), columns, masks, out, whole_row, not in_registers,
-                kernel_size, scale, group_channels)
+        _reassemble_cpu(x, masks, out, kernel_size, scale, group_channels)
     elif (tiled := _fast_tiles(out, kernel_size, scale, group_channels, channels=True)) is not None:
         blocks, threads, run_channels, side = tiled
         run_grid(carafe_forward_tiled_kernel, blocks, threads, x, masks, out, kernel_size, scale, group_channels,

@@ -398,7 +398,7 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # NCHW maps they pay a reorder inside every call (float32, C=64, 128 x 128
 # -> 25 channels, 2 cores: the forward 4.2 -> 2.9 ms, d/d en 6.1 -> 2.6 ms,
 # d/d weight 6.2 -> 3.8 ms; the conversions, which semi_shift_conv pays once
-# per call, cost 0.2-0.9 ms each). The results come back to NCHW through a
+# per call, cost up to 1.7 ms each, en's at 64 x 128 x 128). The results come back to NCHW through a
 # blocked loop, and the forward adds the upsampled decoder share in that
 # same pass. PyTorch's zero padding differs from our skipped taps only where
 # a non-finite value meets it: a padded zero times a NaN or Inf weight (the
@@ -512,7 +512,7 @@ def dense_input_grad(grad, weight, groups):
     d loss / d de from the pooled grad_out, channels-last inside."""
     pad = weight.shape[2] // 2
     return to_channels_first(F.conv_transpose2d(to_channels_last(grad), to_channels_last(weight), padding=pad,
-                                             groups=groups))
+                                                groups=groups))
 
 
 def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
