@@ -13,8 +13,9 @@ The helpers that ``bench/run.py`` (``make bench``) and lesson 07 share::
   what a benchmark should report, never times from different runs);
 * ``copy_bandwidth(device)``: the machine's measured copy bandwidth (bytes
   read + written per second), the roof a memory-bound kernel is held to;
-* ``peak_extra_memory(fn)``: the peak memory ``fn()`` allocates through
-  PyTorch beyond what was allocated before it.
+* ``peak_extra_memory(fn)``: the peak memory ``fn()`` holds beyond what
+  was in use before it (on the CPU: every page it touches, PyTorch's and
+  Numba's alike).
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def copy_bandwidth(device="cpu", megabytes: int = 256, repeats: int = 10) -> flo
 
 
 _LIBC = None
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# The largest thresholds glibc's own rule raises them to (64-bit), once the
+# program has freed a block of 32 MiB: blocks up to that size then come from
+# its heap and are reused without page faults.
+GLIBC_MMAP_THRESHOLD_MAX, GLIBC_TRIM_THRESHOLD_MAX = 32 << 20, 64 << 20
+
+
+def _glibc():
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL("libc.so.6")
+    return _LIBC
 
 
 def _resident(key: str) -> int:
@@ -90,15 +105,21 @@ def _return_free_memory() -> None:
     unmap it on free (by default it raises that threshold as a program
     frees large blocks, which then stay resident and hide later peaks), and
     hand back the free memory it holds now (malloc_trim)."""
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
+    libc = _glibc()
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 16)
+    libc.malloc_trim(0)
 
-        _LIBC = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 16)
-        _LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 16)
-    _LIBC.malloc_trim(0)
+
+def _reuse_freed_memory() -> None:
+    """Undo ``_return_free_memory`` for the calls that follow: left at 64 KiB,
+    every later tensor above it would be mapped afresh and page-faulted in,
+    which slows every timing after a memory measurement (a 4 MB CARAFE
+    output took about 1,000 faults a call). glibc has no way back to its
+    moving threshold once one is set, so set the value it moves to."""
+    libc = _glibc()
+    libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_MAX)
 
 
 def peak_extra_memory(fn, device="cpu") -> float:
@@ -110,8 +131,10 @@ def peak_extra_memory(fn, device="cpu") -> float:
     mark, reset just before the call (``/proc/self/clear_refs``), with
     glibc told to map every large block afresh and unmap it on free, and
     to return what it holds free before the call, so that memory freed
-    earlier does not hide the call's peak. This counts every page the
-    call touches: PyTorch's tensors, Numba's scratch arrays, a compiler's
+    earlier does not hide the call's peak; afterwards glibc reuses freed
+    blocks again (up to 32 MiB, where its default rule ends up), so later
+    timings do not pay page faults. This counts every page the call
+    touches: PyTorch's tensors, Numba's scratch arrays, a compiler's
     memory (so call ``fn`` once before measuring), at page granularity."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -122,10 +145,16 @@ def peak_extra_memory(fn, device="cpu") -> float:
         return float(torch.cuda.max_memory_allocated() - before)
     try:
         _return_free_memory()
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # reset the high-water mark to the current resident set
-        before = _resident("VmRSS:")
-    except OSError:
+    except OSError:  # no glibc (macOS, Windows)
         return float("nan")
-    fn()
-    return float(_resident("VmHWM:") - before)
+    try:
+        try:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # reset the high-water mark to the current resident set
+            before = _resident("VmRSS:")
+        except OSError:
+            return float("nan")
+        fn()
+        return float(_resident("VmHWM:") - before)
+    finally:
+        _reuse_freed_memory()

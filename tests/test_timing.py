@@ -1,0 +1,68 @@
+"""upsamplelib.timing: the helpers make bench and lesson 07 time with.
+Planned clocks stand in for real time; memory is checked in pages."""
+
+import itertools
+import resource
+import sys
+
+import pytest
+import torch
+
+from upsamplelib.timing import compare, median_time, peak_extra_memory
+
+LINUX = sys.platform.startswith("linux")
+
+
+def test_median_time_skips_the_warmup_and_takes_the_median():
+    ticks = itertools.count()
+    durations = iter([5.0, 1.0, 9.0])  # one duration per timed call
+    calls = []
+    now = [0.0]
+
+    def clock():
+        # start, stop, start, stop, ...: each stop adds that call's duration
+        if next(ticks) % 2:
+            now[0] += next(durations)
+        return now[0]
+
+    assert median_time(lambda: calls.append(1), warmup=2, repeats=3, clock=clock) == 5.0
+    assert len(calls) == 5
+
+
+def test_median_time_needs_a_timed_call():
+    with pytest.raises(ValueError, match="repeats"):
+        median_time(lambda: None, repeats=0)
+
+
+def test_compare_interleaves_the_functions_round_by_round():
+    order = []
+    compare({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, repeats=2, rounds=2)
+    # round 1: warm-up + 2 timed calls each; later rounds: 1 warm-up + 2 timed
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+
+
+@pytest.mark.skipif(not LINUX, reason="the resident-set high-water mark is read from /proc (Linux)")
+def test_peak_extra_memory_counts_what_the_call_holds():
+    peak = peak_extra_memory(lambda: torch.ones(16 << 20))  # 64 MiB of float32, every page written
+    assert 60 << 20 < peak < 80 << 20
+    freed_before = torch.ones(16 << 20)
+    del freed_before  # memory glibc holds free must not hide the next call's peak
+    assert 60 << 20 < peak_extra_memory(lambda: torch.ones(16 << 20)) < 80 << 20
+
+
+@pytest.mark.skipif(not LINUX, reason="glibc's allocator and getrusage's page-fault count (Linux)")
+def test_peak_extra_memory_leaves_freed_blocks_to_be_reused():
+    """Measuring sets glibc to map every large block afresh; left so, every
+    later 4 MB tensor would cost about 1,000 page faults (and the timings
+    that follow a memory measurement would count them)."""
+    peak_extra_memory(lambda: torch.ones(16))
+
+    def faults_per_call(calls=20):
+        for _ in range(10):  # glibc places the first few blocks anew while its free lists settle
+            torch.ones(1 << 20)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(calls):
+            torch.ones(1 << 20)  # 4 MiB, freed at once
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+    assert faults_per_call() < 100
