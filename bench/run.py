@@ -13,7 +13,8 @@ It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench
 * ``ops``: every op, forward and backward, ours against the best plain-PyTorch form on each
   device, the ratio (ours / baseline: below 1 means ours is faster) and the issue's target;
   the peak extra memory of each (``upsamplelib.timing.peak_extra_memory``: on the CPU the rise
-  of the resident-set high-water mark during the call, on a GPU torch's allocator peak);
+  of the resident-set high-water mark during the call, on a GPU torch's allocator peak),
+  measured in a child process so that the timings run in glibc's default allocator state;
   effective GB/s (the op's minimum traffic: each input read once, each output written once,
   over our time) as a fraction of the copy bandwidth, and GFLOP/s (FLOPs as the ops'
   registered formulas count them, ``FlopCounterMode``);
@@ -236,18 +237,51 @@ def count_flops(function) -> int:
     return counter.get_total_flops()
 
 
-def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: float, memory: bool, only=()):
+def selected_cases(device: str, quick: bool, only=()):
+    """The cases whose op name contains one of the words of ``only`` (all without any)."""
+    for case in cases(device, quick):
+        if not only or any(word.lower() in case[0].lower() for word in only):
+            yield case
+
+
+def measure_memory(device: str, quick: bool, only=()) -> dict:
+    """{(op, pass): {function name: peak extra MB}}, measured in a child
+    process. Measuring leaves glibc's mmap threshold fixed (see
+    ``peak_extra_memory``): timings taken after it in the same process would
+    run in an allocator state that no other process is in, with fewer page
+    faults for large tensors than glibc's default gives."""
+    command = [sys.executable, os.path.abspath(__file__), "--memory-child", device]
+    command += (["--quick"] if quick else []) + (["--only", *only] if only else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the memory measurement failed:\n{done.stderr[-3000:]}")
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    return {tuple(key.split("|")): value for key, value in peaks.items()}
+
+
+def print_memory_peaks(device: str, quick: bool, only=()) -> None:
+    """The child process of ``measure_memory``: one JSON line of peaks."""
+    peaks = {}
+    for op, pass_, _, ours, baselines, _, _ in selected_cases(device, quick, only):
+        functions = {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
+        for function in functions.values():
+            function()  # a first call compiles and may allocate for good: not the call's peak
+        peaks[f"{op}|{pass_}"] = {name: peak_extra_memory(function, device) / 2**20
+                                  for name, function in functions.items()}
+    print(json.dumps(peaks))
+
+
+def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: float, peaks=None, only=()):
+    """One row per (op, pass, baseline); ``peaks`` from ``measure_memory``
+    (None: no memory columns)."""
     rows = []
-    for op, pass_, shape, ours, baselines, traffic, flop_function in cases(device, quick):
-        if only and not any(word.lower() in op.lower() for word in only):
-            continue
+    for op, pass_, shape, ours, baselines, traffic, flop_function in selected_cases(device, quick, only):
         functions = {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
         heavy = "SAPA-B" in op and not quick
         seconds = compare(functions, warmup=1 if heavy else 2, repeats=max(3, repeats // 3) if heavy else repeats,
                           rounds=rounds, device=device)
         flops = count_flops(flop_function)
-        peaks = {name: peak_extra_memory(function, device) / 2**20 if memory else float("nan")
-                 for name, function in functions.items()}
+        memory = (peaks or {}).get((op, pass_), {})
         for name, (_, target) in baselines.items():
             ratio = seconds["ours"] / seconds[name]
             gbs = traffic / seconds["ours"] / 1e9 if traffic else float("nan")
@@ -257,7 +291,8 @@ def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: f
                 "baseline_ms": 1e3 * seconds[name], "ratio": ratio,
                 "target": "" if target is None else target,
                 "target_met": "" if target is None else ratio <= target,
-                "ours_peak_mb": peaks["ours"], "baseline_peak_mb": peaks[name], "min_bytes": traffic or "",
+                "ours_peak_mb": memory.get("ours", float("nan")),
+                "baseline_peak_mb": memory.get(name, float("nan")), "min_bytes": traffic or "",
                 "ours_gbs": gbs, "copy_gbs": copy_gbs, "fraction_of_copy": gbs / copy_gbs,
                 "ours_gflops": flops / seconds["ours"] / 1e9,
             })
@@ -477,6 +512,7 @@ def main(argv=None) -> int:
                         help="ops section: only the ops whose name contains one of these words")
     parser.add_argument("--out", default=os.path.join(REPOSITORY, "build", "bench"),
                         help="folder for bench.csv and bench.png")
+    parser.add_argument("--memory-child", metavar="DEVICE", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-reference", metavar="PATH",
                         help="on a CUDA GPU: run bench/gpu.py, the GPU benchmark (CUDA events), writing PATH")
     args = parser.parse_args(argv)
@@ -484,6 +520,9 @@ def main(argv=None) -> int:
     unknown = [name for name in sections if name not in ("ops", "scaling", "compile")]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from ops, scaling, compile")
+    if args.memory_child:
+        print_memory_peaks(args.memory_child, args.quick, args.only)
+        return 0
     repeats = args.repeat or (2 if args.quick else 10)
     rounds = args.rounds or (1 if args.quick else 3)
     devices = ["cpu"] + (["cuda"] if GPU else [])
@@ -506,8 +545,8 @@ def main(argv=None) -> int:
                      "op": "tensor copy", "copy_gbs": copy_gbs})
         if "ops" in sections:
             print_op_header(device, copy_gbs)
-            rows += measure_ops(device, args.quick, repeats, rounds, copy_gbs, memory=not args.quick,
-                                only=args.only)
+            peaks = None if args.quick else measure_memory(device, args.quick, args.only)
+            rows += measure_ops(device, args.quick, repeats, rounds, copy_gbs, peaks, only=args.only)
         if "scaling" in sections:
             print(f"== scaling on {device}: our forward time against one size at a time")
             rows += scaling_runs(device, args.quick, repeats)

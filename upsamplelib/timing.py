@@ -112,11 +112,11 @@ def _return_free_memory() -> None:
 
 
 def _reuse_freed_memory() -> None:
-    """Undo ``_return_free_memory`` for the calls that follow: left at 64 KiB,
-    every later tensor above it would be mapped afresh and page-faulted in,
-    which slows every timing after a memory measurement (a 4 MB CARAFE
-    output took about 1,000 faults a call). glibc has no way back to its
-    moving threshold once one is set, so set the value it moves to."""
+    """Undo most of ``_return_free_memory`` for the calls that follow: left at
+    64 KiB, every later tensor above it would be mapped afresh and
+    page-faulted in (a 4 MB CARAFE output took about 1,000 faults a call).
+    glibc has no way back to its moving threshold once one is set, so set
+    the largest value it moves to."""
     libc = _glibc()
     libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
     libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_MAX)
@@ -131,11 +131,16 @@ def peak_extra_memory(fn, device="cpu") -> float:
     mark, reset just before the call (``/proc/self/clear_refs``), with
     glibc told to map every large block afresh and unmap it on free, and
     to return what it holds free before the call, so that memory freed
-    earlier does not hide the call's peak; afterwards glibc reuses freed
-    blocks again (up to 32 MiB, where its default rule ends up), so later
-    timings do not pay page faults. This counts every page the call
-    touches: PyTorch's tensors, Numba's scratch arrays, a compiler's
-    memory (so call ``fn`` once before measuring), at page granularity."""
+    earlier does not hide the call's peak. This counts every page the call
+    touches: PyTorch's tensors, Numba's scratch arrays, a compiler's memory
+    (so call ``fn`` once before measuring), at page granularity.
+
+    Afterwards glibc reuses freed blocks up to 32 MiB. It cannot go back to
+    its default, which moves its threshold with the blocks a program frees
+    and keeps mapping the largest blocks afresh (a page fault per 4 KiB on
+    each first write), so timings taken later in the same process can pay
+    fewer page faults than they would in a fresh one: measure memory after
+    timing, or in another process, as ``make bench`` does."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
