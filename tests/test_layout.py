@@ -1,0 +1,63 @@
+"""upsamplelib.layout: NCHW <-> channels-last copies by 8 x 8 block
+transposes (vector shuffles), against PyTorch's own copies."""
+
+import pytest
+import torch
+
+from upsamplelib.layout import SMALLEST_FAST_COPY, TILE, to_channels_first, to_channels_last
+
+CHANNELS_LAST = torch.channels_last
+
+# (N, C, H, W): whole blocks and tiles, and edges of every width: channels
+# and pixels not multiples of 8, more than one tile of each, several images.
+SHAPES = [(1, 64, 128, 128), (2, 25, 33, 17), (3, 8, 64, 64), (1, 3, 100, 70), (1, TILE + 9, 20, 13),
+          (1, 130, 11, 12)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_copies_equal_pytorchs(shape, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    assert x.numel() >= SMALLEST_FAST_COPY  # the block-transpose path, not the fallback
+    expected = x.contiguous(memory_format=CHANNELS_LAST)
+    last = to_channels_last(x)
+    assert torch.equal(last, expected) and last.stride() == expected.stride()
+    first = to_channels_first(expected)
+    assert torch.equal(first, x) and first.is_contiguous()
+    # distinct values everywhere: a wrong index cannot hide behind equal ones
+    ramp = torch.arange(x.numel(), dtype=dtype).reshape(shape)
+    assert torch.equal(to_channels_last(ramp), ramp.contiguous(memory_format=CHANNELS_LAST))
+    assert torch.equal(to_channels_first(ramp.contiguous(memory_format=CHANNELS_LAST)), ramp)
+
+
+@pytest.mark.parametrize("x", [torch.randn(1, 4, 5, 6), torch.randn(1, 64, 32, 32, dtype=torch.float16),
+                               torch.randn(2, 64, 32, 64)[:, :, :, ::2], torch.randn(1, 1, 200, 200)],
+                         ids=["small", "float16", "strided", "one channel"])
+def test_other_tensors_take_pytorchs_copy(x):
+    last = to_channels_last(x)
+    assert torch.equal(last, x) and last.is_contiguous(memory_format=CHANNELS_LAST)
+    first = to_channels_first(last)
+    assert torch.equal(first, x) and first.is_contiguous()
+
+
+def test_a_tensor_already_in_the_layout_is_returned_as_it_is():
+    x = torch.randn(1, 16, 64, 64)
+    assert to_channels_first(x) is not x and to_channels_first(x).data_ptr() == x.data_ptr()
+    last = x.contiguous(memory_format=CHANNELS_LAST)
+    assert to_channels_last(last) is last
+
+
+def test_the_copy_operator_is_differentiable_and_traceable():
+    op = torch.ops.upsamplelib.channels_last_copy
+    x = torch.randn(1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(op, (x,))
+    assert torch.autograd.gradcheck(op, (x,))
+    assert torch.autograd.gradgradcheck(lambda t: op(t) ** 2, (x,))
+    big = torch.randn(1, 64, 32, 32, requires_grad=True)
+    (to_channels_last(big) * 3).sum().backward()
+    assert torch.equal(big.grad, torch.full_like(big, 3))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: to_channels_last(t * 2) + 1, backend="aot_eager", fullgraph=True)
+    out = compiled(big.detach())
+    assert torch.equal(out, (big.detach() * 2).contiguous(memory_format=CHANNELS_LAST) + 1)
+    assert out.is_contiguous(memory_format=CHANNELS_LAST)
