@@ -10,8 +10,8 @@ CHANNELS_LAST = torch.channels_last
 
 # (N, C, H, W): whole blocks and tiles, and edges of every width: channels
 # and pixels not multiples of 8, more than one tile of each, several images.
-SHAPES = [(1, 64, 128, 128), (2, 25, 33, 17), (3, 8, 64, 64), (1, 3, 100, 70), (1, TILE + 9, 20, 13),
-          (1, 130, 11, 12)]
+SHAPES = [(1, 64, 128, 128), (2, 25, 33, 41), (3, 8, 64, 64), (1, 3, 150, 90), (1, TILE + 9, 30, 17),
+          (1, 130, 17, 19)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -33,11 +33,23 @@ def test_copies_equal_pytorchs(shape, dtype):
 @pytest.mark.parametrize("x", [torch.randn(1, 4, 5, 6), torch.randn(1, 64, 32, 32, dtype=torch.float16),
                                torch.randn(2, 64, 32, 64)[:, :, :, ::2], torch.randn(1, 1, 200, 200)],
                          ids=["small", "float16", "strided", "one channel"])
-def test_other_tensors_take_pytorchs_copy(x):
+def test_other_tensors_go_to_channels_last_by_pytorchs_copy(x):
     last = to_channels_last(x)
     assert torch.equal(last, x) and last.is_contiguous(memory_format=CHANNELS_LAST)
     first = to_channels_first(last)
     assert torch.equal(first, x) and first.is_contiguous()
+
+
+def test_views_with_a_storage_offset_and_special_values_copy_exactly():
+    storage = torch.randn(3, 40, 64, 64)
+    storage[1, 5, 7, 9], storage[1, 6, 0, 0], storage[2, 7, 63, 63] = float("nan"), float("inf"), -0.0
+    for view in (storage[1:], storage[:, 3:40]):  # contiguous NCHW views, not at the storage's start
+        assert view.storage_offset() > 0
+        last = to_channels_last(view)
+        expected = view.contiguous(memory_format=CHANNELS_LAST)
+        assert torch.equal(last.view(torch.int32), expected.view(torch.int32))  # bit for bit: NaN, -0.0
+        back = to_channels_first(expected[1:])
+        assert torch.equal(back.view(torch.int32), view[1:].contiguous().view(torch.int32))
 
 
 def test_a_tensor_already_in_the_layout_is_returned_as_it_is():

@@ -4,15 +4,20 @@ PyTorch's convolutions on a CPU (oneDNN) are fastest on channels-last maps,
 and the library's ops return the usual NCHW ones, so the cpu backend of the
 semi-shift convolution copies maps between the two layouts. PyTorch's own
 copy moves one element at a time: 0.8 ms for a 64 x 128 x 128 float32 map
-on 2 cores, four times a plain copy of it. Here each 8 x 8 block of the
-(channels x pixels) plane is read as 8 vectors, transposed in registers with
-LLVM vector shuffles, and written as 8 vectors: 0.3 ms.
+on 2 cores (medians on the course's test machine), four times a plain copy
+of it. Here each 8 x 8 block of the (channels x pixels) plane is read as 8
+vectors, transposed in registers with LLVM vector shuffles, and written as
+8 vectors: 0.3 ms. LLVM lowers the shuffles to each machine's own (AVX on
+x86, NEON on arm64).
 
 * ``to_channels_last(t)``: ``t.contiguous(memory_format=torch.channels_last)``
-  as a differentiable operator that ``torch.compile`` can trace (for use
-  anywhere);
+  as an operator that reverse-mode autograd and ``torch.compile`` go
+  through (not forward-mode AD, like the library's other operators);
 * ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, for
   use inside an operator's implementation (it calls a Numba loop directly).
+
+Both run a parallel Numba loop, under the same threading rules as every CPU
+kernel of the library.
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ def transpose_block(typingctx, source, source_start, source_stride, out, out_sta
 
 
 #: Each parallel job transposes one TILE x TILE square of a plane: the
-#: block rows it reads and writes stay in the first-level cache.
+#: rows it reads and writes (16 KB in float32, 32 KB in float64) stay in
+#: the first-level cache.
 TILE = 64
 
 
@@ -99,20 +105,22 @@ def transpose_planes_cpu(source, out, planes, rows, columns):
                 out[plane + c * rows + r] = source[plane + r * columns + c]
 
 
-#: Below this many elements PyTorch's copy is as fast (no parallel launch).
-SMALLEST_FAST_COPY = 1 << 14
+#: Below about this many values PyTorch's copy is faster: the block
+#: transpose's parallel launch costs more than it saves.
+SMALLEST_FAST_COPY = 1 << 15
 
 
-def _fast_copy(tensor: torch.Tensor) -> bool:
+def _block_transposable(tensor: torch.Tensor, memory_format) -> bool:
+    """Whether the block transpose copies ``tensor``, which must be dense in ``memory_format``."""
     return (tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and tensor.dim() == 4
-            and tensor.numel() >= SMALLEST_FAST_COPY)
+            and tensor.numel() >= SMALLEST_FAST_COPY and tensor.is_contiguous(memory_format=memory_format))
 
 
 @operator("channels_last_copy")
 def channels_last_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A new channels-last copy of a 4-D tensor."""
     out = torch.empty_like(tensor, memory_format=torch.channels_last)
-    if _fast_copy(tensor) and tensor.is_contiguous():
+    if _block_transposable(tensor, torch.contiguous_format):
         batch, channels, height, width = tensor.shape
         run(transpose_planes_cpu, "cpu", out.numel(), tensor.view(-1), out.permute(0, 2, 3, 1).reshape(-1),
             batch, channels, height * width)
@@ -135,7 +143,7 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     it, else a copy (differentiable; traceable by ``torch.compile``)."""
     if tensor.is_contiguous(memory_format=torch.channels_last):
         return tensor
-    if _fast_copy(tensor) and tensor.is_contiguous():
+    if _block_transposable(tensor, torch.contiguous_format):
         return torch.ops.upsamplelib.channels_last_copy(tensor)
     return tensor.contiguous(memory_format=torch.channels_last)
 
@@ -148,7 +156,7 @@ def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
         # Already in NCHW order (one channel, or one pixel): the usual
         # strides, as the ops' fake implementations give.
         return tensor.view(-1).view(tensor.shape)
-    if not (_fast_copy(tensor) and tensor.is_contiguous(memory_format=torch.channels_last)):
+    if not _block_transposable(tensor, torch.channels_last):
         return tensor.contiguous()
     batch, channels, height, width = tensor.shape
     out = tensor.new_empty(tensor.shape)

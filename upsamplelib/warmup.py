@@ -21,6 +21,7 @@ import time
 import torch
 
 import upsamplelib as ul
+from upsamplelib.layout import SMALLEST_FAST_COPY
 
 #: float32 is what the lessons and a model use; float64 is what gradcheck
 #: (and so a student testing a gradient) uses.
@@ -59,8 +60,9 @@ def warm_functions(dtype):
     q, key = _leaf(1, 4, 10, 12, dtype=dtype), _leaf(1, 4, 5, 6, dtype=dtype)
     _backward(ul.sapa_similarity(q, key, kernel_size, scale, backend="cpu"), q, key)
 
-    # en holds 16,384 values, enough for the block-transpose layout copies (upsamplelib.layout).
-    en, de = _leaf(1, 4, 64, 64, dtype=dtype), _leaf(1, 4, 32, 32, dtype=dtype)
+    # en large enough for the block-transpose layout copies (upsamplelib.layout).
+    rows = 2 * -(-SMALLEST_FAST_COPY // (2 * 4 * 64))
+    en, de = _leaf(1, 4, rows, 64, dtype=dtype), _leaf(1, 4, rows // 2, 32, dtype=dtype)
     weight, bias = _leaf(9, 4, 3, 3, dtype=dtype), _leaf(9, dtype=dtype)
     _backward(ul.semi_shift_conv(en, de, weight, bias, scale=scale, backend="cpu"), en, de, weight, bias)
     # A weight holding Inf takes the one-pass loops (the NaN/Inf rule), not PyTorch's convolutions.
