@@ -244,6 +244,11 @@ def selected_cases(device: str, quick: bool, only=()):
             yield case
 
 
+def _compared_functions(ours, baselines) -> dict:
+    """{"ours": ours, baseline name: baseline function} of one case."""
+    return {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
+
+
 def measure_memory(device: str, quick: bool, only=()) -> dict:
     """{(op, pass): {function name: peak extra MB}}, measured in a child
     process. Measuring leaves glibc's mmap threshold fixed (see
@@ -263,7 +268,7 @@ def print_memory_peaks(device: str, quick: bool, only=()) -> None:
     """The child process of ``measure_memory``: one JSON line of peaks."""
     peaks = {}
     for op, pass_, _, ours, baselines, _, _ in selected_cases(device, quick, only):
-        functions = {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
+        functions = _compared_functions(ours, baselines)
         for function in functions.values():
             function()  # a first call compiles and may allocate for good: not the call's peak
         peaks[f"{op}|{pass_}"] = {name: peak_extra_memory(function, device) / 2**20
@@ -276,7 +281,7 @@ def measure_ops(device: str, quick: bool, repeats: int, rounds: int, copy_gbs: f
     (None: no memory columns)."""
     rows = []
     for op, pass_, shape, ours, baselines, traffic, flop_function in selected_cases(device, quick, only):
-        functions = {"ours": ours, **{name: function for name, (function, _) in baselines.items()}}
+        functions = _compared_functions(ours, baselines)
         heavy = "SAPA-B" in op and not quick
         seconds = compare(functions, warmup=1 if heavy else 2, repeats=max(3, repeats // 3) if heavy else repeats,
                           rounds=rounds, device=device)

@@ -15,6 +15,7 @@ call, about 5 s, and is cached then.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -60,8 +61,8 @@ def warm_functions(dtype):
     q, key = _leaf(1, 4, 10, 12, dtype=dtype), _leaf(1, 4, 5, 6, dtype=dtype)
     _backward(ul.sapa_similarity(q, key, kernel_size, scale, backend="cpu"), q, key)
 
-    # en large enough for the block-transpose layout copies (upsamplelib.layout).
-    rows = 2 * -(-SMALLEST_FAST_COPY // (2 * 4 * 64))
+    # en large enough for the block-transpose layout copies (upsamplelib.layout); rows even, for scale 2.
+    rows = 2 * math.ceil(SMALLEST_FAST_COPY / (4 * 64 * 2))
     en, de = _leaf(1, 4, rows, 64, dtype=dtype), _leaf(1, 4, rows // 2, 32, dtype=dtype)
     weight, bias = _leaf(9, 4, 3, 3, dtype=dtype), _leaf(9, dtype=dtype)
     _backward(ul.semi_shift_conv(en, de, weight, bias, scale=scale, backend="cpu"), en, de, weight, bias)

@@ -402,8 +402,8 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # once per call, are upsamplelib.layout's block transposes: 0.3 ms for en's
 # at 64 x 128 x 128, PyTorch's copy 0.8). The results come back to NCHW the
 # same way, except the forward with both maps, whose loop below adds the
-# upsampled decoder share in that pass. PyTorch's zero padding differs from our skipped taps only where
-# a non-finite value meets it: a padded zero times a NaN or Inf weight (the
+# upsampled decoder share in that pass. PyTorch's zero padding differs from
+# our skipped taps only where a non-finite value meets it: a padded zero times a NaN or Inf weight (the
 # forward, the en and de gradients), or times a NaN or Inf grad_out (the
 # weight gradient). Then the one-pass loops above run instead, so the NaN/Inf
 # semantics are the same on every path. The one-pass kernel stays the
