@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from upsamplelib.install import course_install_command
+from upsamplelib.install import OLDEST_TORCH, course_install_command, torch_version_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -31,6 +32,36 @@ def test_without_a_driver_numba_builtin_simulator_needs_no_toolkit():
 def test_with_a_driver_numba_cuda_comes_with_cuda_12_wheels():
     command = course_install_command(REPOSITORY, upsamplelib_found=False, nvidia_driver=True, python="py")
     assert command[-1] == f"upsamplelib[course,cu12] @ git+{REPOSITORY}"
+
+
+@pytest.mark.parametrize("version", ["2.5.0", "2.5.0a0+git1234", "2.13.0+cpu", "2.10.1+cu128", "3.0.0"])
+def test_torch_from_the_oldest_supported_release_on_is_accepted(version):
+    assert torch_version_problem(version) is None
+
+
+@pytest.mark.parametrize("version", ["2.4.1+cu121", "2.1.0", "1.13.1", "not a version"])
+def test_an_older_torch_is_refused_with_what_to_do(version):
+    message = torch_version_problem(version)
+    assert f"this is torch {version}" in message and 'pip install -U "torch>=2.5"' in message
+
+
+def test_importing_the_library_with_an_old_torch_says_why():
+    """End to end: the import fails with the message, not later with an
+    AttributeError from torch.library."""
+    code = "import torch; torch.__version__ = '2.4.1'; import upsamplelib"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "UPSAMPLELIB_QUIET": "1"})
+    assert result.returncode != 0
+    assert "ImportError: upsamplelib needs torch 2.5 or newer" in result.stderr
+
+
+def test_the_oldest_torch_is_the_floor_pyproject_and_environment_yml_name():
+    import tomllib
+
+    oldest = ".".join(map(str, OLDEST_TORCH))
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"torch>={oldest}" in dependencies
+    assert f"  - pytorch>={oldest}\n" in (ROOT / "environment.yml").read_text()
 
 
 def test_the_repository_is_named_once_in_pyproject():

@@ -132,6 +132,10 @@ from numba.extending import intrinsic  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .install import torch_version_problem  # noqa: E402
+
+if torch_version_problem(torch.__version__):
+    raise ImportError(torch_version_problem(torch.__version__))
 
 
 def _repository_url() -> str:

@@ -9,7 +9,26 @@ package cannot be imported yet. tests/test_install.py tests the function and
 checks that every lesson carries this version of it.
 """
 
+import re
 import sys
+
+#: The oldest torch release the library runs on. Every operator is registered
+#: with ``torch.library.infer_schema`` (public from torch 2.5) and
+#: ``register_fake``/``register_autograd`` (from 2.4). pyproject.toml and
+#: environment.yml name the same floor (tests/test_packaging.py checks it).
+OLDEST_TORCH = (2, 5)
+
+
+def torch_version_problem(version):
+    """Why torch ``version`` (a ``torch.__version__`` string) cannot run
+    upsamplelib, as a message that says what to do; None when it can."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found and (int(found.group(1)), int(found.group(2))) >= OLDEST_TORCH:
+        return None
+    oldest = ".".join(map(str, OLDEST_TORCH))
+    return (f"upsamplelib needs torch {oldest} or newer (its operators are registered with "
+            f"torch.library.infer_schema, register_fake and register_autograd), but this is torch {version}. "
+            f'Upgrade it: pip install -U "torch>={oldest}", or `make setup` in the course.')
 
 
 def course_install_command(repository, upsamplelib_found, nvidia_driver, python=sys.executable):
