@@ -19,8 +19,10 @@ It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench
   over our time) as a fraction of the copy bandwidth, and GFLOP/s (FLOPs as the ops'
   registered formulas count them, ``FlopCounterMode``);
 * ``scaling``: our forward time against H x W, C and k, with the fitted exponent of
-  time ~ size^e (1 is linear; k enters as k*k taps, so 2 is expected there); a line says
-  where the fit is not what the work predicts;
+  time ~ size^e (1 is linear; k enters as k*k taps, so 2 is expected there), and a verdict:
+  linear in the work; linear plus a part that does not grow with the parameter (a fit of
+  time = fixed + per_unit * work); or not linear, naming the step where time outgrows the
+  work, and the cause where the library knows it;
 * ``compile``: the first call of each op in a fresh process with an empty Numba cache
   (``NUMBA_CACHE_DIR`` a new folder), and again with that cache filled: the on-disk cache is
   what removes the compile time, and ``make setup`` fills it (``python -m upsamplelib.warmup``).
@@ -55,17 +57,17 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import upsamplelib as ul  # noqa: E402
-from upsamplelib.ops.carafe import carafe_reference  # noqa: E402
+from upsamplelib.ops.carafe import REGISTER_SUMS_LARGEST_KERNEL, carafe_reference  # noqa: E402
 from upsamplelib.ops.fade import two_convolutions  # noqa: E402
 from upsamplelib.ops.sapa import sapa_similarity_reference  # noqa: E402
-from upsamplelib.timing import compare, copy_bandwidth, peak_extra_memory  # noqa: E402
+from upsamplelib.timing import compare, copy_bandwidth, page_faults_per_call, peak_extra_memory  # noqa: E402
 
 GPU = torch.cuda.is_available() and not ul.SIMULATOR
 
 COLUMNS = ["section", "device", "device_name", "op", "pass", "shape", "ours_ms", "baseline", "baseline_ms",
            "ratio", "target", "target_met", "ours_peak_mb", "baseline_peak_mb", "min_bytes", "ours_gbs",
            "copy_gbs", "fraction_of_copy", "ours_gflops", "parameter", "value", "exponent", "expected_exponent",
-           "cold_s", "warm_s"]
+           "faults_per_call", "verdict", "cold_s", "warm_s"]
 
 
 def device_name(device: str) -> str:
@@ -344,20 +346,74 @@ def scaling_runs(device: str, quick: bool, repeats: int):
              ("semi_shift_conv", "k", [(k, semi_shift(k=k)) for k in kernels[:2] + [1]][::-1], 2)]
     rows = []
     for op, parameter, points, expected in plans:
-        values, times = [], []
+        values, times, faults = [], [], []
         for value, function in sorted(points, key=lambda p: p[0]):
             seconds = compare({"ours": function}, warmup=2, repeats=repeats, rounds=1, device=device)["ours"]
             values.append(value)
             times.append(seconds)
+            faults.append(page_faults_per_call(function) if device == "cpu" else float("nan"))
         exponent = fit_exponent(values, times)
-        for value, seconds in zip(values, times):
+        verdict = scaling_verdict(parameter, values, times, expected, faults,
+                                  known_cause(op, parameter, values, device))
+        for value, seconds, faulted in zip(values, times, faults):
             rows.append({"section": "scaling", "device": device, "device_name": device_name(device), "op": op,
                          "pass": "forward", "parameter": parameter, "value": value, "ours_ms": 1e3 * seconds,
-                         "exponent": exponent, "expected_exponent": expected})
-        verdict = "as the work predicts" if abs(exponent - expected) <= 0.25 else "NOT as the work predicts"
-        print(f"  {op:<22} time ~ {parameter:<5}^{exponent:4.2f}  (work ~ {parameter}^{expected}: {verdict}; "
-              + ", ".join(f"{v}: {1e3 * t:.2f} ms" for v, t in zip(values, times)) + ")")
+                         "exponent": exponent, "expected_exponent": expected, "faults_per_call": faulted,
+                         "verdict": verdict})
+        print(f"  {op:<22} time ~ {parameter:<5}^{exponent:4.2f}  (work ~ {parameter}^{expected}; "
+              + ", ".join(f"{v}: {1e3 * t:.2f} ms" for v, t in zip(values, times)) + f")\n      {verdict}")
     return rows
+
+
+#: How far a time may sit from a fitted line, relative to itself, and still
+#: count as on it: about the run-to-run spread of a shared 2-core machine.
+FIT_TOLERANCE = 0.15
+
+
+def scaling_verdict(parameter, values, times, expected, faults=None, cause="") -> str:
+    """Whether time grows linearly with the work (work ~ value^expected):
+    plainly (the fitted exponent within 0.25 of the work's); linearly plus a
+    part that does not grow with the parameter (time = fixed + per_unit *
+    work fits every point within FIT_TOLERANCE); or not, naming the step
+    where time outgrows the work most and what is known of why: a jump in
+    the page faults per call (``faults``, one per value) measured there, and
+    ``cause``."""
+    if abs(fit_exponent(values, times) - expected) <= 0.25:
+        return "linear in the work"
+    works = [v ** expected for v in values]
+    fixed, per_unit, miss = fit_fixed_plus_per_unit(works, times)
+    if fixed > 0 and per_unit > 0 and miss <= FIT_TOLERANCE:
+        return (f"linear in the work plus {1e3 * fixed:.2f} ms that does not grow with {parameter} "
+                f"({fixed / times[0]:.0%} of the smallest run's time)")
+    growth = [(times[i + 1] / times[i]) / (works[i + 1] / works[i]) for i in range(len(values) - 1)]
+    i = max(range(len(growth)), key=growth.__getitem__)
+    reasons = [f"{parameter} {values[i]} -> {values[i + 1]} takes {times[i + 1] / times[i]:.1f}x the time for "
+               f"{works[i + 1] / works[i]:.1f}x the work"]
+    if faults is not None and faults[i + 1] >= max(1000, 10 * faults[i]):  # NaN (no count) compares False
+        reasons.append(f"{faults[i + 1]:.0f} page faults per call there against {faults[i]:.0f}: fresh memory "
+                       "faulted in on every call (glibc maps each block of 32 MiB or more anew)")
+    if cause:
+        reasons.append(cause)
+    return "NOT linear in the work: " + "; ".join(reasons)
+
+
+def fit_fixed_plus_per_unit(works, times):
+    """Least squares time = fixed + per_unit * work: (fixed, per_unit, the
+    largest miss of a point, relative to its time)."""
+    mean_work, mean_time = sum(works) / len(works), sum(times) / len(times)
+    per_unit = (sum((w - mean_work) * (t - mean_time) for w, t in zip(works, times))
+                / sum((w - mean_work) ** 2 for w in works))
+    fixed = mean_time - per_unit * mean_work
+    return fixed, per_unit, max(abs(fixed + per_unit * w - t) / t for w, t in zip(works, times))
+
+
+def known_cause(op, parameter, values, device) -> str:
+    """Why a scaling run leaves the line, where the library knows it."""
+    if (device == "cpu" and op == "carafe" and parameter == "k"
+            and min(values) <= REGISTER_SUMS_LARGEST_KERNEL < max(values)):
+        return (f"k > {REGISTER_SUMS_LARGEST_KERNEL} leaves the loop that sums each output in registers for the "
+                "slot-by-slot one (upsamplelib/ops/carafe.py, REGISTER_SUMS_LARGEST_KERNEL)")
+    return ""
 
 
 def fit_exponent(values, times) -> float:

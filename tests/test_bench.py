@@ -45,6 +45,7 @@ def test_quick_bench_writes_the_report(tmp_path):
     for row in (r for r in rows if r["section"] == "scaling"):
         assert float(row["value"]) > 0 and row["parameter"] in ("H x W", "C", "k")
         float(row["exponent"])
+        assert row["verdict"].startswith(("linear in the work", "NOT linear in the work"))
     compile_rows = [r for r in rows if r["section"] == "compile"]
     assert compile_rows and all(float(r["cold_s"]) >= 0 and float(r["warm_s"]) >= 0 for r in compile_rows)
     assert "ratio" in done.stdout and "empty Numba cache" in done.stdout
@@ -60,3 +61,40 @@ def test_memory_is_measured_in_a_child_process():
     assert set(peaks["carafe", "forward"]) == {"ours", "unfold", "slot loop (addcmul)"}
     # the unfold form holds k*k copies of x: far more than our output alone
     assert peaks["carafe", "forward"]["unfold"] > peaks["carafe", "forward"]["ours"] >= 0
+
+
+def test_scaling_verdict_linear():
+    bench = _bench_module()
+    assert bench.scaling_verdict("C", [16, 32, 64], [1.0e-3, 2.1e-3, 3.9e-3], 1) == "linear in the work"
+
+
+def test_scaling_verdict_separates_a_part_that_does_not_grow():
+    """0.5 ms + 0.01 ms per channel: the exponent is far from 1, but the time
+    is linear in the work plus a constant."""
+    bench = _bench_module()
+    times = [(0.5 + 0.01 * c) * 1e-3 for c in (16, 32, 64)]
+    assert bench.fit_exponent([16, 32, 64], times) < 0.75
+    verdict = bench.scaling_verdict("C", [16, 32, 64], times, 1)
+    assert verdict == "linear in the work plus 0.50 ms that does not grow with C (76% of the smallest run's time)"
+
+
+def test_scaling_verdict_names_the_step_and_the_known_cause():
+    """CARAFE's CPU forward against k: 3 and 5 on the line, 7 far above it."""
+    bench = _bench_module()
+    values, times = [3, 5, 7], [0.15e-3, 0.20e-3, 1.49e-3]
+    cause = bench.known_cause("carafe", "k", values, "cpu")
+    assert "REGISTER_SUMS_LARGEST_KERNEL" in cause and bench.known_cause("carafe", "k", [3, 5], "cpu") == ""
+    verdict = bench.scaling_verdict("k", values, times, 2, [0, 0, 0], cause)
+    assert verdict.startswith("NOT linear in the work: k 5 -> 7 takes 7.4x the time for 2.0x the work; k > 5 ")
+
+
+def test_scaling_verdict_names_a_jump_in_page_faults():
+    """Bilinear at 256x256 -> 512x512, C=32: a 32 MiB output, mapped afresh on
+    every call."""
+    bench = _bench_module()
+    values, times = [4096, 16384, 65536], [0.14e-3, 0.39e-3, 9.78e-3]
+    verdict = bench.scaling_verdict("H x W", values, times, 1, [0, 0, 8193])
+    assert verdict == ("NOT linear in the work: H x W 16384 -> 65536 takes 25.1x the time for 4.0x the work; "
+                       "8193 page faults per call there against 0: fresh memory faulted in on every call "
+                       "(glibc maps each block of 32 MiB or more anew)")
+    assert "page faults" not in bench.scaling_verdict("H x W", values, times, 1, [float("nan")] * 3)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from upsamplelib.timing import compare, median_time, peak_extra_memory
+from upsamplelib.timing import compare, median_time, page_faults_per_call, peak_extra_memory
 
 LINUX = sys.platform.startswith("linux")
 
@@ -66,3 +66,13 @@ def test_peak_extra_memory_leaves_freed_blocks_to_be_reused():
         return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
     assert faults_per_call() < 100
+
+
+@pytest.mark.skipif(not LINUX, reason="glibc's mapping of large blocks (Linux)")
+def test_page_faults_per_call_counts_fresh_memory():
+    """A 40 MB tensor is mapped anew on each allocation: about one fault per
+    4 KiB page each call; a call that allocates nothing faults nothing."""
+    pages = 10 * 2**20 * 4 // 4096
+    assert page_faults_per_call(lambda: torch.ones(10 * 2**20)) >= 0.9 * pages
+    kept = torch.zeros(1000)
+    assert page_faults_per_call(lambda: kept.add_(1)) < 10

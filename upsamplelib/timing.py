@@ -15,7 +15,10 @@ The helpers that ``bench/run.py`` (``make bench``) and lesson 07 share::
   read + written per second), the roof a memory-bound kernel is held to;
 * ``peak_extra_memory(fn)``: the peak memory ``fn()`` holds beyond what
   was in use before it (on the CPU: every page it touches, PyTorch's and
-  Numba's alike).
+  Numba's alike);
+* ``page_faults_per_call(fn)``: how many pages of fresh memory each call
+  faults in, a cost that timing a call includes and its kernel does not
+  show.
 """
 
 from __future__ import annotations
@@ -81,6 +84,23 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # program has freed a block of 32 MiB: blocks up to that size then come from
 # its heap and are reused without page faults.
 GLIBC_MMAP_THRESHOLD_MAX, GLIBC_TRIM_THRESHOLD_MAX = 32 << 20, 64 << 20
+
+
+def page_faults_per_call(fn, calls: int = 5) -> float:
+    """Minor page faults per call of ``fn()``, after one call: each is a
+    first write to a page the process had just mapped (about a microsecond,
+    before the write itself). glibc maps each block of 32 MiB or more anew
+    on every allocation, so a call whose tensors are that large pays one per
+    4 KiB each time. NaN where the OS does not count them (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def _glibc():
