@@ -80,6 +80,32 @@ def extra_call(function, repeat=7, warmup=1, clock=time.perf_counter):
     return median_time(function, repeat, warmup, clock)
 
 
+def median_low_time(function, repeat=7, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def milliseconds(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return 1e3 * median_time(function, repeat, warmup, clock)
+
+
+def one_timed_call_dropped(function, repeat=7, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return statistics.median(times[-repeat + 1:])
+
+
 def test_median_time_passes_the_right_answer(capsys):
     checkers.check_median_time(median_time)
     assert "PASS median_time" in capsys.readouterr().out
@@ -91,6 +117,9 @@ def test_median_time_passes_the_right_answer(capsys):
     (warmup_timed_too, "the warm-up calls are in the median"),
     (total_over_repeat, "the mean"),
     (extra_call, r"warmup \+ repeat"),
+    (median_low_time, "the mean of the two middle ones"),
+    (milliseconds, "in milliseconds"),
+    (one_timed_call_dropped, "the first timed call is missing"),
 ])
 def test_median_time_catches_wrong_answers(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
@@ -132,10 +161,16 @@ def _traffic_variant(flops_factor=1.0, masks=True, out=True, itemsize=True, unfo
     (_traffic_variant(unfold=True), "as the unfold version does"),
     (_traffic_variant(group=False), "`group` masks per output pixel"),
     (lambda *args: 0, "return a pair"),
+    (lambda n, *rest: carafe_traffic(1, *rest), "counts one image"),
 ])
 def test_carafe_traffic_catches_wrong_answers(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checkers.check_carafe_traffic(wrong)
+
+
+def test_carafe_traffic_takes_a_list_as_a_pair(capsys):
+    checkers.check_carafe_traffic(lambda *args: list(carafe_traffic(*args)))
+    assert "PASS carafe_traffic" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------
@@ -265,6 +300,49 @@ def channels_last_float_index(x, masks, out, kernel_size, scale):
         out[n, Y, X, c] = total
 
 
+@cuda.jit
+def channels_last_without_guard(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+    c = i % channels
+    rest = i // channels
+    X = rest % width
+    rest = rest // width
+    Y = rest % height
+    n = rest // height
+    r = (kernel_size - 1) // 2
+    total = out.dtype.type(0)
+    for dy in range(kernel_size):
+        row = Y // scale - r + dy
+        if 0 <= row < x.shape[1]:
+            for dx in range(kernel_size):
+                col = X // scale - r + dx
+                if 0 <= col < x.shape[2]:
+                    total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+    out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_adding_into_out(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        out[n, Y, X, c] += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+
+
 def test_channels_last_passes_the_right_answer(capsys):
     checkers.check_carafe_channels_last_kernel(channels_last_kernel)
     output = capsys.readouterr().out
@@ -276,6 +354,8 @@ def test_channels_last_passes_the_right_answer(capsys):
     (channels_last_pixel_fastest, "sectors of 32 bytes"),
     (channels_last_accumulating_in_out, "written more than once"),
     (channels_last_nchw_masks, "values wrong"),
+    (channels_last_without_guard, "threads past the end must do nothing"),
+    (channels_last_adding_into_out, "adds into `out`"),
     pytest.param(channels_last_float_index, "GPU compiler rejects",
                  marks=pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_available()),
                                           reason="needs the simulator and the PTX compiler")),
@@ -306,6 +386,100 @@ def blocked_kernel(x, masks, out, kernel_size, scale):
         n = rest // runs
         sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
         for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
+@cuda.jit
+def blocked_numpy_sums(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        first = (rest % runs) * CHANNELS_PER_THREAD
+        n = rest // runs
+        sums = np.zeros(CHANNELS_PER_THREAD, np.float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
+@cuda.jit
+def blocked_run_fastest(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        first = (i % runs) * CHANNELS_PER_THREAD
+        rest = i // runs
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
+@cuda.jit
+def blocked_sized_at_run_time(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        first = (rest % runs) * CHANNELS_PER_THREAD
+        n = rest // runs
+        count = min(CHANNELS_PER_THREAD, channels - first)
+        sums = cuda.local.array(count, float32)
+        for j in range(count):
             sums[j] = 0
         r = (kernel_size - 1) // 2
         for dy in range(kernel_size):
@@ -385,9 +559,16 @@ def test_blocked_passes_the_right_answer(capsys):
     assert "PASS carafe_channel_blocked_kernel" in capsys.readouterr().out
 
 
+NEEDS_PTX = pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_available()),
+                               reason="needs the simulator and the PTX compiler")
+
+
 @pytest.mark.parametrize("wrong, message", [
     (blocked_without_reuse, "loads of masks"),
     (blocked_without_tail, "never written|out of bounds"),
+    (blocked_run_fastest, "X = i % W fastest"),
+    pytest.param(blocked_numpy_sums, "cannot allocate NumPy arrays", marks=NEEDS_PTX),
+    pytest.param(blocked_sized_at_run_time, "a size fixed when the kernel compiles", marks=NEEDS_PTX),
 ])
 def test_blocked_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):
@@ -472,6 +653,98 @@ def rows(x, masks, out, kernel_size, scale):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+@numba.njit(parallel=True)
+def rows_racing_over_dx(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in numba.prange(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit
+def rows_on_one_core(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit
+def rows_prange_not_parallel(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
+def rows_testing_inside(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+
+
 @numba.njit
 def rows_not_zeroed(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -509,6 +782,10 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (planes_slots_innermost, "leave the cache line"),
     (rows_not_zeroed, "never written"),
     (rows_in_python, "numba.njit"),
+    (rows_racing_over_dx, "prange over `dx` .* a race"),
+    (rows_on_one_core, "no loop is split over the cores"),
+    (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),
+    (rows_testing_inside, "has a test in it"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):

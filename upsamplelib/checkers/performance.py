@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import csv
 import math
+import re
 import statistics
 import sys
 import threading
@@ -24,6 +25,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -263,6 +265,31 @@ class _FakeClock:
         self.calls += 1
 
 
+def _median_time_mistakes(timed, durations, repeat):
+    """[(what a mistake returns, its hint)] for timed calls ``timed`` after
+    the warm-up, of all call times ``durations``, in the order to suggest."""
+    middle = "with an even number of timed calls the median is the mean of the two middle ones (statistics.median)"
+    return [
+        (statistics.mean(timed), "that is the mean: one disturbed run pulls it far up. Return the median "
+                                 "(statistics.median), which a few slow runs do not move"),
+        (min(timed), "that is the fastest run. It is a fair figure too, but this exercise asks for the "
+                     "median, which also tells how a typical run goes"),
+        (statistics.median(durations[:repeat]), "the warm-up calls were timed: the first call compiles. Call "
+                                                "the function `warmup` times before timing"),
+        (statistics.median(durations), "the warm-up calls are in the median: time only the `repeat` calls "
+                                       "after them"),
+        (sum(timed) / repeat, "that is the total of the timed calls divided by their number (the mean): "
+                              "time every call alone and take the median"),
+        (1e3 * statistics.median(timed), "that is the median in milliseconds: return seconds, as clock() gives them"),
+        (statistics.median(timed[1:]), "that is the median of repeat - 1 timed calls: the first timed call is "
+                                       "missing; take all `repeat` of them"),
+        (statistics.median(timed[:-1]), "that is the median of repeat - 1 timed calls: the last timed call is "
+                                        "missing; take all `repeat` of them"),
+        (statistics.median_low(timed), f"that is the lower middle value: {middle}"),
+        (statistics.median_high(timed), f"that is the upper middle value: {middle}"),
+    ]
+
+
 def check_median_time(function):
     """``function`` is the student's ``median_time(function, repeat, warmup, clock)``: call ``function``
     ``warmup`` times untimed, then ``repeat`` times, each timed alone with
@@ -273,12 +300,14 @@ def check_median_time(function):
         (7, 1, [5.0] + [0.002, 0.0021, 0.5, 0.0019, 0.002, 0.0022, 0.0018]),
         (5, 2, [5.0, 0.003] + [0.001, 0.001, 0.3, 0.0012, 0.4]),
         (4, 1, [2.0] + [0.004, 0.002, 0.003, 0.9]),
+        (6, 2, [5.0, 0.004] + [0.002, 0.0021, 0.3, 0.0019, 0.002, 0.0024]),
     ]
     rng = np.random.default_rng(71)  # and one drawn at random (the grader draws other ones)
     repeat, warmup = int(rng.integers(5, 10)), int(rng.integers(1, 3))
     runs = (0.001 * (1 + rng.random(repeat))).round(6).tolist()
     runs[int(rng.integers(repeat))] = 0.25  # a disturbed run
     plans.append((repeat, warmup, [float(rng.integers(2, 9))] + [0.004] * (warmup - 1) + runs))
+    failures = []  # (case, result, expected, timed, mistakes, the hints whose value it returned)
     for repeat, warmup, durations in plans:
         clock = _FakeClock(durations)
         case = f"repeat={repeat}, warmup={warmup}, call times {durations} s (the first is a compilation)"
@@ -296,24 +325,17 @@ def check_median_time(function):
                               "then `repeat` timed ones")
         if result is None or not isinstance(result, (int, float)):
             raise CheckFailed(f"{what}: returned {result!r} for {case}; return the median time in seconds")
-        if math.isclose(result, expected, rel_tol=1e-9):
-            continue
-        hints = [
-            (statistics.mean(timed), "that is the mean: one disturbed run pulls it far up. Return the median "
-                                     "(statistics.median), which a few slow runs do not move"),
-            (min(timed), "that is the fastest run. It is a fair figure too, but this exercise asks for the "
-                         "median, which also tells how a typical run goes"),
-            (statistics.median(durations[:repeat]), "the warm-up calls were timed: the first call compiles. Call "
-                                                    "the function `warmup` times before timing"),
-            (statistics.median(durations), "the warm-up calls are in the median: time only the `repeat` calls "
-                                           "after them"),
-            (sum(timed) / repeat, "that is the total of the timed calls divided by their number (the mean): "
-                                  "time every call alone and take the median"),
-        ]
-        for value, hint in hints:
-            if math.isclose(result, value, rel_tol=1e-9):
-                raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s.\n"
-                                  f"Hint: {hint}")
+        if not math.isclose(result, expected, rel_tol=1e-9):
+            mistakes = _median_time_mistakes(timed, durations, repeat)
+            failures.append((case, result, expected, timed, mistakes,
+                             {hint for value, hint in mistakes if math.isclose(result, value, rel_tol=1e-9)}))
+    if failures:
+        case, result, expected, timed, mistakes, _ = failures[0]
+        # The hint that explains every failing plan: one plan's numbers can match two mistakes.
+        explaining = [hint for _, hint in mistakes if all(hint in matched for *_, matched in failures)]
+        if explaining:
+            raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s.\n"
+                              f"Hint: {explaining[0]}")
         raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s (the median of the "
                           f"timed calls {timed}).\nHint: read clock() just before and just after each call")
     passed(what, len(plans))
@@ -351,13 +373,15 @@ def check_carafe_traffic(function):
         expected = carafe_traffic(*case)
         got = function(n, c, h, w, k, s, g, itemsize)
         name = f"n={n}, c={c}, h={h}, w={w}, kernel_size={k}, scale={s}, group={g}, itemsize={itemsize}"
-        if not isinstance(got, tuple) or len(got) != 2:
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise CheckFailed(f"{what}: returned {got!r} for {name}; return a pair (flops, bytes)")
         flops, moved = got
         outputs = n * c * s * h * s * w
         if flops != expected[0]:
             hint = "count a multiply and an add for each of the k*k window slots of each output element"
-            if flops == expected[0] // 2:
+            if n > 1 and flops * n == expected[0]:  # a multiply-add count fails the first case already (n = 1)
+                hint = "that counts one image: every one of the n images of the batch is computed"
+            elif flops == expected[0] // 2:
                 hint = "that counts multiply-adds; a multiply-add is two floating-point operations"
             elif flops == 2 * k * k * n * s * h * s * w * g:
                 hint = "every channel computes its own sum: count every output element, not every output pixel"
@@ -369,7 +393,9 @@ def check_carafe_traffic(function):
             for part, size in parts.items():
                 if moved == expected[1] - size:
                     hint = f"the bytes of {part} are missing: a kernel must read (or write) every value of it once"
-            if moved == expected[1] // itemsize:
+            if n > 1 and moved * n == expected[1]:
+                hint = "that counts one image: the bytes of all n images of the batch move"
+            elif moved == expected[1] // itemsize:
                 hint = "that counts values; multiply by itemsize to get bytes"
             elif moved == itemsize * (n * c * k * k * s * h * s * w + parts["masks"] // itemsize + outputs):
                 hint = "that counts x once per window slot and output, as the unfold version does; the fewest " \
@@ -405,16 +431,37 @@ def _wrong_index(error, what, hint):
     return None
 
 
-def _record_checked(kernel, launch, *args, what, hint):
+def _record_checked(kernel, launch, *args, what, hint, work_items):
+    """Run ``kernel`` recorded; an index error names the threads past the end
+    first when the grid has more threads than ``work_items`` (whole blocks)."""
     try:
         return record_kernel(kernel, launch, *args)
     except (NotImplementedError, CheckFailed):
         raise
     except Exception as error:
+        threads = launch[0] * launch[1]
+        # The simulator names the failing thread: "tid=[t, 0, 0] ctaid=[b, 0, 0]".
+        where = re.search(r"tid=\[(\d+), \d+, \d+\] ctaid=\[(\d+)", str(error))
+        past_the_end = int(where.group(2)) * launch[1] + int(where.group(1)) >= work_items if where else True
+        if threads > work_items and past_the_end:
+            hint = (f"the grid has {threads} threads for {work_items} (whole blocks of {launch[1]}): the threads "
+                    f"past the end must do nothing (`if i < ...:` around the body). Then: {hint}")
         failure = _wrong_index(error, what, hint)
         if failure is None:
             raise
         raise failure from None
+
+
+def _never_written(record, out, out_name, what, case, hint):
+    """CheckFailed for the first NaN left in ``out`` (the checker fills it
+    with NaN): never written, or written by adding into its NaN."""
+    first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+    offset = int(np.ravel_multi_index(first, out.shape))
+    if record.stores_per_element(out_name).get(offset):
+        return CheckFailed(f"{what}: out{first} was written but is NaN for {case}.\nHint: the kernel adds into "
+                           "`out` (`out[...] += ...`), whose old value is not zero (the checker fills it with "
+                           "NaN): sum in a local variable and store the total once")
+    return CheckFailed(f"{what}: out{first} was never written for {case}.\nHint: {hint}")
 
 
 def _every_output_once(record, name, size, what, case):
@@ -429,7 +476,8 @@ def _every_output_once(record, name, size, what, case):
         raise CheckFailed(f"{what}: {missing} of {size} outputs were never written for {case}")
 
 
-_CHANNELS_LAST_CASES = [(1, 32, 3, 3, 3, 2), (2, 48, 3, 4, 5, 2), (1, 64, 2, 3, 3, 3)]
+#: The last case's out.size, 1440, is not a multiple of the 128-thread block.
+_CHANNELS_LAST_CASES = [(1, 32, 3, 3, 3, 2), (2, 48, 3, 4, 5, 2), (1, 64, 2, 3, 3, 3), (1, 40, 3, 3, 3, 2)]
 
 
 def check_carafe_channels_last_kernel(kernel):
@@ -451,12 +499,11 @@ def check_carafe_channels_last_kernel(kernel):
             compiled = ptx.submit(kernel, (x_last, masks_last, out, k, s)) or False
         record = _record_checked(kernel, launch_config(out.size, 128), x_last, masks_last, out, k, s, what=what,
                                  hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]; the "
-                                      "flat index unravels as (n, Y, X, c) with c fastest")
+                                      "flat index unravels as (n, Y, X, c) with c fastest", work_items=out.size)
         expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
         if np.isnan(out).any():
-            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
-            raise CheckFailed(f"{what}: out{first} was never written for {case}.\nHint: one thread per element of "
-                              "out, on a grid of out.size threads")
+            raise _never_written(record, out, _parameter_names(kernel)[2], what, case,
+                                 "one thread per element of out, on a grid of out.size threads")
         compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="thread i is element (n, Y, X, c) of out, c = i % C fastest; output (Y, X) reads "
                      "x[n, Y // s - r + dy, X // s - r + dx, c] with weight masks[n, Y, X, dy * k + dx], "
@@ -479,8 +526,9 @@ def check_carafe_channels_last_kernel(kernel):
                 "a warp are spread over memory.\nHint: let consecutive threads take consecutive channels: "
                 "c = i % C, then X, Y and n")
     passed(what, len(_CHANNELS_LAST_CASES))
-    print(f"  sectors per warp request: x {worst['x']:.1f}, masks {worst['masks']:.1f}, out {worst['out']:.1f} "
-          "(ideal 4, 1, 4)")
+    print(f"  sectors per warp request, the worst case's: x {worst['x']:.1f}, masks {worst['masks']:.1f}, out "
+          f"{worst['out']:.1f} (ideal 4, 1, 4; the masks take 2 in a warp that spans two pixels, as when C is "
+          "not a multiple of 32)")
 
 
 # --------------------------------------------------------------------------
@@ -488,6 +536,13 @@ def check_carafe_channels_last_kernel(kernel):
 # --------------------------------------------------------------------------
 
 _BLOCKED_CASES = [(1, 9, 3, 4, 5, 2), (2, 4, 3, 3, 3, 2), (1, 6, 2, 5, 3, 3), (1, 3, 4, 3, 1, 2)]
+#: Wide enough (W = 32) that a warp of the asked mapping, X fastest, covers
+#: one output row of one run; with another variable fastest, a warp spreads
+#: over several planes.
+_BLOCKED_MAPPING_CASE = (1, 32, 4, 16, 3, 2)
+#: Sectors per warp request above which the threads of a warp are spread
+#: over memory: X fastest gives about 2 for x and 4 for out (32 float32).
+_BLOCKED_SECTOR_LIMITS = {"x": 4.0, "out": 6.0}
 
 
 def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
@@ -498,7 +553,8 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
     mask values once and uses it for all channels of its run."""
     what = "carafe_channel_blocked_kernel"
     compiled = None
-    for index, (n, c, h, w, k, s) in enumerate(_BLOCKED_CASES):
+    sectors = {"x": 0.0, "out": 0.0}
+    for index, (n, c, h, w, k, s) in enumerate(_BLOCKED_CASES + [_BLOCKED_MAPPING_CASE]):
         x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 80 + index)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         runs = math.ceil(c / channels_per_thread)
@@ -508,12 +564,11 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
             compiled = ptx.submit(kernel, (x, masks, out, k, s)) or False
         record = _record_checked(kernel, launch_config(threads, 128), x, masks, out, k, s, what=what,
                                  hint="the last run of channels is shorter when C is not a multiple of "
-                                      "CHANNELS_PER_THREAD: test c < C before using channel c")
+                                      "CHANNELS_PER_THREAD: test c < C before using channel c", work_items=threads)
         if np.isnan(out).any():
-            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
-            raise CheckFailed(f"{what}: out{first} was never written for {case}.\nHint: thread i handles pixel "
-                              "(Y, X) and channels run * CHANNELS_PER_THREAD onwards, for i < N * runs * H * W, "
-                              "runs = ceil(C / CHANNELS_PER_THREAD)")
+            raise _never_written(record, out, _parameter_names(kernel)[2], what, case,
+                                 "thread i handles pixel (Y, X) and channels run * CHANNELS_PER_THREAD onwards, "
+                                 "for i < N * runs * H * W, runs = ceil(C / CHANNELS_PER_THREAD)")
         compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="each of the thread's channels sums masks[n, t, Y, X] * x[n, c, row, col] over the inside slots")
         _every_output_once(record, "out", out.size, what, case)
@@ -531,9 +586,20 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
         if x_loads > c * k * k * pixels:
             raise CheckFailed(f"{what}: {x_loads} loads of x for {case}; one per channel, inside slot and pixel is "
                               f"at most {c * k * k * pixels}")
+        if (n, c, h, w, k, s) == _BLOCKED_MAPPING_CASE:
+            sectors = {"x": record.sectors_per_request(x_name), "out": record.sectors_per_request(
+                _parameter_names(kernel)[2], "store")}
+    for key, limit in _BLOCKED_SECTOR_LIMITS.items():
+        if sectors[key] > limit:
+            raise CheckFailed(
+                f"{what}: a warp's {'stores to' if key == 'out' else 'loads of'} {key} touch {sectors[key]:.1f} "
+                f"sectors of 32 bytes on average for x of shape {_BLOCKED_MAPPING_CASE[:4]}; more than {limit:g} "
+                "means the threads of a warp are spread over memory.\nHint: let neighbouring threads take "
+                "neighbouring output columns: X = i % W fastest, then Y, then the run, then n")
     if compiled:
         ptx.require_compiles(kernel, (), what, future=compiled)
-    passed(what, len(_BLOCKED_CASES))
+    passed(what, len(_BLOCKED_CASES) + 1)
+    print(f"  sectors per warp request: x {sectors['x']:.1f}, out {sectors['out']:.1f} (X fastest: about 2 and 4)")
 
 
 # --------------------------------------------------------------------------
@@ -556,6 +622,107 @@ def time_side_by_side(functions, repeat: int = 7, warmup: int = 1):
     return [statistics.median(t) for t in times]
 
 
+def _loops(definition):
+    """[(for loop, the loops around it)] of a function's source, outermost first."""
+    found = []
+
+    def visit(node, around):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.For, ast.While)):
+                found.append((child, around))
+                visit(child, around + [child])
+            else:
+                visit(child, around)
+
+    visit(definition, [])
+    return [(loop, around) for loop, around in found if isinstance(loop, ast.For)]
+
+
+def _is_prange(loop):
+    call = loop.iter
+    if not isinstance(call, ast.Call):
+        return False
+    name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+    return name == "prange"
+
+
+def _loop_writing(definition, array_name):
+    """The innermost ``for`` loops whose bodies store into ``array_name``."""
+    loops = _loops(definition)
+    inner = [loop for loop, _ in loops if not any(isinstance(n, ast.For) for n in ast.walk(loop) if n is not loop)]
+    writing = []
+    for loop in inner:
+        for node in ast.walk(loop):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AugAssign) else []
+            if any(isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == array_name for t in targets):
+                writing.append(loop)
+                break
+    return writing
+
+
+def _check_rows_structure(fast, what):
+    """What the exercise asks of the loops, read from the source: a prange
+    (in a parallel function), and an inner loop over out with no test and no
+    division (which keep it from vectorising)."""
+    try:
+        _, definition = kernel_definition(fast)
+    except (OSError, TypeError, CheckFailed):  # no source to read
+        return
+    pranges = [loop for loop, _ in _loops(definition) if _is_prange(loop)]
+    if not pranges:
+        raise CheckFailed(f"{what}: no loop is split over the cores.\nHint: make the loop over the planes "
+                          "`for plane in numba.prange(N * C)`, in a function compiled with "
+                          "@numba.njit(parallel=True)")
+    if not getattr(fast, "targetoptions", {}).get("parallel"):
+        raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
+                          "@numba.njit(parallel=True); in a plain @numba.njit it is range")
+    out_name = _parameter_names(fast)[2]
+    for loop in _loop_writing(definition, out_name):
+        operations = [node for node in ast.walk(loop) if isinstance(node, (ast.If, ast.IfExp, ast.Compare))
+                      or isinstance(node, ast.BinOp) and isinstance(node.op, (ast.FloorDiv, ast.Mod))]
+        if operations:
+            kind = "a test" if isinstance(operations[0], (ast.If, ast.IfExp, ast.Compare)) else "a division"
+            raise CheckFailed(f"{what}: the innermost loop that writes {out_name} (line "
+                              f"{operations[0].lineno - 1} of the function) has {kind} in it, which keeps the "
+                              "compiler from vectorising it.\nHint: build the padded, upsampled `columns` rows "
+                              "first; then slot column dx of output X is columns[row, X + dx * s], with no test "
+                              "and no division in the loop over X")
+
+
+def _racing_prange(definition, out_name):
+    """The counter of a prange loop whose body adds into ``out_name`` at an
+    index that does not depend on the counter (so every iteration, on its
+    own thread, adds into the same elements: a race), or None."""
+    for loop, _ in _loops(definition):
+        if not _is_prange(loop) or not isinstance(loop.target, ast.Name):
+            continue
+        depends = {loop.target.id}
+        for _ in range(len(loop.body) + 8):  # names computed from the counter, to a fixed point
+            for node in ast.walk(loop):
+                if isinstance(node, ast.Assign) and {n.id for n in ast.walk(node.value)
+                                                     if isinstance(n, ast.Name)} & depends:
+                    depends |= {n.id for target in node.targets for n in ast.walk(target)
+                                if isinstance(n, ast.Name)}
+        for node in ast.walk(loop):
+            if (isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript)
+                    and getattr(node.target.value, "id", None) == out_name
+                    and not {n.id for n in ast.walk(node.target.slice) if isinstance(n, ast.Name)} & depends):
+                return loop.target.id
+    return None
+
+
+def _race_failure(counter, what, out_name):
+    return CheckFailed(
+        f"{what}: the iterations of the prange over `{counter}` run at once on several threads, and they all add "
+        f"into the same elements of {out_name}: a race (one thread's addition overwrites another's, so the sums "
+        "come out wrong now and then).\nHint: put prange on the outermost loop, over the planes: each iteration "
+        "then writes a plane of its own")
+
+
+#: Run on all threads after the small cases, three times: a race the source
+#: does not show (``_racing_prange``) gives a wrong sum in most runs here.
+_RACE_CASE = (1, 8, 32, 32, 5, 2)
 _CPU_CASES = [(1, 2, 3, 16, 3, 2), (2, 3, 4, 5, 5, 2), (1, 1, 2, 7, 3, 3)]
 #: Traced (as Python) for the access order: rows long enough to span several cache lines.
 _TRACE_CASE = (1, 2, 3, 16, 3, 2)
@@ -566,9 +733,15 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     h, w) float32 arrays, one group, ``numba.njit``-compiled, writing every
     element of ``out``. Graded on the values, on the order of its accesses
     (run as Python: most consecutive accesses must stay in one cache line)
-    and on its speed against ``slow`` measured side by side (median of 5,
-    at least ``min_speedup`` times faster; a sound loop order is several
-    times faster, so a loaded machine does not turn a pass into a failure)."""
+    on what the exercise asks of its loops (a prange whose iterations write
+    elements of their own: one that adds into out at an index that does not
+    depend on its counter is named as the race it is, and a larger map is
+    run three times for races the source does not show; no test and no
+    division in the innermost loop writing out), and on its speed against ``slow``
+    measured side by side on one thread (median of 5, at least
+    ``min_speedup`` times faster; a sound loop order is several times
+    faster, so a loaded machine does not turn a pass into a failure, and
+    the number of cores does not change the grade)."""
     what = "carafe_rows_cpu"
     stub = unsolved_exercise(fast)
     if stub is not None:
@@ -576,6 +749,13 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     if not hasattr(fast, "py_func"):
         raise CheckFailed(f"{what}: this is a plain Python function; compile it with numba.njit (the checker times "
                           "it, and Python runs these loops a hundred times slower)")
+    out_name = _parameter_names(fast)[2]
+    try:
+        counter = _racing_prange(kernel_definition(fast)[1], out_name)
+    except (OSError, TypeError, CheckFailed):  # no source to read
+        counter = None
+    if counter is not None:
+        raise _race_failure(counter, what, out_name)
     for index, (n, c, h, w, k, s) in enumerate(_CPU_CASES):
         x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 90 + index)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
@@ -594,6 +774,16 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
         compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
                      "over the slots inside the map")
+    n, c, h, w, k, s = _RACE_CASE
+    x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 97)
+    expected = _reference(x, masks, k, s)
+    for _ in range(3):
+        out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+        fast(x, masks, out, k, s)
+        if not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
+            raise CheckFailed(f"{what}: wrong values on x {x.shape}, k={k}, s={s}, in one of three runs, after "
+                              "right ones on the small cases: two threads write the same elements of "
+                              f"{out_name} (a race).\nHint: split only the loop over the planes with prange")
     n, c, h, w, k, s = _TRACE_CASE
     x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 99)
     record = record_function(fast, x, masks, np.zeros((n, c, s * h, s * w), np.float32), k, s)
@@ -606,16 +796,23 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                 "whose innermost index is the last (contiguous) axis stays in a line for 16 float32.\nHint: "
                 "put the loop over X innermost, the loops over the slots (dy, dx) around it, and make the "
                 "channel loop an outer one")
+    _check_rows_structure(fast, what)
     n, c, h, w = size
     x, masks = _carafe_inputs(n, c, h, w, 5, 2, 1, 98)
     out_fast, out_slow = (np.zeros((n, c, 2 * h, 2 * w), np.float32) for _ in range(2))
-    fast_time, slow_time = time_side_by_side([lambda: fast(x, masks, out_fast, 5, 2),
-                                              lambda: slow(x, masks, out_slow, 5, 2)], repeat=5)
+    # One thread for both: the grade is the loop order's, the same on a laptop's 2 cores and a server's 64.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        fast_time, slow_time = time_side_by_side([lambda: fast(x, masks, out_fast, 5, 2),
+                                                  lambda: slow(x, masks, out_slow, 5, 2)], repeat=5)
+    finally:
+        numba.set_num_threads(threads)
     if slow_time < min_speedup * fast_time:
         raise CheckFailed(f"{what}: {fast_time * 1e3:.2f} ms against {slow_time * 1e3:.2f} ms for the slow loop "
-                          f"order on x {tuple(size)}, k=5, s=2: less than {min_speedup:g} times faster.\nHint: is it "
-                          "compiled with numba.njit? Keep the innermost loop free of tests: compute the range of "
-                          "X whose slot column lies inside the map before it")
+                          f"order on x {tuple(size)}, k=5, s=2, both on one thread: less than {min_speedup:g} times "
+                          "faster.\nHint: the loop over X innermost, reading rows of out, masks and the padded "
+                          "`columns` one element after the next (steps 2 and 3 above)")
     passed(what, len(_CPU_CASES))
     print("  accesses that change cache line: " + ", ".join(f"{name} {share:.0%}" for name, share in switches.items()))
     return slow_time / fast_time

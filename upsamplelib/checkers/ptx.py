@@ -74,8 +74,18 @@ def is_student_error(error):
     return "NumbaError" in names and not names & {"NvvmSupportError", "CudaSupportError", "NvvmError",
                                                   "CudaDriverError", "NvvmWarning"}
 
+# Typing a call of a NumPy function that numba-cuda overloads (np.zeros, ...)
+# compiles the overload for "the current device", which needs a driver; with
+# none here, that failed as if the compiler were missing and the kernel
+# passed. The current device is the compile target instead.
+import types as _namespace
+from numba.cuda import dispatcher as _dispatcher
+TARGET = _namespace.SimpleNamespace(compute_capability=None)
+_dispatcher.get_current_device = lambda: TARGET
+
 for line in sys.stdin:
     request = json.loads(line)
+    TARGET.compute_capability = tuple(request["cc"])
     started = time.perf_counter()
     try:
         namespace = {"__name__": "student_kernel"}
@@ -373,6 +383,13 @@ def _hint(message: str, float_index_note: str) -> str:
     if "Untyped global name" in message:
         return ("a function the kernel calls must be compiled for the GPU too: decorate it with @per_element "
                 "(or @cuda.jit(device=True)); Python objects such as lists or dicts cannot be used in a kernel")
+    if re.search(r"Function\(<built-in function (zeros|empty|ones|full|zeros_like|empty_like|array)>\)", message):
+        return ("a kernel cannot allocate NumPy arrays (np.zeros, np.empty, ...): keep a few values per thread in "
+                "cuda.local.array(SIZE, float32), with SIZE a constant")
+    if re.search(r"Function\(<function local\.array", message):
+        return ("cuda.local.array needs a size fixed when the kernel compiles: a constant (a number, or a global "
+                "such as CHANNELS_PER_THREAD), not a value computed in the kernel; allocate the largest size and "
+                "use part of it")
     if "reflected list" in message or "list(" in message or "List" in message:
         return "a kernel cannot build Python lists; use a few scalar variables, or cuda.local.array"
     return ("the simulator runs a kernel as Python, so it accepts code a GPU cannot run: use integer indices, "
