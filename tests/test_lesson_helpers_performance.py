@@ -12,6 +12,7 @@ import numba
 import numpy as np
 import pytest
 from numba import cuda, float32
+from numba import prange as parallel_range
 
 from upsamplelib import backend as ul_backend
 from upsamplelib import checkers, traffic
@@ -80,7 +81,7 @@ def extra_call(function, repeat=7, warmup=1, clock=time.perf_counter):
     return median_time(function, repeat, warmup, clock)
 
 
-def median_low_time(function, repeat=7, warmup=1, clock=time.perf_counter):
+def upper_middle_time(function, repeat=7, warmup=1, clock=time.perf_counter):
     for _ in range(warmup):
         function()
     times = []
@@ -117,7 +118,7 @@ def test_median_time_passes_the_right_answer(capsys):
     (warmup_timed_too, "the warm-up calls are in the median"),
     (total_over_repeat, "the mean"),
     (extra_call, r"warmup \+ repeat"),
-    (median_low_time, "the mean of the two middle ones"),
+    (upper_middle_time, "the mean of the two middle ones"),
     (milliseconds, "in milliseconds"),
     (one_timed_call_dropped, "the first timed call is missing"),
 ])
@@ -341,6 +342,34 @@ def channels_last_adding_into_out(x, masks, out, kernel_size, scale):
                     col = X // scale - r + dx
                     if 0 <= col < x.shape[2]:
                         out[n, Y, X, c] += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+
+
+@cuda.jit
+def channels_last_named_output(x, masks, output, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < output.size:
+        height, width, channels = output.shape[1], output.shape[2], output.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        rest = rest // width
+        Y = rest % height
+        n = rest // height
+        r = (kernel_size - 1) // 2
+        total = output.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        output[n, Y, X, c] = total
+
+
+def test_channels_last_passes_with_other_parameter_names(capsys):
+    checkers.check_carafe_channels_last_kernel(channels_last_named_output)
+    assert "PASS carafe_channels_last_kernel" in capsys.readouterr().out
 
 
 def test_channels_last_passes_the_right_answer(capsys):
@@ -654,6 +683,104 @@ def rows(x, masks, out, kernel_size, scale):
 
 
 @numba.njit(parallel=True)
+def rows_fixed_division_inside(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                if 0 <= Y // scale - r + dy < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += (masks[n, dy * kernel_size + dx, Y, X]
+                                                * columns[Y // scale - r + dy, X + dx * scale])
+
+
+@numba.njit(parallel=True)
+def rows_in_chunks_of_planes(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    chunks = (batch * channels + 3) // 4
+    for chunk in numba.prange(chunks):
+      for plane in range(4 * chunk, min(4 * chunk + 4, batch * channels)):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
+def rows_annotated(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n: int = plane // channels
+        c: int = plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
+def rows_prange_renamed(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in parallel_range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
 def rows_racing_over_dx(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
     low_height = x.shape[2]
@@ -770,6 +897,16 @@ def rows_in_python(x, masks, out, kernel_size, scale):
     rows.py_func(x, masks, out, kernel_size, scale)
 
 
+@pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
+                                   rows_prange_renamed])
+def test_rows_cpu_passes_other_right_answers(right, capsys):
+    """A division on values fixed for the whole inner loop vectorises; a
+    prange over chunks of planes, or written with annotations or under
+    another name, splits the planes as asked."""
+    checkers.check_carafe_rows_cpu(right, slow)
+    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
+
+
 def test_rows_cpu_passes_the_right_answer(capsys):
     speedup = checkers.check_carafe_rows_cpu(rows, slow)
     output = capsys.readouterr().out
@@ -785,7 +922,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
     (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),
-    (rows_testing_inside, "has a test in it"),
+    (rows_testing_inside, "has a test that changes from one iteration to the next"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):

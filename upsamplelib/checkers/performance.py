@@ -508,7 +508,7 @@ def check_carafe_channels_last_kernel(kernel):
                 hint="thread i is element (n, Y, X, c) of out, c = i % C fastest; output (Y, X) reads "
                      "x[n, Y // s - r + dy, X // s - r + dx, c] with weight masks[n, Y, X, dy * k + dx], "
                      "skipping the slots outside the map")
-        _every_output_once(record, "out", out.size, what, case)
+        _every_output_once(record, _parameter_names(kernel)[2], out.size, what, case)
         names = _parameter_names(kernel)[:3]
         for name, key in zip(names, ("x", "masks", "out")):
             kind = "store" if key == "out" else "load"
@@ -571,7 +571,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                                  "for i < N * runs * H * W, runs = ceil(C / CHANNELS_PER_THREAD)")
         compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="each of the thread's channels sums masks[n, t, Y, X] * x[n, c, row, col] over the inside slots")
-        _every_output_once(record, "out", out.size, what, case)
+        _every_output_once(record, _parameter_names(kernel)[2], out.size, what, case)
         x_name, masks_name = _parameter_names(kernel)[:2]
         pixels = n * s * h * s * w
         mask_loads, x_loads = record.count(masks_name), record.count(x_name)
@@ -638,39 +638,74 @@ def _loops(definition):
     return [(loop, around) for loop, around in found if isinstance(loop, ast.For)]
 
 
-def _is_prange(loop):
+def _is_prange(loop, names):
+    """Whether ``loop`` runs over ``numba.prange``, however it was imported
+    (``names``: the function's globals)."""
     call = loop.iter
     if not isinstance(call, ast.Call):
         return False
-    name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
-    return name == "prange"
+    if isinstance(call.func, ast.Name):
+        return call.func.id == "prange" or names.get(call.func.id) is numba.prange
+    return isinstance(call.func, ast.Attribute) and call.func.attr == "prange"
 
 
-def _loop_writing(definition, array_name):
-    """The innermost ``for`` loops whose bodies store into ``array_name``."""
-    loops = _loops(definition)
-    inner = [loop for loop, _ in loops if not any(isinstance(n, ast.For) for n in ast.walk(loop) if n is not loop)]
-    writing = []
-    for loop in inner:
+def _names_in(node):
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _bound_names(target):
+    """The names an assignment target binds: ``a``, ``a, b``; not those
+    read in ``out[n, c]`` (which stores into ``out``)."""
+    if isinstance(target, ast.Name):
+        return {target.id}
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return {name for element in target.elts for name in _bound_names(element)}
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    return set()
+
+
+def _depending_on(loop):
+    """The names inside ``loop`` whose values change with its counter: the
+    counter, and every name assigned (``=``, ``: int =``, ``:=``, ``+=``, a
+    ``for`` target) from one of them, to a fixed point."""
+    depends = _bound_names(loop.target)
+    while True:
+        grown = set(depends)
         for node in ast.walk(loop):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-                node, ast.AugAssign) else []
-            if any(isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == array_name for t in targets):
-                writing.append(loop)
-                break
-    return writing
+            if isinstance(node, ast.Assign):
+                sources, targets = node.value, node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+                sources, targets = node.value, [node.target]
+            elif isinstance(node, ast.For) and node is not loop:
+                sources, targets = node.iter, [node.target]
+            else:
+                continue
+            if _names_in(sources) & grown:
+                grown |= {name for target in targets for name in _bound_names(target)}
+        if grown == depends:
+            return depends
+        depends = grown
+
+
+def _stores_into(node, array_name):
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+        node, ast.AugAssign) else []
+    return [t for t in targets if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == array_name]
 
 
 def _check_rows_structure(fast, what):
     """What the exercise asks of the loops, read from the source: a prange
-    (in a parallel function), and an inner loop over out with no test and no
-    division (which keep it from vectorising)."""
+    (in a parallel function), and innermost loops writing out with no test
+    and no division that changes from one iteration to the next (those keep
+    LLVM from vectorising the loop; one on values fixed for the whole loop,
+    such as ``Y // scale``, does not)."""
     try:
-        _, definition = kernel_definition(fast)
+        function, definition = kernel_definition(fast)
     except (OSError, TypeError, CheckFailed):  # no source to read
         return
-    pranges = [loop for loop, _ in _loops(definition) if _is_prange(loop)]
-    if not pranges:
+    loops = _loops(definition)
+    if not any(_is_prange(loop, function.__globals__) for loop, _ in loops):
         raise CheckFailed(f"{what}: no loop is split over the cores.\nHint: make the loop over the planes "
                           "`for plane in numba.prange(N * C)`, in a function compiled with "
                           "@numba.njit(parallel=True)")
@@ -678,37 +713,38 @@ def _check_rows_structure(fast, what):
         raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
                           "@numba.njit(parallel=True); in a plain @numba.njit it is range")
     out_name = _parameter_names(fast)[2]
-    for loop in _loop_writing(definition, out_name):
-        operations = [node for node in ast.walk(loop) if isinstance(node, (ast.If, ast.IfExp, ast.Compare))
-                      or isinstance(node, ast.BinOp) and isinstance(node.op, (ast.FloorDiv, ast.Mod))]
-        if operations:
-            kind = "a test" if isinstance(operations[0], (ast.If, ast.IfExp, ast.Compare)) else "a division"
-            raise CheckFailed(f"{what}: the innermost loop that writes {out_name} (line "
-                              f"{operations[0].lineno - 1} of the function) has {kind} in it, which keeps the "
-                              "compiler from vectorising it.\nHint: build the padded, upsampled `columns` rows "
-                              "first; then slot column dx of output X is columns[row, X + dx * s], with no test "
-                              "and no division in the loop over X")
+    for loop, _ in loops:
+        innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
+        if not innermost or not any(_stores_into(node, out_name) for node in ast.walk(loop)):
+            continue
+        varying = _depending_on(loop)
+        for node in ast.walk(loop):
+            test = isinstance(node, (ast.If, ast.IfExp, ast.Compare))
+            division = isinstance(node, ast.BinOp) and isinstance(node.op, (ast.FloorDiv, ast.Mod))
+            if not (test or division):
+                continue
+            operands = node.test if isinstance(node, (ast.If, ast.IfExp)) else node
+            if _names_in(operands) & varying:
+                raise CheckFailed(
+                    f"{what}: the innermost loop that writes {out_name}, over `{ast.unparse(loop.target)}`, has "
+                    f"{'a test' if test else 'a division'} that changes from one iteration to the next, "
+                    f"`{ast.unparse(operands)}`, which keeps the compiler from vectorising it.\nHint: build the "
+                    "padded, upsampled `columns` rows first; then slot column dx of output X is "
+                    "columns[row, X + dx * s], with no test and no division in the loop over X")
 
 
-def _racing_prange(definition, out_name):
+def _racing_prange(function, definition, out_name):
     """The counter of a prange loop whose body adds into ``out_name`` at an
     index that does not depend on the counter (so every iteration, on its
     own thread, adds into the same elements: a race), or None."""
     for loop, _ in _loops(definition):
-        if not _is_prange(loop) or not isinstance(loop.target, ast.Name):
+        if not _is_prange(loop, function.__globals__):
             continue
-        depends = {loop.target.id}
-        for _ in range(len(loop.body) + 8):  # names computed from the counter, to a fixed point
-            for node in ast.walk(loop):
-                if isinstance(node, ast.Assign) and {n.id for n in ast.walk(node.value)
-                                                     if isinstance(n, ast.Name)} & depends:
-                    depends |= {n.id for target in node.targets for n in ast.walk(target)
-                                if isinstance(n, ast.Name)}
+        depends = _depending_on(loop)
         for node in ast.walk(loop):
-            if (isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript)
-                    and getattr(node.target.value, "id", None) == out_name
-                    and not {n.id for n in ast.walk(node.target.slice) if isinstance(n, ast.Name)} & depends):
-                return loop.target.id
+            if isinstance(node, ast.AugAssign) and any(not _names_in(target.slice) & depends
+                                                       for target in _stores_into(node, out_name)):
+                return ast.unparse(loop.target)
     return None
 
 
@@ -751,7 +787,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                           "it, and Python runs these loops a hundred times slower)")
     out_name = _parameter_names(fast)[2]
     try:
-        counter = _racing_prange(kernel_definition(fast)[1], out_name)
+        counter = _racing_prange(*kernel_definition(fast), out_name)
     except (OSError, TypeError, CheckFailed):  # no source to read
         counter = None
     if counter is not None:
@@ -782,8 +818,9 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
         fast(x, masks, out, k, s)
         if not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
             raise CheckFailed(f"{what}: wrong values on x {x.shape}, k={k}, s={s}, in one of three runs, after "
-                              "right ones on the small cases: two threads write the same elements of "
-                              f"{out_name} (a race).\nHint: split only the loop over the planes with prange")
+                              f"right ones on the small cases: two threads writing the same elements of {out_name} "
+                              "(a race) give that, or a mistake that shows only on a larger map.\nHint: split "
+                              "only the loop over the planes with prange, and check the indices for a larger map")
     n, c, h, w, k, s = _TRACE_CASE
     x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 99)
     record = record_function(fast, x, masks, np.zeros((n, c, s * h, s * w), np.float32), k, s)
