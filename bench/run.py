@@ -20,9 +20,10 @@ It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench
   registered formulas count them, ``FlopCounterMode``);
 * ``scaling``: our forward time against H x W, C and k, with the fitted exponent of
   time ~ size^e (1 is linear; k enters as k*k taps, so 2 is expected there), and a verdict:
-  linear in the work; linear plus a part that does not grow with the parameter (a fit of
-  time = fixed + per_unit * work); or not linear, naming the step where time outgrows the
-  work, and the cause where the library knows it;
+  linear in the work; a fit of a fixed part plus a linear one (time = fixed + per_unit *
+  work, within 15 % at each of three or more sizes); or not linear, naming the step where
+  time outgrows the work, a jump in the page faults per call measured there, and the cause
+  where the library knows it;
 * ``compile``: the first call of each op in a fresh process with an empty Numba cache
   (``NUMBA_CACHE_DIR`` a new folder), and again with that cache filled: the on-disk cache is
   what removes the compile time, and ``make setup`` fills it (``python -m upsamplelib.warmup``).
@@ -353,8 +354,7 @@ def scaling_runs(device: str, quick: bool, repeats: int):
             times.append(seconds)
             faults.append(page_faults_per_call(function) if device == "cpu" else float("nan"))
         exponent = fit_exponent(values, times)
-        verdict = scaling_verdict(parameter, values, times, expected, faults,
-                                  known_cause(op, parameter, values, device))
+        verdict = scaling_verdict(parameter, values, times, expected, faults, known_cause(op, parameter, device))
         for value, seconds, faulted in zip(values, times, faults):
             rows.append({"section": "scaling", "device": device, "device_name": device_name(device), "op": op,
                          "pass": "forward", "parameter": parameter, "value": value, "ours_ms": 1e3 * seconds,
@@ -370,30 +370,34 @@ def scaling_runs(device: str, quick: bool, repeats: int):
 FIT_TOLERANCE = 0.15
 
 
-def scaling_verdict(parameter, values, times, expected, faults=None, cause="") -> str:
+def scaling_verdict(parameter, values, times, expected, faults=None, cause=None) -> str:
     """Whether time grows linearly with the work (work ~ value^expected):
-    plainly (the fitted exponent within 0.25 of the work's); linearly plus a
-    part that does not grow with the parameter (time = fixed + per_unit *
-    work fits every point within FIT_TOLERANCE); or not, naming the step
-    where time outgrows the work most and what is known of why: a jump in
-    the page faults per call (``faults``, one per value) measured there, and
-    ``cause``."""
+    plainly (the fitted exponent within 0.25 of the work's); as a fixed part
+    plus a linear one (with three points or more: time = fixed + per_unit *
+    work fits every point within FIT_TOLERANCE; two points always fit); or
+    not, naming the step where time outgrows the work most and what is known
+    of why: a jump in the page faults per call (``faults``, one per value)
+    measured there, and ``cause(before, after)``, the library's reason for
+    that step if it knows one."""
     if abs(fit_exponent(values, times) - expected) <= 0.25:
         return "linear in the work"
     works = [v ** expected for v in values]
-    fixed, per_unit, miss = fit_fixed_plus_per_unit(works, times)
-    if fixed > 0 and per_unit > 0 and miss <= FIT_TOLERANCE:
-        return (f"linear in the work plus {1e3 * fixed:.2f} ms that does not grow with {parameter} "
-                f"({fixed / times[0]:.0%} of the smallest run's time)")
+    if len(values) >= 3:
+        fixed, per_unit, miss = fit_fixed_plus_per_unit(works, times)
+        if fixed > 0 and per_unit > 0 and miss <= FIT_TOLERANCE:
+            return (f"fits a part linear in the work plus {1e3 * fixed:.2f} ms that does not grow with {parameter} "
+                    f"({fixed / times[0]:.0%} of the smallest run's time)")
     growth = [(times[i + 1] / times[i]) / (works[i + 1] / works[i]) for i in range(len(values) - 1)]
     i = max(range(len(growth)), key=growth.__getitem__)
     reasons = [f"{parameter} {values[i]} -> {values[i + 1]} takes {times[i + 1] / times[i]:.1f}x the time for "
                f"{works[i + 1] / works[i]:.1f}x the work"]
-    if faults is not None and faults[i + 1] >= max(1000, 10 * faults[i]):  # NaN (no count) compares False
+    if faults is not None and faults[i + 1] >= 1000 and faults[i + 1] >= 4 * faults[i]:  # NaN compares False
         reasons.append(f"{faults[i + 1]:.0f} page faults per call there against {faults[i]:.0f}: fresh memory "
-                       "faulted in on every call (glibc maps each block of 32 MiB or more anew)")
-    if cause:
-        reasons.append(cause)
+                       "faulted in on every call" + (" (glibc maps each block of 32 MiB or more anew)"
+                                                     if sys.platform.startswith("linux") else ""))
+    known = cause(values[i], values[i + 1]) if cause is not None else ""
+    if known:
+        reasons.append(known)
     return "NOT linear in the work: " + "; ".join(reasons)
 
 
@@ -407,13 +411,16 @@ def fit_fixed_plus_per_unit(works, times):
     return fixed, per_unit, max(abs(fixed + per_unit * w - t) / t for w, t in zip(works, times))
 
 
-def known_cause(op, parameter, values, device) -> str:
-    """Why a scaling run leaves the line, where the library knows it."""
-    if (device == "cpu" and op == "carafe" and parameter == "k"
-            and min(values) <= REGISTER_SUMS_LARGEST_KERNEL < max(values)):
-        return (f"k > {REGISTER_SUMS_LARGEST_KERNEL} leaves the loop that sums each output in registers for the "
-                "slot-by-slot one (upsamplelib/ops/carafe.py, REGISTER_SUMS_LARGEST_KERNEL)")
-    return ""
+def known_cause(op, parameter, device):
+    """``cause(before, after)``: why a scaling run's step from one value to
+    the next leaves the line, where the library knows it ("" where not)."""
+    def cause(before, after):
+        if (device == "cpu" and op == "carafe" and parameter == "k"
+                and before <= REGISTER_SUMS_LARGEST_KERNEL < after):
+            return (f"k > {REGISTER_SUMS_LARGEST_KERNEL} leaves the loop that sums each output in registers for "
+                    "the slot-by-slot one (upsamplelib/ops/carafe.py, REGISTER_SUMS_LARGEST_KERNEL)")
+        return ""
+    return cause
 
 
 def fit_exponent(values, times) -> float:

@@ -45,7 +45,7 @@ def test_quick_bench_writes_the_report(tmp_path):
     for row in (r for r in rows if r["section"] == "scaling"):
         assert float(row["value"]) > 0 and row["parameter"] in ("H x W", "C", "k")
         float(row["exponent"])
-        assert row["verdict"].startswith(("linear in the work", "NOT linear in the work"))
+        assert row["verdict"].startswith(("linear in the work", "fits a part linear", "NOT linear in the work"))
     compile_rows = [r for r in rows if r["section"] == "compile"]
     assert compile_rows and all(float(r["cold_s"]) >= 0 and float(r["warm_s"]) >= 0 for r in compile_rows)
     assert "ratio" in done.stdout and "empty Numba cache" in done.stdout
@@ -69,23 +69,40 @@ def test_scaling_verdict_linear():
 
 
 def test_scaling_verdict_separates_a_part_that_does_not_grow():
-    """0.5 ms + 0.01 ms per channel: the exponent is far from 1, but the time
-    is linear in the work plus a constant."""
+    """0.5 ms + 0.01 ms per channel, each point within 10 % of it: the
+    exponent is far from 1, but the fit of a fixed plus a linear part holds."""
     bench = _bench_module()
-    times = [(0.5 + 0.01 * c) * 1e-3 for c in (16, 32, 64)]
+    times = [(0.5 + 0.01 * c) * 1e-3 * noise for c, noise in ((16, 1.0), (32, 1.08), (64, 0.97))]
     assert bench.fit_exponent([16, 32, 64], times) < 0.75
+    fixed, per_unit, miss = bench.fit_fixed_plus_per_unit([16, 32, 64], times)
+    assert 0 < miss <= bench.FIT_TOLERANCE
     verdict = bench.scaling_verdict("C", [16, 32, 64], times, 1)
-    assert verdict == "linear in the work plus 0.50 ms that does not grow with C (76% of the smallest run's time)"
+    assert verdict == ("fits a part linear in the work plus 0.55 ms that does not grow with C (83% of the smallest "
+                       "run's time)")
+
+
+def test_scaling_verdict_does_not_call_a_bend_a_fixed_part():
+    """Time growing as the square root of the work: three points the line
+    misses by more than the tolerance; two points, which any line fits."""
+    bench = _bench_module()
+    values = [16, 64, 256]
+    times = [1e-3 * (v / 16) ** 0.5 for v in values]
+    assert bench.fit_fixed_plus_per_unit(values, times)[2] > bench.FIT_TOLERANCE
+    assert bench.scaling_verdict("C", values, times, 1).startswith("NOT linear in the work: C ")
+    assert bench.scaling_verdict("C", [8, 16], [1.0e-3, 1.05e-3], 1).startswith("NOT linear in the work: C 8 -> 16")
 
 
 def test_scaling_verdict_names_the_step_and_the_known_cause():
-    """CARAFE's CPU forward against k: 3 and 5 on the line, 7 far above it."""
+    """CARAFE's CPU forward against k: 3 and 5 on the line, 7 far above it;
+    and a run whose worst step is the first, where the k > 5 cause does not
+    apply."""
     bench = _bench_module()
-    values, times = [3, 5, 7], [0.15e-3, 0.20e-3, 1.49e-3]
-    cause = bench.known_cause("carafe", "k", values, "cpu")
-    assert "REGISTER_SUMS_LARGEST_KERNEL" in cause and bench.known_cause("carafe", "k", [3, 5], "cpu") == ""
-    verdict = bench.scaling_verdict("k", values, times, 2, [0, 0, 0], cause)
+    cause = bench.known_cause("carafe", "k", "cpu")
+    assert "REGISTER_SUMS_LARGEST_KERNEL" in cause(5, 7) and cause(3, 5) == ""
+    verdict = bench.scaling_verdict("k", [3, 5, 7], [0.15e-3, 0.20e-3, 1.49e-3], 2, [0, 0, 0], cause)
     assert verdict.startswith("NOT linear in the work: k 5 -> 7 takes 7.4x the time for 2.0x the work; k > 5 ")
+    verdict = bench.scaling_verdict("k", [3, 5, 7], [0.15e-3, 2.0e-3, 4.0e-3], 2, [0, 0, 0], cause)
+    assert verdict == "NOT linear in the work: k 3 -> 5 takes 13.3x the time for 2.8x the work"
 
 
 def test_scaling_verdict_names_a_jump_in_page_faults():

@@ -89,9 +89,10 @@ GLIBC_MMAP_THRESHOLD_MAX, GLIBC_TRIM_THRESHOLD_MAX = 32 << 20, 64 << 20
 def page_faults_per_call(fn, calls: int = 5) -> float:
     """Minor page faults per call of ``fn()``, after one call: each is a
     first write to a page the process had just mapped (about a microsecond,
-    before the write itself). glibc maps each block of 32 MiB or more anew
-    on every allocation, so a call whose tensors are that large pays one per
-    4 KiB each time. NaN where the OS does not count them (Windows)."""
+    before the write itself). On Linux, glibc maps each block of 32 MiB or
+    more anew on every allocation, so a call whose tensors are that large
+    pays one per 4 KiB page each time (one per 2 MiB where transparent huge
+    pages are always on). NaN where the OS does not count them (Windows)."""
     try:
         import resource
     except ImportError:
