@@ -15,7 +15,7 @@ import sys
 #: The oldest torch release the library runs on. Every operator is registered
 #: with ``torch.library.infer_schema`` (public from torch 2.5) and
 #: ``register_fake``/``register_autograd`` (from 2.4). pyproject.toml and
-#: environment.yml name the same floor (tests/test_packaging.py checks it).
+#: environment.yml name the same floor (tests/test_install.py checks it).
 OLDEST_TORCH = (2, 5)
 
 
@@ -28,7 +28,8 @@ def torch_version_problem(version):
     oldest = ".".join(map(str, OLDEST_TORCH))
     return (f"upsamplelib needs torch {oldest} or newer (its operators are registered with "
             f"torch.library.infer_schema, register_fake and register_autograd), but this is torch {version}. "
-            f'Upgrade it: pip install -U "torch>={oldest}", or `make setup` in the course.')
+            f'Upgrade it: pip install -U "torch>={oldest}", or `make setup` in the course; then restart Python '
+            "(in Jupyter: restart the kernel), which has the old torch loaded.")
 
 
 def course_install_command(repository, upsamplelib_found, nvidia_driver, python=sys.executable):
