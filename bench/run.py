@@ -20,10 +20,11 @@ It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench
   registered formulas count them, ``FlopCounterMode``);
 * ``scaling``: our forward time against H x W, C and k, with the fitted exponent of
   time ~ size^e (1 is linear; k enters as k*k taps, so 2 is expected there), and a verdict:
-  linear in the work; a fit of a fixed part plus a linear one (time = fixed + per_unit *
-  work, within 15 % at each of three or more sizes); or not linear, naming the step where
-  time outgrows the work, a jump in the page faults per call measured there, and the cause
-  where the library knows it;
+  linear in the work (no step growing more than twice as fast as the work); a fit of a
+  fixed part plus a linear one (time = fixed + per_unit * work, within 15 % at each of three
+  or more sizes); or not linear, naming the step where time outgrows the work, a jump in the
+  page faults per call measured there, and the cause where the library knows it. Each size
+  is the best of three medians;
 * ``compile``: the first call of each op in a fresh process with an empty Numba cache
   (``NUMBA_CACHE_DIR`` a new folder), and again with that cache filled: the on-disk cache is
   what removes the compile time, and ``make setup`` fills it (``python -m upsamplelib.warmup``).
@@ -349,7 +350,8 @@ def scaling_runs(device: str, quick: bool, repeats: int):
     for op, parameter, points, expected in plans:
         values, times, faults = [], [], []
         for value, function in sorted(points, key=lambda p: p[0]):
-            seconds = compare({"ours": function}, warmup=2, repeats=repeats, rounds=1, device=device)["ours"]
+            seconds = compare({"ours": function}, warmup=2, repeats=repeats, rounds=1 if quick else 3,
+                              device=device)["ours"]
             values.append(value)
             times.append(seconds)
             faults.append(page_faults_per_call(function) if device == "cpu" else float("nan"))
@@ -368,26 +370,30 @@ def scaling_runs(device: str, quick: bool, repeats: int):
 #: How far a time may sit from a fitted line, relative to itself, and still
 #: count as on it: about the run-to-run spread of a shared 2-core machine.
 FIT_TOLERANCE = 0.15
+#: How much faster than the work one step may grow and still count as
+#: linear: an exponent fitted over a whole run can average a jump away.
+STEP_TOLERANCE = 2.0
 
 
 def scaling_verdict(parameter, values, times, expected, faults=None, cause=None) -> str:
     """Whether time grows linearly with the work (work ~ value^expected):
-    plainly (the fitted exponent within 0.25 of the work's); as a fixed part
+    plainly (the fitted exponent within 0.25 of the work's, and no step
+    growing more than STEP_TOLERANCE times faster than the work); as a fixed part
     plus a linear one (with three points or more: time = fixed + per_unit *
     work fits every point within FIT_TOLERANCE; two points always fit); or
     not, naming the step where time outgrows the work most and what is known
     of why: a jump in the page faults per call (``faults``, one per value)
     measured there, and ``cause(before, after)``, the library's reason for
     that step if it knows one."""
-    if abs(fit_exponent(values, times) - expected) <= 0.25:
-        return "linear in the work"
     works = [v ** expected for v in values]
+    growth = [(times[i + 1] / times[i]) / (works[i + 1] / works[i]) for i in range(len(values) - 1)]
+    if abs(fit_exponent(values, times) - expected) <= 0.25 and max(growth) <= STEP_TOLERANCE:
+        return "linear in the work"
     if len(values) >= 3:
         fixed, per_unit, miss = fit_fixed_plus_per_unit(works, times)
         if fixed > 0 and per_unit > 0 and miss <= FIT_TOLERANCE:
             return (f"fits a part linear in the work plus {1e3 * fixed:.2f} ms that does not grow with {parameter} "
                     f"({fixed / times[0]:.0%} of the smallest run's time)")
-    growth = [(times[i + 1] / times[i]) / (works[i + 1] / works[i]) for i in range(len(values) - 1)]
     i = max(range(len(growth)), key=growth.__getitem__)
     reasons = [f"{parameter} {values[i]} -> {values[i + 1]} takes {times[i + 1] / times[i]:.1f}x the time for "
                f"{works[i + 1] / works[i]:.1f}x the work"]

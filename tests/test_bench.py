@@ -81,6 +81,17 @@ def test_scaling_verdict_separates_a_part_that_does_not_grow():
                        "run's time)")
 
 
+def test_scaling_verdict_does_not_average_a_jump_away():
+    """CARAFE against k as one run measured it: the exponent over the run
+    (2.15) is within 0.25 of the work's, but 5 -> 7 takes 5x the time for 2x
+    the work."""
+    bench = _bench_module()
+    values, times = [3, 5, 7], [0.10e-3, 0.14e-3, 0.70e-3]
+    assert abs(bench.fit_exponent(values, times) - 2) <= 0.25
+    verdict = bench.scaling_verdict("k", values, times, 2, [0, 0, 0], bench.known_cause("carafe", "k", "cpu"))
+    assert verdict.startswith("NOT linear in the work: k 5 -> 7 takes 5.0x the time for 2.0x the work; k > 5 ")
+
+
 def test_scaling_verdict_does_not_call_a_bend_a_fixed_part():
     """Time growing as the square root of the work: three points the line
     misses by more than the tolerance; two points, which any line fits."""
