@@ -299,6 +299,42 @@ def test_a_kernel_the_gpu_rejects_gets_the_compilers_reason_once():
     assert ptx.submit(float_index, (x, x)) is ptx.submit(float_index, (x, x))
 
 
+@cuda.jit(device=True)
+def halve_at(x, i):
+    return x[i / 2]
+
+
+@cuda.jit
+def float_index_in_a_helper(x, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = halve_at(x, i)
+
+
+@cuda.jit
+def numpy_square_root(x, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = np.sqrt(x[i])
+
+
+@needs_ptx
+def test_a_mistake_in_a_device_function_is_caught():
+    """Compiling a kernel that calls a device function needs "the current
+    device"; the worker has no GPU, so the compile target stands in (before,
+    the driver error skipped the check)."""
+    x = np.zeros(8, np.float32)
+    reason = ptx.compile_error(float_index_in_a_helper, (x, x))
+    assert reason is not None and "float64" in reason
+
+
+@needs_ptx
+def test_a_numpy_ufunc_in_a_kernel_is_caught_with_the_math_module_as_hint():
+    x = np.zeros(8, np.float32)
+    with pytest.raises(ptx.CheckFailed, match=r"np\.sqrt has no GPU version here.*\n.*math\.sqrt"):
+        ptx.require_compiles(numpy_square_root, (x, x), "numpy_square_root")
+
+
 WEIGHTS = np.array([0.25, 0.5, 0.25], np.float32)
 
 

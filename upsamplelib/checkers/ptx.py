@@ -74,6 +74,13 @@ def is_student_error(error):
     return "NumbaError" in names and not names & {"NvvmSupportError", "CudaSupportError", "NvvmError",
                                                   "CudaDriverError", "NvvmWarning"}
 
+def missing_ufunc(error):
+    # numba-cuda looks a NumPy ufunc's GPU loop up in a table, and one it
+    # lacks (np.sqrt here) ends in a bare KeyError
+    key = error.args[0] if isinstance(error, KeyError) and error.args else None
+    name = getattr(key, "__name__", None)
+    return name if type(key).__name__ == "ufunc" else None
+
 # Typing a call of a NumPy function that numba-cuda overloads (np.zeros, ...)
 # compiles the overload for "the current device", which needs a driver; with
 # none here, that failed as if the compiler were missing and the kernel
@@ -98,6 +105,8 @@ for line in sys.stdin:
         location = getattr(error, "loc", None)
         answer = {"ok": False, "student": is_student_error(error), "type": type(error).__name__,
                   "message": str(error), "line": getattr(location, "line", None)}
+        if missing_ufunc(error):
+            answer.update(student=True, message="NumPy's np.%s has no GPU version here" % missing_ufunc(error))
     answer["seconds"] = time.perf_counter() - started
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
@@ -383,6 +392,9 @@ def _hint(message: str, float_index_note: str) -> str:
     if "Untyped global name" in message:
         return ("a function the kernel calls must be compiled for the GPU too: decorate it with @per_element "
                 "(or @cuda.jit(device=True)); Python objects such as lists or dicts cannot be used in a kernel")
+    if "has no GPU version here" in message:
+        return ("in a kernel, use the math module's functions (math.sqrt, math.exp, ...) on numbers, not NumPy's "
+                "np.sqrt, np.exp, ...")
     if re.search(r"Function\(<built-in function (zeros|empty|ones|full|zeros_like|empty_like|array)>\)", message):
         return ("a kernel cannot allocate NumPy arrays (np.zeros, np.empty, ...): keep a few values per thread in "
                 "cuda.local.array(SIZE, float32), with SIZE a constant")
