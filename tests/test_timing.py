@@ -2,7 +2,6 @@
 Planned clocks stand in for real time; memory is checked in pages."""
 
 import itertools
-import resource
 import sys
 
 import pytest
@@ -56,16 +55,8 @@ def test_peak_extra_memory_leaves_freed_blocks_to_be_reused():
     later 4 MB tensor would cost about 1,000 page faults (and the timings
     that follow a memory measurement would count them)."""
     peak_extra_memory(lambda: torch.ones(16))
-
-    def faults_per_call(calls=20):
-        for _ in range(10):  # glibc places the first few blocks anew while its free lists settle
-            torch.ones(1 << 20)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(calls):
-            torch.ones(1 << 20)  # 4 MiB, freed at once
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
-
-    assert faults_per_call() < 100
+    # 4 MiB, freed at once; glibc places the first few blocks anew while its free lists settle
+    assert page_faults_per_call(lambda: torch.ones(1 << 20), calls=20, warmup=10) < 100
 
 
 def _huge_pages_always():

@@ -134,8 +134,9 @@ import torch  # noqa: E402
 
 from .install import torch_version_problem  # noqa: E402
 
-if torch_version_problem(torch.__version__):
-    raise ImportError(torch_version_problem(torch.__version__))
+_TORCH_PROBLEM = torch_version_problem(torch.__version__)
+if _TORCH_PROBLEM:
+    raise ImportError(_TORCH_PROBLEM)
 
 
 def _repository_url() -> str:

@@ -86,8 +86,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 GLIBC_MMAP_THRESHOLD_MAX, GLIBC_TRIM_THRESHOLD_MAX = 32 << 20, 64 << 20
 
 
-def page_faults_per_call(fn, calls: int = 5) -> float:
-    """Minor page faults per call of ``fn()``, after one call: each is a
+def page_faults_per_call(fn, calls: int = 5, warmup: int = 1) -> float:
+    """Minor page faults per call of ``fn()``, after ``warmup`` calls: each is a
     first write to a page the process had just mapped (about a microsecond,
     before the write itself). On Linux, glibc maps each block of 32 MiB or
     more anew on every allocation, so a call whose tensors are that large
@@ -97,7 +97,8 @@ def page_faults_per_call(fn, calls: int = 5) -> float:
         import resource
     except ImportError:
         return float("nan")
-    fn()
+    for _ in range(warmup):
+        fn()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(calls):
         fn()

@@ -176,12 +176,22 @@ def _parameter_names(function):
     return code.co_varnames[:code.co_argcount]
 
 
+def _source(function):
+    """(Python function, its ``ast.FunctionDef``), or None where there is no
+    source to read (a function made with exec, say): the source checks are
+    then left out."""
+    try:
+        return kernel_definition(function)
+    except (OSError, TypeError, CheckFailed):
+        return None
+
+
 def _loop_names(function):
     """The counters of the function's ``for`` loops."""
-    try:
-        _, definition = kernel_definition(function)
-    except (OSError, TypeError, CheckFailed):
+    source = _source(function)
+    if source is None:
         return ()
+    definition = source[1]
     names = [node.target.id for node in ast.walk(definition)
              if isinstance(node, ast.For) and isinstance(node.target, ast.Name)]
     return tuple(dict.fromkeys(names))
@@ -487,6 +497,7 @@ def check_carafe_channels_last_kernel(kernel):
     the channel varying fastest from thread to thread. Graded by the values
     and by the sectors each warp's loads and stores touch."""
     what = "carafe_channels_last_kernel"
+    names = _parameter_names(kernel)[:3]
     worst = {"x": 0.0, "masks": 0.0, "out": 0.0}
     compiled = None
     for index, (n, c, h, w, k, s) in enumerate(_CHANNELS_LAST_CASES):
@@ -502,14 +513,13 @@ def check_carafe_channels_last_kernel(kernel):
                                       "flat index unravels as (n, Y, X, c) with c fastest", work_items=out.size)
         expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
         if np.isnan(out).any():
-            raise _never_written(record, out, _parameter_names(kernel)[2], what, case,
+            raise _never_written(record, out, names[2], what, case,
                                  "one thread per element of out, on a grid of out.size threads")
         compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="thread i is element (n, Y, X, c) of out, c = i % C fastest; output (Y, X) reads "
                      "x[n, Y // s - r + dy, X // s - r + dx, c] with weight masks[n, Y, X, dy * k + dx], "
                      "skipping the slots outside the map")
-        _every_output_once(record, _parameter_names(kernel)[2], out.size, what, case)
-        names = _parameter_names(kernel)[:3]
+        _every_output_once(record, names[2], out.size, what, case)
         for name, key in zip(names, ("x", "masks", "out")):
             kind = "store" if key == "out" else "load"
             worst[key] = max(worst[key], record.sectors_per_request(name, kind))
@@ -552,6 +562,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
     * H * W`` threads on a 1-D grid, X fastest. Each thread loads each of its
     mask values once and uses it for all channels of its run."""
     what = "carafe_channel_blocked_kernel"
+    x_name, masks_name, out_name = _parameter_names(kernel)[:3]
     compiled = None
     sectors = {"x": 0.0, "out": 0.0}
     for index, (n, c, h, w, k, s) in enumerate(_BLOCKED_CASES + [_BLOCKED_MAPPING_CASE]):
@@ -566,13 +577,12 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                                  hint="the last run of channels is shorter when C is not a multiple of "
                                       "CHANNELS_PER_THREAD: test c < C before using channel c", work_items=threads)
         if np.isnan(out).any():
-            raise _never_written(record, out, _parameter_names(kernel)[2], what, case,
+            raise _never_written(record, out, out_name, what, case,
                                  "thread i handles pixel (Y, X) and channels run * CHANNELS_PER_THREAD onwards, "
                                  "for i < N * runs * H * W, runs = ceil(C / CHANNELS_PER_THREAD)")
         compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="each of the thread's channels sums masks[n, t, Y, X] * x[n, c, row, col] over the inside slots")
-        _every_output_once(record, _parameter_names(kernel)[2], out.size, what, case)
-        x_name, masks_name = _parameter_names(kernel)[:2]
+        _every_output_once(record, out_name, out.size, what, case)
         pixels = n * s * h * s * w
         mask_loads, x_loads = record.count(masks_name), record.count(x_name)
         allowed = runs * k * k * pixels
@@ -587,8 +597,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
             raise CheckFailed(f"{what}: {x_loads} loads of x for {case}; one per channel, inside slot and pixel is "
                               f"at most {c * k * k * pixels}")
         if (n, c, h, w, k, s) == _BLOCKED_MAPPING_CASE:
-            sectors = {"x": record.sectors_per_request(x_name), "out": record.sectors_per_request(
-                _parameter_names(kernel)[2], "store")}
+            sectors = {"x": record.sectors_per_request(x_name), "out": record.sectors_per_request(out_name, "store")}
     for key, limit in _BLOCKED_SECTOR_LIMITS.items():
         if sectors[key] > limit:
             raise CheckFailed(
@@ -694,16 +703,16 @@ def _stores_into(node, array_name):
     return [t for t in targets if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == array_name]
 
 
-def _check_rows_structure(fast, what):
+def _check_rows_structure(fast, what, out_name):
     """What the exercise asks of the loops, read from the source: a prange
     (in a parallel function), and innermost loops writing out with no test
     and no division that changes from one iteration to the next (those keep
     LLVM from vectorising the loop; one on values fixed for the whole loop,
     such as ``Y // scale``, does not)."""
-    try:
-        function, definition = kernel_definition(fast)
-    except (OSError, TypeError, CheckFailed):  # no source to read
+    source = _source(fast)
+    if source is None:
         return
+    function, definition = source
     loops = _loops(definition)
     if not any(_is_prange(loop, function.__globals__) for loop, _ in loops):
         raise CheckFailed(f"{what}: no loop is split over the cores.\nHint: make the loop over the planes "
@@ -712,7 +721,6 @@ def _check_rows_structure(fast, what):
     if not getattr(fast, "targetoptions", {}).get("parallel"):
         raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
                           "@numba.njit(parallel=True); in a plain @numba.njit it is range")
-    out_name = _parameter_names(fast)[2]
     for loop, _ in loops:
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
         if not innermost or not any(_stores_into(node, out_name) for node in ast.walk(loop)):
@@ -733,10 +741,14 @@ def _check_rows_structure(fast, what):
                     "columns[row, X + dx * s], with no test and no division in the loop over X")
 
 
-def _racing_prange(function, definition, out_name):
+def _racing_prange(fast, out_name):
     """The counter of a prange loop whose body adds into ``out_name`` at an
     index that does not depend on the counter (so every iteration, on its
     own thread, adds into the same elements: a race), or None."""
+    source = _source(fast)
+    if source is None:
+        return None
+    function, definition = source
     for loop, _ in _loops(definition):
         if not _is_prange(loop, function.__globals__):
             continue
@@ -786,10 +798,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
         raise CheckFailed(f"{what}: this is a plain Python function; compile it with numba.njit (the checker times "
                           "it, and Python runs these loops a hundred times slower)")
     out_name = _parameter_names(fast)[2]
-    try:
-        counter = _racing_prange(*kernel_definition(fast), out_name)
-    except (OSError, TypeError, CheckFailed):  # no source to read
-        counter = None
+    counter = _racing_prange(fast, out_name)
     if counter is not None:
         raise _race_failure(counter, what, out_name)
     for index, (n, c, h, w, k, s) in enumerate(_CPU_CASES):
@@ -833,7 +842,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                 "whose innermost index is the last (contiguous) axis stays in a line for 16 float32.\nHint: "
                 "put the loop over X innermost, the loops over the slots (dy, dx) around it, and make the "
                 "channel loop an outer one")
-    _check_rows_structure(fast, what)
+    _check_rows_structure(fast, what, out_name)
     n, c, h, w = size
     x, masks = _carafe_inputs(n, c, h, w, 5, 2, 1, 98)
     out_fast, out_slow = (np.zeros((n, c, 2 * h, 2 * w), np.float32) for _ in range(2))
