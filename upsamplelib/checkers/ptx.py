@@ -105,8 +105,9 @@ for line in sys.stdin:
         location = getattr(error, "loc", None)
         answer = {"ok": False, "student": is_student_error(error), "type": type(error).__name__,
                   "message": str(error), "line": getattr(location, "line", None)}
-        if missing_ufunc(error):
-            answer.update(student=True, message="NumPy's np.%s has no GPU version here" % missing_ufunc(error))
+        ufunc = missing_ufunc(error)
+        if ufunc:
+            answer.update(student=True, message="NumPy's np.%s has no GPU version here" % ufunc)
     answer["seconds"] = time.perf_counter() - started
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
