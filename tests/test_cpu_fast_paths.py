@@ -37,15 +37,18 @@ def test_nearest_forward_and_backward_bit_for_bit(mode, dtype):
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
 def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
-    """The cpu forward sums four channels at a time, then the rest one by
-    one; it multiplies the zero padding where the masks there are finite,
+    """The cpu forward sums two channels of two output rows at a time (an
+    even scale) or four channels of one row (an odd scale), then the rest
+    one by one; it multiplies the zero padding where the masks there are finite,
     and sums a row again, leaving the padding out, where they are not.
     Windows above 5 x 5 and groups of one or two channels take the
     slot-by-slot loop for every row."""
     g = torch.Generator().manual_seed(0)
-    # (k, scale, group, channels, h, w): 9, 7, 1, 5, 8, 2 and 3 channels per group
+    # (k, scale, group, channels, h, w): 9, 7, 1, 5, 8, 2 and 3 channels per group; odd scales 3 and 1 with
+    # 5 and 8 channels, even scales 2 and 4 with 9, 7, 5 and 3
     for k, s, group, channels, h, w in [(5, 2, 1, 9, 6, 7), (3, 2, 2, 14, 4, 5), (7, 3, 3, 3, 3, 4), (1, 2, 1, 5, 3, 3),
-                                        (5, 1, 1, 8, 5, 5), (5, 2, 2, 4, 4, 3), (3, 2, 2, 6, 3, 4)]:
+                                        (5, 1, 1, 8, 5, 5), (5, 2, 2, 4, 4, 3), (3, 2, 2, 6, 3, 4), (3, 3, 1, 5, 3, 4),
+                                        (5, 4, 1, 3, 3, 2)]:
         x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
         masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
         masks[0, 0, 0, 1] = float("nan")  # slot (0, 0) of a top-left output reads padding (for k > 1)

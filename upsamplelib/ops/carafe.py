@@ -429,11 +429,17 @@ def carafe_whole_row_flags_cpu(masks, low_height, kernel_size, scale, whole_row)
 #: The largest window the register loop takes. At k = 7 it took 14.9 ms at
 #: 1x64x64x64, 4.7x its k = 5 time per slot (49 mask values no longer fit
 #: the vector registers, the likely cause); the slot-by-slot loop took 5.3.
+#: With two rows at a time (98 mask values) on a 2-core AMD EPYC: 33.3
+#: against 7.3 ms.
 REGISTER_SUMS_LARGEST_KERNEL = 5
 #: The fewest channels per group it takes. With one or two, each mask value
 #: serves one or two outputs and the loop streams k*k mask rows at once:
 #: 10.5 and 7.1 ms at 1x64x64x64, k = 5, groups of 1 and 2, against 7.2 and
-#: 4.9 slot by slot; groups of 3, 4 and 8: 3.9, 2.9, 2.8 against 4.3, 4.2, 4.7.
+#: 4.9 slot by slot; groups of 3, 4 and 8: 3.9, 2.9, 2.8 against 4.3, 4.2, 4.7
+#: (four channels of one row at a time, 2 cores of the course's earlier test
+#: machine). The choice depends on the machine: on a 2-core AMD EPYC (Zen 4),
+#: with two rows at a time, groups of 1 and 2 took 12.9 and 7.9 ms against
+#: 21.7 and 10.4 slot by slot.
 REGISTER_SUMS_FEWEST_CHANNELS = 3
 
 
@@ -452,11 +458,22 @@ def carafe_forward_cpu(kernel_size, scale):
     unsigned because Numba wraps a negative signed index, and that select
     per load keeps LLVM from vectorising.
 
+    The loop is load-bound, so each load should serve as many multiply-adds
+    as it can. Four sums at a time, no more: LLVM vectorises a loop that
+    stores to four output rows, not one that stores to eight (too many
+    overlap checks between them). With an even scale, output rows 2i and
+    2i + 1 read the same window, so the four sums are two channels of both
+    rows: a mask value serves two channels and a window value two rows (one
+    load per multiply-add, 0.82 against 0.95 ms at 1x64x64x64, k=5, on a
+    2-core AMD EPYC). With an odd scale they are four channels of one row (a
+    mask value serves four, a window value one: 1.25 loads per multiply-add).
+
     ``columns`` is ``upsampled_columns(x, scale, radius, pad_rows=True)``: a
     window row that falls outside the map reads the zero rows.
     """
     radius = (kernel_size - 1) // 2
     area = kernel_size * kernel_size
+    rows_together = 2 if scale % 2 == 0 else 1
 
     @cpu_kernel
     def forward(columns, masks, out, group_channels):
@@ -466,48 +483,71 @@ def carafe_forward_cpu(kernel_size, scale):
         zero = np.zeros(1, out.dtype)[0]
         # The loop body holds no array views, only flat indices, and reads no
         # other array: Numba then marks its arrays noalias, without which LLVM
-        # would need overlap checks for the four-channel loop and leave it
+        # would need overlap checks for the four-sum loops and leave them
         # scalar (4x slower).
         flat_masks, flat_columns, flat_out = masks.reshape(-1), columns.reshape(-1), out.reshape(-1)
         plane = height * width
         u_plane, u_row, u_channel = np.uint64(plane), np.uint64(padded_width), np.uint64(padded_height * padded_width)
-        for line in prange(batch * groups * height):
-            n, group, Y = line // (groups * height), (line // height) % groups, line % height
+        u_width = np.uint64(width)  # from one output row to the next
+        lines = height // rows_together
+        for line in prange(batch * groups * lines):
+            n, group, Y = line // (groups * lines), (line // lines) % groups, line % lines * rows_together
             top = window_origin(Y, scale, radius)
             u_mask = np.uint64(((n * groups * area + slot_of(group, 0, 0, kernel_size)) * height + Y) * width)
             first = n * channels + group * group_channels  # channel index in the flat (N*C) order
-            # Four channels at a time share each mask load and run four
-            # independent sums, which hides the latency of the fma chain.
-            # LLVM vectorises this loop with four output rows to store to,
-            # not with eight (too many overlap checks between them).
-            for c in range(first, first + group_channels - 3, 4):
+            if rows_together == 2:
+                for c in range(first, first + group_channels - 1, 2):
+                    column_base = np.uint64((c * padded_height + top + radius) * padded_width)
+                    out_base = np.uint64((c * height + Y) * width)
+                    for X in range(u_width):
+                        sum0, sum1, below0, below1 = zero, zero, zero, zero
+                        for dy in range(kernel_size):
+                            for dx in range(kernel_size):
+                                at_mask = u_mask + np.uint64(dy * kernel_size + dx) * u_plane + X
+                                weight, weight_below = flat_masks[at_mask], flat_masks[at_mask + u_width]
+                                at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
+                                value0, value1 = flat_columns[at], flat_columns[at + u_channel]
+                                sum0 = fma(weight, value0, sum0)
+                                sum1 = fma(weight, value1, sum1)
+                                below0 = fma(weight_below, value0, below0)
+                                below1 = fma(weight_below, value1, below1)
+                        flat_out[out_base + X] = sum0
+                        flat_out[out_base + u_plane + X] = sum1
+                        flat_out[out_base + u_width + X] = below0
+                        flat_out[out_base + u_plane + u_width + X] = below1
+                last_single = first + group_channels // 2 * 2
+            else:
+                for c in range(first, first + group_channels - 3, 4):
+                    column_base = np.uint64((c * padded_height + top + radius) * padded_width)
+                    out_base = np.uint64((c * height + Y) * width)
+                    for X in range(u_width):
+                        sum0, sum1, sum2, sum3 = zero, zero, zero, zero
+                        for dy in range(kernel_size):
+                            for dx in range(kernel_size):
+                                weight = flat_masks[u_mask + np.uint64(dy * kernel_size + dx) * u_plane + X]
+                                at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
+                                sum0 = fma(weight, flat_columns[at], sum0)
+                                sum1 = fma(weight, flat_columns[at + u_channel], sum1)
+                                sum2 = fma(weight, flat_columns[at + np.uint64(2) * u_channel], sum2)
+                                sum3 = fma(weight, flat_columns[at + np.uint64(3) * u_channel], sum3)
+                        flat_out[out_base + X] = sum0
+                        flat_out[out_base + u_plane + X] = sum1
+                        flat_out[out_base + np.uint64(2) * u_plane + X] = sum2
+                        flat_out[out_base + np.uint64(3) * u_plane + X] = sum3
+                last_single = first + group_channels // 4 * 4
+            for c in range(last_single, first + group_channels):  # the channels no group of sums took
                 column_base = np.uint64((c * padded_height + top + radius) * padded_width)
-                out_base = np.uint64((c * height + Y) * width)
-                for X in range(np.uint64(width)):
-                    sum0, sum1, sum2, sum3 = zero, zero, zero, zero
-                    for dy in range(kernel_size):
-                        for dx in range(kernel_size):
-                            weight = flat_masks[u_mask + np.uint64(dy * kernel_size + dx) * u_plane + X]
-                            at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
-                            sum0 = fma(weight, flat_columns[at], sum0)
-                            sum1 = fma(weight, flat_columns[at + u_channel], sum1)
-                            sum2 = fma(weight, flat_columns[at + np.uint64(2) * u_channel], sum2)
-                            sum3 = fma(weight, flat_columns[at + np.uint64(3) * u_channel], sum3)
-                    flat_out[out_base + X] = sum0
-                    flat_out[out_base + u_plane + X] = sum1
-                    flat_out[out_base + np.uint64(2) * u_plane + X] = sum2
-                    flat_out[out_base + np.uint64(3) * u_plane + X] = sum3
-            for c in range(first + group_channels // 4 * 4, first + group_channels):
-                column_base = np.uint64((c * padded_height + top + radius) * padded_width)
-                out_base = np.uint64((c * height + Y) * width)
-                for X in range(np.uint64(width)):
-                    sum0 = zero
-                    for dy in range(kernel_size):
-                        for dx in range(kernel_size):
-                            weight = flat_masks[u_mask + np.uint64(dy * kernel_size + dx) * u_plane + X]
-                            at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
-                            sum0 = fma(weight, flat_columns[at], sum0)
-                    flat_out[out_base + X] = sum0
+                for row in range(rows_together):
+                    out_base = np.uint64((c * height + Y + row) * width)
+                    u_row_mask = u_mask + np.uint64(row) * u_width
+                    for X in range(u_width):
+                        sum0 = zero
+                        for dy in range(kernel_size):
+                            for dx in range(kernel_size):
+                                weight = flat_masks[u_row_mask + np.uint64(dy * kernel_size + dx) * u_plane + X]
+                                at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
+                                sum0 = fma(weight, flat_columns[at], sum0)
+                        flat_out[out_base + X] = sum0
 
     return forward
 
