@@ -44,6 +44,7 @@ import csv
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,8 @@ os.environ.setdefault("UPSAMPLELIB_QUIET", "1")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPOSITORY)
 
+import llvmlite.binding  # noqa: E402  (Numba's compiler)
+import numba  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -72,10 +75,28 @@ COLUMNS = ["section", "device", "device_name", "op", "pass", "shape", "ours_ms",
            "faults_per_call", "verdict", "cold_s", "warm_s"]
 
 
+def processor_name() -> str:
+    """The CPU's model as the system names it, and the LLVM target Numba
+    compiles the CPU loops for (its vector width decides their speed): the
+    same code's ratios differ from one CPU to another."""
+    name = ""
+    try:
+        if sys.platform.startswith("linux"):
+            with open("/proc/cpuinfo") as info:
+                name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+        elif sys.platform == "darwin":
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    name = name or platform.processor() or platform.machine()
+    return f"{name}, LLVM target {numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()}"
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"CPU, {torch.get_num_threads()} threads"
+    return f"CPU, {torch.get_num_threads()} threads: {processor_name()}"
 
 
 # --------------------------------------------------------------------------

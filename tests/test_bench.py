@@ -40,6 +40,7 @@ def test_quick_bench_writes_the_report(tmp_path):
         assert float(row["ours_ms"]) > 0 and float(row["baseline_ms"]) > 0
         assert abs(float(row["ratio"]) - float(row["ours_ms"]) / float(row["baseline_ms"])) < 1e-6
         assert row["device"] == "cpu" and float(row["copy_gbs"]) > 0
+        assert row["device_name"] == bench.device_name("cpu")
     targets = [r for r in ops if r["target"]]
     assert targets and all(r["target_met"] in ("True", "False") for r in targets)
     for row in (r for r in rows if r["section"] == "scaling"):
@@ -49,6 +50,19 @@ def test_quick_bench_writes_the_report(tmp_path):
     compile_rows = [r for r in rows if r["section"] == "compile"]
     assert compile_rows and all(float(r["cold_s"]) >= 0 and float(r["warm_s"]) >= 0 for r in compile_rows)
     assert "ratio" in done.stdout and "empty Numba cache" in done.stdout
+
+
+def test_the_report_names_the_processor_and_numbas_target():
+    """The same code's ratios differ from one CPU to another (the register
+    loops' vector width, the convolutions' kernels): the report says which
+    CPU, and which LLVM target Numba compiled for, it measured."""
+    import llvmlite.binding
+    import numba
+
+    name = _bench_module().device_name("cpu")
+    assert name.startswith("CPU, ") and " threads: " in name
+    target = numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
+    assert name.endswith(f", LLVM target {target}") and len(name.split(": ", 1)[1]) > len(f", LLVM target {target}")
 
 
 def test_memory_is_measured_in_a_child_process():
