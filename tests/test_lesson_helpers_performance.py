@@ -872,6 +872,50 @@ def rows_testing_inside(x, masks, out, kernel_size, scale):
                                 out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
 
 
+@numba.njit(parallel=True)
+def rows_testing_through_a_view(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for Y in range(height):
+            line = out[n, c, Y]
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                line[X] += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+
+
+@numba.njit(parallel=True)
+def rows_through_a_view(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            line = out[n, c, Y]
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            line[X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
 @numba.njit
 def rows_not_zeroed(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -898,11 +942,12 @@ def rows_in_python(x, masks, out, kernel_size, scale):
 
 
 @pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
-                                   rows_prange_renamed])
+                                   rows_prange_renamed, rows_through_a_view])
 def test_rows_cpu_passes_other_right_answers(right, capsys):
     """A division on values fixed for the whole inner loop vectorises; a
     prange over chunks of planes, or written with annotations or under
-    another name, splits the planes as asked."""
+    another name, splits the planes as asked; rows written through a view
+    of out are rows of out."""
     checkers.check_carafe_rows_cpu(right, slow)
     assert "PASS carafe_rows_cpu" in capsys.readouterr().out
 
@@ -923,6 +968,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_on_one_core, "no loop is split over the cores"),
     (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),
     (rows_testing_inside, "has a test that changes from one iteration to the next"),
+    (rows_testing_through_a_view, "has a test that changes from one iteration to the next"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):

@@ -697,10 +697,39 @@ def _depending_on(loop):
         depends = grown
 
 
-def _stores_into(node, array_name):
+def _stores_into(node, array_names):
     targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
         node, ast.AugAssign) else []
-    return [t for t in targets if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == array_name]
+    return [t for t in targets if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) in array_names]
+
+
+def _base_name(node):
+    """The array an expression indexes or calls a method of: ``out`` in
+    ``out[n, c]``, ``out[n][c]``, ``out.reshape(-1)``; None otherwise."""
+    while isinstance(node, (ast.Subscript, ast.Attribute, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _views_of(definition, array_name):
+    """``array_name`` and the names bound to views of it (``line = out[n, c, Y]``,
+    ``flat = out.reshape(-1)``, and views of those), to a fixed point: a
+    store through any of them writes the array."""
+    names = {array_name}
+    while True:
+        grown = set(names)
+        for node in ast.walk(definition):
+            if isinstance(node, ast.Assign):
+                value, targets = node.value, node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+                value, targets = node.value, [node.target]
+            else:
+                continue
+            if _base_name(value) in grown:
+                grown |= {name for target in targets for name in _bound_names(target)}
+        if grown == names:
+            return names
+        names = grown
 
 
 def _check_rows_structure(fast, what, out_name):
@@ -721,9 +750,10 @@ def _check_rows_structure(fast, what, out_name):
     if not getattr(fast, "targetoptions", {}).get("parallel"):
         raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
                           "@numba.njit(parallel=True); in a plain @numba.njit it is range")
+    out_names = _views_of(definition, out_name)
     for loop, _ in loops:
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
-        if not innermost or not any(_stores_into(node, out_name) for node in ast.walk(loop)):
+        if not innermost or not any(_stores_into(node, out_names) for node in ast.walk(loop)):
             continue
         varying = _depending_on(loop)
         for node in ast.walk(loop):
@@ -755,7 +785,7 @@ def _racing_prange(fast, out_name):
         depends = _depending_on(loop)
         for node in ast.walk(loop):
             if isinstance(node, ast.AugAssign) and any(not _names_in(target.slice) & depends
-                                                       for target in _stores_into(node, out_name)):
+                                                       for target in _stores_into(node, {out_name})):
                 return ast.unparse(loop.target)
     return None
 
