@@ -82,12 +82,12 @@ def processor_name() -> str:
     name = ""
     try:
         if sys.platform.startswith("linux"):
-            with open("/proc/cpuinfo") as info:
+            with open("/proc/cpuinfo", errors="replace") as info:
                 name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
         elif sys.platform == "darwin":
             name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
                                   timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, ValueError, subprocess.SubprocessError):
         pass
     name = name or platform.processor() or platform.machine()
     return f"{name}, LLVM target {numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()}"

@@ -45,10 +45,10 @@ def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
     slot-by-slot loop for every row."""
     g = torch.Generator().manual_seed(0)
     # (k, scale, group, channels, h, w): 9, 7, 1, 5, 8, 2 and 3 channels per group; odd scales 3 and 1 with
-    # 5 and 8 channels, even scales 2 and 4 with 9, 7, 5 and 3
+    # 5 and 8 channels, even scales 2 and 4 with 9, 7, 5, 4 and 3
     for k, s, group, channels, h, w in [(5, 2, 1, 9, 6, 7), (3, 2, 2, 14, 4, 5), (7, 3, 3, 3, 3, 4), (1, 2, 1, 5, 3, 3),
                                         (5, 1, 1, 8, 5, 5), (5, 2, 2, 4, 4, 3), (3, 2, 2, 6, 3, 4), (3, 3, 1, 5, 3, 4),
-                                        (5, 4, 1, 3, 3, 2)]:
+                                        (5, 4, 1, 3, 3, 2), (3, 2, 2, 8, 3, 4)]:
         x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
         masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
         masks[0, 0, 0, 1] = float("nan")  # slot (0, 0) of a top-left output reads padding (for k > 1)

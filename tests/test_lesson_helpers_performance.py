@@ -4,6 +4,7 @@ read when present and their absence is said plainly."""
 
 import upsamplelib  # noqa: F401,I001  (first: it chooses the CUDA target before numba loads)
 
+import ast
 import math
 import statistics
 import time
@@ -804,6 +805,29 @@ def rows_racing_over_dx(x, masks, out, kernel_size, scale):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+@numba.njit(parallel=True)
+def rows_racing_over_dx_through_a_view(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            line = out[n, c, Y]
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in numba.prange(kernel_size):
+                        for X in range(width):
+                            line[X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
 @numba.njit
 def rows_on_one_core(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -916,6 +940,69 @@ def rows_through_a_view(x, masks, out, kernel_size, scale):
                             line[X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+@numba.njit(parallel=True)
+def rows_reusing_a_name(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            line = columns[row]  # a row of columns here (its loop divides), a row of out below
+            for X in range(width):
+                line[pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            line = out[n, c, Y]
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            line[X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
+def rows_testing_through_enumerate(x, masks, out, kernel_size, scale):
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(out.shape[0] * out.shape[1]):
+        n, c = plane // out.shape[1], plane % out.shape[1]
+        for Y, line in enumerate(out[n, c]):
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(out.shape[3]):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                line[X] += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+
+
+@numba.njit(parallel=True)
+def rows_testing_through_unpacked_views(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for Y in range(height):
+            line, source = out[n, c, Y], x[n, c]
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                line[X] += masks[n, dy * kernel_size + dx, Y, X] * source[row, col]
+
+
 @numba.njit
 def rows_not_zeroed(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -942,12 +1029,13 @@ def rows_in_python(x, masks, out, kernel_size, scale):
 
 
 @pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
-                                   rows_prange_renamed, rows_through_a_view])
+                                   rows_prange_renamed, rows_through_a_view, rows_reusing_a_name])
 def test_rows_cpu_passes_other_right_answers(right, capsys):
     """A division on values fixed for the whole inner loop vectorises; a
     prange over chunks of planes, or written with annotations or under
     another name, splits the planes as asked; rows written through a view
-    of out are rows of out."""
+    of out are rows of out, and a name bound to a row of another array
+    first writes that array there."""
     checkers.check_carafe_rows_cpu(right, slow)
     assert "PASS carafe_rows_cpu" in capsys.readouterr().out
 
@@ -965,14 +1053,36 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_not_zeroed, "never written"),
     (rows_in_python, "numba.njit"),
     (rows_racing_over_dx, "prange over `dx` .* a race"),
+    (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
     (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),
     (rows_testing_inside, "has a test that changes from one iteration to the next"),
     (rows_testing_through_a_view, "has a test that changes from one iteration to the next"),
+    (rows_testing_through_enumerate, "has a test that changes from one iteration to the next"),
+    (rows_testing_through_unpacked_views, "has a test that changes from one iteration to the next"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):
         checkers.check_carafe_rows_cpu(wrong, slow)
+
+
+@pytest.mark.parametrize("source, writes", [
+    ("line = out[n, c, Y]\nline[X] = 0", True),
+    ("flat = np.ravel(out)\nrow = flat.reshape(4, -1)[1]\nrow[X] = 0", True),
+    ("for line in out[n, c]:\n    line[X] = 0", True),
+    ("line = out[n].copy()\nline[X] = 0", False),
+    ("line = out[n, c, Y]\nline = columns[row]\nline[X] = 0", False),
+    ("line = columns[row]\nline = line[2:]\nline[X] = 0", False),
+    ("line = out[n, c, Y]\nline = line[2:]\nline[X] = 0", True),
+])
+def test_stores_through_views_are_told_apart(source, writes):
+    """Which stores write out, read from the source: through views of it, and
+    not through copies or names bound to another array since."""
+    definition = ast.parse(source)
+    bindings = performance._bindings(definition)
+    store = [node for node in ast.walk(definition) if isinstance(node, ast.Assign)
+             and isinstance(node.targets[0], ast.Subscript)][-1]
+    assert performance._writes_array(store.targets[0], "out", bindings) is writes
 
 
 def test_line_switches_tell_strided_from_contiguous():

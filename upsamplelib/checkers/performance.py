@@ -697,39 +697,94 @@ def _depending_on(loop):
         depends = grown
 
 
-def _stores_into(node, array_names):
-    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-        node, ast.AugAssign) else []
-    return [t for t in targets if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) in array_names]
+def _store_targets(node):
+    return node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
 
 
-def _base_name(node):
-    """The array an expression indexes or calls a method of: ``out`` in
-    ``out[n, c]``, ``out[n][c]``, ``out.reshape(-1)``; None otherwise."""
-    while isinstance(node, (ast.Subscript, ast.Attribute, ast.Call)):
-        node = node.func if isinstance(node, ast.Call) else node.value
-    return node.id if isinstance(node, ast.Name) else None
+#: Calls that return a view of their array (``out.reshape(-1)``,
+#: ``np.ravel(out)``); a copy (``out.copy()``) is another array.
+_VIEW_CALLS = {"reshape", "ravel", "view", "transpose", "swapaxes", "asarray"}
 
 
-def _views_of(definition, array_name):
-    """``array_name`` and the names bound to views of it (``line = out[n, c, Y]``,
-    ``flat = out.reshape(-1)``, and views of those), to a fixed point: a
-    store through any of them writes the array."""
-    names = {array_name}
-    while True:
-        grown = set(names)
-        for node in ast.walk(definition):
-            if isinstance(node, ast.Assign):
-                value, targets = node.value, node.targets
-            elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
-                value, targets = node.value, [node.target]
+def _viewed(value):
+    """The expression ``value`` is a view of, one step down: ``out[n, c]`` in
+    ``out[n, c, Y]``, ``out`` in ``out.T``, ``out.reshape(-1)`` or
+    ``np.ravel(out)``; None when ``value`` is not a view of anything."""
+    if isinstance(value, ast.Subscript) or (isinstance(value, ast.Attribute) and value.attr == "T"):
+        return value.value
+    if isinstance(value, ast.Call) and isinstance(value.func, (ast.Attribute, ast.Name)):
+        name = value.func.attr if isinstance(value.func, ast.Attribute) else value.func.id
+        if name in _VIEW_CALLS:
+            method = isinstance(value.func, ast.Attribute) and not (
+                isinstance(value.func.value, ast.Name) and value.func.value.id in ("np", "numpy"))
+            return value.func.value if method else (value.args[0] if value.args else None)
+    return None
+
+
+def _bindings(definition):
+    """(line, name, value) for every name bound in the function: ``value`` is
+    the expression bound (an element of it for a ``for`` target, marked by
+    wrapping it in a Subscript), or None when it cannot be told."""
+    found = []
+
+    def bind(target, value, line):
+        if isinstance(target, ast.Name):
+            found.append((line, target.id, value))
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            values = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(
+                target.elts) else [None] * len(target.elts)
+            for element, element_value in zip(target.elts, values):
+                bind(element, element_value, line)
+        elif isinstance(target, ast.Starred):
+            bind(target.value, None, line)
+
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                bind(target, node.value, node.lineno)
+        elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+            bind(node.target, node.value, node.lineno)
+        elif isinstance(node, ast.For):
+            iterated = node.iter
+            if (isinstance(iterated, ast.Call) and getattr(iterated.func, "id", None) == "enumerate"
+                    and iterated.args and isinstance(node.target, ast.Tuple) and len(node.target.elts) == 2):
+                bind(node.target.elts[0], None, node.lineno)  # the count
+                bind(node.target.elts[1], ast.Subscript(value=iterated.args[0], slice=ast.Constant(0)), node.lineno)
             else:
-                continue
-            if _base_name(value) in grown:
-                grown |= {name for target in targets for name in _bound_names(target)}
-        if grown == names:
-            return names
-        names = grown
+                bind(node.target, ast.Subscript(value=iterated, slice=ast.Constant(0)), node.lineno)
+    return found
+
+
+def _view_indices(target, array_name, bindings):
+    """The index expressions a store into ``target`` (``line[X]``) goes
+    through when it writes ``array_name``: its own, then those of each view
+    on the way (``n, c, Y`` of ``line = out[n, c, Y]``); None when it writes
+    another array. A name counts as a view as it was last bound before that
+    line (``line = out[n, c, Y]``, ``for line in out[n, c]``, views of those):
+    bound to another array since, it writes that one."""
+    if not isinstance(target, ast.Subscript):
+        return None
+    indices, value, line = [target.slice], target.value, target.lineno
+    for _ in range(50):
+        if isinstance(value, ast.Name):
+            if value.id == array_name:
+                return indices
+            earlier = [(at, bound) for at, name, bound in bindings if name == value.id and at <= line]
+            if not earlier:
+                return None
+            line, value = max(earlier, key=lambda binding: binding[0])
+            line -= 1  # the names in a binding's value, as bound before it
+            continue
+        if isinstance(value, ast.Subscript):
+            indices.append(value.slice)
+        value = _viewed(value)
+        if value is None:
+            return None
+    return None
+
+
+def _writes_array(target, array_name, bindings):
+    return _view_indices(target, array_name, bindings) is not None
 
 
 def _check_rows_structure(fast, what, out_name):
@@ -750,10 +805,11 @@ def _check_rows_structure(fast, what, out_name):
     if not getattr(fast, "targetoptions", {}).get("parallel"):
         raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
                           "@numba.njit(parallel=True); in a plain @numba.njit it is range")
-    out_names = _views_of(definition, out_name)
+    bindings = _bindings(definition)
     for loop, _ in loops:
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
-        if not innermost or not any(_stores_into(node, out_names) for node in ast.walk(loop)):
+        if not innermost or not any(_writes_array(target, out_name, bindings) for node in ast.walk(loop)
+                                    for target in _store_targets(node)):
             continue
         varying = _depending_on(loop)
         for node in ast.walk(loop):
@@ -772,20 +828,24 @@ def _check_rows_structure(fast, what, out_name):
 
 
 def _racing_prange(fast, out_name):
-    """The counter of a prange loop whose body adds into ``out_name`` at an
-    index that does not depend on the counter (so every iteration, on its
-    own thread, adds into the same elements: a race), or None."""
+    """The counter of a prange loop whose body adds into ``out_name`` (or a
+    view of it) at an index that does not depend on the counter, its own or
+    its view's (so every iteration, on its own thread, adds into the same
+    elements: a race), or None."""
     source = _source(fast)
     if source is None:
         return None
     function, definition = source
+    bindings = _bindings(definition)
     for loop, _ in _loops(definition):
         if not _is_prange(loop, function.__globals__):
             continue
         depends = _depending_on(loop)
         for node in ast.walk(loop):
-            if isinstance(node, ast.AugAssign) and any(not _names_in(target.slice) & depends
-                                                       for target in _stores_into(node, {out_name})):
+            if not isinstance(node, ast.AugAssign):
+                continue
+            indices = _view_indices(node.target, out_name, bindings)
+            if indices is not None and not set().union(*map(_names_in, indices)) & depends:
                 return ast.unparse(loop.target)
     return None
 
