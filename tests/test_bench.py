@@ -112,9 +112,17 @@ def test_scaling_verdict_does_not_call_a_bend_a_fixed_part():
     bench = _bench_module()
     values = [16, 64, 256]
     times = [1e-3 * (v / 16) ** 0.5 for v in values]
-    assert bench.fit_fixed_plus_per_unit(values, times)[2] > bench.FIT_TOLERANCE
-    assert bench.scaling_verdict("C", values, times, 1).startswith("NOT linear in the work: C ")
-    assert bench.scaling_verdict("C", [8, 16], [1.0e-3, 1.05e-3], 1).startswith("NOT linear in the work: C 8 -> 16")
+    miss = bench.fit_fixed_plus_per_unit(values, times)[2]
+    assert miss > bench.FIT_TOLERANCE
+    verdict = bench.scaling_verdict("C", values, times, 1)
+    assert verdict.startswith("NOT linear in the work: C ")
+    # Slower than the work at every step: said, with the fit's miss.
+    assert verdict.endswith("every step grows more slowly than the work: a cost that does not grow with C weighs at "
+                            f"these sizes (a fixed part plus a linear one misses a point by {miss:.0%})")
+    two = bench.scaling_verdict("C", [8, 16], [1.0e-3, 1.05e-3], 1)
+    assert two.startswith("NOT linear in the work: C 8 -> 16") and two.endswith("weighs at these sizes")
+    # A step faster than the work is not called slower.
+    assert "more slowly" not in bench.scaling_verdict("C", values, [1e-3, 2e-3, 40e-3], 1)
 
 
 def test_scaling_verdict_names_the_step_and_the_known_cause():
