@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import upsamplelib as ul
-from upsamplelib.ops.carafe import carafe_reference
+from upsamplelib.ops.carafe import WEIGHTS_CHUNK, carafe_reference
 from upsamplelib.ops.fade import one_pass_semi_shift_cpu, semi_shift_conv_reference
 from upsamplelib.ops.interpolate import BAND_ROWS
 
@@ -53,6 +53,25 @@ def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
         masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
         masks[0, 0, 0, 1] = float("nan")  # slot (0, 0) of a top-left output reads padding (for k > 1)
         masks[1, -1, s * h // 2, s * w // 2] = float("inf")
+        got = ul.carafe(x, masks, k, s, group, backend="cpu")
+        expected = carafe_reference(x, masks, k, s, group)
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, equal_nan=True)
+        assert torch.equal(got.isnan(), expected.isnan()), (k, s, group, channels)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+def test_carafe_forward_rows_wider_than_a_weights_chunk(dtype, tolerance):
+    """The register loop copies a line's mask values into a buffer
+    WEIGHTS_CHUNK columns at a time: rows of several chunks, a last chunk
+    shorter than the others, and a non-finite mask value in a later chunk
+    (the padding column at the right edge) still match the reference."""
+    g = torch.Generator().manual_seed(1)
+    # (k, scale, group, channels, h, w): even scales with two channels and one left over, odd with four and one
+    for k, s, group, channels, h, w in [(5, 2, 1, 5, 3, WEIGHTS_CHUNK // 2 + 5), (3, 3, 2, 10, 2, WEIGHTS_CHUNK // 3 + 2),
+                                        (5, 1, 1, 4, 3, 2 * WEIGHTS_CHUNK + 3), (3, 4, 1, 3, 2, WEIGHTS_CHUNK // 2 - 1)]:
+        x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
+        masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
+        masks[1, k * k - 1, s * h - 1, s * w - 1] = float("nan")  # slot (k-1, k-1) of the bottom-right output
         got = ul.carafe(x, masks, k, s, group, backend="cpu")
         expected = carafe_reference(x, masks, k, s, group)
         torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, equal_nan=True)

@@ -430,7 +430,8 @@ def carafe_whole_row_flags_cpu(masks, low_height, kernel_size, scale, whole_row)
 #: 1x64x64x64, 4.7x its k = 5 time per slot (49 mask values no longer fit
 #: the vector registers, the likely cause); the slot-by-slot loop took 5.3.
 #: With two rows at a time (98 mask values) on a 2-core AMD EPYC: 33.3
-#: against 7.3 ms.
+#: against 7.3 ms; with the mask values in a buffer (``WEIGHTS_CHUNK``), 6.9
+#: against 4.3 ms.
 REGISTER_SUMS_LARGEST_KERNEL = 5
 #: The fewest channels per group it takes. With one or two, each mask value
 #: serves one or two outputs and the loop streams k*k mask rows at once:
@@ -439,8 +440,14 @@ REGISTER_SUMS_LARGEST_KERNEL = 5
 #: (four channels of one row at a time, 2 cores of the course's earlier test
 #: machine). The choice depends on the machine: on a 2-core AMD EPYC (Zen 4),
 #: with two rows at a time, groups of 1 and 2 took 12.9 and 7.9 ms against
-#: 21.7 and 10.4 slot by slot.
+#: 21.7 and 10.4 slot by slot; with the mask values in a buffer, 20.5 and 10.6
+#: against 22.5 and 11.0 (and groups of 4: 5.7 against 6.8).
 REGISTER_SUMS_FEWEST_CHANNELS = 3
+#: Output columns per pass of the register loop: its mask values for a line
+#: (k*k slots, one or two rows) are copied into a buffer this wide. At
+#: k = 5 and two rows, 64 float32 columns take 12.8 KiB and 64 float64
+#: 25.6 KiB, within a 32 KiB L1; 32 and 128 were no faster (1x64x64x64).
+WEIGHTS_CHUNK = 64
 
 
 @functools.cache
@@ -468,12 +475,23 @@ def carafe_forward_cpu(kernel_size, scale):
     2-core AMD EPYC). With an odd scale they are four channels of one row (a
     mask value serves four, a window value one: 1.25 loads per multiply-add).
 
+    The mask values of a line are first copied, ``WEIGHTS_CHUNK`` columns at
+    a time, into one small buffer that every channel then reads. Read in
+    place, the k*k mask rows lie a whole plane apart (64 KiB at 128x128), so
+    they fall into the same few cache sets and evict each other, and LLVM
+    keeps one pointer per slot, spilled to the stack and reloaded before each
+    load. From the buffer, every weight is a constant offset from one
+    pointer, and the rows stay in L1 (0.37 against 0.65 ms at 1x64x64x64,
+    k=5, 2 cores of an AMD EPYC). The order of the additions is unchanged.
+
     ``columns`` is ``upsampled_columns(x, scale, radius, pad_rows=True)``: a
     window row that falls outside the map reads the zero rows.
     """
     radius = (kernel_size - 1) // 2
     area = kernel_size * kernel_size
     rows_together = 2 if scale % 2 == 0 else 1
+    chunk = WEIGHTS_CHUNK
+    slot_stride = rows_together * chunk  # from one slot's weights to the next in the buffer
 
     @cpu_kernel
     def forward(columns, masks, out, group_channels):
@@ -488,66 +506,76 @@ def carafe_forward_cpu(kernel_size, scale):
         flat_masks, flat_columns, flat_out = masks.reshape(-1), columns.reshape(-1), out.reshape(-1)
         plane = height * width
         u_plane, u_row, u_channel = np.uint64(plane), np.uint64(padded_width), np.uint64(padded_height * padded_width)
-        u_width = np.uint64(width)  # from one output row to the next
+        u_width, u_chunk = np.uint64(width), np.uint64(chunk)  # from one output row to the next, in out / weights
         lines = height // rows_together
         for line in prange(batch * groups * lines):
             n, group, Y = line // (groups * lines), (line // lines) % groups, line % lines * rows_together
             top = window_origin(Y, scale, radius)
             u_mask = np.uint64(((n * groups * area + slot_of(group, 0, 0, kernel_size)) * height + Y) * width)
             first = n * channels + group * group_channels  # channel index in the flat (N*C) order
-            if rows_together == 2:
-                for c in range(first, first + group_channels - 1, 2):
-                    column_base = np.uint64((c * padded_height + top + radius) * padded_width)
-                    out_base = np.uint64((c * height + Y) * width)
-                    for X in range(u_width):
-                        sum0, sum1, below0, below1 = zero, zero, zero, zero
-                        for dy in range(kernel_size):
-                            for dx in range(kernel_size):
-                                at_mask = u_mask + np.uint64(dy * kernel_size + dx) * u_plane + X
-                                weight, weight_below = flat_masks[at_mask], flat_masks[at_mask + u_width]
-                                at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
-                                value0, value1 = flat_columns[at], flat_columns[at + u_channel]
-                                sum0 = fma(weight, value0, sum0)
-                                sum1 = fma(weight, value1, sum1)
-                                below0 = fma(weight_below, value0, below0)
-                                below1 = fma(weight_below, value1, below1)
-                        flat_out[out_base + X] = sum0
-                        flat_out[out_base + u_plane + X] = sum1
-                        flat_out[out_base + u_width + X] = below0
-                        flat_out[out_base + u_plane + u_width + X] = below1
-                last_single = first + group_channels // 2 * 2
-            else:
-                for c in range(first, first + group_channels - 3, 4):
-                    column_base = np.uint64((c * padded_height + top + radius) * padded_width)
-                    out_base = np.uint64((c * height + Y) * width)
-                    for X in range(u_width):
-                        sum0, sum1, sum2, sum3 = zero, zero, zero, zero
-                        for dy in range(kernel_size):
-                            for dx in range(kernel_size):
-                                weight = flat_masks[u_mask + np.uint64(dy * kernel_size + dx) * u_plane + X]
-                                at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
-                                sum0 = fma(weight, flat_columns[at], sum0)
-                                sum1 = fma(weight, flat_columns[at + u_channel], sum1)
-                                sum2 = fma(weight, flat_columns[at + np.uint64(2) * u_channel], sum2)
-                                sum3 = fma(weight, flat_columns[at + np.uint64(3) * u_channel], sum3)
-                        flat_out[out_base + X] = sum0
-                        flat_out[out_base + u_plane + X] = sum1
-                        flat_out[out_base + np.uint64(2) * u_plane + X] = sum2
-                        flat_out[out_base + np.uint64(3) * u_plane + X] = sum3
-                last_single = first + group_channels // 4 * 4
-            for c in range(last_single, first + group_channels):  # the channels no group of sums took
-                column_base = np.uint64((c * padded_height + top + radius) * padded_width)
-                for row in range(rows_together):
-                    out_base = np.uint64((c * height + Y + row) * width)
-                    u_row_mask = u_mask + np.uint64(row) * u_width
-                    for X in range(u_width):
-                        sum0 = zero
-                        for dy in range(kernel_size):
-                            for dx in range(kernel_size):
-                                weight = flat_masks[u_row_mask + np.uint64(dy * kernel_size + dx) * u_plane + X]
-                                at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
-                                sum0 = fma(weight, flat_columns[at], sum0)
-                        flat_out[out_base + X] = sum0
+            # weights[(t * rows_together + row) * chunk + i]: slot t's mask value
+            # at output row Y + row, column start + i.
+            weights = np.empty(area * slot_stride, out.dtype)
+            for start in range(0, width, chunk):
+                u_start, length = np.uint64(start), np.uint64(min(chunk, width - start))
+                for t in range(area):
+                    for row in range(rows_together):
+                        source = u_mask + np.uint64(t) * u_plane + np.uint64(row) * u_width + u_start
+                        target = np.uint64((t * rows_together + row) * chunk)
+                        for i in range(length):
+                            weights[target + i] = flat_masks[source + i]
+                if rows_together == 2:
+                    for c in range(first, first + group_channels - 1, 2):
+                        column_base = np.uint64((c * padded_height + top + radius) * padded_width) + u_start
+                        out_base = np.uint64((c * height + Y) * width) + u_start
+                        for X in range(length):
+                            sum0, sum1, below0, below1 = zero, zero, zero, zero
+                            for dy in range(kernel_size):
+                                for dx in range(kernel_size):
+                                    at_weight = np.uint64((dy * kernel_size + dx) * slot_stride) + X
+                                    weight, weight_below = weights[at_weight], weights[at_weight + u_chunk]
+                                    at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
+                                    value0, value1 = flat_columns[at], flat_columns[at + u_channel]
+                                    sum0 = fma(weight, value0, sum0)
+                                    sum1 = fma(weight, value1, sum1)
+                                    below0 = fma(weight_below, value0, below0)
+                                    below1 = fma(weight_below, value1, below1)
+                            flat_out[out_base + X] = sum0
+                            flat_out[out_base + u_plane + X] = sum1
+                            flat_out[out_base + u_width + X] = below0
+                            flat_out[out_base + u_plane + u_width + X] = below1
+                    last_single = first + group_channels // 2 * 2
+                else:
+                    for c in range(first, first + group_channels - 3, 4):
+                        column_base = np.uint64((c * padded_height + top + radius) * padded_width) + u_start
+                        out_base = np.uint64((c * height + Y) * width) + u_start
+                        for X in range(length):
+                            sum0, sum1, sum2, sum3 = zero, zero, zero, zero
+                            for dy in range(kernel_size):
+                                for dx in range(kernel_size):
+                                    weight = weights[np.uint64((dy * kernel_size + dx) * slot_stride) + X]
+                                    at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
+                                    sum0 = fma(weight, flat_columns[at], sum0)
+                                    sum1 = fma(weight, flat_columns[at + u_channel], sum1)
+                                    sum2 = fma(weight, flat_columns[at + np.uint64(2) * u_channel], sum2)
+                                    sum3 = fma(weight, flat_columns[at + np.uint64(3) * u_channel], sum3)
+                            flat_out[out_base + X] = sum0
+                            flat_out[out_base + u_plane + X] = sum1
+                            flat_out[out_base + np.uint64(2) * u_plane + X] = sum2
+                            flat_out[out_base + np.uint64(3) * u_plane + X] = sum3
+                    last_single = first + group_channels // 4 * 4
+                for c in range(last_single, first + group_channels):  # the channels no group of sums took
+                    column_base = np.uint64((c * padded_height + top + radius) * padded_width) + u_start
+                    for row in range(rows_together):
+                        out_base = np.uint64((c * height + Y + row) * width) + u_start
+                        for X in range(length):
+                            sum0 = zero
+                            for dy in range(kernel_size):
+                                for dx in range(kernel_size):
+                                    weight = weights[np.uint64(((dy * kernel_size + dx) * rows_together + row) * chunk) + X]
+                                    at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
+                                    sum0 = fma(weight, flat_columns[at], sum0)
+                            flat_out[out_base + X] = sum0
 
     return forward
 
