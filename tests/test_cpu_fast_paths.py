@@ -63,8 +63,10 @@ def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
 def test_carafe_forward_rows_wider_than_a_weights_chunk(dtype, tolerance):
     """The register loop copies a line's mask values into a buffer
     WEIGHTS_CHUNK columns at a time: rows of several chunks, a last chunk
-    shorter than the others, and a non-finite mask value in a later chunk
-    (the padding column at the right edge) still match the reference."""
+    shorter than the others, and non-finite mask values in a later chunk
+    still match the reference: one where its slot reads the map (the
+    register loop sums it), one where it reads the padding (that line is
+    redone slot by slot)."""
     g = torch.Generator().manual_seed(1)
     # (k, scale, group, channels, h, w): even scales with two channels and one left over, odd with four and one
     for k, s, group, channels, h, w in [(5, 2, 1, 5, 3, WEIGHTS_CHUNK // 2 + 5), (3, 3, 2, 10, 2, WEIGHTS_CHUNK // 3 + 2),
@@ -72,6 +74,7 @@ def test_carafe_forward_rows_wider_than_a_weights_chunk(dtype, tolerance):
         x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
         masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
         masks[1, k * k - 1, s * h - 1, s * w - 1] = float("nan")  # slot (k-1, k-1) of the bottom-right output
+        masks[0, k * k // 2, 1, min(WEIGHTS_CHUNK + 5, s * w - 1)] = float("inf")  # the centre slot reads the map
         got = ul.carafe(x, masks, k, s, group, backend="cpu")
         expected = carafe_reference(x, masks, k, s, group)
         torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, equal_nan=True)

@@ -445,8 +445,8 @@ REGISTER_SUMS_LARGEST_KERNEL = 5
 REGISTER_SUMS_FEWEST_CHANNELS = 3
 #: Output columns per pass of the register loop: its mask values for a line
 #: (k*k slots, one or two rows) are copied into a buffer this wide. At
-#: k = 5 and two rows, 64 float32 columns take 12.8 KiB and 64 float64
-#: 25.6 KiB, within a 32 KiB L1; 32 and 128 were no faster (1x64x64x64).
+#: k = 5 and two rows, 64 float32 columns take 12.5 KiB and 64 float64
+#: 25 KiB, within a 32 KiB L1; 32 and 128 were no faster (1x64x64x64).
 WEIGHTS_CHUNK = 64
 
 
