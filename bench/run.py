@@ -62,7 +62,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import upsamplelib as ul  # noqa: E402
-from upsamplelib.ops.carafe import REGISTER_SUMS_LARGEST_KERNEL, carafe_reference  # noqa: E402
+from upsamplelib.ops.carafe import carafe_reference, register_passes  # noqa: E402
 from upsamplelib.ops.fade import two_convolutions  # noqa: E402
 from upsamplelib.ops.sapa import sapa_similarity_reference  # noqa: E402
 from upsamplelib.timing import compare, copy_bandwidth, page_faults_per_call, peak_extra_memory  # noqa: E402
@@ -448,10 +448,11 @@ def known_cause(op, parameter, device):
     """``cause(before, after)``: why a scaling run's step from one value to
     the next leaves the line, where the library knows it ("" where not)."""
     def cause(before, after):
-        if (device == "cpu" and op == "carafe" and parameter == "k"
-                and before <= REGISTER_SUMS_LARGEST_KERNEL < after):
-            return (f"k > {REGISTER_SUMS_LARGEST_KERNEL} leaves the loop that sums each output in registers for "
-                    "the slot-by-slot one (upsamplelib/ops/carafe.py, REGISTER_SUMS_LARGEST_KERNEL)")
+        if device == "cpu" and op == "carafe" and parameter == "k":
+            passes, passes_before = len(register_passes(after)), len(register_passes(before))
+            if passes > passes_before:
+                return (f"k = {after} sums its window in {passes} passes (k = {before}: {passes_before}), each storing "
+                        "its sums for the next to reload (upsamplelib/ops/carafe.py, REGISTER_SUMS_MOST_SLOTS)")
         return ""
     return cause
 

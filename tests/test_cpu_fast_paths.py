@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import upsamplelib as ul
-from upsamplelib.ops.carafe import WEIGHTS_CHUNK, carafe_reference
+import upsamplelib.ops.carafe as carafe_module
+from upsamplelib.ops.carafe import WEIGHTS_CHUNK, carafe_reference, register_passes
 from upsamplelib.ops.fade import one_pass_semi_shift_cpu, semi_shift_conv_reference
 from upsamplelib.ops.interpolate import BAND_ROWS
 
@@ -41,8 +42,7 @@ def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
     even scale) or four channels of one row (an odd scale), then the rest
     one by one; it multiplies the zero padding where the masks there are finite,
     and sums a row again, leaving the padding out, where they are not.
-    Windows above 5 x 5 and groups of one or two channels take the
-    slot-by-slot loop for every row."""
+    Groups of one or two channels take the slot-by-slot loop for every row."""
     g = torch.Generator().manual_seed(0)
     # (k, scale, group, channels, h, w): 9, 7, 1, 5, 8, 2 and 3 channels per group; odd scales 3 and 1 with
     # 5 and 8 channels, even scales 2 and 4 with 9, 7, 5, 4 and 3
@@ -58,6 +58,29 @@ def test_carafe_forward_register_sums_match_reference(dtype, tolerance):
         torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, equal_nan=True)
         assert torch.equal(got.isnan(), expected.isnan()), (k, s, group, channels)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_carafe_forward_windows_above_5x5_in_passes(dtype, monkeypatch):
+    """A window of more than REGISTER_SUMS_MOST_SLOTS slots is summed in
+    passes of whole window rows, each starting from the last one's sums in
+    the other array: an odd and an even number of passes, and a last pass
+    shorter than the others, give the slot-by-slot loop's sums bit for bit
+    (the same order of additions), non-finite masks included."""
+    g = torch.Generator().manual_seed(2)
+    # (k, scale, group, channels, h, w): 3 passes (3, 3, 1 rows), 5 (2, 2, 2, 2, 1), 6 (2 rows each but the last)
+    for k, s, group, channels, h, w in [(7, 2, 1, 5, 5, 37), (9, 3, 2, 8, 4, 6), (11, 1, 1, 3, 6, 7)]:
+        assert len(register_passes(k)) == {7: 3, 9: 5, 11: 6}[k]
+        x = torch.randn(2, channels, h, w, generator=g, dtype=dtype)
+        masks = torch.softmax(torch.randn(2, group * k * k, s * h, s * w, generator=g, dtype=dtype), 1)
+        masks[0, k * k // 2, 1, s * w - 2] = float("inf")  # the centre slot reads the map
+        masks[1, 0, 0, 0] = float("nan")  # slot (0, 0) of the top-left output reads padding
+        got = ul.carafe(x, masks, k, s, group, backend="cpu")
+        torch.testing.assert_close(got, carafe_reference(x, masks, k, s, group), rtol=1e-6, atol=1e-6, equal_nan=True)
+        monkeypatch.setattr(carafe_module, "REGISTER_SUMS_FEWEST_CHANNELS", 10 ** 6)  # every row slot by slot
+        by_slot = ul.carafe(x, masks, k, s, group, backend="cpu")
+        monkeypatch.undo()
+        assert torch.equal(got.isnan(), by_slot.isnan()) and torch.equal(got.nan_to_num(), by_slot.nan_to_num()), k
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
 def test_carafe_forward_rows_wider_than_a_weights_chunk(dtype, tolerance):

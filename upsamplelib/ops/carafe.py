@@ -426,13 +426,12 @@ def carafe_whole_row_flags_cpu(masks, low_height, kernel_size, scale, whole_row)
             whole_row[line, slot] = finite_outside(masks[n, slot_of(group, dy, dx, kernel_size), Y], begin, end)
 
 
-#: The largest window the register loop takes. At k = 7 it took 14.9 ms at
-#: 1x64x64x64, 4.7x its k = 5 time per slot (49 mask values no longer fit
-#: the vector registers, the likely cause); the slot-by-slot loop took 5.3.
-#: With two rows at a time (98 mask values) on a 2-core AMD EPYC: 33.3
-#: against 7.3 ms; with the mask values in a buffer (``WEIGHTS_CHUNK``), 6.9
-#: against 4.3 ms.
-REGISTER_SUMS_LARGEST_KERNEL = 5
+#: The most window slots one pass of the register loop sums; a larger window
+#: is summed in passes of whole window rows. With all 49 slots of k = 7 in
+#: one pass LLVM leaves the four-sum loop scalar: 6.9 ms at 1x64x64x64,
+#: against 4.3 slot by slot and about 1 in passes of 3, 3 and 1 rows (2-core
+#: AMD EPYC). 25 is the k = 5 loop's size, known to vectorise.
+REGISTER_SUMS_MOST_SLOTS = 25
 #: The fewest channels per group it takes. With one or two, each mask value
 #: serves one or two outputs and the loop streams k*k mask rows at once:
 #: 10.5 and 7.1 ms at 1x64x64x64, k = 5, groups of 1 and 2, against 7.2 and
@@ -451,7 +450,7 @@ WEIGHTS_CHUNK = 64
 
 
 @functools.cache
-def carafe_forward_cpu(kernel_size, scale):
+def carafe_forward_cpu(kernel_size, scale, first_row=0, end_row=None):
     """The CPU forward loop for one window size and scale, every output row
     summed over all k*k slots (``carafe_forward_by_slot_cpu`` then redoes
     the rows where that is wrong).
@@ -484,17 +483,26 @@ def carafe_forward_cpu(kernel_size, scale):
     pointer, and the rows stay in L1 (0.37 against 0.65 ms at 1x64x64x64,
     k=5, 2 cores of an AMD EPYC). The order of the additions is unchanged.
 
+    One loop sums the window rows ``first_row`` to ``end_row - 1`` (all by
+    default; see ``register_passes``). A pass after the first starts each sum
+    from ``partial``, the earlier passes' sums, in the same order of
+    additions; it must be another array than ``out``: read and written in
+    place, LLVM's runtime overlap check sends the loop to its scalar version
+    (3.3 against 0.46 ms for a pass of 3 rows at k = 7).
+
     ``columns`` is ``upsampled_columns(x, scale, radius, pad_rows=True)``: a
     window row that falls outside the map reads the zero rows.
     """
     radius = (kernel_size - 1) // 2
     area = kernel_size * kernel_size
+    end_row = kernel_size if end_row is None else end_row
+    first_slot, pass_slots = first_row * kernel_size, (end_row - first_row) * kernel_size
     rows_together = 2 if scale % 2 == 0 else 1
     chunk = WEIGHTS_CHUNK
     slot_stride = rows_together * chunk  # from one slot's weights to the next in the buffer
 
     @cpu_kernel
-    def forward(columns, masks, out, group_channels):
+    def forward(columns, masks, partial, out, group_channels):
         batch, channels, height, width = out.shape
         padded_height, padded_width = columns.shape[2], columns.shape[3]
         groups = channels // group_channels
@@ -504,6 +512,7 @@ def carafe_forward_cpu(kernel_size, scale):
         # would need overlap checks for the four-sum loops and leave them
         # scalar (4x slower).
         flat_masks, flat_columns, flat_out = masks.reshape(-1), columns.reshape(-1), out.reshape(-1)
+        flat_partial = partial.reshape(-1)
         plane = height * width
         u_plane, u_row, u_channel = np.uint64(plane), np.uint64(padded_width), np.uint64(padded_height * padded_width)
         u_width, u_chunk = np.uint64(width), np.uint64(chunk)  # from one output row to the next, in out / weights
@@ -513,14 +522,14 @@ def carafe_forward_cpu(kernel_size, scale):
             top = window_origin(Y, scale, radius)
             u_mask = np.uint64(((n * groups * area + slot_of(group, 0, 0, kernel_size)) * height + Y) * width)
             first = n * channels + group * group_channels  # channel index in the flat (N*C) order
-            # weights[(t * rows_together + row) * chunk + i]: slot t's mask value
-            # at output row Y + row, column start + i.
-            weights = np.empty(area * slot_stride, out.dtype)
+            # weights[(t * rows_together + row) * chunk + i]: the pass's slot t's
+            # mask value at output row Y + row, column start + i.
+            weights = np.empty(pass_slots * slot_stride, out.dtype)
             for start in range(0, width, chunk):
                 u_start, length = np.uint64(start), np.uint64(min(chunk, width - start))
-                for t in range(area):
+                for t in range(pass_slots):
                     for row in range(rows_together):
-                        source = u_mask + np.uint64(t) * u_plane + np.uint64(row) * u_width + u_start
+                        source = u_mask + np.uint64(first_slot + t) * u_plane + np.uint64(row) * u_width + u_start
                         target = np.uint64((t * rows_together + row) * chunk)
                         for i in range(length):
                             weights[target + i] = flat_masks[source + i]
@@ -529,10 +538,15 @@ def carafe_forward_cpu(kernel_size, scale):
                         column_base = np.uint64((c * padded_height + top + radius) * padded_width) + u_start
                         out_base = np.uint64((c * height + Y) * width) + u_start
                         for X in range(length):
-                            sum0, sum1, below0, below1 = zero, zero, zero, zero
-                            for dy in range(kernel_size):
+                            if first_row == 0:
+                                sum0, sum1, below0, below1 = zero, zero, zero, zero
+                            else:
+                                sum0, sum1 = flat_partial[out_base + X], flat_partial[out_base + u_plane + X]
+                                below0 = flat_partial[out_base + u_width + X]
+                                below1 = flat_partial[out_base + u_plane + u_width + X]
+                            for dy in range(first_row, end_row):
                                 for dx in range(kernel_size):
-                                    at_weight = np.uint64((dy * kernel_size + dx) * slot_stride) + X
+                                    at_weight = np.uint64((dy * kernel_size + dx - first_slot) * slot_stride) + X
                                     weight, weight_below = weights[at_weight], weights[at_weight + u_chunk]
                                     at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
                                     value0, value1 = flat_columns[at], flat_columns[at + u_channel]
@@ -550,10 +564,15 @@ def carafe_forward_cpu(kernel_size, scale):
                         column_base = np.uint64((c * padded_height + top + radius) * padded_width) + u_start
                         out_base = np.uint64((c * height + Y) * width) + u_start
                         for X in range(length):
-                            sum0, sum1, sum2, sum3 = zero, zero, zero, zero
-                            for dy in range(kernel_size):
+                            if first_row == 0:
+                                sum0, sum1, sum2, sum3 = zero, zero, zero, zero
+                            else:
+                                sum0, sum1 = flat_partial[out_base + X], flat_partial[out_base + u_plane + X]
+                                sum2 = flat_partial[out_base + np.uint64(2) * u_plane + X]
+                                sum3 = flat_partial[out_base + np.uint64(3) * u_plane + X]
+                            for dy in range(first_row, end_row):
                                 for dx in range(kernel_size):
-                                    weight = weights[np.uint64((dy * kernel_size + dx) * slot_stride) + X]
+                                    weight = weights[np.uint64((dy * kernel_size + dx - first_slot) * slot_stride) + X]
                                     at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
                                     sum0 = fma(weight, flat_columns[at], sum0)
                                     sum1 = fma(weight, flat_columns[at + u_channel], sum1)
@@ -569,10 +588,11 @@ def carafe_forward_cpu(kernel_size, scale):
                     for row in range(rows_together):
                         out_base = np.uint64((c * height + Y + row) * width) + u_start
                         for X in range(length):
-                            sum0 = zero
-                            for dy in range(kernel_size):
+                            sum0 = zero if first_row == 0 else flat_partial[out_base + X]
+                            for dy in range(first_row, end_row):
                                 for dx in range(kernel_size):
-                                    weight = weights[np.uint64(((dy * kernel_size + dx) * rows_together + row) * chunk) + X]
+                                    at_weight = ((dy * kernel_size + dx - first_slot) * rows_together + row) * chunk
+                                    weight = weights[np.uint64(at_weight) + X]
                                     at = column_base + np.uint64(dy) * u_row + np.uint64(dx * scale) + X
                                     sum0 = fma(weight, flat_columns[at], sum0)
                             flat_out[out_base + X] = sum0
@@ -671,17 +691,31 @@ def upsampled_columns(x, scale, radius, pad_rows=False):
     return columns
 
 
+def register_passes(kernel_size):
+    """The register loop's passes over a k x k window: (first, end) window
+    rows, each pass at most ``REGISTER_SUMS_MOST_SLOTS`` slots."""
+    rows = max(1, REGISTER_SUMS_MOST_SLOTS // kernel_size)
+    return [(first, min(first + rows, kernel_size)) for first in range(0, kernel_size, rows)]
+
+
 def _reassemble_cpu(x, masks, out, kernel_size, scale, group_channels):
-    """The cpu forward: the register loop where it suits the window and the
-    group, then the slot-by-slot loop for the rows it cannot sum whole (or
-    for every row)."""
+    """The cpu forward: the register loop (in passes for a window above
+    5 x 5) where the group has enough channels, then the slot-by-slot loop
+    for the rows it cannot sum whole (or for every row)."""
     columns = upsampled_columns(x, scale, (kernel_size - 1) // 2, pad_rows=True)
     lines = x.shape[0] * (x.shape[1] // group_channels) * out.shape[2]
     whole_row = torch.empty((lines, kernel_size * kernel_size), dtype=torch.bool)
     run(carafe_whole_row_flags_cpu, "cpu", out.numel(), masks, x.shape[2], kernel_size, scale, whole_row)
-    in_registers = kernel_size <= REGISTER_SUMS_LARGEST_KERNEL and group_channels >= REGISTER_SUMS_FEWEST_CHANNELS
+    in_registers = group_channels >= REGISTER_SUMS_FEWEST_CHANNELS
     if in_registers:
-        run(carafe_forward_cpu(kernel_size, scale), "cpu", out.numel(), columns, masks, out, group_channels)
+        passes = register_passes(kernel_size)
+        # Each pass reads the sums of the one before from the other array;
+        # the last writes out.
+        partial = out.new_empty(out.shape) if len(passes) > 1 else out
+        targets = [out if (len(passes) - 1 - i) % 2 == 0 else partial for i in range(len(passes))]
+        for i, (first_row, end_row) in enumerate(passes):
+            run(carafe_forward_cpu(kernel_size, scale, first_row, end_row), "cpu", out.numel(), columns, masks,
+                targets[i - 1] if i else partial, targets[i], group_channels)
     if not in_registers or not whole_row.all():
         run(carafe_forward_by_slot_cpu, "cpu", out.numel(), columns, masks, out, whole_row, not in_registers,
             kernel_size, scale, group_channels)
