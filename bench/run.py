@@ -405,8 +405,9 @@ def scaling_verdict(parameter, values, times, expected, faults=None, cause=None)
     not, naming the step where time outgrows the work most and what is known
     of why: a jump in the page faults per call (``faults``, one per value)
     measured there, and ``cause(before, after)``, the library's reason for
-    that step if it knows one; or, when every step grows more slowly than
-    the work, that a cost which does not grow weighs at those sizes."""
+    that step if it knows one; or, when no step grows faster than the work
+    (beyond FIT_TOLERANCE), the step that grows least, and that a cost which
+    does not grow weighs at those sizes."""
     works = [v ** expected for v in values]
     growth = [(times[i + 1] / times[i]) / (works[i + 1] / works[i]) for i in range(len(values) - 1)]
     if abs(fit_exponent(values, times) - expected) <= 0.25 and max(growth) <= STEP_TOLERANCE:
@@ -417,13 +418,15 @@ def scaling_verdict(parameter, values, times, expected, faults=None, cause=None)
         if fixed > 0 and per_unit > 0 and miss <= FIT_TOLERANCE:
             return (f"fits a part linear in the work plus {1e3 * fixed:.2f} ms that does not grow with {parameter} "
                     f"({fixed / times[0]:.0%} of the smallest run's time)")
-    i = max(range(len(growth)), key=growth.__getitem__)
+    outgrown = max(growth) > 1 + FIT_TOLERANCE
+    i = (max if outgrown else min)(range(len(growth)), key=growth.__getitem__)
     reasons = [f"{parameter} {values[i]} -> {values[i + 1]} takes {times[i + 1] / times[i]:.1f}x the time for "
                f"{works[i + 1] / works[i]:.1f}x the work"]
-    if max(growth) < 1:
-        reasons.append(f"every step grows more slowly than the work: a cost that does not grow with {parameter} "
-                       "weighs at these sizes" + (f" (a fixed part plus a linear one misses a point by {miss:.0%})"
-                                                  if miss is not None else ""))
+    if not outgrown:
+        reasons.append(f"no step grows faster than the work (beyond {FIT_TOLERANCE:.0%}): a cost that does not grow "
+                       f"with {parameter} weighs at these sizes"
+                       + (f" (a fixed part plus a linear one misses a point by {miss:.0%})" if miss is not None else ""))
+        return "NOT linear in the work: " + "; ".join(reasons)
     if faults is not None and faults[i + 1] >= 1000 and faults[i + 1] >= 4 * faults[i]:  # NaN compares False
         reasons.append(f"{faults[i + 1]:.0f} page faults per call there against {faults[i]:.0f}: fresh memory "
                        "faulted in on every call" + (" (glibc maps each block of 32 MiB or more anew)"
