@@ -428,9 +428,11 @@ def carafe_whole_row_flags_cpu(masks, low_height, kernel_size, scale, whole_row)
 
 #: The most window slots one pass of the register loop sums; a larger window
 #: is summed in passes of whole window rows. With all 49 slots of k = 7 in
-#: one pass LLVM leaves the four-sum loop scalar: 6.9 ms at 1x64x64x64,
-#: against 4.3 slot by slot and about 1 in passes of 3, 3 and 1 rows (2-core
-#: AMD EPYC). 25 is the k = 5 loop's size, known to vectorise.
+#: one pass LLVM leaves the four-sum loop scalar: the op took 6.9 ms at
+#: 1x64x64x64 against 4.3 slot by slot; in passes of 3, 3 and 1 rows, 1.7
+#: against 5.2 in another run (2-core AMD EPYC). 25 is the k = 5 loop's
+#: size, known to vectorise. A window of more than one pass costs an extra
+#: output-sized array for the sums between passes.
 REGISTER_SUMS_MOST_SLOTS = 25
 #: The fewest channels per group it takes. With one or two, each mask value
 #: serves one or two outputs and the loop streams k*k mask rows at once:
