@@ -142,3 +142,35 @@ def test_simulated_launches_from_several_threads_are_correct():
         thread.join(120)
     assert not errors, errors
     assert results == [True] * 8
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_module_and_function_runs_under_autocast(dtype):
+    # Inside autocast the semi-shift convolution's cpu path ran PyTorch's
+    # convolutions in bfloat16 and handed the result to a Numba loop.
+    torch.manual_seed(0)
+    high, low = torch.randn(1, 4, 6, 8), torch.randn(1, 4, 3, 4)
+    weight, bias = torch.randn(5, 4, 3, 3), torch.randn(5)
+    exact = ul.semi_shift_conv(high, low, weight, bias)
+    modules = [(ul.CARAFE(4, compressed_channels=8), (low,)), (ul.SAPA(4, embedding_dim=8), (high, low)),
+               (ul.FADE(4, embedding_dim=8), (high, low)), (ul.FADE(4, embedding_dim=8, lite=True), (high, low))]
+    with torch.autocast("cpu", dtype=dtype):
+        torch.testing.assert_close(ul.semi_shift_conv(high, low, weight, bias), exact)
+        for module, inputs in modules:
+            inputs = [t.clone().requires_grad_() for t in inputs]
+            out = module(*inputs)
+            out.square().sum().backward()
+            assert torch.isfinite(out).all()
+            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in inputs)
+
+
+@pytest.mark.parametrize("name", ["SAPA", "FADE"])
+def test_guided_modules_at_scale_1(name):
+    # Both maps have one size at scale 1: the swapped-arguments check refused every call.
+    torch.manual_seed(0)
+    module = ul.SAPA(4, up_factor=1, embedding_dim=8) if name == "SAPA" else ul.FADE(4, scale=1, embedding_dim=8)
+    high, low = torch.randn(1, 4, 5, 7), torch.randn(1, 4, 5, 7)
+    out = module(high, low)
+    assert out.shape == (1, 4, 5, 7)
+    module.backend = "torch"
+    torch.testing.assert_close(module(high, low), out)

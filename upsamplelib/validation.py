@@ -120,7 +120,8 @@ def check_guide_pair(high, high_name: str, low, low_name: str, scale: int, op: s
     """The two inputs of a guided upsampler, ``forward(high, low)``: the
     high-resolution guide first, exactly ``scale`` x the low-resolution map,
     same batch, dtype and device. Says so when they look swapped."""
-    if (low.shape[2], low.shape[3]) == (scale * high.shape[2], scale * high.shape[3]):
+    # At scale 1 both maps have one size, and neither order looks swapped.
+    if scale > 1 and (low.shape[2], low.shape[3]) == (scale * high.shape[2], scale * high.shape[3]):
         raise ValueError(f"{op}: the arguments look swapped: {low_name} {shape_str(low)} is {scale} x the size of "
                          f"{high_name} {shape_str(high)}. forward({high_name}, {low_name}) takes the high-resolution "
                          f"{high_name} first and the low-resolution {low_name} second")

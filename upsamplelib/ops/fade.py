@@ -26,6 +26,7 @@ are the modules, with the official parameter names.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -449,6 +450,22 @@ def channels_first_plus_upsampled_cpu(high, low, scale, out):
                 out[n, o, Y, first: first + count] = block[o, :count]
 
 
+def full_precision(function):
+    """``function`` with torch.autocast off on the CPU while it runs. Inside
+    an enclosing autocast, PyTorch's convolutions would return bfloat16 (or
+    float16), which the Numba loops after them cannot take; autocast acts at
+    the op's boundary only. (A fresh context per call: one autocast object
+    used as a decorator keeps its saved state on itself, shared by threads.)"""
+
+    @functools.wraps(function)
+    def exact(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return function(*args, **kwargs)
+
+    return exact
+
+
+@full_precision
 def dense_semi_shift(en, de, weight, bias, scale, groups):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
     be None), with channels-last convolutions; the decoder's share is added
@@ -474,6 +491,7 @@ def dense_sum_pool(grad_out, scale):
     return F.avg_pool2d(grad_out, scale, divisor_override=1)
 
 
+@full_precision
 def dense_input_grad(grad, weight, groups):
     """conv_transpose2d(grad, weight): d loss / d en from grad_out, or
     d loss / d de from the pooled grad_out, channels-last inside."""
@@ -499,6 +517,7 @@ def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
     return out
 
 
+@full_precision
 def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     """d loss / d weight with PyTorch's convolution weight gradient: en's
     against grad_out, de's against grad_out summed over s x s blocks.
