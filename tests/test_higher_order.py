@@ -122,3 +122,83 @@ def test_gradcheck_of_the_carafe_module_kernels_in_float64():
     (x,) = _leaves((1, 2, 3, 3))
     assert gradcheck(lambda t: module(t), (x,))
     assert gradgradcheck(lambda t: module(t), (x,))
+
+
+# Forward-mode AD: the operators have reverse-mode formulas only, and PyTorch
+# ran them with the tangents dropped (a None or zero tangent, no error); each
+# public function now adds the tangent from its linearity in each input.
+
+# PyTorch's make_dual loads its jvp decompositions through torch.jit.script, which warns.
+JIT_WARNING = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+FORWARD_CASES = {
+    "interpolate nearest": (lambda b: lambda x: ul.interpolate(x, size=(3, 5), backend=b), [(1, 2, 2, 3)]),
+    "interpolate bilinear": (lambda b: lambda x: ul.interpolate(x, scale_factor=2, mode="bilinear",
+                                                                align_corners=True, backend=b), [(1, 2, 2, 3)]),
+    "carafe": (lambda b: lambda x, m: ul.carafe(x, m, 3, 2, 2, backend=b), [(1, 2, 2, 3), (1, 18, 4, 6)]),
+    "sapa_similarity": (lambda b: lambda q, k: ul.sapa_similarity(q, k, 3, 2, backend=b), [(1, 2, 4, 4), (1, 2, 2, 2)]),
+    "semi_shift_conv": (lambda b: lambda e, d, w, c: ul.semi_shift_conv(e, d, w, c, 2, backend=b),
+                        [(1, 2, 4, 2), (1, 2, 2, 1), (3, 2, 3, 3), (3,)]),
+}
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+@pytest.mark.parametrize("name", FORWARD_CASES)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_forward_mode_ad_of_every_op(name, backend):
+    make, shapes = FORWARD_CASES[name]
+    inputs = _leaves(*shapes)
+    assert gradcheck(make(backend), inputs, check_forward_ad=True, check_backward_ad=False, check_undefined_grad=False)
+    primals = [t.detach() for t in inputs]
+    tangents = [torch.randn_like(t) for t in inputs]
+    out, tangent = torch.func.jvp(make(backend), tuple(primals), tuple(tangents))
+    out_ref, tangent_ref = torch.func.jvp(make("torch"), tuple(primals), tuple(tangents))
+    assert tangent.abs().sum() > 0
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tangent, tangent_ref, rtol=1e-12, atol=1e-12)
+    # One tangent at a time: the inputs left without one contribute nothing.
+    for moved in range(len(inputs)):
+        with torch.autograd.forward_ad.dual_level():
+            duals = [torch.autograd.forward_ad.make_dual(p, t) if i == moved else p
+                     for i, (p, t) in enumerate(zip(primals, tangents))]
+            got = torch.autograd.forward_ad.unpack_dual(make(backend)(*duals)).tangent
+            duals_ref = [torch.autograd.forward_ad.make_dual(p, t) if i == moved else p
+                         for i, (p, t) in enumerate(zip(primals, tangents))]
+            want = torch.autograd.forward_ad.unpack_dual(make("torch")(*duals_ref)).tangent
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+@pytest.mark.parametrize("name", FORWARD_CASES)
+def test_reverse_over_forward_mode(name):
+    # The tangent is computed by the ops themselves, so it has gradients too.
+    make, shapes = FORWARD_CASES[name]
+    grads = {}
+    for backend in ("cpu", "torch"):
+        torch.manual_seed(1)
+        inputs = _leaves(*shapes)
+        tangents = [torch.randn_like(t).requires_grad_() for t in inputs]
+        with torch.autograd.forward_ad.dual_level():
+            out = make(backend)(*[torch.autograd.forward_ad.make_dual(p, t) for p, t in zip(inputs, tangents)])
+            tangent = torch.autograd.forward_ad.unpack_dual(out).tangent
+        grads[backend] = torch.autograd.grad(tangent.pow(2).sum(), inputs + tangents, allow_unused=True)
+    for got, want in zip(grads["cpu"], grads["torch"]):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+@pytest.mark.parametrize("name", ["CARAFE", "SAPA", "FADE"])
+def test_forward_mode_ad_of_the_modules(name):
+    torch.manual_seed(0)
+    module = {"CARAFE": lambda: ul.CARAFE(4, compressed_channels=8), "SAPA": lambda: ul.SAPA(4, embedding_dim=8),
+              "FADE": lambda: ul.FADE(4, embedding_dim=8)}[name]().double()
+    high, low = torch.randn(1, 4, 6, 8, dtype=D), torch.randn(1, 4, 3, 4, dtype=D)
+    inputs = (low,) if name == "CARAFE" else (high, low)
+    tangents = tuple(torch.randn_like(t) for t in inputs)
+    _, tangent = torch.func.jvp(module, inputs, tangents)
+    module.backend = "torch"
+    _, tangent_ref = torch.func.jvp(module, inputs, tangents)
+    torch.testing.assert_close(tangent, tangent_ref, rtol=1e-10, atol=1e-10)

@@ -131,6 +131,7 @@ import numba  # noqa: E402  (after the target choice, on purpose)
 from numba.extending import intrinsic  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.autograd import forward_ad  # noqa: E402
 
 from .install import torch_version_problem  # noqa: E402
 
@@ -221,6 +222,38 @@ def resolve_backend(backend, tensors, op_name: str) -> str:
             "move the tensor with .cuda() or use backend='cpu'"
         )
     return backend
+
+
+# --------------------------------------------------------------------------
+# Forward-mode AD
+# --------------------------------------------------------------------------
+# The operators have reverse-mode formulas only, and under forward-mode AD
+# (torch.autograd.forward_ad, torch.func.jvp) PyTorch calls such an operator
+# with its tangents dropped, silently. Every operator is linear in each of
+# its inputs, so each public function adds the tangent itself: the operator
+# applied with one input replaced by its tangent, summed over the inputs.
+
+
+def forward_tangents(*tensors):
+    """``(primals, tangents)`` of ``tensors`` (None entries stay None; a
+    tangent is None where its tensor has none) while forward-mode AD runs
+    and some tensor carries a tangent; else None, after one integer compare."""
+    if forward_ad._current_level < 0:
+        return None
+    pairs = [forward_ad.unpack_dual(t) if t is not None else (None, None) for t in tensors]
+    if all(tangent is None for _, tangent in pairs):
+        return None
+    return [primal for primal, _ in pairs], [tangent for _, tangent in pairs]
+
+
+def with_tangent(primal_out, terms):
+    """``primal_out`` as a dual tensor whose tangent is the sum of the
+    non-None ``terms`` (each an output-shaped tensor)."""
+    terms = [t for t in terms if t is not None]
+    tangent = terms[0]
+    for term in terms[1:]:
+        tangent = tangent + term
+    return forward_ad.make_dual(primal_out, tangent)
 
 
 # --------------------------------------------------------------------------

@@ -12,7 +12,8 @@ x86, NEON on arm64).
 
 * ``to_channels_last(t)``: ``t.contiguous(memory_format=torch.channels_last)``
   as an operator that reverse-mode autograd and ``torch.compile`` go
-  through (not forward-mode AD, like the library's other operators);
+  through (not forward-mode AD: ``semi_shift_conv``, which uses it, adds its
+  tangent itself, from the primal maps);
 * ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, for
   use inside an operator's implementation (it calls a Numba loop directly).
 

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, kernel_array, kernel_variant,
-                       operator, per_element, resolve_backend, run, run_grid)
+from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, forward_tangents, kernel_array,
+                       kernel_variant, operator, per_element, resolve_backend, run, run_grid, with_tangent)
 from ..validation import (
     check_batched_map,
     check_feature_map,
@@ -1020,6 +1020,11 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
     op = "carafe"
     kernel_size, scale, group = check_carafe_arguments(x, masks, kernel_size, scale, group, op)
     backend = resolve_backend(backend, [x, masks], op)
+    if backend != "torch" and (split := forward_tangents(x, masks)) is not None:
+        (x, masks), (dx, dmasks) = split
+        return with_tangent(carafe(x, masks, kernel_size, scale, group, backend),
+                            [carafe(dx, masks, kernel_size, scale, group, backend) if dx is not None else None,
+                             carafe(x, dmasks, kernel_size, scale, group, backend) if dmasks is not None else None])
     result_dtype = torch.promote_types(x.dtype, masks.dtype)
     compute_dtype = kernel_dtype(result_dtype)
     x, masks = x.to(compute_dtype), masks.to(compute_dtype)

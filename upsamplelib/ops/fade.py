@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import (cpu_kernel, cuda_kernel, fma, kernel_variant, operator, per_element, resolve_backend,
-                       run, run_grid)
+from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
+                       resolve_backend, run, run_grid, with_tangent)
 from ..layout import to_channels_first, to_channels_last
 from ..validation import (
     check_batched_map,
@@ -918,6 +918,17 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
     scale, groups = check_semi_shift_arguments(en, de, weight, bias, scale, groups, op)
     given = [t for t in (en, de, weight, bias) if t is not None]
     backend = resolve_backend(backend, given, op)
+    if backend != "torch" and (split := forward_tangents(en, de, weight, bias)) is not None:
+        (en, de, weight, bias), (den, dde, dweight, dbias) = split
+        maps_moved = den is not None or dde is not None
+        terms = [semi_shift_conv(den if den is not None else torch.zeros_like(en),
+                                 dde if dde is not None else torch.zeros_like(de), weight, None, scale, backend,
+                                 groups) if maps_moved else None,
+                 semi_shift_conv(en, de, dweight, None, scale, backend, groups) if dweight is not None else None]
+        out = semi_shift_conv(en, de, weight, bias, scale, backend, groups)
+        if dbias is not None:  # the bias is added on both paths
+            terms.append((2 * dbias).to(out.dtype)[None, :, None, None].expand_as(out))
+        return with_tangent(out, terms)
     result_dtype = en.dtype
     for t in given[1:]:
         result_dtype = torch.promote_types(result_dtype, t.dtype)

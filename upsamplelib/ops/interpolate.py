@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange, types
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import cpu_kernel, cuda_kernel, fma, operator, per_element, resolve_backend, run
+from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element, resolve_backend, run,
+                       with_tangent)
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -701,14 +702,17 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         output size; see ``nearest_rule``); bilinear to float rounding.
     """
     op = "interpolate"
-    out_h, out_w, factors, align_corners = check_interpolate_arguments(x, size, scale_factor, mode,
-                                                                       align_corners, op)
+    out_h, out_w, factors, corners = check_interpolate_arguments(x, size, scale_factor, mode, align_corners, op)
     backend = resolve_backend(backend, [x], op)
+    if backend != "torch" and (split := forward_tangents(x)) is not None:
+        (x,), (dx,) = split
+        return with_tangent(interpolate(x, size, scale_factor, mode, align_corners, backend),
+                            [interpolate(dx, size, scale_factor, mode, align_corners, backend)])
     x_compute = x.to(kernel_dtype(x.dtype))
     if backend == "torch":
-        out = interpolate_reference(x_compute, out_h, out_w, factors, mode, align_corners)
+        out = interpolate_reference(x_compute, out_h, out_w, factors, mode, corners)
     else:
         rule = nearest_rule(x, out_h, out_w) if mode != "bilinear" else NEAREST_GENERIC
-        out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, align_corners, *factors, rule,
+        out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, corners, *factors, rule,
                                                 backend)
     return out.to(x.dtype)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import operator, resolve_backend
+from ..backend import forward_tangents, operator, resolve_backend, with_tangent
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -131,6 +131,11 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
     check_upsampled_size(q, "q", key, "key", scale, op)
     check_same_device(q, "q", key, "key", op)
     backend = resolve_backend(backend, [q, key], op)
+    if backend != "torch" and (split := forward_tangents(q, key)) is not None:
+        (q, key), (dq, dkey) = split
+        return with_tangent(sapa_similarity(q, key, kernel_size, scale, backend),
+                            [sapa_similarity(dq, key, kernel_size, scale, backend) if dq is not None else None,
+                             sapa_similarity(q, dkey, kernel_size, scale, backend) if dkey is not None else None])
     result_dtype = torch.promote_types(q.dtype, key.dtype)
     compute_dtype = kernel_dtype(result_dtype)
     q, key = q.to(compute_dtype), key.to(compute_dtype)
