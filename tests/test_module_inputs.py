@@ -174,3 +174,38 @@ def test_guided_modules_at_scale_1(name):
     assert out.shape == (1, 4, 5, 7)
     module.backend = "torch"
     torch.testing.assert_close(module(high, low), out)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "torch"])
+def test_an_empty_batch_gives_an_empty_result(backend):
+    # As PyTorch's layers (and F.interpolate, which ul.interpolate must equal) do, gradients included.
+    high, low = torch.randn(0, 4, 6, 8, requires_grad=True), torch.randn(0, 4, 3, 4, requires_grad=True)
+    masks, weight = torch.randn(0, 9, 6, 8, requires_grad=True), torch.randn(5, 4, 3, 3, requires_grad=True)
+    results = {
+        "interpolate": (ul.interpolate(low, scale_factor=2, mode="bilinear", backend=backend), (0, 4, 6, 8)),
+        "carafe": (ul.carafe(low, masks, 3, 2, backend=backend), (0, 4, 6, 8)),
+        "sapa_similarity": (ul.sapa_similarity(high, low, 3, 2, backend=backend), (0, 9, 6, 8)),
+        "semi_shift_conv": (ul.semi_shift_conv(high, low, weight, backend=backend), (0, 5, 6, 8)),
+    }
+    for name, (out, shape) in results.items():
+        assert out.shape == shape, name
+    sum(out.sum() for out, _ in results.values()).backward()
+    assert high.grad.shape == high.shape and low.grad.shape == low.shape and masks.grad.shape == masks.shape
+    assert weight.grad is not None and not weight.grad.any()
+    torch.testing.assert_close(results["interpolate"][0], torch.nn.functional.interpolate(
+        low, scale_factor=2, mode="bilinear"))
+    modules = [(ul.CARAFE(4, compressed_channels=8), (low,)), (ul.SAPA(4, embedding_dim=8), (high, low)),
+               (ul.FADE(4, embedding_dim=8), (high, low)), (ul.FADE(4, embedding_dim=8, lite=True), (high, low))]
+    for module, inputs in modules:
+        module.backend = backend
+        out = module(*inputs)
+        assert out.shape == (0, 4, 6, 8), type(module).__name__
+        if not isinstance(module, ul.CARAFE):  # PyTorch's pixel_shuffle has no backward for an empty batch
+            out.sum().backward()
+
+
+def test_only_the_batch_may_be_empty():
+    _expect(ValueError, r"empty.*\(1, 0, 4, 4\)", ul.carafe, torch.randn(1, 0, 4, 4), torch.randn(1, 9, 8, 8), 3, 2)
+    _expect(ValueError, r"weight is empty", ul.semi_shift_conv, torch.randn(1, 4, 6, 8), torch.randn(1, 4, 3, 4),
+            torch.randn(0, 4, 3, 3))
+    _expect(ValueError, r"empty.*\(0, 4, 0, 4\)", ul.CARAFE(4), torch.randn(0, 4, 0, 4))

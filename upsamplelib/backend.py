@@ -224,6 +224,13 @@ def resolve_backend(backend, tensors, op_name: str) -> str:
     return backend
 
 
+def reference_for_empty_batch(backend: str, batch: int) -> str:
+    """"torch" for an empty batch, else ``backend``: a kernel has no work
+    (and a launch of 0 threads is refused), and the reference returns the
+    empty result with its (empty) gradients, as PyTorch's layers do."""
+    return "torch" if batch == 0 else backend
+
+
 # --------------------------------------------------------------------------
 # Forward-mode AD
 # --------------------------------------------------------------------------

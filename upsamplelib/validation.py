@@ -34,8 +34,9 @@ def check_float_tensor(tensor, name: str, op: str) -> None:
         )
 
 
-def check_feature_map(tensor, name: str, op: str) -> None:
-    """A non-empty 4-D floating-point (N, C, H, W) dense torch tensor."""
+def check_feature_map(tensor, name: str, op: str, batched: bool = True) -> None:
+    """A 4-D floating-point (N, C, H, W) dense torch tensor, empty only as
+    an empty batch (N = 0, which PyTorch's layers take too) when ``batched``."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.layout == torch.strided and tensor.dim() != 4:
@@ -43,7 +44,7 @@ def check_feature_map(tensor, name: str, op: str) -> None:
             f"{op}: {name} must be 4-D (N, C, H, W), got shape {shape_str(tensor)}"
         )
     check_float_tensor(tensor, name, op)
-    if tensor.numel() == 0:
+    if tensor.numel() == 0 and not (batched and tensor.shape[0] == 0 and all(tensor.shape[1:])):
         raise ValueError(f"{op}: {name} is empty, shape {shape_str(tensor)}")
 
 

@@ -43,7 +43,8 @@ from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, forward_tangents, kernel_array,
-                       kernel_variant, operator, per_element, resolve_backend, run, run_grid, with_tangent)
+                       kernel_variant, operator, per_element, reference_for_empty_batch, resolve_backend, run, run_grid,
+                       with_tangent)
 from ..validation import (
     check_batched_map,
     check_feature_map,
@@ -1019,7 +1020,7 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
     """
     op = "carafe"
     kernel_size, scale, group = check_carafe_arguments(x, masks, kernel_size, scale, group, op)
-    backend = resolve_backend(backend, [x, masks], op)
+    backend = reference_for_empty_batch(resolve_backend(backend, [x, masks], op), x.shape[0])
     if backend != "torch" and (split := forward_tangents(x, masks)) is not None:
         (x, masks), (dx, dmasks) = split
         return with_tangent(carafe(x, masks, kernel_size, scale, group, backend),

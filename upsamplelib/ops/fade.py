@@ -38,7 +38,7 @@ from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
-                       resolve_backend, run, run_grid, with_tangent)
+                       reference_for_empty_batch, resolve_backend, run, run_grid, with_tangent)
 from ..layout import to_channels_first, to_channels_last
 from ..validation import (
     check_batched_map,
@@ -866,7 +866,7 @@ def check_semi_shift_arguments(en, de, weight, bias, scale, groups, op="semi_shi
     """Validate the arguments of ``semi_shift_conv``; return (scale, groups)."""
     check_feature_map(en, "en", op)
     check_feature_map(de, "de", op)
-    check_feature_map(weight, "weight", op)
+    check_feature_map(weight, "weight", op, batched=False)
     scale = check_positive_int(scale, "scale", op)
     groups = check_positive_int(groups, "groups", op)
     size = check_odd_kernel_size(weight.shape[2], "the kernel size of weight", op)
@@ -917,7 +917,7 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
     op = "semi_shift_conv"
     scale, groups = check_semi_shift_arguments(en, de, weight, bias, scale, groups, op)
     given = [t for t in (en, de, weight, bias) if t is not None]
-    backend = resolve_backend(backend, given, op)
+    backend = reference_for_empty_batch(resolve_backend(backend, given, op), en.shape[0])
     if backend != "torch" and (split := forward_tangents(en, de, weight, bias)) is not None:
         (en, de, weight, bias), (den, dde, dweight, dbias) = split
         maps_moved = den is not None or dde is not None

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange, types
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element, resolve_backend, run,
-                       with_tangent)
+from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
+                       reference_for_empty_batch, resolve_backend, run, with_tangent)
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -703,7 +703,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     """
     op = "interpolate"
     out_h, out_w, factors, corners = check_interpolate_arguments(x, size, scale_factor, mode, align_corners, op)
-    backend = resolve_backend(backend, [x], op)
+    backend = reference_for_empty_batch(resolve_backend(backend, [x], op), x.shape[0])
     if backend != "torch" and (split := forward_tangents(x)) is not None:
         (x,), (dx,) = split
         return with_tangent(interpolate(x, size, scale_factor, mode, align_corners, backend),

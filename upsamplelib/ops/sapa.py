@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import forward_tangents, operator, resolve_backend, with_tangent
+from ..backend import forward_tangents, operator, reference_for_empty_batch, resolve_backend, with_tangent
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -130,7 +130,7 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
         )
     check_upsampled_size(q, "q", key, "key", scale, op)
     check_same_device(q, "q", key, "key", op)
-    backend = resolve_backend(backend, [q, key], op)
+    backend = reference_for_empty_batch(resolve_backend(backend, [q, key], op), q.shape[0])
     if backend != "torch" and (split := forward_tangents(q, key)) is not None:
         (q, key), (dq, dkey) = split
         return with_tangent(sapa_similarity(q, key, kernel_size, scale, backend),
