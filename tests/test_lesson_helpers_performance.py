@@ -1028,8 +1028,84 @@ def rows_in_python(x, masks, out, kernel_size, scale):
     rows.py_func(x, masks, out, kernel_size, scale)
 
 
+# A prange over the batch runs one iteration for one image: one thread does all (numba splits
+# only the outermost prange, so a prange inside it does not help).
+
+@numba.njit(parallel=True)
+def rows_prange_over_the_batch(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for n in numba.prange(batch):
+        for c in range(channels):
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in range(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
+def rows_prange_over_the_batch_and_channels(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for n in numba.prange(batch):
+        for c in numba.prange(channels):
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in range(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit(parallel=True)
+def rows_prange_over_the_channels(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for n in range(batch):
+        for c in numba.prange(channels):
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in range(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
 @pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
-                                   rows_prange_renamed, rows_through_a_view, rows_reusing_a_name])
+                                   rows_prange_renamed, rows_through_a_view, rows_reusing_a_name,
+                                   rows_prange_over_the_channels])
 def test_rows_cpu_passes_other_right_answers(right, capsys):
     """A division on values fixed for the whole inner loop vectorises; a
     prange over chunks of planes, or written with annotations or under
@@ -1055,6 +1131,8 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
+    (rows_prange_over_the_batch, "prange over `n` \\(1 iteration\\).*one thread"),
+    (rows_prange_over_the_batch_and_channels, "prange over `n` \\(1 iteration\\).*one thread"),
     (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),
     (rows_testing_inside, "has a test that changes from one iteration to the next"),
     (rows_testing_through_a_view, "has a test that changes from one iteration to the next"),

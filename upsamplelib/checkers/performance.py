@@ -858,6 +858,55 @@ def _race_failure(counter, what, out_name):
         "then writes a plane of its own")
 
 
+class _FirstPrange(Exception):
+    """Raised by the counted run at its first prange that no other prange
+    encloses: the counter's name and its number of iterations."""
+
+
+def _first_prange_trips(fast, args):
+    """(counter, iterations) of the first prange loop that no other prange
+    encloses (numba splits only those over the threads), from a run of the
+    function's source as Python on ``args`` that stops on entering it; None
+    without source or where no such loop runs."""
+    source = _source(fast)
+    if source is None:
+        return None
+    function, definition = source
+    names = function.__globals__
+    tree = ast.parse(ast.unparse(definition))  # a copy to rewrite, its loops in the same order
+    copy = tree.body[0]
+    copy.decorator_list = []
+    counters = []
+    for (loop, around), (original, _) in zip(_loops(copy), _loops(definition)):
+        if _is_prange(original, names) and not any(_is_prange(outer, names) for outer in around):
+            counters.append(ast.unparse(original.target))
+            loop.iter = ast.Call(ast.Name("__entered__", ast.Load()), [ast.Constant(len(counters) - 1), loop.iter],
+                                 [])
+
+    def entered(loop_id, iterations):
+        raise _FirstPrange(counters[loop_id], len(iterations))
+
+    ast.fix_missing_locations(tree)
+    namespace = dict(names, __entered__=entered)
+    exec(compile(tree, "<prange counted>", "exec"), namespace)
+    try:
+        namespace[copy.name](*args)
+    except _FirstPrange as first:
+        return first.args
+    return None
+
+
+def _check_prange_splits(fast, what, args, case):
+    """A prange with one iteration for one image splits nothing: all the
+    work runs on one thread (a prange over the batch does that)."""
+    first = _first_prange_trips(fast, args)
+    if first is not None and first[1] < 2:
+        raise CheckFailed(f"{what}: the prange over `{first[0]}` ({first[1]} iteration) for {case}, one image: "
+                          "its work all runs on one thread while the other cores wait.\nHint: split the planes, "
+                          "`for plane in numba.prange(N * C)` with `n, c = plane // C, plane % C`, so that even "
+                          "one image gives every core planes of its own")
+
+
 #: Run on all threads after the small cases, three times: a race the source
 #: does not show (``_racing_prange``) gives a wrong sum in most runs here.
 _RACE_CASE = (1, 8, 32, 32, 5, 2)
@@ -871,8 +920,9 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     h, w) float32 arrays, one group, ``numba.njit``-compiled, writing every
     element of ``out``. Graded on the values, on the order of its accesses
     (run as Python: most consecutive accesses must stay in one cache line)
-    on what the exercise asks of its loops (a prange whose iterations write
-    elements of their own: one that adds into out at an index that does not
+    on what the exercise asks of its loops (a prange that gives one image's
+    work to several threads, which one over the batch does not; a prange
+    whose iterations write elements of their own: one that adds into out at an index that does not
     depend on its counter is named as the race it is, and a larger map is
     run three times for races the source does not show; no test and no
     division in the innermost loop writing out), and on its speed against ``slow``
@@ -936,6 +986,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     n, c, h, w = size
     x, masks = _carafe_inputs(n, c, h, w, 5, 2, 1, 98)
     out_fast, out_slow = (np.zeros((n, c, 2 * h, 2 * w), np.float32) for _ in range(2))
+    _check_prange_splits(fast, what, (x, masks, out_fast, 5, 2), f"x {x.shape}")
     # One thread for both: the grade is the loop order's, the same on a laptop's 2 cores and a server's 64.
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
