@@ -164,6 +164,9 @@ def _traffic_variant(flops_factor=1.0, masks=True, out=True, itemsize=True, unfo
     (_traffic_variant(group=False), "`group` masks per output pixel"),
     (lambda *args: 0, "return a pair"),
     (lambda n, *rest: carafe_traffic(1, *rest), "counts one image"),
+    # Half the FLOPs at scale 2, as multiply-adds give: the hint must name the scale, not the multiply-adds.
+    (lambda n, c, h, w, k, s, *rest: (carafe_traffic(n, c, h, w, k, s, *rest)[0] // s,
+                                      carafe_traffic(n, c, h, w, k, s, *rest)[1]), "factor of the scale is missing"),
 ])
 def test_carafe_traffic_catches_wrong_answers(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):

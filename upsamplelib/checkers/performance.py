@@ -393,6 +393,10 @@ def check_carafe_traffic(function):
                 hint = "that counts one image: every one of the n images of the batch is computed"
             elif flops == expected[0] // 2:
                 hint = "that counts multiply-adds; a multiply-add is two floating-point operations"
+                probe = (3, 16, 9, 11, 7, 4, 2, 8)  # scale 4: a lost factor of the scale is no longer half
+                probed = function(*probe)
+                if isinstance(probed, (tuple, list)) and probed and probed[0] == carafe_traffic(*probe)[0] // 4:
+                    hint = "a factor of the scale is missing: the output has (s*h) * (s*w) pixels per plane"
             elif flops == 2 * k * k * n * s * h * s * w * g:
                 hint = "every channel computes its own sum: count every output element, not every output pixel"
             raise CheckFailed(f"{what}: {flops} FLOPs for {name}; expected {expected[0]}.\nHint: {hint}")
