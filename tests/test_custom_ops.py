@@ -135,8 +135,9 @@ def test_flop_counter_counts_every_op():
          + ul.interpolate(de, scale_factor=2, mode="bilinear").sum() + ul.interpolate(de, scale_factor=2).sum()
          ).backward()
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
-    assert counts["upsamplelib.semi_shift_conv"] == 2 * 2 * (6 * 8) * (5 * 4 * 9)  # both maps
-    assert counts["upsamplelib.semi_shift_conv_weight_grad"] == 2 * 2 * (6 * 8) * (5 * 4 * 9)
+    # Each map's convolution at its own resolution (the two-convolution form's work), plus the adds.
+    assert counts["upsamplelib.semi_shift_conv"] == 2 * (6 * 8 + 3 * 4) * (5 * 4 * 9) + 5 * 6 * 8
+    assert counts["upsamplelib.semi_shift_conv_weight_grad"] == 2 * (6 * 8 + 3 * 4) * (5 * 4 * 9) + 5 * 6 * 8
     assert counts["upsamplelib.semi_shift_conv_encoder_grad"] == 2 * (6 * 8) * (5 * 4 * 9)
     assert counts["upsamplelib.sapa_similarity"] == 2 * 4 * 48 * 9
     assert counts["upsamplelib.interpolate"] == 9 * 4 * 48  # bilinear; nearest is a copy: 0

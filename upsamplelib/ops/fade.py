@@ -837,9 +837,18 @@ def _conv_flops(pixels_shape, weight_shape, paths=1):
     return 2 * paths * n * height * width * math.prod(weight_shape)
 
 
+# The counts are the work of the two-convolution form, each map's convolution
+# at its own resolution (the decoder's at low resolution), as the cpu path
+# does it and as decoder_grad is counted: the one-pass GPU kernel computes the
+# decoder's share again at every output of a block (s*s times), work that a
+# count of the operation's FLOPs should not include.
+
+
 @register_flop_formula(torch.ops.upsamplelib.semi_shift_conv)
 def _(en_shape, de_shape, weight_shape, *args, out_shape=None, **kwargs):
-    return _conv_flops(out_shape, weight_shape, (en_shape is not None) + (de_shape is not None))
+    maps = [shape for shape in (en_shape, de_shape) if shape is not None]
+    adds = math.prod(out_shape) if len(maps) == 2 else 0  # the decoder's share added to the encoder's
+    return sum(_conv_flops(shape, weight_shape) for shape in maps) + adds
 
 
 @register_flop_formula(torch.ops.upsamplelib.semi_shift_conv_encoder_grad)
@@ -854,7 +863,9 @@ def _(grad_shape, weight_shape, *args, out_shape=None, **kwargs):
 
 @register_flop_formula(torch.ops.upsamplelib.semi_shift_conv_weight_grad)
 def _(grad_shape, en_shape, de_shape, *args, out_shape=None, **kwargs):
-    return _conv_flops(grad_shape, out_shape, (en_shape is not None) + (de_shape is not None))
+    encoder = _conv_flops(en_shape, out_shape) if en_shape is not None else 0
+    decoder = _conv_flops(de_shape, out_shape) + math.prod(grad_shape) if de_shape is not None else 0  # + pooling
+    return encoder + decoder
 
 
 # --------------------------------------------------------------------------
