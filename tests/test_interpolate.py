@@ -293,3 +293,17 @@ def test_nearest_cases_reported_wrong_before(shape, kwargs, mode, dtype, channel
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(ul.interpolate(x, mode=mode, backend="cpu", **kwargs), F.interpolate(x, mode=mode, **kwargs))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "torch"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_the_result_has_the_memory_format_of_f_interpolate(backend, mode):
+    # A channels-last input gives a channels-last result, as PyTorch's does, and the same values.
+    for x in (torch.randn(2, 3, 5, 7), torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)):
+        x = x.requires_grad_()
+        out = ul.interpolate(x, scale_factor=2, mode=mode, backend=backend)
+        expected = F.interpolate(x, scale_factor=2, mode=mode)
+        assert out.stride() == expected.stride()
+        torch.testing.assert_close(out, expected)
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        torch.testing.assert_close(grad, torch.autograd.grad(expected.square().sum(), x)[0])

@@ -209,3 +209,5 @@ def test_only_the_batch_may_be_empty():
     _expect(ValueError, r"weight is empty", ul.semi_shift_conv, torch.randn(1, 4, 6, 8), torch.randn(1, 4, 3, 4),
             torch.randn(0, 4, 3, 3))
     _expect(ValueError, r"empty.*\(0, 4, 0, 4\)", ul.CARAFE(4), torch.randn(0, 4, 0, 4))
+    _expect(ValueError, r"weight must be 4-D \(O, C // groups, k, k\)", ul.semi_shift_conv, torch.randn(1, 4, 6, 8),
+            torch.randn(1, 4, 3, 4), torch.randn(5, 4, 3))

@@ -40,9 +40,8 @@ def check_feature_map(tensor, name: str, op: str, batched: bool = True) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.layout == torch.strided and tensor.dim() != 4:
-        raise ValueError(
-            f"{op}: {name} must be 4-D (N, C, H, W), got shape {shape_str(tensor)}"
-        )
+        axes = "(N, C, H, W)" if batched else "(O, C // groups, k, k)"
+        raise ValueError(f"{op}: {name} must be 4-D {axes}, got shape {shape_str(tensor)}")
     check_float_tensor(tensor, name, op)
     if tensor.numel() == 0 and not (batched and tensor.shape[0] == 0 and all(tensor.shape[1:])):
         raise ValueError(f"{op}: {name} is empty, shape {shape_str(tensor)}")

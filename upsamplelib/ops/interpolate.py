@@ -37,6 +37,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
+from ..layout import to_channels_last
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -715,4 +716,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         rule = nearest_rule(x, out_h, out_w) if mode != "bilinear" else NEAREST_GENERIC
         out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, corners, *factors, rule,
                                                 backend)
-    return out.to(x.dtype)
+    out = out.to(x.dtype)
+    # F.interpolate returns a channels-last input's result channels-last (the kernels write NCHW).
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return to_channels_last(out)
+    return out
