@@ -436,6 +436,36 @@ def blocked_kernel(x, masks, out, kernel_size, scale):
                 out[n, first + j, Y, X] = sums[j]
 
 
+# cuda.local.array is not zeroed: in a recorded launch its elements start as garbage.
+@cuda.jit
+def blocked_sums_not_zeroed(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        rest = i // width
+        Y = rest % height
+        rest = rest // height
+        first = (rest % runs) * CHANNELS_PER_THREAD
+        n = rest // runs
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
 @cuda.jit
 def blocked_numpy_sums(x, masks, out, kernel_size, scale):
     channels, height, width = out.shape[1], out.shape[2], out.shape[3]
@@ -598,6 +628,7 @@ NEEDS_PTX = pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_availa
 
 @pytest.mark.parametrize("wrong, message", [
     (blocked_without_reuse, "loads of masks"),
+    (blocked_sums_not_zeroed, "does not zero its elements"),
     (blocked_without_tail, "never written|out of bounds"),
     (blocked_run_fastest, "X = i % W fastest"),
     pytest.param(blocked_numpy_sums, "cannot allocate NumPy arrays", marks=NEEDS_PTX),
@@ -683,6 +714,31 @@ def rows(x, masks, out, kernel_size, scale):
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
                         for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+# prange on the innermost loop: threads started and joined at every slot of every row.
+@numba.njit(parallel=True)
+def rows_prange_over_x(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in numba.prange(width):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
@@ -1134,6 +1190,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
+    (rows_prange_over_x, "prange over `X` sits inside other loops"),
     (rows_prange_over_the_batch, "prange over `n` \\(1 iteration\\).*one thread"),
     (rows_prange_over_the_batch_and_channels, "prange over `n` \\(1 iteration\\).*one thread"),
     (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),

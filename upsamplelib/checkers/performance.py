@@ -15,6 +15,7 @@ side by side, and graded only by a generous ratio.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import math
 import re
@@ -210,6 +211,33 @@ def _wrap(function, args, loops=False):
     return log, wrapped, arrays
 
 
+#: What a float local array holds before the kernel writes it, in a recorded launch.
+LOCAL_GARBAGE = 1e30
+
+
+@contextlib.contextmanager
+def _local_arrays_hold_garbage():
+    """The simulator's ``cuda.local.array`` is ``np.empty``, often all zeros,
+    so a kernel that never zeroes its sums could pass by luck; on a GPU a
+    local array holds whatever was there. While this runs, float local
+    arrays start at ``LOCAL_GARBAGE``, beyond any sum of the inputs."""
+    from numba.cuda.simulator.kernelapi import FakeCUDALocal
+
+    empty = FakeCUDALocal.array
+
+    def garbage(self, shape, dtype, alignment=None):
+        array = empty(self, shape, dtype, alignment)
+        if array.dtype.kind == "f":
+            array.fill(LOCAL_GARBAGE)
+        return array
+
+    FakeCUDALocal.array = garbage
+    try:
+        yield
+    finally:
+        FakeCUDALocal.array = empty
+
+
 def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord:
     """Launch ``kernel[launch](*args)`` in the simulator (also on a machine
     with a GPU) with every NumPy argument recorded; the arrays are written as
@@ -229,7 +257,7 @@ def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord
     def launch_recorded():
         # In the simulator run_with_timeout's worker holds SIMULATOR_LOCK already (taking it here, in the
         # caller's thread, would deadlock that worker); on a GPU nothing else serialises the simulator.
-        with SIMULATOR_LOCK:
+        with SIMULATOR_LOCK, _local_arrays_hold_garbage():
             simulated[launch](*wrapped)
 
     run_with_timeout(launch_recorded, timeout=timeout)
@@ -584,8 +612,12 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
             raise _never_written(record, out, out_name, what, case,
                                  "thread i handles pixel (Y, X) and channels run * CHANNELS_PER_THREAD onwards, "
                                  "for i < N * runs * H * W, runs = ceil(C / CHANNELS_PER_THREAD)")
-        compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
-                hint="each of the thread's channels sums masks[n, t, Y, X] * x[n, c, row, col] over the inside slots")
+        expected = _reference(x, masks, k, s)
+        hint = "each of the thread's channels sums masks[n, t, Y, X] * x[n, c, row, col] over the inside slots"
+        if np.abs(out).max() > 1e3 * (np.abs(expected).max() + 1):  # far beyond any sum of these inputs
+            hint = ("values far larger than any sum of these inputs are what was in memory before: "
+                    "cuda.local.array does not zero its elements, so set every sums[j] to 0 first")
+        compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5, hint=hint)
         _every_output_once(record, out_name, out.size, what, case)
         pixels = n * s * h * s * w
         mask_loads, x_loads = record.count(masks_name), record.count(x_name)
@@ -900,6 +932,18 @@ def _first_prange_trips(fast, args):
     return None
 
 
+def _nested_prange(fast):
+    """The counter of a prange loop inside another loop, or None."""
+    source = _source(fast)
+    if source is None:
+        return None
+    function, definition = source
+    for loop, around in _loops(definition):
+        if around and _is_prange(loop, function.__globals__):
+            return ast.unparse(loop.target)
+    return None
+
+
 def _check_prange_splits(fast, what, args, case):
     """A prange with one iteration for one image splits nothing: all the
     work runs on one thread (a prange over the batch does that)."""
@@ -1000,10 +1044,16 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     finally:
         numba.set_num_threads(threads)
     if slow_time < min_speedup * fast_time:
+        hint = ("the loop over X innermost, reading rows of out, masks and the padded `columns` one element after "
+                "the next (steps 2 and 3 above)")
+        nested = _nested_prange(fast)
+        if nested is not None:
+            hint = (f"your prange over `{nested}` sits inside other loops: numba starts and joins its threads at "
+                    "every entry of it, which costs more than the few iterations each thread gets; put prange on "
+                    "the outermost loop, over the planes, and keep the loop over X a plain range")
         raise CheckFailed(f"{what}: {fast_time * 1e3:.2f} ms against {slow_time * 1e3:.2f} ms for the slow loop "
                           f"order on x {tuple(size)}, k=5, s=2, both on one thread: less than {min_speedup:g} times "
-                          "faster.\nHint: the loop over X innermost, reading rows of out, masks and the padded "
-                          "`columns` one element after the next (steps 2 and 3 above)")
+                          f"faster.\nHint: {hint}")
     passed(what, len(_CPU_CASES))
     print("  accesses that change cache line: " + ", ".join(f"{name} {share:.0%}" for name, share in switches.items()))
     return slow_time / fast_time
