@@ -742,6 +742,56 @@ def rows_prange_over_x(x, masks, out, kernel_size, scale):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+# Too little padding: compiled, the loop reads past `columns` without an error.
+@numba.njit(parallel=True)
+def rows_padded_too_little(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+# prange on the innermost loop: threads started and joined at every slot of every row.
+@numba.njit(parallel=True)
+def rows_prange_over_x(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in numba.prange(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
 @numba.njit(parallel=True)
 def rows_fixed_division_inside(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -1190,6 +1240,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
+    (rows_padded_too_little, "(?s)values wrong.*raises IndexError.*W \\+ 2 \\* r \\* s"),
     (rows_prange_over_x, "prange over `X` sits inside other loops"),
     (rows_prange_over_the_batch, "prange over `n` \\(1 iteration\\).*one thread"),
     (rows_prange_over_the_batch_and_channels, "prange over `n` \\(1 iteration\\).*one thread"),

@@ -1004,9 +1004,23 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
             first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
             raise CheckFailed(f"{what}: out{first} was never written (it is NaN) for {case}.\nHint: zero each "
                               "output row before adding the slots into it")
-        compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
-                hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
-                     "over the slots inside the map")
+        try:
+            compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
+                    hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
+                         "over the slots inside the map")
+        except CheckFailed as wrong:
+            # Compiled, numba checks no bounds: a read past an array gives wrong values, not an error. As
+            # Python, the same loops raise IndexError where they go out.
+            try:
+                fast.py_func(x, masks, np.zeros_like(out), k, s)
+            except IndexError as error:
+                raise CheckFailed(f"{wrong}\nRun as plain Python, where NumPy checks bounds, your function raises "
+                                  f"IndexError: {error}. Compiled, it read past that array instead.\nHint: check "
+                                  "the size of what you index there: the padded `columns` rows are W + 2 * r * s "
+                                  "long, r * s zeros on either side") from None
+            except Exception:  # noqa: BLE001 - any other failure as Python says nothing more than the values
+                pass
+            raise
     n, c, h, w, k, s = _RACE_CASE
     x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 97)
     expected = _reference(x, masks, k, s)
