@@ -92,13 +92,25 @@ class _RecordingArray:
             return
         self._log.append((block, thread_id, self._name, kind, line, offset, loops))
 
+    def _named(self, error, index):
+        """The IndexError with the array and the index named: NumPy's own
+        message says neither."""
+        shown = ", ".join(str(i) for i in (index if isinstance(index, tuple) else (index,)))
+        return IndexError(f"{self._name}[{shown}] with {self._name} of shape {self.shape}: {error}")
+
     def __getitem__(self, index):
-        value = self._array[index]
+        try:
+            value = self._array[index]
+        except IndexError as error:
+            raise self._named(error, index) from None
         self._note("load", index)
         return value
 
     def __setitem__(self, index, value):
-        self._array[index] = value
+        try:
+            self._array[index] = value
+        except IndexError as error:
+            raise self._named(error, index) from None
         self._note("store", index)
 
 
