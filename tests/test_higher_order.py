@@ -202,3 +202,31 @@ def test_forward_mode_ad_of_the_modules(name):
     module.backend = "torch"
     _, tangent_ref = torch.func.jvp(module, inputs, tangents)
     torch.testing.assert_close(tangent, tangent_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+@pytest.mark.parametrize("name", FORWARD_CASES)
+def test_nested_forward_mode_is_refused_not_zero(name):
+    # The operators have no forward formula of their own: an outer level's tangent would be dropped.
+    make, shapes = FORWARD_CASES[name]
+    primals = [t.detach() for t in _leaves(*shapes)]
+    inner_tangents = tuple(torch.randn_like(t) for t in primals)
+
+    def inner(*moved):
+        return torch.func.jvp(make("cpu"), moved, inner_tangents)[1]
+
+    with pytest.raises(NotImplementedError, match="nested forward-mode AD"):
+        torch.func.jvp(inner, tuple(primals), tuple(torch.ones_like(t) for t in primals))
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+def test_forward_mode_of_semi_shift_conv_with_an_infinite_weight():
+    # A tangent on one map only: the other map's share is left out, not multiplied (0 * Inf = NaN).
+    en, de = torch.randn(1, 1, 4, 4, dtype=D), torch.randn(1, 1, 2, 2, dtype=D)
+    weight = torch.zeros(1, 1, 3, 3, dtype=D)
+    weight[0, 0, 0, 0] = float("inf")
+    tangent = torch.randn_like(de)
+    got = torch.func.jvp(lambda d: ul.semi_shift_conv(en, d, weight, backend="cpu"), (de,), (tangent,))[1]
+    want = torch.func.jvp(lambda d: ul.semi_shift_conv(en, d, weight, backend="torch"), (de,), (tangent,))[1]
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert torch.isnan(got).sum() == torch.isnan(want).sum()

@@ -247,6 +247,13 @@ def forward_tangents(*tensors):
     and some tensor carries a tangent; else None, after one integer compare."""
     if forward_ad._current_level < 0:
         return None
+    transforms = sys.modules.get("torch._functorch.eager_transforms")
+    if transforms is not None and getattr(transforms, "JVP_NESTING", 0) > 1:
+        # An outer level's tangent would reach the operators, which drop it: refuse rather than return zeros.
+        raise NotImplementedError(
+            "upsamplelib: nested forward-mode AD (jvp of a jvp, jacfwd of a jacfwd) is not supported on the "
+            "'cpu' and 'cuda' backends: the operators would drop the outer tangent. Use backend='torch' there, "
+            "or reverse mode (torch.autograd.grad) for the outer derivative")
     pairs = [forward_ad.unpack_dual(t) if t is not None else (None, None) for t in tensors]
     if all(tangent is None for _, tangent in pairs):
         return None

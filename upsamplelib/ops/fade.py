@@ -931,27 +931,33 @@ def semi_shift_conv(en, de, weight, bias=None, scale=2, backend=None, groups=1):
     backend = reference_for_empty_batch(resolve_backend(backend, given, op), en.shape[0])
     if backend != "torch" and (split := forward_tangents(en, de, weight, bias)) is not None:
         (en, de, weight, bias), (den, dde, dweight, dbias) = split
-        maps_moved = den is not None or dde is not None
-        terms = [semi_shift_conv(den if den is not None else torch.zeros_like(en),
-                                 dde if dde is not None else torch.zeros_like(de), weight, None, scale, backend,
-                                 groups) if maps_moved else None,
-                 semi_shift_conv(en, de, dweight, None, scale, backend, groups) if dweight is not None else None]
-        out = semi_shift_conv(en, de, weight, bias, scale, backend, groups)
+        # Each moved map alone (the other None, not zeros: 0 * an Inf weight would be NaN).
+        terms = [_semi_shift_on(den, None, weight, None, scale, groups, backend) if den is not None else None,
+                 _semi_shift_on(None, dde, weight, None, scale, groups, backend) if dde is not None else None,
+                 _semi_shift_on(en, de, dweight, None, scale, groups, backend) if dweight is not None else None]
+        out = _semi_shift_on(en, de, weight, bias, scale, groups, backend)
         if dbias is not None:  # the bias is added on both paths
             terms.append((2 * dbias).to(out.dtype)[None, :, None, None].expand_as(out))
         return with_tangent(out, terms)
-    result_dtype = en.dtype
+    return _semi_shift_on(en, de, weight, bias, scale, groups, backend)
+
+
+def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
+    """The checked call on ``backend``, in the promoted dtype; either map
+    may be None (its share left out), as the operator allows."""
+    given = [t for t in (en, de, weight, bias) if t is not None]
+    result_dtype = given[0].dtype
     for t in given[1:]:
         result_dtype = torch.promote_types(result_dtype, t.dtype)
     compute_dtype = kernel_dtype(result_dtype)
-    en, de, weight = (t.to(compute_dtype) for t in (en, de, weight))
+    en, de, weight = (t.to(compute_dtype) if t is not None else None for t in (en, de, weight))
     bias = bias.to(compute_dtype) if bias is not None else None
     if backend == "torch":
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
         if backend == "cpu":
             # Saved channels-last for the backward, whose convolutions take them so.
-            en, de, weight = (to_channels_last(t) for t in (en, de, weight))
+            en, de, weight = (to_channels_last(t) if t is not None else None for t in (en, de, weight))
         out = torch.ops.upsamplelib.semi_shift_conv(en, de, weight, bias, scale, groups, backend)
     return out.to(result_dtype)
 
