@@ -792,6 +792,214 @@ def rows_prange_over_x(x, masks, out, kernel_size, scale):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+# Zeroing out first with a prange over the batch, then the planes: the work is split.
+@numba.njit(parallel=True)
+def rows_zeroed_by_a_prange_over_the_batch(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for n in numba.prange(batch):
+        out[n] = 0
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+# prange on the innermost loop: threads started and joined at every slot of every row.
+@numba.njit(parallel=True)
+def rows_prange_over_x(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in numba.prange(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+# Too little padding: compiled, the loop reads past `columns` without an error.
+@numba.njit(parallel=True)
+def rows_padded_too_little(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+# prange on the innermost loop: threads started and joined at every slot of every row.
+@numba.njit(parallel=True)
+def rows_prange_over_x(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in range(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in numba.prange(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+# A closure's variable read before the prange.
+def _rows_with_a_closure(dtype):
+    @numba.njit(parallel=True)
+    def rows_closure(x, masks, out, kernel_size, scale):
+        batch, channels, height, width = out.shape
+        low_height = x.shape[2]
+        r = (kernel_size - 1) // 2
+        pad = r * scale
+        zero = dtype(0)
+        for plane in numba.prange(batch * channels):
+            n, c = plane // channels, plane % channels
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = zero
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in range(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+    # prange on the innermost loop: threads started and joined at every slot of every row.
+    @numba.njit(parallel=True)
+    def rows_prange_over_x(x, masks, out, kernel_size, scale):
+        batch, channels, height, width = out.shape
+        low_height = x.shape[2]
+        r = (kernel_size - 1) // 2
+        pad = r * scale
+        for plane in range(batch * channels):
+            n, c = plane // channels, plane % channels
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in numba.prange(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+    # Too little padding: compiled, the loop reads past `columns` without an error.
+    @numba.njit(parallel=True)
+    def rows_padded_too_little(x, masks, out, kernel_size, scale):
+        batch, channels, height, width = out.shape
+        low_height = x.shape[2]
+        r = (kernel_size - 1) // 2
+        pad = r
+        for plane in numba.prange(batch * channels):
+            n, c = plane // channels, plane % channels
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in range(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
+    # prange on the innermost loop: threads started and joined at every slot of every row.
+    @numba.njit(parallel=True)
+    def rows_prange_over_x(x, masks, out, kernel_size, scale):
+        batch, channels, height, width = out.shape
+        low_height = x.shape[2]
+        r = (kernel_size - 1) // 2
+        pad = r * scale
+        for plane in range(batch * channels):
+            n, c = plane // channels, plane % channels
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in numba.prange(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+    return rows_closure
+
+
+rows_with_a_closure = _rows_with_a_closure(np.float32)
+
+
 @numba.njit(parallel=True)
 def rows_fixed_division_inside(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -1164,6 +1372,33 @@ def rows_prange_over_the_batch(x, masks, out, kernel_size, scale):
                                 out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+# A prange over rows that only zeroes out, then all the work over the batch: still one thread.
+@numba.njit(parallel=True)
+def rows_zeroed_over_rows_then_the_batch(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for Y0 in numba.prange(height):
+        out[:, :, Y0, :] = 0
+    for n in numba.prange(batch):
+        for c in range(channels):
+            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+            for row in range(low_height):
+                for X in range(width):
+                    columns[row, pad + X] = x[n, c, row, X // scale]
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            t = dy * kernel_size + dx
+                            for X in range(width):
+                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
 @numba.njit(parallel=True)
 def rows_prange_over_the_batch_and_channels(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -1214,7 +1449,8 @@ def rows_prange_over_the_channels(x, masks, out, kernel_size, scale):
 
 @pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
                                    rows_prange_renamed, rows_through_a_view, rows_reusing_a_name,
-                                   rows_prange_over_the_channels])
+                                   rows_prange_over_the_channels, rows_zeroed_by_a_prange_over_the_batch,
+                                   rows_with_a_closure])
 def test_rows_cpu_passes_other_right_answers(right, capsys):
     """A division on values fixed for the whole inner loop vectorises; a
     prange over chunks of planes, or written with annotations or under
@@ -1242,8 +1478,9 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_on_one_core, "no loop is split over the cores"),
     (rows_padded_too_little, "(?s)values wrong.*raises IndexError.*W \\+ 2 \\* r \\* s"),
     (rows_prange_over_x, "prange over `X` sits inside other loops"),
-    (rows_prange_over_the_batch, "prange over `n` \\(1 iteration\\).*one thread"),
-    (rows_prange_over_the_batch_and_channels, "prange over `n` \\(1 iteration\\).*one thread"),
+    (rows_prange_over_the_batch, "prange over `n`, which does most of the work, has 1 iteration.*one thread"),
+    (rows_prange_over_the_batch_and_channels, "prange over `n`, which does most of the work, has 1 iteration"),
+    (rows_zeroed_over_rows_then_the_batch, "prange over `n`, which does most of the work, has 1 iteration"),
     (rows_prange_not_parallel, "only in a function compiled with @numba.njit\\(parallel=True\\)"),
     (rows_testing_inside, "has a test that changes from one iteration to the next"),
     (rows_testing_through_a_view, "has a test that changes from one iteration to the next"),

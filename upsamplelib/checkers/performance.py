@@ -906,16 +906,11 @@ def _race_failure(counter, what, out_name):
         "then writes a plane of its own")
 
 
-class _FirstPrange(Exception):
-    """Raised by the counted run at its first prange that no other prange
-    encloses: the counter's name and its number of iterations."""
-
-
-def _first_prange_trips(fast, args):
-    """(counter, iterations) of the first prange loop that no other prange
-    encloses (numba splits only those over the threads), from a run of the
-    function's source as Python on ``args`` that stops on entering it; None
-    without source or where no such loop runs."""
+def _outer_prange_work(fast, args):
+    """[(counter, iterations, accesses)] of each run of a prange loop that no
+    other prange encloses (numba splits only those over the threads): from
+    the function's source run as Python on ``args``, with the loops counted
+    and the arrays recorded. None without source, or where that run fails."""
     source = _source(fast)
     if source is None:
         return None
@@ -925,23 +920,50 @@ def _first_prange_trips(fast, args):
     copy = tree.body[0]
     copy.decorator_list = []
     counters = []
-    for (loop, around), (original, _) in zip(_loops(copy), _loops(definition)):
+    for (loop, _), (original, around) in zip(_loops(copy), _loops(definition)):
         if _is_prange(original, names) and not any(_is_prange(outer, names) for outer in around):
             counters.append(ast.unparse(original.target))
-            loop.iter = ast.Call(ast.Name("__entered__", ast.Load()), [ast.Constant(len(counters) - 1), loop.iter],
+            loop.iter = ast.Call(ast.Name("__counted__", ast.Load()), [ast.Constant(len(counters) - 1), loop.iter],
                                  [])
+    log, wrapped, _ = _wrap(fast, args)
+    runs = []
 
-    def entered(loop_id, iterations):
-        raise _FirstPrange(counters[loop_id], len(iterations))
+    def counted(loop_id, iterations):
+        start = len(log)
+        yield from iterations
+        runs.append((counters[loop_id], len(iterations), len(log) - start))
 
     ast.fix_missing_locations(tree)
-    namespace = dict(names, __entered__=entered)
-    exec(compile(tree, "<prange counted>", "exec"), namespace)
+    namespace = dict(names, __counted__=counted)
+    closure = getattr(function, "__closure__", None) or ()
+    namespace.update(zip(function.__code__.co_freevars, (cell.cell_contents for cell in closure)))
     try:
-        namespace[copy.name](*args)
-    except _FirstPrange as first:
-        return first.args
-    return None
+        exec(compile(tree, "<prange counted>", "exec"), namespace)
+        namespace[copy.name](*wrapped)
+    except Exception:  # noqa: BLE001 - the other checks have run this function; this one then says nothing
+        return None
+    return runs
+
+
+#: One image, several planes: a prange over the planes (or over chunks of 4 of them) has 2 or more
+#: iterations, one over the batch has 1.
+_SPLIT_CASE = (1, 8, 3, 8, 3, 2)
+
+
+def _check_prange_splits(fast, what):
+    """The prange that does most of the work must give one image's work to
+    several threads: one over the batch has a single iteration there."""
+    n, c, h, w, k, s = _SPLIT_CASE
+    x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 96)
+    runs = _outer_prange_work(fast, (x, masks, np.zeros((n, c, s * h, s * w), np.float32), k, s))
+    if not runs:
+        return
+    counter, iterations, _ = max(runs, key=lambda run: run[2])
+    if iterations < 2:
+        raise CheckFailed(f"{what}: the prange over `{counter}`, which does most of the work, has {iterations} "
+                          f"iteration for x {x.shape}, one image: its work all runs on one thread while the other "
+                          "cores wait.\nHint: split the planes, `for plane in numba.prange(N * C)` with "
+                          "`n, c = plane // C, plane % C`, so that even one image gives every core planes of its own")
 
 
 def _nested_prange(fast):
@@ -954,17 +976,6 @@ def _nested_prange(fast):
         if around and _is_prange(loop, function.__globals__):
             return ast.unparse(loop.target)
     return None
-
-
-def _check_prange_splits(fast, what, args, case):
-    """A prange with one iteration for one image splits nothing: all the
-    work runs on one thread (a prange over the batch does that)."""
-    first = _first_prange_trips(fast, args)
-    if first is not None and first[1] < 2:
-        raise CheckFailed(f"{what}: the prange over `{first[0]}` ({first[1]} iteration) for {case}, one image: "
-                          "its work all runs on one thread while the other cores wait.\nHint: split the planes, "
-                          "`for plane in numba.prange(N * C)` with `n, c = plane // C, plane % C`, so that even "
-                          "one image gives every core planes of its own")
 
 
 #: Run on all threads after the small cases, three times: a race the source
@@ -1057,10 +1068,10 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                 "put the loop over X innermost, the loops over the slots (dy, dx) around it, and make the "
                 "channel loop an outer one")
     _check_rows_structure(fast, what, out_name)
+    _check_prange_splits(fast, what)
     n, c, h, w = size
     x, masks = _carafe_inputs(n, c, h, w, 5, 2, 1, 98)
     out_fast, out_slow = (np.zeros((n, c, 2 * h, 2 * w), np.float32) for _ in range(2))
-    _check_prange_splits(fast, what, (x, masks, out_fast, 5, 2), f"x {x.shape}")
     # One thread for both: the grade is the loop order's, the same on a laptop's 2 cores and a server's 64.
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
