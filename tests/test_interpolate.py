@@ -299,8 +299,10 @@ def test_nearest_cases_reported_wrong_before(shape, kwargs, mode, dtype, channel
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
 def test_the_result_has_the_memory_format_of_f_interpolate(backend, mode):
     # A channels-last input gives a channels-last result, as PyTorch's does, and the same values.
-    for x in (torch.randn(2, 3, 5, 7), torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)):
-        x = x.requires_grad_()
+    channels_last = torch.randn(2, 3, 6, 7).contiguous(memory_format=torch.channels_last)
+    for x in (torch.randn(2, 3, 5, 7), channels_last, channels_last[:, :, ::2], channels_last[:, 1:],
+              torch.randn(2, 3, 6, 7)[:, :, ::2]):
+        x = x.detach().requires_grad_()
         out = ul.interpolate(x, scale_factor=2, mode=mode, backend=backend)
         expected = F.interpolate(x, scale_factor=2, mode=mode)
         assert out.stride() == expected.stride()

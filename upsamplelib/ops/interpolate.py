@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import cuda, int64, prange, types
+from torch._prims_common import suggest_memory_format
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
@@ -717,7 +718,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, corners, *factors, rule,
                                                 backend)
     out = out.to(x.dtype)
-    # F.interpolate returns a channels-last input's result channels-last (the kernels write NCHW).
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    # F.interpolate returns the result in the input's suggested memory format, channels-last for a
+    # channels-last input (sliced ones included); the kernels write NCHW.
+    if not x.is_contiguous() and suggest_memory_format(x) == torch.channels_last:
         return to_channels_last(out)
     return out
