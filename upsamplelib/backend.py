@@ -264,10 +264,7 @@ def with_tangent(primal_out, terms):
     """``primal_out`` as a dual tensor whose tangent is the sum of the
     non-None ``terms`` (each an output-shaped tensor)."""
     terms = [t for t in terms if t is not None]
-    tangent = terms[0]
-    for term in terms[1:]:
-        tangent = tangent + term
-    return forward_ad.make_dual(primal_out, tangent)
+    return forward_ad.make_dual(primal_out, sum(terms[1:], terms[0]))
 
 
 # --------------------------------------------------------------------------

@@ -830,11 +830,11 @@ torch.library.register_autograd("upsamplelib::semi_shift_conv_weight_grad", _wei
                                 setup_context=_save_weight_grad)
 
 
-def _conv_flops(pixels_shape, weight_shape, paths=1):
-    """2 FLOPs per multiply-add of a convolution over ``pixels_shape``
-    (N, O, H, W) with a weight of ``weight_shape`` (O, C/g, k, k), per map."""
+def _conv_flops(pixels_shape, weight_shape):
+    """2 FLOPs per multiply-add of a convolution over the pixels of
+    ``pixels_shape`` (N, ., H, W) with a weight of ``weight_shape``."""
     n, _, height, width = pixels_shape
-    return 2 * paths * n * height * width * math.prod(weight_shape)
+    return 2 * n * height * width * math.prod(weight_shape)
 
 
 # The counts are the work of the two-convolution form, each map's convolution
