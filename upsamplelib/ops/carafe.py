@@ -1041,6 +1041,15 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
 # --------------------------------------------------------------------------
 
 
+def _pixel_shuffle(x, scale):
+    """``F.pixel_shuffle`` as a view, a permute and a copy: the same values, and
+    it has a backward for an empty batch, which PyTorch's op lacks."""
+    n, channels, height, width = x.shape
+    out_channels = channels // (scale * scale)
+    blocks = x.reshape(n, out_channels, scale, scale, height, width).permute(0, 1, 4, 2, 5, 3)
+    return blocks.reshape(n, out_channels, height * scale, width * scale)
+
+
 class CARAFE(nn.Module):
     """The CARAFE upsampler: predict a k x k kernel per output pixel from the
     content, then reassemble ``x`` with it. A drop-in replacement for
@@ -1106,7 +1115,7 @@ class CARAFE(nn.Module):
     def kernels(self, x):
         """The normalised reassembly kernels, (N, G*k*k, s*h, s*w)."""
         logits = self.content_encoder(self.channel_compressor(x))
-        logits = F.pixel_shuffle(logits, self.scale)
+        logits = _pixel_shuffle(logits, self.scale)
         n, slots, height, width = logits.shape
         area = self.up_kernel * self.up_kernel
         weights = F.softmax(logits.view(n, slots // area, area, height, width), dim=2)
