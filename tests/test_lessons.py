@@ -71,3 +71,38 @@ def test_lesson_cells_are_cleared_and_checks_may_raise():
     cell = lesson["cells"][0]
     assert cell["outputs"] == [] and cell["execution_count"] is None
     assert cell["metadata"]["tags"] == ["raises-exception"]
+
+
+def test_lesson_07_times_only_the_function_that_passed_its_check():
+    """Redefining carafe_rows_cpu after a pass leaves it out of the timing
+    table until its check runs again (the table once timed any redefinition)."""
+    import contextlib
+    import io
+
+    cells = ["".join(c["source"]) for c in json.loads((ROOT / "solutions" / "07_performance.ipynb").read_text())["cells"]
+             if c["cell_type"] == "code"]
+
+    def cell(text):
+        (found,) = [source for source in cells if text in source]
+        return found
+
+    namespace = {}
+
+    def run(text):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(cell(text), namespace)
+        return printed.getvalue()
+
+    run("import upsamplelib as ul")
+    run("def carafe_cpu_slow(")
+    define, check, table = "def carafe_rows_cpu(", "check_carafe_rows_cpu(", "checked = passed and"
+    run(define)
+    assert "PASS" in run(check)
+    assert "the checker measured" in run(table) and "rows (07.5), 1 core" in namespace["times"]
+    run(define)
+    printed = run(table)
+    assert "defined again after the checker passed" in printed
+    assert not any(name.startswith("rows (07.5)") for name in namespace["times"])
+    run(check)
+    assert "the checker measured" in run(table) and "rows (07.5), 1 core" in namespace["times"]
