@@ -580,6 +580,20 @@ def test_function_launching_one_thread_per_input_is_told_one_per_output():
     assert "forward, x (1, 4, 3, 4)" in message and "launch_config(out.numel(), 128), not x.numel()" in message
 
 
+def test_function_with_a_wrong_group_per_channel_is_not_told_about_the_thread_count():
+    # A 03.4 kernel with g = c % group: channels 0 and 3 of the first case are right (and channel 0 is all the
+    # first x.numel() outputs), channels 1 and 2 use the other group's masks.
+    def wrong_group(ctx, x, masks, kernel_size, scale, group):
+        out = _forward(x, masks, kernel_size, scale, group)
+        area = kernel_size * kernel_size
+        swapped = torch.cat([masks[:, area:], masks[:, :area]], dim=1) if group == 2 else masks
+        out[:, 1:3] = _forward(x, swapped, kernel_size, scale, group)[:, 1:3]
+        return out
+
+    message = hint_of(checkers.check_carafe_function, _function(wrong_group))
+    assert "forward, x (1, 4, 3, 4)" in message and "x.numel()" not in message
+
+
 def test_function_with_wrong_values_everywhere_is_not_told_about_the_thread_count():
     def doubled(ctx, x, masks, kernel_size, scale, group):
         return 2 * _forward(x, masks, kernel_size, scale, group)

@@ -608,7 +608,9 @@ def check_carafe_function(function_class):
         hint = "forward returns carafe(x, masks) as a new (N, C, s*h, s*w) tensor, computed by one thread per element"
         if isinstance(out, torch.Tensor) and out.shape == expected.shape:
             wrong = ~torch.isclose(out.detach().double(), expected, rtol=1e-4, atol=1e-4).flatten()
-            if wrong.any() and not wrong[: x.numel()].any():  # exactly the outputs past x.numel() are wrong
+            # The outputs past x.numel() all wrong and none before: a launch sized for x, not for out
+            # (a wrong value in some channels only, e.g. of a wrong 03.4, is no launch's doing).
+            if not wrong[: x.numel()].any() and wrong[x.numel():].float().mean() > 0.9:
                 hint += " of it: launch_config(out.numel(), 128), not x.numel()"
         compare(expected, out.detach().double(), what=what, case=f"forward, {case}", hint=hint)
         require_float64_precision(what, f"forward, {case}", expected, out, _FLOAT64_HOW)

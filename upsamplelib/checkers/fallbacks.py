@@ -329,29 +329,67 @@ def _simulated_per_element(function):
     return function
 
 
-def with_library_versions(exercise_id: str, obj, namespace: dict | None = None):
-    """(``obj`` or a copy calling the library's versions of the unsolved
-    exercises it builds on, [(exercise id, name) of each version used])."""
+class CountedKernel:
+    """``kernel`` (the student's, or a ``HostKernel``) that counts the
+    launches made through it: a check can tell that the student's host
+    code ran the kernels it was asked to run."""
+
+    def __init__(self, name: str, kernel):
+        self.__name__ = name
+        self.kernel = kernel
+        self.launches = 0
+
+    def __getitem__(self, configuration):
+        launch = self.kernel[configuration]
+
+        def counted(*args):
+            self.launches += 1
+            return launch(*args)
+        return counted
+
+    def __getattr__(self, name):  # anything else (py_func, forall, ...) is the kernel's
+        return getattr(self.kernel, name)
+
+    def __repr__(self):
+        return repr(self.kernel)
+
+
+def prepared_for_check(exercise_id: str, obj, counted=(), namespace: dict | None = None):
+    """(``obj``, or a copy of it whose code calls the library's versions of
+    the unsolved exercises it builds on and launches the kernels named in
+    ``counted`` through ``CountedKernel``s; [(exercise id, name) of each
+    library version used]; {name: CountedKernel} of the counted kernels its
+    code reaches)."""
     if exercise_id not in EXERCISES:
-        return obj, []
+        return obj, [], {}
     if namespace is None:
         function = getattr(obj, "py_func", obj)
         if isinstance(obj, type):
             function = next(iter(_methods(obj)), None)
         namespace = getattr(function, "__globals__", None)
     if namespace is None:
-        return obj, []
+        return obj, [], {}
     replacements, origin = {}, {}
     for earlier in requires(exercise_id):
         for name, version in LIBRARY_VERSIONS.get(earlier, {}).items():
             if name in namespace and stub_of(namespace[name]) is not None:
                 replacements[name] = version
                 origin[name] = earlier
-    if not replacements:
-        return obj, []
-    patcher = _Patcher(namespace, replacements)
+    counters = {name: CountedKernel(name, replacements.get(name, namespace[name]))
+                for name in counted if name in namespace}
+    if not replacements and not counters:
+        return obj, [], {}
+    patcher = _Patcher(namespace, {**replacements, **counters})
     patched = patcher.patch(obj)
-    return patched, sorted((origin[name], name) for name in patcher.used)
+    used = sorted((origin[name], name) for name in patcher.used if name in origin)
+    return patched, used, {name: counters[name] for name in patcher.used if name in counters}
+
+
+def with_library_versions(exercise_id: str, obj, namespace: dict | None = None):
+    """(``obj`` or a copy calling the library's versions of the unsolved
+    exercises it builds on, [(exercise id, name) of each version used])."""
+    patched, used, _ = prepared_for_check(exercise_id, obj, namespace=namespace)
+    return (patched, used) if used else (obj, [])
 
 
 def fallback_note(exercise_id: str, used) -> str:

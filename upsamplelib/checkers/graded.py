@@ -16,15 +16,44 @@ wrapped; the modules of each lesson keep the plain ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 
-from .engine import ExerciseUnsolved
+from .engine import CheckFailed, ExerciseUnsolved
 from .exercises import EXERCISES, by_checker
-from .fallbacks import _STUB, fallback_note, stub_of, with_library_versions
+from .fallbacks import _STUB, fallback_note, prepared_for_check, stub_of, with_library_versions
 
 #: (exercise id, name) of the library versions the last checker call used:
 #: the grader reports a pass that needed them.
 last_fallbacks: list[tuple[str, str]] = []
+
+#: The exercises whose host code is to run the student's kernels: for each,
+#: the kernels it must launch, each as a tuple of the names any one of which
+#: will do. Right values computed some other way (the library's op, plain
+#: PyTorch) do not pass them.
+MUST_LAUNCH: dict[str, tuple[tuple[str, ...], ...]] = {
+    "02.5": (("bilinear_kernel",), ("bilinear_gather_kernel", "bilinear_scatter_kernel")),
+    "03.8": (("carafe_group_kernel", "carafe_tiled_kernel"), ("carafe_grad_x_kernel",),
+             ("carafe_grad_masks_kernel",)),
+    "04.6": (("similarity_block_kernel",),),
+    "05.7": (("semi_shift_kernel",), ("grad_en_kernel",), ("grad_de_kernel",), ("grad_weight_kernel",)),
+}
+
+
+def _require_launches(exercise_id: str, counters: dict) -> None:
+    """CheckFailed unless every kernel ``MUST_LAUNCH`` names for the
+    exercise (or an alternative to it) was launched during its check."""
+    for names in MUST_LAUNCH.get(exercise_id, ()):
+        if not any(counters[name].launches for name in names if name in counters):
+            which = " or ".join(f"`{name}`" for name in names)
+            what = EXERCISES[exercise_id].defines[0]
+            raise CheckFailed(
+                f"{what}: the values are right, but {which} was never launched during the check: exercise "
+                f"{exercise_id} is to run your kernels, and the values came from somewhere else (the library's "
+                f"op, or PyTorch).\nHint: launch {names[0]}[blocks, threads](...) on .numpy() views of the "
+                "tensors, as the exercise says (an unsolved earlier kernel is replaced by the library's version "
+                "for the check, and that is said)")
 
 
 def _unsolved(exercise_id: str, used_by: str | None) -> ExerciseUnsolved:
@@ -40,17 +69,32 @@ def graded(checker):
     @functools.wraps(checker)
     def check(*args, **kwargs):
         last_fallbacks.clear()
+        counters = {}
         if exercise_id is not None and args:
             own = stub_of(args[0])
             if own is not None:
                 raise _unsolved(own, exercise_id)
-            patched, used = with_library_versions(exercise_id, args[0])
+            counted = {name for names in MUST_LAUNCH.get(exercise_id, ()) for name in names}
+            patched, used, counters = prepared_for_check(exercise_id, args[0], counted)
             if used:
                 print(fallback_note(exercise_id, used))
                 last_fallbacks.extend(used)
-                args = (patched, *args[1:])
+            args = (patched, *args[1:])
         try:
-            return checker(*args, **kwargs)
+            if exercise_id not in MUST_LAUNCH:
+                return checker(*args, **kwargs)
+            # Its PASS line waits for the launches to be counted.
+            printed = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(printed):
+                    result = checker(*args, **kwargs)
+                _require_launches(exercise_id, counters)
+            except BaseException:
+                print("".join(line for line in printed.getvalue().splitlines(keepends=True)
+                              if not line.startswith("PASS")), end="")
+                raise
+            print(printed.getvalue(), end="")
+            return result
         except ExerciseUnsolved:
             raise
         except NotImplementedError as error:
