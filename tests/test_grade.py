@@ -123,6 +123,8 @@ def test_check_exercise_says_what_happened(definition, status, message, capsys):
     result = check_exercise("00.2", SEED, namespace)
     assert result["status"] == status
     assert message in result["message"]
+    if definition is not None and status == "error":  # where an unexpected exception came from
+        assert "Traceback" in result["details"] and "ZeroDivisionError" in result["details"]
     assert read_result(capsys.readouterr().out) == result  # what the grader reads from the kernel
 
 
@@ -287,3 +289,62 @@ def test_a_file_that_is_no_lesson_is_a_row_with_its_reason(tmp_path):
     assert rows["broken"]["error"].startswith("could not read the notebook: NotJSONError")
     assert rows["other"]["error"].startswith("could not tell which lesson")
     assert rows["broken"]["seed"] == rows["other"]["seed"]  # one salt for the whole batch
+
+
+# -- the command line's usage errors, and a batch that its notebooks attack -----------
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--lesson", "99"], "--lesson 99: no such lesson (the lessons are 00_gpu_model, 01_nearest"),
+    (["--json", "no such folder/report.json"], "--json no such folder/report.json: cannot write there"),
+])
+def test_usage_errors_come_before_grading(arguments, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "empty.ipynb")
+    with pytest.raises(SystemExit) as exit:
+        main(["empty.ipynb", *arguments])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_batch_folders_without_notebooks_are_usage_errors(tmp_path, capsys):
+    for folder in (tmp_path / "missing", tmp_path):
+        with pytest.raises(SystemExit) as exit:
+            main(["--batch", str(folder), "--csv", str(tmp_path / "grades.csv")])
+        assert exit.value.code == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "grades.csv").exists()
+
+
+def test_a_lesson_number_may_drop_its_zero(tmp_path):
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    nbformat.write(notebook, tmp_path / "mine.ipynb")
+    status, stdout = grade(tmp_path / "mine.ipynb", "--lesson", "0", "--seed", SEED, "--timeout", 120)
+    assert status == 1 and "(lesson 00_gpu_model," in stdout and "0 of 5 exercises passed" in stdout
+
+
+def test_a_notebook_cannot_reach_the_others_or_stop_the_batch(tmp_path):
+    """One student's notebook overwrites every notebook in its working
+    directory, another kills its grader (the kernel's parent): the others
+    are graded, their files are untouched, and the gradebook is written."""
+    lesson_00 = nbformat.v4.new_markdown_cell("Exercise 00.1: a copy of lesson 00 with its code deleted")
+    attacks = {
+        "a_vandal": "import glob, os\nfor path in glob.glob(os.path.join(os.getcwd(), '*.ipynb')):\n"
+                    "    open(path, 'w').write('vandalised')",
+        "b_killer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        "c_student": "print('my work')",
+    }
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for name, source in attacks.items():
+        nbformat.write(nbformat.v4.new_notebook(cells=[lesson_00, nbformat.v4.new_code_cell(source)]),
+                       folder / f"{name}.ipynb")
+    before = (folder / "c_student.ipynb").read_bytes()
+    status, stdout = grade("--batch", folder, "--csv", tmp_path / "grades.csv", "--seed", SEED, "--timeout", 120)
+    with open(tmp_path / "grades.csv", newline="") as file:
+        rows = {row["student"]: row for row in csv.DictReader(file)}
+    assert status == 1
+    assert (folder / "c_student.ipynb").read_bytes() == before
+    assert rows["b_killer"]["error"].startswith("the grader's process for this notebook was killed by signal 9")
+    for name in ("a_vandal", "c_student"):
+        assert rows[name]["error"] == "" and rows[name]["lesson"] == "00_gpu_model"
+        assert rows[name]["total"] == "5"

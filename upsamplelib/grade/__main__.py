@@ -4,16 +4,19 @@
     python -m upsamplelib.grade --batch FOLDER --csv OUT [--json OUT] [--timeout S] [--seed N]
 
 Exit status: 0 when every exercise of every notebook passed, 1 otherwise,
-2 on a usage error.
+2 on a usage error (found before any grading: a missing folder, an unknown
+lesson, an output that cannot be written).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 
-from .grader import DEFAULT_TIMEOUT, grade_folder, grade_notebook
+from ..checkers.exercises import EXERCISES, for_lesson
+from .grader import DEFAULT_TIMEOUT, grade_folder, grade_notebook, notebooks_in
 from .report import table, write_csv, write_json
 
 
@@ -36,6 +39,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lesson(parser, given: str | None) -> str | None:
+    """``--lesson`` as the registry names it: ``3`` is ``03``."""
+    if given is None:
+        return None
+    lesson = given.zfill(2) if given.isdigit() else given
+    if not for_lesson(lesson):
+        known = ", ".join(dict.fromkeys(exercise.lesson for exercise in EXERCISES.values()))
+        parser.error(f"--lesson {given}: no such lesson (the lessons are {known})")
+    return lesson
+
+
+def _writable(parser, option: str, path: str | None) -> None:
+    """A usage error now, not after hours of grading, when ``path`` cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        parser.error(f"{option} {path}: cannot write there (is {folder} an existing folder you may write to?)")
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -45,24 +68,31 @@ def main(argv=None) -> int:
         parser.error("--csv goes with --batch")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if args.batch and not os.path.isdir(args.batch):
+        parser.error(f"--batch {args.batch}: no such folder")
+    if args.batch and not notebooks_in(args.batch):
+        parser.error(f"--batch {args.batch}: no notebooks (.ipynb) under it")
+    _writable(parser, "--csv", args.csv)
+    _writable(parser, "--json", args.json)
     # One salt for a whole batch: every student's code meets the same inputs.
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    options = {"timeout": args.timeout, "seed": seed, "lesson": args.lesson}
+    options = {"timeout": args.timeout, "seed": seed, "lesson": _lesson(parser, args.lesson)}
     if args.batch:
         reports = []
         for report in grade_folder(args.batch, **options):
             print(table(report), flush=True)
             reports.append(report)
-        if not reports:
-            print(f"no notebooks under {args.batch}", file=sys.stderr)
-        if args.csv:
-            write_csv(reports, args.batch, args.csv)
+            # Written after every notebook: a batch stopped half way keeps what it graded.
+            if args.csv:
+                write_csv(reports, args.batch, args.csv)
+            if args.json:
+                write_json(reports, args.json, batch=True)
     else:
         reports = [grade_notebook(args.notebook, **options)]
         print(table(reports[0]))
-    if args.json:
-        write_json(reports, args.json, batch=bool(args.batch))
-    return 0 if reports and all(report.all_passed for report in reports) else 1
+        if args.json:
+            write_json(reports, args.json, batch=False)
+    return 0 if all(report.all_passed for report in reports) else 1
 
 
 if __name__ == "__main__":

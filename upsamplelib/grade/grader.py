@@ -4,9 +4,14 @@ fresh inputs, and say for each one what happened."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import secrets
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -72,6 +77,14 @@ class NotebookReport:
         data["passed"] = sum(e.passed for e in self.exercises)
         data["total"] = len(self.exercises)
         return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> NotebookReport:
+        """The report ``as_json`` wrote."""
+        data = {key: value for key, value in data.items() if key not in ("passed", "total")}
+        data["exercises"] = [ExerciseResult(**exercise) for exercise in data["exercises"]]
+        data["cells"] = [CellProblem(**cell) for cell in data["cells"]]
+        return cls(**data)
 
 
 # -- which lesson ---------------------------------------------------------
@@ -152,9 +165,11 @@ def _why_undefined(name: str, notebook, outcomes: dict[int, CellOutcome]) -> tup
 
 def grade_notebook(path, *, timeout: float = DEFAULT_TIMEOUT, seed: int | None = None,
                    lesson: str | None = None) -> NotebookReport:
-    """Run the notebook at ``path`` (in its own directory, as Jupyter would)
-    with ``timeout`` seconds per cell, then check each exercise of its lesson
-    on inputs salted with ``seed`` (random when None)."""
+    """Run the notebook at ``path`` with ``timeout`` seconds per cell, then
+    check each exercise of its lesson on inputs salted with ``seed`` (random
+    when None). The kernel's working directory is an empty temporary folder,
+    deleted afterwards: a relative path in the student's code reaches
+    neither the notebook's folder nor the other students' files."""
     path = Path(path)
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     started = time.monotonic()
@@ -175,19 +190,20 @@ def grade_notebook(path, *, timeout: float = DEFAULT_TIMEOUT, seed: int | None =
     exercises = for_lesson(report.lesson)
     report.lesson = exercises[0].lesson
 
-    runner = CellRunner(notebook, str(path.resolve().parent), timeout)
     results: dict[str, ExerciseResult] = {}
-    try:
-        outcomes = runner.run_notebook()
-        for exercise in exercises:
-            results[exercise.id] = _grade_exercise(runner, notebook, outcomes, exercise, seed)
-    except Exception as error:  # noqa: BLE001  (one notebook that breaks the grader must not stop a batch)
-        report.error = str(error) if isinstance(error, GradingAborted) else f"{type(error).__name__}: {error}"
-        for exercise in exercises:
-            results.setdefault(exercise.id, ExerciseResult(exercise.id, exercise.title, "error", report.error))
-        outcomes = runner.outcomes
-    finally:
-        runner.stop()
+    with tempfile.TemporaryDirectory(prefix="upsamplelib-grade-") as workdir:
+        runner = CellRunner(notebook, workdir, timeout)
+        try:
+            outcomes = runner.run_notebook()
+            for exercise in exercises:
+                results[exercise.id] = _grade_exercise(runner, notebook, outcomes, exercise, seed)
+        except Exception as error:  # noqa: BLE001  (one notebook that breaks the grader must not stop a batch)
+            report.error = str(error) if isinstance(error, GradingAborted) else f"{type(error).__name__}: {error}"
+            for exercise in exercises:
+                results.setdefault(exercise.id, ExerciseResult(exercise.id, exercise.title, "error", report.error))
+            outcomes = runner.outcomes
+        finally:
+            runner.stop()
 
     _note_dependencies(results)
     report.exercises = [results[exercise.id] for exercise in exercises]
@@ -243,10 +259,39 @@ def notebooks_in(folder) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
+def grade_in_own_process(path, *, timeout: float = DEFAULT_TIMEOUT, seed: int | None = None,
+                         lesson: str | None = None) -> NotebookReport:
+    """``grade_notebook`` in a grader process of its own, so that a
+    notebook whose code kills its grader (the kernel's parent) costs its own
+    report only."""
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    with tempfile.TemporaryDirectory(prefix="upsamplelib-grade-report-") as folder:
+        out = Path(folder) / "report.json"
+        command = [sys.executable, "-m", "upsamplelib.grade", str(path), "--json", str(out),
+                   "--timeout", repr(float(timeout)), "--seed", str(seed)]
+        started = time.monotonic()
+        finished = subprocess.run(command + (["--lesson", lesson] if lesson else []), stdout=subprocess.DEVNULL,
+                                  check=False)
+        try:
+            return NotebookReport.from_json(json.loads(out.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError):
+            status = finished.returncode
+            how = f"exited with status {status}"
+            if status < 0:
+                name = signal.Signals(-status).name if -status in signal.valid_signals() else "?"
+                how = f"was killed by signal {-status} ({name})"
+            return NotebookReport(
+                notebook=str(path), lesson=lesson, seed=seed, exercises=[],
+                seconds=round(time.monotonic() - started, 1),
+                error=f"the grader's process for this notebook {how} before it wrote a report (a cell of the "
+                      "notebook may have ended it)")
+
+
 def grade_folder(folder, **options):
-    """Grade every notebook under ``folder``; yields each report as it is done."""
+    """Grade every notebook under ``folder``, each in a grader process of
+    its own; yields each report as it is done."""
     for path in notebooks_in(folder):
-        yield grade_notebook(path, **options)
+        yield grade_in_own_process(path, **options)
 
 
 def student_name(report: NotebookReport, folder) -> str:

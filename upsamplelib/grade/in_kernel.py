@@ -93,11 +93,11 @@ def check_exercise(exercise_id: str, salt: int, namespace: dict | None = None) -
         result["library_versions"] = sorted(fallbacks)
         if error is not None:
             result["message"] = _message(error)
+            if result["status"] == "error":  # an unexpected exception: where it came from helps
+                result["details"] = "".join(traceback.format_exception(error))[-_KEPT:]
         elif fallbacks:
             result["message"] = ("checked with the library's " + " and ".join(name for _, name in sorted(fallbacks))
                                  + " in place of the unsolved " + ", ".join(sorted({e for e, _ in fallbacks})))
-            if result["status"] == "error":
-                result["details"] = "".join(traceback.format_exception(error))[-_KEPT:]
     print(RESULT_MARKER + json.dumps(result))
     return result
 

@@ -3,8 +3,10 @@ gradebook."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import shutil
 
 from .grader import NotebookReport, student_name
@@ -45,10 +47,20 @@ def table(report: NotebookReport, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _replacing(path: str, **options):
+    """A file to write that replaces ``path`` only once it is complete: a
+    grader stopped while writing leaves the previous version whole."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8", **options) as file:
+        yield file
+    os.replace(partial, path)
+
+
 def write_json(reports: list[NotebookReport], path: str, batch: bool) -> None:
     """One notebook's report, or ``{"notebooks": [...]}`` for a batch."""
     data = {"notebooks": [r.as_json() for r in reports]} if batch else reports[0].as_json()
-    with open(path, "w", encoding="utf-8") as file:
+    with _replacing(path) as file:
         json.dump(data, file, indent=1, ensure_ascii=False)
         file.write("\n")
 
@@ -59,7 +71,7 @@ def write_csv(reports: list[NotebookReport], folder, path: str) -> None:
     column per exercise holding its status. A gradebook takes ``passed`` (or
     the status columns) as they are."""
     exercise_ids = list(dict.fromkeys(e.exercise for r in reports for e in r.exercises))
-    with open(path, "w", encoding="utf-8", newline="") as file:
+    with _replacing(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["student", "lesson", "passed", "total", "seed", "error", *exercise_ids])
         for report in reports:
