@@ -207,6 +207,28 @@ def channels_last_kernel(x, masks, out, kernel_size, scale):
 
 
 @cuda.jit
+def channels_last_batch_0_only(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c = i % channels
+        rest = i // channels
+        X = rest % width
+        Y = (rest // width) % height
+        n = 0  # right for a batch of one
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+@cuda.jit
 def channels_last_pixel_fastest(x, masks, out, kernel_size, scale):
     # Right values, but neighbouring threads are C elements apart in memory.
     i = cuda.grid(1)
@@ -389,6 +411,7 @@ def test_channels_last_passes_the_right_answer(capsys):
     (channels_last_nchw_masks, "values wrong"),
     (channels_last_without_guard, "threads past the end must do nothing"),
     (channels_last_adding_into_out, "adds into `out`"),
+    (channels_last_batch_0_only, "the kernel ignores the batch index n"),
     pytest.param(channels_last_float_index, "GPU compiler rejects",
                  marks=pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_available()),
                                           reason="needs the simulator and the PTX compiler")),

@@ -515,6 +515,10 @@ def _never_written(record, out, out_name, what, case, hint):
         return CheckFailed(f"{what}: out{first} was written but is NaN for {case}.\nHint: the kernel adds into "
                            "`out` (`out[...] += ...`), whose old value is not zero (the checker fills it with "
                            "NaN): sum in a local variable and store the total once")
+    if out.ndim == 4 and out.shape[0] > 1 and not np.isnan(out[0]).any() and np.isnan(out[1:]).all():
+        hint = ("batch element 0 is written and the others never are: the kernel ignores the batch index n (it "
+                "writes out[0, ...], or unravels i without n). Unravel i with n as its slowest part and index "
+                "every array with n")
     return CheckFailed(f"{what}: out{first} was never written for {case}.\nHint: {hint}")
 
 
