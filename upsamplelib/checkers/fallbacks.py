@@ -375,14 +375,21 @@ def prepared_for_check(exercise_id: str, obj, counted=(), namespace: dict | None
             if name in namespace and stub_of(namespace[name]) is not None:
                 replacements[name] = version
                 origin[name] = earlier
-    counters = {name: CountedKernel(name, replacements.get(name, namespace[name]))
-                for name in counted if name in namespace}
+    counters, used_inside = {}, {}
+    for name in counted:
+        if name in namespace:
+            # The counted kernel is the student's, itself calling the library's versions it needs.
+            inner = _Patcher(namespace, replacements)
+            counters[name] = CountedKernel(name, replacements.get(name) or inner.patch(namespace[name]))
+            used_inside[name] = inner.used
     if not replacements and not counters:
         return obj, [], {}
     patcher = _Patcher(namespace, {**replacements, **counters})
     patched = patcher.patch(obj)
-    used = sorted((origin[name], name) for name in patcher.used if name in origin)
-    return patched, used, {name: counters[name] for name in patcher.used if name in counters}
+    used = {name for name in patcher.used if name in origin}
+    used.update(inside for name in patcher.used if name in counters for inside in used_inside[name])
+    return patched, sorted((origin[name], name) for name in used), {
+        name: counters[name] for name in patcher.used if name in counters}
 
 
 def with_library_versions(exercise_id: str, obj, namespace: dict | None = None):
