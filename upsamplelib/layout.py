@@ -111,10 +111,13 @@ def transpose_planes_cpu(source, out, planes, rows, columns):
 SMALLEST_FAST_COPY = 1 << 15
 
 
-def _block_transposable(tensor: torch.Tensor, memory_format) -> bool:
-    """Whether the block transpose copies ``tensor``, which must be dense in ``memory_format``."""
+def _block_transposable(tensor: torch.Tensor, memory_format, any_size: bool = False) -> bool:
+    """Whether the block transpose copies ``tensor``, which must be dense in
+    ``memory_format``; ``any_size``: whatever its size (which the op then
+    checks inside)."""
     return (tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and tensor.dim() == 4
-            and tensor.numel() >= SMALLEST_FAST_COPY and tensor.is_contiguous(memory_format=memory_format))
+            and (any_size or tensor.numel() >= SMALLEST_FAST_COPY)
+            and tensor.is_contiguous(memory_format=memory_format))
 
 
 @operator("channels_last_copy")
@@ -144,7 +147,9 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     it, else a copy (differentiable; traceable by ``torch.compile``)."""
     if tensor.is_contiguous(memory_format=torch.channels_last):
         return tensor
-    if _block_transposable(tensor, torch.contiguous_format):
+    # Traced, the size test is left to the op: outside it, torch.export would keep it as a limit on the
+    # input's size, and torch.compile(dynamic=True) would recompile where a size crosses it.
+    if _block_transposable(tensor, torch.contiguous_format, any_size=torch.compiler.is_compiling()):
         return torch.ops.upsamplelib.channels_last_copy(tensor)
     return tensor.contiguous(memory_format=torch.channels_last)
 

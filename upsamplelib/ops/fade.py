@@ -745,11 +745,23 @@ def _save_semi_shift(ctx, inputs, output):
     ctx.bias_count = (en is not None) + (de is not None)
 
 
+def _under_functorch(*tensors) -> bool:
+    """Whether a tensor is wrapped by a torch.func transform (vmap, grad) or
+    batched by autograd's own vmap (``is_grads_batched``, ``vectorize=True``),
+    which cannot tell or change its memory format: the cpu path's dense
+    functions then make their channels-last copies inside the op."""
+    if torch.compiler.is_compiling():  # Dynamo cannot trace these queries; its tensors are not wrapped
+        return False
+    functorch = torch._C._functorch
+    return any(t is not None and (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
+               for t in tensors)
+
+
 def _semi_shift_derivative(ctx, grad_out):
     en, de, weight = ctx.saved_tensors
     scale, groups, backend = ctx.config
     needs = ctx.needs_input_grad
-    if backend == "cpu":
+    if backend == "cpu" and not _under_functorch(grad_out):
         grad_out = to_channels_last(grad_out)  # once, for the three gradients' convolutions
     ops = torch.ops.upsamplelib
     grad_en = ops.semi_shift_conv_encoder_grad(grad_out, weight, groups, backend) if needs[0] else None
@@ -955,7 +967,7 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
     if backend == "torch":
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
-        if backend == "cpu":
+        if backend == "cpu" and not _under_functorch(en, de, weight):
             # Saved channels-last for the backward, whose convolutions take them so.
             en, de, weight = (to_channels_last(t) if t is not None else None for t in (en, de, weight))
         out = torch.ops.upsamplelib.semi_shift_conv(en, de, weight, bias, scale, groups, backend)
