@@ -62,7 +62,7 @@ def padded_kernel(x_padded, masks, out, kernel_size, scale):
 
 
 @cuda.jit
-def group_kernel(x, masks, out, kernel_size, scale, group):
+def carafe_group_kernel(x, masks, out, kernel_size, scale, group):
     i = cuda.grid(1)
     if i < out.size:
         n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
@@ -136,7 +136,7 @@ def tiled_kernel(x, masks, out, kernel_size, scale, group):
 
 
 @cuda.jit
-def grad_x_kernel(grad_out, masks, grad_x, kernel_size, scale, group):
+def carafe_grad_x_kernel(grad_out, masks, grad_x, kernel_size, scale, group):
     i = cuda.grid(1)
     if i < grad_x.size:
         n, c, row, col = unravel4(i, grad_x.shape[1], grad_x.shape[2], grad_x.shape[3])
@@ -157,7 +157,7 @@ def grad_x_kernel(grad_out, masks, grad_x, kernel_size, scale, group):
 
 
 @cuda.jit
-def grad_masks_kernel(grad_out, x, grad_masks, kernel_size, scale, group):
+def carafe_grad_masks_kernel(grad_out, x, grad_masks, kernel_size, scale, group):
     i = cuda.grid(1)
     if i < grad_masks.size:
         n, slot, Y, X = unravel4(i, grad_masks.shape[1], grad_masks.shape[2], grad_masks.shape[3])
@@ -184,7 +184,7 @@ class GoodFunction(torch.autograd.Function):
     def forward(ctx, x, masks, kernel_size, scale, group):
         x, masks = x.detach().contiguous(), masks.detach().contiguous()
         out = x.new_empty((x.shape[0], x.shape[1], scale * x.shape[2], scale * x.shape[3]))
-        _launch(group_kernel, out)(x.numpy(), masks.numpy(), out.numpy(), kernel_size, scale, group)
+        _launch(carafe_group_kernel, out)(x.numpy(), masks.numpy(), out.numpy(), kernel_size, scale, group)
         ctx.save_for_backward(x, masks)
         ctx.config = (kernel_size, scale, group)
         return out
@@ -195,9 +195,10 @@ class GoodFunction(torch.autograd.Function):
         kernel_size, scale, group = ctx.config
         grad_out = grad_out.detach().contiguous()
         grad_x, grad_masks = torch.empty_like(x), torch.empty_like(masks)
-        _launch(grad_x_kernel, grad_x)(grad_out.numpy(), masks.numpy(), grad_x.numpy(), kernel_size, scale, group)
-        _launch(grad_masks_kernel, grad_masks)(grad_out.numpy(), x.numpy(), grad_masks.numpy(), kernel_size, scale,
-                                               group)
+        _launch(carafe_grad_x_kernel, grad_x)(grad_out.numpy(), masks.numpy(), grad_x.numpy(), kernel_size, scale,
+                                              group)
+        _launch(carafe_grad_masks_kernel, grad_masks)(grad_out.numpy(), x.numpy(), grad_masks.numpy(), kernel_size,
+                                                      scale, group)
         return grad_x, grad_masks, None, None, None
 
 
@@ -205,10 +206,10 @@ class GoodFunction(torch.autograd.Function):
     (checkers.check_predict_kernels, (predict_kernels,)),
     (checkers.check_carafe_padded_kernel, (padded_kernel,)),
     (checkers.check_carafe_border_kernel, (border_kernel,)),
-    (checkers.check_carafe_group_kernel, (group_kernel,)),
+    (checkers.check_carafe_group_kernel, (carafe_group_kernel,)),
     (checkers.check_carafe_tiled_kernel, (tiled_kernel, TILE, MAX_RADIUS)),
-    (checkers.check_carafe_grad_x_kernel, (grad_x_kernel,)),
-    (checkers.check_carafe_grad_masks_kernel, (grad_masks_kernel,)),
+    (checkers.check_carafe_grad_x_kernel, (carafe_grad_x_kernel,)),
+    (checkers.check_carafe_grad_masks_kernel, (carafe_grad_masks_kernel,)),
     (checkers.check_carafe_function, (GoodFunction,)),
 ], ids=lambda value: getattr(value, "__name__", ""))
 def test_right_answers_pass_with_one_line(check, args, capsys):
@@ -446,7 +447,7 @@ def sync_in_branch_kernel(x, masks, out, kernel_size, scale, group):
     (runtime_shaped_kernel, "`r`, which is not a module-level integer constant"),
     (early_return_kernel, "returns on line"),
     (sync_in_branch_kernel, "inside an `if`"),
-    (group_kernel, "no shared array"),
+    (carafe_group_kernel, "no shared array"),
 ])
 def test_tiled_kernel_source_problems_are_explained(kernel, message):
     with pytest.raises(checkers.CheckFailed, match=message):

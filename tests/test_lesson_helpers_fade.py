@@ -98,7 +98,7 @@ def pixel(E, D, weight, bias, n, o, Y, X, scale, check_low=True):
 
 
 @cuda.jit
-def forward_kernel(E, D, weight, bias, out, scale):
+def semi_shift_kernel(E, D, weight, bias, out, scale):
     i = cuda.grid(1)
     if i < out.size:
         X = i % out.shape[3]
@@ -186,7 +186,7 @@ def make_function(bias_factor=2, drop_last_none=False):
         @staticmethod
         def forward(ctx, E, D, weight, bias, scale):
             out = E.new_empty((E.shape[0], weight.shape[0], E.shape[2], E.shape[3]))
-            forward_kernel[launch_config(out.numel(), 128)](*_arrays(E, D, weight, bias), out.numpy(), scale)
+            semi_shift_kernel[launch_config(out.numel(), 128)](*_arrays(E, D, weight, bias), out.numpy(), scale)
             ctx.save_for_backward(E.detach().contiguous(), D.detach().contiguous(), weight.detach().contiguous())
             ctx.scale = scale
             return out
@@ -220,7 +220,7 @@ def fade_forward(module, en, de, swap_gate=False, groups=True):
 def test_right_answers_pass(capsys):
     checkers.check_semi_shift_two_convs(two_convs)
     checkers.check_semi_shift_pixel(pixel)
-    checkers.check_semi_shift_kernel(forward_kernel)
+    checkers.check_semi_shift_kernel(semi_shift_kernel)
     checkers.check_semi_shift_grad_en_kernel(grad_en_kernel)
     checkers.check_semi_shift_grad_de_kernel(grad_de_kernel)
     checkers.check_semi_shift_grad_weight_kernel(grad_weight_kernel)
