@@ -21,12 +21,12 @@ from test_hints import hint_of, simulator_only
 from test_lesson_helpers_fade import (
     _arrays,
     fade_forward,
-    forward_kernel,
     grad_de_kernel,
     grad_en_kernel,
     grad_weight_kernel,
     pixel,
     read_or_zero,
+    semi_shift_kernel,
 )
 from test_lesson_helpers_sapa import MAX_AREA, THREADS, similarity_reference, window_neighbour
 from upsamplelib import checkers
@@ -941,7 +941,7 @@ def _function(out_dtype=None, compute=None, forward_threads="out", backward_thre
             # and the outputs that too few threads leave unwritten would then pass.
             out = inputs[0].new_zeros((E.shape[0], weight.shape[0], E.shape[2], E.shape[3]))
             threads = out.numel() if forward_threads == "out" else E.numel()
-            forward_kernel[launch_config(threads, 128)](*_arrays(*inputs), out.numpy(), scale)
+            semi_shift_kernel[launch_config(threads, 128)](*_arrays(*inputs), out.numpy(), scale)
             ctx.save_for_backward(*(t.detach().contiguous() for t in (E, D, weight)))
             ctx.scale = scale
             out = out.to(out_dtype or E.dtype)
