@@ -123,3 +123,59 @@ def test_fma_rounds_once():
     # a*b = 1 - 2**-24 exactly: representable in float32 only with a single rounding
     assert backend.fma(a, b, c) == np.float32(-(2**-24))
     assert backend.fma(1.0 + 2**-30, 1.0 - 2**-30, -1.0) == -(2**-60)
+
+
+_FORKED_WORKERS = r"""
+import warnings
+import numba
+import torch
+import torch.utils.data as data
+import upsamplelib as ul
+
+torch.manual_seed(0)
+x = torch.randn(1, 16, 48, 48, dtype=torch.float64)  # big enough for the block transpose (32768 values)
+masks = torch.softmax(torch.randn(1, 25, 96, 96, dtype=torch.float64), dim=1)
+q, key = torch.randn(1, 8, 96, 96, dtype=torch.float64), torch.randn(1, 8, 48, 48, dtype=torch.float64)
+en, de = torch.randn(1, 16, 96, 96, dtype=torch.float64), x
+weight, bias = torch.randn(4, 16, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+
+
+def every_op(backend):
+    return [ul.interpolate(x, scale_factor=2, mode="bilinear", backend=backend),
+            ul.interpolate(x, scale_factor=2, mode="nearest"),  # auto
+            ul.carafe(x, masks, 5, 2, backend=backend),
+            ul.sapa_similarity(q, key, 5, 2, backend=backend),
+            ul.semi_shift_conv(en.contiguous(memory_format=torch.channels_last), de, weight, bias, 2,
+                               backend=backend)]
+
+
+class Outputs(data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = every_op("cpu")
+        return outputs, ul.backend.FORKED_AFTER_OPENMP, sorted({str(w.message)[:60] for w in caught})
+
+
+in_parent = every_op("cpu")  # the parent's parallel loops start its threading layer
+layer = numba.threading_layer()
+loader = data.DataLoader(Outputs(), batch_size=None, num_workers=2, multiprocessing_context="fork")
+for outputs, rerouted, messages in loader:
+    assert rerouted == (layer == "omp"), (layer, rerouted)
+    assert all("runs its PyTorch form" in message for message in messages) and len(messages) == 4 * rerouted
+    for ours, theirs in zip(outputs, in_parent):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+assert not ul.backend.FORKED_AFTER_OPENMP
+print("workers agree; threading layer", layer, messages)
+"""
+
+
+def test_forked_dataloader_workers_run_every_op_after_the_parent_ran_parallel_loops():
+    # On GNU OpenMP a forked child's first parallel Numba loop kills it (SIGTERM): the workers would die.
+    result = subprocess.run([sys.executable, "-c", _FORKED_WORKERS], capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "workers agree" in result.stdout

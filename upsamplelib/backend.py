@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import threading
+import warnings
 from fractions import Fraction
 
 CUDA_TARGET_ENV = "UPSAMPLELIB_CUDA"
@@ -183,6 +184,48 @@ for _config in (numba.config, sys.modules.get("numba.cuda.core.config")):
 
 
 # --------------------------------------------------------------------------
+# Forked processes
+# --------------------------------------------------------------------------
+# Numba's OpenMP threading layer on GNU libgomp is not fork-safe: a child
+# forked after its parent ran a parallel loop is killed (SIGTERM, "fork()
+# called from a process already using GNU OpenMP") by its own first parallel
+# loop. A DataLoader's workers are such children. There, the "cpu" backend
+# runs the operators' PyTorch form ("torch") instead: the same values, slower.
+
+#: True in a process forked after a parallel Numba loop ran on GNU OpenMP.
+FORKED_AFTER_OPENMP = False
+
+
+def _openmp_pool_started() -> bool:
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel loop has run: the child starts its own pool
+        return False
+    pool = sys.modules.get("numba.np.ufunc.omppool")
+    return layer == "omp" and getattr(pool, "openmp_vendor", "GNU") == "GNU"
+
+
+def _after_fork_in_child() -> None:
+    global FORKED_AFTER_OPENMP
+    FORKED_AFTER_OPENMP = FORKED_AFTER_OPENMP or _openmp_pool_started()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _cpu_or_its_torch_form(op_name: str) -> str:
+    if not FORKED_AFTER_OPENMP:
+        return "cpu"
+    warnings.warn(
+        f"upsamplelib: {op_name} runs its PyTorch form (backend='torch', slower) in this process: it was forked "
+        "after Numba's OpenMP threads started, and a parallel Numba loop would kill it. To keep the Numba CPU "
+        "kernels in DataLoader workers, pass multiprocessing_context='forkserver' (or 'spawn'), or set "
+        "NUMBA_THREADING_LAYER=workqueue before starting Python", RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
+# --------------------------------------------------------------------------
 # The backend= argument
 # --------------------------------------------------------------------------
 
@@ -193,6 +236,8 @@ def resolve_backend(backend, tensors, op_name: str) -> str:
     """Turn ``backend=`` into "cuda", "cpu" or "torch", or raise.
 
     ``None``/``"auto"``: "cuda" for CUDA tensors, "cpu" for CPU tensors.
+    "cpu" is "torch", with a warning, in a process forked after its parent's
+    OpenMP threads started (``FORKED_AFTER_OPENMP``).
     """
     devices = {t.device for t in tensors}
     if len(devices) > 1:
@@ -200,7 +245,7 @@ def resolve_backend(backend, tensors, op_name: str) -> str:
         raise ValueError(f"{op_name}: tensors are on different devices ({listed})")
     on_gpu = next(iter(devices)).type == "cuda"
     if backend is None or backend == "auto":
-        return "cuda" if on_gpu else "cpu"
+        return "cuda" if on_gpu else _cpu_or_its_torch_form(op_name)
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(
             f"{op_name}: unknown backend {backend!r}; expected one of "
@@ -221,7 +266,7 @@ def resolve_backend(backend, tensors, op_name: str) -> str:
             f"{op_name}: backend='cuda' runs on the GPU and needs CUDA tensors; "
             "move the tensor with .cuda() or use backend='cpu'"
         )
-    return backend
+    return _cpu_or_its_torch_form(op_name) if backend == "cpu" else backend
 
 
 def reference_for_empty_batch(backend: str, batch: int) -> str:

@@ -28,6 +28,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from . import backend
 from .backend import cpu_kernel, operator, run
 
 # Shuffle masks of the 8 x 8 transpose (indices into two 8-lane vectors a, b;
@@ -116,7 +117,7 @@ def _block_transposable(tensor: torch.Tensor, memory_format, any_size: bool = Fa
     ``memory_format``; ``any_size``: whatever its size (which the op then
     checks inside)."""
     return (tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and tensor.dim() == 4
-            and (any_size or tensor.numel() >= SMALLEST_FAST_COPY)
+            and not backend.FORKED_AFTER_OPENMP and (any_size or tensor.numel() >= SMALLEST_FAST_COPY)
             and tensor.is_contiguous(memory_format=memory_format))
 
 
