@@ -1,5 +1,7 @@
 """ul.semi_shift_conv and ul.FADE."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,3 +189,21 @@ def test_modules_can_run_the_reference_backend():
         fast = module(*inputs)
         module.backend = "torch"
         torch.testing.assert_close(module(*inputs), fast, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"lite": True}, {"gate": False}])
+def test_reset_parameters_starts_every_convolution_again_as_built(options):
+    torch.manual_seed(0)
+    module = ul.FADE(8, **options)
+    convolutions = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convolutions) == (3 if options.get("gate") is False else 4)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.fill_(7.0)
+    module.reset_parameters()
+    for conv in convolutions:
+        fan_in = conv.weight[0].numel()
+        fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+        bound = math.sqrt(6.0 / (fan_in + fan_out))  # Xavier-uniform, as the original FADE
+        assert 0.5 * bound < conv.weight.abs().max() <= bound
+        assert conv.bias is None or not conv.bias.any()

@@ -1104,6 +1104,12 @@ class FADE(nn.Module):
                                        kernel_size, lite)
         self._register_load_state_dict_pre_hook(accept_h2l_names)
 
+    def reset_parameters(self):
+        """Every convolution Xavier-uniform with zero bias again, as built."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                xavier_init(module)
+
     def _check(self, en, de):
         op = "FADE"
         check_batched_map(en, "en", op)
