@@ -126,6 +126,7 @@ def test_fma_rounds_once():
 
 
 _FORKED_WORKERS = r"""
+import sys
 import warnings
 import numba
 import torch
@@ -141,12 +142,21 @@ weight, bias = torch.randn(4, 16, 3, 3, dtype=torch.float64), torch.randn(4, dty
 
 
 def every_op(backend):
+    leaf = x.clone().requires_grad_()
+    reassembled = ul.carafe(leaf, masks, 5, 2, backend=backend)
+    (grad,) = torch.autograd.grad(reassembled, leaf, torch.ones_like(reassembled))
     return [ul.interpolate(x, scale_factor=2, mode="bilinear", backend=backend),
             ul.interpolate(x, scale_factor=2, mode="nearest"),  # auto
-            ul.carafe(x, masks, 5, 2, backend=backend),
+            reassembled.detach(), grad,
             ul.sapa_similarity(q, key, 5, 2, backend=backend),
             ul.semi_shift_conv(en.contiguous(memory_format=torch.channels_last), de, weight, bias, 2,
-                               backend=backend)]
+                               backend=backend),
+            torch.ops.upsamplelib.channels_last_copy(en)]
+
+
+class Carafe(torch.nn.Module):
+    def forward(self, x, masks):
+        return ul.carafe(x, masks, 5, 2, backend="cpu")
 
 
 class Outputs(data.Dataset):
@@ -157,17 +167,26 @@ class Outputs(data.Dataset):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outputs = every_op("cpu")
-        return outputs, ul.backend.FORKED_AFTER_OPENMP, sorted({str(w.message)[:60] for w in caught})
+        try:  # its backend was chosen in the parent
+            exported.module()(x, masks)
+            refused = ""
+        except RuntimeError as error:
+            refused = str(error)
+        return outputs, ul.backend.FORKED_AFTER_OPENMP, sorted({str(w.message)[:60] for w in caught}), refused
 
 
 in_parent = every_op("cpu")  # the parent's parallel loops start its threading layer
+exported = torch.export.export(Carafe(), (x, masks))
 layer = numba.threading_layer()
+gnu = layer == "omp" and sys.modules["numba.np.ufunc.omppool"].openmp_vendor == "GNU"
 loader = data.DataLoader(Outputs(), batch_size=None, num_workers=2, multiprocessing_context="fork")
-for outputs, rerouted, messages in loader:
-    assert rerouted == (layer == "omp"), (layer, rerouted)
+for outputs, rerouted, messages, refused in loader:
+    assert rerouted == gnu, (layer, rerouted)
     assert all("runs its PyTorch form" in message for message in messages) and len(messages) == 4 * rerouted
-    for ours, theirs in zip(outputs, in_parent):
+    assert ("forked after Numba's OpenMP threads started" in refused) == gnu, refused
+    for ours, theirs in zip(outputs, in_parent, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert outputs[-1].is_contiguous(memory_format=torch.channels_last)
 assert not ul.backend.FORKED_AFTER_OPENMP
 print("workers agree; threading layer", layer, messages)
 """

@@ -388,6 +388,12 @@ def run(kernel, backend: str, n_threads: int, *args):
     if backend == "cuda":
         run_grid(kernel, *launch_config(n_threads), *args)
     else:
+        if FORKED_AFTER_OPENMP:  # only a graph traced before the fork still says "cpu"
+            raise RuntimeError(
+                "upsamplelib: this process was forked after Numba's OpenMP threads started, and a parallel Numba "
+                "loop would kill it; this call comes from a graph that chose backend='cpu' before the fork (an "
+                "exported program, or a backward of a forward run in the parent). Start the process with "
+                "multiprocessing_context='forkserver' (or 'spawn'), or set NUMBA_THREADING_LAYER=workqueue")
         kernel(*[kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args])
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
-from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, forward_tangents, kernel_array,
+from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, forward_tangents,
                        kernel_variant, operator, per_element, reference_for_empty_batch, resolve_backend, run, run_grid,
                        with_tangent)
 from ..validation import (
@@ -690,7 +690,7 @@ def upsampled_columns(x, scale, radius, pad_rows=False):
     n, channels, height, width = x.shape
     row_padding = radius if pad_rows else 0
     columns = x.new_empty((n, channels, height + 2 * row_padding, (width + 2 * radius) * scale))
-    upsample_columns_cpu(scale)(kernel_array(x), radius, row_padding, kernel_array(columns))
+    run(upsample_columns_cpu(scale), "cpu", columns.numel(), x, radius, row_padding, columns)
     return columns
 
 

@@ -746,7 +746,7 @@ def _save_semi_shift(ctx, inputs, output):
 
 
 def _under_functorch(*tensors) -> bool:
-    """Whether a tensor is wrapped by a torch.func transform (vmap, grad) or
+    """Whether a tensor is wrapped by a torch.func transform (vmap) or
     batched by autograd's own vmap (``is_grads_batched``, ``vectorize=True``),
     which cannot tell or change its memory format: the cpu path's dense
     functions then make their channels-last copies inside the op."""
