@@ -86,6 +86,51 @@ def test_values_from_the_library_are_refused(forward, backward, kernel, capsys):
     assert "PASS" not in capsys.readouterr().out  # no PASS line before the failure
 
 
+@torch.no_grad()
+def decorated_launch_forward(x, masks, kernel_size, scale, group):
+    """A helper whose decorator wraps it in a function of another module."""
+    return launch_forward(x, masks, kernel_size, scale, group)
+
+
+class CarafeBase(torch.autograd.Function):
+    @staticmethod
+    def launch(x, masks, kernel_size, scale, group):
+        n, c, h, w = x.shape
+        out = x.new_empty((n, c, scale * h, scale * w))
+        carafe_group_kernel[launch_config(out.numel(), 128)](x.numpy(), masks.numpy(), out.numpy(), kernel_size,
+                                                             scale, group)
+        return out
+
+    @staticmethod
+    def forward(ctx, x, masks, kernel_size, scale, group):
+        x, masks = x.detach().contiguous(), masks.detach().contiguous()
+        ctx.save_for_backward(x, masks)
+        ctx.config = (kernel_size, scale, group)
+        return CarafeBase.launch(x, masks, kernel_size, scale, group)  # through the class's own name
+
+    backward = carafe_function().backward
+
+
+class InheritedCarafeFunction(CarafeBase):
+    """Forward and backward are CarafeBase's."""
+
+
+class DecoratedHelperCarafeFunction(carafe_function()):
+    @staticmethod
+    def forward(ctx, x, masks, kernel_size, scale, group):
+        x, masks = x.detach().contiguous(), masks.detach().contiguous()
+        ctx.save_for_backward(x, masks)
+        ctx.config = (kernel_size, scale, group)
+        return decorated_launch_forward(x, masks, kernel_size, scale, group)
+
+
+@pytest.mark.parametrize("function", [CarafeBase, InheritedCarafeFunction, DecoratedHelperCarafeFunction],
+                         ids=lambda function: function.__name__)
+def test_launches_through_the_class_name_a_decorated_helper_or_a_base_class_count(function, capsys):
+    checkers.check_carafe_function(function)
+    assert capsys.readouterr().out.startswith("PASS CarafeFunction")
+
+
 def bilinear_function(forward="kernel"):
     class BilinearFunction(torch.autograd.Function):
         @staticmethod

@@ -22,7 +22,8 @@ import io
 
 from .engine import CheckFailed, ExerciseUnsolved
 from .exercises import EXERCISES, by_checker
-from .fallbacks import _STUB, fallback_note, prepared_for_check, stub_of, with_library_versions
+from .fallbacks import (_STUB, counting_launches, fallback_note, prepared_for_check, stub_of,
+                        with_library_versions)
 
 #: (exercise id, name) of the library versions the last checker call used:
 #: the grader reports a pass that needed them.
@@ -70,6 +71,7 @@ def graded(checker):
     def check(*args, **kwargs):
         last_fallbacks.clear()
         counters = {}
+        checked = args[0] if args else None
         if exercise_id is not None and args:
             own = stub_of(args[0])
             if own is not None:
@@ -86,7 +88,7 @@ def graded(checker):
             # Its PASS line waits for the launches to be counted.
             printed = io.StringIO()
             try:
-                with contextlib.redirect_stdout(printed):
+                with contextlib.redirect_stdout(printed), counting_launches(checked, counters):
                     result = checker(*args, **kwargs)
                 _require_launches(exercise_id, counters)
             except BaseException:
