@@ -25,7 +25,9 @@ from upsamplelib.checkers.exercises import EXERCISES, for_lesson, requires
 from upsamplelib.grade import STATUSES
 from upsamplelib.grade.__main__ import main
 from upsamplelib.grade.fresh_inputs import fresh_inputs, salted_seed
+from upsamplelib.grade.grader import NotebookReport
 from upsamplelib.grade.in_kernel import check_exercise, read_result
+from upsamplelib.grade.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234  # any salt: the solutions pass on every one
@@ -280,14 +282,16 @@ def test_hangs_and_crashes_are_reported_and_grading_carries_on(tmp_path):
 def test_a_file_that_is_no_lesson_is_a_row_with_its_reason(tmp_path):
     (tmp_path / "class").mkdir()
     (tmp_path / "class" / "broken.ipynb").write_text('{"cells": [')
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]),
-                   tmp_path / "class" / "other.ipynb")
+    for name in ("other", "-draft"):  # a name like an option is still a notebook
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]),
+                       tmp_path / "class" / f"{name}.ipynb")
     status, stdout = grade("--batch", tmp_path / "class", "--csv", tmp_path / "grades.csv")
     with open(tmp_path / "grades.csv", newline="") as file:
         rows = {row["student"]: row for row in csv.DictReader(file)}
     assert status == 1
     assert rows["broken"]["error"].startswith("could not read the notebook: NotJSONError")
     assert rows["other"]["error"].startswith("could not tell which lesson")
+    assert rows["-draft"]["error"].startswith("could not tell which lesson")
     assert rows["broken"]["seed"] == rows["other"]["seed"]  # one salt for the whole batch
 
 
@@ -304,6 +308,29 @@ def test_usage_errors_come_before_grading(arguments, message, tmp_path, capsys, 
     with pytest.raises(SystemExit) as exit:
         main(["empty.ipynb", *arguments])
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_report_written_through_a_link_replaces_the_file_it_names(tmp_path):
+    (tmp_path / "gradebook").mkdir()
+    (tmp_path / "gradebook" / "grades.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "gradebook" / "grades.json")
+    report = NotebookReport(notebook="mine.ipynb", lesson="00_gpu_model", seed=1, exercises=[], seconds=0.0)
+    write_json([report], str(tmp_path / "link.json"), batch=False)
+    assert (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "gradebook" / "grades.json").read_text())["notebook"] == "mine.ipynb"
+    assert sorted(p.name for p in (tmp_path / "gradebook").iterdir()) == ["grades.json"]
+
+
+def test_a_batch_gradebook_sent_to_stdout_is_one_json_document_after_the_tables(tmp_path, capfd):
+    (tmp_path / "class").mkdir()
+    for name in ("a", "b"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]),
+                       tmp_path / "class" / f"{name}.ipynb")
+    status = main(["--batch", str(tmp_path / "class"), "--json", "/dev/stdout"])
+    printed = capfd.readouterr().out
+    tables, _, gradebook = printed.partition("\n{\n")
+    assert status == 1 and "a.ipynb" in tables and "b.ipynb" in tables
+    assert [Path(n["notebook"]).name for n in json.loads("{\n" + gradebook)["notebooks"]] == ["a.ipynb", "b.ipynb"]
 
 
 def test_batch_folders_without_notebooks_are_usage_errors(tmp_path, capsys):

@@ -17,7 +17,7 @@ import sys
 
 from ..checkers.exercises import EXERCISES, for_lesson
 from .grader import DEFAULT_TIMEOUT, grade_folder, grade_notebook, notebooks_in
-from .report import table, write_csv, write_json
+from .report import is_stream, table, write_csv, write_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,8 +54,13 @@ def _writable(parser, option: str, path: str | None) -> None:
     """A usage error now, not after hours of grading, when ``path`` cannot be written."""
     if path is None:
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    if is_stream(path) and not os.path.isdir(path):
+        if not os.access(path, os.W_OK):
+            parser.error(f"{option} {path}: cannot write there")
+        return
+    target = os.path.realpath(path)  # a link: the file it names
+    folder = os.path.dirname(target)
+    if os.path.isdir(target) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         parser.error(f"{option} {path}: cannot write there (is {folder} an existing folder you may write to?)")
 
 
@@ -79,14 +84,18 @@ def main(argv=None) -> int:
     options = {"timeout": args.timeout, "seed": seed, "lesson": _lesson(parser, args.lesson)}
     if args.batch:
         reports = []
+        outputs = [(path, write) for path, write in ((args.csv, lambda: write_csv(reports, args.batch, args.csv)),
+                                                     (args.json, lambda: write_json(reports, args.json, batch=True)))
+                   if path]
         for report in grade_folder(args.batch, **options):
             print(table(report), flush=True)
             reports.append(report)
-            # Written after every notebook: a batch stopped half way keeps what it graded.
-            if args.csv:
-                write_csv(reports, args.batch, args.csv)
-            if args.json:
-                write_json(reports, args.json, batch=True)
+            for path, write in outputs:
+                if not is_stream(path):  # rewritten after every notebook: a batch stopped half way keeps it
+                    write()
+        for path, write in outputs:
+            if is_stream(path):  # a stream (/dev/stdout) takes the whole gradebook once
+                write()
     else:
         reports = [grade_notebook(args.notebook, **options)]
         print(table(reports[0]))

@@ -267,11 +267,11 @@ def grade_in_own_process(path, *, timeout: float = DEFAULT_TIMEOUT, seed: int | 
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     with tempfile.TemporaryDirectory(prefix="upsamplelib-grade-report-") as folder:
         out = Path(folder) / "report.json"
-        command = [sys.executable, "-m", "upsamplelib.grade", str(path), "--json", str(out),
-                   "--timeout", repr(float(timeout)), "--seed", str(seed)]
+        command = [sys.executable, "-m", "upsamplelib.grade", "--json", str(out), "--timeout", repr(float(timeout)),
+                   "--seed", str(seed), *(["--lesson", lesson] if lesson else []),
+                   "--", str(path)]  # a name that starts with "-" is still the notebook
         started = time.monotonic()
-        finished = subprocess.run(command + (["--lesson", lesson] if lesson else []), stdout=subprocess.DEVNULL,
-                                  check=False)
+        finished = subprocess.run(command, stdout=subprocess.DEVNULL, check=False)
         try:
             return NotebookReport.from_json(json.loads(out.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError, KeyError):

@@ -47,10 +47,24 @@ def table(report: NotebookReport, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def is_stream(path: str) -> bool:
+    """Whether ``path`` is a stream rather than a file to replace: a pipe, a
+    device, ``/dev/stdout`` (even when the shell sent it to a file)."""
+    return os.path.exists(path) and (not os.path.isfile(path)
+                                     or os.path.abspath(path).startswith(("/dev/", "/proc/")))
+
+
 @contextlib.contextmanager
 def _replacing(path: str, **options):
     """A file to write that replaces ``path`` only once it is complete: a
-    grader stopped while writing leaves the previous version whole."""
+    grader stopped while writing leaves the previous version whole. A link
+    is followed (the file it names is replaced); a stream is written
+    directly."""
+    if is_stream(path):  # appended: /dev/stdout sent to a file holds the table already
+        with open(path, "a", encoding="utf-8", **options) as file:
+            yield file
+        return
+    path = os.path.realpath(path)
     partial = f"{path}.partial"
     with open(partial, "w", encoding="utf-8", **options) as file:
         yield file
