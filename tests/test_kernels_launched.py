@@ -124,7 +124,22 @@ class DecoratedHelperCarafeFunction(carafe_function()):
         return decorated_launch_forward(x, masks, kernel_size, scale, group)
 
 
-@pytest.mark.parametrize("function", [CarafeBase, InheritedCarafeFunction, DecoratedHelperCarafeFunction],
+class DecoratedCarafeFunction(torch.autograd.Function):
+    """Every method of its own is decorated: its globals are the decorator's module's."""
+
+    @staticmethod
+    @torch.no_grad()
+    def forward(ctx, x, masks, kernel_size, scale, group):
+        x, masks = x.detach().contiguous(), masks.detach().contiguous()
+        ctx.save_for_backward(x, masks)
+        ctx.config = (kernel_size, scale, group)
+        return launch_forward(x, masks, kernel_size, scale, group)
+
+    backward = staticmethod(torch.no_grad()(carafe_function().backward))
+
+
+@pytest.mark.parametrize("function", [CarafeBase, InheritedCarafeFunction, DecoratedHelperCarafeFunction,
+                                      DecoratedCarafeFunction],
                          ids=lambda function: function.__name__)
 def test_launches_through_the_class_name_a_decorated_helper_or_a_base_class_count(function, capsys):
     checkers.check_carafe_function(function)

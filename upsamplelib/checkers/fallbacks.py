@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import re
 import types
 
@@ -175,7 +176,8 @@ LIBRARY_VERSIONS = {
 def _methods(cls):
     """The Python functions a class defines (static and class methods too)."""
     members = (getattr(m, "__func__", m) for m in vars(cls).values())
-    return [m for m in members if isinstance(m, types.FunctionType)]
+    # A decorated method (@torch.no_grad()) is the decorator's wrapper: its own code is the student's.
+    return [inspect.unwrap(m) for m in members if isinstance(m, types.FunctionType)]
 
 
 # --------------------------------------------------------------------------
@@ -395,6 +397,8 @@ def namespace_of(obj) -> dict | None:
     function = getattr(obj, "py_func", obj)
     if isinstance(obj, type):
         function = next((method for cls in obj.__mro__ for method in _methods(cls)), None)
+    elif isinstance(function, types.FunctionType):
+        function = inspect.unwrap(function)
     return getattr(function, "__globals__", None)
 
 
