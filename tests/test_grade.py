@@ -13,7 +13,10 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -331,6 +334,23 @@ def test_a_batch_gradebook_sent_to_stdout_is_one_json_document_after_the_tables(
     tables, _, gradebook = printed.partition("\n{\n")
     assert status == 1 and "a.ipynb" in tables and "b.ipynb" in tables
     assert [Path(n["notebook"]).name for n in json.loads("{\n" + gradebook)["notebooks"]] == ["a.ipynb", "b.ipynb"]
+
+
+def test_a_report_file_written_twice_holds_the_last_report(tmp_path):
+    for seed in (1, 2):
+        report = NotebookReport(notebook="mine.ipynb", lesson=None, seed=seed, exercises=[])
+        write_json([report], str(tmp_path / "grades.json"), batch=False)
+    assert json.loads((tmp_path / "grades.json").read_text())["seed"] == 2
+
+
+def test_the_report_sent_to_stdout_redirected_to_a_file_follows_the_table(tmp_path):
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]), tmp_path / "a.ipynb")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the table stays in Python's buffer
+    with open(tmp_path / "out.txt", "w") as out:
+        subprocess.run([sys.executable, "-m", "upsamplelib.grade", str(tmp_path / "a.ipynb"), "--json", "/dev/stdout",
+                        "--seed", "1"], stdout=out, stderr=subprocess.DEVNULL, env=env, timeout=600, check=False)
+    table, _, report = (tmp_path / "out.txt").read_text().partition("\n{\n")
+    assert "a.ipynb  (lesson ?" in table and json.loads("{\n" + report)["seed"] == 1
 
 
 def test_batch_folders_without_notebooks_are_usage_errors(tmp_path, capsys):

@@ -84,17 +84,18 @@ def main(argv=None) -> int:
     options = {"timeout": args.timeout, "seed": seed, "lesson": _lesson(parser, args.lesson)}
     if args.batch:
         reports = []
-        outputs = [(path, write) for path, write in ((args.csv, lambda: write_csv(reports, args.batch, args.csv)),
-                                                     (args.json, lambda: write_json(reports, args.json, batch=True)))
-                   if path]
+        # (is a stream, write it): decided before the first write creates a file
+        outputs = [(is_stream(path), write) for path, write in (
+            (args.csv, lambda: write_csv(reports, args.batch, args.csv)),
+            (args.json, lambda: write_json(reports, args.json, batch=True))) if path]
         for report in grade_folder(args.batch, **options):
             print(table(report), flush=True)
             reports.append(report)
-            for path, write in outputs:
-                if not is_stream(path):  # rewritten after every notebook: a batch stopped half way keeps it
+            for stream, write in outputs:
+                if not stream:  # rewritten after every notebook: a batch stopped half way keeps it
                     write()
-        for path, write in outputs:
-            if is_stream(path):  # a stream (/dev/stdout) takes the whole gradebook once
+        for stream, write in outputs:
+            if stream:  # a stream (/dev/stdout) takes the whole gradebook once
                 write()
     else:
         reports = [grade_notebook(args.notebook, **options)]

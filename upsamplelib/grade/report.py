@@ -8,6 +8,8 @@ import csv
 import json
 import os
 import shutil
+import stat
+import sys
 
 from .grader import NotebookReport, student_name
 
@@ -49,9 +51,19 @@ def table(report: NotebookReport, width: int | None = None) -> str:
 
 def is_stream(path: str) -> bool:
     """Whether ``path`` is a stream rather than a file to replace: a pipe, a
-    device, ``/dev/stdout`` (even when the shell sent it to a file)."""
-    return os.path.exists(path) and (not os.path.isfile(path)
-                                     or os.path.abspath(path).startswith(("/dev/", "/proc/")))
+    device, or this process's own standard output (``/dev/stdout`` even when
+    the shell sent it to a file)."""
+    try:
+        found = os.stat(path)
+    except OSError:  # not there yet: a file to create
+        return False
+    if not stat.S_ISREG(found.st_mode):
+        return True
+    try:
+        ours = os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # stdout replaced by an object with no file
+        return False
+    return (found.st_dev, found.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 @contextlib.contextmanager
@@ -60,7 +72,8 @@ def _replacing(path: str, **options):
     grader stopped while writing leaves the previous version whole. A link
     is followed (the file it names is replaced); a stream is written
     directly."""
-    if is_stream(path):  # appended: /dev/stdout sent to a file holds the table already
+    if is_stream(path):  # appended after what was printed: /dev/stdout sent to a file holds the tables
+        sys.stdout.flush()
         with open(path, "a", encoding="utf-8", **options) as file:
             yield file
         return
