@@ -195,6 +195,10 @@ for _config in (numba.config, sys.modules.get("numba.cuda.core.config")):
 #: True in a process forked after a parallel Numba loop ran on GNU OpenMP.
 FORKED_AFTER_OPENMP = False
 
+#: What keeps the Numba CPU kernels in such processes.
+_FORK_ADVICE = ("pass multiprocessing_context='forkserver' (or 'spawn') to the DataLoader or Pool, or set "
+                "NUMBA_THREADING_LAYER=workqueue before starting Python")
+
 
 def _openmp_pool_started() -> bool:
     try:
@@ -220,8 +224,7 @@ def _cpu_or_its_torch_form(op_name: str) -> str:
     warnings.warn(
         f"upsamplelib: {op_name} runs its PyTorch form (backend='torch', slower) in this process: it was forked "
         "after Numba's OpenMP threads started, and a parallel Numba loop would kill it. To keep the Numba CPU "
-        "kernels in DataLoader workers, pass multiprocessing_context='forkserver' (or 'spawn'), or set "
-        "NUMBA_THREADING_LAYER=workqueue before starting Python", RuntimeWarning, stacklevel=3)
+        f"kernels, {_FORK_ADVICE}", RuntimeWarning, stacklevel=3)
     return "torch"
 
 
@@ -392,8 +395,7 @@ def run(kernel, backend: str, n_threads: int, *args):
             raise RuntimeError(
                 "upsamplelib: this process was forked after Numba's OpenMP threads started, and a parallel Numba "
                 "loop would kill it; this call comes from a graph that chose backend='cpu' before the fork (an "
-                "exported program, or a backward of a forward run in the parent). Start the process with "
-                "multiprocessing_context='forkserver' (or 'spawn'), or set NUMBA_THREADING_LAYER=workqueue")
+                f"exported program, or a backward of a forward run in the parent). To run it, {_FORK_ADVICE}")
         kernel(*[kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args])
 
 

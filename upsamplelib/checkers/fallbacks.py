@@ -409,13 +409,15 @@ def counting_launches(obj, counters: dict):
     copy of ``obj`` count too (a helper called through its class's own
     name, a decorated helper, an inherited method)."""
     namespace = namespace_of(obj)
-    saved = {name: namespace[name] for name in counters if name in namespace} if namespace is not None else {}
-    namespace_update = namespace.update if namespace is not None else (lambda values: None)
-    namespace_update({name: counters[name] for name in saved})
+    if namespace is None:
+        yield
+        return
+    saved = {name: namespace[name] for name in counters if name in namespace}
+    namespace.update({name: counters[name] for name in saved})
     try:
         yield
     finally:
-        namespace_update(saved)
+        namespace.update(saved)
 
 
 def with_library_versions(exercise_id: str, obj, namespace: dict | None = None):
