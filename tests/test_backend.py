@@ -198,3 +198,66 @@ def test_forked_dataloader_workers_run_every_op_after_the_parent_ran_parallel_lo
                             env={k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "workers agree" in result.stdout
+
+
+_THREAD_COUNTS = r"""
+import numba
+import numpy as np
+import torch
+import torch.utils.data as data
+import upsamplelib as ul
+
+
+@numba.njit(parallel=True)
+def threads_used(n):
+    ids = np.empty(n, np.int64)
+    for i in numba.prange(n):
+        ids[i] = numba.get_thread_id()
+    return len(set(ids))
+
+
+x = torch.randn(1, 4, 8, 8)
+
+
+def after_an_op():
+    # (PyTorch's thread count, Numba's, the threads a parallel loop used)
+    ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu")
+    return torch.get_num_threads(), numba.get_num_threads(), threads_used(1000)
+
+
+class InWorker(data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):  # the worker has set PyTorch's count to 1 before
+        return after_an_op()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # before the first op: starting Numba's threads must not reset it
+    assert after_an_op() == (1, 1, 1), after_an_op()
+    torch.set_num_threads(2)
+    assert after_an_op() == (2, 2, 2)
+    torch.set_num_threads(1)
+    assert after_an_op() == (1, 1, 1)
+    torch.set_num_threads(8)  # more than NUMBA_NUM_THREADS: capped
+    assert after_an_op() == (8, 2, 2)
+    torch.set_num_threads(2)
+    numba.set_num_threads(1)  # the user's own choice for Numba stays
+    assert after_an_op() == (2, 1, 1)
+    loader = data.DataLoader(InWorker(), batch_size=None, num_workers=1, multiprocessing_context="spawn")
+    (in_worker,) = list(loader)
+    assert list(in_worker) == [1, 1, 1], in_worker
+    print("numba follows torch")
+"""
+
+
+def test_cpu_loops_follow_torch_set_num_threads(tmp_path):
+    # Before, Numba ran NUMBA_NUM_THREADS threads whatever PyTorch's count (2 in a DataLoader worker that set 1),
+    # and its first parallel loop reset PyTorch's count to that.
+    script = tmp_path / "thread_counts.py"  # a file: the spawned worker imports the Dataset from it
+    script.write_text(_THREAD_COUNTS)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "numba follows torch" in result.stdout

@@ -384,6 +384,38 @@ def launch_grid(kernel, blocks: int, threads: int, *args):
         kernel[blocks, threads, _torch_stream()](*args)
 
 
+# --------------------------------------------------------------------------
+# CPU threads
+# --------------------------------------------------------------------------
+# Numba's parallel loops start with one thread per CPU, whatever
+# torch.set_num_threads says; a DataLoader worker (which sets 1) or a
+# process limited to fewer threads would then run Numba's full count beside
+# PyTorch's. The "cpu" loops follow PyTorch's count instead, unless the user
+# has set Numba's own (numba.set_num_threads): theirs is left alone.
+# Starting Numba's OpenMP threads also resets PyTorch's count to Numba's
+# (the two share libgomp's setting): it is put back.
+
+_numba_threads = threading.local()  # Numba's count is per Python thread, and so is what we set
+
+
+def follow_torch_threads() -> int:
+    """Set Numba's thread count (for this Python thread) to PyTorch's,
+    capped at ``NUMBA_NUM_THREADS``, unless the user set Numba's; return
+    the count the next parallel loop runs with."""
+    torch_threads = torch.get_num_threads()
+    current = numba.get_num_threads()  # the first call starts Numba's threads
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    ours = getattr(_numba_threads, "set", numba.config.NUMBA_NUM_THREADS)
+    if current != ours:  # the user's numba.set_num_threads
+        return current
+    wanted = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+    if current != wanted:
+        numba.set_num_threads(wanted)
+    _numba_threads.set = wanted
+    return wanted
+
+
 def run(kernel, backend: str, n_threads: int, *args):
     """Run a kernel of either Numba backend: a CUDA kernel (``backend="cuda"``)
     on a 1-D grid of ``n_threads`` threads, a CPU loop (``"cpu"``) as a plain
@@ -396,6 +428,7 @@ def run(kernel, backend: str, n_threads: int, *args):
                 "upsamplelib: this process was forked after Numba's OpenMP threads started, and a parallel Numba "
                 "loop would kill it; this call comes from a graph that chose backend='cpu' before the fork (an "
                 f"exported program, or a backward of a forward run in the parent). To run it, {_FORK_ADVICE}")
+        follow_torch_threads()
         kernel(*[kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args])
 
 
