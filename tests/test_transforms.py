@@ -1,13 +1,14 @@
 """What a researcher's training code does around the operators, found
 missing in a trial: torch.export with dynamic shapes past the example's
-size, and vmap and batched gradients of the semi-shift convolution (FADE)
-on the cpu backend."""
+size, and vmap (eager and compiled) and batched gradients of the
+operators on the cpu backend."""
 
 from __future__ import annotations
 
 import upsamplelib as ul  # noqa: I001  (first: it chooses the CUDA target before numba loads)
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.export import Dim, export
 
 
@@ -48,3 +49,61 @@ def test_batched_gradients_of_semi_shift_conv_equal_the_torch_backend():
         lambda e: ul.semi_shift_conv(e, de.detach()[:1, :, :2, :2], weight.detach(), scale=2, backend=backend),
         en.detach()[:1, :, :4, :4], vectorize=True) for backend in ("cpu", "torch")}
     torch.testing.assert_close(jacobians["cpu"], jacobians["torch"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+def test_compiled_vmap_of_fade_equals_a_loop_over_the_batch():
+    # Dynamo traced the channels-last copies outside the op, which ask is_contiguous: "NYI: querying
+    # is_contiguous inside of vmap" before.
+    torch.manual_seed(0)
+    fade = ul.FADE(8, embedding_dim=8).eval().double()
+    en, de = torch.randn(3, 2, 8, 16, 16, dtype=torch.float64), torch.randn(3, 2, 8, 8, 8, dtype=torch.float64)
+    expected = torch.stack([fade(a, b) for a, b in zip(en, de)])
+    torch._dynamo.reset()
+    # a function, not the module: vmap names its function with repr, which Dynamo cannot trace for a module
+    compiled = torch.compile(torch.func.vmap(lambda e, d: fade(e, d)), fullgraph=True)
+    torch.testing.assert_close(compiled(en, de), expected, rtol=0, atol=1e-14)
+    weight, bias = torch.randn(5, 8, 3, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    semi_shift = torch.func.vmap(lambda e, d: ul.semi_shift_conv(e, d, weight, bias, 2, backend="cpu"))
+    torch.testing.assert_close(torch.compile(semi_shift, fullgraph=True)(en, de), semi_shift(en, de),
+                               rtol=0, atol=0)
+
+
+def _vmapped_cases():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 4, 8, 8, dtype=torch.float64)
+    masks = torch.softmax(torch.randn(3, 1, 25, 16, 16, dtype=torch.float64), 2)
+    q, key = torch.randn(3, 1, 4, 16, 16, dtype=torch.float64), torch.randn(3, 1, 4, 8, 8, dtype=torch.float64)
+    carafe_module, sapa_module = ul.CARAFE(4).double().eval(), ul.SAPA(4, 4).double().eval()
+    return {
+        "interpolate bilinear": (lambda a: ul.interpolate(a, scale_factor=2, mode="bilinear", backend="cpu"), (x,)),
+        "interpolate nearest": (lambda a: ul.interpolate(a, scale_factor=2, mode="nearest", backend="cpu"), (x,)),
+        "carafe": (lambda a, b: ul.carafe(a, b, 5, 2, 1, backend="cpu"), (x, masks)),
+        "sapa_similarity": (lambda a, b: ul.sapa_similarity(a, b, 5, 2, backend="cpu"), (q, key)),
+        "CARAFE": (lambda a: carafe_module(a), (x,)),
+        "SAPA": (lambda a, b: sapa_module(a, b), (q, x)),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+@pytest.mark.parametrize("name", list(_vmapped_cases()))
+def test_vmap_of_every_operator_eager_and_compiled_equals_a_loop(name):
+    # The nearest mode asked a batched tensor for its memory format: "NYI: querying is_contiguous inside of
+    # vmap", eagerly too, before.
+    function, inputs = _vmapped_cases()[name]
+    expected = torch.stack([function(*[t[i] for t in inputs]) for i in range(inputs[0].shape[0])])
+    torch.testing.assert_close(torch.func.vmap(function)(*inputs), expected, rtol=0, atol=0)
+    torch._dynamo.reset()
+    compiled = torch.compile(torch.func.vmap(function), fullgraph=True)
+    torch.testing.assert_close(compiled(*inputs), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+@pytest.mark.parametrize("shape,scale", [((3, 2, 6, 10, 10), 2.098), ((2, 2, 6, 40, 30), 2.3),
+                                         ((2, 1, 2, 32, 37), (3.37, 1.002))])
+def test_vmap_of_nearest_interpolate_equals_vmap_of_f_interpolate_bit_for_bit(shape, scale):
+    # A small output and two large ones: PyTorch's index math differs between them (see nearest_rule); the
+    # first and the last fail with the other one's.
+    x = torch.randn(shape)
+    ours = torch.func.vmap(lambda a: ul.interpolate(a, scale_factor=scale, mode="nearest", backend="cpu"))(x)
+    assert torch.equal(ours, torch.func.vmap(lambda a: F.interpolate(a, scale_factor=scale, mode="nearest"))(x))

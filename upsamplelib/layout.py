@@ -143,6 +143,16 @@ torch.library.register_autograd("upsamplelib::channels_last_copy", lambda ctx, g
                                 setup_context=lambda ctx, inputs, output: None)
 
 
+def is_vmapped(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is one of ``torch.func.vmap``'s batched tensors (or
+    of autograd's batched gradients), which cannot tell their memory format.
+    Dynamo traces this query (it cannot trace the legacy one)."""
+    functorch = torch._C._functorch
+    if torch.compiler.is_compiling():
+        return functorch.is_batchedtensor(tensor)
+    return functorch.is_batchedtensor(tensor) or functorch.is_legacy_batchedtensor(tensor)
+
+
 def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     """The (N, C, H, W) tensor with channels-last memory: itself if it has
     it, else a copy (differentiable; traceable by ``torch.compile``)."""

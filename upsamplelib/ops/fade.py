@@ -39,7 +39,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, run_grid, with_tangent)
-from ..layout import to_channels_first, to_channels_last
+from ..layout import is_vmapped, to_channels_first, to_channels_last
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -750,8 +750,8 @@ def _under_functorch(*tensors) -> bool:
     batched by autograd's own vmap (``is_grads_batched``, ``vectorize=True``),
     which cannot tell or change its memory format: the cpu path's dense
     functions then make their channels-last copies inside the op."""
-    if torch.compiler.is_compiling():  # Dynamo cannot trace these queries; its tensors are not wrapped
-        return False
+    if torch.compiler.is_compiling():  # Dynamo can trace only the vmap query
+        return any(t is not None and is_vmapped(t) for t in tensors)
     functorch = torch._C._functorch
     return any(t is not None and (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
                for t in tensors)

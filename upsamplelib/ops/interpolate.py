@@ -38,7 +38,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
-from ..layout import to_channels_last
+from ..layout import is_vmapped, to_channels_last
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -476,7 +476,10 @@ def nearest_rule(x, out_h, out_w):
     generic one (PyTorch's ``_use_channels_last_kernel_2d``)."""
     if x.is_cuda:
         return NEAREST_DEVICE
-    if (x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 3) or out_h + out_w <= 128:
+    # Under vmap, PyTorch's batching rule runs the kernel on the whole batch's tensor, contiguous (vmap
+    # over the first dimension of a contiguous tensor), and a batched tensor cannot tell its format.
+    channels_last = not is_vmapped(x) and x.is_contiguous(memory_format=torch.channels_last)
+    if (channels_last and x.shape[1] > 3) or out_h + out_w <= 128:
         return NEAREST_LEGACY
     return NEAREST_GENERIC
 
@@ -720,6 +723,6 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     out = out.to(x.dtype)
     # F.interpolate returns the result in the input's suggested memory format, channels-last for a
     # channels-last input (sliced ones included); the kernels write NCHW.
-    if not x.is_contiguous() and suggest_memory_format(x) == torch.channels_last:
+    if not is_vmapped(x) and not x.is_contiguous() and suggest_memory_format(x) == torch.channels_last:
         return to_channels_last(out)
     return out
