@@ -761,6 +761,9 @@ def _semi_shift_derivative(ctx, grad_out):
     en, de, weight = ctx.saved_tensors
     scale, groups, backend = ctx.config
     needs = ctx.needs_input_grad
+    # From grad_out as it came: summed over (0, 2, 3), a channels-last copy reads its memory across the
+    # channels and took 0.07 ms against 0.014 at 1 x 25 x 128 x 128.
+    grad_bias = ctx.bias_count * grad_out.sum(dim=(0, 2, 3)) if needs[3] else None
     if backend == "cpu" and not _under_functorch(grad_out):
         grad_out = to_channels_last(grad_out)  # once, for the three gradients' convolutions
     ops = torch.ops.upsamplelib
@@ -769,7 +772,6 @@ def _semi_shift_derivative(ctx, grad_out):
     grad_weight = None
     if needs[2]:
         grad_weight = ops.semi_shift_conv_weight_grad(grad_out, en, de, weight.shape[2], scale, groups, backend)
-    grad_bias = ctx.bias_count * grad_out.sum(dim=(0, 2, 3)) if needs[3] else None
     return grad_en, grad_de, grad_weight, grad_bias, None, None, None
 
 
