@@ -233,21 +233,27 @@ class InWorker(data.Dataset):
         return after_an_op()
 
 
+def check(got, expected):
+    # TBB's work stealing may leave a thread without iterations; the other layers split a prange evenly
+    assert list(got[:2]) == list(expected[:2]), (got, expected)
+    assert got[2] == expected[2] or numba.threading_layer() == "tbb" and 1 <= got[2] <= expected[2], (got, expected)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # before the first op: starting Numba's threads must not reset it
-    assert after_an_op() == (1, 1, 1), after_an_op()
+    check(after_an_op(), (1, 1, 1))
     torch.set_num_threads(2)
-    assert after_an_op() == (2, 2, 2)
+    check(after_an_op(), (2, 2, 2))
     torch.set_num_threads(1)
-    assert after_an_op() == (1, 1, 1)
+    check(after_an_op(), (1, 1, 1))
     torch.set_num_threads(8)  # more than NUMBA_NUM_THREADS: capped
-    assert after_an_op() == (8, 2, 2)
+    check(after_an_op(), (8, 2, 2))
     torch.set_num_threads(2)
     numba.set_num_threads(1)  # the user's own choice for Numba stays
-    assert after_an_op() == (2, 1, 1)
+    check(after_an_op(), (2, 1, 1))
     loader = data.DataLoader(InWorker(), batch_size=None, num_workers=1, multiprocessing_context="spawn")
     (in_worker,) = list(loader)
-    assert list(in_worker) == [1, 1, 1], in_worker
+    check(in_worker, (1, 1, 1))
     print("numba follows torch")
 """
 

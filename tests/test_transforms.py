@@ -90,6 +90,12 @@ def test_vmap_of_every_operator_eager_and_compiled_equals_a_loop(name):
     torch.testing.assert_close(compiled(*inputs), expected, rtol=0, atol=1e-14)
 
 
+def _channels_last_maps(*batch, channels=8, height=32, width=37):
+    """Maps of shape (*batch, N, channels, height, width), each (N, C, H, W) map channels-last."""
+    dims = len(batch) + 1
+    return torch.randn(*batch, 2, height, width, channels).permute(*range(dims), dims + 2, dims, dims + 1)
+
+
 @pytest.mark.filterwarnings("ignore:.*batching rule")
 @pytest.mark.parametrize("shape,scale", [((3, 2, 6, 10, 10), 2.098), ((2, 2, 6, 40, 30), 2.3),
                                          ((2, 1, 2, 32, 37), (3.37, 1.002))])
@@ -99,3 +105,22 @@ def test_vmap_of_nearest_interpolate_equals_vmap_of_f_interpolate_bit_for_bit(sh
     x = torch.randn(shape)
     ours = torch.func.vmap(lambda a: ul.interpolate(a, scale_factor=scale, mode="nearest", backend="cpu"))(x)
     assert torch.equal(ours, torch.func.vmap(lambda a: F.interpolate(a, scale_factor=scale, mode="nearest"))(x))
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+def test_vmap_of_nearest_over_channels_last_maps_follows_pytorchs_folded_batch():
+    # PyTorch's batching rule folds vmap's dimension into N as a view where it can, so channels-last maps of
+    # more than 3 channels keep its channels-last kernel's index math; ours took the contiguous one's and
+    # differed in 123264 values of the first case (a review's reproducer).
+    def pair(scale):
+        return (lambda a: ul.interpolate(a, scale_factor=scale, mode="nearest", backend="cpu"),
+                lambda a: F.interpolate(a, scale_factor=scale, mode="nearest"))
+    ours, theirs = pair((3.37, 1.002))
+    vmap = torch.func.vmap
+    x = _channels_last_maps(2)
+    assert torch.equal(vmap(ours)(x), vmap(theirs)(x))
+    assert torch.equal(vmap(ours, in_dims=1)(x.movedim(0, 1)), vmap(theirs, in_dims=1)(x.movedim(0, 1)))
+    nested = _channels_last_maps(2, 3)
+    assert torch.equal(vmap(vmap(ours))(nested), vmap(vmap(theirs))(nested))
+    assert torch.equal(vmap(vmap(ours), in_dims=1)(nested.movedim(0, 1)),
+                       vmap(vmap(theirs), in_dims=1)(nested.movedim(0, 1)))

@@ -468,6 +468,25 @@ _BACKWARD = {"cuda": backward_kernel, "cpu": backward_cpu}
 # --------------------------------------------------------------------------
 
 
+def _batch_folded(x):
+    """The tensor PyTorch's nearest kernel runs on for ``torch.func.vmap``'s
+    batched ``x``: the physical tensor with each vmap level's dimension
+    folded into N, the innermost level's outermost, as its batching rules
+    fold them (a view where the strides allow, else a contiguous copy).
+    None where that cannot be asked: under torch.compile (Dynamo traces no
+    unwrapping) and for autograd's legacy batched tensors."""
+    functorch = torch._C._functorch
+    if torch.compiler.is_compiling() or not functorch.is_batchedtensor(x):
+        return None
+    labels, levels, tensor = list(range(x.dim())), [], x  # the logical dims N, C, H, W are 0..3
+    while functorch.is_batchedtensor(tensor):
+        levels.append(-1 - len(levels))
+        labels.insert(functorch.maybe_get_bdim(tensor), levels[-1])
+        tensor = functorch.get_unwrapped(tensor)
+    order = [labels.index(label) for label in reversed(levels)] + [labels.index(d) for d in range(x.dim())]
+    return tensor.permute(order).reshape(-1, *x.shape[1:])
+
+
 def nearest_rule(x, out_h, out_w):
     """Which of PyTorch's nearest kernels ``F.interpolate(x)`` runs, so that
     ours reproduces its index math bit for bit: on a GPU its CUDA kernel;
@@ -476,9 +495,11 @@ def nearest_rule(x, out_h, out_w):
     generic one (PyTorch's ``_use_channels_last_kernel_2d``)."""
     if x.is_cuda:
         return NEAREST_DEVICE
-    # Under vmap, PyTorch's batching rule runs the kernel on the whole batch's tensor, contiguous (vmap
-    # over the first dimension of a contiguous tensor), and a batched tensor cannot tell its format.
-    channels_last = not is_vmapped(x) and x.is_contiguous(memory_format=torch.channels_last)
+    if is_vmapped(x):  # a batched tensor cannot tell its format; the folded batch PyTorch runs can
+        folded = _batch_folded(x)
+        channels_last = folded is not None and folded.is_contiguous(memory_format=torch.channels_last)
+    else:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
     if (channels_last and x.shape[1] > 3) or out_h + out_w <= 128:
         return NEAREST_LEGACY
     return NEAREST_GENERIC
