@@ -112,11 +112,9 @@ def test_vmap_of_nearest_over_channels_last_maps_follows_pytorchs_folded_batch()
     # PyTorch's batching rule folds vmap's dimension into N as a view where it can, so channels-last maps of
     # more than 3 channels keep its channels-last kernel's index math; ours took the contiguous one's and
     # differed in 123264 values of the first case (a review's reproducer).
-    def pair(scale):
-        return (lambda a: ul.interpolate(a, scale_factor=scale, mode="nearest", backend="cpu"),
-                lambda a: F.interpolate(a, scale_factor=scale, mode="nearest"))
-    ours, theirs = pair((3.37, 1.002))
-    vmap = torch.func.vmap
+    scale, vmap = (3.37, 1.002), torch.func.vmap
+    ours = lambda a: ul.interpolate(a, scale_factor=scale, mode="nearest", backend="cpu")  # noqa: E731
+    theirs = lambda a: F.interpolate(a, scale_factor=scale, mode="nearest")  # noqa: E731
     x = _channels_last_maps(2)
     assert torch.equal(vmap(ours)(x), vmap(theirs)(x))
     assert torch.equal(vmap(ours, in_dims=1)(x.movedim(0, 1)), vmap(theirs, in_dims=1)(x.movedim(0, 1)))

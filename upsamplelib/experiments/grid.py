@@ -27,11 +27,9 @@ KERNEL_STAGE = 2
 
 
 def set_threads(threads: int) -> None:
-    """Threads of PyTorch and of Numba's parallel CPU loops."""
-    import numba
-
+    """Threads of PyTorch, which the library's Numba CPU loops follow
+    (``backend.follow_torch_threads``)."""
     torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def example_pixel(task: str, target: torch.Tensor):
