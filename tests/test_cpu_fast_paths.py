@@ -213,26 +213,41 @@ def test_semi_shift_fast_path_takes_any_layout_and_returns_nchw():
     expected = torch.autograd.grad(semi_shift_conv_reference(*reference_leaves, 2), reference_leaves, grad)
     for got, want in zip(torch.autograd.grad(out, tensors, grad), expected):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
-    grad = grad.contiguous(memory_format=channels_last)
-    grad_en = torch.ops.upsamplelib.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu")
-    grad_de = torch.ops.upsamplelib.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")
-    assert grad_en.is_contiguous() and grad_de.is_contiguous()
+
+
+@pytest.mark.parametrize("bad_weight", [False, True], ids=["fast path", "one-pass loops"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_semi_shift_gradients_come_back_in_each_maps_layout(layout, bad_weight):
+    # As PyTorch's convolutions give them: autograd would otherwise copy them into a leaf's layout.
+    en, de, weight, bias = _semi_shift_inputs(c=8, h=8, w=8, o=4)
+    if bad_weight:
+        weight[0, 0, 0, 0] = float("nan")
+    grad = torch.randn(2, 4, 16, 16, dtype=en.dtype)
+    leaves = [t.requires_grad_() for t in (en, de)]
+    expected = torch.autograd.grad(ul.semi_shift_conv(*leaves, weight, bias, 2, backend="torch"), leaves, grad)
+    maps = [t.detach().contiguous(memory_format=layout).requires_grad_() for t in (en, de)]
+    got = torch.autograd.grad(ul.semi_shift_conv(*maps, weight, bias, 2, backend="cpu"), maps, grad)
+    for got_grad, expected_grad, leaf in zip(got, expected, maps):
+        assert got_grad.stride() == leaf.stride()
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-11, atol=1e-11, equal_nan=True)
 
 
 @pytest.mark.parametrize("channels,outputs", [(1, 3), (4, 1)])
 def test_semi_shift_fast_path_strides_are_the_fake_implementations(channels, outputs):
-    # A one-channel map is both channels-last and NCHW; what comes back has
-    # the usual NCHW strides, as the ops' fake implementations say.
+    # A one-channel map is both channels-last and NCHW; the convolutions' results may have other
+    # strides in its size-1 dimensions than the ones the ops' fake implementations promise: the
+    # usual NCHW ones for the forward, channels-last ones for the input gradients.
     en, de, weight, bias = (t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                             for t in _semi_shift_inputs(c=channels, o=outputs))
     ops = torch.ops.upsamplelib
     grad = torch.randn(2, outputs, en.shape[2], en.shape[3], dtype=en.dtype)
     grad = grad.contiguous(memory_format=torch.channels_last)
     for result in (ops.semi_shift_conv(en, None, weight, bias, 2, 1, "cpu"),
-                   ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu"),
-                   ops.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu"),
-                   ops.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")):
+                   ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu")):
         assert result.stride() == torch.empty(result.shape).stride()
+    for result in (ops.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu"),
+                   ops.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")):
+        assert result.stride() == torch.empty(result.shape, memory_format=torch.channels_last).stride()
 
 
 def test_semi_shift_fast_path_gradgradcheck():

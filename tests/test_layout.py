@@ -59,17 +59,29 @@ def test_a_tensor_already_in_the_layout_is_returned_as_it_is():
     assert to_channels_last(last) is last
 
 
-def test_the_copy_operator_is_differentiable_and_traceable():
-    op = torch.ops.upsamplelib.channels_last_copy
-    x = torch.randn(1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("name", ["channels_last_copy", "channels_first_copy"])
+def test_the_copy_operators_are_differentiable_and_traceable(name):
+    op = getattr(torch.ops.upsamplelib, name)
+    x = torch.randn(1, 3, 4, 5, dtype=torch.float64)
+    if name == "channels_first_copy":
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    x.requires_grad_()
     torch.library.opcheck(op, (x,))
     assert torch.autograd.gradcheck(op, (x,))
     assert torch.autograd.gradgradcheck(lambda t: op(t) ** 2, (x,))
-    big = torch.randn(1, 64, 32, 32, requires_grad=True)
-    (to_channels_last(big) * 3).sum().backward()
-    assert torch.equal(big.grad, torch.full_like(big, 3))
     torch._dynamo.reset()
-    compiled = torch.compile(lambda t: to_channels_last(t * 2) + 1, backend="aot_eager", fullgraph=True)
-    out = compiled(big.detach())
-    assert torch.equal(out, (big.detach() * 2).contiguous(memory_format=CHANNELS_LAST) + 1)
-    assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    compiled = torch.compile(lambda t: op(t * 2) + 1, backend="aot_eager", fullgraph=True)
+    out = compiled(x.detach())
+    assert torch.equal(out, x.detach() * 2 + 1) and out.stride() == op(x.detach()).stride()
+
+
+@pytest.mark.parametrize("size", [(1, 64, 32, 32), (1, 3, 4, 5)], ids=["block transpose", "small"])
+def test_gradients_come_back_in_the_layout_of_the_tensor_they_are_for(size):
+    # autograd would otherwise copy a leaf's gradient into its layout, by PyTorch's slower copy;
+    # a small tensor takes the operators too when autograd tracks it.
+    nchw = torch.randn(size, requires_grad=True)
+    last = torch.randn(size).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    (grad,) = torch.autograd.grad((to_channels_last(nchw) * 3).sum(), nchw)
+    assert torch.equal(grad, torch.full_like(nchw, 3)) and grad.is_contiguous()
+    (grad,) = torch.autograd.grad((to_channels_first(last) * 3).sum(), last)
+    assert torch.equal(grad, torch.full_like(last, 3)) and grad.stride() == last.stride()

@@ -14,8 +14,11 @@ x86, NEON on arm64).
   as an operator that reverse-mode autograd and ``torch.compile`` go
   through (not forward-mode AD: ``semi_shift_conv``, which uses it, adds its
   tangent itself, from the primal maps);
-* ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, for
-  use inside an operator's implementation (it calls a Numba loop directly).
+* ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, the
+  same way.
+
+Each copy's gradient is the other copy, so a gradient goes back in the
+layout of the tensor it is for.
 
 Both run a parallel Numba loop, under the same threading rules as every CPU
 kernel of the library.
@@ -139,7 +142,31 @@ def _(tensor):
     return torch.empty_like(tensor, memory_format=torch.channels_last)
 
 
-torch.library.register_autograd("upsamplelib::channels_last_copy", lambda ctx, grad: grad,
+@operator("channels_first_copy")
+def channels_first_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A new NCHW (contiguous) copy of a 4-D tensor."""
+    out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    if _block_transposable(tensor, torch.channels_last):
+        batch, channels, height, width = tensor.shape
+        run(transpose_planes_cpu, "cpu", out.numel(), tensor.permute(0, 2, 3, 1).reshape(-1), out.view(-1),
+            batch, height * width, channels)
+    else:
+        out.copy_(tensor)
+    return out
+
+
+@channels_first_copy.register_fake
+def _(tensor):
+    return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+
+
+# Each copy's gradient goes back in the layout of the copy's input: autograd would otherwise copy a
+# leaf's .grad into its layout, by PyTorch's slower copy. Batched gradients cannot tell their layout.
+torch.library.register_autograd("upsamplelib::channels_last_copy",
+                                lambda ctx, grad: grad if is_vmapped(grad) else to_channels_first(grad),
+                                setup_context=lambda ctx, inputs, output: None)
+torch.library.register_autograd("upsamplelib::channels_first_copy",
+                                lambda ctx, grad: grad if is_vmapped(grad) else to_channels_last(grad),
                                 setup_context=lambda ctx, inputs, output: None)
 
 
@@ -153,30 +180,48 @@ def is_vmapped(tensor: torch.Tensor) -> bool:
     return functorch.is_batchedtensor(tensor) or functorch.is_legacy_batchedtensor(tensor)
 
 
+def _through_the_operator(tensor: torch.Tensor) -> bool:
+    """Whether a copy of ``tensor`` goes through the copy operators whatever
+    its size (which they then check inside). Traced: outside them,
+    torch.export would keep the size test as a limit on the input's size,
+    torch.compile(dynamic=True) would recompile where a size crosses it, and
+    torch.jit.trace would keep the branch of the traced size. Tracked by
+    autograd: PyTorch's own copy would give the gradient back in the copy's
+    layout, not the tensor's."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    return tensor.requires_grad and torch.is_grad_enabled()
+
+
 def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     """The (N, C, H, W) tensor with channels-last memory: itself if it has
     it, else a copy (differentiable; traceable by ``torch.compile``)."""
     if tensor.is_contiguous(memory_format=torch.channels_last):
         return tensor
-    # Traced, the size test is left to the op: outside it, torch.export would keep it as a limit on the
-    # input's size, and torch.compile(dynamic=True) would recompile where a size crosses it.
-    if _block_transposable(tensor, torch.contiguous_format, any_size=torch.compiler.is_compiling()):
+    if _block_transposable(tensor, torch.contiguous_format, any_size=_through_the_operator(tensor)):
         return torch.ops.upsamplelib.channels_last_copy(tensor)
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
 def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor.contiguous()`` for an (N, C, H, W) tensor, by the block
-    transpose when it is channels-last. Not differentiable, not traceable:
-    for the inside of an operator."""
+    transpose when it is channels-last (differentiable; traceable by
+    ``torch.compile``)."""
     if tensor.is_contiguous():
         # Already in NCHW order (one channel, or one pixel): the usual
         # strides, as the ops' fake implementations give.
         return tensor.view(-1).view(tensor.shape)
-    if not _block_transposable(tensor, torch.channels_last):
-        return tensor.contiguous()
-    batch, channels, height, width = tensor.shape
-    out = tensor.new_empty(tensor.shape)
-    run(transpose_planes_cpu, "cpu", out.numel(), tensor.permute(0, 2, 3, 1).reshape(-1), out.view(-1),
-        batch, height * width, channels)
-    return out
+    if _block_transposable(tensor, torch.channels_last, any_size=_through_the_operator(tensor)):
+        return torch.ops.upsamplelib.channels_first_copy(tensor)
+    return tensor.contiguous()
+
+
+def with_channels_last_strides(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if it has the strides ``torch.empty(..., memory_format=
+    torch.channels_last)`` gives, else such a copy. An operator's result must
+    have the strides its fake implementation promises; a library's result
+    (a convolution's) may differ in the strides of its size-1 dimensions."""
+    out = torch.empty_like(tensor, memory_format=torch.channels_last)
+    if tensor.stride() == out.stride():
+        return tensor
+    return out.copy_(tensor)

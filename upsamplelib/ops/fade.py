@@ -39,7 +39,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, run_grid, with_tangent)
-from ..layout import is_vmapped, to_channels_first, to_channels_last
+from ..layout import is_vmapped, to_channels_first, to_channels_last, with_channels_last_strides
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -493,11 +493,11 @@ def dense_sum_pool(grad_out, scale):
 
 @full_precision
 def dense_input_grad(grad, weight, groups):
-    """conv_transpose2d(grad, weight): d loss / d en from grad_out, or
-    d loss / d de from the pooled grad_out, channels-last inside."""
+    """conv_transpose2d(grad, weight), channels-last: d loss / d en from
+    grad_out, or d loss / d de from the pooled grad_out."""
     pad = weight.shape[2] // 2
-    return to_channels_first(F.conv_transpose2d(to_channels_last(grad), to_channels_last(weight), padding=pad,
-                                                groups=groups))
+    return with_channels_last_strides(F.conv_transpose2d(to_channels_last(grad), to_channels_last(weight),
+                                                         padding=pad, groups=groups))
 
 
 def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
@@ -652,27 +652,38 @@ def _sum_pool_loop(grad_out, scale):
     return pooled
 
 
+# The input gradients come back channels-last from the cpu backend, as its convolutions give them: the
+# maps they are for were made channels-last for those convolutions (the forward's copies, whose own
+# gradient copies them back), or were so already.
+
+
+def _input_grad_like(grad_out, channels, height, width, backend):
+    """An empty input gradient, channels-last on the cpu backend."""
+    layout = torch.channels_last if backend == "cpu" else torch.contiguous_format
+    return torch.empty((grad_out.shape[0], channels, height, width), dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=layout)
+
+
 @operator("semi_shift_conv_encoder_grad")
 def encoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, groups: int, backend: str) -> torch.Tensor:
     """d loss / d en of the semi-shift convolution: a stride-1 transposed
-    convolution of grad_out."""
+    convolution of grad_out (channels-last on the cpu backend)."""
     if backend == "cpu" and all_finite(weight):
         return dense_input_grad(grad_out, weight, groups)
     grad_out, weight = grad_out.contiguous(), weight.contiguous()
     grad_en = grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2],
                                   grad_out.shape[3]))
-    if backend == "cpu":
-        pad = weight.shape[2] // 2
-        run(transposed_conv_cpu, backend, grad_en.numel(), upsampled_columns(grad_out, 1, pad), weight, grad_en,
-            groups)
-    else:
+    if backend != "cpu":
         run(semi_shift_grad_en_kernel, backend, grad_en.numel(), grad_out, weight, grad_en, groups)
-    return grad_en
+        return grad_en
+    pad = weight.shape[2] // 2
+    run(transposed_conv_cpu, backend, grad_en.numel(), upsampled_columns(grad_out, 1, pad), weight, grad_en, groups)
+    return with_channels_last_strides(to_channels_last(grad_en))
 
 
 @encoder_grad_op.register_fake
 def _(grad_out, weight, groups, backend):
-    return grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2], grad_out.shape[3]))
+    return _input_grad_like(grad_out, weight.shape[1] * groups, grad_out.shape[2], grad_out.shape[3], backend)
 
 
 @operator("semi_shift_conv_decoder_grad")
@@ -680,25 +691,26 @@ def decoder_grad_op(grad_out: torch.Tensor, weight: torch.Tensor, scale: int, gr
                     backend: str) -> torch.Tensor:
     """d loss / d de of the semi-shift convolution. All s x s outputs of a
     block see the same decoder window, so only their summed gradient
-    matters: the CPU path pools first and works at low resolution."""
+    matters: the CPU path pools first and works at low resolution
+    (channels-last on the cpu backend)."""
     if backend == "cpu" and all_finite(weight):
         return dense_input_grad(dense_sum_pool(grad_out, scale), weight, groups)
     grad_out, weight = grad_out.contiguous(), weight.contiguous()
     grad_de = grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2] // scale,
                                   grad_out.shape[3] // scale))
-    if backend == "cpu":
-        pad = weight.shape[2] // 2
-        run(transposed_conv_cpu, backend, grad_de.numel(), upsampled_columns(_sum_pool_loop(grad_out, scale), 1, pad),
-            weight, grad_de, groups)
-    else:
+    if backend != "cpu":
         run(semi_shift_grad_de_kernel, backend, grad_de.numel(), grad_out, weight, grad_de, scale, groups)
-    return grad_de
+        return grad_de
+    pad = weight.shape[2] // 2
+    run(transposed_conv_cpu, backend, grad_de.numel(), upsampled_columns(_sum_pool_loop(grad_out, scale), 1, pad),
+        weight, grad_de, groups)
+    return with_channels_last_strides(to_channels_last(grad_de))
 
 
 @decoder_grad_op.register_fake
 def _(grad_out, weight, scale, groups, backend):
-    return grad_out.new_empty((grad_out.shape[0], weight.shape[1] * groups, grad_out.shape[2] // scale,
-                               grad_out.shape[3] // scale))
+    return _input_grad_like(grad_out, weight.shape[1] * groups, grad_out.shape[2] // scale,
+                            grad_out.shape[3] // scale, backend)
 
 
 @operator("semi_shift_conv_weight_grad")
