@@ -47,6 +47,17 @@ def test_opcheck_cpu(case):
     torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_opcheck_cpu_channels_last(case):
+    # The interpolation loops take channels-last maps as they are and return channels-last results,
+    # as the fake implementations say.
+    op, args = _op_cases("cpu")[case]
+    args = [a.double().contiguous(memory_format=torch.channels_last).requires_grad_() if isinstance(a, torch.Tensor)
+            else a for a in args]
+    torch.library.opcheck(op, args)
+    assert op(*args).is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("case", [0, 3, 6, 7])
 def test_opcheck_cuda_backend(case):
     if not ul.backend.SIMULATOR:

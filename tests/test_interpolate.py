@@ -309,3 +309,38 @@ def test_the_result_has_the_memory_format_of_f_interpolate(backend, mode):
         torch.testing.assert_close(out, expected)
         (grad,) = torch.autograd.grad(out.square().sum(), x)
         torch.testing.assert_close(grad, torch.autograd.grad(expected.square().sum(), x)[0])
+
+
+@pytest.mark.parametrize("mode,align_corners", [("nearest", None), ("nearest-exact", None), ("bilinear", False),
+                                                ("bilinear", True)])
+def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
+    # No copy to NCHW and back, and the gradient in the input's layout. Bilinear gives the NCHW
+    # loops' values bit for bit; the nearest modes give F.interpolate's for channels-last maps bit for
+    # bit (its channels-last kernel rounds the source index its own way), forward and backward.
+    channels_last = torch.channels_last
+    for case, (h, w, kwargs) in enumerate(_random_cases(24, seed=5)):
+        dtype = torch.float64 if case % 2 else torch.float32
+        x = torch.randn(2, 1 + case % 9, h, w, dtype=dtype)
+        leaves = [x.clone().requires_grad_(), x.contiguous(memory_format=channels_last).requires_grad_()]
+        if mode != "bilinear":
+            outs = [F.interpolate(leaves[1], mode=mode, **kwargs)]
+        else:
+            outs = [ul.interpolate(leaves[0], mode=mode, align_corners=align_corners, backend="cpu", **kwargs)]
+        outs.append(ul.interpolate(leaves[1], mode=mode, align_corners=align_corners, backend="cpu", **kwargs))
+        grad = torch.randn_like(outs[0])
+        grads = [torch.autograd.grad(out, leaf, grad)[0]
+                 for out, leaf in zip(outs, (leaves[1] if mode != "bilinear" else leaves[0], leaves[1]))]
+        assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1]), (h, w, kwargs)
+        assert grads[1].stride() == leaves[1].stride()
+        if leaves[1].shape[1] > 1 and h * w > 1:
+            assert outs[1].is_contiguous(memory_format=channels_last) and not outs[1].is_contiguous()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_the_gradient_comes_back_in_the_layout_of_the_input(mode):
+    # Whatever layout the incoming gradient has: autograd would otherwise copy it into a leaf's.
+    for x in (torch.randn(2, 8, 10, 12), torch.randn(2, 8, 10, 12).contiguous(memory_format=torch.channels_last)):
+        x.requires_grad_()
+        out = ul.interpolate(x, scale_factor=2, mode=mode, backend="cpu")
+        for grad in (torch.randn_like(out), torch.randn_like(out).contiguous(memory_format=torch.channels_last)):
+            assert torch.autograd.grad(out, x, grad, retain_graph=True)[0].stride() == x.stride()

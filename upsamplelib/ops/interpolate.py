@@ -38,7 +38,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
-from ..layout import is_vmapped, to_channels_last
+from ..layout import is_vmapped, to_channels_first, to_channels_last
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -453,6 +453,76 @@ def bilinear_backward_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x
                         target[x] = fma(w, folded[x], target[x])
 
 
+# Channels-last maps, as the (N, H, W, C) arrays they are in memory: a pixel's
+# channels are one contiguous row, so each output pixel is a copy (nearest)
+# or two lerps of two such rows (bilinear), vectorised over the channels.
+# The axis tables name the pixels; the lerps and sums are the NCHW loops',
+# in the same order, so the two layouts give the same values bit for bit.
+
+
+@cpu_kernel
+def forward_channels_last_cpu(x, out, index_y, weight_y, index_x, weight_x, linear):
+    batch, out_h, out_w, channels = out.shape
+    for task in prange(batch * out_h):
+        n, Y = task // out_h, task % out_h
+        out_row = out[n, Y]
+        top_row, bottom_row = x[n, index_y[0, Y]], x[n, index_y[1, Y]]
+        wy0, wy1 = weight_y[0, Y], weight_y[1, Y]
+        for X in range(out_w):
+            pixel = out_row[X]
+            if not linear:
+                source = top_row[index_x[0, X]]
+                for c in range(channels):
+                    pixel[c] = source[c]
+                continue
+            wx0, wx1 = weight_x[0, X], weight_x[1, X]
+            a0, a1 = top_row[index_x[0, X]], top_row[index_x[1, X]]
+            b0, b1 = bottom_row[index_x[0, X]], bottom_row[index_x[1, X]]
+            for c in range(channels):
+                pixel[c] = lerp(lerp(a0[c], a1[c], wx0, wx1), lerp(b0[c], b1[c], wx0, wx1), wy0, wy1)
+
+
+@cpu_kernel
+def backward_channels_last_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x, linear):
+    """The adjoint, as the NCHW loops do it: per output row (ascending), its
+    gradient folded along x (nearest: summed into the pixel it copied),
+    then added to the input rows it came from. A task owns a band of input
+    rows, so no two tasks write one pixel."""
+    batch, in_h, in_w, channels = grad_x.shape
+    out_w = grad_out.shape[2]
+    bands = (in_h + BAND_ROWS - 1) // BAND_ROWS
+    for task in prange(batch * bands):
+        n, band = task // bands, task % bands
+        first, last = band * BAND_ROWS, min(in_h, band * BAND_ROWS + BAND_ROWS)
+        sums = grad_x[n, first:last]
+        sums[:, :, :] = 0
+        folded = np.empty((in_w, channels), grad_x.dtype)
+        for Y in range(lower_bound(index_y, 1, first), lower_bound(index_y, 0, last)):
+            grad_row = grad_out[n, Y]
+            if not linear:  # one input row, and no weights: plain sums, in PyTorch's order
+                target = sums[index_y[0, Y] - first]
+                for X in range(out_w):
+                    pixel, g = target[index_x[0, X]], grad_row[X]
+                    for c in range(channels):
+                        pixel[c] += g[c]
+                continue
+            folded[:, :] = 0
+            for X in range(out_w):
+                g = grad_row[X]
+                for side in range(2):
+                    w, pixel = weight_x[side, X], folded[index_x[side, X]]
+                    for c in range(channels):
+                        pixel[c] = fma(w, g[c], pixel[c])
+            for side in range(2):
+                y = index_y[side, Y]
+                if first <= y < last:
+                    w, target = weight_y[side, Y], sums[y - first]
+                    for x in range(in_w):
+                        pixel, source = target[x], folded[x]
+                        for c in range(channels):
+                            pixel[c] = fma(w, source[c], pixel[c])
+
+
 _FORWARD = {
     ("nearest", "cuda"): nearest_forward_kernel,
     ("nearest", "cpu"): nearest_forward_cpu,
@@ -600,6 +670,24 @@ def _planes(tensor):
     return tensor.reshape(n * c, h, w)
 
 
+def _runs_channels_last(tensor, backend):
+    """Whether the cpu loops take ``tensor`` channels-last, and return their
+    result so: a dense channels-last map that is not also NCHW (one channel,
+    or one pixel, is both)."""
+    return backend == "cpu" and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty_map(like, height, width, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((like.shape[0], like.shape[1], height, width), dtype=like.dtype, device=like.device,
+                       memory_format=layout)
+
+
+def _pixels(tensor):
+    """A channels-last map as the (N, H, W, C) array it is in memory."""
+    return tensor.permute(0, 2, 3, 1)
+
+
 def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, dtype):
     """(scale_h, scale_w) in the kernel dtype, and the kernels' flag."""
     real_t = np.float32 if dtype == torch.float32 else np.float64
@@ -612,11 +700,18 @@ def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, fact
 @operator("interpolate")
 def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_corners: bool,
                    factor_h: Optional[float], factor_w: Optional[float], rule: int, backend: str) -> torch.Tensor:
-    """Resize (N, C, h, w) -> (N, C, out_h, out_w) on the Numba kernels."""
-    x = x.contiguous()
-    out = x.new_empty((x.shape[0], x.shape[1], out_h, out_w))
+    """Resize (N, C, h, w) -> (N, C, out_h, out_w) on the Numba kernels
+    (channels-last in and out, see ``_runs_channels_last``, else NCHW)."""
+    channels_last = _runs_channels_last(x, backend)
+    x = x if channels_last else x.contiguous()
+    out = _empty_map(x, out_h, out_w, channels_last)
     scale_h, scale_w, flag = _launch_scales(x.shape[2], x.shape[3], out_h, out_w, mode, align_corners,
                                             factor_h, factor_w, rule, x.dtype)
+    if channels_last:
+        tables = (*_axis_table(backend, x.shape[2], out_h, scale_h, mode, flag, rule, x),
+                  *_axis_table(backend, x.shape[3], out_w, scale_w, mode, flag, rule, x))
+        run(forward_channels_last_cpu, backend, out.numel(), _pixels(x), _pixels(out), *tables, mode == "bilinear")
+        return out
     family = "bilinear" if mode == "bilinear" else "nearest"
     run(_FORWARD[(family, backend)], backend, out.numel(), _planes(x), _planes(out), scale_h, scale_w, flag, rule)
     return out
@@ -624,7 +719,7 @@ def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_cor
 
 @interpolate_op.register_fake
 def _(x, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, backend):
-    return x.new_empty((x.shape[0], x.shape[1], out_h, out_w))
+    return _empty_map(x, out_h, out_w, _runs_channels_last(x, backend))
 
 
 def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
@@ -640,15 +735,20 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
                             factor_h: Optional[float], factor_w: Optional[float], rule: int,
                             backend: str) -> torch.Tensor:
     """The adjoint of ``interpolate``: each input pixel gathers the outputs
-    that read it, with their weights (no atomics)."""
-    grad_out = grad_out.contiguous()
+    that read it, with their weights (no atomics); in ``grad_out``'s layout
+    as ``interpolate`` is."""
+    channels_last = _runs_channels_last(grad_out, backend)
+    grad_out = grad_out if channels_last else grad_out.contiguous()
     out_h, out_w = grad_out.shape[2], grad_out.shape[3]
-    grad_x = grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
+    grad_x = _empty_map(grad_out, in_h, in_w, channels_last)
     scale_h, scale_w, flag = _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w,
                                             rule, grad_out.dtype)
     index_y, weight_y = _axis_table(backend, in_h, out_h, scale_h, mode, flag, rule, grad_out)
     index_x, weight_x = _axis_table(backend, in_w, out_w, scale_w, mode, flag, rule, grad_out)
-    if backend == "cpu" and mode != "bilinear":
+    if channels_last:
+        run(backward_channels_last_cpu, backend, grad_x.numel(), _pixels(grad_out), _pixels(grad_x),
+            index_y, weight_y, index_x, weight_x, mode == "bilinear")
+    elif backend == "cpu" and mode != "bilinear":
         run(nearest_backward_cpu, backend, grad_x.numel(), _planes(grad_out), _planes(grad_x), index_y, index_x)
     elif backend == "cpu":
         run(bilinear_backward_cpu, backend, grad_x.numel(), _planes(grad_out), _planes(grad_x),
@@ -661,16 +761,20 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
 
 @interpolate_backward_op.register_fake
 def _(grad_out, in_h, in_w, mode, align_corners, factor_h, factor_w, rule, backend):
-    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
+    return _empty_map(grad_out, in_h, in_w, _runs_channels_last(grad_out, backend))
 
 
 def _remember_sizes(ctx, inputs, output):
     tensor, *arguments = inputs
     ctx.sizes = (tensor.shape[2], tensor.shape[3])
     ctx.arguments = arguments[2:]  # mode ... backend
+    ctx.channels_last = not is_vmapped(tensor) and _runs_channels_last(tensor, arguments[-1])
 
 
 def _interpolate_derivative(ctx, grad_out):
+    # The gradient comes back in the layout of the forward's input, as the adjoint runs in grad_out's.
+    if not is_vmapped(grad_out):
+        grad_out = to_channels_last(grad_out) if ctx.channels_last else to_channels_first(grad_out)
     grad_x = torch.ops.upsamplelib.interpolate_backward(grad_out, *ctx.sizes, *ctx.arguments)
     return (grad_x,) + (None,) * 8
 
@@ -735,15 +839,17 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         return with_tangent(interpolate(x, size, scale_factor, mode, align_corners, backend),
                             [interpolate(dx, size, scale_factor, mode, align_corners, backend)])
     x_compute = x.to(kernel_dtype(x.dtype))
+    # F.interpolate returns the result in the input's suggested memory format, channels-last for a
+    # channels-last input (sliced ones included). The cpu loops read and write either layout; the
+    # CUDA kernels NCHW, between layout's copies (whose gradients come back in the copied layout).
+    channels_last = not is_vmapped(x) and not x.is_contiguous() and suggest_memory_format(x) == torch.channels_last
     if backend == "torch":
         out = interpolate_reference(x_compute, out_h, out_w, factors, mode, corners)
     else:
         rule = nearest_rule(x, out_h, out_w) if mode != "bilinear" else NEAREST_GENERIC
+        if channels_last:
+            x_compute = to_channels_last(x_compute) if backend == "cpu" else to_channels_first(x_compute)
         out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, corners, *factors, rule,
                                                 backend)
     out = out.to(x.dtype)
-    # F.interpolate returns the result in the input's suggested memory format, channels-last for a
-    # channels-last input (sliced ones included); the kernels write NCHW.
-    if not is_vmapped(x) and not x.is_contiguous() and suggest_memory_format(x) == torch.channels_last:
-        return to_channels_last(out)
-    return out
+    return to_channels_last(out) if channels_last else out
