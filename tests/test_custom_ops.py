@@ -188,3 +188,43 @@ def test_backend_keeps_its_meaning_inside_the_op():
             continue
         torch.testing.assert_close(ul.carafe(x, masks, 3, 2, backend=backend),
                                    ul.carafe(x, masks, 3, 2, backend="torch"))
+
+
+_COMPILE_AND_COUNT = """
+import sys, torch, upsamplelib as ul
+from torch._dynamo.utils import counters
+assert ul.__file__.startswith(sys.argv[1]), ul.__file__
+compiled = torch.compile(lambda x: ul.interpolate(x, scale_factor=2, backend="cpu") + 1, fullgraph=True)
+compiled(torch.randn(1, 2, 4, 4))
+print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+
+
+def test_a_changed_library_misses_torch_compiles_caches_on_disk(tmp_path):
+    # Inductor's cache knows an operator by its name: without the digest of the operators' sources in
+    # its key, a graph compiled with the library before a change would run with the old fake strides.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    package = os.path.dirname(ul.__file__)
+    copies = {}
+    for name in ("before", "after"):
+        copies[name] = tmp_path / name
+        shutil.copytree(package, copies[name] / "upsamplelib", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copies["after"] / "upsamplelib" / "ops" / "interpolate.py", "a") as source:
+        source.write("\n# a change\n")
+    env = {key: value for key, value in os.environ.items() if "CACHE" not in key}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+
+    def hits_and_misses(name):
+        done = subprocess.run([sys.executable, "-c", _COMPILE_AND_COUNT, str(copies[name])], capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path,
+                              env={**env, "PYTHONPATH": str(copies[name])})
+        assert done.returncode == 0, done.stderr
+        return tuple(map(int, done.stdout.split()))
+
+    assert hits_and_misses("before") == (0, 1)
+    assert hits_and_misses("before") == (1, 0)  # the cache works
+    assert hits_and_misses("after") == (0, 1)
