@@ -4,6 +4,7 @@ transposes (vector shuffles), against PyTorch's own copies."""
 import pytest
 import torch
 
+import upsamplelib as ul
 from upsamplelib.layout import SMALLEST_FAST_COPY, TILE, to_channels_first, to_channels_last
 
 CHANNELS_LAST = torch.channels_last
@@ -85,3 +86,33 @@ def test_gradients_come_back_in_the_layout_of_the_tensor_they_are_for(size):
     assert torch.equal(grad, torch.full_like(nchw, 3)) and grad.is_contiguous()
     (grad,) = torch.autograd.grad((to_channels_first(last) * 3).sum(), last)
     assert torch.equal(grad, torch.full_like(last, 3)) and grad.stride() == last.stride()
+
+
+def _op_calls():
+    """(name, function, NCHW inputs) of each operator, at sizes the block transpose copies."""
+    x, masks = torch.randn(1, 64, 24, 24), torch.softmax(torch.randn(1, 9, 48, 48), 1)
+    weight = torch.randn(8, 64, 3, 3)
+    return [("interpolate", lambda t: ul.interpolate(t, scale_factor=2, mode="bilinear", backend="cpu"), [x]),
+            ("carafe", lambda t, m: ul.carafe(t, m, 3, 2, backend="cpu"), [x, masks]),
+            ("sapa_similarity", lambda q, k: ul.sapa_similarity(q, k, 3, 2, backend="cpu"),
+             [torch.randn(1, 64, 48, 48), x]),
+            ("semi_shift_conv", lambda en, de: ul.semi_shift_conv(en, de, weight, None, 2, backend="cpu"),
+             [torch.randn(1, 64, 48, 48), x])]
+
+
+@pytest.mark.parametrize("case", range(4), ids=[name for name, _, _ in _op_calls()])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CHANNELS_LAST], ids=["NCHW", "channels-last"])
+def test_every_operator_gives_gradients_in_the_layout_of_its_maps(case, layout):
+    # Autograd would otherwise copy each leaf's gradient into its layout, with PyTorch's slower copy.
+    _, function, inputs = _op_calls()[case]
+    references = [t.clone().requires_grad_() for t in inputs]
+    expected_out = function(*references)
+    grad_out = torch.randn_like(expected_out)
+    expected = torch.autograd.grad(expected_out, references, grad_out)
+    leaves = [t.contiguous(memory_format=layout).requires_grad_() for t in inputs]
+    out = function(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    assert [g.stride() for g in grads] == [t.stride() for t in leaves]
+    torch.testing.assert_close(out, expected_out)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)

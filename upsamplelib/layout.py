@@ -216,6 +216,13 @@ def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous()
 
 
+def kernel_layout(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` made NCHW for kernels that read NCHW, by ``to_channels_first``
+    (so a channels-last map's gradient goes back channels-last); a batched
+    tensor of vmap as it is (the operator then makes each entry contiguous)."""
+    return tensor if is_vmapped(tensor) else to_channels_first(tensor)
+
+
 def with_channels_last_strides(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` if it has the strides ``torch.empty(..., memory_format=
     torch.channels_last)`` gives, else such a copy. An operator's result must

@@ -45,6 +45,7 @@ from torch.utils.flop_counter import register_flop_formula
 from ..backend import (add_products, cpu_kernel, cuda_kernel, finite_outside, fma, forward_tangents,
                        kernel_variant, operator, per_element, reference_for_empty_batch, resolve_backend, run, run_grid,
                        with_tangent)
+from ..layout import kernel_layout
 from ..validation import (
     check_batched_map,
     check_feature_map,
@@ -1032,6 +1033,7 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
     if backend == "torch":
         out = carafe_reference(x, masks, kernel_size, scale, group)
     else:
+        x, masks = kernel_layout(x), kernel_layout(masks)
         out = torch.ops.upsamplelib.carafe(x, masks, kernel_size, scale, group, backend)
     return out.to(result_dtype)
 

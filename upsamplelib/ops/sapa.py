@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import forward_tangents, operator, reference_for_empty_batch, resolve_backend, with_tangent
+from ..layout import kernel_layout
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -142,7 +143,8 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
     if backend == "torch":
         logits = sapa_similarity_reference(q, key, kernel_size, scale)
     else:
-        logits = torch.ops.upsamplelib.sapa_similarity(q, key, kernel_size, scale, 1, backend)
+        logits = torch.ops.upsamplelib.sapa_similarity(kernel_layout(q), kernel_layout(key), kernel_size, scale, 1,
+                                                       backend)
     return logits.to(result_dtype)
 
 
