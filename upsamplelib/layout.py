@@ -124,17 +124,29 @@ def _block_transposable(tensor: torch.Tensor, memory_format, any_size: bool = Fa
             and tensor.is_contiguous(memory_format=memory_format))
 
 
-@operator("channels_last_copy")
-def channels_last_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A new channels-last copy of a 4-D tensor."""
-    out = torch.empty_like(tensor, memory_format=torch.channels_last)
-    if _block_transposable(tensor, torch.contiguous_format):
+def _block_copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
+    """A new copy of a 4-D tensor in ``memory_format`` (channels-last or NCHW),
+    by the block transpose where it applies, else by PyTorch's copy."""
+    out = torch.empty_like(tensor, memory_format=memory_format)
+    to_last = memory_format == torch.channels_last
+    if _block_transposable(tensor, torch.contiguous_format if to_last else torch.channels_last):
         batch, channels, height, width = tensor.shape
-        run(transpose_planes_cpu, "cpu", out.numel(), tensor.view(-1), out.permute(0, 2, 3, 1).reshape(-1),
-            batch, channels, height * width)
+        nchw, nhwc = (tensor, out) if to_last else (out, tensor)
+        nchw, nhwc = nchw.view(-1), nhwc.permute(0, 2, 3, 1).reshape(-1)
+        # An image is a (channels x pixels) plane in NCHW memory, a (pixels x channels) one in channels-last.
+        if to_last:
+            run(transpose_planes_cpu, "cpu", out.numel(), nchw, nhwc, batch, channels, height * width)
+        else:
+            run(transpose_planes_cpu, "cpu", out.numel(), nhwc, nchw, batch, height * width, channels)
     else:
         out.copy_(tensor)
     return out
+
+
+@operator("channels_last_copy")
+def channels_last_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A new channels-last copy of a 4-D tensor."""
+    return _block_copy(tensor, torch.channels_last)
 
 
 @channels_last_copy.register_fake
@@ -145,14 +157,7 @@ def _(tensor):
 @operator("channels_first_copy")
 def channels_first_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A new NCHW (contiguous) copy of a 4-D tensor."""
-    out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    if _block_transposable(tensor, torch.channels_last):
-        batch, channels, height, width = tensor.shape
-        run(transpose_planes_cpu, "cpu", out.numel(), tensor.permute(0, 2, 3, 1).reshape(-1), out.view(-1),
-            batch, height * width, channels)
-    else:
-        out.copy_(tensor)
-    return out
+    return _block_copy(tensor, torch.contiguous_format)
 
 
 @channels_first_copy.register_fake

@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+import numba
 from numba import cuda, int64, prange, types
 from torch._prims_common import suggest_memory_format
 from torch.utils.flop_counter import register_flop_formula
@@ -258,6 +259,14 @@ def backward_kernel(grad_out, grad_x, index_y, weight_y, index_x, weight_x):
 BAND_ROWS = 32
 
 
+@numba.njit(cache=True, inline="always")
+def band_of(task, bands, rows):
+    """(image or plane, first row, end row) of parallel task ``task`` of
+    images x ``bands`` bands of ``BAND_ROWS`` rows each."""
+    band = task % bands
+    return task // bands, band * BAND_ROWS, min(rows, band * BAND_ROWS + BAND_ROWS)
+
+
 @cpu_kernel
 def nearest_forward_cpu(x, out, scale_h, scale_w, exact, rule):
     # Output rows that copy the same input row form a run: the first row of
@@ -332,8 +341,7 @@ def bilinear_forward_cpu(x, out, scale_h, scale_w, align_corners, rule):
         pairs = pairs and x0s[X] == i0 and x1s[X] == min(i0 + 1, in_w - 1)
     bands = (out_h + BAND_ROWS - 1) // BAND_ROWS
     for task in prange(planes * bands):
-        p, band = task // bands, task % bands
-        first, last = band * BAND_ROWS, min(out_h, band * BAND_ROWS + BAND_ROWS)
+        p, first, last = band_of(task, bands, out_h)
         low, high = y0s[first], y1s[last - 1]  # both tables never decrease
         needed = np.zeros(high - low + 1, np.bool_)
         for Y in range(first, last):
@@ -431,8 +439,7 @@ def bilinear_backward_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x
     out_w = grad_out.shape[2]
     bands = (in_h + BAND_ROWS - 1) // BAND_ROWS
     for task in prange(planes * bands):
-        p, band = task // bands, task % bands
-        first, last = band * BAND_ROWS, min(in_h, band * BAND_ROWS + BAND_ROWS)
+        p, first, last = band_of(task, bands, in_h)
         sums = grad_x[p, first:last]
         sums[:, :] = 0
         folded = np.empty(in_w, grad_x.dtype)
@@ -492,8 +499,7 @@ def backward_channels_last_cpu(grad_out, grad_x, index_y, weight_y, index_x, wei
     out_w = grad_out.shape[2]
     bands = (in_h + BAND_ROWS - 1) // BAND_ROWS
     for task in prange(batch * bands):
-        n, band = task // bands, task % bands
-        first, last = band * BAND_ROWS, min(in_h, band * BAND_ROWS + BAND_ROWS)
+        n, first, last = band_of(task, bands, in_h)
         sums = grad_x[n, first:last]
         sums[:, :, :] = 0
         folded = np.empty((in_w, channels), grad_x.dtype)
