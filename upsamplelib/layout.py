@@ -124,6 +124,11 @@ def _block_transposable(tensor: torch.Tensor, memory_format, any_size: bool = Fa
             and tensor.is_contiguous(memory_format=memory_format))
 
 
+def _in_memory_order(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A dense 4-D tensor as the flat array it is in memory (a view)."""
+    return tensor.permute(0, 2, 3, 1).reshape(-1) if channels_last else tensor.view(-1)
+
+
 def _block_copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
     """A new copy of a 4-D tensor in ``memory_format`` (channels-last or NCHW),
     by the block transpose where it applies, else by PyTorch's copy."""
@@ -131,13 +136,10 @@ def _block_copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
     to_last = memory_format == torch.channels_last
     if _block_transposable(tensor, torch.contiguous_format if to_last else torch.channels_last):
         batch, channels, height, width = tensor.shape
-        nchw, nhwc = (tensor, out) if to_last else (out, tensor)
-        nchw, nhwc = nchw.view(-1), nhwc.permute(0, 2, 3, 1).reshape(-1)
         # An image is a (channels x pixels) plane in NCHW memory, a (pixels x channels) one in channels-last.
-        if to_last:
-            run(transpose_planes_cpu, "cpu", out.numel(), nchw, nhwc, batch, channels, height * width)
-        else:
-            run(transpose_planes_cpu, "cpu", out.numel(), nhwc, nchw, batch, height * width, channels)
+        rows, columns = (channels, height * width) if to_last else (height * width, channels)
+        run(transpose_planes_cpu, "cpu", out.numel(), _in_memory_order(tensor, not to_last),
+            _in_memory_order(out, to_last), batch, rows, columns)
     else:
         out.copy_(tensor)
     return out
@@ -226,6 +228,14 @@ def kernel_layout(tensor: torch.Tensor) -> torch.Tensor:
     (so a channels-last map's gradient goes back channels-last); a batched
     tensor of vmap as it is (the operator then makes each entry contiguous)."""
     return tensor if is_vmapped(tensor) else to_channels_first(tensor)
+
+
+def empty_map(like: torch.Tensor, channels: int, height: int, width: int, channels_last: bool) -> torch.Tensor:
+    """An empty (N, channels, height, width) map with ``like``'s batch, dtype
+    and device, channels-last or NCHW."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((like.shape[0], channels, height, width), dtype=like.dtype, device=like.device,
+                       memory_format=layout)
 
 
 def with_channels_last_strides(tensor: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, run_grid, with_tangent)
-from ..layout import is_vmapped, to_channels_first, to_channels_last, with_channels_last_strides
+from ..layout import empty_map, is_vmapped, to_channels_first, to_channels_last, with_channels_last_strides
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -659,9 +659,7 @@ def _sum_pool_loop(grad_out, scale):
 
 def _input_grad_like(grad_out, channels, height, width, backend):
     """An empty input gradient, channels-last on the cpu backend."""
-    layout = torch.channels_last if backend == "cpu" else torch.contiguous_format
-    return torch.empty((grad_out.shape[0], channels, height, width), dtype=grad_out.dtype, device=grad_out.device,
-                       memory_format=layout)
+    return empty_map(grad_out, channels, height, width, backend == "cpu")
 
 
 @operator("semi_shift_conv_encoder_grad")

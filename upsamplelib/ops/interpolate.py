@@ -29,17 +29,17 @@ import math
 import numbers
 from typing import Optional
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
-import numba
 from numba import cuda, int64, prange, types
 from torch._prims_common import suggest_memory_format
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
-from ..layout import is_vmapped, to_channels_first, to_channels_last
+from ..layout import empty_map, is_vmapped, to_channels_first, to_channels_last
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -683,12 +683,6 @@ def _runs_channels_last(tensor, backend):
     return backend == "cpu" and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
 
 
-def _empty_map(like, height, width, channels_last):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((like.shape[0], like.shape[1], height, width), dtype=like.dtype, device=like.device,
-                       memory_format=layout)
-
-
 def _pixels(tensor):
     """A channels-last map as the (N, H, W, C) array it is in memory."""
     return tensor.permute(0, 2, 3, 1)
@@ -710,7 +704,7 @@ def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_cor
     (channels-last in and out, see ``_runs_channels_last``, else NCHW)."""
     channels_last = _runs_channels_last(x, backend)
     x = x if channels_last else x.contiguous()
-    out = _empty_map(x, out_h, out_w, channels_last)
+    out = empty_map(x, x.shape[1], out_h, out_w, channels_last)
     scale_h, scale_w, flag = _launch_scales(x.shape[2], x.shape[3], out_h, out_w, mode, align_corners,
                                             factor_h, factor_w, rule, x.dtype)
     if channels_last:
@@ -725,7 +719,7 @@ def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_cor
 
 @interpolate_op.register_fake
 def _(x, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, backend):
-    return _empty_map(x, out_h, out_w, _runs_channels_last(x, backend))
+    return empty_map(x, x.shape[1], out_h, out_w, _runs_channels_last(x, backend))
 
 
 def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
@@ -746,7 +740,7 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
     channels_last = _runs_channels_last(grad_out, backend)
     grad_out = grad_out if channels_last else grad_out.contiguous()
     out_h, out_w = grad_out.shape[2], grad_out.shape[3]
-    grad_x = _empty_map(grad_out, in_h, in_w, channels_last)
+    grad_x = empty_map(grad_out, grad_out.shape[1], in_h, in_w, channels_last)
     scale_h, scale_w, flag = _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w,
                                             rule, grad_out.dtype)
     index_y, weight_y = _axis_table(backend, in_h, out_h, scale_h, mode, flag, rule, grad_out)
@@ -767,7 +761,7 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
 
 @interpolate_backward_op.register_fake
 def _(grad_out, in_h, in_w, mode, align_corners, factor_h, factor_w, rule, backend):
-    return _empty_map(grad_out, in_h, in_w, _runs_channels_last(grad_out, backend))
+    return empty_map(grad_out, grad_out.shape[1], in_h, in_w, _runs_channels_last(grad_out, backend))
 
 
 def _remember_sizes(ctx, inputs, output):
