@@ -134,7 +134,7 @@ import torch.utils.data as data
 import upsamplelib as ul
 
 torch.manual_seed(0)
-x = torch.randn(1, 16, 48, 48, dtype=torch.float64)  # big enough for the block transpose (32768 values)
+x = torch.randn(1, 16, 48, 48, dtype=torch.float64)  # big enough for the block transpose (32768 values, 8 channels)
 masks = torch.softmax(torch.randn(1, 25, 96, 96, dtype=torch.float64), dim=1)
 q, key = torch.randn(1, 8, 96, 96, dtype=torch.float64), torch.randn(1, 8, 48, 48, dtype=torch.float64)
 en, de = torch.randn(1, 16, 96, 96, dtype=torch.float64), x

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 import upsamplelib as ul
-from upsamplelib.layout import SMALLEST_FAST_COPY, TILE, to_channels_first, to_channels_last
+from upsamplelib.layout import FEWEST_FAST_CHANNELS, SMALLEST_FAST_COPY, TILE, to_channels_first, to_channels_last
 
 CHANNELS_LAST = torch.channels_last
 
 # (N, C, H, W): whole blocks and tiles, and edges of every width: channels
 # and pixels not multiples of 8, more than one tile of each, several images.
-SHAPES = [(1, 64, 128, 128), (2, 25, 33, 41), (3, 8, 64, 64), (1, 3, 150, 90), (1, TILE + 9, 30, 17),
+SHAPES = [(1, 64, 128, 128), (2, 25, 33, 41), (3, 8, 64, 64), (1, 9, 150, 90), (1, TILE + 9, 30, 17),
           (1, 130, 17, 19)]
 
 
@@ -19,7 +19,8 @@ SHAPES = [(1, 64, 128, 128), (2, 25, 33, 41), (3, 8, 64, 64), (1, 3, 150, 90), (
 @pytest.mark.parametrize("shape", SHAPES)
 def test_copies_equal_pytorchs(shape, dtype):
     x = torch.randn(shape, dtype=dtype)
-    assert x.numel() >= SMALLEST_FAST_COPY  # the block-transpose path, not the fallback
+    # the block-transpose path, not the fallback
+    assert x.numel() >= SMALLEST_FAST_COPY and x.shape[1] >= FEWEST_FAST_CHANNELS
     expected = x.contiguous(memory_format=CHANNELS_LAST)
     last = to_channels_last(x)
     assert torch.equal(last, expected) and last.stride() == expected.stride()
@@ -32,8 +33,9 @@ def test_copies_equal_pytorchs(shape, dtype):
 
 
 @pytest.mark.parametrize("x", [torch.randn(1, 4, 5, 6), torch.randn(1, 64, 32, 32, dtype=torch.float16),
-                               torch.randn(2, 64, 32, 64)[:, :, :, ::2], torch.randn(1, 1, 200, 200)],
-                         ids=["small", "float16", "strided", "one channel"])
+                               torch.randn(2, 64, 32, 64)[:, :, :, ::2], torch.randn(1, 1, 200, 200),
+                               torch.randn(2, 3, 150, 90)],
+                         ids=["small", "float16", "strided", "one channel", "few channels"])
 def test_other_tensors_go_to_channels_last_by_pytorchs_copy(x):
     last = to_channels_last(x)
     assert torch.equal(last, x) and last.is_contiguous(memory_format=CHANNELS_LAST)
@@ -86,6 +88,23 @@ def test_gradients_come_back_in_the_layout_of_the_tensor_they_are_for(size):
     assert torch.equal(grad, torch.full_like(nchw, 3)) and grad.is_contiguous()
     (grad,) = torch.autograd.grad((to_channels_first(last) * 3).sum(), last)
     assert torch.equal(grad, torch.full_like(last, 3)) and grad.stride() == last.stride()
+
+
+@pytest.mark.parametrize("size", [(1, 64, 24, 24), (1, 3, 4, 5)], ids=["block transpose", "small"])
+@pytest.mark.parametrize("copy", [to_channels_last, to_channels_first])
+def test_eager_copies_of_tracked_tensors_are_differentiable_to_any_order(copy, size):
+    # Eagerly, a tensor autograd tracks takes the copy operators' gradient without their dispatch.
+    x = torch.randn(size, dtype=torch.float64)
+    if copy is to_channels_first:
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    x.requires_grad_()
+    out = copy(x)
+    assert torch.equal(out, x) and out.grad_fn is not None and out.stride() != x.stride()
+    assert torch.autograd.gradcheck(copy, (x,), fast_mode=True)
+    assert torch.autograd.gradgradcheck(lambda t: copy(t) ** 2, (x,), fast_mode=True)
+    grad_out = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    assert torch.equal(grad, grad_out) and grad.stride() == x.stride()
 
 
 def _op_calls():

@@ -29,22 +29,32 @@ def test_library_example_runs(capsys):
     assert "torch.Size([2, 64, 64, 64])" in printed
 
 
+_CHANNELS_LAST_MAPS = """
+import torch, upsamplelib as ul
+for dtype in (torch.float32, torch.float64):
+    x = torch.randn(2, 16, 20, 20, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for mode in ("nearest", "bilinear"):
+        ul.interpolate(x, scale_factor=2, mode=mode, backend="cpu").sum().backward()
+"""
+
+
 def test_library_example_compiles_nothing_after_the_warmup(tmp_path):
     """What makes the example start in seconds in a fresh clone: every Numba
     function it calls is in the cache that `make setup` filled
-    (upsamplelib.warmup). NUMBA_DEBUG_CACHE reports each compilation that
-    is saved to the cache; there must be none."""
+    (upsamplelib.warmup); channels-last maps' loops too. NUMBA_DEBUG_CACHE
+    reports each compilation that is saved to the cache; there must be none."""
     env = dict(os.environ, UPSAMPLELIB_QUIET="1")
     subprocess.run([sys.executable, "-m", "upsamplelib.warmup"], env=env, check=True, capture_output=True,
                    timeout=1800)
-    example = tmp_path / "example.py"
-    example.write_text("\n".join(_python_blocks()))
-    result = subprocess.run([sys.executable, str(example)], env=dict(env, NUMBA_DEBUG_CACHE="1"), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    compiled = [line for line in result.stdout.splitlines() if line.startswith("[cache] data saved")]
-    assert compiled == [], "compiled although warmed:\n" + "\n".join(compiled)
-    assert any(line.startswith("[cache] data loaded") for line in result.stdout.splitlines())
+    (tmp_path / "example.py").write_text("\n".join(_python_blocks()))
+    (tmp_path / "channels_last.py").write_text(_CHANNELS_LAST_MAPS)
+    for script in ("example.py", "channels_last.py"):
+        result = subprocess.run([sys.executable, script], env=dict(env, NUMBA_DEBUG_CACHE="1"), cwd=tmp_path,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        compiled = [line for line in result.stdout.splitlines() if line.startswith("[cache] data saved")]
+        assert compiled == [], f"{script} compiled although warmed:\n" + "\n".join(compiled)
+        assert any(line.startswith("[cache] data loaded") for line in result.stdout.splitlines())
 
 
 def test_install_advice_names_the_repository():

@@ -10,15 +10,17 @@ vectors, transposed in registers with LLVM vector shuffles, and written as
 8 vectors: 0.3 ms. LLVM lowers the shuffles to each machine's own (AVX on
 x86, NEON on arm64).
 
-* ``to_channels_last(t)``: ``t.contiguous(memory_format=torch.channels_last)``
-  as an operator that reverse-mode autograd and ``torch.compile`` go
-  through (not forward-mode AD: ``semi_shift_conv``, which uses it, adds its
-  tangent itself, from the primal maps);
+* ``to_channels_last(t)``: ``t.contiguous(memory_format=torch.channels_last)``,
+  differentiable in reverse mode (not forward mode: ``semi_shift_conv``,
+  which uses it, adds its tangent itself, from the primal maps): traced by
+  ``torch.compile`` or ``torch.jit.trace``, an operator; eagerly, an
+  autograd function with the operator's gradient and less overhead;
 * ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, the
   same way.
 
 Each copy's gradient is the other copy, so a gradient goes back in the
-layout of the tensor it is for.
+layout of the tensor it is for. Maps with fewer than 8 channels, or fewer
+than 32,768 values, are copied by PyTorch's own copy, faster for them.
 
 Both run a parallel Numba loop, under the same threading rules as every CPU
 kernel of the library.
@@ -113,14 +115,19 @@ def transpose_planes_cpu(source, out, planes, rows, columns):
 #: Below about this many values PyTorch's copy is faster: the block
 #: transpose's parallel launch costs more than it saves.
 SMALLEST_FAST_COPY = 1 << 15
+#: Below this many channels no whole 8 x 8 block fits across them, and the
+#: edge loop is slower than PyTorch's copy: 0.59 ms against 0.30 for a
+#: 2 x 2 x 512 x 512 map to channels-last (test machine).
+FEWEST_FAST_CHANNELS = 8
 
 
 def _block_transposable(tensor: torch.Tensor, memory_format, any_size: bool = False) -> bool:
     """Whether the block transpose copies ``tensor``, which must be dense in
-    ``memory_format``; ``any_size``: whatever its size (which the op then
-    checks inside)."""
+    ``memory_format``; ``any_size``: whatever its size and channels (which
+    the op then checks inside)."""
     return (tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and tensor.dim() == 4
-            and not backend.FORKED_AFTER_OPENMP and (any_size or tensor.numel() >= SMALLEST_FAST_COPY)
+            and not backend.FORKED_AFTER_OPENMP
+            and (any_size or (tensor.numel() >= SMALLEST_FAST_COPY and tensor.shape[1] >= FEWEST_FAST_CHANNELS))
             and tensor.is_contiguous(memory_format=memory_format))
 
 
@@ -187,17 +194,43 @@ def is_vmapped(tensor: torch.Tensor) -> bool:
     return functorch.is_batchedtensor(tensor) or functorch.is_legacy_batchedtensor(tensor)
 
 
-def _through_the_operator(tensor: torch.Tensor) -> bool:
-    """Whether a copy of ``tensor`` goes through the copy operators whatever
-    its size (which they then check inside). Traced: outside them,
-    torch.export would keep the size test as a limit on the input's size,
-    torch.compile(dynamic=True) would recompile where a size crosses it, and
-    torch.jit.trace would keep the branch of the traced size. Tracked by
-    autograd: PyTorch's own copy would give the gradient back in the copy's
-    layout, not the tensor's."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return True
-    return tensor.requires_grad and torch.is_grad_enabled()
+class _TrackedCopy(torch.autograd.Function):
+    """The copy operators as they run eagerly on a tensor autograd tracks:
+    the same copy and the same gradient, without the custom-op machinery's
+    round trip (about 40 us a copy, forward and backward, on the test
+    machine: as much as a small map's whole copy). The old-style forward
+    (ctx first) is cheaper still, and no torch.func transform reaches it."""
+
+    @staticmethod
+    def forward(ctx, tensor, memory_format):
+        ctx.to_last = memory_format == torch.channels_last
+        return _block_copy(tensor, memory_format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if is_vmapped(grad):
+            return grad, None
+        return (to_channels_first(grad) if ctx.to_last else to_channels_last(grad)), None
+
+
+def _copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
+    """``tensor`` (dense in the other layout) copied into ``memory_format``.
+    Traced, or under a torch.func transform, it goes through the
+    copy operators whatever its size (which they then check inside):
+    outside them, torch.export would keep the size test as a limit on the
+    input's size, torch.compile(dynamic=True) would recompile where a size
+    crosses it, and torch.jit.trace would keep the branch of the traced
+    size. Tracked by autograd, it takes their gradient: PyTorch's own copy
+    would give it back in the copy's layout, not the tensor's."""
+    to_last = memory_format == torch.channels_last
+    if not _block_transposable(tensor, torch.contiguous_format if to_last else torch.channels_last, any_size=True):
+        return tensor.contiguous(memory_format=memory_format)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        operators = torch.ops.upsamplelib
+        return (operators.channels_last_copy if to_last else operators.channels_first_copy)(tensor)
+    if tensor.requires_grad and torch.is_grad_enabled():
+        return _TrackedCopy.apply(tensor, memory_format)
+    return _block_copy(tensor, memory_format)
 
 
 def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
@@ -205,9 +238,7 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     it, else a copy (differentiable; traceable by ``torch.compile``)."""
     if tensor.is_contiguous(memory_format=torch.channels_last):
         return tensor
-    if _block_transposable(tensor, torch.contiguous_format, any_size=_through_the_operator(tensor)):
-        return torch.ops.upsamplelib.channels_last_copy(tensor)
-    return tensor.contiguous(memory_format=torch.channels_last)
+    return _copy(tensor, torch.channels_last)
 
 
 def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
@@ -218,9 +249,7 @@ def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
         # Already in NCHW order (one channel, or one pixel): the usual
         # strides, as the ops' fake implementations give.
         return tensor.view(-1).view(tensor.shape)
-    if _block_transposable(tensor, torch.channels_last, any_size=_through_the_operator(tensor)):
-        return torch.ops.upsamplelib.channels_first_copy(tensor)
-    return tensor.contiguous()
+    return _copy(tensor, torch.contiguous_format)
 
 
 def kernel_layout(tensor: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import time
 import torch
 
 import upsamplelib as ul
-from upsamplelib.layout import SMALLEST_FAST_COPY
+from upsamplelib.layout import FEWEST_FAST_CHANNELS, SMALLEST_FAST_COPY
 
 #: float32 is what the lessons and a model use; float64 is what gradcheck
 #: (and so a student testing a gradient) uses.
@@ -43,12 +43,15 @@ def _leaf(*shape, dtype):
 def warm_functions(dtype):
     """ul.interpolate (every mode), ul.carafe, ul.sapa_similarity and
     ul.semi_shift_conv, forward and backward, on the CPU backend."""
-    x = _leaf(1, 3, 5, 6, dtype=dtype)
-    for mode, align_corners in (("nearest", None), ("nearest-exact", None),
-                                ("bilinear", False), ("bilinear", True)):
-        for size_or_scale in ({"scale_factor": 2}, {"size": (9, 13)}):
-            y = ul.interpolate(x, mode=mode, align_corners=align_corners, backend="cpu", **size_or_scale)
-            _backward(y, x)
+    # NCHW, and channels-last with channels enough for the (N, H, W, C) loops of every mode.
+    maps = (_leaf(1, 3, 5, 6, dtype=dtype),
+            torch.randn(1, 8, 5, 6, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_())
+    for x in maps:
+        for mode, align_corners in (("nearest", None), ("nearest-exact", None),
+                                    ("bilinear", False), ("bilinear", True)):
+            for size_or_scale in ({"scale_factor": 2}, {"size": (9, 13)}):
+                y = ul.interpolate(x, mode=mode, align_corners=align_corners, backend="cpu", **size_or_scale)
+                _backward(y, x)
 
     kernel_size, scale, group = 3, 2, 1
     masks = torch.softmax(torch.randn(1, group * kernel_size**2, 10, 12, dtype=dtype), dim=1).requires_grad_()
@@ -62,9 +65,10 @@ def warm_functions(dtype):
     _backward(ul.sapa_similarity(q, key, kernel_size, scale, backend="cpu"), q, key)
 
     # en large enough for the block-transpose layout copies (upsamplelib.layout); rows even, for scale 2.
-    rows = 2 * math.ceil(SMALLEST_FAST_COPY / (4 * 64 * 2))
-    en, de = _leaf(1, 4, rows, 64, dtype=dtype), _leaf(1, 4, rows // 2, 32, dtype=dtype)
-    weight, bias = _leaf(9, 4, 3, 3, dtype=dtype), _leaf(9, dtype=dtype)
+    channels = FEWEST_FAST_CHANNELS
+    rows = 2 * math.ceil(SMALLEST_FAST_COPY / (channels * 64 * 2))
+    en, de = _leaf(1, channels, rows, 64, dtype=dtype), _leaf(1, channels, rows // 2, 32, dtype=dtype)
+    weight, bias = _leaf(9, channels, 3, 3, dtype=dtype), _leaf(9, dtype=dtype)
     _backward(ul.semi_shift_conv(en, de, weight, bias, scale=scale, backend="cpu"), en, de, weight, bias)
     # A weight holding Inf takes the one-pass loops (the NaN/Inf rule), not PyTorch's convolutions.
     infinite = weight.detach().clone()

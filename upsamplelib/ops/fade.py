@@ -980,8 +980,11 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
         if backend == "cpu" and not _under_functorch(en, de, weight):
-            # Saved channels-last for the backward, whose convolutions take them so.
-            en, de, weight = (to_channels_last(t) if t is not None else None for t in (en, de, weight))
+            # Saved channels-last for the backward, whose convolutions take them so. The weight's
+            # gradient comes back NCHW whatever its copy, and PyTorch's copies a FADE-sized weight
+            # (25 x 256 x 3 x 3) as fast as the block transpose, without its autograd glue.
+            en, de = (to_channels_last(t) if t is not None else None for t in (en, de))
+            weight = weight.contiguous(memory_format=torch.channels_last)
         out = torch.ops.upsamplelib.semi_shift_conv(en, de, weight, bias, scale, groups, backend)
     return out.to(result_dtype)
 
