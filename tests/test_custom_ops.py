@@ -47,15 +47,18 @@ def test_opcheck_cpu(case):
     torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("copies", [1, 2], ids=["4 channels", "8 channels"])
 @pytest.mark.parametrize("case", [0, 1, 2])
-def test_opcheck_cpu_channels_last(case):
+def test_opcheck_cpu_channels_last(case, copies):
     # The interpolation loops take channels-last maps as they are and return channels-last results,
-    # as the fake implementations say.
+    # as the fake implementations say; bilinear from 6 channels (fewer: NCHW, copied by the caller).
     op, args = _op_cases("cpu")[case]
-    args = [a.double().contiguous(memory_format=torch.channels_last).requires_grad_() if isinstance(a, torch.Tensor)
-            else a for a in args]
+    args = [torch.cat([a.double()] * copies, 1).contiguous(memory_format=torch.channels_last).requires_grad_()
+            if isinstance(a, torch.Tensor) else a for a in args]
     torch.library.opcheck(op, args)
-    assert op(*args).is_contiguous(memory_format=torch.channels_last)
+    out = op(*args)
+    assert out.is_contiguous(memory_format=torch.channels_last) != out.is_contiguous()
+    assert out.is_contiguous(memory_format=torch.channels_last) == ("bilinear" not in args or copies == 2)
 
 
 @pytest.mark.parametrize("case", [0, 3, 6, 7])

@@ -1,6 +1,7 @@
 """ul.interpolate against F.interpolate: values, gradients, bad input."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -314,8 +315,8 @@ def test_the_result_has_the_memory_format_of_f_interpolate(backend, mode):
 @pytest.mark.parametrize("mode,align_corners", [("nearest", None), ("nearest-exact", None), ("bilinear", False),
                                                 ("bilinear", True)])
 def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
-    # No copy to NCHW and back, and the gradient in the input's layout. Bilinear gives the NCHW
-    # loops' values bit for bit; the nearest modes give F.interpolate's for channels-last maps bit for
+    # No copy to NCHW and back (bilinear: from 6 channels; fewer take the copies), and the gradient in
+    # the input's layout. Bilinear gives the NCHW loops' values bit for bit; the nearest modes give F.interpolate's for channels-last maps bit for
     # bit (its channels-last kernel rounds the source index its own way), forward and backward.
     channels_last = torch.channels_last
     for case, (h, w, kwargs) in enumerate(_random_cases(24, seed=5)):
@@ -334,6 +335,35 @@ def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
         assert grads[1].stride() == leaves[1].stride()
         if leaves[1].shape[1] > 1 and h * w > 1:
             assert outs[1].is_contiguous(memory_format=channels_last) and not outs[1].is_contiguous()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_the_result_has_the_layout_f_interpolate_gives(backend):
+    # PyTorch's rule for ambiguous strides included: a one-pixel map sliced from a channels-last one
+    # counts as channels-last, its own channels-last copy does not.
+    channels_last = torch.channels_last
+    for n, c, h, w in [(2, 3, 5, 4), (1, 5, 1, 1), (2, 2, 1, 3), (1, 4, 2, 1)]:
+        base = torch.randn(n, c, h, w)
+        for x in (base, base.contiguous(memory_format=channels_last), base.transpose(2, 3),
+                  torch.randn(n, c, h, 2 * w).contiguous(memory_format=channels_last)[..., ::2],
+                  torch.randn(n, 2 * c, h, w).contiguous(memory_format=channels_last)[:, ::2]):
+            for mode in ("nearest", "bilinear"):
+                out, expected = ul.interpolate(x, scale_factor=2, mode=mode, backend=backend), F.interpolate(
+                    x, scale_factor=2, mode=mode)
+                assert out.stride() == expected.stride(), (x.shape, x.stride(), mode)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_jit_trace_of_a_channels_last_map(mode):
+    # Traced sizes are tensors, which torch's suggest_memory_format cannot take.
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
+        traced = torch.jit.trace(lambda t: ul.interpolate(t, scale_factor=2, mode=mode, backend="cpu"), (x,))
+    other = torch.randn_like(x)
+    out, expected = traced(other), F.interpolate(other, scale_factor=2, mode=mode)
+    torch.testing.assert_close(out, expected)
+    assert out.stride() == expected.stride()
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
