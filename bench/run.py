@@ -12,6 +12,7 @@ It prints one table and writes ``build/bench/bench.csv`` and ``build/bench/bench
 * ``bandwidth``: the machine's copy bandwidth (a 256 MB tensor copy), measured in this run;
 * ``ops``: every op, forward and backward, ours against the best plain-PyTorch form on each
   device, the ratio (ours / baseline: below 1 means ours is faster) and the issue's target;
+  interpolate and the semi-shift convolution on channels-last maps too (passes marked NHWC);
   the peak extra memory of each (``upsamplelib.timing.peak_extra_memory``: on the CPU the rise
   of the resident-set high-water mark during the call, on a GPU torch's allocator peak),
   measured in a child process so that the timings run in glibc's default allocator state;
@@ -162,19 +163,21 @@ def cases(device: str, quick: bool):
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    # interpolate
+    # interpolate, on NCHW maps and on channels-last (NHWC) ones, which F.interpolate has kernels for
     c, h = (8, 32) if quick else (64, 128)
-    x = randn(1, c, h, h)
-    for mode, forward_target, backward_target in (("nearest", 0.7, 1.0), ("bilinear", 0.7, 1.0)):
-        ours = lambda t, m=mode: ul.interpolate(t, scale_factor=2, mode=m, backend=backend)  # noqa: E731
-        torch_form = lambda t, m=mode: F.interpolate(t, scale_factor=2, mode=m)  # noqa: E731
-        shape = f"1x{c}x{h}x{h}->{2 * h}x{2 * h}"
-        traffic = _bytes(x, 4 * x.numel())
-        yield (f"interpolate {mode}", "forward", shape, lambda o=ours: o(x),
-               {"F.interpolate": (lambda f=torch_form: f(x), forward_target)}, traffic, lambda o=ours: o(x))
-        yield (f"interpolate {mode}", "backward", shape, _grad_closure(ours, [x]),
-               {"F.interpolate": (_grad_closure(torch_form, [x]), backward_target)}, traffic,
-               _grad_closure(ours, [x]))
+    nchw = randn(1, c, h, h)
+    for layout, x in (("", nchw), (" (NHWC)", nchw.contiguous(memory_format=torch.channels_last))):
+        for mode, forward_target, backward_target in (("nearest", 0.7, 1.0), ("bilinear", 0.7, 1.0)):
+            ours = lambda t, m=mode: ul.interpolate(t, scale_factor=2, mode=m, backend=backend)  # noqa: E731
+            torch_form = lambda t, m=mode: F.interpolate(t, scale_factor=2, mode=m)  # noqa: E731
+            shape = f"1x{c}x{h}x{h}->{2 * h}x{2 * h}"
+            traffic = _bytes(x, 4 * x.numel())
+            yield (f"interpolate {mode}", "forward" + layout, shape, lambda o=ours, x=x: o(x),
+                   {"F.interpolate": (lambda f=torch_form, x=x: f(x), forward_target)}, traffic,
+                   lambda o=ours, x=x: o(x))
+            yield (f"interpolate {mode}", "backward" + layout, shape, _grad_closure(ours, [x]),
+                   {"F.interpolate": (_grad_closure(torch_form, [x]), backward_target)}, traffic,
+                   _grad_closure(ours, [x]))
 
     # CARAFE
     c, h, k = (8, 16, 5) if quick else (64, 64, 5)
@@ -241,6 +244,10 @@ def cases(device: str, quick: bool):
            {"two convolutions": (_step_closure(two_conv, tensors), 1.0),
             "one conv over [en, up(de)]": (_step_closure(concat, tensors), None)},
            _bytes(en, de, weight, out_numel) * 2 + _bytes(out_numel), _step_closure(ours, tensors))
+    maps_last = [t.contiguous(memory_format=torch.channels_last) for t in (en, de)] + [weight, bias]
+    yield ("semi_shift_conv", "forward+backward (NHWC)", shape, _step_closure(ours, maps_last),
+           {"two convolutions": (_step_closure(two_conv, maps_last), 1.0)},
+           _bytes(en, de, weight, out_numel) * 2 + _bytes(out_numel), _step_closure(ours, maps_last))
     torch.manual_seed(0)
     fade = ul.FADE(c).to(device)
 
@@ -542,7 +549,7 @@ def print_op_row(row):
     target = row["target"]
     target_text = "" if target == "" else (f"<= {target:.2f}" if target >= 0.5 else f">= {1 / target:.0f}x faster")
     met = "" if target == "" else ("met" if row["target_met"] else "NOT MET")
-    print(f"  {row['op']:<20} {row['pass']:<20} {row['ours_ms']:9.3f} {row['baseline'][:30]:<30} "
+    print(f"  {row['op']:<20} {row['pass']:<24} {row['ours_ms']:9.3f} {row['baseline'][:30]:<30} "
           f"{row['baseline_ms']:9.3f} {row['ratio']:6.3f} {target_text:>15} {met:>7}  "
           f"{_format(row['ours_peak_mb'], '7.1f')} {_format(row['baseline_peak_mb'], '7.1f')}  "
           f"{_format(row['ours_gbs'], '6.1f')} {_format(row['fraction_of_copy'], '5.0%')} "
@@ -551,7 +558,7 @@ def print_op_row(row):
 
 def print_op_header(device, copy_gbs):
     print(f"== {device} ({device_name(device)}): copy bandwidth {copy_gbs:.1f} GB/s (a 256 MB copy, read + write)")
-    print(f"  {'op':<20} {'pass':<20} {'ours ms':>9} {'baseline':<30} {'base ms':>9} {'ratio':>6} "
+    print(f"  {'op':<20} {'pass':<24} {'ours ms':>9} {'baseline':<30} {'base ms':>9} {'ratio':>6} "
           f"{'target':>15} {'':>7}  {'MB ours':>7} {'MB base':>7}  {'GB/s':>6} {'%copy':>5} {'GFLOP/s':>6}")
 
 
