@@ -173,6 +173,45 @@ def test_meta_tensors_give_shapes_only():
         assert out.device == meta and out.shape[2:] == (2 * inputs[-1].shape[2], 2 * inputs[-1].shape[3]), name
 
 
+def _layout_copy_cases():
+    """Calls whose maps are big enough for the block transpose (8 channels,
+    32,768 values): it runs outside the operators when nothing traces."""
+    g = torch.Generator().manual_seed(0)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    en, de, weight = torch.randn(1, 8, 128, 128, generator=g), torch.randn(1, 8, 64, 64, generator=g), \
+        torch.randn(4, 8, 3, 3, generator=g)
+    masks = torch.softmax(torch.randn(1, 9, 128, 128, generator=g), 1)
+    return {
+        "semi-shift NCHW": (lambda e, d, w: ul.semi_shift_conv(e, d, w, backend="cpu"), [en, de, weight]),
+        "semi-shift channels-last": (lambda e, d, w: ul.semi_shift_conv(e, d, w, backend="cpu"),
+                                     [cl(en), cl(de), weight]),
+        "carafe channels-last": (lambda x, m: ul.carafe(x, m, 3, 2, backend="cpu"), [cl(de), cl(masks)]),
+        "bilinear channels-last": (lambda x: ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"),
+                                   [cl(de)]),
+    }
+
+
+@pytest.mark.parametrize("case", ["semi-shift NCHW", "semi-shift channels-last", "carafe channels-last",
+                                  "bilinear channels-last"])
+def test_make_fx_fake_tensors_and_aot_autograd_trace_the_layout_copies(case):
+    from functorch.compile import aot_function, nop
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    f, inputs = _layout_copy_cases()[case]
+    expected = f(*inputs)
+    for mode in ("real", "fake", "symbolic"):
+        torch.testing.assert_close(make_fx(f, tracing_mode=mode)(*inputs)(*inputs), expected, rtol=0, atol=0)
+    with FakeTensorMode() as fake_mode:
+        fake = f(*[fake_mode.from_tensor(t) for t in inputs])
+    assert (fake.shape, fake.stride()) == (expected.shape, expected.stride())
+    leaves = [[t.clone().requires_grad_() for t in inputs] for _ in range(2)]
+    aot_function(f, nop)(*leaves[0]).square().sum().backward()
+    f(*leaves[1]).square().sum().backward()
+    for traced, eager in zip(*leaves):
+        torch.testing.assert_close(traced.grad, eager.grad)
+        assert traced.grad.stride() == eager.grad.stride()
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_jit_trace_generalises_to_other_sizes(name):
     make, _ = MODULES[name]

@@ -316,8 +316,9 @@ def test_the_result_has_the_memory_format_of_f_interpolate(backend, mode):
                                                 ("bilinear", True)])
 def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
     # No copy to NCHW and back (bilinear: from 6 channels; fewer take the copies), and the gradient in
-    # the input's layout. Bilinear gives the NCHW loops' values bit for bit; the nearest modes give F.interpolate's for channels-last maps bit for
-    # bit (its channels-last kernel rounds the source index its own way), forward and backward.
+    # the input's layout. Bilinear gives the NCHW loops' values bit for bit; the nearest modes give
+    # F.interpolate's for channels-last maps bit for bit (its channels-last kernel rounds the source
+    # index its own way), forward and backward.
     channels_last = torch.channels_last
     for case, (h, w, kwargs) in enumerate(_random_cases(24, seed=5)):
         dtype = torch.float64 if case % 2 else torch.float32
@@ -340,17 +341,20 @@ def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_the_result_has_the_layout_f_interpolate_gives(backend):
     # PyTorch's rule for ambiguous strides included: a one-pixel map sliced from a channels-last one
-    # counts as channels-last, its own channels-last copy does not.
+    # counts as channels-last, its own channels-last copy does not, and a one-pixel result of a
+    # channels-last map has channels-last strides. Bilinear's cpu loops take channels-last maps from
+    # 6 channels, fewer through copies: both routes.
     channels_last = torch.channels_last
-    for n, c, h, w in [(2, 3, 5, 4), (1, 5, 1, 1), (2, 2, 1, 3), (1, 4, 2, 1)]:
+    for n, c, h, w in [(2, 3, 5, 4), (1, 5, 1, 1), (2, 2, 1, 3), (1, 4, 2, 1), (1, 8, 3, 2)]:
         base = torch.randn(n, c, h, w)
         for x in (base, base.contiguous(memory_format=channels_last), base.transpose(2, 3),
                   torch.randn(n, c, h, 2 * w).contiguous(memory_format=channels_last)[..., ::2],
                   torch.randn(n, 2 * c, h, w).contiguous(memory_format=channels_last)[:, ::2]):
             for mode in ("nearest", "bilinear"):
-                out, expected = ul.interpolate(x, scale_factor=2, mode=mode, backend=backend), F.interpolate(
-                    x, scale_factor=2, mode=mode)
-                assert out.stride() == expected.stride(), (x.shape, x.stride(), mode)
+                for size in (dict(scale_factor=2), dict(size=(1, 1))):
+                    out = ul.interpolate(x, mode=mode, backend=backend, **size)
+                    expected = F.interpolate(x, mode=mode, **size)
+                    assert out.stride() == expected.stride(), (x.shape, x.stride(), mode, size)
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])

@@ -12,9 +12,11 @@ x86, NEON on arm64).
 
 * ``to_channels_last(t)``: ``t.contiguous(memory_format=torch.channels_last)``,
   differentiable in reverse mode (not forward mode: ``semi_shift_conv``,
-  which uses it, adds its tangent itself, from the primal maps): traced by
-  ``torch.compile`` or ``torch.jit.trace``, an operator; eagerly, an
-  autograd function with the operator's gradient and less overhead;
+  which uses it, adds its tangent itself, from the primal maps). Traced or
+  transformed (``torch.compile``, ``torch.jit.trace``, ``torch.func``,
+  ``make_fx``, fake tensors) it is an operator; run eagerly on a tensor
+  autograd tracks, an autograd function with the operator's gradient and
+  less overhead; otherwise the copy itself;
 * ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, the
   same way.
 
@@ -213,9 +215,20 @@ class _TrackedCopy(torch.autograd.Function):
         return (to_channels_first(grad) if ctx.to_last else to_channels_last(grad)), None
 
 
+def _traced(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is being traced or transformed rather than run: by
+    torch.compile, torch.jit.trace, a torch.func transform, a dispatch mode
+    (make_fx, FakeTensorMode, aot_function) or as a tensor subclass (a fake
+    tensor has no data). Numba must not touch such a tensor's memory: only an
+    operator is recorded, or has a fake implementation."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0
+            or type(tensor) not in (torch.Tensor, torch.nn.Parameter))
+
+
 def _copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
     """``tensor`` (dense in the other layout) copied into ``memory_format``.
-    Traced, or under a torch.func transform, it goes through the
+    Traced or transformed (``_traced``), it goes through the
     copy operators whatever its size (which they then check inside):
     outside them, torch.export would keep the size test as a limit on the
     input's size, torch.compile(dynamic=True) would recompile where a size
@@ -225,7 +238,7 @@ def _copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
     to_last = memory_format == torch.channels_last
     if not _block_transposable(tensor, torch.contiguous_format if to_last else torch.channels_last, any_size=True):
         return tensor.contiguous(memory_format=memory_format)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+    if _traced(tensor):
         operators = torch.ops.upsamplelib
         return (operators.channels_last_copy if to_last else operators.channels_first_copy)(tensor)
     if tensor.requires_grad and torch.is_grad_enabled():

@@ -51,6 +51,8 @@ def check_positive_int(value, name: str, op: str) -> int:
     if isinstance(value, torch.Tensor) and torch.jit.is_tracing() and value.dim() == 0 and not (
             value.is_floating_point() or value.is_complex()):
         value = int(value)  # torch.jit.trace hands out a tensor's sizes as 0-d tensors
+    elif isinstance(value, torch.SymInt):
+        value = int(value)  # a symbolic size (make_fx, torch.export): the kernel is built for its value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {value!r}")
     if value < 1:

@@ -425,11 +425,6 @@ def _nhwc(tensor):
     return to_channels_last(tensor).permute(0, 2, 3, 1)
 
 
-# The loop reads a pixel's channels (contiguous) into a block of 16 columns,
-# then writes the block's channel rows: indexing the NCHW side column by
-# column, with a division per element, was 3x slower.
-
-
 @cpu_kernel
 def channels_first_plus_upsampled_cpu(high, low, scale, out):
     """out[n, o, Y, X] = high[n, Y, X, o] + low[n, Y // s, X // s, o]: the
@@ -439,8 +434,9 @@ def channels_first_plus_upsampled_cpu(high, low, scale, out):
     for line in prange(batch * height):
         n, Y = line // height, line % height
         high_row, low_row = high[n, Y], low[n, Y // scale]
-        # The row's sums channels-last (contiguous vectors), then its columns out: 0.12 ms against
-        # 0.18 for 16-pixel blocks at 25 x 128 x 128 (test machine).
+        # The row's sums channels-last (contiguous vectors), then written out one output channel at a
+        # time: 0.12 ms against 0.18 for 16-pixel blocks at 25 x 128 x 128 (test machine), and indexing
+        # the NCHW side element by element, with a division each, had been 3x slower than the blocks.
         sums = np.empty((width, outputs), out.dtype)
         for X in range(width):
             high_pixel, low_pixel, total = high_row[X], low_row[X // scale], sums[X]

@@ -34,12 +34,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import cuda, int64, prange, types
-from torch._prims_common import are_strides_like_channels_last_or_false
 from torch.utils.flop_counter import register_flop_formula
+
+try:
+    from torch._prims_common import are_strides_like_channels_last_or_false
+except ImportError:  # older torch: the same rule, without its care for symbolic sizes
+    from torch._prims_common import are_strides_like_channels_last as are_strides_like_channels_last_or_false
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
-from ..layout import empty_map, is_vmapped, to_channels_first, to_channels_last
+from ..layout import empty_map, is_vmapped, to_channels_first, to_channels_last, with_channels_last_strides
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -860,8 +864,9 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
                             [interpolate(dx, size, scale_factor, mode, align_corners, backend)])
     x_compute = x.to(kernel_dtype(x.dtype))
     # F.interpolate returns the result in the input's suggested memory format, channels-last for a
-    # channels-last input (sliced ones included). The cpu loops read and write either layout; the
-    # CUDA kernels NCHW, between layout's copies (whose gradients come back in the copied layout).
+    # channels-last input (sliced ones included). The cpu loops take channels-last maps as they are
+    # where _loops_take_channels_last; other maps, and the CUDA kernels, go NCHW between layout's
+    # copies (whose gradients come back in the copied layout).
     channels_last = not is_vmapped(x) and _strides_like_channels_last(x)
     if backend == "torch":
         out = interpolate_reference(x_compute, out_h, out_w, factors, mode, corners)
@@ -873,4 +878,5 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, corners, *factors, rule,
                                                 backend)
     out = out.to(x.dtype)
-    return to_channels_last(out) if channels_last else out
+    # A one-pixel (or one-channel) result is dense in both layouts: F's has channels-last strides.
+    return with_channels_last_strides(to_channels_last(out)) if channels_last else out
