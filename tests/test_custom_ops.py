@@ -223,6 +223,31 @@ def test_jit_trace_generalises_to_other_sizes(name):
     torch.testing.assert_close(traced(*other), model(*other))
 
 
+def test_eager_calls_autograd_does_not_track_skip_the_dispatcher(monkeypatch):
+    # They run the operator's function directly (the dispatcher's round trip cost ~10-20 us a call);
+    # tracked, profiled or fake tensors go through torch.ops, where autograd, the profiler and
+    # FakeTensorMode see the operator.
+    dispatched = []
+    through_torch_ops = ul.backend.Operator.dispatched.fget
+    monkeypatch.setattr(ul.backend.Operator, "dispatched",
+                        property(lambda op: dispatched.append(op.name) or through_torch_ops(op)))
+    x = torch.randn(1, 2, 4, 4)
+    expected = F.interpolate(x, scale_factor=2)
+    assert torch.equal(ul.interpolate(x, scale_factor=2, backend="cpu"), expected) and dispatched == []
+    leaf = x.clone().requires_grad_()
+    ul.interpolate(leaf, scale_factor=2, backend="cpu").sum().backward()
+    assert dispatched == ["interpolate"] and torch.equal(leaf.grad, torch.full_like(x, 4.0))
+    with torch.no_grad():
+        ul.interpolate(leaf, scale_factor=2, backend="cpu")
+    assert dispatched == ["interpolate"]
+    with torch.profiler.profile() as profile:
+        ul.interpolate(x, scale_factor=2, backend="cpu")
+    assert "upsamplelib::interpolate" in {event.name for event in profile.events()}
+    with FlopCounterMode(display=False) as flops:
+        ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu")
+    assert flops.get_total_flops() > 0 and dispatched[-1] == "interpolate" and len(dispatched) == 3
+
+
 def test_backend_keeps_its_meaning_inside_the_op():
     x, masks = torch.randn(1, 2, 3, 3), torch.rand(1, 9, 6, 6)
     for backend in ("cpu", "cuda", "torch"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
 import hashlib
 import math
@@ -776,24 +777,69 @@ def _tag_compile_caches() -> None:
 _tag_compile_caches()
 
 
-def operator(name):
-    """Register a function as the PyTorch operator ``torch.ops.upsamplelib.<name>``
-    for CPU and CUDA tensors, its schema read from the type hints. The
-    function gains ``register_fake`` (a decorator, as on ``custom_op``).
+def traced(tensors) -> bool:
+    """Whether a call on ``tensors`` (None entries allowed) is traced or
+    transformed rather than run: by torch.compile, torch.jit.trace, a
+    torch.func transform, forward-mode AD, a dispatch mode (make_fx,
+    FakeTensorMode, FlopCounterMode, aot_function), a torch function mode,
+    the profiler, or as a tensor subclass, a batched gradient
+    (``is_grads_batched``) or on a device without our kernels (a fake or meta
+    tensor has no data). Such a call must go through the operators: only
+    they are recorded, batched, or have fake implementations."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+            or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
+            or forward_ad._current_level >= 0 or torch._C._autograd._profiler_enabled()):
+        return True
+    return any(t is not None and (type(t) not in _PLAIN_TENSORS or t.device.type not in ("cpu", "cuda")
+                                  or torch._C._functorch.is_legacy_batchedtensor(t))
+               for t in tensors)
 
-    ``torch.library.custom_op`` would do the same, but it wraps the function
-    in ``torch._disable_dynamo``, which imports ``torch._dynamo`` (1.5 s) at
-    the first call of any operator: a student's first cell would pay it.
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+class Operator:
+    """A function registered as the PyTorch operator
+    ``torch.ops.upsamplelib.<name>`` for CPU and CUDA tensors (its schema read
+    from the type hints), called like the function.
+
+    A call goes through the operator when it is traced (``traced``) or
+    autograd tracks one of its tensors; otherwise it runs the function
+    directly. The dispatcher's round trip through the registered autograd
+    kernel (Python) costs about 20 us a call, as much as a small map's whole
+    work, and gives nothing to such a call: the same function runs.
+
+    ``torch.library.custom_op`` would register the same, but it wraps the
+    function in ``torch._disable_dynamo``, which imports ``torch._dynamo``
+    (1.5 s) at the first call of any operator: a student's first cell would
+    pay it.
     """
 
-    def register(function):
+    def __init__(self, name, function):
+        self.name, self.function = name, function
+        functools.update_wrapper(self, function)
         OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()))
         for dispatch_key in ("CPU", "CUDA"):
             OPERATORS.impl(name, function, dispatch_key)
-        function.register_fake = lambda fake: torch.library.register_fake(f"upsamplelib::{name}", fake)
-        return function
 
-    return register
+    @property
+    def dispatched(self):
+        """``torch.ops.upsamplelib.<name>``."""
+        return getattr(torch.ops.upsamplelib, self.name)
+
+    def register_fake(self, fake):
+        return torch.library.register_fake(f"upsamplelib::{self.name}", fake)
+
+    def __call__(self, *args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if traced(tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+            return self.dispatched(*args)
+        return self.function(*args)
+
+
+def operator(name):
+    """Decorator: the function as an ``Operator`` named ``name``."""
+    return lambda function: Operator(name, function)
 
 
 def cpu_kernel(function):

@@ -215,20 +215,9 @@ class _TrackedCopy(torch.autograd.Function):
         return (to_channels_first(grad) if ctx.to_last else to_channels_last(grad)), None
 
 
-def _traced(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is being traced or transformed rather than run: by
-    torch.compile, torch.jit.trace, a torch.func transform, a dispatch mode
-    (make_fx, FakeTensorMode, aot_function) or as a tensor subclass (a fake
-    tensor has no data). Numba must not touch such a tensor's memory: only an
-    operator is recorded, or has a fake implementation."""
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0
-            or type(tensor) not in (torch.Tensor, torch.nn.Parameter))
-
-
 def _copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
     """``tensor`` (dense in the other layout) copied into ``memory_format``.
-    Traced or transformed (``_traced``), it goes through the
+    Traced or transformed (``backend.traced``), it goes through the
     copy operators whatever its size (which they then check inside):
     outside them, torch.export would keep the size test as a limit on the
     input's size, torch.compile(dynamic=True) would recompile where a size
@@ -238,9 +227,8 @@ def _copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
     to_last = memory_format == torch.channels_last
     if not _block_transposable(tensor, torch.contiguous_format if to_last else torch.channels_last, any_size=True):
         return tensor.contiguous(memory_format=memory_format)
-    if _traced(tensor):
-        operators = torch.ops.upsamplelib
-        return (operators.channels_last_copy if to_last else operators.channels_first_copy)(tensor)
+    if backend.traced([tensor]):
+        return (channels_last_copy if to_last else channels_first_copy).dispatched(tensor)
     if tensor.requires_grad and torch.is_grad_enabled():
         return _TrackedCopy.apply(tensor, memory_format)
     return _block_copy(tensor, memory_format)

@@ -895,9 +895,9 @@ def _carafe_derivative(ctx, grad_out):
     x, masks = ctx.saved_tensors
     grad_x = grad_masks = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.upsamplelib.carafe_window_gather(grad_out, masks, *ctx.config)
+        grad_x = window_gather_op(grad_out, masks, *ctx.config)
     if ctx.needs_input_grad[1]:
-        grad_masks = torch.ops.upsamplelib.carafe_window_products(grad_out, x, *ctx.config)
+        grad_masks = window_products_op(grad_out, x, *ctx.config)
     return grad_x, grad_masks, None, None, None, None
 
 
@@ -905,9 +905,9 @@ def _window_gather_derivative(ctx, grad_grad_x):
     grad_out, masks = ctx.saved_tensors
     grad_grad_out = grad_masks = None
     if ctx.needs_input_grad[0]:
-        grad_grad_out = torch.ops.upsamplelib.carafe(grad_grad_x, masks, *ctx.config)
+        grad_grad_out = carafe_op(grad_grad_x, masks, *ctx.config)
     if ctx.needs_input_grad[1]:
-        grad_masks = torch.ops.upsamplelib.carafe_window_products(grad_out, grad_grad_x, *ctx.config)
+        grad_masks = window_products_op(grad_out, grad_grad_x, *ctx.config)
     return grad_grad_out, grad_masks, None, None, None, None
 
 
@@ -917,9 +917,9 @@ def window_products_derivative(ctx, grad_result):
     grad_out, x = ctx.saved_tensors
     grad_grad_out = grad_x = None
     if ctx.needs_input_grad[0]:
-        grad_grad_out = torch.ops.upsamplelib.carafe(x, grad_result, *ctx.config)
+        grad_grad_out = carafe_op(x, grad_result, *ctx.config)
     if ctx.needs_input_grad[1]:
-        grad_x = torch.ops.upsamplelib.carafe_window_gather(grad_out, grad_result, *ctx.config)
+        grad_x = window_gather_op(grad_out, grad_result, *ctx.config)
     return grad_grad_out, grad_x, None, None, None, None
 
 
@@ -1034,7 +1034,7 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
         out = carafe_reference(x, masks, kernel_size, scale, group)
     else:
         x, masks = kernel_layout(x), kernel_layout(masks)
-        out = torch.ops.upsamplelib.carafe(x, masks, kernel_size, scale, group, backend)
+        out = carafe_op(x, masks, kernel_size, scale, group, backend)
     return out.to(result_dtype)
 
 

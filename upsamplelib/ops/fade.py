@@ -774,12 +774,11 @@ def _semi_shift_derivative(ctx, grad_out):
     grad_bias = ctx.bias_count * grad_out.sum(dim=(0, 2, 3)) if needs[3] else None
     if backend == "cpu" and not _under_functorch(grad_out):
         grad_out = to_channels_last(grad_out)  # once, for the three gradients' convolutions
-    ops = torch.ops.upsamplelib
-    grad_en = ops.semi_shift_conv_encoder_grad(grad_out, weight, groups, backend) if needs[0] else None
-    grad_de = ops.semi_shift_conv_decoder_grad(grad_out, weight, scale, groups, backend) if needs[1] else None
+    grad_en = encoder_grad_op(grad_out, weight, groups, backend) if needs[0] else None
+    grad_de = decoder_grad_op(grad_out, weight, scale, groups, backend) if needs[1] else None
     grad_weight = None
     if needs[2]:
-        grad_weight = ops.semi_shift_conv_weight_grad(grad_out, en, de, weight.shape[2], scale, groups, backend)
+        grad_weight = weight_grad_op(grad_out, en, de, weight.shape[2], scale, groups, backend)
     return grad_en, grad_de, grad_weight, grad_bias, None, None, None
 
 
@@ -792,12 +791,11 @@ def _save_encoder_grad(ctx, inputs, output):
 def _encoder_grad_derivative(ctx, grad_grad_en):
     grad_out, weight = ctx.saved_tensors
     groups, backend = ctx.config
-    ops = torch.ops.upsamplelib
     grad_grad_out = grad_weight = None
     if ctx.needs_input_grad[0]:
-        grad_grad_out = ops.semi_shift_conv(grad_grad_en, None, weight, None, 1, groups, backend)
+        grad_grad_out = semi_shift_conv_op(grad_grad_en, None, weight, None, 1, groups, backend)
     if ctx.needs_input_grad[1]:
-        grad_weight = ops.semi_shift_conv_weight_grad(grad_out, grad_grad_en, None, weight.shape[2], 1, groups,
+        grad_weight = weight_grad_op(grad_out, grad_grad_en, None, weight.shape[2], 1, groups,
                                                       backend)
     return grad_grad_out, grad_weight, None, None
 
@@ -811,12 +809,11 @@ def _save_decoder_grad(ctx, inputs, output):
 def _decoder_grad_derivative(ctx, grad_grad_de):
     grad_out, weight = ctx.saved_tensors
     scale, groups, backend = ctx.config
-    ops = torch.ops.upsamplelib
     grad_grad_out = grad_weight = None
     if ctx.needs_input_grad[0]:
-        grad_grad_out = ops.semi_shift_conv(None, grad_grad_de, weight, None, scale, groups, backend)
+        grad_grad_out = semi_shift_conv_op(None, grad_grad_de, weight, None, scale, groups, backend)
     if ctx.needs_input_grad[1]:
-        grad_weight = ops.semi_shift_conv_weight_grad(grad_out, None, grad_grad_de, weight.shape[2], scale, groups,
+        grad_weight = weight_grad_op(grad_out, None, grad_grad_de, weight.shape[2], scale, groups,
                                                       backend)
     return grad_grad_out, grad_weight, None, None, None
 
@@ -831,14 +828,13 @@ def _weight_grad_derivative(ctx, grad_grad_weight):
     grad_out, en, de = ctx.saved_tensors
     scale, groups, backend = ctx.config
     needs = ctx.needs_input_grad
-    ops = torch.ops.upsamplelib
     grad_grad_out = grad_en = grad_de = None
     if needs[0]:
-        grad_grad_out = ops.semi_shift_conv(en, de, grad_grad_weight, None, scale, groups, backend)
+        grad_grad_out = semi_shift_conv_op(en, de, grad_grad_weight, None, scale, groups, backend)
     if needs[1]:
-        grad_en = ops.semi_shift_conv_encoder_grad(grad_out, grad_grad_weight, groups, backend)
+        grad_en = encoder_grad_op(grad_out, grad_grad_weight, groups, backend)
     if needs[2]:
-        grad_de = ops.semi_shift_conv_decoder_grad(grad_out, grad_grad_weight, scale, groups, backend)
+        grad_de = decoder_grad_op(grad_out, grad_grad_weight, scale, groups, backend)
     return grad_grad_out, grad_en, grad_de, None, None, None, None
 
 
@@ -983,7 +979,7 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
             # (25 x 256 x 3 x 3) as fast as the block transpose, without its autograd glue.
             en, de = (to_channels_last(t) if t is not None else None for t in (en, de))
             weight = weight.contiguous(memory_format=torch.channels_last)
-        out = torch.ops.upsamplelib.semi_shift_conv(en, de, weight, bias, scale, groups, backend)
+        out = semi_shift_conv_op(en, de, weight, bias, scale, groups, backend)
     return out.to(result_dtype)
 
 

@@ -799,12 +799,12 @@ def _interpolate_derivative(ctx, grad_out):
     # The gradient comes back in the layout of the forward's input, as the adjoint runs in grad_out's.
     if not is_vmapped(grad_out):
         grad_out = to_channels_last(grad_out) if ctx.channels_last else to_channels_first(grad_out)
-    grad_x = torch.ops.upsamplelib.interpolate_backward(grad_out, *ctx.sizes, *ctx.arguments)
+    grad_x = interpolate_backward_op(grad_out, *ctx.sizes, *ctx.arguments)
     return (grad_x,) + (None,) * 8
 
 
 def _interpolate_backward_derivative(ctx, grad_grad_x):
-    grad_grad_out = torch.ops.upsamplelib.interpolate(grad_grad_x, *ctx.sizes, *ctx.arguments)
+    grad_grad_out = interpolate_op(grad_grad_x, *ctx.sizes, *ctx.arguments)
     return (grad_grad_out,) + (None,) * 8
 
 
@@ -875,7 +875,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         if channels_last:
             native = _loops_take_channels_last(backend, mode, x.shape[1])
             x_compute = to_channels_last(x_compute) if native else to_channels_first(x_compute)
-        out = torch.ops.upsamplelib.interpolate(x_compute, out_h, out_w, mode, corners, *factors, rule,
+        out = interpolate_op(x_compute, out_h, out_w, mode, corners, *factors, rule,
                                                 backend)
     out = out.to(x.dtype)
     # A one-pixel (or one-channel) result is dense in both layouts: F's has channels-last strides.
