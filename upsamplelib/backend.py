@@ -803,11 +803,12 @@ class Operator:
     ``torch.ops.upsamplelib.<name>`` for CPU and CUDA tensors (its schema read
     from the type hints), called like the function.
 
-    A call goes through the operator when it is traced (``traced``) or
-    autograd tracks one of its tensors; otherwise it runs the function
-    directly. The dispatcher's round trip through the registered autograd
-    kernel (Python) costs about 20 us a call, as much as a small map's whole
-    work, and gives nothing to such a call: the same function runs.
+    A call goes through the operator when it is traced (``traced``).
+    Otherwise it runs the function directly, inside a plain autograd function
+    with the operator's derivative where autograd tracks one of its tensors.
+    The dispatcher's round trip through the registered autograd kernel
+    (Python) costs 10-40 us a call, as much as a small map's whole work, and
+    gives nothing to an eager call: the same function and derivative run.
 
     ``torch.library.custom_op`` would register the same, but it wraps the
     function in ``torch._disable_dynamo``, which imports ``torch._dynamo``
@@ -817,6 +818,7 @@ class Operator:
 
     def __init__(self, name, function):
         self.name, self.function = name, function
+        self.tracked = None  # the autograd function eager tracked calls take (register_autograd)
         functools.update_wrapper(self, function)
         OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()))
         for dispatch_key in ("CPU", "CUDA"):
@@ -830,10 +832,28 @@ class Operator:
     def register_fake(self, fake):
         return torch.library.register_fake(f"upsamplelib::{self.name}", fake)
 
+    def register_autograd(self, derivative, setup_context):
+        """``torch.library.register_autograd`` for the operator, and the same
+        derivative for eager calls: ``setup_context(ctx, inputs, output)``
+        then ``derivative(ctx, grad)``, one gradient per input."""
+        torch.library.register_autograd(f"upsamplelib::{self.name}", derivative, setup_context=setup_context)
+        function = self.function
+
+        def forward(ctx, *inputs):
+            output = function(*inputs)
+            setup_context(ctx, inputs, output)
+            return output
+
+        # The old-style forward (ctx first) is the cheaper one; only eager calls, never a transform, reach it.
+        self.tracked = type(f"{self.name}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(derivative)})
+
     def __call__(self, *args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if traced(tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        if traced(tensors):
             return self.dispatched(*args)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self.tracked.apply(*args)
         return self.function(*args)
 
 

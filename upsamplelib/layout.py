@@ -12,13 +12,11 @@ x86, NEON on arm64).
 
 * ``to_channels_last(t)``: ``t.contiguous(memory_format=torch.channels_last)``,
   differentiable in reverse mode (not forward mode: ``semi_shift_conv``,
-  which uses it, adds its tangent itself, from the primal maps). Traced or
-  transformed (``torch.compile``, ``torch.jit.trace``, ``torch.func``,
-  ``make_fx``, fake tensors) it is an operator; run eagerly on a tensor
-  autograd tracks, an autograd function with the operator's gradient and
-  less overhead; otherwise the copy itself;
+  which uses it, adds its tangent itself, from the primal maps), by the
+  operator ``channels_last_copy`` (a ``backend.Operator``: through
+  ``torch.ops`` where traced, else its function itself);
 * ``to_channels_first(t)``: ``t.contiguous()`` for a channels-last ``t``, the
-  same way.
+  same way (``channels_first_copy``).
 
 Each copy's gradient is the other copy, so a gradient goes back in the
 layout of the tensor it is for. Maps with fewer than 8 channels, or fewer
@@ -178,12 +176,10 @@ def _(tensor):
 
 # Each copy's gradient goes back in the layout of the copy's input: autograd would otherwise copy a
 # leaf's .grad into its layout, by PyTorch's slower copy. Batched gradients cannot tell their layout.
-torch.library.register_autograd("upsamplelib::channels_last_copy",
-                                lambda ctx, grad: grad if is_vmapped(grad) else to_channels_first(grad),
-                                setup_context=lambda ctx, inputs, output: None)
-torch.library.register_autograd("upsamplelib::channels_first_copy",
-                                lambda ctx, grad: grad if is_vmapped(grad) else to_channels_last(grad),
-                                setup_context=lambda ctx, inputs, output: None)
+channels_last_copy.register_autograd(lambda ctx, grad: grad if is_vmapped(grad) else to_channels_first(grad),
+                                     setup_context=lambda ctx, inputs, output: None)
+channels_first_copy.register_autograd(lambda ctx, grad: grad if is_vmapped(grad) else to_channels_last(grad),
+                                      setup_context=lambda ctx, inputs, output: None)
 
 
 def is_vmapped(tensor: torch.Tensor) -> bool:
@@ -196,42 +192,19 @@ def is_vmapped(tensor: torch.Tensor) -> bool:
     return functorch.is_batchedtensor(tensor) or functorch.is_legacy_batchedtensor(tensor)
 
 
-class _TrackedCopy(torch.autograd.Function):
-    """The copy operators as they run eagerly on a tensor autograd tracks:
-    the same copy and the same gradient, without the custom-op machinery's
-    round trip (about 40 us a copy, forward and backward, on the test
-    machine: as much as a small map's whole copy). The old-style forward
-    (ctx first) is cheaper still, and no torch.func transform reaches it."""
-
-    @staticmethod
-    def forward(ctx, tensor, memory_format):
-        ctx.to_last = memory_format == torch.channels_last
-        return _block_copy(tensor, memory_format)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if is_vmapped(grad):
-            return grad, None
-        return (to_channels_first(grad) if ctx.to_last else to_channels_last(grad)), None
-
-
 def _copy(tensor: torch.Tensor, memory_format) -> torch.Tensor:
-    """``tensor`` (dense in the other layout) copied into ``memory_format``.
-    Traced or transformed (``backend.traced``), it goes through the
-    copy operators whatever its size (which they then check inside):
+    """``tensor`` (dense in the other layout) copied into ``memory_format``
+    by the copy operators, so that its gradient comes back in its layout
+    (PyTorch's own copy would give it back in the copy's). Traced or
+    transformed, they take it whatever its size, and check it inside:
     outside them, torch.export would keep the size test as a limit on the
     input's size, torch.compile(dynamic=True) would recompile where a size
     crosses it, and torch.jit.trace would keep the branch of the traced
-    size. Tracked by autograd, it takes their gradient: PyTorch's own copy
-    would give it back in the copy's layout, not the tensor's."""
+    size."""
     to_last = memory_format == torch.channels_last
     if not _block_transposable(tensor, torch.contiguous_format if to_last else torch.channels_last, any_size=True):
         return tensor.contiguous(memory_format=memory_format)
-    if backend.traced([tensor]):
-        return (channels_last_copy if to_last else channels_first_copy).dispatched(tensor)
-    if tensor.requires_grad and torch.is_grad_enabled():
-        return _TrackedCopy.apply(tensor, memory_format)
-    return _block_copy(tensor, memory_format)
+    return (channels_last_copy if to_last else channels_first_copy)(tensor)
 
 
 def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:

@@ -923,11 +923,9 @@ def window_products_derivative(ctx, grad_result):
     return grad_grad_out, grad_x, None, None, None, None
 
 
-torch.library.register_autograd("upsamplelib::carafe", _carafe_derivative, setup_context=save_inputs)
-torch.library.register_autograd("upsamplelib::carafe_window_gather", _window_gather_derivative,
-                                setup_context=save_inputs)
-torch.library.register_autograd("upsamplelib::carafe_window_products", window_products_derivative,
-                                setup_context=save_inputs)
+carafe_op.register_autograd(_carafe_derivative, setup_context=save_inputs)
+window_gather_op.register_autograd(_window_gather_derivative, setup_context=save_inputs)
+window_products_op.register_autograd(window_products_derivative, setup_context=save_inputs)
 
 
 def window_flops(high_res_shape, kernel_size):

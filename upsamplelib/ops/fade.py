@@ -838,14 +838,10 @@ def _weight_grad_derivative(ctx, grad_grad_weight):
     return grad_grad_out, grad_en, grad_de, None, None, None, None
 
 
-torch.library.register_autograd("upsamplelib::semi_shift_conv", _semi_shift_derivative,
-                                setup_context=_save_semi_shift)
-torch.library.register_autograd("upsamplelib::semi_shift_conv_encoder_grad", _encoder_grad_derivative,
-                                setup_context=_save_encoder_grad)
-torch.library.register_autograd("upsamplelib::semi_shift_conv_decoder_grad", _decoder_grad_derivative,
-                                setup_context=_save_decoder_grad)
-torch.library.register_autograd("upsamplelib::semi_shift_conv_weight_grad", _weight_grad_derivative,
-                                setup_context=_save_weight_grad)
+semi_shift_conv_op.register_autograd(_semi_shift_derivative, setup_context=_save_semi_shift)
+encoder_grad_op.register_autograd(_encoder_grad_derivative, setup_context=_save_encoder_grad)
+decoder_grad_op.register_autograd(_decoder_grad_derivative, setup_context=_save_decoder_grad)
+weight_grad_op.register_autograd(_weight_grad_derivative, setup_context=_save_weight_grad)
 
 
 def _conv_flops(pixels_shape, weight_shape):

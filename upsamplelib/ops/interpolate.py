@@ -808,10 +808,8 @@ def _interpolate_backward_derivative(ctx, grad_grad_x):
     return (grad_grad_out,) + (None,) * 8
 
 
-torch.library.register_autograd("upsamplelib::interpolate", _interpolate_derivative,
-                                setup_context=_remember_sizes)
-torch.library.register_autograd("upsamplelib::interpolate_backward", _interpolate_backward_derivative,
-                                setup_context=_remember_sizes)
+interpolate_op.register_autograd(_interpolate_derivative, setup_context=_remember_sizes)
+interpolate_backward_op.register_autograd(_interpolate_backward_derivative, setup_context=_remember_sizes)
 
 
 def _interpolate_flops(mode, out_shape):

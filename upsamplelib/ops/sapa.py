@@ -95,8 +95,7 @@ def _(q, key, kernel_size, scale, group, backend):
     return q.new_empty((n, group * kernel_size * kernel_size, height, width))
 
 
-torch.library.register_autograd("upsamplelib::sapa_similarity", window_products_derivative,
-                                setup_context=save_inputs)
+sapa_similarity_op.register_autograd(window_products_derivative, setup_context=save_inputs)
 
 
 @register_flop_formula(torch.ops.upsamplelib.sapa_similarity)
