@@ -777,6 +777,9 @@ def _tag_compile_caches() -> None:
 _tag_compile_caches()
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def traced(tensors) -> bool:
     """Whether a call on ``tensors`` (None entries allowed) is traced or
     transformed rather than run: by torch.compile, torch.jit.trace, a
@@ -793,9 +796,6 @@ def traced(tensors) -> bool:
     return any(t is not None and (type(t) not in _PLAIN_TENSORS or t.device.type not in ("cpu", "cuda")
                                   or torch._C._functorch.is_legacy_batchedtensor(t))
                for t in tensors)
-
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 class Operator:
@@ -853,7 +853,8 @@ class Operator:
         if traced(tensors):
             return self.dispatched(*args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self.tracked.apply(*args)
+            # An operator without a derivative of its own: the dispatcher's error, or its autograd.
+            return self.tracked.apply(*args) if self.tracked is not None else self.dispatched(*args)
         return self.function(*args)
 
 

@@ -795,8 +795,7 @@ def _encoder_grad_derivative(ctx, grad_grad_en):
     if ctx.needs_input_grad[0]:
         grad_grad_out = semi_shift_conv_op(grad_grad_en, None, weight, None, 1, groups, backend)
     if ctx.needs_input_grad[1]:
-        grad_weight = weight_grad_op(grad_out, grad_grad_en, None, weight.shape[2], 1, groups,
-                                                      backend)
+        grad_weight = weight_grad_op(grad_out, grad_grad_en, None, weight.shape[2], 1, groups, backend)
     return grad_grad_out, grad_weight, None, None
 
 
@@ -813,8 +812,7 @@ def _decoder_grad_derivative(ctx, grad_grad_de):
     if ctx.needs_input_grad[0]:
         grad_grad_out = semi_shift_conv_op(None, grad_grad_de, weight, None, scale, groups, backend)
     if ctx.needs_input_grad[1]:
-        grad_weight = weight_grad_op(grad_out, None, grad_grad_de, weight.shape[2], scale, groups,
-                                                      backend)
+        grad_weight = weight_grad_op(grad_out, None, grad_grad_de, weight.shape[2], scale, groups, backend)
     return grad_grad_out, grad_weight, None, None, None
 
 

@@ -873,8 +873,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         if channels_last:
             native = _loops_take_channels_last(backend, mode, x.shape[1])
             x_compute = to_channels_last(x_compute) if native else to_channels_first(x_compute)
-        out = interpolate_op(x_compute, out_h, out_w, mode, corners, *factors, rule,
-                                                backend)
+        out = interpolate_op(x_compute, out_h, out_w, mode, corners, *factors, rule, backend)
     out = out.to(x.dtype)
     # A one-pixel (or one-channel) result is dense in both layouts: F's has channels-last strides.
     return with_channels_last_strides(to_channels_last(out)) if channels_last else out

@@ -142,8 +142,7 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
     if backend == "torch":
         logits = sapa_similarity_reference(q, key, kernel_size, scale)
     else:
-        logits = sapa_similarity_op(kernel_layout(q), kernel_layout(key), kernel_size, scale, 1,
-                                                       backend)
+        logits = sapa_similarity_op(kernel_layout(q), kernel_layout(key), kernel_size, scale, 1, backend)
     return logits.to(result_dtype)
 
 
