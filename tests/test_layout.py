@@ -135,3 +135,14 @@ def test_every_operator_gives_gradients_in_the_layout_of_its_maps(case, layout):
     torch.testing.assert_close(out, expected_out)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want)
+
+
+def test_channels_last_strides_are_the_ones_torch_empty_gives():
+    """The worked-out strides ``with_channels_last_strides`` compares with,
+    for every shape with sizes 0 to 3 (zero and one are the special cases)."""
+    import itertools
+
+    from upsamplelib.layout import channels_last_strides
+
+    for shape in itertools.product(range(4), repeat=4):
+        assert channels_last_strides(shape) == torch.empty(shape, memory_format=torch.channels_last).stride(), shape

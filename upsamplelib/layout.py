@@ -245,8 +245,17 @@ def with_channels_last_strides(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` if it has the strides ``torch.empty(..., memory_format=
     torch.channels_last)`` gives, else such a copy. An operator's result must
     have the strides its fake implementation promises; a library's result
-    (a convolution's) may differ in the strides of its size-1 dimensions."""
-    out = torch.empty_like(tensor, memory_format=torch.channels_last)
-    if tensor.stride() == out.stride():
+    (a convolution's) may differ in the strides of its size-1 dimensions.
+    The strides are worked out, not read from an empty probe: allocating one
+    beside a large result cost 1.3 ms of a 3.5 ms convolution (the next
+    large allocation came back as fresh pages)."""
+    if tuple(tensor.stride()) == channels_last_strides(tensor.shape):
         return tensor
-    return out.copy_(tensor)
+    return torch.empty_like(tensor, memory_format=torch.channels_last).copy_(tensor)
+
+
+def channels_last_strides(shape) -> tuple:
+    """The strides ``torch.empty(shape, memory_format=torch.channels_last)``
+    has, for an (N, C, H, W) shape (PyTorch's ``get_channels_last_strides_2d``)."""
+    _, channels, height, width = shape
+    return (height * width * channels, 1, width * channels, channels)
