@@ -411,3 +411,18 @@ def test_cpu_axis_tables_are_built_once_and_kept_apart():
         assert len(calls) == built, "the second round rebuilt tables it had"
     finally:
         module._AXIS_TABLE["cpu"] = original
+
+
+def test_the_cpu_axis_table_cache_holds_a_bounded_number_of_entries(monkeypatch):
+    """Many output sizes (varying inputs) never hold more table entries than
+    the cache's budget: it starts over, and the results stay right."""
+    from upsamplelib.ops import interpolate as module
+
+    monkeypatch.setattr(module, "_CPU_AXIS_TABLE_ENTRIES", 200)
+    module._CPU_AXIS_TABLES.clear()
+    x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    for width in range(30, 90):
+        ours = ul.interpolate(x, size=(5, width), mode="bilinear", align_corners=False, backend="cpu")
+        torch.testing.assert_close(ours, F.interpolate(x, size=(5, width), mode="bilinear", align_corners=False))
+        assert sum(index.shape[1] for index, _ in module._CPU_AXIS_TABLES.values()) <= 200
+    module._CPU_AXIS_TABLES.clear()

@@ -752,6 +752,9 @@ def _(x, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, backend):
 #: each, for a few hundred cheap entries. A GPU builds its tables on every
 #: call: a cached one would have to be safe across streams and graph capture.
 _CPU_AXIS_TABLES: dict = {}
+#: Entries (output pixels along an axis) the cache may hold, all tables
+#: together (at most 32 MiB); past it the cache starts over.
+_CPU_AXIS_TABLE_ENTRIES = 1 << 20
 
 
 def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
@@ -766,12 +769,14 @@ def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
     key = (backend, like.dtype, in_size, out_size, float(scale), linear, flag, rule)
     table = _CPU_AXIS_TABLES.get(key)
     if table is None:
-        if len(_CPU_AXIS_TABLES) >= 1024:  # many sizes (varying inputs): start over
-            _CPU_AXIS_TABLES.clear()
         index = np.empty((2, out_size), np.int64)
-        weight = np.empty((2, out_size), np.float32 if like.dtype == torch.float32 else np.float64)
+        weight = torch.empty((2, out_size), dtype=like.dtype).numpy()
         run(_AXIS_TABLE[backend], backend, out_size, index, weight, in_size, scale, linear, flag, rule)
-        table = _CPU_AXIS_TABLES[key] = (index, weight)
+        table = (index, weight)
+        held = sum(kept.shape[1] for kept, _ in _CPU_AXIS_TABLES.values())
+        if held + out_size > _CPU_AXIS_TABLE_ENTRIES:  # many sizes (varying inputs): start over
+            _CPU_AXIS_TABLES.clear()
+        _CPU_AXIS_TABLES[key] = table
     return table
 
 
