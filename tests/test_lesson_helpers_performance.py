@@ -1343,6 +1343,32 @@ def rows_testing_through_unpacked_views(x, masks, out, kernel_size, scale):
                                 line[X] += masks[n, dy * kernel_size + dx, Y, X] * source[row, col]
 
 
+# Too little padding, where what the loop reads past a row is NaN, as the memory past `columns` can be:
+# here the next row's left padding, filled with NaN. The result has NaN in it though every element was written.
+@numba.njit(parallel=True)
+def rows_padded_too_little_reading_nan(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.full((low_height, width + 2 * pad), np.nan, out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        t = dy * kernel_size + dx
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+
+
 @numba.njit
 def rows_not_zeroed(x, masks, out, kernel_size, scale):
     batch, channels, height, width = out.shape
@@ -1500,6 +1526,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
     (rows_padded_too_little, "(?s)values wrong.*raises IndexError.*W \\+ 2 \\* r \\* s"),
+    (rows_padded_too_little_reading_nan, "(?s)values wrong.*is NaN.*raises IndexError.*W \\+ 2 \\* r \\* s"),
     (rows_prange_over_x, "prange over `X` sits inside other loops"),
     (rows_prange_over_the_batch, "prange over `n`, which does most of the work, has 1 iteration.*one thread"),
     (rows_prange_over_the_batch_and_channels, "prange over `n`, which does most of the work, has 1 iteration"),

@@ -990,6 +990,25 @@ _CPU_CASES = [(1, 2, 3, 16, 3, 2), (2, 3, 4, 5, 5, 2), (1, 1, 2, 7, 3, 3)]
 _TRACE_CASE = (1, 2, 3, 16, 3, 2)
 
 
+_READ_PAST_AN_ARRAY = (
+    "\nRun as plain Python, where NumPy checks bounds, your function raises IndexError: {error}. Compiled, it "
+    "read past that array instead.\nHint: check the size of what you index there: the padded `columns` rows "
+    "are W + 2 * r * s long, r * s zeros on either side")
+
+
+def _index_error_as_python(fast, x, masks, out, k, s):
+    """The IndexError ``fast`` raises run as plain Python, or None. Compiled,
+    numba checks no bounds: a read past an array gives wrong values (NaN,
+    where that memory holds one), not an error; as Python, NumPy checks."""
+    try:
+        fast.py_func(x, masks, np.zeros_like(out), k, s)
+    except IndexError as error:
+        return error
+    except Exception:  # noqa: BLE001 - any other failure as Python says nothing more than the values
+        return None
+    return None
+
+
 def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64, 64)):
     """``fast(x, masks, out, kernel_size, scale)``: CARAFE forward on (N, C,
     h, w) float32 arrays, one group, ``numba.njit``-compiled, writing every
@@ -1029,6 +1048,10 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                               "runs only over the columns whose slot lies inside the map") from None
         if np.isnan(out).any():
             first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+            error = _index_error_as_python(fast, x, masks, out, k, s)
+            if error is not None:  # what it read past an array happened to be NaN
+                raise CheckFailed(f"{what}: values wrong for {case}: out{first} is NaN."
+                                  + _READ_PAST_AN_ARRAY.format(error=error)) from None
             raise CheckFailed(f"{what}: out{first} was never written (it is NaN) for {case}.\nHint: zero each "
                               "output row before adding the slots into it")
         try:
@@ -1036,17 +1059,9 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                     hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
                          "over the slots inside the map")
         except CheckFailed as wrong:
-            # Compiled, numba checks no bounds: a read past an array gives wrong values, not an error. As
-            # Python, the same loops raise IndexError where they go out.
-            try:
-                fast.py_func(x, masks, np.zeros_like(out), k, s)
-            except IndexError as error:
-                raise CheckFailed(f"{wrong}\nRun as plain Python, where NumPy checks bounds, your function raises "
-                                  f"IndexError: {error}. Compiled, it read past that array instead.\nHint: check "
-                                  "the size of what you index there: the padded `columns` rows are W + 2 * r * s "
-                                  "long, r * s zeros on either side") from None
-            except Exception:  # noqa: BLE001 - any other failure as Python says nothing more than the values
-                pass
+            error = _index_error_as_python(fast, x, masks, out, k, s)
+            if error is not None:
+                raise CheckFailed(f"{wrong}" + _READ_PAST_AN_ARRAY.format(error=error)) from None
             raise
     n, c, h, w, k, s = _RACE_CASE
     x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 97)
