@@ -380,7 +380,7 @@ def test_the_gradient_comes_back_in_the_layout_of_the_input(mode):
             assert torch.autograd.grad(out, x, grad, retain_graph=True)[0].stride() == x.stride()
 
 
-def test_cpu_axis_tables_are_built_once_and_kept_apart():
+def test_cpu_axis_tables_are_built_once_and_kept_apart(monkeypatch):
     """The cpu loops keep each axis table they build: the second call with
     the same sizes builds none, and a table made for one dtype, mode, rule
     or size never stands in for another's (interleaved calls stay exact)."""
@@ -388,29 +388,26 @@ def test_cpu_axis_tables_are_built_once_and_kept_apart():
 
     calls = []
     original = module._AXIS_TABLE["cpu"]
-    module._CPU_AXIS_TABLES.clear()
-    module._AXIS_TABLE["cpu"] = lambda *args: calls.append(args) or original(*args)
-    try:
-        torch.manual_seed(0)
-        cases = [(torch.float32, 13, 29, "nearest"), (torch.float64, 13, 29, "nearest"),
-                 (torch.float32, 13, 29, "nearest-exact"), (torch.float32, 13, 29, "bilinear"),
-                 (torch.float32, 13, 30, "bilinear"), (torch.float32, 14, 29, "nearest")]
-        for round_ in range(2):
-            for dtype, in_size, out_size, mode in cases:
-                x = torch.randn(1, 8, in_size, in_size, dtype=dtype, requires_grad=True)
-                kwargs = {} if mode != "bilinear" else {"align_corners": False}
-                ours = ul.interpolate(x, size=out_size, mode=mode, backend="cpu", **kwargs)
-                expected = F.interpolate(x, size=out_size, mode=mode, **kwargs)
-                torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6 if mode == "bilinear" else 0)
-                (grad_ours,) = torch.autograd.grad(ours.sum(), x)
-                (grad_expected,) = torch.autograd.grad(expected.sum(), x)
-                torch.testing.assert_close(grad_ours, grad_expected)
-            if round_ == 0:
-                built = len(calls)
-                assert built == len(module._CPU_AXIS_TABLES) > 0
-        assert len(calls) == built, "the second round rebuilt tables it had"
-    finally:
-        module._AXIS_TABLE["cpu"] = original
+    monkeypatch.setattr(module, "_CPU_AXIS_TABLES", {})
+    monkeypatch.setitem(module._AXIS_TABLE, "cpu", lambda *args: calls.append(args) or original(*args))
+    torch.manual_seed(0)
+    cases = [(torch.float32, 13, 29, "nearest"), (torch.float64, 13, 29, "nearest"),
+             (torch.float32, 13, 29, "nearest-exact"), (torch.float32, 13, 29, "bilinear"),
+             (torch.float32, 13, 30, "bilinear"), (torch.float32, 14, 29, "nearest")]
+    for round_ in range(2):
+        for dtype, in_size, out_size, mode in cases:
+            x = torch.randn(1, 8, in_size, in_size, dtype=dtype, requires_grad=True)
+            kwargs = {} if mode != "bilinear" else {"align_corners": False}
+            ours = ul.interpolate(x, size=out_size, mode=mode, backend="cpu", **kwargs)
+            expected = F.interpolate(x, size=out_size, mode=mode, **kwargs)
+            torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6 if mode == "bilinear" else 0)
+            (grad_ours,) = torch.autograd.grad(ours.sum(), x)
+            (grad_expected,) = torch.autograd.grad(expected.sum(), x)
+            torch.testing.assert_close(grad_ours, grad_expected)
+        if round_ == 0:
+            built = len(calls)
+            assert built == len(module._CPU_AXIS_TABLES) > 0
+    assert len(calls) == built, "the second round rebuilt tables it had"
 
 
 def test_the_cpu_axis_table_cache_holds_a_bounded_number_of_entries(monkeypatch):
@@ -419,10 +416,9 @@ def test_the_cpu_axis_table_cache_holds_a_bounded_number_of_entries(monkeypatch)
     from upsamplelib.ops import interpolate as module
 
     monkeypatch.setattr(module, "_CPU_AXIS_TABLE_ENTRIES", 200)
-    module._CPU_AXIS_TABLES.clear()
+    monkeypatch.setattr(module, "_CPU_AXIS_TABLES", {})
     x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     for width in range(30, 90):
         ours = ul.interpolate(x, size=(5, width), mode="bilinear", align_corners=False, backend="cpu")
         torch.testing.assert_close(ours, F.interpolate(x, size=(5, width), mode="bilinear", align_corners=False))
         assert sum(index.shape[1] for index, _ in module._CPU_AXIS_TABLES.values()) <= 200
-    module._CPU_AXIS_TABLES.clear()

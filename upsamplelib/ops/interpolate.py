@@ -760,24 +760,24 @@ _CPU_AXIS_TABLE_ENTRIES = 1 << 20
 def _axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
     """(index, weight): the (2, out_size) table of one axis (see _fill_axis_table).
     The kernels only read them, so a CPU table is shared between calls."""
-    linear = mode == "bilinear"
     if like.is_cuda:
-        index = torch.empty((2, out_size), dtype=torch.int64, device=like.device)
-        weight = like.new_empty((2, out_size))
-        run(_AXIS_TABLE[backend], backend, out_size, index, weight, in_size, scale, linear, flag, rule)
-        return index, weight
-    key = (backend, like.dtype, in_size, out_size, float(scale), linear, flag, rule)
+        return _new_axis_table(backend, in_size, out_size, scale, mode, flag, rule, like)
+    key = (backend, like.dtype, in_size, out_size, float(scale), mode, flag, rule)
     table = _CPU_AXIS_TABLES.get(key)
     if table is None:
-        index = np.empty((2, out_size), np.int64)
-        weight = torch.empty((2, out_size), dtype=like.dtype).numpy()
-        run(_AXIS_TABLE[backend], backend, out_size, index, weight, in_size, scale, linear, flag, rule)
-        table = (index, weight)
+        table = tuple(t.numpy() for t in _new_axis_table(backend, in_size, out_size, scale, mode, flag, rule, like))
         held = sum(kept.shape[1] for kept, _ in _CPU_AXIS_TABLES.values())
         if held + out_size > _CPU_AXIS_TABLE_ENTRIES:  # many sizes (varying inputs): start over
             _CPU_AXIS_TABLES.clear()
         _CPU_AXIS_TABLES[key] = table
     return table
+
+
+def _new_axis_table(backend, in_size, out_size, scale, mode, flag, rule, like):
+    index = torch.empty((2, out_size), dtype=torch.int64, device=like.device)
+    weight = like.new_empty((2, out_size))
+    run(_AXIS_TABLE[backend], backend, out_size, index, weight, in_size, scale, mode == "bilinear", flag, rule)
+    return index, weight
 
 
 @operator("interpolate_backward")
