@@ -179,7 +179,7 @@ def test_semi_shift_fast_path_matches_reference_and_one_pass_loop(case, dtype, t
     # Either map absent (the higher-order derivatives' calls).
     ops = torch.ops.upsamplelib
     for left, right in ((en, None), (None, de)):
-        torch.testing.assert_close(ops.semi_shift_conv(left, right, weight, bias, s, groups, "cpu"),
+        torch.testing.assert_close(ops.semi_shift_conv(left, right, weight, bias, s, groups, "cpu", False),
                                    one_pass_semi_shift_cpu(left, right, weight, bias, s, groups),
                                    rtol=tolerance, atol=tolerance)
 
@@ -197,22 +197,44 @@ def test_semi_shift_fast_gradients_match_reference(case, dtype, tolerance):
         torch.testing.assert_close(g_got, g_expected, rtol=tolerance, atol=tolerance)
 
 
-def test_semi_shift_fast_path_takes_any_layout_and_returns_nchw():
-    # The cpu path runs its convolutions channels-last; what it returns is NCHW.
+@pytest.mark.parametrize("en_layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bad_weight", [False, True], ids=["fast path", "one-pass loops"])
+def test_semi_shift_cpu_path_takes_any_layout_and_returns_ens(en_layout, bad_weight):
+    # The cpu path runs its convolutions channels-last; it returns its result in the layout of the map
+    # that sets the output's size, as PyTorch's convolutions do: channels-last for a channels-last en.
     en, de, weight, bias = _semi_shift_inputs(c=5, h=3, w=11, o=7)
-    channels_last = torch.channels_last
+    if bad_weight:
+        weight[1, 2, 0, 1] = float("inf")
     de_transposed_strides = de.transpose(2, 3).contiguous().transpose(2, 3)
-    inputs = [en.contiguous(memory_format=channels_last), de_transposed_strides,
-              weight.contiguous(memory_format=channels_last), bias]
+    inputs = [en.contiguous(memory_format=en_layout), de_transposed_strides,
+              weight.contiguous(memory_format=torch.channels_last), bias]
     tensors = [t.detach().requires_grad_() for t in inputs]
     out = ul.semi_shift_conv(*tensors, 2, backend="cpu")
-    assert out.is_contiguous()
-    torch.testing.assert_close(out, semi_shift_conv_reference(en, de, weight, bias, 2), rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(out)
+    assert out.stride() == torch.empty(out.shape, memory_format=en_layout).stride()
+    # The same values as from NCHW maps (an Inf weight: the one-pass loop's NaN and Inf included), and
+    # those of the reference where the weight is finite.
     reference_leaves = [t.detach().requires_grad_() for t in (en, de, weight, bias)]
-    expected = torch.autograd.grad(semi_shift_conv_reference(*reference_leaves, 2), reference_leaves, grad)
-    for got, want in zip(torch.autograd.grad(out, tensors, grad), expected):
-        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+    expected = (ul.semi_shift_conv(*reference_leaves, 2, backend="cpu") if bad_weight
+                else semi_shift_conv_reference(*reference_leaves, 2))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12, equal_nan=True)
+    grad = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, tensors, grad), torch.autograd.grad(expected, reference_leaves, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11, equal_nan=True)
+
+
+def test_semi_shift_output_takes_ens_layout_on_the_cpu_backend_only():
+    # en sets the output's size, and its layout; a one-channel map is NCHW too, and stays so.
+    en, de, weight, bias = _semi_shift_inputs(c=4, o=3)
+    last = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    cpu = ul.semi_shift_conv(last(en), de, weight, bias, 2, backend="cpu")
+    assert cpu.is_contiguous(memory_format=torch.channels_last) and not cpu.is_contiguous()
+    assert F.conv2d(last(en), weight, padding=1).is_contiguous(memory_format=torch.channels_last)  # as this does
+    torch.testing.assert_close(cpu, semi_shift_conv_reference(en, de, weight, bias, 2), rtol=1e-12, atol=1e-12)
+    assert ul.semi_shift_conv(en, last(de), weight, bias, 2, backend="cpu").is_contiguous()
+    one_channel = ul.semi_shift_conv(last(en[:, :1]), de[:, :1], weight[:, :1], bias, 2, backend="cpu")
+    assert one_channel.is_contiguous()
+    if ul.backend.SIMULATOR:
+        assert ul.semi_shift_conv(last(en), de, weight, bias, 2, backend="cuda").is_contiguous()
 
 
 @pytest.mark.parametrize("bad_weight", [False, True], ids=["fast path", "one-pass loops"])
@@ -242,9 +264,13 @@ def test_semi_shift_fast_path_strides_are_the_fake_implementations(channels, out
     ops = torch.ops.upsamplelib
     grad = torch.randn(2, outputs, en.shape[2], en.shape[3], dtype=en.dtype)
     grad = grad.contiguous(memory_format=torch.channels_last)
-    for result in (ops.semi_shift_conv(en, None, weight, bias, 2, 1, "cpu"),
-                   ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu")):
+    for result in (ops.semi_shift_conv(en, None, weight, bias, 2, 1, "cpu", False),
+                   ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu", False)):
         assert result.stride() == torch.empty(result.shape).stride()
+    for result in (ops.semi_shift_conv(en, None, weight, bias, 2, 1, "cpu", True),
+                   ops.semi_shift_conv(None, de, weight, bias, 2, 1, "cpu", True),
+                   ops.semi_shift_conv(en, de, weight, bias, 2, 1, "cpu", True)):
+        assert result.stride() == torch.empty(result.shape, memory_format=torch.channels_last).stride()
     for result in (ops.semi_shift_conv_encoder_grad(grad, weight, 1, "cpu"),
                    ops.semi_shift_conv_decoder_grad(grad, weight, 2, 1, "cpu")):
         assert result.stride() == torch.empty(result.shape, memory_format=torch.channels_last).stride()

@@ -31,9 +31,9 @@ def _op_cases(backend, n=2):
         (OPS.carafe_window_gather, (grad_high, masks, K, S, 2, backend)),
         (OPS.carafe_window_products, (grad_high, x, K, S, 2, backend)),
         (OPS.sapa_similarity, (grad_high, x, K, S, 1, backend)),
-        (OPS.semi_shift_conv, (en, de, weight, bias, S, 2, backend)),
-        (OPS.semi_shift_conv, (en, None, weight, None, S, 2, backend)),
-        (OPS.semi_shift_conv, (None, de, weight, bias, S, 2, backend)),
+        (OPS.semi_shift_conv, (en, de, weight, bias, S, 2, backend, False)),
+        (OPS.semi_shift_conv, (en, None, weight, None, S, 2, backend, False)),
+        (OPS.semi_shift_conv, (None, de, weight, bias, S, 2, backend, False)),
         (OPS.semi_shift_conv_encoder_grad, (torch.randn(n, 4, 6, 10), weight, 2, backend)),
         (OPS.semi_shift_conv_decoder_grad, (torch.randn(n, 4, 6, 10), weight, S, 2, backend)),
         (OPS.semi_shift_conv_weight_grad, (torch.randn(n, 4, 6, 10), en, de, 3, S, 2, backend)),
@@ -59,6 +59,20 @@ def test_opcheck_cpu_channels_last(case, copies):
     out = op(*args)
     assert out.is_contiguous(memory_format=torch.channels_last) != out.is_contiguous()
     assert out.is_contiguous(memory_format=torch.channels_last) == ("bilinear" not in args or copies == 2)
+
+
+@pytest.mark.parametrize("case", [7, 8, 9])
+def test_opcheck_cpu_semi_shift_channels_last(case):
+    # Asked to, the cpu backend returns the semi-shift convolution channels-last, as the fake
+    # implementation says; the CUDA kernels' result stays NCHW whatever the flag.
+    op, args = _op_cases("cpu")[case]
+    args = [a.double().contiguous(memory_format=torch.channels_last).requires_grad_()
+            if isinstance(a, torch.Tensor) and a.dim() == 4 else a.double().requires_grad_()
+            if isinstance(a, torch.Tensor) else a for a in args[:-1]] + [True]
+    torch.library.opcheck(op, args)
+    out = op(*args)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert op(*args[:-2], "cuda", True).is_contiguous() if ul.backend.SIMULATOR else True
 
 
 @pytest.mark.parametrize("case", [0, 3, 6, 7])

@@ -448,6 +448,21 @@ def channels_first_plus_upsampled_cpu(high, low, scale, out):
                 out_row[X] = sums[X, o]
 
 
+@cpu_kernel
+def add_upsampled_channels_last_cpu(high, low, scale):
+    """high[n, Y, X, o] += low[n, Y // s, X // s, o], both channels-last: the
+    decoder's convolution, nearest-upsampled, added into the encoder's in
+    place (the sums the NCHW loop above makes, in the same order)."""
+    batch, height, width, outputs = high.shape
+    for line in prange(batch * height):
+        n, Y = line // height, line % height
+        high_row, low_row = high[n, Y], low[n, Y // scale]
+        for X in range(width):
+            total, low_pixel = high_row[X], low_row[X // scale]
+            for o in range(outputs):
+                total[o] = total[o] + low_pixel[o]
+
+
 def full_precision(function):
     """``function`` with torch.autocast off on the CPU while it runs. Inside
     an enclosing autocast, PyTorch's convolutions would return bfloat16 (or
@@ -464,18 +479,26 @@ def full_precision(function):
 
 
 @full_precision
-def dense_semi_shift(en, de, weight, bias, scale, groups):
+def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
-    be None), with channels-last convolutions; the decoder's share is added
-    while the encoder's convolution comes back to NCHW, so the upsampled
+    be None), with channels-last convolutions, returned channels-last or
+    NCHW. The decoder's share is added into the encoder's convolution in
+    place (channels-last) or while it comes back to NCHW, so the upsampled
     intermediate is never made. Equals the one-pass loop to rounding when
     ``weight`` is finite."""
     pad = weight.shape[2] // 2
     weight = to_channels_last(weight)
     low = F.conv2d(to_channels_last(de), weight, bias, padding=pad, groups=groups) if de is not None else None
     if en is None:
+        if channels_last:  # PyTorch's nearest keeps a channels-last map so
+            return with_channels_last_strides(F.interpolate(low, scale_factor=scale, mode="nearest"))
         return F.interpolate(to_channels_first(low), scale_factor=scale, mode="nearest")
     high = F.conv2d(to_channels_last(en), weight, bias, padding=pad, groups=groups)
+    if channels_last:
+        high = with_channels_last_strides(high)  # the array the sums go into, as the fake promises it
+        if low is not None:
+            run(add_upsampled_channels_last_cpu, "cpu", high.numel(), _nhwc(high), _nhwc(low), scale)
+        return high
     if low is None:
         return to_channels_first(high)
     out = high.new_empty(high.shape)  # NCHW: new_empty does not keep the channels-last strides
@@ -617,15 +640,19 @@ def _output_size(en, de, scale):
 
 @operator("semi_shift_conv")
 def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], weight: torch.Tensor,
-                       bias: Optional[torch.Tensor], scale: int, groups: int, backend: str) -> torch.Tensor:
+                       bias: Optional[torch.Tensor], scale: int, groups: int, backend: str,
+                       channels_last: bool) -> torch.Tensor:
     """conv(en) + nearest_up(conv(de)) in one pass, the bias added once per
-    given map (arguments already checked)."""
+    given map (arguments already checked). ``channels_last``: the cpu
+    backend returns the result channels-last (see ``_returns_channels_last``);
+    the CUDA kernels write it NCHW."""
     batch, channels = _present(en, de)
     height, width = _output_size(en, de, scale)
     if backend == "cpu":
         if all_finite(weight):
-            return dense_semi_shift(en, de, weight, bias, scale, groups)
-        return one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups)
+            return dense_semi_shift(en, de, weight, bias, scale, groups, channels_last)
+        out = one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups)
+        return with_channels_last_strides(out) if channels_last else out
     weight = weight.contiguous()
     bias_count = (en is not None) + (de is not None) if bias is not None else 0
     bias = bias.contiguous() if bias is not None else weight.new_zeros(weight.shape[0])
@@ -636,9 +663,20 @@ def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], w
 
 
 @semi_shift_conv_op.register_fake
-def _(en, de, weight, bias, scale, groups, backend):
-    batch, _ = _present(en, de)
-    return weight.new_empty((batch, weight.shape[0], *_output_size(en, de, scale)))
+def _(en, de, weight, bias, scale, groups, backend, channels_last):
+    return empty_map(en if en is not None else de, weight.shape[0], *_output_size(en, de, scale),
+                     channels_last and backend == "cpu")
+
+
+def _returns_channels_last(en, de, backend) -> bool:
+    """Whether ``semi_shift_conv`` returns its result channels-last: on the
+    cpu backend, where the map that sets the output's size (``en``, else
+    ``de``) is a dense channels-last map that is not also NCHW, as
+    PyTorch's convolutions and ``ul.interpolate`` keep one. A batched
+    tensor (vmap) cannot tell its layout: NCHW."""
+    given = en if en is not None else de
+    return (backend == "cpu" and not _under_functorch(given) and not given.is_contiguous()
+            and given.is_contiguous(memory_format=torch.channels_last))
 
 
 def _sum_pool_loop(grad_out, scale):
@@ -747,7 +785,7 @@ def _(grad_out, en, de, kernel_size, scale, groups, backend):
 
 
 def _save_semi_shift(ctx, inputs, output):
-    en, de, weight, bias, scale, groups, backend = inputs
+    en, de, weight, bias, scale, groups, backend, _ = inputs
     ctx.save_for_backward(en, de, weight)
     ctx.config = (scale, groups, backend)
     ctx.bias_count = (en is not None) + (de is not None)
@@ -779,7 +817,7 @@ def _semi_shift_derivative(ctx, grad_out):
     grad_weight = None
     if needs[2]:
         grad_weight = weight_grad_op(grad_out, en, de, weight.shape[2], scale, groups, backend)
-    return grad_en, grad_de, grad_weight, grad_bias, None, None, None
+    return grad_en, grad_de, grad_weight, grad_bias, None, None, None, None
 
 
 def _save_encoder_grad(ctx, inputs, output):
@@ -793,7 +831,7 @@ def _encoder_grad_derivative(ctx, grad_grad_en):
     groups, backend = ctx.config
     grad_grad_out = grad_weight = None
     if ctx.needs_input_grad[0]:
-        grad_grad_out = semi_shift_conv_op(grad_grad_en, None, weight, None, 1, groups, backend)
+        grad_grad_out = semi_shift_conv_op(grad_grad_en, None, weight, None, 1, groups, backend, False)
     if ctx.needs_input_grad[1]:
         grad_weight = weight_grad_op(grad_out, grad_grad_en, None, weight.shape[2], 1, groups, backend)
     return grad_grad_out, grad_weight, None, None
@@ -810,7 +848,7 @@ def _decoder_grad_derivative(ctx, grad_grad_de):
     scale, groups, backend = ctx.config
     grad_grad_out = grad_weight = None
     if ctx.needs_input_grad[0]:
-        grad_grad_out = semi_shift_conv_op(None, grad_grad_de, weight, None, scale, groups, backend)
+        grad_grad_out = semi_shift_conv_op(None, grad_grad_de, weight, None, scale, groups, backend, False)
     if ctx.needs_input_grad[1]:
         grad_weight = weight_grad_op(grad_out, None, grad_grad_de, weight.shape[2], scale, groups, backend)
     return grad_grad_out, grad_weight, None, None, None
@@ -828,7 +866,7 @@ def _weight_grad_derivative(ctx, grad_grad_weight):
     needs = ctx.needs_input_grad
     grad_grad_out = grad_en = grad_de = None
     if needs[0]:
-        grad_grad_out = semi_shift_conv_op(en, de, grad_grad_weight, None, scale, groups, backend)
+        grad_grad_out = semi_shift_conv_op(en, de, grad_grad_weight, None, scale, groups, backend, False)
     if needs[1]:
         grad_en = encoder_grad_op(grad_out, grad_grad_weight, groups, backend)
     if needs[2]:
@@ -967,13 +1005,14 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
     if backend == "torch":
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
+        channels_last = _returns_channels_last(en, de, backend)
         if backend == "cpu" and not _under_functorch(en, de, weight):
             # Saved channels-last for the backward, whose convolutions take them so. The weight's
             # gradient comes back NCHW whatever its copy, and PyTorch's copies a FADE-sized weight
             # (25 x 256 x 3 x 3) as fast as the block transpose, without its autograd glue.
             en, de = (to_channels_last(t) if t is not None else None for t in (en, de))
             weight = weight.contiguous(memory_format=torch.channels_last)
-        out = semi_shift_conv_op(en, de, weight, bias, scale, groups, backend)
+        out = semi_shift_conv_op(en, de, weight, bias, scale, groups, backend, channels_last)
     return out.to(result_dtype)
 
 
