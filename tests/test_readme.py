@@ -35,6 +35,8 @@ for dtype in (torch.float32, torch.float64):
     x = torch.randn(2, 16, 20, 20, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
     for mode in ("nearest", "bilinear"):
         ul.interpolate(x, scale_factor=2, mode=mode, backend="cpu").sum().backward()
+    de, weight = torch.randn(2, 16, 10, 10, dtype=dtype), torch.randn(4, 16, 3, 3, dtype=dtype)
+    ul.semi_shift_conv(x, de, weight, None, 2, backend="cpu").sum().backward()
 """
 
 

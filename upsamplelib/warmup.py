@@ -70,6 +70,9 @@ def warm_functions(dtype):
     en, de = _leaf(1, channels, rows, 64, dtype=dtype), _leaf(1, channels, rows // 2, 32, dtype=dtype)
     weight, bias = _leaf(9, channels, 3, 3, dtype=dtype), _leaf(9, dtype=dtype)
     _backward(ul.semi_shift_conv(en, de, weight, bias, scale=scale, backend="cpu"), en, de, weight, bias)
+    # A channels-last en: the decoder's share is added into its convolution in place.
+    en_last = en.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    _backward(ul.semi_shift_conv(en_last, de, weight, bias, scale=scale, backend="cpu"), en_last, de, weight, bias)
     # A weight holding Inf takes the one-pass loops (the NaN/Inf rule), not PyTorch's convolutions.
     infinite = weight.detach().clone()
     infinite[0, 0, 0, 0] = float("inf")
