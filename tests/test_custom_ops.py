@@ -75,6 +75,34 @@ def test_opcheck_cpu_semi_shift_channels_last(case):
     assert op(*args[:-2], "cuda", True).is_contiguous() if ul.backend.SIMULATOR else True
 
 
+def test_semi_shift_operator_takes_the_seven_arguments_of_graphs_saved_before_its_layout_flag():
+    # A torch.export or torch.jit graph saved before the flag existed calls the operator without it.
+    assert "bool channels_last=False" in str(OPS.semi_shift_conv.default._schema)
+    args = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+            for shape in ((1, 2, 4, 4), (1, 2, 2, 2), (3, 2, 3, 3), (3,))]
+    expected = ul.semi_shift_conv(*args, 2, backend="torch")
+    expected_grads = torch.autograd.grad(expected.sum(), args)
+    for call in (OPS.semi_shift_conv, ul.ops.fade.semi_shift_conv_op):  # dispatched, and eager
+        out = call(*args, 2, 1, "cpu")
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        for got, want in zip(torch.autograd.grad(out.sum(), args), expected_grads):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_semi_shift_fake_result_takes_the_weights_dtype_as_the_loops_do():
+    # A raw call may mix dtypes; with an Inf weight the one-pass loops write a result of the weight's.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    en, de = torch.randn(1, 2, 4, 4, dtype=torch.float64), torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    weight = torch.randn(3, 2, 3, 3)
+    weight[0, 0, 0, 0] = float("inf")
+    for channels_last in (False, True):
+        real = OPS.semi_shift_conv(en, de, weight, None, 2, 1, "cpu", channels_last)
+        with FakeTensorMode() as mode:
+            fake = OPS.semi_shift_conv(*map(mode.from_tensor, (en, de, weight)), None, 2, 1, "cpu", channels_last)
+        assert fake.dtype == real.dtype == torch.float32 and fake.stride() == real.stride()
+
+
 @pytest.mark.parametrize("case", [0, 3, 6, 7])
 def test_opcheck_cuda_backend(case):
     if not ul.backend.SIMULATOR:

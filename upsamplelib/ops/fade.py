@@ -644,11 +644,12 @@ def _output_size(en, de, scale):
 @operator("semi_shift_conv")
 def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], weight: torch.Tensor,
                        bias: Optional[torch.Tensor], scale: int, groups: int, backend: str,
-                       channels_last: bool) -> torch.Tensor:
+                       channels_last: bool = False) -> torch.Tensor:
     """conv(en) + nearest_up(conv(de)) in one pass, the bias added once per
     given map (arguments already checked). ``channels_last``: the cpu
     backend returns the result channels-last (see ``_returns_channels_last``);
-    the CUDA kernels write it NCHW."""
+    the CUDA kernels write it NCHW. (Its default keeps graphs saved before it
+    existed, by torch.export or torch.jit, loading.)"""
     batch, channels = _present(en, de)
     height, width = _output_size(en, de, scale)
     if backend == "cpu":
@@ -666,9 +667,11 @@ def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], w
 
 
 @semi_shift_conv_op.register_fake
-def _(en, de, weight, bias, scale, groups, backend, channels_last):
-    return empty_map(en if en is not None else de, weight.shape[0], *_output_size(en, de, scale),
-                     channels_last and backend == "cpu")
+def _(en, de, weight, bias, scale, groups, backend, channels_last=False):
+    batch, _ = _present(en, de)
+    layout = torch.channels_last if channels_last and backend == "cpu" else torch.contiguous_format
+    return torch.empty((batch, weight.shape[0], *_output_size(en, de, scale)), dtype=weight.dtype,
+                       device=weight.device, memory_format=layout)
 
 
 def _returns_channels_last(en, de, backend) -> bool:
@@ -788,7 +791,7 @@ def _(grad_out, en, de, kernel_size, scale, groups, backend):
 
 
 def _save_semi_shift(ctx, inputs, output):
-    en, de, weight, bias, scale, groups, backend, _ = inputs
+    en, de, weight, bias, scale, groups, backend = inputs[:7]  # without the layout, which a saved graph may lack
     ctx.save_for_backward(en, de, weight)
     ctx.config = (scale, groups, backend)
     ctx.bias_count = (en is not None) + (de is not None)
