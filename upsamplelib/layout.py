@@ -226,6 +226,12 @@ def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
     return _copy(tensor, torch.contiguous_format)
 
 
+def is_only_channels_last(tensor: torch.Tensor) -> bool:
+    """Whether a 4-D ``tensor`` is a dense channels-last map that is not also
+    NCHW (one channel, or one pixel, is both: it counts as NCHW)."""
+    return not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
+
+
 def kernel_layout(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` made NCHW for kernels that read NCHW, by ``to_channels_first``
     (so a channels-last map's gradient goes back channels-last); a batched

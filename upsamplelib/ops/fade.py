@@ -39,7 +39,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, run_grid, with_tangent)
-from ..layout import empty_map, is_vmapped, to_channels_first, to_channels_last, with_channels_last_strides
+from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
+                      with_channels_last_strides)
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -681,8 +682,7 @@ def _returns_channels_last(en, de, backend) -> bool:
     PyTorch's convolutions and ``ul.interpolate`` keep one. A batched
     tensor (vmap) cannot tell its layout: NCHW."""
     given = en if en is not None else de
-    return (backend == "cpu" and not _under_functorch(given) and not given.is_contiguous()
-            and given.is_contiguous(memory_format=torch.channels_last))
+    return backend == "cpu" and not _under_functorch(given) and is_only_channels_last(given)
 
 
 def _sum_pool_loop(grad_out, scale):

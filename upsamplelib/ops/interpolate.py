@@ -43,7 +43,8 @@ except ImportError:  # older torch: the same rule, without its care for symbolic
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
-from ..layout import empty_map, is_vmapped, to_channels_first, to_channels_last, with_channels_last_strides
+from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
+                      with_channels_last_strides)
 from ..validation import check_feature_map, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
@@ -691,10 +692,8 @@ def _loops_take_channels_last(backend, mode, channels):
 
 def _runs_channels_last(tensor, backend, mode):
     """Whether the cpu loops take ``tensor`` channels-last, and return their
-    result so: a dense channels-last map that is not also NCHW (one channel,
-    or one pixel, is both), where ``_loops_take_channels_last``."""
-    return (_loops_take_channels_last(backend, mode, tensor.shape[1]) and not tensor.is_contiguous()
-            and tensor.is_contiguous(memory_format=torch.channels_last))
+    result so: a map ``is_only_channels_last``, where ``_loops_take_channels_last``."""
+    return _loops_take_channels_last(backend, mode, tensor.shape[1]) and is_only_channels_last(tensor)
 
 
 def _strides_like_channels_last(x):
