@@ -1,5 +1,6 @@
 """ul.interpolate against F.interpolate: values, gradients, bad input."""
 
+import itertools
 import random
 import warnings
 
@@ -336,6 +337,25 @@ def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
         assert grads[1].stride() == leaves[1].stride()
         if leaves[1].shape[1] > 1 and h * w > 1:
             assert outs[1].is_contiguous(memory_format=channels_last) and not outs[1].is_contiguous()
+
+
+def test_the_layout_shortcut_agrees_with_pytorchs_rule():
+    # _strides_like_channels_last answers dense maps without PyTorch's rule (12 us); every layout of
+    # small shapes, empty and one-sized dimensions included, against the rule itself.
+    from upsamplelib.ops.interpolate import _strides_like_channels_last, are_strides_like_channels_last_or_false
+    checked = 0
+    for shape in itertools.product([0, 1, 2, 3], [1, 2, 3], [1, 2, 5], [1, 2, 4]):
+        dense = torch.empty(shape)
+        layouts = [dense, dense.contiguous(memory_format=torch.channels_last), dense.transpose(2, 3),
+                   dense.transpose(0, 1)]
+        for order in itertools.permutations(range(4)):  # memory in every order of the four dimensions
+            layouts.append(torch.empty([shape[d] for d in order]).permute(*[order.index(d) for d in range(4)]))
+        for x in layouts:
+            if tuple(x.shape) == shape:
+                assert _strides_like_channels_last(x) == are_strides_like_channels_last_or_false(x.shape, x.stride()), \
+                    (shape, x.stride())
+                checked += 1
+    assert checked > 2000
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])

@@ -473,7 +473,41 @@ def bilinear_backward_cpu(grad_out, grad_x, index_y, weight_y, index_x, weight_x
 
 
 @cpu_kernel
-def forward_channels_last_cpu(x, out, index_y, weight_y, index_x, weight_x, linear):
+def nearest_forward_channels_last_cpu(x, out, index_y, index_x):
+    # Output rows that copy the same input row form a run (two per input row
+    # when upsampling by 2). A task fills one run, two rows at a time from
+    # one load of each source pixel: 0.16 ms against 0.26 for a task per
+    # row, which loads every pixel again (1 x 64 x 128 x 128, x2, a fresh
+    # output each call).
+    batch, out_h, out_w, channels = out.shape
+    run_starts = np.empty(out_h + 1, np.int64)
+    runs = 0
+    for Y in range(out_h):
+        if Y == 0 or index_y[0, Y] != index_y[0, Y - 1]:
+            run_starts[runs] = Y
+            runs += 1
+    run_starts[runs] = out_h
+    for task in prange(batch * runs):
+        n, r = task // runs, task % runs
+        source_row = x[n, index_y[0, run_starts[r]]]
+        for Y in range(run_starts[r], run_starts[r + 1], 2):
+            upper = out[n, Y]
+            if Y + 1 < run_starts[r + 1]:
+                lower = out[n, Y + 1]
+                for X in range(out_w):
+                    source, upper_pixel, lower_pixel = source_row[index_x[0, X]], upper[X], lower[X]
+                    for c in range(channels):
+                        upper_pixel[c] = source[c]
+                        lower_pixel[c] = source[c]
+            else:  # a run of odd length ends with one row
+                for X in range(out_w):
+                    source, pixel = source_row[index_x[0, X]], upper[X]
+                    for c in range(channels):
+                        pixel[c] = source[c]
+
+
+@cpu_kernel
+def bilinear_forward_channels_last_cpu(x, out, index_y, weight_y, index_x, weight_x):
     batch, out_h, out_w, channels = out.shape
     for task in prange(batch * out_h):
         n, Y = task // out_h, task % out_h
@@ -482,11 +516,6 @@ def forward_channels_last_cpu(x, out, index_y, weight_y, index_x, weight_x, line
         wy0, wy1 = weight_y[0, Y], weight_y[1, Y]
         for X in range(out_w):
             pixel = out_row[X]
-            if not linear:
-                source = top_row[index_x[0, X]]
-                for c in range(channels):
-                    pixel[c] = source[c]
-                continue
             wx0, wx1 = weight_x[0, X], weight_x[1, X]
             a0, a1 = top_row[index_x[0, X]], top_row[index_x[1, X]]
             b0, b1 = bottom_row[index_x[0, X]], bottom_row[index_x[1, X]]
@@ -702,8 +731,13 @@ def _strides_like_channels_last(x):
     trace keeps the layout it saw, as it keeps the sizes)."""
     if x.is_contiguous() and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
         return False  # the usual NCHW map, decided without the rule's 12 us
-    sizes = torch.Size(int(size) for size in x.shape) if torch.jit.is_tracing() else x.shape
-    return are_strides_like_channels_last_or_false(sizes, x.stride())
+    if torch.jit.is_tracing():
+        return are_strides_like_channels_last_or_false(torch.Size(int(size) for size in x.shape), x.stride())
+    if not torch.compiler.is_compiling():  # symbolic sizes take the rule, which guards with care
+        _, c, h, w = x.shape
+        if c > 1 and h * w > 1 and x.stride() == (c * h * w, 1, w * c, c):
+            return True  # a dense channels-last map that is not NCHW too, as the rule says, without it
+    return are_strides_like_channels_last_or_false(x.shape, x.stride())
 
 
 def _pixels(tensor):
@@ -733,7 +767,11 @@ def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_cor
     if channels_last:
         tables = (*_axis_table(backend, x.shape[2], out_h, scale_h, mode, flag, rule, x),
                   *_axis_table(backend, x.shape[3], out_w, scale_w, mode, flag, rule, x))
-        run(forward_channels_last_cpu, backend, out.numel(), _pixels(x), _pixels(out), *tables, mode == "bilinear")
+        if mode == "bilinear":
+            run(bilinear_forward_channels_last_cpu, backend, out.numel(), _pixels(x), _pixels(out), *tables)
+        else:
+            index_y, _, index_x, _ = tables
+            run(nearest_forward_channels_last_cpu, backend, out.numel(), _pixels(x), _pixels(out), index_y, index_x)
         return out
     family = "bilinear" if mode == "bilinear" else "nearest"
     run(_FORWARD[(family, backend)], backend, out.numel(), _planes(x), _planes(out), scale_h, scale_w, flag, rule)
