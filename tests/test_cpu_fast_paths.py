@@ -5,6 +5,8 @@ semi-shift convolution on PyTorch's convolutions. Each agrees with its reference
 for bit), in float32 and float64, with gradients to any order; the sizes
 cross the loops' band and run boundaries."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -220,6 +222,25 @@ def test_semi_shift_cpu_path_takes_any_layout_and_returns_ens(en_layout, bad_wei
     grad = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out, tensors, grad), torch.autograd.grad(expected, reference_leaves, grad)):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("scale", [2, 3])
+def test_semi_shift_cpu_gradients_for_every_set_of_inputs_needing_one(layout, scale):
+    # The cpu backward sums grad_out over each s x s block once, for the decoder's gradients, and takes
+    # the bias's gradient from that sum when it has one, else from grad_out: each set takes its branch.
+    en, de, weight, bias = _semi_shift_inputs(c=5, h=3, w=4, s=scale, o=7)
+    en, de = en.contiguous(memory_format=layout), de.contiguous(memory_format=layout)
+    grad = torch.randn(2, 7, 3 * scale, 4 * scale, dtype=torch.float64)
+    for needs in itertools.product([False, True], repeat=4):
+        if not any(needs):
+            continue
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((en, de, weight, bias), needs)]
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        got = torch.autograd.grad(ul.semi_shift_conv(*leaves, scale, backend="cpu"), wanted, grad)
+        want = torch.autograd.grad(semi_shift_conv_reference(*leaves, scale), wanted, grad)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m: f"{needs}: {m}")
 
 
 def test_semi_shift_output_takes_ens_layout_on_the_cpu_backend_only():
