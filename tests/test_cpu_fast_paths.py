@@ -243,6 +243,20 @@ def test_semi_shift_cpu_gradients_for_every_set_of_inputs_needing_one(layout, sc
             torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m: f"{needs}: {m}")
 
 
+def test_semi_shift_cpu_bias_gradient_of_overflowing_blocks_is_the_references_for_every_set():
+    # Finite grad_out values whose 2 x 2 block sums overflow (+Inf and -Inf; their total is 0): the bias's
+    # gradient is NaN on the reference, which sums the blocks, and so on the cpu backend, whichever of the
+    # other inputs need a gradient (review of 61b392e: with the bias alone it was 0).
+    en, de, weight, bias = (t.float() for t in _semi_shift_inputs(c=2, h=2, w=2, o=1))
+    grad = torch.zeros(2, 1, 4, 4)
+    grad[:, 0, :2, :2], grad[:, 0, :2, 2:] = 1.5e38, -1.5e38
+    for needs in itertools.product([False, True], repeat=3):
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((en, de, weight, bias), needs + (True,))]
+        got = torch.autograd.grad(ul.semi_shift_conv(*leaves, 2, backend="cpu"), leaves[3], grad)[0]
+        want = torch.autograd.grad(ul.semi_shift_conv(*leaves, 2, backend="torch"), leaves[3], grad)[0]
+        assert want.isnan().all() and got.isnan().all(), needs
+
+
 def test_semi_shift_output_takes_ens_layout_on_the_cpu_backend_only():
     # en sets the output's size, and its layout; a one-channel map is NCHW too, and stays so.
     en, de, weight, bias = _semi_shift_inputs(c=4, o=3)

@@ -831,7 +831,10 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
     resolution against that sum, as its loops compute them, and the bias's
     is its total, a sum over s*s times fewer values. At 1 x 25 x 128 x 128,
     s=2, each pooling took 66 us, the bias's sum 67 us against 16."""
-    pooled_needed = de is not None and (needs[1] or needs[2])
+    # The bias's gradient too comes from the block sums whenever de is given, as the reference's does
+    # (its upsampling's backward sums the blocks): a block whose finite values overflow then gives the
+    # same Inf or NaN, whichever other inputs need a gradient.
+    pooled_needed = de is not None and (needs[1] or needs[2] or needs[3])
     grad_bias = None
     if needs[3] and not pooled_needed:
         # From grad_out as it came: summed over (0, 2, 3), a channels-last copy reads its memory across
