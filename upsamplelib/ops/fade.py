@@ -834,16 +834,15 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
     # The bias's gradient too comes from the block sums whenever de is given, as the reference's does
     # (its upsampling's backward sums the blocks): a block whose finite values overflow then gives the
     # same Inf or NaN, whichever other inputs need a gradient.
-    pooled_needed = de is not None and (needs[1] or needs[2] or needs[3])
     grad_bias = None
-    if needs[3] and not pooled_needed:
+    if needs[3] and de is None:
         # From grad_out as it came: summed over (0, 2, 3), a channels-last copy reads its memory across
         # the channels and took 0.07 ms against 0.014 at 1 x 25 x 128 x 128.
         grad_bias = bias_count * grad_out.sum(dim=(0, 2, 3))
     if not _under_functorch(grad_out):
         grad_out = to_channels_last(grad_out)  # once, for all the convolutions
-    pooled = dense_sum_pool(grad_out, scale) if pooled_needed else None
-    if needs[3] and pooled_needed:
+    pooled = dense_sum_pool(grad_out, scale) if de is not None and (needs[1] or needs[2] or needs[3]) else None
+    if needs[3] and de is not None:
         grad_bias = bias_count * pooled.sum(dim=(0, 2, 3))
     grad_en = encoder_grad_op(grad_out, weight, groups, "cpu") if needs[0] else None
     grad_de = encoder_grad_op(pooled, weight, groups, "cpu") if needs[1] else None

@@ -272,6 +272,22 @@ def band_of(task, bands, rows):
     return task // bands, band * BAND_ROWS, min(rows, band * BAND_ROWS + BAND_ROWS)
 
 
+@numba.njit(cache=True, inline="always")
+def row_runs(source_rows):
+    """(run_starts, runs): the output rows that copy the same input row
+    (``source_rows[Y]``, non-decreasing) form runs; run r is rows
+    ``run_starts[r]`` to ``run_starts[r + 1]``."""
+    out_h = source_rows.shape[0]
+    run_starts = np.empty(out_h + 1, np.int64)
+    runs = 0
+    for Y in range(out_h):
+        if Y == 0 or source_rows[Y] != source_rows[Y - 1]:
+            run_starts[runs] = Y
+            runs += 1
+    run_starts[runs] = out_h
+    return run_starts, runs
+
+
 @cpu_kernel
 def nearest_forward_cpu(x, out, scale_h, scale_w, exact, rule):
     # Output rows that copy the same input row form a run: the first row of
@@ -283,14 +299,9 @@ def nearest_forward_cpu(x, out, scale_h, scale_w, exact, rule):
     for X in range(out_w):
         source_x[X] = nearest_source_index(X, x.shape[2], out_w, scale_w, exact, rule, real_t)
     source_y = np.empty(out_h, np.int64)
-    run_starts = np.empty(out_h + 1, np.int64)
-    runs = 0
     for Y in range(out_h):
         source_y[Y] = nearest_source_index(Y, x.shape[1], out_h, scale_h, exact, rule, real_t)
-        if Y == 0 or source_y[Y] != source_y[Y - 1]:
-            run_starts[runs] = Y
-            runs += 1
-    run_starts[runs] = out_h
+    run_starts, runs = row_runs(source_y)
     # Column X copies input X // 2 (an upsampling by 2): a fixed-stride loop.
     pair = out_w == 2 * x.shape[2]
     for X in range(out_w):
@@ -480,13 +491,7 @@ def nearest_forward_channels_last_cpu(x, out, index_y, index_x):
     # row, which loads every pixel again (1 x 64 x 128 x 128, x2, a fresh
     # output each call).
     batch, out_h, out_w, channels = out.shape
-    run_starts = np.empty(out_h + 1, np.int64)
-    runs = 0
-    for Y in range(out_h):
-        if Y == 0 or index_y[0, Y] != index_y[0, Y - 1]:
-            run_starts[runs] = Y
-            runs += 1
-    run_starts[runs] = out_h
+    run_starts, runs = row_runs(index_y[0])
     for task in prange(batch * runs):
         n, r = task // runs, task % runs
         source_row = x[n, index_y[0, run_starts[r]]]
