@@ -122,3 +122,123 @@ def test_vmap_of_nearest_over_channels_last_maps_follows_pytorchs_folded_batch()
     assert torch.equal(vmap(vmap(ours))(nested), vmap(vmap(theirs))(nested))
     assert torch.equal(vmap(vmap(ours), in_dims=1)(nested.movedim(0, 1)),
                        vmap(vmap(theirs), in_dims=1)(nested.movedim(0, 1)))
+
+
+# --------------------------------------------------------------------------
+# The torch.func transforms of the gradient: grad, vjp, jacrev, hessian and
+# their vmaps raised "it must override the setup_context staticmethod" on
+# every operator before (PyTorch 2.13's register_autograd generates an
+# old-style autograd function, which functorch refuses).
+# --------------------------------------------------------------------------
+
+_ALL = (0, 1, 2, 3)
+
+
+def _operator_cases(backend):
+    """name -> (function of tensors, shapes of its tensors): each public op, small."""
+    return {
+        "nearest": (lambda x: ul.interpolate(x, scale_factor=2, mode="nearest", backend=backend), [(1, 2, 3, 3)]),
+        "bilinear": (lambda x: ul.interpolate(x, scale_factor=2, mode="bilinear", backend=backend), [(1, 2, 3, 3)]),
+        "bilinear align_corners size": (
+            lambda x: ul.interpolate(x, size=(5, 7), mode="bilinear", align_corners=True, backend=backend),
+            [(1, 2, 3, 4)]),
+        "carafe": (lambda x, m: ul.carafe(x, m, 3, 2, 1, backend=backend), [(1, 2, 3, 3), (1, 9, 6, 6)]),
+        "sapa_similarity": (lambda q, k: ul.sapa_similarity(q, k, 3, 2, backend=backend), [(1, 2, 4, 4), (1, 2, 2, 2)]),
+        "semi_shift_conv": (lambda e, d, w, b: ul.semi_shift_conv(e, d, w, b, 2, backend=backend),
+                            [(1, 2, 4, 4), (1, 2, 2, 2), (3, 2, 3, 3), (3,)]),
+    }
+
+
+def _scalar(function):
+    """A non-linear scalar of the op's output, so that second derivatives are not zero."""
+    def loss(*tensors):
+        out = function(*tensors)
+        return (out.sin() * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum()
+    return loss
+
+
+def _doubled(tensors):
+    return [torch.stack([t, 2 * t]) for t in tensors]
+
+
+_FUNC_TRANSFORMS = {
+    "grad": lambda f, a: torch.func.grad(_scalar(f), argnums=_ALL[:len(a)])(*a),
+    "vjp": lambda f, a: torch.func.vjp(f, *a)[1](torch.ones_like(f(*a)).cumsum(-1)),
+    "jacrev": lambda f, a: torch.func.jacrev(f, argnums=_ALL[:len(a)])(*a),
+    "vmap of grad": lambda f, a: torch.func.vmap(torch.func.grad(_scalar(f), argnums=_ALL[:len(a)]))(*_doubled(a)),
+    "grad of vmap": lambda f, a: torch.func.grad(lambda *b: _scalar(torch.func.vmap(f))(*b),
+                                                 argnums=_ALL[:len(a)])(*_doubled(a)),
+    "hessian": lambda f, a: torch.func.hessian(_scalar(f), argnums=_ALL[:len(a)])(*a),
+    "jacrev of jacrev": lambda f, a: torch.func.jacrev(torch.func.jacrev(_scalar(f), argnums=_ALL[:len(a)]),
+                                                       argnums=_ALL[:len(a)])(*a),
+    "jacfwd": lambda f, a: torch.func.jacfwd(f, argnums=_ALL[:len(a)])(*a),
+    "jvp of grad": lambda f, a: torch.func.jvp(torch.func.grad(_scalar(f), argnums=_ALL[:len(a)]), tuple(a),
+                                               tuple(torch.linspace(-1, 2, t.numel(), dtype=t.dtype).reshape(t.shape)
+                                                     for t in a)),
+}
+
+
+def _operator_inputs(name, shapes):
+    torch.manual_seed(0)
+    tensors = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    if name == "carafe":
+        tensors[1] = tensors[1].softmax(1)
+    return tensors
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # PyTorch's own jvp decompositions load
+@pytest.mark.parametrize("transform", list(_FUNC_TRANSFORMS))
+@pytest.mark.parametrize("name", list(_operator_cases("cpu")))
+def test_torch_func_transforms_of_every_operator_equal_the_torch_backend(name, transform):
+    function, shapes = _operator_cases("cpu")[name]
+    inputs = _operator_inputs(name, shapes)
+    expected = _FUNC_TRANSFORMS[transform](_operator_cases("torch")[name][0], inputs)
+    torch.testing.assert_close(_FUNC_TRANSFORMS[transform](function, inputs), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("transform", ["grad", "jvp of grad"])
+def test_torch_func_transforms_on_the_cuda_kernels_in_the_simulator(transform):
+    # The CUDA backend's own derivative ops (the semi-shift's decoder gradient is one the cpu backend lacks).
+    for name in ("carafe", "semi_shift_conv"):
+        function, shapes = _operator_cases("cuda")[name]
+        inputs = _operator_inputs(name, shapes)
+        expected = _FUNC_TRANSFORMS[transform](_operator_cases("torch")[name][0], inputs)
+        torch.testing.assert_close(_FUNC_TRANSFORMS[transform](function, inputs), expected, rtol=1e-10, atol=1e-10)
+
+
+def _module_cases():
+    torch.manual_seed(0)
+    en, de = torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(1, 4, 4, 4, dtype=torch.float64)
+    return {
+        "CARAFE": (ul.CARAFE(4, 2), (de,)),
+        "SAPA": (ul.SAPA(4, 4, embedding_dim=4), (en, de)),
+        "FADE": (ul.FADE(4, embedding_dim=4), (en, de)),
+        "FADE lite": (ul.FADE(4, embedding_dim=4, lite=True), (en, de)),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+@pytest.mark.parametrize("name", list(_module_cases()))
+def test_parameter_gradients_by_torch_func_equal_autograds(name):
+    # What a researcher's functional training step does: torch.func.grad over functional_call.
+    module, inputs = _module_cases()[name]
+    module = module.double()
+    module.backend = "cpu"
+    params = {key: p.detach() for key, p in module.named_parameters()}
+    target = torch.randn_like(module(*inputs))
+
+    def loss(parameters):
+        return (torch.func.functional_call(module, parameters, inputs) - target).pow(2).sum()
+
+    got = torch.func.grad(loss)(params)
+    expected = torch.autograd.grad(loss(dict(module.named_parameters())), list(module.parameters()))
+    for (key, value), reference in zip(got.items(), expected):
+        torch.testing.assert_close(value, reference, rtol=1e-11, atol=1e-12, msg=key)
+    per_example = torch.func.vmap(torch.func.grad(lambda p, *x: (torch.func.functional_call(module, p, tuple(
+        t[None] for t in x)) - target).pow(2).sum()), in_dims=(None,) + (0,) * len(inputs))(params, *[
+            torch.cat([t, t]) for t in inputs])
+    for key, value in per_example.items():
+        torch.testing.assert_close(value, torch.stack([got[key], got[key]]), rtol=1e-11, atol=1e-12, msg=key)

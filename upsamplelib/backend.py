@@ -803,9 +803,11 @@ class Operator:
     ``torch.ops.upsamplelib.<name>`` for CPU and CUDA tensors (its schema read
     from the type hints), called like the function.
 
-    A call goes through the operator when it is traced (``traced``).
-    Otherwise it runs the function directly, inside a plain autograd function
-    with the operator's derivative where autograd tracks one of its tensors.
+    A call goes through the operator when it is traced (``traced``); under a
+    torch.func transform, inside an autograd function of the new style that
+    the transforms take (``register_autograd``). Otherwise it runs the
+    function directly, inside a plain autograd function with the operator's
+    derivative where autograd tracks one of its tensors.
     The dispatcher's round trip through the registered autograd kernel
     (Python) costs 10-40 us a call, as much as a small map's whole work, and
     gives nothing to an eager call: the same function and derivative run.
@@ -819,6 +821,7 @@ class Operator:
     def __init__(self, name, function):
         self.name, self.function = name, function
         self.tracked = None  # the autograd function eager tracked calls take (register_autograd)
+        self.transformable = None  # the one calls under a torch.func transform take (register_autograd)
         functools.update_wrapper(self, function)
         OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()))
         for dispatch_key in ("CPU", "CUDA"):
@@ -832,30 +835,95 @@ class Operator:
     def register_fake(self, fake):
         return torch.library.register_fake(f"upsamplelib::{self.name}", fake)
 
-    def register_autograd(self, derivative, setup_context):
-        """``torch.library.register_autograd`` for the operator, and the same
-        derivative for eager calls: ``setup_context(ctx, inputs, output)``
-        then ``derivative(ctx, grad)``, one gradient per input."""
+    def register_autograd(self, derivative, setup_context, tangent=None):
+        """The operator's derivative: ``setup_context(ctx, inputs, output)``
+        then ``derivative(ctx, grad)``, one gradient per input, registered
+        with ``torch.library.register_autograd`` and used by eager calls and
+        under the torch.func transforms. ``tangent(inputs, tangents)``, the
+        output's tangent (None where an input has none), is needed only by
+        ``jvp`` over those transforms (``hessian``); by default the operator
+        is linear in each tensor input (``multilinear_tangent``)."""
         torch.library.register_autograd(f"upsamplelib::{self.name}", derivative, setup_context=setup_context)
-        function = self.function
+        function, dispatched = self.function, self.dispatched
+        tangent = tangent or functools.partial(multilinear_tangent, self)
 
-        def forward(ctx, *inputs):
+        def eager_forward(ctx, *inputs):
             output = function(*inputs)
             setup_context(ctx, inputs, output)
             return output
 
         # The old-style forward (ctx first) is the cheaper one; only eager calls, never a transform, reach it.
         self.tracked = type(f"{self.name}_eager", (torch.autograd.Function,), {
-            "forward": staticmethod(forward), "backward": staticmethod(derivative)})
+            "forward": staticmethod(eager_forward), "backward": staticmethod(derivative)})
+
+        def transformed_forward(*inputs):
+            return dispatched(*inputs)
+
+        def transformed_setup_context(ctx, inputs, output):
+            # Every tensor input, saved alike for backward and jvp: functorch's vmap rule keeps one record of
+            # the saved tensors' batch dimensions, which a second, different save would overwrite.
+            ctx.tensor_positions = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+            ctx.other_inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+            saved = [inputs[i] for i in ctx.tensor_positions]
+            ctx.save_for_backward(*saved)
+            ctx.save_for_forward(*saved)
+
+        def saved_inputs(ctx):
+            inputs = list(ctx.other_inputs)
+            for position, tensor in zip(ctx.tensor_positions, ctx.saved_tensors):
+                inputs[position] = tensor
+            return inputs
+
+        def transformed_backward(ctx, *grads):
+            # The operator's own context, set up again from the saved inputs (no setup_context reads the output).
+            replayed = ReplayedContext(ctx.needs_input_grad)
+            setup_context(replayed, saved_inputs(ctx), None)
+            return derivative(replayed, *grads)
+
+        def transformed_jvp(ctx, *tangents):
+            return tangent(saved_inputs(ctx), tangents)
+
+        # The torch.func transforms take only new-style functions (forward without ctx, and setup_context), and
+        # refuse the one register_autograd generates. Applied before the dispatcher, this one gets functorch's
+        # own rules: grad, vjp, jacrev, and vmap of each (generate_vmap_rule batches forward, context and
+        # derivative alike; its forward's dispatcher call batches the operator), and jvp over them.
+        self.transformable = type(f"{self.name}_transformable", (torch.autograd.Function,), {
+            "forward": staticmethod(transformed_forward), "setup_context": staticmethod(transformed_setup_context),
+            "backward": staticmethod(transformed_backward), "jvp": staticmethod(transformed_jvp),
+            "generate_vmap_rule": True})
 
     def __call__(self, *args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if traced(tensors):
+            # (Not while compiling: Dynamo cannot trace a function with a jvp, and vmap needs none.)
+            if (self.transformable is not None and torch._C._are_functorch_transforms_active()
+                    and not torch.compiler.is_compiling()):
+                return self.transformable.apply(*args)
             return self.dispatched(*args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             # An operator without a derivative of its own: the dispatcher's error, or its autograd.
             return self.tracked.apply(*args) if self.tracked is not None else self.dispatched(*args)
         return self.function(*args)
+
+
+class ReplayedContext:
+    """A context an operator's ``setup_context`` fills again in a backward
+    pass: what it saves for backward is kept as ``saved_tensors``."""
+
+    def __init__(self, needs_input_grad):
+        self.needs_input_grad = needs_input_grad
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def multilinear_tangent(operator, inputs, tangents):
+    """The output's tangent for an operator linear in each of its tensor
+    inputs (the others held): the operator applied with one input replaced
+    by its tangent, summed over the inputs that have one."""
+    terms = [operator(*inputs[:i], t, *inputs[i + 1:]) for i, t in enumerate(tangents) if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def operator(name):

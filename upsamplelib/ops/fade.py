@@ -908,10 +908,44 @@ def _weight_grad_derivative(ctx, grad_grad_weight):
     return grad_grad_out, grad_en, grad_de, None, None, None, None
 
 
-semi_shift_conv_op.register_autograd(_semi_shift_derivative, setup_context=_save_semi_shift)
+def _semi_shift_tangent(inputs, tangents):
+    """The output's tangent (jvp over a torch.func transform): each moved
+    map alone through the weight, both maps through the weight's tangent,
+    and the bias's tangent once per given map. (The other map None, not
+    zeros: 0 * an Inf weight would be NaN.) Not multilinear: the bias is
+    added, and the two maps are summed."""
+    en, de, weight, bias, scale, groups, backend = inputs[:7]
+    den, dde, dweight, dbias = tangents[:4]
+    terms = [semi_shift_conv_op(den, None, weight, None, scale, groups, backend, False) if den is not None else None,
+             semi_shift_conv_op(None, dde, weight, None, scale, groups, backend, False) if dde is not None else None,
+             semi_shift_conv_op(en, de, dweight, None, scale, groups, backend, False) if dweight is not None else None]
+    if dbias is not None:
+        batch, _ = _present(en, de)
+        bias_count = (en is not None) + (de is not None)
+        terms.append((bias_count * dbias)[None, :, None, None].expand(batch, weight.shape[0],
+                                                                     *_output_size(en, de, scale)))
+    terms = [t for t in terms if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def _weight_grad_tangent(inputs, tangents):
+    """The weight gradient's tangent: linear in grad_out, and in the two
+    maps together (each map's share through its own tangent alone)."""
+    grad_out, en, de, *config = inputs
+    dgrad_out, den, dde = tangents[:3]
+    terms = [weight_grad_op(dgrad_out, en, de, *config) if dgrad_out is not None else None,
+             weight_grad_op(grad_out, den, None, *config) if den is not None else None,
+             weight_grad_op(grad_out, None, dde, *config) if dde is not None else None]
+    terms = [t for t in terms if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+semi_shift_conv_op.register_autograd(_semi_shift_derivative, setup_context=_save_semi_shift,
+                                     tangent=_semi_shift_tangent)
 encoder_grad_op.register_autograd(_encoder_grad_derivative, setup_context=_save_encoder_grad)
 decoder_grad_op.register_autograd(_decoder_grad_derivative, setup_context=_save_decoder_grad)
-weight_grad_op.register_autograd(_weight_grad_derivative, setup_context=_save_weight_grad)
+weight_grad_op.register_autograd(_weight_grad_derivative, setup_context=_save_weight_grad,
+                                 tangent=_weight_grad_tangent)
 
 
 def _conv_flops(pixels_shape, weight_shape):
