@@ -24,6 +24,62 @@ def test_fade_exported_with_dynamic_shapes_runs_past_the_example_size(lite):
     torch.testing.assert_close(program.module()(en, de), fade(en, de), rtol=0, atol=0)
 
 
+class _Resize(torch.nn.Module):
+    def __init__(self, **arguments):
+        super().__init__()
+        self.arguments = arguments
+
+    def forward(self, x):
+        return ul.interpolate(x, **self.arguments)
+
+
+# (input size, scale): outputs on both sides of PyTorch's nearest threshold (out_h + out_w <= 128)
+_RESIZE_SIZES = [((9, 11), 2.37), ((40, 60), 2.37), ((101, 37), 2.37), ((30, 31), 2.0), ((70, 3), 2.0)]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("mode,align_corners", [("nearest", None), ("nearest-exact", None), ("bilinear", False),
+                                                ("bilinear", True)])
+def test_interpolate_exported_with_dynamic_sizes_runs_every_size_in_its_range(mode, align_corners, strict):
+    # Before, the public function rounded the traced output size with int() (a guard on its value: non-strict
+    # export refused "Constraints violated"), and picked PyTorch's nearest index rule by that size (a guard
+    # that made the exported program refuse a size on the threshold's other side).
+    torch.manual_seed(0)
+    sizes = {}
+    for scale in (2.37, 2.0):
+        module = _Resize(scale_factor=scale, mode=mode, align_corners=align_corners)
+        dims = {0: Dim("n", min=1, max=4), 2: Dim("h", min=2, max=128), 3: Dim("w", min=2, max=128)}
+        sizes[scale] = (module, export(module, (torch.randn(2, 5, 8, 8),), dynamic_shapes={"x": dims},
+                                       strict=strict).module())
+    for (height, width), scale in _RESIZE_SIZES:
+        module, program = sizes[scale]
+        for x in (torch.randn(3, 5, height, width),
+                  torch.randn(1, 5, height, width).contiguous(memory_format=torch.channels_last)):
+            expected = F.interpolate(x, scale_factor=scale, mode=mode, align_corners=align_corners)
+            got = program(x)
+            if mode == "bilinear":
+                torch.testing.assert_close(got, module(x), rtol=0, atol=0)
+                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+            else:
+                assert torch.equal(got, expected), (height, width, scale)
+
+
+def test_compiled_interpolate_with_dynamic_sizes_compiles_once_across_the_nearest_threshold():
+    counter = torch._dynamo.testing.CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: ul.interpolate(x, scale_factor=2.37, backend="cpu"), backend=counter,
+                             dynamic=True)
+    for (height, width), _ in _RESIZE_SIZES:
+        x = torch.randn(2, 3, height, width, dtype=torch.float64, requires_grad=True)
+        got = compiled(x)
+        assert torch.equal(got, F.interpolate(x, scale_factor=2.37))
+        vectors = torch.randn_like(got)
+        (grad,) = torch.autograd.grad(got, x, vectors)
+        (expected,) = torch.autograd.grad(F.interpolate(x, scale_factor=2.37), x, vectors)
+        torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    assert counter.frame_count == 1
+
+
 @pytest.mark.filterwarnings("ignore:.*batching rule")
 def test_vmap_of_fade_eager_and_compiled_equals_a_loop_over_the_batch():
     torch.manual_seed(0)

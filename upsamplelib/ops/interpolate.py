@@ -62,6 +62,9 @@ MODES = ("nearest", "nearest-exact", "bilinear")
 #: copy; exactly twice the size: dst >> 1). DEVICE: its CUDA kernel: float32
 #: throughout, no shortcuts.
 NEAREST_GENERIC, NEAREST_LEGACY, NEAREST_DEVICE = 0, 1, 2
+#: Not a fourth rule: LEGACY or GENERIC by the output's size, which the
+#: operator decides when it runs (see ``nearest_rule``). No kernel sees it.
+NEAREST_BY_SIZE = 3
 
 
 def _nearest_source_index(dst, in_size, out_size, scale, exact, rule, real_t):
@@ -615,9 +618,20 @@ def nearest_rule(x, out_h, out_w):
         channels_last = folded is not None and folded.is_contiguous(memory_format=torch.channels_last)
     else:
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
-    if (channels_last and x.shape[1] > 3) or out_h + out_w <= 128:
+    if channels_last and x.shape[1] > 3:
         return NEAREST_LEGACY
-    return NEAREST_GENERIC
+    if torch.compiler.is_compiling() or not isinstance(out_h, int) or not isinstance(out_w, int):
+        # Traced sizes (torch.export, torch.compile; Dynamo calls its symbolic sizes ints): deciding here would
+        # guard the graph to one side of the threshold, and an exported program would refuse a size past it.
+        return NEAREST_BY_SIZE
+    return sized_rule(NEAREST_BY_SIZE, out_h, out_w)
+
+
+def sized_rule(rule, out_h, out_w):
+    """``rule``, with NEAREST_BY_SIZE decided by the output's size."""
+    if rule != NEAREST_BY_SIZE:
+        return rule
+    return NEAREST_LEGACY if out_h + out_w <= 128 else NEAREST_GENERIC
 
 
 def axis_scale(in_size, out_size, scale_factor, mode, align_corners, rule, dtype):
@@ -669,7 +683,7 @@ def check_interpolate_arguments(x, size, scale_factor, mode, align_corners, op="
         if not math.isfinite(f) or f <= 0:
             raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
     factors = (float(factors[0]), float(factors[1]))
-    out_h, out_w = int(in_h * factors[0]), int(in_w * factors[1])
+    out_h, out_w = math.floor(in_h * factors[0]), math.floor(in_w * factors[1])
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"{op}: scale_factor={scale_factor!r} turns input size ({in_h}, {in_w}) into "
@@ -764,6 +778,7 @@ def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_cor
                    factor_h: Optional[float], factor_w: Optional[float], rule: int, backend: str) -> torch.Tensor:
     """Resize (N, C, h, w) -> (N, C, out_h, out_w) on the Numba kernels
     (channels-last in and out, see ``_runs_channels_last``, else NCHW)."""
+    rule = sized_rule(rule, out_h, out_w)
     channels_last = _runs_channels_last(x, backend, mode)
     x = x if channels_last else x.contiguous()
     out = empty_map(x, x.shape[1], out_h, out_w, channels_last)
@@ -832,6 +847,7 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
     channels_last = _runs_channels_last(grad_out, backend, mode)
     grad_out = grad_out if channels_last else grad_out.contiguous()
     out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    rule = sized_rule(rule, out_h, out_w)
     grad_x = empty_map(grad_out, grad_out.shape[1], in_h, in_w, channels_last)
     scale_h, scale_w, flag = _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w,
                                             rule, grad_out.dtype)
