@@ -298,3 +298,45 @@ def test_parameter_gradients_by_torch_func_equal_autograds(name):
             torch.cat([t, t]) for t in inputs])
     for key, value in per_example.items():
         torch.testing.assert_close(value, torch.stack([got[key], got[key]]), rtol=1e-11, atol=1e-12, msg=key)
+
+
+def test_functionalize_of_operators_and_modules_equals_the_plain_call():
+    # functionalize is a functorch transform with no rule for an autograd function: under it a call must take
+    # the operator itself (a review found "NYI: Functionalize rule for custom_function_call").
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 3)
+    resize = lambda a: ul.interpolate(a, scale_factor=2, mode="bilinear", backend="cpu")  # noqa: E731
+    torch.testing.assert_close(torch.func.functionalize(resize)(x), resize(x), rtol=0, atol=0)
+    fade = ul.FADE(4, embedding_dim=4).eval()
+    en, de = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)
+    torch.testing.assert_close(torch.func.functionalize(fade)(en, de), fade(en, de), rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*batching rule")
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_an_input_changed_in_place_after_the_call_does_not_fail_the_gradient(backend):
+    # The derivative of interpolate needs no input, and the semi-shift's none of its bias: saving them for
+    # backward made autograd refuse ("modified by an inplace operation"), where the reference does not.
+    def loss(x):
+        y, bias = x * 1, x[0, :, 0, 0] * 1
+        out = ul.interpolate(y, scale_factor=2, mode="bilinear", backend=backend)
+        weight = torch.ones(2, 2, 3, 3, dtype=x.dtype)
+        shifted = ul.semi_shift_conv(out, x.cos(), weight, bias, 2, backend=backend)
+        y.relu_()
+        bias.relu_()
+        return (out * out).sum() + (shifted * shifted).sum() + y.sum() + bias.sum()
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    expected = torch.func.grad(loss)(x) if backend == "torch" else None
+    got = torch.func.grad(loss)(x)
+    batch = torch.randn(2, 1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    (batched,) = torch.autograd.grad(torch.func.vmap(loss)(batch).sum(), batch)
+    eager = x.clone().requires_grad_()
+    (plain,) = torch.autograd.grad(loss(eager), eager)
+    torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-12)
+    for i in range(2):
+        member = batch[i].detach().clone().requires_grad_()
+        torch.testing.assert_close(batched[i], torch.autograd.grad(loss(member), member)[0], rtol=1e-12, atol=1e-12)
+    if expected is not None:
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

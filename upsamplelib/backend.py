@@ -860,28 +860,31 @@ class Operator:
             return dispatched(*inputs)
 
         def transformed_setup_context(ctx, inputs, output):
-            # Every tensor input, saved alike for backward and jvp: functorch's vmap rule keeps one record of
-            # the saved tensors' batch dimensions, which a second, different save would overwrite.
-            ctx.tensor_positions = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+            # The operator's own context, filled on a record: functorch's vmap rule keeps one record of the saved
+            # tensors' batch dimensions, so the tensors saved for backward (what the operator saves, no more: an
+            # input changed in place later must not fail the backward) are also those saved for jvp, which
+            # takes the inputs it needs (the same ones) back from them by identity.
+            record = OperatorContext(ctx.needs_input_grad)
+            setup_context(record, inputs, output)
+            ctx.operator_context = {key: value for key, value in vars(record).items()
+                                    if key not in ("saved_tensors", "needs_input_grad")}
             ctx.other_inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
-            saved = [inputs[i] for i in ctx.tensor_positions]
-            ctx.save_for_backward(*saved)
-            ctx.save_for_forward(*saved)
-
-        def saved_inputs(ctx):
-            inputs = list(ctx.other_inputs)
-            for position, tensor in zip(ctx.tensor_positions, ctx.saved_tensors):
-                inputs[position] = tensor
-            return inputs
+            ctx.saved_positions = [next((i for i, a in enumerate(inputs) if a is t), None) if t is not None else None
+                                   for t in record.saved_tensors]
+            ctx.save_for_backward(*record.saved_tensors)
+            ctx.save_for_forward(*record.saved_tensors)
 
         def transformed_backward(ctx, *grads):
-            # The operator's own context, set up again from the saved inputs (no setup_context reads the output).
-            replayed = ReplayedContext(ctx.needs_input_grad)
-            setup_context(replayed, saved_inputs(ctx), None)
+            replayed = OperatorContext(ctx.needs_input_grad)
+            vars(replayed).update(ctx.operator_context, saved_tensors=ctx.saved_tensors)
             return derivative(replayed, *grads)
 
         def transformed_jvp(ctx, *tangents):
-            return tangent(saved_inputs(ctx), tangents)
+            inputs = list(ctx.other_inputs)
+            for position, tensor in zip(ctx.saved_positions, ctx.saved_tensors):
+                if position is not None:
+                    inputs[position] = tensor
+            return tangent(inputs, tangents)
 
         # The torch.func transforms take only new-style functions (forward without ctx, and setup_context), and
         # refuse the one register_autograd generates. Applied before the dispatcher, this one gets functorch's
@@ -895,9 +898,11 @@ class Operator:
     def __call__(self, *args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if traced(tensors):
-            # (Not while compiling: Dynamo cannot trace a function with a jvp, and vmap needs none.)
-            if (self.transformable is not None and torch._C._are_functorch_transforms_active()
-                    and not torch.compiler.is_compiling()):
+            # Only where something differentiates: vmap alone and functionalize (which has no rule for an
+            # autograd function) take the operator as before, and so does torch.compile (Dynamo cannot trace a
+            # function with a jvp). Under jvp, the operators a derivative or a tangent calls get tangents, which
+            # the dispatcher's autograd function would drop.
+            if self.transformable is not None and not torch.compiler.is_compiling() and under_derivative_transform():
                 return self.transformable.apply(*args)
             return self.dispatched(*args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -906,9 +911,9 @@ class Operator:
         return self.function(*args)
 
 
-class ReplayedContext:
-    """A context an operator's ``setup_context`` fills again in a backward
-    pass: what it saves for backward is kept as ``saved_tensors``."""
+class OperatorContext:
+    """A context an operator's ``setup_context`` fills outside autograd's
+    own: what it saves for backward is kept as ``saved_tensors``."""
 
     def __init__(self, needs_input_grad):
         self.needs_input_grad = needs_input_grad
@@ -916,6 +921,16 @@ class ReplayedContext:
 
     def save_for_backward(self, *tensors):
         self.saved_tensors = tensors
+
+
+def under_derivative_transform() -> bool:
+    """Whether a torch.func transform that differentiates (grad, vjp,
+    jacrev, jvp, jacfwd, hessian) is active, at any level."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    return stack is not None and any(level.key() in _DERIVATIVE_TRANSFORMS for level in stack)
+
+
+_DERIVATIVE_TRANSFORMS = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
 def multilinear_tangent(operator, inputs, tangents):
