@@ -340,3 +340,25 @@ def test_an_input_changed_in_place_after_the_call_does_not_fail_the_gradient(bac
         torch.testing.assert_close(batched[i], torch.autograd.grad(loss(member), member)[0], rtol=1e-12, atol=1e-12)
     if expected is not None:
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_jvp_over_a_gradient_leaves_out_inputs_without_a_tangent_as_the_reference_does():
+    # The jvp of the weight gradient with respect to de alone: grad_out and en carry no tangent, and en holds
+    # an Inf. Given zeros for their tangents (autograd's default), the CUDA backend's weight-gradient op added
+    # weight_grad(0, en, de), whose 0 * Inf made the tangent NaN where the reference's is finite.
+    torch.manual_seed(0)
+    en, de = torch.randn(1, 1, 4, 4, dtype=torch.float64), torch.randn(1, 1, 2, 2, dtype=torch.float64)
+    en[0, 0, 1, 1] = float("inf")
+    weight, cotangent = torch.randn(1, 1, 3, 3, dtype=torch.float64), torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    tangent = torch.randn_like(de)
+
+    def weight_gradient_tangent(backend):
+        def weight_gradient(d):
+            return torch.func.grad(lambda w: (ul.semi_shift_conv(en, d, w, backend=backend) * cotangent).sum())(weight)
+        return torch.func.jvp(weight_gradient, (de,), (tangent,))[1]
+
+    expected = weight_gradient_tangent("torch")
+    assert torch.isfinite(expected).all()
+    for backend in ("cuda", "cpu"):
+        torch.testing.assert_close(weight_gradient_tangent(backend), expected, rtol=1e-12, atol=1e-12)

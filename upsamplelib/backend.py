@@ -864,6 +864,7 @@ class Operator:
             # tensors' batch dimensions, so the tensors saved for backward (what the operator saves, no more: an
             # input changed in place later must not fail the backward) are also those saved for jvp, which
             # takes the inputs it needs (the same ones) back from them by identity.
+            ctx.set_materialize_grads(False)  # an input without a tangent gives None, not zeros (0 * Inf)
             record = OperatorContext(ctx.needs_input_grad)
             setup_context(record, inputs, output)
             ctx.operator_context = {key: value for key, value in vars(record).items()
