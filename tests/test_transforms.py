@@ -362,3 +362,30 @@ def test_jvp_over_a_gradient_leaves_out_inputs_without_a_tangent_as_the_referenc
     assert torch.isfinite(expected).all()
     for backend in ("cuda", "cpu"):
         torch.testing.assert_close(weight_gradient_tangent(backend), expected, rtol=1e-12, atol=1e-12)
+
+
+def _forward_over_reverse(function, inputs):
+    """The tangent of the gradient by torch.autograd's forward mode over its reverse mode."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    with torch.autograd.forward_ad.dual_level():
+        duals = [torch.autograd.forward_ad.make_dual(t, torch.linspace(-1, 2, t.numel(), dtype=t.dtype).reshape(t.shape))
+                 for t in leaves]
+        grads = torch.autograd.grad(_scalar(function)(*duals), duals, create_graph=True)
+        return [torch.autograd.forward_ad.unpack_dual(g).tangent for g in grads]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("name", list(_operator_cases("cpu")))
+def test_forward_mode_over_a_backward_pass_equals_the_torch_backend(name):
+    # torch.autograd.forward_ad over torch.autograd.grad (a Hessian-vector product): before, the public
+    # functions added the tangent outside the operators, the backward's operators met tangents and PyTorch
+    # refused them ("You must implement the jvp function").
+    inputs = _operator_inputs(name, _operator_cases("cpu")[name][1])
+    got = _forward_over_reverse(_operator_cases("cpu")[name][0], inputs)
+    expected = _forward_over_reverse(_operator_cases("torch")[name][0], inputs)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    hessians = [torch.autograd.functional.hessian(_scalar(_operator_cases(backend)[name][0]), tuple(inputs),
+                                                  vectorize=True, outer_jacobian_strategy="forward-mode")
+                for backend in ("cpu", "torch")]
+    torch.testing.assert_close(hessians[0], hessians[1], rtol=1e-10, atol=1e-10)

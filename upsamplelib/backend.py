@@ -285,26 +285,33 @@ def reference_for_empty_batch(backend: str, batch: int) -> str:
 # --------------------------------------------------------------------------
 # Forward-mode AD
 # --------------------------------------------------------------------------
-# The operators have reverse-mode formulas only, and under forward-mode AD
-# (torch.autograd.forward_ad, torch.func.jvp) PyTorch calls such an operator
-# with its tangents dropped, silently. Every operator is linear in each of
-# its inputs, so each public function adds the tangent itself: the operator
-# applied with one input replaced by its tangent, summed over the inputs.
+# The operators' forward-mode formula is their tangent (Operator.register_autograd):
+# each is linear in each of its inputs, so the tangent is the operator applied
+# with one input replaced by its tangent, summed over the inputs. Eagerly,
+# under forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) a call
+# takes the operator's autograd function, which computes it, and its output
+# carries the tangent into any reverse pass over it. Under torch.compile, which
+# cannot trace that function, the dispatcher's would drop the tangents
+# silently: there each public function adds the tangent itself, the same sum.
 
 
 def forward_tangents(*tensors):
     """``(primals, tangents)`` of ``tensors`` (None entries stay None; a
     tangent is None where its tensor has none) while forward-mode AD runs
-    and some tensor carries a tangent; else None, after one integer compare."""
+    under torch.compile and some tensor carries a tangent; else None, after
+    one integer compare when forward mode is off."""
     if forward_ad._current_level < 0:
         return None
     transforms = sys.modules.get("torch._functorch.eager_transforms")
     if transforms is not None and getattr(transforms, "JVP_NESTING", 0) > 1:
-        # An outer level's tangent would reach the operators, which drop it: refuse rather than return zeros.
+        # The operators' tangents would miss the outer level's terms: refuse rather than return them.
         raise NotImplementedError(
             "upsamplelib: nested forward-mode AD (jvp of a jvp, jacfwd of a jacfwd) is not supported on the "
-            "'cpu' and 'cuda' backends: the operators would drop the outer tangent. Use backend='torch' there, "
-            "or reverse mode (torch.autograd.grad) for the outer derivative")
+            "'cpu' and 'cuda' backends: the operators' tangents would miss the outer level's terms. Use "
+            "backend='torch' there, or reverse mode (torch.autograd.grad, torch.func.jacrev) for the outer "
+            "derivative")
+    if not torch.compiler.is_compiling():
+        return None
     pairs = [forward_ad.unpack_dual(t) if t is not None else (None, None) for t in tensors]
     if all(tangent is None for _, tangent in pairs):
         return None
@@ -901,8 +908,8 @@ class Operator:
         if traced(tensors):
             # Only where something differentiates: vmap alone and functionalize (which has no rule for an
             # autograd function) take the operator as before, and so does torch.compile (Dynamo cannot trace a
-            # function with a jvp). Under jvp, the operators a derivative or a tangent calls get tangents, which
-            # the dispatcher's autograd function would drop.
+            # function with a jvp). Under forward mode the operators get tangents, which the dispatcher's
+            # autograd function would drop or refuse.
             if self.transformable is not None and not torch.compiler.is_compiling() and under_derivative_transform():
                 return self.transformable.apply(*args)
             return self.dispatched(*args)
@@ -926,7 +933,10 @@ class OperatorContext:
 
 def under_derivative_transform() -> bool:
     """Whether a torch.func transform that differentiates (grad, vjp,
-    jacrev, jvp, jacfwd, hessian) is active, at any level."""
+    jacrev, jvp, jacfwd, hessian) is active, at any level, or forward-mode
+    AD (``torch.autograd.forward_ad``)."""
+    if forward_ad._current_level >= 0:
+        return True
     stack = torch._C._functorch.get_interpreter_stack()
     return stack is not None and any(level.key() in _DERIVATIVE_TRANSFORMS for level in stack)
 

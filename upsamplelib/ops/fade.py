@@ -1079,7 +1079,8 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
             # gradient comes back NCHW whatever its copy, and PyTorch's copies a FADE-sized weight
             # (25 x 256 x 3 x 3) as fast as the block transpose, without its autograd glue.
             en, de = (to_channels_last(t) if t is not None else None for t in (en, de))
-            weight = weight.contiguous(memory_format=torch.channels_last)
+            if torch.autograd.forward_ad._current_level < 0:  # a tangent may be batched (vectorised jacobians)
+                weight = weight.contiguous(memory_format=torch.channels_last)
         out = semi_shift_conv_op(en, de, weight, bias, scale, groups, backend, channels_last)
     return out.to(result_dtype)
 
