@@ -389,3 +389,28 @@ def test_forward_mode_over_a_backward_pass_equals_the_torch_backend(name):
                                                   vectorize=True, outer_jacobian_strategy="forward-mode")
                 for backend in ("cpu", "torch")]
     torch.testing.assert_close(hessians[0], hessians[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_one_tensor_passed_as_two_inputs_gets_both_tangents(layout):
+    # semi_shift_conv(x, x, ...) at scale 1 and sapa_similarity(q, q, ...): the jvp took its inputs back from
+    # the saved tensors by identity, found x at the first position twice, and left the second out (a review
+    # found tangents off by half their size, silently).
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64).contiguous(memory_format=layout)
+    weight, bias = torch.randn(1, 2, 3, 3, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    tangents = (torch.randn_like(x), torch.randn_like(weight), torch.randn_like(bias))
+    cases = {
+        "semi_shift_conv": lambda b: lambda a, w, c: ul.semi_shift_conv(a, a, w, c, 1, backend=b),
+        "sapa_similarity": lambda b: lambda a, w, c: ul.sapa_similarity(a, a, 3, 1, backend=b) * c.sum() + w.sum(),
+    }
+    for name, make in cases.items():
+        expected = torch.func.jvp(make("torch"), (x, weight, bias), tangents)[1]
+        for backend in ("cpu", "cuda"):
+            got = torch.func.jvp(make(backend), (x, weight, bias), tangents)[1]
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} {backend}")
+            with torch.autograd.forward_ad.dual_level():
+                duals = [torch.autograd.forward_ad.make_dual(p, t) for p, t in zip((x, weight, bias), tangents)]
+                got = torch.autograd.forward_ad.unpack_dual(make(backend)(*duals)).tangent
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} {backend} forward_ad")

@@ -877,8 +877,7 @@ class Operator:
             ctx.operator_context = {key: value for key, value in vars(record).items()
                                     if key not in ("saved_tensors", "needs_input_grad")}
             ctx.other_inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
-            ctx.saved_positions = [next((i for i, a in enumerate(inputs) if a is t), None) if t is not None else None
-                                   for t in record.saved_tensors]
+            ctx.saved_positions = saved_input_positions(record.saved_tensors, inputs)
             ctx.save_for_backward(*record.saved_tensors)
             ctx.save_for_forward(*record.saved_tensors)
 
@@ -929,6 +928,21 @@ class OperatorContext:
 
     def save_for_backward(self, *tensors):
         self.saved_tensors = tensors
+
+
+def saved_input_positions(saved, inputs):
+    """For each saved tensor, the position of the input it is (None for
+    None or a tensor made inside): the first such input not already taken,
+    so that one tensor passed as two inputs (``semi_shift_conv(x, x, ...)``)
+    fills both."""
+    taken, positions = set(), []
+    for tensor in saved:
+        position = None
+        if tensor is not None:
+            position = next((i for i, a in enumerate(inputs) if a is tensor and i not in taken), None)
+            taken.add(position)
+        positions.append(position)
+    return positions
 
 
 def under_derivative_transform() -> bool:
