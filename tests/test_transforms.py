@@ -414,3 +414,43 @@ def test_one_tensor_passed_as_two_inputs_gets_both_tangents(layout):
                 duals = [torch.autograd.forward_ad.make_dual(p, t) for p, t in zip((x, weight, bias), tangents)]
                 got = torch.autograd.forward_ad.unpack_dual(make(backend)(*duals)).tangent
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} {backend} forward_ad")
+
+
+class _DropsTheFirst(torch.autograd.Function):
+    """2 * z, with no gradient for y: y's producer gets an undefined gradient."""
+
+    @staticmethod
+    def forward(y, z):
+        return z * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def jvp(ctx, tangent_y, tangent_z):
+        return tangent_z * 2 if tangent_z is not None else None
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad * 2
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_an_undefined_gradient_of_the_output_gives_none_under_forward_mode_and_torch_func():
+    # The autograd function the transforms take does not materialise zero tangents, nor so zero gradients:
+    # its backward met None ("'NoneType' object has no attribute 'contiguous'", a review's reproducer).
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    masks = torch.randn(1, 9, 6, 6, dtype=torch.float64).softmax(1).requires_grad_()
+    z = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+        out = _DropsTheFirst.apply(ul.carafe(dual, masks, 3, 2, 1, backend="cpu"), z)
+        grads = torch.autograd.grad(out.sum(), [x, masks, z], allow_unused=True)
+    assert grads[0] is None and grads[1] is None
+    torch.testing.assert_close(grads[2], torch.full_like(z, 2))
+    grads = torch.func.grad(lambda a, b, c: _DropsTheFirst.apply(ul.carafe(a, b, 3, 2, 1, backend="cpu"), c).sum(),
+                            argnums=(0, 1, 2))(x.detach(), masks.detach(), z.detach())
+    assert not grads[0].any() and not grads[1].any()
+    torch.testing.assert_close(grads[2], torch.full_like(z, 2))

@@ -882,6 +882,8 @@ class Operator:
             ctx.save_for_forward(*record.saved_tensors)
 
         def transformed_backward(ctx, *grads):
+            if all(grad is None for grad in grads):  # not materialised (see setup): nothing flows back
+                return (None,) * len(ctx.other_inputs)
             replayed = OperatorContext(ctx.needs_input_grad)
             vars(replayed).update(ctx.operator_context, saved_tensors=ctx.saved_tensors)
             return derivative(replayed, *grads)
