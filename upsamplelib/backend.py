@@ -847,9 +847,10 @@ class Operator:
         then ``derivative(ctx, grad)``, one gradient per input, registered
         with ``torch.library.register_autograd`` and used by eager calls and
         under the torch.func transforms. ``tangent(inputs, tangents)``, the
-        output's tangent (None where an input has none), is needed only by
-        ``jvp`` over those transforms (``hessian``); by default the operator
-        is linear in each tensor input (``multilinear_tangent``)."""
+        output's tangent (None where an input has none), serves forward mode
+        (``jvp``, ``jacfwd``, ``hessian``, ``torch.autograd.forward_ad``); by
+        default the operator is linear in each tensor input
+        (``multilinear_tangent``)."""
         torch.library.register_autograd(f"upsamplelib::{self.name}", derivative, setup_context=setup_context)
         function, dispatched = self.function, self.dispatched
         tangent = tangent or functools.partial(multilinear_tangent, self)
