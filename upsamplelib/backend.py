@@ -321,8 +321,13 @@ def forward_tangents(*tensors):
 def with_tangent(primal_out, terms):
     """``primal_out`` as a dual tensor whose tangent is the sum of the
     non-None ``terms`` (each an output-shaped tensor)."""
+    return forward_ad.make_dual(primal_out, sum_of_given(terms))
+
+
+def sum_of_given(terms):
+    """The sum of the non-None ``terms``; None if there is none."""
     terms = [t for t in terms if t is not None]
-    return forward_ad.make_dual(primal_out, sum(terms[1:], terms[0]))
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 # --------------------------------------------------------------------------
@@ -965,8 +970,7 @@ def multilinear_tangent(operator, inputs, tangents):
     """The output's tangent for an operator linear in each of its tensor
     inputs (the others held): the operator applied with one input replaced
     by its tangent, summed over the inputs that have one."""
-    terms = [operator(*inputs[:i], t, *inputs[i + 1:]) for i, t in enumerate(tangents) if t is not None]
-    return sum(terms[1:], terms[0]) if terms else None
+    return sum_of_given([operator(*inputs[:i], t, *inputs[i + 1:]) for i, t in enumerate(tangents) if t is not None])
 
 
 def operator(name):

@@ -38,7 +38,7 @@ from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
-                       reference_for_empty_batch, resolve_backend, run, run_grid, with_tangent)
+                       reference_for_empty_batch, resolve_backend, run, run_grid, sum_of_given, with_tangent)
 from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
                       with_channels_last_strides)
 from ..validation import (
@@ -924,8 +924,7 @@ def _semi_shift_tangent(inputs, tangents):
         bias_count = (en is not None) + (de is not None)
         terms.append((bias_count * dbias)[None, :, None, None].expand(batch, weight.shape[0],
                                                                      *_output_size(en, de, scale)))
-    terms = [t for t in terms if t is not None]
-    return sum(terms[1:], terms[0]) if terms else None
+    return sum_of_given(terms)
 
 
 def _weight_grad_tangent(inputs, tangents):
@@ -936,8 +935,7 @@ def _weight_grad_tangent(inputs, tangents):
     terms = [weight_grad_op(dgrad_out, en, de, *config) if dgrad_out is not None else None,
              weight_grad_op(grad_out, den, None, *config) if den is not None else None,
              weight_grad_op(grad_out, None, dde, *config) if dde is not None else None]
-    terms = [t for t in terms if t is not None]
-    return sum(terms[1:], terms[0]) if terms else None
+    return sum_of_given(terms)
 
 
 semi_shift_conv_op.register_autograd(_semi_shift_derivative, setup_context=_save_semi_shift,
