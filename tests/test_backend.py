@@ -10,6 +10,7 @@ import torch
 from numba import cuda, prange
 
 from upsamplelib import backend
+from upsamplelib.validation import in_dtype
 
 
 def _import_message(env_updates):
@@ -79,6 +80,32 @@ def test_kernel_array_shares_memory_and_needs_contiguous():
     assert tensor[1, 2] == 5
     with pytest.raises(ValueError, match="contiguous"):
         backend.kernel_array(tensor.t())
+
+
+def test_kernel_array_takes_a_tensor_that_requires_grad():
+    tensor = torch.zeros(2, 3, requires_grad=True)
+    array = backend.kernel_array(tensor)
+    assert array.shape == (2, 3) and array.ctypes.data == tensor.data_ptr()
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_pixels_array_is_the_channels_last_memory_and_refuses_other_layouts(requires_grad):
+    tensor = torch.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    pixels = backend.pixels_array(tensor.requires_grad_(requires_grad))
+    assert pixels.shape == (2, 4, 5, 3) and pixels.flags.c_contiguous
+    assert pixels.ctypes.data == tensor.data_ptr()
+    assert np.array_equal(pixels, tensor.detach().permute(0, 2, 3, 1).numpy())
+    with pytest.raises(ValueError, match="dense channels-last"):
+        backend.pixels_array(torch.zeros(2, 3, 4, 5))  # NCHW
+    with pytest.raises(ValueError, match="dense channels-last"):
+        backend.pixels_array(torch.zeros(2, 3, 4, 10).contiguous(memory_format=torch.channels_last)[..., ::2])
+
+
+def test_in_dtype_returns_the_tensor_itself_or_its_conversion():
+    tensor = torch.zeros(2, requires_grad=True)
+    assert in_dtype(tensor, torch.float32) is tensor
+    converted = in_dtype(tensor, torch.float64)
+    assert converted.dtype == torch.float64 and converted.grad_fn is not None
 
 
 def test_resolve_backend():

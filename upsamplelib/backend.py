@@ -343,12 +343,25 @@ def kernel_array(tensor: torch.Tensor):
     """
     if not tensor.is_contiguous():
         raise ValueError("kernel_array needs a contiguous tensor")
-    tensor = tensor.detach()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
     if tensor.is_cuda:
         # Launches go on torch's current stream (see launch), so there is no
         # need for numba to synchronise on the exporting stream.
         return cuda.as_cuda_array(tensor, sync=False)
     return tensor.numpy()
+
+
+def pixels_array(tensor: torch.Tensor):
+    """A dense channels-last (N, C, H, W) CPU tensor as the (N, H, W, C)
+    C-contiguous NumPy array it is in memory, sharing it: a NumPy transpose
+    costs a fifth of ``tensor.permute``, which the CPU loops do not need."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    pixels = tensor.numpy().transpose(0, 2, 3, 1)
+    if not pixels.flags.c_contiguous:
+        raise ValueError("pixels_array needs a dense channels-last tensor")
+    return pixels
 
 
 # --------------------------------------------------------------------------
@@ -418,6 +431,11 @@ def follow_torch_threads() -> int:
     capped at ``NUMBA_NUM_THREADS``, unless the user set Numba's; return
     the count the next parallel loop runs with."""
     torch_threads = torch.get_num_threads()
+    if getattr(_numba_threads, "torch", None) == torch_threads:
+        # As the last call left them, unless the user set Numba's count since: then theirs stands.
+        current = _get_numba_threads()
+        if current == _numba_threads.set:
+            return current
     current = numba.get_num_threads()  # the first call starts Numba's threads
     if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
@@ -427,8 +445,14 @@ def follow_torch_threads() -> int:
     wanted = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if current != wanted:
         numba.set_num_threads(wanted)
-    _numba_threads.set = wanted
+    _numba_threads.set, _numba_threads.torch = wanted, torch_threads
     return wanted
+
+
+def _get_numba_threads() -> int:
+    """``numba.get_num_threads()`` once its threads run, without re-checking
+    that they do (a third of its cost)."""
+    return numba.np.ufunc.parallel._get_num_threads()
 
 
 def run(kernel, backend: str, n_threads: int, *args):

@@ -55,6 +55,7 @@ from ..validation import (
     check_same_batch,
     check_same_device,
     check_upsampled_size,
+    in_dtype,
     kernel_dtype,
     shape_str,
 )
@@ -1027,13 +1028,13 @@ def carafe(x, masks, kernel_size, scale, group=1, backend=None):
                              carafe(x, dmasks, kernel_size, scale, group, backend) if dmasks is not None else None])
     result_dtype = torch.promote_types(x.dtype, masks.dtype)
     compute_dtype = kernel_dtype(result_dtype)
-    x, masks = x.to(compute_dtype), masks.to(compute_dtype)
+    x, masks = in_dtype(x, compute_dtype), in_dtype(masks, compute_dtype)
     if backend == "torch":
         out = carafe_reference(x, masks, kernel_size, scale, group)
     else:
         x, masks = kernel_layout(x), kernel_layout(masks)
         out = carafe_op(x, masks, kernel_size, scale, group, backend)
-    return out.to(result_dtype)
+    return in_dtype(out, result_dtype)
 
 
 # --------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from numba import cuda, int64, prange
 from torch.utils.flop_counter import register_flop_formula
 
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
-                       reference_for_empty_batch, resolve_backend, run, run_grid, sum_of_given, with_tangent)
+                       pixels_array, reference_for_empty_batch, resolve_backend, run, run_grid, sum_of_given,
+                       with_tangent)
 from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
                       with_channels_last_strides)
 from ..validation import (
@@ -52,6 +53,7 @@ from ..validation import (
     check_positive_int,
     check_same_batch,
     check_upsampled_size,
+    in_dtype,
     kernel_dtype,
     shape_str,
 )
@@ -424,7 +426,7 @@ def all_finite(tensor):
 
 def _nhwc(tensor):
     """A channels-last tensor as the (N, H, W, C) array it is in memory."""
-    return to_channels_last(tensor).permute(0, 2, 3, 1)
+    return pixels_array(to_channels_last(tensor))
 
 
 @cpu_kernel
@@ -1066,8 +1068,8 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
     for t in given[1:]:
         result_dtype = torch.promote_types(result_dtype, t.dtype)
     compute_dtype = kernel_dtype(result_dtype)
-    en, de, weight = (t.to(compute_dtype) if t is not None else None for t in (en, de, weight))
-    bias = bias.to(compute_dtype) if bias is not None else None
+    en, de, weight = (in_dtype(t, compute_dtype) if t is not None else None for t in (en, de, weight))
+    bias = in_dtype(bias, compute_dtype) if bias is not None else None
     if backend == "torch":
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
@@ -1080,7 +1082,7 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
             if torch.autograd.forward_ad._current_level < 0:  # a tangent may be batched (vectorised jacobians)
                 weight = weight.contiguous(memory_format=torch.channels_last)
         out = semi_shift_conv_op(en, de, weight, bias, scale, groups, backend, channels_last)
-    return out.to(result_dtype)
+    return in_dtype(out, result_dtype)
 
 
 # --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ with a fake implementation, an autograd formula and a FLOP formula, so
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional
@@ -41,11 +42,11 @@ try:
 except ImportError:  # older torch: the same rule, without its care for symbolic sizes
     from torch._prims_common import are_strides_like_channels_last as are_strides_like_channels_last_or_false
 
-from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element,
+from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, operator, per_element, pixels_array,
                        reference_for_empty_batch, resolve_backend, run, with_tangent)
 from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
                       with_channels_last_strides)
-from ..validation import check_feature_map, kernel_dtype
+from ..validation import check_feature_map, in_dtype, kernel_dtype
 
 MODES = ("nearest", "nearest-exact", "bilinear")
 
@@ -760,12 +761,15 @@ def _strides_like_channels_last(x):
 
 
 def _pixels(tensor):
-    """A channels-last map as the (N, H, W, C) array it is in memory."""
-    return tensor.permute(0, 2, 3, 1)
+    """A channels-last map as the (N, H, W, C) array it is in memory (the
+    channels-last loops are CPU loops)."""
+    return pixels_array(tensor)
 
 
+@functools.lru_cache(maxsize=256)
 def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, dtype):
-    """(scale_h, scale_w) in the kernel dtype, and the kernels' flag."""
+    """(scale_h, scale_w) in the kernel dtype, and the kernels' flag: the
+    same for every call with the same sizes, and 2 us to work out."""
     real_t = np.float32 if dtype == torch.float32 else np.float64
     scale_h = real_t(axis_scale(in_h, out_h, factor_h, mode, align_corners, rule, dtype))
     scale_w = real_t(axis_scale(in_w, out_w, factor_w, mode, align_corners, rule, dtype))
@@ -944,7 +948,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         (x,), (dx,) = split
         return with_tangent(interpolate(x, size, scale_factor, mode, align_corners, backend),
                             [interpolate(dx, size, scale_factor, mode, align_corners, backend)])
-    x_compute = x.to(kernel_dtype(x.dtype))
+    x_compute = in_dtype(x, kernel_dtype(x.dtype))
     # F.interpolate returns the result in the input's suggested memory format, channels-last for a
     # channels-last input (sliced ones included). The cpu loops take channels-last maps as they are
     # where _loops_take_channels_last; other maps, and the CUDA kernels, go NCHW between layout's
@@ -958,6 +962,6 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
             native = _loops_take_channels_last(backend, mode, x.shape[1])
             x_compute = to_channels_last(x_compute) if native else to_channels_first(x_compute)
         out = interpolate_op(x_compute, out_h, out_w, mode, corners, *factors, rule, backend)
-    out = out.to(x.dtype)
+    out = in_dtype(out, x.dtype)
     # A one-pixel (or one-channel) result is dense in both layouts: F's has channels-last strides.
     return with_channels_last_strides(to_channels_last(out)) if channels_last else out

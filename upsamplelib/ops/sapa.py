@@ -42,6 +42,7 @@ from ..validation import (
     check_same_batch,
     check_same_device,
     check_upsampled_size,
+    in_dtype,
     kernel_dtype,
     shape_str,
 )
@@ -138,12 +139,12 @@ def sapa_similarity(q, key, kernel_size, scale, backend=None):
                              sapa_similarity(q, dkey, kernel_size, scale, backend) if dkey is not None else None])
     result_dtype = torch.promote_types(q.dtype, key.dtype)
     compute_dtype = kernel_dtype(result_dtype)
-    q, key = q.to(compute_dtype), key.to(compute_dtype)
+    q, key = in_dtype(q, compute_dtype), in_dtype(key, compute_dtype)
     if backend == "torch":
         logits = sapa_similarity_reference(q, key, kernel_size, scale)
     else:
         logits = sapa_similarity_op(kernel_layout(q), kernel_layout(key), kernel_size, scale, 1, backend)
-    return logits.to(result_dtype)
+    return in_dtype(logits, result_dtype)
 
 
 # --------------------------------------------------------------------------
