@@ -13,6 +13,11 @@ of a call that run in Python before the driver's launch.
    every call after its typeof and dispatch (not measurable here: they need
    a driver).
 
+3. Whole calls on the ``cpu`` backend (kernels included) of maps so small
+   that the host work is most of a call, beside PyTorch's own op: the CPU
+   time of this thread, the least of several rounds (wall-clock rounds on
+   a shared 2-core machine spread by a quarter).
+
 Not measured: the driver call (cuLaunchKernel) and anything on a GPU. The
 GPU's per-call figure comes from ``bench/gpu.py`` on a GPU. Times depend on
 this machine's CPU and load.
@@ -31,15 +36,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def us_per_call(function, calls=2000, rounds=7):
-    function()
+def us_per_call(function, calls=2000, rounds=7, timer=None):
+    """The median round's time per call; with ``timer`` (a CPU-time clock),
+    the least round's."""
+    for _ in range(50):
+        function()
     rounds_us = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = (timer or time.perf_counter)()
         for _ in range(calls):
             function()
-        rounds_us.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(rounds_us)
+        rounds_us.append(((timer or time.perf_counter)() - start) / calls * 1e6)
+    return min(rounds_us) if timer is not None else statistics.median(rounds_us)
 
 
 def op_overhead():
@@ -60,6 +68,37 @@ def op_overhead():
              lambda: torch.nn.functional.interpolate(x, scale_factor=2))]
     for name, function in rows:
         print(f"{name:<52} {us_per_call(function):7.1f} us per call")
+
+
+def cpu_backend_calls():
+    import torch
+    import torch.nn.functional as F
+
+    import upsamplelib as ul
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 4, 4, generator=g)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    masks = torch.softmax(torch.randn(1, 25, 8, 8, generator=g), 1)
+    q, key = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 16, 4, 4, generator=g)
+    x_grad = x.clone().requires_grad_()
+    rows = [("nearest 1x64x4x4 x2", lambda: ul.interpolate(x, scale_factor=2, backend="cpu"),
+             lambda: F.interpolate(x, scale_factor=2)),
+            ("nearest 1x64x4x4 x2, channels-last", lambda: ul.interpolate(x_last, scale_factor=2, backend="cpu"),
+             lambda: F.interpolate(x_last, scale_factor=2)),
+            ("bilinear 1x64x4x4 x2", lambda: ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu"),
+             lambda: F.interpolate(x, scale_factor=2, mode="bilinear")),
+            ("nearest 1x64x4x4 x2, forward+backward",
+             lambda: ul.interpolate(x_grad, scale_factor=2, backend="cpu").sum().backward(),
+             lambda: F.interpolate(x_grad, scale_factor=2).sum().backward()),
+            ("carafe 1x64x4x4 x2 k=5", lambda: ul.carafe(x, masks, 5, 2, backend="cpu"), None),
+            ("sapa_similarity C=16 4x4 -> 8x8 k=5", lambda: ul.sapa_similarity(q, key, 5, 2, backend="cpu"), None)]
+    print(f"{'backend=cpu, whole call (calling thread CPU time)':<52} {'ours':>7}    {'PyTorch':>7}")
+    for name, ours, theirs in rows:
+        line = f"{name:<52} {us_per_call(ours, timer=time.thread_time):7.1f} us"
+        if theirs is not None:
+            line += f" {us_per_call(theirs, timer=time.thread_time):7.1f} us"
+        print(line)
 
 
 LAUNCH_PATH = r"""
@@ -142,5 +181,6 @@ def launch_path():
 
 if __name__ == "__main__":
     print("Host-side work per call, measured on this machine's CPU without a GPU (no GPU time; see the docstring)")
+    cpu_backend_calls()
     op_overhead()
     launch_path()

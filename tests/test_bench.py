@@ -154,3 +154,17 @@ def test_scaling_verdict_names_a_jump_in_page_faults():
                        "8193 page faults per call there against 0: fresh memory faulted in on every call "
                        "(glibc maps each block of 32 MiB or more anew)")
     assert "page faults" not in bench.scaling_verdict("H x W", values, times, 1, [float("nan")] * 3)
+
+
+def test_host_overhead_runs_every_cpu_backend_row(monkeypatch, capsys):
+    # The rows' calls run (once each here, untimed); their figures are the script's business.
+    spec = importlib.util.spec_from_file_location("host_overhead",
+                                                  os.path.join(REPOSITORY, "bench", "host_overhead.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    called = []
+    monkeypatch.setattr(module, "us_per_call", lambda function, **options: called.append(function()) or 1.0)
+    module.cpu_backend_calls()
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 6 and all(" us" in row for row in rows), rows
+    assert len(called) == 10  # ours on every row, PyTorch's beside the four interpolate rows
