@@ -942,12 +942,37 @@ class Operator:
             # function with a jvp). Under forward mode the operators get tangents, which the dispatcher's
             # autograd function would drop or refuse.
             if self.transformable is not None and not torch.compiler.is_compiling() and under_derivative_transform():
+                if forward_ad._current_level >= 0 and any(torch._C._functorch.is_legacy_batchedtensor(t)
+                                                          for t in tensors):
+                    return self._per_batch_entry(args)
                 return self.transformable.apply(*args)
             return self.dispatched(*args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             # An operator without a derivative of its own: the dispatcher's error, or its autograd.
             return self.tracked.apply(*args) if self.tracked is not None else self.dispatched(*args)
         return self.function(*args)
+
+
+    def _per_batch_entry(self, args):
+        """The call on autograd's batched gradients (``is_grads_batched``)
+        under forward mode, one batch entry at a time: no autograd function
+        takes their legacy batched tensors, and the dispatcher's would drop
+        the tangents. Each entry, a plain tensor, takes the operator's
+        autograd function as any call under forward mode does."""
+        level = _legacy_vmap_level()
+        physical = [torch._remove_batch_dim(a, level, 0, 0)
+                    if isinstance(a, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(a) else None
+                    for a in args]
+        size = next(p.shape[0] for p in physical if p is not None)
+        entries = [self(*[a if p is None else p[i] for a, p in zip(args, physical)]) for i in range(size)]
+        return torch._add_batch_dim(torch.stack(entries), 0, level)
+
+
+def _legacy_vmap_level() -> int:
+    """The level of the innermost legacy vmap (autograd's batched gradients)."""
+    level = torch._C._vmapmode_increment_nesting()
+    torch._C._vmapmode_decrement_nesting()
+    return level - 1
 
 
 class OperatorContext:
