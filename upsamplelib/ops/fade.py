@@ -401,12 +401,16 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # write, so the cpu backend hands them the dense part. It hands them
 # channels-last maps: oneDNN's direct kernels want channels innermost, and on
 # NCHW maps they pay a reorder inside every call (float32, C=64, 128 x 128
-# -> 25 channels, 2 cores: the forward 4.2 -> 2.9 ms, d/d en 6.1 -> 2.6 ms,
-# d/d weight 6.2 -> 3.8 ms; the layout copies, which semi_shift_conv pays
-# once per call, are upsamplelib.layout's block transposes: 0.3 ms for en's
-# at 64 x 128 x 128, PyTorch's copy 0.8). The results come back to NCHW the
-# same way, except the forward with both maps, whose loop below adds the
-# upsampled decoder share in that pass. PyTorch's zero padding differs from
+# -> 25 channels, 2 cores, NCHW -> channels-last: the forward 4.2 -> 2.9 ms,
+# d/d en 6.1 -> 2.6 ms, d/d weight 6.2 -> 3.8 ms, on an AVX-512 machine; on
+# an AVX2 one (PyTorch's CPU capability "AVX2") the forward about the same,
+# 3.7-4.8 -> 3.9-4.1 ms, d/d en 7.7 -> 2.6 ms, but d/d weight 5.0 -> 7.0 ms:
+# there the bench's forward+backward step took 1.2x the two-convolution
+# form's, against parity on the AVX-512 machine. The layout copies, which
+# semi_shift_conv pays once per call, are upsamplelib.layout's block
+# transposes: 0.3 ms for en's at 64 x 128 x 128, PyTorch's copy 0.8). The
+# results come back to NCHW the same way, except the forward with both maps,
+# whose loop below adds the upsampled decoder share in that pass. PyTorch's zero padding differs from
 # our skipped taps only where a non-finite value meets it: a padded zero times a NaN or Inf weight (the
 # forward, the en and de gradients), or times a NaN or Inf grad_out (the
 # weight gradient). Then the one-pass loops above run instead, so the NaN/Inf
