@@ -391,43 +391,57 @@ def test_forward_mode_over_a_backward_pass_equals_the_torch_backend(name):
     torch.testing.assert_close(hessians[0], hessians[1], rtol=1e-10, atol=1e-10)
 
 
-def _batched_gradients_with_tangents(function, inputs, create_graph):
-    """(gradient, its tangent) of each input: torch.autograd.grad with is_grads_batched over inputs that
-    carry forward-mode tangents."""
+def _batched_gradients_with_tangents(function, inputs, create_graph, dual_inputs):
+    """(gradient, its tangent) of each input: torch.autograd.grad with is_grads_batched inside forward mode,
+    the first ``dual_inputs`` inputs carrying tangents; with ``create_graph``, also the gradient of a scalar
+    of those gradients (None entries where it has none)."""
     leaves = [t.clone().requires_grad_() for t in inputs]
     with torch.autograd.forward_ad.dual_level():
         duals = [torch.autograd.forward_ad.make_dual(t, torch.linspace(-1, 2, t.numel(), dtype=t.dtype).reshape(t.shape))
-                 for t in leaves]
+                 if i < dual_inputs else t for i, t in enumerate(leaves)]
         out = function(*duals)
         vectors = torch.linspace(-2, 1, 3 * out.numel(), dtype=out.dtype).reshape(3, *out.shape)
         grads = torch.autograd.grad(out, duals, vectors, is_grads_batched=True, create_graph=create_graph,
                                     allow_unused=True, materialize_grads=True)
-        return [tuple(torch.autograd.forward_ad.unpack_dual(g)) for g in grads]
+        results = [tuple(torch.autograd.forward_ad.unpack_dual(g)) for g in grads]
+        if create_graph:
+            scalar = sum((g.sin() * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).reshape(g.shape)).sum()
+                         for g in grads)
+            results.append(torch.autograd.grad(scalar, leaves, allow_unused=True))
+        return results
 
 
 @pytest.mark.filterwarnings("ignore:.*batching rule")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 @pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("dual_inputs", ["all", "the first", "none"])
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", ["carafe", "sapa_similarity", "semi_shift_conv", "nearest times a dual scalar"])
-def test_batched_gradients_of_inputs_with_tangents_equal_the_torch_backend(name, backend, create_graph):
+def test_batched_gradients_of_inputs_with_tangents_equal_the_torch_backend(name, backend, dual_inputs, create_graph):
     # Before, carafe, sapa_similarity and semi_shift_conv raised "Only the 'batched grad' use case is supported"
-    # (the backward's operators, on autograd's legacy batched tensors, took an autograd function), and
-    # interpolate's gradient lost its tangent silently (the dispatcher's function dropped it).
+    # (the backward's operators, on autograd's legacy batched tensors, took an autograd function), interpolate's
+    # gradient lost its tangent silently (the dispatcher's function dropped it), and with no tangent at all a
+    # further gradient of carafe's batched gradients raised ("element 0 of tensors does not require grad").
     def function(b):
-        if name == "nearest times a dual scalar":
-            return lambda x, c: ul.interpolate(x, scale_factor=2, mode="nearest", backend=b) * c.sum()
+        if name == "nearest times a dual scalar":  # the scalar first: its tangent alone moves x's gradient
+            return lambda c, x: ul.interpolate(x, scale_factor=2, mode="nearest", backend=b) * c.sum()
         return _operator_cases(b)[name][0]
-    shapes = [(1, 2, 3, 3), (2,)] if name == "nearest times a dual scalar" else _operator_cases("cpu")[name][1]
+    shapes = [(2,), (1, 2, 3, 3)] if name == "nearest times a dual scalar" else _operator_cases("cpu")[name][1]
     inputs = _operator_inputs(name, shapes)
-    got = _batched_gradients_with_tangents(function(backend), inputs, create_graph)
-    expected = _batched_gradients_with_tangents(function("torch"), inputs, create_graph)
+    dual_count = {"all": len(inputs), "the first": 1, "none": 0}[dual_inputs]
+    got = _batched_gradients_with_tangents(function(backend), inputs, create_graph, dual_count)
+    expected = _batched_gradients_with_tangents(function("torch"), inputs, create_graph, dual_count)
+    if create_graph:
+        for a, b in zip(got.pop(), expected.pop()):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     for (grad, tangent), (expected_grad, expected_tangent) in zip(got, expected):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-10)
         assert (tangent is None) == (expected_tangent is None)
         if tangent is not None:
             torch.testing.assert_close(tangent, expected_tangent, rtol=1e-10, atol=1e-10)
-    assert any(tangent is not None for _, tangent in got)
+    assert any(tangent is not None for _, tangent in got) == (dual_inputs != "none")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")

@@ -952,7 +952,6 @@ class Operator:
             return self.tracked.apply(*args) if self.tracked is not None else self.dispatched(*args)
         return self.function(*args)
 
-
     def _per_batch_entry(self, args):
         """The call on autograd's batched gradients (``is_grads_batched``)
         under forward mode, one batch entry at a time: no autograd function
@@ -960,10 +959,16 @@ class Operator:
         the tangents. Each entry, a plain tensor, takes the operator's
         autograd function as any call under forward mode does."""
         level = _legacy_vmap_level()
+        # The batch size argument (0) serves only a tensor batched at an outer level and not this one, which
+        # would be expanded to it: no such nesting reaches here (autograd's batched gradients do not nest).
         physical = [torch._remove_batch_dim(a, level, 0, 0)
                     if isinstance(a, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(a) else None
                     for a in args]
         size = next(p.shape[0] for p in physical if p is not None)
+        if size == 0:
+            raise NotImplementedError("upsamplelib: batched gradients under forward mode with an empty batch, or "
+                                      "nested in other batched gradients, are not supported on the 'cpu' and "
+                                      "'cuda' backends; use backend='torch' there")
         entries = [self(*[a if p is None else p[i] for a, p in zip(args, physical)]) for i in range(size)]
         return torch._add_batch_dim(torch.stack(entries), 0, level)
 

@@ -766,7 +766,7 @@ def _pixels(tensor):
     return pixels_array(tensor)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=256, typed=True)  # typed: 3.0 and float32(3.0), or True and 1, round differently
 def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, dtype):
     """(scale_h, scale_w) in the kernel dtype, and the kernels' flag: the
     same for every call with the same sizes, and 2 us to work out."""
