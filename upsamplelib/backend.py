@@ -816,18 +816,19 @@ _tag_compile_caches()
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def traced(tensors) -> bool:
+def traced(tensors, forward_mode: bool = True) -> bool:
     """Whether a call on ``tensors`` (None entries allowed) is traced or
     transformed rather than run: by torch.compile, torch.jit.trace, a
-    torch.func transform, forward-mode AD, a dispatch mode (make_fx,
-    FakeTensorMode, FlopCounterMode, aot_function), a torch function mode,
-    the profiler, or as a tensor subclass, a batched gradient
-    (``is_grads_batched``) or on a device without our kernels (a fake or meta
-    tensor has no data). Such a call must go through the operators: only
-    they are recorded, batched, or have fake implementations."""
+    torch.func transform, forward-mode AD (unless ``forward_mode`` is False),
+    a dispatch mode (make_fx, FakeTensorMode, FlopCounterMode,
+    aot_function), a torch function mode, the profiler, or as a tensor
+    subclass, a batched gradient (``is_grads_batched``) or on a device
+    without our kernels (a fake or meta tensor has no data). Such a call
+    must go through the operators: only they are recorded, batched, or have
+    fake implementations."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
             or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
-            or forward_ad._current_level >= 0 or torch._C._autograd._profiler_enabled()):
+            or (forward_mode and forward_ad._current_level >= 0) or torch._C._autograd._profiler_enabled()):
         return True
     return any(t is not None and (type(t) not in _PLAIN_TENSORS or t.device.type not in ("cpu", "cuda")
                                   or torch._C._functorch.is_legacy_batchedtensor(t))
@@ -894,7 +895,11 @@ class Operator:
             "forward": staticmethod(eager_forward), "backward": staticmethod(derivative)})
 
         def transformed_forward(*inputs):
-            return dispatched(*inputs)
+            if traced([a for a in inputs if isinstance(a, torch.Tensor)], forward_mode=False):
+                return dispatched(*inputs)
+            # Forward mode alone (torch.autograd.forward_ad): what the operator would run, without the
+            # dispatcher's round trip through its autograd kernel (100 us of a small call).
+            return function(*inputs)
 
         def transformed_setup_context(ctx, inputs, output):
             # The operator's own context, filled on a record: functorch's vmap rule keeps one record of the saved
@@ -945,8 +950,14 @@ class Operator:
                 if forward_ad._current_level >= 0 and any(torch._C._functorch.is_legacy_batchedtensor(t)
                                                           for t in tensors):
                     return self._per_batch_entry(args)
-                return self.transformable.apply(*args)
-            return self.dispatched(*args)
+                if not _forward_mode_without_tangents(tensors):
+                    return self.transformable.apply(*args)
+                # Only torch.autograd.forward_ad, and no input has a tangent: the output has none either, and the
+                # call runs as it would outside forward mode (a third of the autograd function's cost).
+                if traced(tensors, forward_mode=False):
+                    return self.dispatched(*args)
+            else:
+                return self.dispatched(*args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             # An operator without a derivative of its own: the dispatcher's error, or its autograd.
             return self.tracked.apply(*args) if self.tracked is not None else self.dispatched(*args)
@@ -971,6 +982,14 @@ class Operator:
                                       "'cuda' backends; use backend='torch' there")
         entries = [self(*[a if p is None else p[i] for a, p in zip(args, physical)]) for i in range(size)]
         return torch._add_batch_dim(torch.stack(entries), 0, level)
+
+
+def _forward_mode_without_tangents(tensors) -> bool:
+    """Whether torch.autograd.forward_ad is the only transform (no torch.func
+    level) and none of ``tensors`` carries a tangent at its level."""
+    if forward_ad._current_level < 0 or torch._C._are_functorch_transforms_active():
+        return False
+    return all(forward_ad.unpack_dual(t).tangent is None for t in tensors)
 
 
 def _legacy_vmap_level() -> int:
