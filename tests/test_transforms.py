@@ -391,6 +391,25 @@ def test_forward_mode_over_a_backward_pass_equals_the_torch_backend(name):
     torch.testing.assert_close(hessians[0], hessians[1], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_forward_mode_takes_the_autograd_function_only_for_inputs_with_tangents():
+    # Under forward_ad alone, a call whose inputs carry no tangent runs as outside forward mode (its output has
+    # no tangent either); before, it paid the autograd function (211 us against 86 for a 1x8x4x4 map).
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    plain = ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu")
+    with torch.autograd.forward_ad.dual_level():
+        untouched = ul.interpolate(x, scale_factor=2, mode="bilinear", backend="cpu")
+        dual = ul.interpolate(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)), scale_factor=2,
+                              mode="bilinear", backend="cpu")
+        assert torch.autograd.forward_ad.unpack_dual(untouched).tangent is None
+        tangent = torch.autograd.forward_ad.unpack_dual(dual).tangent
+    assert type(untouched.grad_fn) is type(plain.grad_fn) and "eager" in type(plain.grad_fn).__name__
+    assert "transformable" in type(dual.grad_fn).__name__
+    torch.testing.assert_close(untouched, plain, rtol=0, atol=0)
+    torch.testing.assert_close(tangent, ul.interpolate(torch.ones_like(x), scale_factor=2, mode="bilinear",
+                                                       backend="torch"), rtol=1e-12, atol=1e-12)
+
+
 def _batched_gradients_with_tangents(function, inputs, create_graph, dual_inputs):
     """(gradient, its tangent) of each input: torch.autograd.grad with is_grads_batched inside forward mode,
     the first ``dual_inputs`` inputs carrying tangents; with ``create_graph``, also the gradient of a scalar
