@@ -410,6 +410,45 @@ def test_forward_mode_takes_the_autograd_function_only_for_inputs_with_tangents(
                                                        backend="torch"), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_forward_mode_under_a_dispatch_mode_and_a_jit_trace_keeps_the_tangent(requires_grad):
+    # A review of the change above found: under FlopCounterMode (or make_fx) inside dual_level, semi_shift_conv's
+    # layout copy, an operator called inside its kernel below autograd, crashed reading tangents there; and
+    # torch.jit.trace inside dual_level kept the untangented call, whose traced function then dropped tangents.
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils.flop_counter import FlopCounterMode
+
+    forward_ad = torch.autograd.forward_ad
+    en, de, weight, bias = _operator_inputs("semi_shift_conv", _operator_cases("cpu")["semi_shift_conv"][1])
+    en, de = en.requires_grad_(requires_grad), de.requires_grad_(requires_grad)
+    semi = _operator_cases("cpu")["semi_shift_conv"][0]
+    expected = _operator_cases("torch")["semi_shift_conv"][0](en, de, weight, bias)
+    expected_tangent = _operator_cases("torch")["semi_shift_conv"][0](torch.ones_like(en), torch.zeros_like(de), weight,
+                                                                       None)
+
+    def with_and_without_a_tangent(*tensors):
+        with forward_ad.dual_level():
+            plain = semi(*tensors)
+            dual = semi(forward_ad.make_dual(tensors[0], torch.ones_like(tensors[0])), *tensors[1:])
+            return plain, forward_ad.unpack_dual(dual).tangent
+
+    with FlopCounterMode(display=False):
+        plain, tangent = with_and_without_a_tangent(en, de, weight, bias)
+    traced_plain, traced_tangent = make_fx(with_and_without_a_tangent)(en, de, weight, bias)(en, de, weight, bias)
+    for got, want in ((plain, expected), (tangent, expected_tangent), (traced_plain, expected),
+                      (traced_tangent, expected_tangent)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    x = en.detach()
+    with forward_ad.dual_level():
+        traced = torch.jit.trace(lambda a: ul.interpolate(a, scale_factor=2, mode="bilinear", backend="cpu"), (x,),
+                                 check_trace=False)
+        dual = traced(forward_ad.make_dual(x, torch.ones_like(x)))
+        torch.testing.assert_close(forward_ad.unpack_dual(dual).tangent, torch.ones(1, 2, 8, 8, dtype=x.dtype))
+
+
 def _batched_gradients_with_tangents(function, inputs, create_graph, dual_inputs):
     """(gradient, its tangent) of each input: torch.autograd.grad with is_grads_batched inside forward mode,
     the first ``dual_inputs`` inputs carrying tangents; with ``create_graph``, also the gradient of a scalar

@@ -950,12 +950,12 @@ class Operator:
                 if forward_ad._current_level >= 0 and any(torch._C._functorch.is_legacy_batchedtensor(t)
                                                           for t in tensors):
                     return self._per_batch_entry(args)
-                if not _forward_mode_without_tangents(tensors):
+                # Eagerly under torch.autograd.forward_ad alone, with no tangent on any input, the output has none
+                # either, and the call runs as it would outside forward mode (a third of the autograd function's
+                # cost). Traced otherwise too (a dispatch mode, torch.jit.trace), it takes the function as before:
+                # a trace would keep the untangented call, and below a mode's dispatch no tangent can be read.
+                if traced(tensors, forward_mode=False) or not _forward_mode_without_tangents(tensors):
                     return self.transformable.apply(*args)
-                # Only torch.autograd.forward_ad, and no input has a tangent: the output has none either, and the
-                # call runs as it would outside forward mode (a third of the autograd function's cost).
-                if traced(tensors, forward_mode=False):
-                    return self.dispatched(*args)
             else:
                 return self.dispatched(*args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -986,8 +986,11 @@ class Operator:
 
 def _forward_mode_without_tangents(tensors) -> bool:
     """Whether torch.autograd.forward_ad is the only transform (no torch.func
-    level) and none of ``tensors`` carries a tangent at its level."""
-    if forward_ad._current_level < 0 or torch._C._are_functorch_transforms_active():
+    level) and none of ``tensors`` carries a tangent at its level. False
+    below autograd's dispatch (an operator called inside another's kernel
+    under a dispatch mode), where tangents cannot be read."""
+    if (forward_ad._current_level < 0 or torch._C._are_functorch_transforms_active()
+            or torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.ADInplaceOrView)):
         return False
     return all(forward_ad.unpack_dual(t).tangent is None for t in tensors)
 
