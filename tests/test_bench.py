@@ -11,8 +11,8 @@ import sys
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_run", os.path.join(REPOSITORY, "bench", "run.py"))
+def _bench_module(name="run"):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPOSITORY, "bench", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -158,10 +158,7 @@ def test_scaling_verdict_names_a_jump_in_page_faults():
 
 def test_host_overhead_runs_every_cpu_backend_row(monkeypatch, capsys):
     # The rows' calls run (once each here, untimed); their figures are the script's business.
-    spec = importlib.util.spec_from_file_location("host_overhead",
-                                                  os.path.join(REPOSITORY, "bench", "host_overhead.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module("host_overhead")
     called = []
     monkeypatch.setattr(module, "us_per_call", lambda function, **options: called.append(function()) or 1.0)
     module.cpu_backend_calls()

@@ -985,12 +985,11 @@ class Operator:
 
 
 def _forward_mode_without_tangents(tensors) -> bool:
-    """Whether torch.autograd.forward_ad is the only transform (no torch.func
-    level) and none of ``tensors`` carries a tangent at its level. False
-    below autograd's dispatch (an operator called inside another's kernel
-    under a dispatch mode), where tangents cannot be read."""
-    if (forward_ad._current_level < 0 or torch._C._are_functorch_transforms_active()
-            or torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.ADInplaceOrView)):
+    """Whether none of ``tensors`` carries a tangent at forward mode's level
+    (the caller has made sure forward_ad is the only transform). False below
+    autograd's dispatch (an operator called inside another's kernel under a
+    dispatch mode), where tangents cannot be read."""
+    if torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.ADInplaceOrView):
         return False
     return all(forward_ad.unpack_dual(t).tangent is None for t in tensors)
 

@@ -760,12 +760,6 @@ def _strides_like_channels_last(x):
     return are_strides_like_channels_last_or_false(x.shape, x.stride())
 
 
-def _pixels(tensor):
-    """A channels-last map as the (N, H, W, C) array it is in memory (the
-    channels-last loops are CPU loops)."""
-    return pixels_array(tensor)
-
-
 @functools.lru_cache(maxsize=256, typed=True)  # typed: 3.0 and float32(3.0), or True and 1, round differently
 def _launch_scales(in_h, in_w, out_h, out_w, mode, align_corners, factor_h, factor_w, rule, dtype):
     """(scale_h, scale_w) in the kernel dtype, and the kernels' flag: the
@@ -792,10 +786,12 @@ def interpolate_op(x: torch.Tensor, out_h: int, out_w: int, mode: str, align_cor
         tables = (*_axis_table(backend, x.shape[2], out_h, scale_h, mode, flag, rule, x),
                   *_axis_table(backend, x.shape[3], out_w, scale_w, mode, flag, rule, x))
         if mode == "bilinear":
-            run(bilinear_forward_channels_last_cpu, backend, out.numel(), _pixels(x), _pixels(out), *tables)
+            run(bilinear_forward_channels_last_cpu, backend, out.numel(), pixels_array(x), pixels_array(out),
+                *tables)
         else:
             index_y, _, index_x, _ = tables
-            run(nearest_forward_channels_last_cpu, backend, out.numel(), _pixels(x), _pixels(out), index_y, index_x)
+            run(nearest_forward_channels_last_cpu, backend, out.numel(), pixels_array(x), pixels_array(out),
+                index_y, index_x)
         return out
     family = "bilinear" if mode == "bilinear" else "nearest"
     run(_FORWARD[(family, backend)], backend, out.numel(), _planes(x), _planes(out), scale_h, scale_w, flag, rule)
@@ -858,7 +854,7 @@ def interpolate_backward_op(grad_out: torch.Tensor, in_h: int, in_w: int, mode: 
     index_y, weight_y = _axis_table(backend, in_h, out_h, scale_h, mode, flag, rule, grad_out)
     index_x, weight_x = _axis_table(backend, in_w, out_w, scale_w, mode, flag, rule, grad_out)
     if channels_last:
-        run(backward_channels_last_cpu, backend, grad_x.numel(), _pixels(grad_out), _pixels(grad_x),
+        run(backward_channels_last_cpu, backend, grad_x.numel(), pixels_array(grad_out), pixels_array(grad_x),
             index_y, weight_y, index_x, weight_x, mode == "bilinear")
     elif backend == "cpu" and mode != "bilinear":
         run(nearest_backward_cpu, backend, grad_x.numel(), _planes(grad_out), _planes(grad_x), index_y, index_x)
