@@ -83,6 +83,14 @@ def cpu_backend_calls():
     masks = torch.softmax(torch.randn(1, 25, 8, 8, generator=g), 1)
     q, key = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 16, 4, 4, generator=g)
     x_grad = x.clone().requires_grad_()
+    small, ones = torch.randn(1, 8, 4, 4, generator=g), torch.ones(1, 8, 4, 4)
+
+    def under_forward_mode(backend, tangent):
+        with torch.autograd.forward_ad.dual_level():
+            given = torch.autograd.forward_ad.make_dual(small, ones) if tangent else small
+            out = ul.interpolate(given, scale_factor=2, backend=backend)
+            return torch.autograd.forward_ad.unpack_dual(out).tangent
+
     rows = [("nearest 1x64x4x4 x2", lambda: ul.interpolate(x, scale_factor=2, backend="cpu"),
              lambda: F.interpolate(x, scale_factor=2)),
             ("nearest 1x64x4x4 x2, channels-last", lambda: ul.interpolate(x_last, scale_factor=2, backend="cpu"),
@@ -93,7 +101,11 @@ def cpu_backend_calls():
              lambda: ul.interpolate(x_grad, scale_factor=2, backend="cpu").sum().backward(),
              lambda: F.interpolate(x_grad, scale_factor=2).sum().backward()),
             ("carafe 1x64x4x4 x2 k=5", lambda: ul.carafe(x, masks, 5, 2, backend="cpu"), None),
-            ("sapa_similarity C=16 4x4 -> 8x8 k=5", lambda: ul.sapa_similarity(q, key, 5, 2, backend="cpu"), None)]
+            ("sapa_similarity C=16 4x4 -> 8x8 k=5", lambda: ul.sapa_similarity(q, key, 5, 2, backend="cpu"), None),
+            ("nearest 1x8x4x4 x2 in dual_level, with a tangent", lambda: under_forward_mode("cpu", True),
+             lambda: under_forward_mode("torch", True)),
+            ("nearest 1x8x4x4 x2 in dual_level, no tangent", lambda: under_forward_mode("cpu", False),
+             lambda: under_forward_mode("torch", False))]
     print(f"{'backend=cpu, whole call (calling thread CPU time)':<52} {'ours':>7}    {'PyTorch':>7}")
     for name, ours, theirs in rows:
         line = f"{name:<52} {us_per_call(ours, timer=time.thread_time):7.1f} us"

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -156,6 +158,7 @@ def test_scaling_verdict_names_a_jump_in_page_faults():
     assert "page faults" not in bench.scaling_verdict("H x W", values, times, 1, [float("nan")] * 3)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # PyTorch's own jvp decompositions load
 def test_host_overhead_runs_every_cpu_backend_row(monkeypatch, capsys):
     # The rows' calls run (once each here, untimed); their figures are the script's business.
     module = _bench_module("host_overhead")
@@ -163,5 +166,5 @@ def test_host_overhead_runs_every_cpu_backend_row(monkeypatch, capsys):
     monkeypatch.setattr(module, "us_per_call", lambda function, **options: called.append(function()) or 1.0)
     module.cpu_backend_calls()
     rows = capsys.readouterr().out.splitlines()[1:]
-    assert len(rows) == 6 and all(" us" in row for row in rows), rows
-    assert len(called) == 10  # ours on every row, PyTorch's beside the four interpolate rows
+    assert len(rows) == 8 and all(" us" in row for row in rows), rows
+    assert len(called) == 14  # ours on every row, PyTorch's (or backend="torch") beside the six interpolate rows
