@@ -132,9 +132,12 @@ def test_every_operator_gives_gradients_in_the_layout_of_its_maps(case, layout):
     out = function(*leaves)
     grads = torch.autograd.grad(out, leaves, grad_out)
     assert [g.stride() for g in grads] == [t.stride() for t in leaves]
-    torch.testing.assert_close(out, expected_out)
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want)
+    for got, want in zip((out, *grads), (expected_out, *expected)):
+        # The semi-shift convolution's are PyTorch's convolutions run in its maps' layout, whose sums of
+        # 576 products round by layout (F.conv2d's own, NCHW against channels-last: 1.1e-4 at values up
+        # to 104 here); the other operators' loops give the same values in both layouts.
+        scale = want.abs().max().item() if case == 3 else 1.0
+        torch.testing.assert_close(got, want, rtol=1.3e-6, atol=1e-5 * scale)
 
 
 def test_channels_last_strides_are_the_ones_torch_empty_gives():

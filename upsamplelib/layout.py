@@ -260,6 +260,17 @@ def with_channels_last_strides(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(tensor, memory_format=torch.channels_last).copy_(tensor)
 
 
+def with_nchw_strides(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if it has the strides ``torch.empty`` gives, else such a
+    copy: ``with_channels_last_strides`` for NCHW results. Unlike
+    ``to_channels_first`` it never returns a view, which an operator's
+    result must not be (forward-mode AD asserts on it)."""
+    _, channels, height, width = tensor.shape
+    if tuple(tensor.stride()) == (channels * height * width, height * width, width, 1):
+        return tensor
+    return torch.empty_like(tensor, memory_format=torch.contiguous_format).copy_(tensor)
+
+
 def channels_last_strides(shape) -> tuple:
     """The strides ``torch.empty(shape, memory_format=torch.channels_last)``
     has, for an (N, C, H, W) shape (PyTorch's ``get_channels_last_strides_2d``)."""

@@ -41,7 +41,7 @@ from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_va
                        pixels_array, reference_for_empty_batch, resolve_backend, run, run_grid, sum_of_given,
                        with_tangent)
 from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
-                      with_channels_last_strides)
+                      with_channels_last_strides, with_nchw_strides)
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -398,20 +398,28 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # The cpu backend's fast path. The semi-shift convolution is two dense
 # convolutions (en's, and de's at low resolution) and a nearest upsample-add;
 # on a CPU PyTorch's convolutions (oneDNN for float32) beat any loop we could
-# write, so the cpu backend hands them the dense part. It hands them
-# channels-last maps: oneDNN's direct kernels want channels innermost, and on
-# NCHW maps they pay a reorder inside every call (float32, C=64, 128 x 128
-# -> 25 channels, 2 cores, NCHW -> channels-last: the forward 4.2 -> 2.9 ms,
-# d/d en 6.1 -> 2.6 ms, d/d weight 6.2 -> 3.8 ms, on an AVX-512 machine; on
-# an AVX2 one (PyTorch's CPU capability "AVX2") the forward about the same,
-# 3.7-4.8 -> 3.9-4.1 ms, d/d en 7.7 -> 2.6 ms, but d/d weight 5.0 -> 7.0 ms:
-# there the bench's forward+backward step took 1.2x the two-convolution
-# form's, against parity on the AVX-512 machine. The layout copies, which
-# semi_shift_conv pays once per call, are upsamplelib.layout's block
-# transposes: 0.3 ms for en's at 64 x 128 x 128, PyTorch's copy 0.8). The
-# results come back to NCHW the same way, except the forward with both maps,
-# whose loop below adds the upsampled decoder share in that pass. PyTorch's zero padding differs from
-# our skipped taps only where a non-finite value meets it: a padded zero times a NaN or Inf weight (the
+# write, so the cpu backend hands them the dense part, each in the layout
+# that is fastest on every machine measured, or else in the layout of the
+# maps as given, so that no map is copied:
+#
+#   convolution (float32, C=64,  AVX-512 machine     AVX2 machine
+#   128 x 128 -> 25, 2 cores)    NCHW -> ch.-last    NCHW -> ch.-last
+#   forward                      4.2 -> 2.9 ms       4.3 -> 4.1 ms
+#   d/d en (transposed)          6.1 -> 2.6 ms       9.0 -> 3.4 ms
+#   d/d weight                   6.2 -> 3.8 ms       5.0-7.3 -> 7.4-12 ms
+#
+# (AVX2: PyTorch's CPU capability "AVX2", a 2026-12 measurement.) So the
+# forward and the weight gradient run in the maps' own layout, as the
+# two-convolution form does, and the input gradients channels-last, from a
+# channels-last copy of grad_out (0.1 ms), copied back for NCHW maps (0.4 ms
+# for en's, upsamplelib.layout's block transpose; PyTorch's copy 0.9). On
+# NCHW maps this took the bench's forward+backward step from 1.33x the
+# two-convolution form's to about 1.0x on the AVX2 machine, where copying
+# the maps channels-last for everything had lost on the weight gradient.
+# The decoder's convolution, nearest-upsampled, is added into the encoder's
+# in place by a loop below, so the upsampled intermediate is never made.
+# PyTorch's zero padding differs from our skipped taps only where a
+# non-finite value meets it: a padded zero times a NaN or Inf weight (the
 # forward, the en and de gradients), or times a NaN or Inf grad_out (the
 # weight gradient). Then the one-pass loops above run instead, so the NaN/Inf
 # semantics are the same on every path. The one-pass kernel stays the
@@ -434,26 +442,25 @@ def _nhwc(tensor):
 
 
 @cpu_kernel
-def channels_first_plus_upsampled_cpu(high, low, scale, out):
-    """out[n, o, Y, X] = high[n, Y, X, o] + low[n, Y // s, X // s, o]: the
-    encoder's convolution plus the decoder's, nearest-upsampled, both
-    channels-last, written NCHW in one pass."""
-    batch, outputs, height, width = out.shape
-    for line in prange(batch * height):
-        n, Y = line // height, line % height
-        high_row, low_row = high[n, Y], low[n, Y // scale]
-        # The row's sums channels-last (contiguous vectors), then written out one output channel at a
-        # time: 0.12 ms against 0.18 for 16-pixel blocks at 25 x 128 x 128 (test machine), and indexing
-        # the NCHW side element by element, with a division each, had been 3x slower than the blocks.
-        sums = np.empty((width, outputs), out.dtype)
-        for X in range(width):
-            high_pixel, low_pixel, total = high_row[X], low_row[X // scale], sums[X]
-            for o in range(outputs):
-                total[o] = high_pixel[o] + low_pixel[o]
-        for o in range(outputs):
-            out_row = out[n, o, Y]
-            for X in range(width):
-                out_row[X] = sums[X, o]
+def add_upsampled_channels_first_cpu(high, low, scale):
+    """high[n, o, Y, X] += low[n, o, Y // s, X // s], both NCHW: the
+    decoder's convolution, nearest-upsampled, added into the encoder's in
+    place. One task per low-resolution row, each value read once and added
+    to its s x s block: 0.25 ms at 25 x 128 x 128 against 0.54 for one task
+    per output row reading low[..., X // s] (test machine)."""
+    batch, outputs, height, width = high.shape
+    low_height, low_width = height // scale, width // scale
+    lines = outputs * low_height
+    for line in prange(batch * lines):
+        n, rest = line // lines, line % lines
+        o, y = rest // low_height, rest % low_height
+        low_row = low[n, o, y]
+        for dy in range(scale):
+            row = high[n, o, y * scale + dy]
+            for x in range(low_width):
+                value = low_row[x]
+                for dx in range(scale):
+                    row[x * scale + dx] += value
 
 
 @cpu_kernel
@@ -488,32 +495,36 @@ def full_precision(function):
     return exact
 
 
+def map_layout(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @full_precision
 def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
-    be None), with channels-last convolutions, returned channels-last or
-    NCHW. The decoder's share is added into the encoder's convolution in
-    place (channels-last) or while it comes back to NCHW, so the upsampled
-    intermediate is never made. Equals the one-pass loop to rounding when
-    ``weight`` is finite."""
+    be None), with the convolutions run in the result's layout (NCHW, or
+    channels-last): the layout the caller's maps are in, so no map is
+    copied. The decoder's share is added into the encoder's convolution in
+    place, so the upsampled intermediate is never made. Equals the one-pass
+    loop to rounding when ``weight`` is finite."""
     pad = weight.shape[2] // 2
-    weight = to_channels_last(weight)
-    low = F.conv2d(to_channels_last(de), weight, bias, padding=pad, groups=groups) if de is not None else None
+    layout = map_layout(channels_last)
+    weight = weight.contiguous(memory_format=layout)
+    low = None
+    if de is not None:
+        low = F.conv2d(de.contiguous(memory_format=layout), weight, bias, padding=pad, groups=groups)
     if en is None:
-        if channels_last:  # PyTorch's nearest keeps a channels-last map so
-            return with_channels_last_strides(F.interpolate(low, scale_factor=scale, mode="nearest"))
-        return F.interpolate(to_channels_first(low), scale_factor=scale, mode="nearest")
-    high = F.conv2d(to_channels_last(en), weight, bias, padding=pad, groups=groups)
-    if channels_last:
-        high = with_channels_last_strides(high)  # the array the sums go into, as the fake promises it
-        if low is not None:
+        up = F.interpolate(low, scale_factor=scale, mode="nearest")  # PyTorch's nearest keeps the layout
+        return with_channels_last_strides(up) if channels_last else with_nchw_strides(up)
+    high = F.conv2d(en.contiguous(memory_format=layout), weight, bias, padding=pad, groups=groups)
+    # The array the sums go into, with the strides the fake promises.
+    high = with_channels_last_strides(high) if channels_last else with_nchw_strides(high)
+    if low is not None:
+        if channels_last:
             run(add_upsampled_channels_last_cpu, "cpu", high.numel(), _nhwc(high), _nhwc(low), scale)
-        return high
-    if low is None:
-        return to_channels_first(high)
-    out = high.new_empty(high.shape)  # NCHW: new_empty does not keep the channels-last strides
-    run(channels_first_plus_upsampled_cpu, "cpu", out.numel(), _nhwc(high), _nhwc(low), scale, out)
-    return out
+        else:
+            run(add_upsampled_channels_first_cpu, "cpu", high.numel(), high, low.contiguous(), scale)
+    return high
 
 
 def dense_sum_pool(grad_out, scale):
@@ -551,7 +562,8 @@ def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
 @full_precision
 def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     """d loss / d weight with PyTorch's convolution weight gradient: en's
-    against grad_out, de's against grad_out summed over s x s blocks.
+    against grad_out, de's against grad_out summed over s x s blocks, each
+    in the layout of its map as given (see the note above the fast path).
     Equals the one-pass loops to rounding when ``grad_out`` is finite."""
     channels = (en if en is not None else de).shape[1]
     shape = (grad_out.shape[1], channels // groups, kernel_size, kernel_size)
@@ -559,8 +571,9 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
         if feature is not None:
-            share = torch.nn.grad.conv2d_weight(to_channels_last(feature), shape, to_channels_last(grad), padding=pad,
-                                                groups=groups)
+            layout = map_layout(is_only_channels_last(feature))
+            share = torch.nn.grad.conv2d_weight(feature.contiguous(memory_format=layout), shape,
+                                                grad.contiguous(memory_format=layout), padding=pad, groups=groups)
             total = share if total is None else total + share
     return total.contiguous()
 
@@ -700,9 +713,8 @@ def _sum_pool_loop(grad_out, scale):
     return pooled
 
 
-# The input gradients come back channels-last from the cpu backend, as its convolutions give them: the
-# maps they are for were made channels-last for those convolutions (the forward's copies, whose own
-# gradient copies them back), or were so already.
+# The input gradients come back channels-last from the cpu backend's operators, as its convolutions give
+# them; _semi_shift_grads_cpu copies them back for NCHW maps.
 
 
 def _input_grad_like(grad_out, channels, height, width, backend):
@@ -845,18 +857,25 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
         # From grad_out as it came: summed over (0, 2, 3), a channels-last copy reads its memory across
         # the channels and took 0.07 ms against 0.014 at 1 x 25 x 128 x 128.
         grad_bias = bias_count * grad_out.sum(dim=(0, 2, 3))
-    if not _under_functorch(grad_out):
-        grad_out = to_channels_last(grad_out)  # once, for all the convolutions
     pooled = dense_sum_pool(grad_out, scale) if de is not None and (needs[1] or needs[2] or needs[3]) else None
     if needs[3] and de is not None:
         grad_bias = bias_count * pooled.sum(dim=(0, 2, 3))
-    grad_en = encoder_grad_op(grad_out, weight, groups, "cpu") if needs[0] else None
-    grad_de = encoder_grad_op(pooled, weight, groups, "cpu") if needs[1] else None
     grad_weight = None
     if needs[2]:
+        # Each share in its map's layout (see the note above the fast path), and before the input
+        # gradients: after them, the weight gradient's scratch memory no longer fit in what the heap
+        # held, and came as fresh pages on every call (2,500 page faults, 8 ms at 1 x 64 x 128 x 128).
         shares = [weight_grad_op(grad, feature, None, weight.shape[2], 1, groups, "cpu")
                   for feature, grad in ((en, grad_out), (de, pooled)) if feature is not None]
         grad_weight = shares[0] if len(shares) == 1 else shares[0] + shares[1]
+    functorch = _under_functorch(grad_out, en, de)
+    # The input gradients' transposed convolutions channels-last, in every layout.
+    last = (lambda grad: grad) if functorch else to_channels_last
+    grad_en = encoder_grad_op(last(grad_out), weight, groups, "cpu") if needs[0] else None
+    grad_de = encoder_grad_op(last(pooled), weight, groups, "cpu") if needs[1] else None
+    if not functorch:  # each map's gradient in that map's layout
+        grad_en, grad_de = (to_channels_first(grad) if grad is not None and not is_only_channels_last(feature)
+                            else grad for grad, feature in ((grad_en, en), (grad_de, de)))
     return grad_en, grad_de, grad_weight, grad_bias, None, None, None, None
 
 
@@ -1078,13 +1097,12 @@ def _semi_shift_on(en, de, weight, bias, scale, groups, backend):
         out = semi_shift_conv_reference(en, de, weight, bias, scale, groups)
     else:
         channels_last = _returns_channels_last(en, de, backend)
-        if backend == "cpu" and not _under_functorch(en, de, weight):
-            # Saved channels-last for the backward, whose convolutions take them so. The weight's
-            # gradient comes back NCHW whatever its copy, and PyTorch's copies a FADE-sized weight
-            # (25 x 256 x 3 x 3) as fast as the block transpose, without its autograd glue.
-            en, de = (to_channels_last(t) if t is not None else None for t in (en, de))
-            if torch.autograd.forward_ad._current_level < 0:  # a tangent may be batched (vectorised jacobians)
-                weight = weight.contiguous(memory_format=torch.channels_last)
+        if (channels_last and not _under_functorch(weight)
+                and torch.autograd.forward_ad._current_level < 0):  # a tangent may be batched (vectorised jacobians)
+            # Saved so for the backward's channels-last convolutions. The weight's gradient comes back
+            # NCHW whatever its copy, and PyTorch's copies a FADE-sized weight (25 x 256 x 3 x 3) as fast
+            # as the block transpose, without its autograd glue.
+            weight = weight.contiguous(memory_format=torch.channels_last)
         out = semi_shift_conv_op(en, de, weight, bias, scale, groups, backend, channels_last)
     return in_dtype(out, result_dtype)
 
