@@ -168,3 +168,15 @@ def test_host_overhead_runs_every_cpu_backend_row(monkeypatch, capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert len(rows) == 8 and all(" us" in row for row in rows), rows
     assert len(called) == 14  # ours on every row, PyTorch's (or backend="torch") beside the six interpolate rows
+
+
+def test_conv_layouts_times_each_convolution_in_both_layouts_and_both_orders(capsys):
+    module = _bench_module("conv_layouts")
+    assert module.main(["--quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    convolutions, orders = lines[2:5], lines[6:8]
+    assert [line.split()[0] for line in convolutions] == ["forward", "d/d", "d/d"]
+    for line in convolutions + orders:
+        figures = [float(word) for word in line.split()[-2:]]
+        assert all(figure >= 0 for figure in figures), line
+    assert orders[0].startswith("weight gradient first") and orders[1].startswith("weight gradient last")

@@ -408,7 +408,8 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 #   d/d en (transposed)          6.1 -> 2.6 ms       9.0 -> 3.4 ms
 #   d/d weight                   6.2 -> 3.8 ms       5.0-7.3 -> 7.4-12 ms
 #
-# (AVX2: PyTorch's CPU capability "AVX2", a 2026-12 measurement.) So the
+# (AVX2: PyTorch's CPU capability "AVX2", a 2026-12 measurement;
+# ``python bench/conv_layouts.py`` times these rows on any machine.) So the
 # forward and the weight gradient run in the maps' own layout, as the
 # two-convolution form does, and the input gradients channels-last, from a
 # channels-last copy of grad_out (0.1 ms), copied back for NCHW maps (0.4 ms
@@ -865,7 +866,7 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
         # Each share in its map's layout (see the note above the fast path), and before the input
         # gradients: after them, more of the memory came as fresh pages on every call (the four
         # convolutions and copies at 1 x 64 x 128 x 128: 3,500 page faults and 20 ms a call, against
-        # 2,000 and 16.5 ms in this order; glibc's default heap, AVX2 machine).
+        # 2,000 and 16.5 ms in this order; glibc's default heap, AVX2 machine; bench/conv_layouts.py).
         shares = [weight_grad_op(grad, feature, None, weight.shape[2], 1, groups, "cpu")
                   for feature, grad in ((en, grad_out), (de, pooled)) if feature is not None]
         grad_weight = shares[0] if len(shares) == 1 else shares[0] + shares[1]
