@@ -289,6 +289,24 @@ def test_semi_shift_gradients_come_back_in_each_maps_layout(layout, bad_weight):
         torch.testing.assert_close(got_grad, expected_grad, rtol=1e-11, atol=1e-11, equal_nan=True)
 
 
+@pytest.mark.parametrize("de_layout", [torch.contiguous_format, torch.channels_last], ids=["de NCHW", "de ch-last"])
+@pytest.mark.parametrize("en_layout", [torch.contiguous_format, torch.channels_last], ids=["en NCHW", "en ch-last"])
+def test_semi_shift_second_order_gradients_come_back_in_each_maps_layout(en_layout, de_layout):
+    # Through the weight gradient's own derivative (the maps' share of d/d(map) of a function of d/dW).
+    en, de, weight, bias = _semi_shift_inputs(c=8, h=8, w=8, o=4)
+    grads = {}
+    for backend, layouts in (("torch", (torch.contiguous_format,) * 2), ("cpu", (en_layout, de_layout))):
+        maps = [t.detach().contiguous(memory_format=layout).requires_grad_() for t, layout in zip((en, de), layouts)]
+        leaves = maps + [weight.detach().requires_grad_()]
+        out = ul.semi_shift_conv(*leaves, bias, 2, backend=backend)
+        (grad_weight,) = torch.autograd.grad(out.square().sum(), leaves[2], create_graph=True)
+        grads[backend] = torch.autograd.grad(grad_weight.square().sum(), maps)
+        if backend == "cpu":
+            assert [g.stride() for g in grads[backend]] == [t.stride() for t in maps]
+    for got, expected in zip(grads["cpu"], grads["torch"]):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("channels,outputs", [(1, 3), (4, 1)])
 def test_semi_shift_fast_path_strides_are_the_fake_implementations(channels, outputs):
     # A one-channel map is both channels-last and NCHW; the convolutions' results may have other

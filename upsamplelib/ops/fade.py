@@ -400,7 +400,7 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # on a CPU PyTorch's convolutions (oneDNN for float32) beat any loop we could
 # write, so the cpu backend hands them the dense part, each in the layout
 # that is fastest on every machine measured, or else in the layout of the
-# maps as given, so that no map is copied:
+# maps as given, so that maps in one layout are not copied:
 #
 #   convolution (float32, C=64,  AVX-512 machine     AVX2 machine
 #   128 x 128 -> 25, 2 cores)    NCHW -> ch.-last    NCHW -> ch.-last
@@ -505,7 +505,7 @@ def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
     be None), with the convolutions run in the result's layout (NCHW, or
     channels-last): the layout the caller's maps are in, so no map is
-    copied. The decoder's share is added into the encoder's convolution in
+    copied unless en and de differ (de then is). The decoder's share is added into the encoder's convolution in
     place, so the upsampled intermediate is never made. Equals the one-pass
     loop to rounding when ``weight`` is finite."""
     pad = weight.shape[2] // 2
@@ -715,7 +715,7 @@ def _sum_pool_loop(grad_out, scale):
 
 
 # The input gradients come back channels-last from the cpu backend's operators, as its convolutions give
-# them; _semi_shift_grads_cpu copies them back for NCHW maps.
+# them; _semi_shift_grads_cpu and _weight_grad_derivative copy them back for NCHW maps (_in_layout_of).
 
 
 def _input_grad_like(grad_out, channels, height, width, backend):
@@ -875,10 +875,17 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
     last = (lambda grad: grad) if functorch else to_channels_last
     grad_en = encoder_grad_op(last(grad_out), weight, groups, "cpu") if needs[0] else None
     grad_de = encoder_grad_op(last(pooled), weight, groups, "cpu") if needs[1] else None
-    if not functorch:  # each map's gradient in that map's layout
-        grad_en, grad_de = (to_channels_first(grad) if grad is not None and not is_only_channels_last(feature)
-                            else grad for grad, feature in ((grad_en, en), (grad_de, de)))
+    if not functorch:
+        grad_en, grad_de = _in_layout_of(grad_en, en), _in_layout_of(grad_de, de)
     return grad_en, grad_de, grad_weight, grad_bias, None, None, None, None
+
+
+def _in_layout_of(grad, feature):
+    """A map's gradient from the cpu backend's operators (channels-last) in
+    that map's layout: copied back to NCHW for an NCHW map."""
+    if grad is None or is_only_channels_last(feature):
+        return grad
+    return to_channels_first(grad)
 
 
 def _save_encoder_grad(ctx, inputs, output):
@@ -932,6 +939,8 @@ def _weight_grad_derivative(ctx, grad_grad_weight):
         grad_en = encoder_grad_op(grad_out, grad_grad_weight, groups, backend)
     if needs[2]:
         grad_de = decoder_grad_op(grad_out, grad_grad_weight, scale, groups, backend)
+    if backend == "cpu" and not _under_functorch(grad_out, en, de):  # the maps are the user's, as given
+        grad_en, grad_de = _in_layout_of(grad_en, en), _in_layout_of(grad_de, de)
     return grad_grad_out, grad_en, grad_de, None, None, None, None
 
 
