@@ -468,7 +468,7 @@ def add_upsampled_channels_first_cpu(high, low, scale):
 def add_upsampled_channels_last_cpu(high, low, scale):
     """high[n, Y, X, o] += low[n, Y // s, X // s, o], both channels-last: the
     decoder's convolution, nearest-upsampled, added into the encoder's in
-    place (the sums the NCHW loop above makes, in the same order)."""
+    place (the same sums as the NCHW loop above)."""
     batch, height, width, outputs = high.shape
     for line in prange(batch * height):
         n, Y = line // height, line % height
@@ -497,6 +497,7 @@ def full_precision(function):
 
 
 def map_layout(channels_last):
+    """The memory format a map in that layout has."""
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -505,9 +506,10 @@ def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
     be None), with the convolutions run in the result's layout (NCHW, or
     channels-last): the layout the caller's maps are in, so no map is
-    copied unless en and de differ (de then is). The decoder's share is added into the encoder's convolution in
-    place, so the upsampled intermediate is never made. Equals the one-pass
-    loop to rounding when ``weight`` is finite."""
+    copied unless en and de differ (de then is). The decoder's share is
+    added into the encoder's convolution in place, so the upsampled
+    intermediate is never made. Equals the one-pass loop to rounding when
+    ``weight`` is finite."""
     pad = weight.shape[2] // 2
     layout = map_layout(channels_last)
     weight = weight.contiguous(memory_format=layout)
