@@ -241,36 +241,38 @@ def kernel_layout(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if is_vmapped(tensor) else to_channels_first(tensor)
 
 
+def memory_format(channels_last: bool):
+    """The memory format of a channels-last map, or of an NCHW one."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def empty_map(like: torch.Tensor, channels: int, height: int, width: int, channels_last: bool) -> torch.Tensor:
     """An empty (N, channels, height, width) map with ``like``'s batch, dtype
     and device, channels-last or NCHW."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty((like.shape[0], channels, height, width), dtype=like.dtype, device=like.device,
-                       memory_format=layout)
+                       memory_format=memory_format(channels_last))
+
+
+def with_layout_strides(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``tensor`` if it has the strides ``torch.empty(..., memory_format=
+    memory_format(channels_last))`` gives, else such a copy; never a view,
+    which an operator's result must not be (forward-mode AD asserts on it).
+    An operator's result must have the strides its fake implementation
+    promises; a library's result (a convolution's) may differ in the strides
+    of its size-1 dimensions. The strides are worked out, not read from an
+    empty probe: allocating one beside a large result cost 1.3 ms of a 3.5 ms
+    convolution (the next large allocation came back as fresh pages)."""
+    _, channels, height, width = tensor.shape
+    expected = (channels_last_strides(tensor.shape) if channels_last
+                else (channels * height * width, height * width, width, 1))
+    if tuple(tensor.stride()) == expected:
+        return tensor
+    return torch.empty_like(tensor, memory_format=memory_format(channels_last)).copy_(tensor)
 
 
 def with_channels_last_strides(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` if it has the strides ``torch.empty(..., memory_format=
-    torch.channels_last)`` gives, else such a copy. An operator's result must
-    have the strides its fake implementation promises; a library's result
-    (a convolution's) may differ in the strides of its size-1 dimensions.
-    The strides are worked out, not read from an empty probe: allocating one
-    beside a large result cost 1.3 ms of a 3.5 ms convolution (the next
-    large allocation came back as fresh pages)."""
-    if tuple(tensor.stride()) == channels_last_strides(tensor.shape):
-        return tensor
-    return torch.empty_like(tensor, memory_format=torch.channels_last).copy_(tensor)
-
-
-def with_nchw_strides(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` if it has the strides ``torch.empty`` gives, else such a
-    copy: ``with_channels_last_strides`` for NCHW results. Unlike
-    ``to_channels_first`` it never returns a view, which an operator's
-    result must not be (forward-mode AD asserts on it)."""
-    _, channels, height, width = tensor.shape
-    if tuple(tensor.stride()) == (channels * height * width, height * width, width, 1):
-        return tensor
-    return torch.empty_like(tensor, memory_format=torch.contiguous_format).copy_(tensor)
+    """``with_layout_strides`` for a channels-last result."""
+    return with_layout_strides(tensor, True)
 
 
 def channels_last_strides(shape) -> tuple:

@@ -40,8 +40,8 @@ from torch.utils.flop_counter import register_flop_formula
 from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_variant, operator, per_element,
                        pixels_array, reference_for_empty_batch, resolve_backend, run, run_grid, sum_of_given,
                        with_tangent)
-from ..layout import (empty_map, is_only_channels_last, is_vmapped, to_channels_first, to_channels_last,
-                      with_channels_last_strides, with_nchw_strides)
+from ..layout import (empty_map, is_only_channels_last, is_vmapped, memory_format, to_channels_first,
+                      to_channels_last, with_channels_last_strides, with_layout_strides)
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -496,11 +496,6 @@ def full_precision(function):
     return exact
 
 
-def map_layout(channels_last):
-    """The memory format a map in that layout has."""
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 @full_precision
 def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
@@ -511,17 +506,17 @@ def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     intermediate is never made. Equals the one-pass loop to rounding when
     ``weight`` is finite."""
     pad = weight.shape[2] // 2
-    layout = map_layout(channels_last)
+    layout = memory_format(channels_last)
     weight = weight.contiguous(memory_format=layout)
     low = None
     if de is not None:
         low = F.conv2d(de.contiguous(memory_format=layout), weight, bias, padding=pad, groups=groups)
     if en is None:
         up = F.interpolate(low, scale_factor=scale, mode="nearest")  # PyTorch's nearest keeps the layout
-        return with_channels_last_strides(up) if channels_last else with_nchw_strides(up)
+        return with_layout_strides(up, channels_last)
     high = F.conv2d(en.contiguous(memory_format=layout), weight, bias, padding=pad, groups=groups)
     # The array the sums go into, with the strides the fake promises.
-    high = with_channels_last_strides(high) if channels_last else with_nchw_strides(high)
+    high = with_layout_strides(high, channels_last)
     if low is not None:
         if channels_last:
             run(add_upsampled_channels_last_cpu, "cpu", high.numel(), _nhwc(high), _nhwc(low), scale)
@@ -574,7 +569,7 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
         if feature is not None:
-            layout = map_layout(is_only_channels_last(feature))
+            layout = memory_format(is_only_channels_last(feature))
             share = torch.nn.grad.conv2d_weight(feature.contiguous(memory_format=layout), shape,
                                                 grad.contiguous(memory_format=layout), padding=pad, groups=groups)
             total = share if total is None else total + share
@@ -692,9 +687,8 @@ def semi_shift_conv_op(en: Optional[torch.Tensor], de: Optional[torch.Tensor], w
 @semi_shift_conv_op.register_fake
 def _(en, de, weight, bias, scale, groups, backend, channels_last=False):
     batch, _ = _present(en, de)
-    layout = torch.channels_last if channels_last and backend == "cpu" else torch.contiguous_format
     return torch.empty((batch, weight.shape[0], *_output_size(en, de, scale)), dtype=weight.dtype,
-                       device=weight.device, memory_format=layout)
+                       device=weight.device, memory_format=memory_format(channels_last and backend == "cpu"))
 
 
 def _returns_channels_last(en, de, backend) -> bool:
