@@ -57,9 +57,28 @@ def test_views_with_a_storage_offset_and_special_values_copy_exactly():
 
 def test_a_tensor_already_in_the_layout_is_returned_as_it_is():
     x = torch.randn(1, 16, 64, 64)
-    assert to_channels_first(x) is not x and to_channels_first(x).data_ptr() == x.data_ptr()
+    assert to_channels_first(x) is x
     last = x.contiguous(memory_format=CHANNELS_LAST)
     assert to_channels_last(last) is last
+
+
+def test_a_contiguous_tensor_with_other_strides_for_its_size_one_dimensions_gets_the_usual_ones():
+    # One channel stored channels-last is NCHW too (is_contiguous), with the strides torch.empty would not
+    # give; the ops' fake implementations promise torch.empty's. A view, not a copy.
+    one_channel = torch.empty(2, 1, 3, 4, memory_format=CHANNELS_LAST).copy_(torch.randn(2, 1, 3, 4))
+    assert one_channel.is_contiguous() and one_channel.stride() != torch.empty(2, 1, 3, 4).stride()
+    got = to_channels_first(one_channel)
+    assert got.stride() == torch.empty(2, 1, 3, 4).stride() and got.data_ptr() == one_channel.data_ptr()
+    assert torch.equal(got, one_channel)
+
+
+def test_nchw_strides_are_the_ones_torch_empty_gives():
+    import itertools
+
+    from upsamplelib.layout import nchw_strides
+
+    for shape in itertools.product(range(4), repeat=4):
+        assert nchw_strides(shape) == torch.empty(shape).stride(), shape
 
 
 @pytest.mark.parametrize("name", ["channels_last_copy", "channels_first_copy"])
