@@ -224,7 +224,7 @@ def to_channels_first(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.is_contiguous():
         # Already in NCHW order. A size-1 dimension may have any stride (one channel, or one pixel): give it
         # the usual one, as the ops' fake implementations do. Traced, always a view: comparing symbolic strides
-        # would guard on them. Eagerly, the usual strides return the tensor itself (two views cost 8 us).
+        # would guard on them. Eagerly, the usual strides return the tensor itself (two views cost 5-8 us).
         if not torch.compiler.is_compiling() and tuple(tensor.stride()) == nchw_strides(tensor.shape):
             return tensor
         return tensor.view(-1).view(tensor.shape)

@@ -727,8 +727,9 @@ def interpolate_reference(x, out_h, out_w, factors, mode, align_corners):
 
 def _planes(tensor):
     """A contiguous (N, C, H, W) map as its (N*C, H, W) planes: on the CPU
-    as a NumPy array (NumPy's reshape costs a tenth of torch's 3 us), on a
-    GPU as a tensor (the cached launch takes tensors)."""
+    as a NumPy array, which ``run`` would make anyway (reshaping it costs
+    0.2 us, torch's reshape 1.4), on a GPU as a tensor (the cached launch
+    takes tensors)."""
     n, c, h, w = tensor.shape
     if tensor.is_cuda:
         return tensor.reshape(n * c, h, w)
