@@ -211,3 +211,51 @@ def test_only_the_batch_may_be_empty():
     _expect(ValueError, r"empty.*\(0, 4, 0, 4\)", ul.CARAFE(4), torch.randn(0, 4, 0, 4))
     _expect(ValueError, r"weight must be 4-D \(O, C // groups, k, k\)", ul.semi_shift_conv, torch.randn(1, 4, 6, 8),
             torch.randn(1, 4, 3, 4), torch.randn(5, 4, 3))
+
+
+def _negated(tensor):
+    """``tensor``'s values as a view with PyTorch's negative bit: its memory
+    holds them negated, as ``x.conj().imag`` of a complex map does."""
+    return torch._neg_view(tensor.neg())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_tensor_with_the_negative_bit_is_read_as_its_values(backend):
+    # The kernels read memory: such an input (contiguous, so nothing copies it first) raised on the cpu
+    # backend and in the simulator, and a GPU would have read its values with the wrong sign.
+    torch.manual_seed(0)
+    high, low = torch.randn(1, 4, 6, 8), torch.randn(1, 4, 3, 4)
+    masks, weight, bias = torch.softmax(torch.randn(1, 9, 6, 8), 1), torch.randn(5, 4, 3, 3), torch.randn(5)
+    calls = {
+        "interpolate": (lambda x: ul.interpolate(x, scale_factor=2, mode="bilinear", backend=backend), [low]),
+        "interpolate channels-last": (lambda x: ul.interpolate(x, scale_factor=2, mode="nearest", backend=backend),
+                                      [low.contiguous(memory_format=torch.channels_last)]),
+        "carafe": (lambda x, m: ul.carafe(x, m, 3, 2, backend=backend), [low, masks]),
+        "sapa_similarity": (lambda q, k: ul.sapa_similarity(q, k, 3, 2, backend=backend), [high, low]),
+        "semi_shift_conv": (lambda e, d, w, b: ul.semi_shift_conv(e, d, w, b, backend=backend),
+                            [high, low, weight, bias]),
+    }
+    for name, (op, inputs) in calls.items():
+        for position in range(len(inputs)):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            given = [_negated(t) if i == position else t for i, t in enumerate(leaves)]
+            layout = torch.channels_last if "channels-last" in name else torch.contiguous_format
+            assert given[position].is_neg() and given[position].is_contiguous(memory_format=layout)
+            out = op(*given)
+            twins = [t.clone().requires_grad_() for t in inputs]
+            expected = op(*twins)
+            assert torch.equal(out, expected), (name, position)
+            grad = torch.randn_like(out)
+            out.backward(grad)
+            expected.backward(grad)
+            for leaf, twin in zip(leaves, twins):
+                torch.testing.assert_close(leaf.grad, twin.grad, msg=f"{name}, input {position}")
+
+
+def test_a_launch_refuses_a_tensor_with_the_negative_bit():
+    # The CUDA launch hands over memory addresses; the CPU loops' NumPy view refuses such a tensor itself.
+    negated = _negated(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="negative bit.*resolve_neg"):
+        ul.backend._pack_array(negated, [])
+    with pytest.raises(RuntimeError, match="negative bit"):
+        ul.backend.kernel_array(negated)

@@ -346,10 +346,19 @@ def kernel_array(tensor: torch.Tensor):
     if tensor.requires_grad:
         tensor = tensor.detach()
     if tensor.is_cuda:
+        _check_not_negated(tensor)
         # Launches go on torch's current stream (see launch), so there is no
         # need for numba to synchronise on the exporting stream.
         return cuda.as_cuda_array(tensor, sync=False)
-    return tensor.numpy()
+    return tensor.numpy()  # which refuses a tensor with the negative bit itself
+
+
+def _check_not_negated(tensor: torch.Tensor) -> None:
+    """Refuse a tensor whose memory holds its values negated (PyTorch's
+    negative bit): a kernel reading its memory would get the wrong sign."""
+    if tensor.is_neg():
+        raise ValueError("a kernel cannot take a tensor with the negative bit set (its memory holds the values "
+                         "negated): pass tensor.resolve_neg()")
 
 
 def pixels_array(tensor: torch.Tensor):
@@ -514,6 +523,7 @@ def _pack_array(tensor, parameters):
     data pointer, shape, strides (bytes)."""
     if not tensor.is_contiguous():
         raise ValueError("a CUDA kernel needs contiguous tensors")
+    _check_not_negated(tensor)
     key = (tensor.shape, tensor.dtype)
     fields = _ARRAY_FIELDS.get(key)
     if fields is None:
@@ -941,6 +951,12 @@ class Operator:
 
     def __call__(self, *args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if not torch.compiler.is_compiling() and any(t.is_neg() for t in tensors):
+            # A tensor with PyTorch's negative bit (``torch._neg_view``) holds its values negated in
+            # memory, which the kernels read: they take it resolved, as the dispatcher's fallback
+            # hands it to a traced call. (resolve_neg is differentiable: gradients reach the view.)
+            args = tuple(a.resolve_neg() if isinstance(a, torch.Tensor) else a for a in args)
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if traced(tensors):
             # Only where something differentiates: vmap alone and functionalize (which has no rule for an
             # autograd function) take the operator as before, and so does torch.compile (Dynamo cannot trace a
