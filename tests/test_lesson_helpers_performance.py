@@ -93,6 +93,25 @@ def upper_middle_time(function, repeat=7, warmup=1, clock=time.perf_counter):
     return sorted(times)[len(times) // 2]
 
 
+def timed_calls(function, repeat, warmup, clock):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return times
+
+
+def lower_middle_time(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return statistics.median_low(timed_calls(function, repeat, warmup, clock))
+
+
+def last_timed_call_dropped(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return statistics.median(timed_calls(function, repeat, warmup, clock)[:-1])
+
+
 def milliseconds(function, repeat=7, warmup=1, clock=time.perf_counter):
     return 1e3 * median_time(function, repeat, warmup, clock)
 
@@ -119,7 +138,9 @@ def test_median_time_passes_the_right_answer(capsys):
     (warmup_timed_too, "the warm-up calls are in the median"),
     (total_over_repeat, "the mean"),
     (extra_call, r"warmup \+ repeat"),
-    (upper_middle_time, "the mean of the two middle ones"),
+    (upper_middle_time, "the upper middle value.*the mean of the two middle ones"),
+    (lower_middle_time, "the lower middle value.*the mean of the two middle ones"),
+    (last_timed_call_dropped, "the last timed call is missing"),
     (milliseconds, "in milliseconds"),
     (one_timed_call_dropped, "the first timed call is missing"),
 ])
@@ -640,6 +661,13 @@ def blocked_without_tail(x, masks, out, kernel_size, scale):
             out[n, first + j, Y, X] = sums[j]
 
 
+@pytest.mark.parametrize("channels_per_thread", [1, 0, 2.0])
+def test_blocked_needs_several_channels_per_thread(channels_per_thread):
+    # With 1 a one-channel kernel passed every other check: there is nothing to reuse.
+    with pytest.raises(CheckFailed, match=f"CHANNELS_PER_THREAD is {channels_per_thread}.*nothing is reused"):
+        checkers.check_carafe_channel_blocked_kernel(blocked_kernel, channels_per_thread)
+
+
 def test_blocked_passes_the_right_answer(capsys):
     checkers.check_carafe_channel_blocked_kernel(blocked_kernel, CHANNELS_PER_THREAD)
     assert "PASS carafe_channel_blocked_kernel" in capsys.readouterr().out
@@ -663,7 +691,7 @@ def test_blocked_catches_wrong_answers(wrong, message):
 
 
 def test_blocked_loads_agree_with_the_traffic_counter():
-    x, masks = performance._carafe_inputs(1, 6, 3, 3, 3, 2, 1, seed=5)
+    x, masks = performance.carafe_inputs(1, 6, 3, 3, 3, 2, 1, seed=5)
     out = np.zeros((1, 6, 6, 6), np.float32)
     launch = launch_config(2 * 36, 128)
     record = performance.record_kernel(blocked_kernel, launch, x, masks, out, 3, 2)
@@ -1496,10 +1524,133 @@ def rows_prange_over_the_channels(x, masks, out, kernel_size, scale):
                                 out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
+# One `columns` for all the prange's threads, made before the loop: each plane's rows overwrite another's
+# (wrong in every run at 1 x 64 x 64 x 64 on two threads; the small cases can come out right).
+@numba.njit(parallel=True)
+def rows_sharing_columns(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    columns = np.zeros((low_height, width + 2 * pad), np.float32)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
+# The same, filled through a row view of the shared array.
+@numba.njit(parallel=True)
+def rows_sharing_columns_through_a_view(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    columns = np.empty((low_height, width + 2 * pad), out.dtype)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for row in range(low_height):
+            line = columns[row]
+            line[:] = 0
+            for X in range(width):
+                line[pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
+# Right: one buffer made before the loop, with a plane of its own for each iteration.
+@numba.njit(parallel=True)
+def rows_columns_per_plane_made_first(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    columns = np.zeros((batch * channels, low_height, width + 2 * pad), out.dtype)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        mine = columns[plane]
+        for row in range(low_height):
+            for X in range(width):
+                mine[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * mine[row, X + dx * scale]
+
+
+# The last output row of each plane left out of the loop.
+@numba.njit(parallel=True)
+def rows_missing_the_last_row(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height - 1):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
+# The prange over the channels of the first image only.
+@numba.njit(parallel=True)
+def rows_first_image_only(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for c in numba.prange(channels):
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[0, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[0, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[0, c, Y, X] += masks[0, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
 @pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
                                    rows_prange_renamed, rows_through_a_view, rows_reusing_a_name,
                                    rows_prange_over_the_channels, rows_zeroed_by_a_prange_over_the_batch,
-                                   rows_with_a_closure])
+                                   rows_with_a_closure, rows_columns_per_plane_made_first])
 def test_rows_cpu_passes_other_right_answers(right, capsys):
     """A division on values fixed for the whole inner loop vectorises; a
     prange over chunks of planes, or written with annotations or under
@@ -1520,7 +1671,12 @@ def test_rows_cpu_passes_the_right_answer(capsys):
 @pytest.mark.parametrize("wrong, message", [
     (slow, "leave the cache line"),
     (planes_slots_innermost, "leave the cache line"),
-    (rows_not_zeroed, "never written"),
+    (rows_not_zeroed, "added into but never set.*\n.*zero each output row"),
+    (rows_missing_the_last_row, "(?s)out\\(0, 0, 5, 0\\) was never written.*no iteration of your loops reached "
+                                "it.*range\\(H\\), not range\\(H - 1\\)"),
+    (rows_first_image_only, "(?s)out\\(1, 0, 0, 0\\) was never written.*reached it.*every n < 2"),
+    (rows_sharing_columns, "(?s)`columns` is made once, before the prange over `plane`.*a race.*inside the prange"),
+    (rows_sharing_columns_through_a_view, "`columns` is made once, before the prange over `plane`.*a race"),
     (rows_in_python, "numba.njit"),
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
@@ -1562,7 +1718,7 @@ def test_stores_through_views_are_told_apart(source, writes):
 
 
 def test_line_switches_tell_strided_from_contiguous():
-    x, masks = performance._carafe_inputs(1, 2, 3, 16, 3, 2, 1, seed=6)
+    x, masks = performance.carafe_inputs(1, 2, 3, 16, 3, 2, 1, seed=6)
     out = np.zeros((1, 2, 6, 32), np.float32)
     contiguous = performance.record_function(rows, x, masks, out, 3, 2)
     strided = performance.record_function(slow, x, masks, out, 3, 2)

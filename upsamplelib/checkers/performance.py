@@ -350,7 +350,9 @@ def check_median_time(function):
         (7, 1, [5.0] + [0.002, 0.0021, 0.5, 0.0019, 0.002, 0.0022, 0.0018]),
         (5, 2, [5.0, 0.003] + [0.001, 0.001, 0.3, 0.0012, 0.4]),
         (4, 1, [2.0] + [0.004, 0.002, 0.003, 0.9]),
-        (6, 2, [5.0, 0.004] + [0.002, 0.0021, 0.3, 0.0019, 0.002, 0.0024]),
+        # Its lower middle value (0.002) is not the median without its last call (0.0021): each mistake's
+        # hint then explains only its own failures.
+        (6, 2, [5.0, 0.004] + [0.002, 0.0021, 0.3, 0.0019, 0.0023, 0.0017]),
     ]
     rng = np.random.default_rng(71)  # and one drawn at random (the grader draws other ones)
     repeat, warmup = int(rng.integers(5, 10)), int(rng.integers(1, 3))
@@ -465,7 +467,11 @@ def check_carafe_traffic(function):
 # --------------------------------------------------------------------------
 
 
-def _carafe_inputs(n, c, h, w, k, s, g, seed):
+def carafe_inputs(n, c, h, w, k, s, g, seed):
+    """(x, masks): float32 NumPy inputs of a CARAFE call, x of shape (n, c,
+    h, w) drawn from a normal distribution and masks of shape (n, g*k*k, s*h,
+    s*w), each group's k*k slots a softmax (they sum to 1), both drawn from
+    ``seed``: the maps the checkers and the lesson's cells use."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     logits = torch.from_numpy(rng.standard_normal((n, g, k * k, s * h, s * w)).astype(np.float32))
@@ -549,7 +555,7 @@ def check_carafe_channels_last_kernel(kernel):
     worst = {"x": 0.0, "masks": 0.0, "out": 0.0}
     compiled = None
     for index, (n, c, h, w, k, s) in enumerate(_CHANNELS_LAST_CASES):
-        x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 70 + index)
+        x, masks = carafe_inputs(n, c, h, w, k, s, 1, 70 + index)
         x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         masks_last = np.ascontiguousarray(masks.transpose(0, 2, 3, 1))
         out = np.full((n, s * h, s * w, c), np.nan, np.float32)
@@ -611,10 +617,14 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
     mask values once and uses it for all channels of its run."""
     what = "carafe_channel_blocked_kernel"
     x_name, masks_name, out_name = _parameter_names(kernel)[:3]
+    if unsolved_exercise(kernel) is None and not (isinstance(channels_per_thread, int) and channels_per_thread >= 2):
+        raise CheckFailed(f"{what}: CHANNELS_PER_THREAD is {channels_per_thread!r}; with one channel per thread "
+                          "a thread loads each mask value for one channel only, so nothing is reused.\nHint: "
+                          "set CHANNELS_PER_THREAD to a whole number of 2 or more (4 is a good start)")
     compiled = None
     sectors = {"x": 0.0, "out": 0.0}
     for index, (n, c, h, w, k, s) in enumerate(_BLOCKED_CASES + [_BLOCKED_MAPPING_CASE]):
-        x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 80 + index)
+        x, masks = carafe_inputs(n, c, h, w, k, s, 1, 80 + index)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         runs = math.ceil(c / channels_per_thread)
         threads = n * runs * s * h * s * w
@@ -902,6 +912,52 @@ def _racing_prange(fast, out_name):
     return None
 
 
+#: NumPy calls that make a new array.
+_ALLOCATIONS = {"zeros", "empty", "ones", "full", "zeros_like", "empty_like", "ones_like", "full_like", "copy"}
+
+
+def _is_allocation(value):
+    if not (isinstance(value, ast.Call) and isinstance(value.func, (ast.Attribute, ast.Name))):
+        return False
+    return (value.func.attr if isinstance(value.func, ast.Attribute) else value.func.id) in _ALLOCATIONS
+
+
+def _shared_scratch(fast):
+    """(counter, name) of a prange loop and an array made outside it (a
+    scratch buffer such as ``columns``) that its body writes at an index
+    that does not depend on the counter: one array that all the loop's
+    threads fill at once, each over the others' values (a race), or None.
+    An array made inside the loop is each iteration's own."""
+    source = _source(fast)
+    if source is None:
+        return None
+    function, definition = source
+    bindings = _bindings(definition)
+    for loop, _ in _loops(definition):
+        if not _is_prange(loop, function.__globals__):
+            continue
+        inside = range(loop.lineno, loop.end_lineno + 1)
+        bound_inside = {name for line, name, _ in bindings if line in inside}
+        made_outside = {name for line, name, value in bindings
+                        if line not in inside and _is_allocation(value)} - bound_inside
+        depends = _depending_on(loop)
+        for node in ast.walk(loop):
+            for target in _store_targets(node):
+                for name in sorted(made_outside):
+                    indices = _view_indices(target, name, bindings)
+                    if indices is not None and not set().union(*map(_names_in, indices)) & depends:
+                        return ast.unparse(loop.target), name
+    return None
+
+
+def _shared_scratch_failure(counter, name, what):
+    return CheckFailed(
+        f"{what}: `{name}` is made once, before the prange over `{counter}`, and every iteration of that loop "
+        f"writes into the same elements of it, all at once on several threads: each overwrites the rows another "
+        "is still reading (a race; the values come out wrong now and then, more often on larger maps).\nHint: "
+        f"make `{name}` inside the prange loop, so that each iteration has its own")
+
+
 def _race_failure(counter, what, out_name):
     return CheckFailed(
         f"{what}: the iterations of the prange over `{counter}` run at once on several threads, and they all add "
@@ -958,7 +1014,7 @@ def _check_prange_splits(fast, what):
     """The prange that does most of the work must give one image's work to
     several threads: one over the batch has a single iteration there."""
     n, c, h, w, k, s = _SPLIT_CASE
-    x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 96)
+    x, masks = carafe_inputs(n, c, h, w, k, s, 1, 96)
     runs = _outer_prange_work(fast, (x, masks, np.zeros((n, c, s * h, s * w), np.float32), k, s))
     if not runs:
         return
@@ -1009,6 +1065,28 @@ def _index_error_as_python(fast, x, masks, out, k, s):
     return None
 
 
+def _unwritten_failure(fast, x, masks, k, s, first, what, case):
+    """The failure for an output left NaN, told apart by a second run on
+    an output filled with 7: an element still 7 there was never reached by
+    the loops; one that came out 7 more than its sum was added into without
+    being set first."""
+    probe = np.full((x.shape[0], x.shape[1], s * x.shape[2], s * x.shape[3]), 7.0, np.float32)
+    fast(x, masks, probe, k, s)
+    expected = _reference(x, masks, k, s)[first]
+    if probe[first] == 7.0 and expected != 7.0:
+        n, c, Y, X = first
+        return CheckFailed(
+            f"{what}: out{first} was never written for {case}: no iteration of your loops reached it.\nHint: "
+            f"check the ranges of the loops, which must reach every n < {x.shape[0]}, c < {x.shape[1]}, "
+            f"Y < {probe.shape[2]} and X < {probe.shape[3]} (range(H), not range(H - 1); the prange over N * C "
+            "covers every image)")
+    if np.isclose(probe[first], expected + 7.0, rtol=1e-4, atol=1e-4):
+        return CheckFailed(f"{what}: out{first} was added into but never set (it is NaN) for {case}.\nHint: zero "
+                           "each output row before adding the slots into it")
+    return CheckFailed(f"{what}: out{first} is NaN for {case}: it was never written, or a NaN was read.\nHint: "
+                       "set each output element (zero it, then add the slots into it) and read only inside x")
+
+
 def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64, 64)):
     """``fast(x, masks, out, kernel_size, scale)``: CARAFE forward on (N, C,
     h, w) float32 arrays, one group, ``numba.njit``-compiled, writing every
@@ -1035,8 +1113,11 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     counter = _racing_prange(fast, out_name)
     if counter is not None:
         raise _race_failure(counter, what, out_name)
+    shared = _shared_scratch(fast)
+    if shared is not None:
+        raise _shared_scratch_failure(*shared, what)
     for index, (n, c, h, w, k, s) in enumerate(_CPU_CASES):
-        x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 90 + index)
+        x, masks = carafe_inputs(n, c, h, w, k, s, 1, 90 + index)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         case = f"x {x.shape}, kernel_size={k}, scale={s}"
         try:
@@ -1052,8 +1133,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
             if error is not None:  # what it read past an array happened to be NaN
                 raise CheckFailed(f"{what}: values wrong for {case}: out{first} is NaN."
                                   + _READ_PAST_AN_ARRAY.format(error=error)) from None
-            raise CheckFailed(f"{what}: out{first} was never written (it is NaN) for {case}.\nHint: zero each "
-                              "output row before adding the slots into it")
+            raise _unwritten_failure(fast, x, masks, k, s, first, what, case)
         try:
             compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
                     hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
@@ -1064,7 +1144,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                 raise CheckFailed(f"{wrong}" + _READ_PAST_AN_ARRAY.format(error=error)) from None
             raise
     n, c, h, w, k, s = _RACE_CASE
-    x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 97)
+    x, masks = carafe_inputs(n, c, h, w, k, s, 1, 97)
     expected = _reference(x, masks, k, s)
     for _ in range(3):
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
@@ -1075,7 +1155,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
                               "(a race) give that, or a mistake that shows only on a larger map.\nHint: split "
                               "only the loop over the planes with prange, and check the indices for a larger map")
     n, c, h, w, k, s = _TRACE_CASE
-    x, masks = _carafe_inputs(n, c, h, w, k, s, 1, 99)
+    x, masks = carafe_inputs(n, c, h, w, k, s, 1, 99)
     record = record_function(fast, x, masks, np.zeros((n, c, s * h, s * w), np.float32), k, s)
     names = _parameter_names(fast)[:3]
     switches = {name: record.line_switches(name) for name in names}
@@ -1089,7 +1169,7 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     _check_rows_structure(fast, what, out_name)
     _check_prange_splits(fast, what)
     n, c, h, w = size
-    x, masks = _carafe_inputs(n, c, h, w, 5, 2, 1, 98)
+    x, masks = carafe_inputs(n, c, h, w, 5, 2, 1, 98)
     out_fast, out_slow = (np.zeros((n, c, 2 * h, 2 * w), np.float32) for _ in range(2))
     # One thread for both: the grade is the loop order's, the same on a laptop's 2 cores and a server's 64.
     threads = numba.get_num_threads()
