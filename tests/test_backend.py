@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import numba
 from numba import cuda, prange
 
 from upsamplelib import backend
@@ -294,3 +295,22 @@ def test_cpu_loops_follow_torch_set_num_threads(tmp_path):
                             env={**os.environ, "NUMBA_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "numba follows torch" in result.stdout
+
+
+@numba.njit(parallel=True)
+def _record_threads(ids):
+    for i in numba.prange(ids.size):
+        ids[i] = numba.get_thread_id()
+
+
+@pytest.mark.skipif(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS) < 2, reason="needs 2 threads")
+def test_a_small_cpu_loop_runs_on_one_thread_and_a_large_one_on_all():
+    # Below the grain a parallel loop only risks waiting for a busy core: one thread, as PyTorch does.
+    threads = backend.follow_torch_threads()
+    small, large = torch.zeros(backend.SERIAL_ELEMENTS - 1, dtype=torch.int64), torch.zeros(1 << 20, dtype=torch.int64)
+    backend.run(_record_threads, "cpu", small.numel(), small)
+    assert small.unique().tolist() == [0]
+    assert numba.get_num_threads() == threads  # put back after the call
+    backend.run(_record_threads, "cpu", large.numel(), large)
+    assert len(large.unique()) == threads
+    assert numba.get_num_threads() == threads

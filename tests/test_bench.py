@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from upsamplelib import backend as ul_backend
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -180,3 +182,13 @@ def test_conv_layouts_times_each_convolution_in_both_layouts_and_both_orders(cap
         figures = [float(word) for word in line.split()[-2:]]
         assert all(figure >= 0 for figure in figures), line
     assert orders[0].startswith("weight gradient first") and orders[1].startswith("weight gradient last")
+
+
+def test_busy_core_times_each_small_call_both_ways_and_puts_the_grain_back(capsys):
+    module = _bench_module("busy_core")
+    grain = ul_backend.SERIAL_ELEMENTS
+    assert module.main(["--repeats", "1"]) == 0
+    assert ul_backend.SERIAL_ELEMENTS == grain
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 12 and [row.split()[0] for row in rows[:3]] == ["carafe", "nearest", "bilinear"]
+    assert all(float(word) > 0 for row in rows for word in row.split()[-2:]), rows

@@ -476,8 +476,36 @@ def run(kernel, backend: str, n_threads: int, *args):
                 "upsamplelib: this process was forked after Numba's OpenMP threads started, and a parallel Numba "
                 "loop would kill it; this call comes from a graph that chose backend='cpu' before the fork (an "
                 f"exported program, or a backward of a forward run in the parent). To run it, {_FORK_ADVICE}")
-        follow_torch_threads()
-        kernel(*[kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args])
+        threads = follow_torch_threads()
+        arrays = [kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args]
+        if threads > 1 and _elements(arrays) < SERIAL_ELEMENTS:
+            _set_numba_threads(1)
+            try:
+                kernel(*arrays)
+            finally:
+                _set_numba_threads(threads)
+        else:
+            kernel(*arrays)
+
+
+#: A CPU loop whose arrays hold fewer elements than this, all together, runs
+#: on one thread, as PyTorch's own ops do below their grain (32,768). Such a
+#: call takes tens of microseconds on one thread as on two; but where another
+#: program keeps a core busy, a parallel loop waits for its second thread:
+#: CARAFE on a (1, 4, 4, 4) map took 32 ms a call with two threads, 0.1-0.3 ms with
+#: one; nearest 8 ms against 0.1 (2 cores, this process at nice 10 beside a busy
+#: loop: python bench/busy_core.py --busy).
+SERIAL_ELEMENTS = 32768
+
+
+def _elements(arrays) -> int:
+    return sum(a.size for a in arrays if isinstance(a, np.ndarray))
+
+
+def _set_numba_threads(count: int) -> None:
+    """``numba.set_num_threads`` once its threads run, without its checks
+    (a tenth of its 3 us)."""
+    numba.np.ufunc.parallel._set_num_threads(count)
 
 
 def run_grid(kernel, blocks: int, threads: int, *args):
