@@ -889,25 +889,36 @@ def _check_rows_structure(fast, what, out_name):
                     "columns[row, X + dx * s], with no test and no division in the loop over X")
 
 
-def _racing_prange(fast, out_name):
-    """The counter of a prange loop whose body adds into ``out_name`` (or a
-    view of it) at an index that does not depend on the counter, its own or
-    its view's (so every iteration, on its own thread, adds into the same
-    elements: a race), or None."""
+def _prange_loops(fast):
+    """(loop, the function's bindings) for each prange loop in ``fast``'s
+    source; none where there is no source to read."""
     source = _source(fast)
     if source is None:
-        return None
+        return
     function, definition = source
     bindings = _bindings(definition)
     for loop, _ in _loops(definition):
-        if not _is_prange(loop, function.__globals__):
-            continue
-        depends = _depending_on(loop)
+        if _is_prange(loop, function.__globals__):
+            yield loop, bindings
+
+
+def _same_element_every_iteration(target, array_name, loop, bindings):
+    """Whether a store into ``target`` writes ``array_name`` at an index
+    that does not depend on ``loop``'s counter: the same element in every
+    iteration, its own or its view's."""
+    indices = _view_indices(target, array_name, bindings)
+    return indices is not None and not set().union(*map(_names_in, indices)) & _depending_on(loop)
+
+
+def _racing_prange(fast, out_name):
+    """The counter of a prange loop whose body adds into ``out_name`` (or a
+    view of it) at an index that does not depend on the counter (so every
+    iteration, on its own thread, adds into the same elements: a race), or
+    None."""
+    for loop, bindings in _prange_loops(fast):
         for node in ast.walk(loop):
-            if not isinstance(node, ast.AugAssign):
-                continue
-            indices = _view_indices(node.target, out_name, bindings)
-            if indices is not None and not set().union(*map(_names_in, indices)) & depends:
+            if isinstance(node, ast.AugAssign) and _same_element_every_iteration(node.target, out_name, loop,
+                                                                                   bindings):
                 return ast.unparse(loop.target)
     return None
 
@@ -928,24 +939,15 @@ def _shared_scratch(fast):
     that does not depend on the counter: one array that all the loop's
     threads fill at once, each over the others' values (a race), or None.
     An array made inside the loop is each iteration's own."""
-    source = _source(fast)
-    if source is None:
-        return None
-    function, definition = source
-    bindings = _bindings(definition)
-    for loop, _ in _loops(definition):
-        if not _is_prange(loop, function.__globals__):
-            continue
+    for loop, bindings in _prange_loops(fast):
         inside = range(loop.lineno, loop.end_lineno + 1)
         bound_inside = {name for line, name, _ in bindings if line in inside}
         made_outside = {name for line, name, value in bindings
                         if line not in inside and _is_allocation(value)} - bound_inside
-        depends = _depending_on(loop)
         for node in ast.walk(loop):
             for target in _store_targets(node):
                 for name in sorted(made_outside):
-                    indices = _view_indices(target, name, bindings)
-                    if indices is not None and not set().union(*map(_names_in, indices)) & depends:
+                    if _same_element_every_iteration(target, name, loop, bindings):
                         return ast.unparse(loop.target), name
     return None
 
