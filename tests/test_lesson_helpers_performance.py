@@ -1600,6 +1600,56 @@ def rows_columns_per_plane_made_first(x, masks, out, kernel_size, scale):
                             out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * mine[row, X + dx * scale]
 
 
+# Right: a buffer per thread, made before the loop, taken by numba.get_thread_id().
+@numba.njit(parallel=True)
+def rows_columns_per_thread(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    scratch = np.zeros((numba.get_num_threads(), low_height, width + 2 * pad), out.dtype)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        thread = numba.get_thread_id()
+        columns = scratch[thread]
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
+# Wrong: the shared buffer made by astype.
+@numba.njit(parallel=True)
+def rows_sharing_columns_made_by_astype(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    columns = np.zeros((low_height, width + 2 * pad)).astype(np.float32)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
 # The last output row of each plane left out of the loop.
 @numba.njit(parallel=True)
 def rows_missing_the_last_row(x, masks, out, kernel_size, scale):
@@ -1650,7 +1700,8 @@ def rows_first_image_only(x, masks, out, kernel_size, scale):
 @pytest.mark.parametrize("right", [rows_fixed_division_inside, rows_in_chunks_of_planes, rows_annotated,
                                    rows_prange_renamed, rows_through_a_view, rows_reusing_a_name,
                                    rows_prange_over_the_channels, rows_zeroed_by_a_prange_over_the_batch,
-                                   rows_with_a_closure, rows_columns_per_plane_made_first])
+                                   rows_with_a_closure, rows_columns_per_plane_made_first,
+                                   rows_columns_per_thread])
 def test_rows_cpu_passes_other_right_answers(right, capsys):
     """A division on values fixed for the whole inner loop vectorises; a
     prange over chunks of planes, or written with annotations or under
@@ -1677,6 +1728,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_first_image_only, "(?s)out\\(1, 0, 0, 0\\) was never written.*reached it.*every n < 2"),
     (rows_sharing_columns, "(?s)`columns` is made once, before the prange over `plane`.*a race.*inside the prange"),
     (rows_sharing_columns_through_a_view, "`columns` is made once, before the prange over `plane`.*a race"),
+    (rows_sharing_columns_made_by_astype, "`columns` is made once, before the prange over `plane`.*a race"),
     (rows_in_python, "numba.njit"),
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),

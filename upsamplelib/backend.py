@@ -489,13 +489,15 @@ def run(kernel, backend: str, n_threads: int, *args):
 
 
 #: A CPU loop whose arrays hold fewer elements than this, all together, runs
-#: on one thread, as PyTorch's own ops do below their grain (32,768). Such a
-#: call takes tens of microseconds on one thread as on two; but where another
+#: on one thread, as PyTorch's own ops do below their grain. Where another
 #: program keeps a core busy, a parallel loop waits for its second thread:
 #: CARAFE on a (1, 4, 4, 4) map took 32 ms a call with two threads, 0.1-0.3 ms with
 #: one; nearest 8 ms against 0.1 (2 cores, this process at nice 10 beside a busy
-#: loop: python bench/busy_core.py --busy).
-SERIAL_ELEMENTS = 32768
+#: loop: python bench/busy_core.py --busy). On a quiet machine such a loop takes
+#: 2-6 us more on one thread (CARAFE's loops at x of (1, 16, 4, 4)); from about
+#: 5,000 elements the costliest ones (CARAFE's backward, 25 products an element)
+#: are faster on two, hence not PyTorch's 32,768 (1.3-1.7x slower there).
+SERIAL_ELEMENTS = 4096
 
 
 def _elements(arrays) -> int:

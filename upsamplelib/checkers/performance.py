@@ -736,11 +736,11 @@ def _bound_names(target):
     return set()
 
 
-def _depending_on(loop):
+def _depending_on(loop, seeds=()):
     """The names inside ``loop`` whose values change with its counter: the
-    counter, and every name assigned (``=``, ``: int =``, ``:=``, ``+=``, a
-    ``for`` target) from one of them, to a fixed point."""
-    depends = _bound_names(loop.target)
+    counter (and ``seeds``), and every name assigned (``=``, ``: int =``,
+    ``:=``, ``+=``, a ``for`` target) from one of them, to a fixed point."""
+    depends = _bound_names(loop.target) | set(seeds)
     while True:
         grown = set(depends)
         for node in ast.walk(loop):
@@ -891,23 +891,43 @@ def _check_rows_structure(fast, what, out_name):
 
 def _prange_loops(fast):
     """(loop, the function's bindings) for each prange loop in ``fast``'s
-    source; none where there is no source to read."""
+    source that no other prange encloses (numba runs an inner one as a
+    plain range); none where there is no source to read."""
     source = _source(fast)
     if source is None:
         return
     function, definition = source
     bindings = _bindings(definition)
-    for loop, _ in _loops(definition):
-        if _is_prange(loop, function.__globals__):
+    names = function.__globals__
+    for loop, around in _loops(definition):
+        if _is_prange(loop, names) and not any(_is_prange(outer, names) for outer in around):
             yield loop, bindings
+
+
+#: Stands, among the names an index depends on, for ``numba.get_thread_id()``:
+#: each thread's own value, as good as the counter for telling iterations apart.
+_THREAD_ID = "<numba.get_thread_id()>"
+
+
+def _names_or_thread_id(node):
+    names = _names_in(node)
+    if any(isinstance(call, ast.Call) and getattr(call.func, "attr", getattr(call.func, "id", None)) == "get_thread_id"
+           for call in ast.walk(node)):
+        names.add(_THREAD_ID)
+    return names
 
 
 def _same_element_every_iteration(target, array_name, loop, bindings):
     """Whether a store into ``target`` writes ``array_name`` at an index
-    that does not depend on ``loop``'s counter: the same element in every
-    iteration, its own or its view's."""
+    that depends neither on ``loop``'s counter nor on the thread's id: the
+    same element in every iteration, its own or its view's."""
     indices = _view_indices(target, array_name, bindings)
-    return indices is not None and not set().union(*map(_names_in, indices)) & _depending_on(loop)
+    if indices is None:
+        return False
+    thread_names = {name for line, name, value in bindings if value is not None
+                    and loop.lineno <= line <= loop.end_lineno and _THREAD_ID in _names_or_thread_id(value)}
+    varying = _depending_on(loop, seeds=thread_names | {_THREAD_ID})
+    return not set().union(*map(_names_or_thread_id, indices)) & varying
 
 
 def _racing_prange(fast, out_name):
@@ -924,7 +944,8 @@ def _racing_prange(fast, out_name):
 
 
 #: NumPy calls that make a new array.
-_ALLOCATIONS = {"zeros", "empty", "ones", "full", "zeros_like", "empty_like", "ones_like", "full_like", "copy"}
+_ALLOCATIONS = {"zeros", "empty", "ones", "full", "zeros_like", "empty_like", "ones_like", "full_like", "copy",
+                "astype", "array", "ascontiguousarray", "pad"}
 
 
 def _is_allocation(value):
