@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 import upsamplelib as ul  # noqa: E402
 from upsamplelib import backend  # noqa: E402
+from upsamplelib.timing import median_time  # noqa: E402
 
 
 def calls(channels, side):
@@ -39,14 +39,7 @@ def calls(channels, side):
 
 def median_with_grain(function, grain, repeats):
     backend.SERIAL_ELEMENTS = grain
-    for _ in range(2):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(function, warmup=2, repeats=repeats)
 
 
 def main(argv=None) -> int:

@@ -768,18 +768,27 @@ def _store_targets(node):
 _VIEW_CALLS = {"reshape", "ravel", "view", "transpose", "swapaxes", "asarray"}
 
 
+def _called_name(node):
+    """The name a call calls: ``f`` of ``f(...)``, ``attr`` of ``a.attr(...)``;
+    None for anything else."""
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute):
+            return node.func.attr
+        if isinstance(node.func, ast.Name):
+            return node.func.id
+    return None
+
+
 def _viewed(value):
     """The expression ``value`` is a view of, one step down: ``out[n, c]`` in
     ``out[n, c, Y]``, ``out`` in ``out.T``, ``out.reshape(-1)`` or
     ``np.ravel(out)``; None when ``value`` is not a view of anything."""
     if isinstance(value, ast.Subscript) or (isinstance(value, ast.Attribute) and value.attr == "T"):
         return value.value
-    if isinstance(value, ast.Call) and isinstance(value.func, (ast.Attribute, ast.Name)):
-        name = value.func.attr if isinstance(value.func, ast.Attribute) else value.func.id
-        if name in _VIEW_CALLS:
-            method = isinstance(value.func, ast.Attribute) and not (
-                isinstance(value.func.value, ast.Name) and value.func.value.id in ("np", "numpy"))
-            return value.func.value if method else (value.args[0] if value.args else None)
+    if _called_name(value) in _VIEW_CALLS:
+        method = isinstance(value.func, ast.Attribute) and not (
+            isinstance(value.func.value, ast.Name) and value.func.value.id in ("np", "numpy"))
+        return value.func.value if method else (value.args[0] if value.args else None)
     return None
 
 
@@ -911,8 +920,7 @@ _THREAD_ID = "<numba.get_thread_id()>"
 
 def _names_or_thread_id(node):
     names = _names_in(node)
-    if any(isinstance(call, ast.Call) and getattr(call.func, "attr", getattr(call.func, "id", None)) == "get_thread_id"
-           for call in ast.walk(node)):
+    if any(_called_name(call) == "get_thread_id" for call in ast.walk(node)):
         names.add(_THREAD_ID)
     return names
 
@@ -948,12 +956,6 @@ _ALLOCATIONS = {"zeros", "empty", "ones", "full", "zeros_like", "empty_like", "o
                 "astype", "array", "ascontiguousarray", "pad"}
 
 
-def _is_allocation(value):
-    if not (isinstance(value, ast.Call) and isinstance(value.func, (ast.Attribute, ast.Name))):
-        return False
-    return (value.func.attr if isinstance(value.func, ast.Attribute) else value.func.id) in _ALLOCATIONS
-
-
 def _shared_scratch(fast):
     """(counter, name) of a prange loop and an array made outside it (a
     scratch buffer such as ``columns``) that its body writes at an index
@@ -964,7 +966,7 @@ def _shared_scratch(fast):
         inside = range(loop.lineno, loop.end_lineno + 1)
         bound_inside = {name for line, name, _ in bindings if line in inside}
         made_outside = {name for line, name, value in bindings
-                        if line not in inside and _is_allocation(value)} - bound_inside
+                        if line not in inside and _called_name(value) in _ALLOCATIONS} - bound_inside
         for node in ast.walk(loop):
             for target in _store_targets(node):
                 for name in sorted(made_outside):
@@ -1097,7 +1099,6 @@ def _unwritten_failure(fast, x, masks, k, s, first, what, case):
     fast(x, masks, probe, k, s)
     expected = _reference(x, masks, k, s)[first]
     if probe[first] == 7.0 and expected != 7.0:
-        n, c, Y, X = first
         return CheckFailed(
             f"{what}: out{first} was never written for {case}: no iteration of your loops reached it.\nHint: "
             f"check the ranges of the loops, which must reach every n < {x.shape[0]}, c < {x.shape[1]}, "
