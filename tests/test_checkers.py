@@ -59,7 +59,7 @@ def test_missing_bounds_guard_gets_a_hint():
 
 
 def test_first_mismatch_is_reported_with_expected_and_got():
-    with pytest.raises(checkers.CheckFailed, match=r"First mismatch at index \(0,\): expected .*, got 0\.0"):
+    with pytest.raises(checkers.CheckFailed, match=r"First mismatch at index \(0,\): expected .*, got nan"):
         checkers.check_scale_kernel(off_by_one_scale)
 
 

@@ -245,7 +245,22 @@ def width_smallest(upsampler, budget, outputs=5):
     return None
 
 
+def _largest_fitting(widths, fixed_outputs=None):
+    def matched(upsampler, budget, outputs=5):
+        best = None
+        for width in widths:
+            if _count(upsampler, width, fixed_outputs or outputs) <= budget:
+                best = width
+        return best
+
+    return matched
+
+
 @pytest.mark.parametrize("wrong, named", [
+    (_largest_fitting(range(4, 40)), "range(4, 41) ends at 40: width 40 fits this budget"),
+    (_largest_fitting(range(1, 41)), "the widths tried are range(4, 41), 4 to 40 both included; 3 is outside it"),
+    (_largest_fitting(range(4, 42)), "41 is outside it"),
+    (_largest_fitting(range(4, 41), fixed_outputs=5), "with the given outputs=1: the output layer's size"),
     (width_without_a_return, "fits ("),
     (width_never_none, "no width fits this budget: return None"),
     (lambda upsampler, budget, outputs=5: 40, "check every width against the budget"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from numba import cuda, float32
-from test_hints import hint_of, simulator_only
+from test_hints import hand_to_a_kernel, hint_of, simulator_only
 
 from upsamplelib import checkers
 from upsamplelib.ops.carafe import carafe_reference
@@ -621,3 +621,25 @@ def test_function_computing_in_float32_is_told_to_keep_the_dtype():
     message = hint_of(checkers.check_carafe_function, _function(in_float32))
     assert "forward, x (1, 4, 3, 4)" in message and "right only to float32 precision" in message
     assert "no .float()" in message and "contiguous" not in message
+
+
+@simulator_only
+@pytest.mark.parametrize("strided", ["x", "grad_out"])
+def test_function_handing_a_kernel_a_strided_array_is_told_to_make_it_contiguous(strided):
+    class CarafeFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, masks, kernel_size, scale, group):
+            hand_to_a_kernel(x if strided == "x" else x.contiguous())
+            ctx.save_for_backward(x, masks)
+            ctx.config = (kernel_size, scale, group)
+            return _forward(x, masks, kernel_size, scale, group)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            hand_to_a_kernel(grad_out if strided == "grad_out" else grad_out.contiguous())
+            x, masks = ctx.saved_tensors
+            return (*_backward(x, masks, grad_out, *ctx.config), None, None, None)
+
+    message = hint_of(checkers.check_carafe_function, CarafeFunction)
+    assert "every one non-contiguous" in message and "ValueError" in message
+    assert "grad_out.contiguous() in backward" in message

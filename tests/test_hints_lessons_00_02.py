@@ -24,7 +24,7 @@ from upsamplelib.checkers import bilinear as plain_checkers
 from upsamplelib.checkers.engine import diagnose
 from upsamplelib.checkers.fallbacks import linear_index, nearest_exact_index, nearest_index
 
-from test_hints import hint_of, simulator_only
+from test_hints import hand_to_a_kernel, hint_of, simulator_only
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -129,7 +129,105 @@ def test_flip_kernel_copying_is_told_to_read_the_mirrored_column():
 
 
 # --------------------------------------------------------------------------
+# 00.1-00.4: adding into out, launch sizes written into the kernel, a float block count
+
+
+@cuda.jit
+def scale_adding_into_out(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] += x[i] * factor  # right only on a zeroed out
+
+
+@cuda.jit
+def scale_with_the_block_size_written_in(x, out, factor):
+    i = cuda.blockIdx.x * 128 + cuda.threadIdx.x
+    if i < out.size:
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def scale_guarded_one_short(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size - 1:
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def grid_stride_adding_into_out(x, out, factor):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] += x[i] * factor
+
+
+@cuda.jit
+def grid_stride_with_the_grid_size_written_in(x, out, factor):
+    for i in range(cuda.grid(1), out.size, 64):  # the checker's first grid, 2 x 32
+        out[i] = x[i] * factor
+
+
+@cuda.jit
+def flip_adding_into_out(image, out):
+    col, row = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] += image[row, out.shape[1] - 1 - col]
+
+
+@cuda.jit
+def flip_with_the_block_shape_written_in(image, out):
+    col, row = cuda.blockIdx.x * 16 + cuda.threadIdx.x, cuda.blockIdx.y * 8 + cuda.threadIdx.y
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = image[row, out.shape[1] - 1 - col]
+
+
+@pytest.mark.parametrize("check, kernel", [(checkers.check_scale_kernel, scale_adding_into_out),
+                                           (checkers.check_grid_stride_kernel, grid_stride_adding_into_out),
+                                           (checkers.check_flip_kernel, flip_adding_into_out)],
+                         ids=["scale", "grid stride", "flip"])
+def test_a_kernel_adding_into_out_is_told_to_assign(check, kernel):
+    message = hint_of(check, kernel)
+    assert "on a zeroed out your kernel is right, so it adds into out (`+=`)" in message and "Assign: out[" in message
+
+
+def test_a_scale_kernel_with_the_block_size_written_in_is_told_cuda_grid():
+    message = hint_of(checkers.check_scale_kernel, scale_with_the_block_size_written_in)
+    assert "blocks of 96" in message and "cuda.grid(1) is blockIdx.x * blockDim.x + threadIdx.x" in message
+
+
+def test_a_scale_kernel_guarded_one_short_is_told_the_element_never_written():
+    message = hint_of(checkers.check_scale_kernel, scale_guarded_one_short)
+    assert "out[0] was never written" in message and "`if i < out.size:`" in message
+
+
+def test_a_grid_stride_loop_with_the_grid_size_written_in_is_told_it_steps_wrongly():
+    message = hint_of(checkers.check_grid_stride_kernel, grid_stride_with_the_grid_size_written_in)
+    assert "fixed grid of 3 x 64" in message and "cuda.gridsize(1)" in message
+
+
+def test_a_flip_kernel_with_the_block_shape_written_in_is_told_cuda_grid():
+    message = hint_of(checkers.check_flip_kernel, flip_with_the_block_shape_written_in)
+    assert "blocks of (8, 16)" in message and "for any block shape" in message
+
+
+@pytest.mark.parametrize("blocks", [lambda n, t: np.ceil(n / t), lambda n, t: (n + t - 1) / t],
+                         ids=["np.ceil", "true division"])
+def test_a_float_block_count_is_told_to_make_it_an_int(blocks):
+    message = hint_of(checkers.check_launch_config, lambda n, t: (blocks(n, t), t))
+    assert "the block count is a float" in message and "(n + threads - 1) // threads" in message
+
+
+# --------------------------------------------------------------------------
 # 00.5 to_kernel_array: no as_cuda_array, a copy on either device
+
+
+def to_kernel_array_without_detach(tensor):
+    if tensor.is_cuda:
+        return cuda.as_cuda_array(tensor)
+    return tensor.numpy()
+
+
+def test_to_kernel_array_without_detach_is_told_to_detach():
+    message = hint_of(checkers.check_to_kernel_array, to_kernel_array_without_detach)
+    assert "failed for a tensor that requires grad" in message and "tensor.detach() first" in message
 
 
 def to_kernel_array_returning_the_tensor(tensor):
@@ -633,10 +731,12 @@ def test_gather_kernel_with_elif_is_told_both_weights_at_the_border():
 # 02.5 BilinearFunction: not reshaped, float32, writing into grad_out
 
 
-def _function(reshape=True, dtype=None, write_into_grad_out=False, cast_back=False):
+def _function(reshape=True, dtype=None, write_into_grad_out=False, cast_back=False, strided_launch=False):
     class StudentBilinear(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, size, align_corners):
+            if strided_launch:
+                hand_to_a_kernel(x)  # x.numpy() to a kernel, not made contiguous first
             n, c, h, w = x.shape
             ctx.save_for_backward(x)
             ctx.config = (size, align_corners)
@@ -685,6 +785,12 @@ def test_a_right_student_bilinear_function_passes_the_checks_of_values(capsys):
     assert capsys.readouterr().out.startswith("PASS BilinearFunction")
 
 
+@simulator_only
+def test_bilinear_function_handing_a_kernel_a_strided_x_is_told_to_make_it_contiguous():
+    message = hint_of(checkers.check_bilinear_function, _function(strided_launch=True))
+    assert "every one non-contiguous" in message and ".detach().contiguous() in forward" in message
+
+
 def test_bilinear_function_computing_in_float32_inside_is_told_by_gradcheck_to_keep_the_dtype():
     message = hint_of(checkers.check_bilinear_function, _function(dtype=torch.float32, cast_back=True))
     assert "gradcheck fails" in message and "no float32 copy" in message
@@ -730,3 +836,119 @@ def test_mismatches_only_at_the_border_are_told_the_border_hint():
     assert "Hint: the border hint" in _diagnose(got, border=on_border, border_hint="the border hint")
     got[1, 1] += 1  # inside too
     assert "Hint: the generic hint" in _diagnose(got, border=on_border, border_hint="the border hint")
+
+
+# --------------------------------------------------------------------------
+# Precision and output-state mistakes the simulator alone would let through
+
+
+@backend.per_element
+def nearest_index_of_an_int_times_a_float32(dst, in_size, out_size):
+    scale = np.float32(in_size) / np.float32(out_size)
+    return min(int(math.floor(dst * scale)), in_size - 1)  # dst * scale is float64 when compiled
+
+
+@simulator_only
+def test_an_index_right_only_as_python_is_told_how_a_compiled_one_differs():
+    message = hint_of(checkers.check_nearest_index, nearest_index_of_an_int_times_a_float32)
+    assert "run as Python (as the simulator runs it) but" in message and "compiled, as a GPU runs it" in message
+    assert "np.float32(dst) * scale" in message
+
+
+@cuda.jit
+def nearest_plane_in_integer_arithmetic(x, out):
+    col, row = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = x[min(row * x.shape[0] // out.shape[0], x.shape[0] - 1),
+                          min(col * x.shape[1] // out.shape[1], x.shape[1] - 1)]
+
+
+def test_a_nearest_kernel_in_integer_arithmetic_is_told_the_float32_index():
+    message = hint_of(checkers.check_nearest_plane_kernel, nearest_plane_in_integer_arithmetic)
+    assert "2x210 -> 1x400" in message and "PyTorch's float32 index math picks another source pixel" in message
+
+
+def linear_index_dividing_by_zero(dst, in_size, out_size, align_corners):
+    if align_corners:
+        src = dst * (in_size - 1) / (out_size - 1)  # out_size 1: division by zero
+    else:
+        src = max((dst + 0.5) * in_size / out_size - 0.5, 0.0)
+    i0 = min(int(math.floor(src)), in_size - 1)
+    i1 = min(i0 + 1, in_size - 1)
+    w1 = src - i0
+    return i0, i1, 1.0 - w1, w1
+
+
+def test_linear_index_dividing_by_zero_is_told_the_out_size_one_rule():
+    message = hint_of(checkers.check_linear_index, linear_index_dividing_by_zero)
+    assert "ZeroDivisionError" in message and "PyTorch takes the scale as 0 there" in message
+
+
+@cuda.jit
+def gather_adding_into_grad_x(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_x.size:
+        in_h, in_w = grad_x.shape[1], grad_x.shape[2]
+        x, y, p = i % in_w, (i // in_w) % in_h, i // (in_w * in_h)
+        total = 0.0
+        for row in range(grad_out.shape[1]):
+            y0, y1, wy0, wy1 = linear_index(row, in_h, grad_out.shape[1], align_corners)
+            for col in range(grad_out.shape[2]):
+                x0, x1, wx0, wx1 = linear_index(col, in_w, grad_out.shape[2], align_corners)
+                wy = (wy0 if y0 == y else 0.0) + (wy1 if y1 == y else 0.0)
+                wx = (wx0 if x0 == x else 0.0) + (wx1 if x1 == x else 0.0)
+                total += wy * wx * grad_out[p, row, col]
+        grad_x[p, y, x] += total  # right only on a zeroed grad_x
+
+
+@cuda.jit
+def gather_summing_in_grad_x(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_x.size:
+        in_h, in_w = grad_x.shape[1], grad_x.shape[2]
+        x, y, p = i % in_w, (i // in_w) % in_h, i // (in_w * in_h)
+        grad_x[p, y, x] = 0.0
+        for row in range(grad_out.shape[1]):
+            y0, y1, wy0, wy1 = linear_index(row, in_h, grad_out.shape[1], align_corners)
+            for col in range(grad_out.shape[2]):
+                x0, x1, wx0, wx1 = linear_index(col, in_w, grad_out.shape[2], align_corners)
+                wy = (wy0 if y0 == y else 0.0) + (wy1 if y1 == y else 0.0)
+                wx = (wx0 if x0 == x else 0.0) + (wx1 if x1 == x else 0.0)
+                grad_x[p, y, x] += wy * wx * grad_out[p, row, col]  # a global load and store each time
+
+
+def test_a_gather_adding_into_grad_x_is_told_grad_x_is_not_zeroed():
+    message = hint_of(checkers.check_bilinear_gather_kernel, gather_adding_into_grad_x)
+    assert "every element of grad_x is nan" in message and "not +=" in message
+
+
+@simulator_only
+def test_a_gather_summing_in_global_memory_is_told_to_sum_in_a_local():
+    message = hint_of(checkers.check_bilinear_gather_kernel, gather_summing_in_grad_x)
+    assert "each only by its own thread" in message and "sum into a local variable" in message
+    assert "grid-stride" not in message
+
+
+@cuda.jit(device=True)
+def _add_to(grad_x, p, y, x, value):
+    cuda.atomic.add(grad_x, (p, y, x), value)
+
+
+@cuda.jit
+def scatter_through_a_device_helper(grad_out, grad_x, align_corners):
+    i = cuda.grid(1)
+    if i < grad_out.size:
+        height, width = grad_out.shape[1], grad_out.shape[2]
+        col, row, p = i % width, (i // width) % height, i // (width * height)
+        y0, y1, wy0, wy1 = linear_index(row, grad_x.shape[1], height, align_corners)
+        x0, x1, wx0, wx1 = linear_index(col, grad_x.shape[2], width, align_corners)
+        g = grad_out[p, row, col]
+        _add_to(grad_x, p, y0, x0, wy0 * wx0 * g)
+        _add_to(grad_x, p, y0, x1, wy0 * wx1 * g)
+        _add_to(grad_x, p, y1, x0, wy1 * wx0 * g)
+        _add_to(grad_x, p, y1, x1, wy1 * wx1 * g)
+
+
+def test_a_scatter_whose_atomics_are_in_a_device_helper_passes(capsys):
+    checkers.check_bilinear_scatter_kernel(scatter_through_a_device_helper)
+    assert "PASS bilinear_scatter_kernel" in capsys.readouterr().out

@@ -282,6 +282,57 @@ def test_float32_softmax_whose_max_starts_at_zero_is_told_where_to_start_it():
     assert "Start the running maximum at the point's first logit" in message
 
 
+def _softmax_shifted_by(shift):
+    """The lesson's softmax kernel, shifted by another number than the largest logit."""
+
+    @cuda.jit
+    def kernel(logits, weights):
+        i = cuda.grid(1)
+        area, height, width = logits.shape[1], logits.shape[2], logits.shape[3]
+        if i < logits.shape[0] * height * width:
+            X, Y, n = i % width, (i // width) % height, i // (width * height)
+            top = logits[n, 0, Y, X]
+            if shift == 0:  # the mean
+                for t in range(1, area):
+                    top += logits[n, t, Y, X]
+                top /= area
+            elif shift == 1:  # a maximum whose loop stops one slot short
+                for t in range(1, area - 1):
+                    top = max(top, logits[n, t, Y, X])
+            else:  # the maximum from 0, or the smallest logit when all are below 0
+                top = 0.0
+                for t in range(area):
+                    top = max(top, logits[n, t, Y, X])
+                if top == 0.0:
+                    top = logits[n, 0, Y, X]
+                    for t in range(1, area):
+                        top = min(top, logits[n, t, Y, X])
+            total = 0.0
+            for t in range(area):
+                total += math.exp(logits[n, t, Y, X] - top)
+            for t in range(area):
+                weights[n, t, Y, X] = math.exp(logits[n, t, Y, X] - top) / total
+
+    return kernel
+
+
+@simulator_only
+@pytest.mark.parametrize("shift", [0, 1, 2], ids=["mean", "max skips the last slot", "smallest when all below 0"])
+def test_softmax_shifted_by_another_number_than_the_max_is_told_to_take_the_max(shift):
+    message = hint_of(checkers.check_softmax_kernel, _softmax_shifted_by(shift))
+    assert "OverflowError" in message and "one slot (each slot at some point, the last included)" in message
+    assert "the shift must be the point's largest logit, found over every slot" in message
+
+
+@simulator_only
+def test_block_softmax_shifted_by_the_mean_is_told_to_take_the_max():
+    from test_lesson_helpers_sapa import _block_kernel
+
+    message = hint_of(checkers.check_similarity_block_kernel, _block_kernel(mean_shift=True), THREADS)
+    assert "one logit of 800 in each window" in message
+    assert "the shift must be the point's largest logit, found over every slot" in message
+
+
 @simulator_only
 def test_softmax_with_one_thread_per_logit_is_told_the_point_count():
     message = hint_of(checkers.check_softmax_kernel, softmax_guarded_by_the_logits)
@@ -928,20 +979,24 @@ def test_grad_weight_counting_only_the_decoder_is_named():
 
 
 def _function(out_dtype=None, compute=None, forward_threads="out", backward_threads="own", swap_en_de=False,
-              non_differentiable=False, scale_grad_out=False):
+              non_differentiable=False, scale_grad_out=False, contiguous=("forward", "backward"),
+              backward_compute=None):
     """The lesson's SemiShiftFunction with one mistake."""
+
+    def _handed(tensors, stage):  # the arrays a kernel gets: made contiguous, or as they come
+        return _arrays(*tensors) if stage in contiguous else [t.detach().numpy() for t in tensors]
 
     class Function(torch.autograd.Function):
         @staticmethod
         def forward(ctx, E, D, weight, bias, scale):
-            inputs = [t.detach().contiguous() for t in (E, D, weight, bias)]
+            inputs = [t.detach().contiguous() if "forward" in contiguous else t.detach() for t in (E, D, weight, bias)]
             if compute is not None:
                 inputs = [t.to(compute) for t in inputs]
             # Zeros, not new_empty: memory the allocator hands back could hold the right values already,
             # and the outputs that too few threads leave unwritten would then pass.
             out = inputs[0].new_zeros((E.shape[0], weight.shape[0], E.shape[2], E.shape[3]))
             threads = out.numel() if forward_threads == "out" else E.numel()
-            semi_shift_kernel[launch_config(threads, 128)](*_arrays(*inputs), out.numpy(), scale)
+            semi_shift_kernel[launch_config(threads, 128)](*_handed(inputs, "forward"), out.numpy(), scale)
             ctx.save_for_backward(*(t.detach().contiguous() for t in (E, D, weight)))
             ctx.scale = scale
             out = out.to(out_dtype or E.dtype)
@@ -952,14 +1007,16 @@ def _function(out_dtype=None, compute=None, forward_threads="out", backward_thre
         @staticmethod
         def backward(ctx, grad_out):
             E, D, weight = ctx.saved_tensors
-            g = grad_out.contiguous()
+            g = grad_out.contiguous() if "backward" in contiguous else grad_out
+            if backward_compute is not None:
+                E, D, weight, g = (t.to(backward_compute) for t in (E, D, weight, g))
             grads = [torch.zeros_like(E), torch.zeros_like(D), torch.zeros_like(weight)]
             for grad, kernel, arrays in ((grads[0], grad_en_kernel, (g, weight)),
                                          (grads[1], grad_de_kernel, (g, weight)),
                                          (grads[2], grad_weight_kernel, (g, E, D))):
                 threads = grad.numel() if backward_threads == "own" else g.numel()
                 extra = () if kernel is grad_en_kernel else (ctx.scale,)
-                kernel[launch_config(threads, 128)](*_arrays(*arrays), grad.numpy(), *extra)
+                kernel[launch_config(threads, 128)](*_handed(arrays, "backward"), grad.numpy(), *extra)
             if scale_grad_out:
                 grad_bias = grad_out.mul_(2).sum(dim=(0, 2, 3))  # doubles autograd's grad_out in place
             else:
@@ -979,6 +1036,20 @@ def test_function_returning_float32_for_float64_is_told_the_dtype():
 def test_function_computing_in_float32_is_told_it_is_only_float32_accurate():
     message = hint_of(checkers.check_semi_shift_function, _function(compute=torch.float32))
     assert "right only to float32 precision" in message and "no .float()" in message
+
+
+@simulator_only
+@pytest.mark.parametrize("contiguous", [(), ("forward",)], ids=["nowhere", "not grad_out"])
+def test_function_handing_a_kernel_a_strided_array_is_told_to_make_it_contiguous(contiguous):
+    message = hint_of(checkers.check_semi_shift_function, _function(contiguous=contiguous))
+    assert ("forward" if not contiguous else "backward") in message and "every one non-contiguous" in message
+    assert "ValueError" in message and "grad_out.contiguous() in backward" in message
+
+
+def test_function_whose_backward_computes_in_float32_is_told_it_is_only_float32_accurate():
+    message = hint_of(checkers.check_semi_shift_function, _function(backward_compute=torch.float32))
+    assert "gradient of en" in message and "right only to float32 precision" in message
+    assert "no .float()" in message
 
 
 def test_function_with_too_few_forward_threads_is_told_one_thread_per_output():
@@ -1071,3 +1142,11 @@ def test_fade_forward_with_a_softmax_over_the_wrong_axis_is_told_the_recipe():
 
     message = hint_of(checkers.check_fade_forward, softmax_over_columns)
     assert "kernels = softmax over dim 1 of ul.semi_shift_conv" in message
+
+
+def test_similarity_scaled_like_attention_is_told_there_is_no_scaling():
+    def scaled(q, key, kernel_size, scale):
+        return similarity_reference(q, key, kernel_size, scale) / q.shape[1] ** 0.5
+
+    message = hint_of(checkers.check_similarity_reference, scaled)
+    assert "every value is the right one times" in message and "no 1 / sqrt(d)" in message

@@ -280,6 +280,20 @@ class _Detached(PixelShuffleUp):
         return F.pixel_shuffle(self.conv(de), 2).detach()
 
 
+class _SamePadding(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4 * channels, 3, padding="same")  # padding 1 for a 3 x 3 kernel
+
+    def forward(self, en, de):
+        return F.pixel_shuffle(self.conv(de), 2)
+
+
+def test_a_pixel_shuffle_upsampler_with_same_padding_passes(capsys):
+    checkers.check_pixel_shuffle_upsampler(_SamePadding)
+    assert capsys.readouterr().out.startswith("PASS")
+
+
 class _NotAModule:
     def __init__(self, channels):
         self.conv = nn.Conv2d(channels, 4 * channels, 3, padding=1)

@@ -673,3 +673,73 @@ def test_unsolved_kernel_reports_not_implemented_on_every_target():
 
     with pytest.raises(NotImplementedError, match="Exercise 03.4 is not solved yet: write `carafe_group_kernel`"):
         checkers.check_carafe_group_kernel(stub)
+
+
+@cuda.jit
+def border_kernel_multiplying_zero_in(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                value = out.dtype.type(0)
+                if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                    value = x[n, c, row, col]
+                total += masks[n, dy * kernel_size + dx, Y, X] * value  # an outside slot's mask still counts
+        out[n, c, Y, X] = total
+
+
+def test_a_border_kernel_multiplying_zeros_in_is_told_to_skip_the_outside_slots():
+    with pytest.raises(checkers.CheckFailed, match=r"masks are nan only at the slots that read outside(.|\n)*"
+                                                   r"skip the whole term there"):
+        checkers.check_carafe_border_kernel(border_kernel_multiplying_zero_in)
+
+
+def _tiled_with(mistake):
+    """The lesson's tiled kernel with one mistake: "modulo" (group c % G) or "first image's masks"."""
+
+    @cuda.jit
+    def kernel(x, masks, out, kernel_size, scale, group):
+        tile = cuda.shared.array((WINDOW, WINDOW), float32)
+        channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+        n = cuda.blockIdx.z // channels
+        c = cuda.blockIdx.z % channels
+        Y0 = cuda.blockIdx.y * TILE
+        X0 = cuda.blockIdx.x * TILE
+        r = (kernel_size - 1) // 2
+        top = Y0 // scale - r
+        left = X0 // scale - r
+        rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+        cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+        for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+            row = top + j // cols
+            col = left + j % cols
+            value = float32(0)
+            if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                value = x[n, c, row, col]
+            tile[j // cols, j % cols] = value
+        cuda.syncthreads()
+        Y = Y0 + cuda.threadIdx.y
+        X = X0 + cuda.threadIdx.x
+        if Y < height and X < width:
+            g = c % group if mistake == "modulo" else c // (channels // group)
+            m = 0 if mistake == "first image's masks" else n
+            ty = Y // scale - Y0 // scale
+            tx = X // scale - X0 // scale
+            total = float32(0)
+            for dy in range(kernel_size):
+                for dx in range(kernel_size):
+                    total += masks[m, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+            out[n, c, Y, X] = total
+
+    return kernel
+
+
+@pytest.mark.parametrize("mistake, message", [("modulo", r"group c // \(C // group\)"),
+                                              ("first image's masks", r"x \(2, 4, 3, 2\).*\n.*First mismatch at index \(1")])
+def test_tiled_kernel_mistakes_hidden_by_one_channel_groups_or_uniform_masks_are_caught(mistake, message):
+    with pytest.raises(checkers.CheckFailed, match=message):
+        checkers.check_carafe_tiled_kernel(_tiled_with(mistake), TILE, MAX_RADIUS)

@@ -316,8 +316,8 @@ def softmax_kernel(logits, weights):
             weights[n, t, Y, X] = math.exp(logits[n, t, Y, X] - top) / total
 
 
-def _block_kernel(reduce_all_channels=True, divergent=False):
-    """The lesson's block kernel, or one of two classic mistakes."""
+def _block_kernel(reduce_all_channels=True, divergent=False, mean_shift=False):
+    """The lesson's block kernel, or one of three classic mistakes."""
 
     @cuda.jit
     def kernel(q, key, weights, kernel_size, scale):
@@ -352,7 +352,12 @@ def _block_kernel(reduce_all_channels=True, divergent=False):
             stride //= 2
         top = partial[0, 0]
         for t in range(1, area):
-            top = max(top, partial[t, 0])
+            if mean_shift:  # shifts by the mean logit, not the largest
+                top += partial[t, 0]
+            else:
+                top = max(top, partial[t, 0])
+        if mean_shift:
+            top /= area
         total = 0.0
         for t in range(area):
             total += math.exp(partial[t, 0] - top)

@@ -213,7 +213,8 @@ def nearest_float_index(x, out, exact):
         col = i % width
         row = (i // width) % height
         plane = i // (width * height)
-        src_row = min(math.floor(row * x.shape[1] / height), x.shape[1] - 1)
+        # float32 as PyTorch (so the values are right), but math.floor's float result used as an index
+        src_row = min(math.floor(np.float32(row) * (np.float32(x.shape[1]) / np.float32(height))), x.shape[1] - 1)
         out[plane, row, col] = x[plane, src_row, nearest_index(col, x.shape[2], width)]
 
 

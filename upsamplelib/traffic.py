@@ -71,6 +71,8 @@ class ArrayTraffic:
     writes: np.ndarray | None = None
     #: how many times each element was written by a plain (non-atomic) store
     plain_writes: np.ndarray | None = None
+    #: whether each element was written by more than one thread
+    shared_writes: np.ndarray | None = None
 
 
 @dataclass
@@ -205,6 +207,13 @@ class _Counters:
         dims = self.dims
         return tuple(block)[:dims] + tuple(index)[:dims]
 
+    def thread_number(self) -> int:
+        """The running simulated thread as one number (-2 outside a kernel)."""
+        slot = self.slot()
+        if slot is None:
+            return -2
+        return int(np.ravel_multi_index(slot, self.values["global_loads"].shape))
+
     def add(self, name, amount=1):
         slot = self.slot()
         if slot is not None:
@@ -216,23 +225,27 @@ class _Counters:
 
 
 class _CountedArray:
-    """An array as a kernel sees it, counting element reads and writes."""
+    """An array as a kernel sees it, counting element reads and writes, and
+    noting which thread wrote each element last."""
 
-    __slots__ = ("_array", "_counters", "_space", "_traffic", "_writes", "_plain_writes")
+    __slots__ = ("_array", "_counters", "_space", "_traffic", "_writes", "_plain_writes", "_last_writer",
+                 "_shared_writes")
 
-    def __init__(self, array, counters, space, traffic, writes, plain_writes):
+    def __init__(self, array, counters, space, traffic, writes, plain_writes, last_writer, shared_writes):
         object.__setattr__(self, "_array", array)
         object.__setattr__(self, "_counters", counters)
         object.__setattr__(self, "_space", space)
         object.__setattr__(self, "_traffic", traffic)
         object.__setattr__(self, "_writes", writes)
         object.__setattr__(self, "_plain_writes", plain_writes)
+        object.__setattr__(self, "_last_writer", last_writer)
+        object.__setattr__(self, "_shared_writes", shared_writes)
 
     def __getitem__(self, index):
         value = self._array[index]
         if isinstance(value, np.ndarray):  # a row or a slice: still global memory
-            return _CountedArray(value, self._counters, self._space, self._traffic,
-                                 self._writes[index], self._plain_writes[index])
+            return _CountedArray(value, self._counters, self._space, self._traffic, self._writes[index],
+                                 self._plain_writes[index], self._last_writer[index], self._shared_writes[index])
         if not self._counters.in_atomic():
             self._counters.add(self._space + "_loads")
             with self._counters.lock:
@@ -247,9 +260,13 @@ class _CountedArray:
         counters.add(self._space + "_stores", written)
         if atomic:
             counters.add(self._space + "_atomics", written)
+        thread = counters.thread_number()
         with counters.lock:
             self._traffic.stores += written
             self._writes[index] += 1
+            last = self._last_writer[index]
+            self._shared_writes[index] |= (last >= 0) & (last != thread)
+            self._last_writer[index] = thread
             if atomic:
                 self._traffic.atomics += written
             else:
@@ -270,9 +287,11 @@ class _CountedArray:
 
 def _counted(array, counters, space, name, arrays):
     traffic = ArrayTraffic(name, writes=np.zeros(array.shape, np.int64),
-                           plain_writes=np.zeros(array.shape, np.int64))
+                           plain_writes=np.zeros(array.shape, np.int64),
+                           shared_writes=np.zeros(array.shape, np.bool_))
     arrays[name] = traffic
-    return _CountedArray(array, counters, space, traffic, traffic.writes, traffic.plain_writes)
+    return _CountedArray(array, counters, space, traffic, traffic.writes, traffic.plain_writes,
+                         np.full(array.shape, -1, np.int64), traffic.shared_writes)
 
 
 def _simulator_modules():

@@ -10,6 +10,7 @@ from ..backend import launch_config
 from .engine import (
     FLOAT_INDEX_HINT,
     CheckFailed,
+    check_non_contiguous,
     compare,
     diagnose,
     passed,
@@ -47,7 +48,15 @@ def check_linear_index(linear_index):
             values = rng.standard_normal(in_size).astype(np.float32)
             got = np.empty(out_size, np.float32)
             for dst in range(out_size):
-                i0, i1, w0, w1 = linear_index(dst, in_size, out_size, align_corners)
+                try:
+                    i0, i1, w0, w1 = linear_index(dst, in_size, out_size, align_corners)
+                except ZeroDivisionError as error:
+                    raise CheckFailed(
+                        f"{what}({dst}, {in_size}, {out_size}, align_corners={align_corners}): ZeroDivisionError "
+                        f"({error}).\nHint: " + ("with align_corners=True and out_size == 1, (in_size - 1) / "
+                                                 "(out_size - 1) divides by zero: PyTorch takes the scale as 0 "
+                                                 "there, so src = 0" if align_corners and out_size == 1 else
+                                                 _LINEAR_RULE[align_corners])) from None
                 for name, index in (("i0", i0), ("i1", i1)):
                     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
                         raise CheckFailed(
@@ -144,13 +153,21 @@ def _check_backward(kernel, what, one_thread_per, hint):
             x_ref, out_ref = _reference(x, size, align_corners)
             grad_out = rng.standard_normal(out_ref.shape).astype(np.float32)
             (expected,) = torch.autograd.grad(out_ref, x_ref, torch.from_numpy(grad_out).double())
-            grad_x = np.zeros_like(x)
+            # A scatter adds into grad_x, which must start at 0; a gather writes each element once and must not
+            # need it: nan then shows a gather that adds into grad_x.
+            grad_x = np.zeros_like(x) if one_thread_per == "output" else np.full_like(x, np.nan)
             case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
             _kernel_case(rules, 0 if one_thread_per == "output" else 1, grad_out, grad_x, align_corners,
                          count=index == 2 and not align_corners, case=case,
                          index_hint=(_index_hint(*parameter_names(kernel)[1::-1]) if one_thread_per == "output"
                                      else _gather_index_hint(*parameter_names(kernel)[:2])))
-            compare(expected.float(), grad_x, what=what, case=case, hint=hint)
+            case_hint = hint
+            if one_thread_per == "input" and np.isnan(grad_x).all():
+                case_hint = ("every element of grad_x is nan: the checker fills grad_x with nan, since a gather "
+                             "writes each element once and needs no zeroed array (the lesson's Function hands it "
+                             "new_empty memory). Sum into a local total and assign grad_x[p, y, x] = total, "
+                             "not +=")
+            compare(expected.float(), grad_x, what=what, case=case, hint=case_hint)
     rules.passed(2 * len(_SHAPES))
 
 
@@ -226,5 +243,9 @@ def check_bilinear_function(function_class):
             raise CheckFailed(f"{what}: torch.autograd.gradcheck fails with align_corners={align_corners}.\n"
                               "Hint: the gradient is right for one grad_out, but not against finite differences "
                               "in float64: keep forward and backward in x's dtype (no float32 copy on the way), "
-                              "and make the tensors contiguous before handing them to the kernels")
-    passed(what, 2)
+                              "make the tensors contiguous before handing them to the kernels, and with the "
+                              "scatter kernel (02.3) start grad_x at zero (new_zeros: it adds into grad_x, and "
+                              "new_empty memory may hold anything)")
+    check_non_contiguous(what, lambda t: function_class.apply(t, (5, 7), False),
+                         [torch.randn(2, 2, 3, 4, dtype=torch.float64)])
+    passed(what, 3)

@@ -390,7 +390,9 @@ def check_pixel_shuffle_upsampler(upsampler_class):
         if not isinstance(conv, nn.Conv2d):
             raise CheckFailed(f"{what}: the module has no nn.Conv2d attribute `conv`")
         expected_shape = (4 * c, c, 3, 3)
-        if tuple(conv.weight.shape) != expected_shape or conv.bias is None or conv.padding != (1, 1):
+        # padding="same" is padding 1 for a 3 x 3 kernel with dilation 1
+        pads_one = conv.padding == (1, 1) or (conv.padding == "same" and conv.dilation == (1, 1))
+        if tuple(conv.weight.shape) != expected_shape or conv.bias is None or not pads_one:
             raise CheckFailed(f"{what}: `conv` should be nn.Conv2d({c}, {4 * c}, 3, padding=1) (with a bias), got "
                               f"{conv}.\nHint: four output channels per input channel, one per sub-pixel position "
                               "of the 2 x 2 block each low-res pixel becomes")
@@ -454,8 +456,13 @@ def check_matched_width(matched_width):
     most ``budget`` parameters (None if none does)."""
     what = "matched_width"
     reference_budget = _parameters("carafe", 16, 5)
+    # and budgets at the edges: width 40 fits and so would 41; only width 3 would fit (so none of 4..40);
+    # width 18 fits with 1 output but not with 5, and 20 with 5 outputs but not with 21 (an answer that ignores
+    # outputs fails both)
     cases = [("bilinear", reference_budget, 5), ("carafe", reference_budget, 5), ("fade", reference_budget, 5),
-             ("sapa-g", 20_000, 1), ("fade-lite", 50_000, 1), ("nearest", 100, 5)]
+             ("sapa-g", 20_000, 1), ("fade-lite", 50_000, 1), ("nearest", 100, 5),
+             ("bilinear", _parameters("bilinear", 41, 5), 5), ("nearest", _parameters("nearest", 3, 5), 5),
+             ("carafe", _parameters("carafe", 18, 1), 1), ("fade", _parameters("fade", 20, 21) - 1, 21)]
     for upsampler, budget, outputs in cases:
         assert upsampler in UPSAMPLERS
         expected = _matched_width_reference(upsampler, budget, outputs)
@@ -463,6 +470,8 @@ def check_matched_width(matched_width):
         if got != expected:
             case = f"upsampler={upsampler!r}, budget={budget}, outputs={outputs}"
             hints = []
+            if isinstance(got, int) and not 4 <= got <= 40:
+                hints.append(f"the widths tried are range(4, 41), 4 to 40 both included; {got} is outside it")
             if expected is not None and got == expected + 1:
                 hints.append(f"width {got} has {_parameters(upsampler, got, outputs)} parameters, more than the "
                              "budget: take the largest width whose count is at most the budget")
@@ -476,6 +485,12 @@ def check_matched_width(matched_width):
                 hints.append(f"width {expected} fits ({_parameters(upsampler, expected, outputs)} parameters)")
             if isinstance(got, int) and got == 40 and expected != 40:
                 hints.append("check every width against the budget")
+            if expected == 40 and got == 39:
+                hints.append("range(4, 41) ends at 40: width 40 fits this budget")
+            if isinstance(got, int) and 4 <= got <= 40 and outputs != 5 and got == _matched_width_reference(
+                    upsampler, budget, 5):
+                hints.append(f"count the parameters of EncoderDecoder(upsampler, outputs, width) with the given "
+                             f"outputs={outputs}: the output layer's size depends on it")
             raise CheckFailed(f"{what}: expected {expected} for {case}, got {got!r}."
                               + (f"\nHint: {hints[0]}" if hints else
                                  "\nHint: count_parameters(EncoderDecoder(upsampler, outputs, width)) for each width "

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import launch_config
-from ..ops.carafe import CARAFE, carafe_reference
+from ..ops.carafe import CARAFE, carafe_reference, inside_map
 from .engine import (
     INTEGER_DIVISION_NOTE,
     CheckFailed,
+    check_non_contiguous,
     compare,
     diagnose,
     kernel_definition,
@@ -66,13 +67,15 @@ _GROUP_CASES = [
 ]
 
 #: Cases of the tiled kernel: output sizes that are not multiples of the tile,
-#: one smaller than a tile, and the largest radius the tile allows.
+#: one smaller than a tile, the largest radius the tile allows, and a batch
+#: of two whose groups hold two channels each.
 _TILED_CASES = [
     (1, 2, 5, 7, 5, 2, 1),
     (1, 2, 3, 4, 3, 3, 2),
     (1, 1, 12, 10, 7, 1, 1),
     (1, 2, 2, 3, 5, 4, 2),
     (2, 2, 3, 2, 1, 2, 1),
+    (2, 4, 3, 2, 3, 2, 2),  # two images with masks of their own (k > 1), two channels per group
 ]
 
 _BACKWARD_CASES = [
@@ -251,11 +254,35 @@ def check_predict_kernels(predict_kernels):
 # --------------------------------------------------------------------------
 
 
+#: The case whose masks hold nan at every slot that reads outside the map: the spec skips those slots, so
+#: no nan reaches the output (a kernel that multiplies a zero in for them gives nan * 0 = nan).
+_OUTSIDE_NAN_CASE = (2, 2, 3, 4, 3, 2, 2)
+
+_OUTSIDE_NAN_HINT = ("this case's masks hold nan at the slots that read outside the map, which CARAFE skips: skip "
+                     "the whole term there (`if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]: total += ...`), "
+                     "rather than multiplying the mask by a zero value, since nan * 0 is nan")
+
+
+def _with_nan_outside(masks, k, s, g, h, w):
+    """``masks`` with nan at every slot that reads outside the (h, w) map."""
+    outside = ~inside_map(k, s, h, w, "cpu").numpy()  # (k*k, s*h, s*w)
+    masks = masks.copy()
+    for group in range(g):
+        block = masks[:, group * k * k:(group + 1) * k * k]
+        block[:, outside] = np.nan
+    return masks
+
+
 def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT):
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
+    if not padded:  # the padded kernel multiplies its padding in by design
+        cases = cases + [_OUTSIDE_NAN_CASE if with_group else _OUTSIDE_NAN_CASE[:6] + (1,)]
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, seed + index)
+        outside_nan = not padded and index == len(cases) - 1
+        if outside_nan:
+            masks = _with_nan_outside(masks, k, s, g, h, w)
         radius = (k - 1) // 2
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         arrays = [np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (radius, radius), (radius, radius))))
@@ -270,7 +297,15 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                      bounds_hint=index_hint + "; and guard the thread with `if i < out.size:`",
                      index_hint=index_hint, sized_for=2)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
-        diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
+        if outside_nan and np.isnan(out).any():
+            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+            raise CheckFailed(f"{what}: out{first} is nan for {_describe(case)}, whose masks are nan only at the "
+                              f"slots that read outside the map.\nHint: {_OUTSIDE_NAN_HINT}")
+        if outside_nan:
+            diagnose(expected, out, [], what=what, case=_describe(case) + ", nan masks at the outside slots",
+                     hint=_OUTSIDE_NAN_HINT)
+        else:
+            diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
     rules.passed(len(cases))
 
 
@@ -478,8 +513,9 @@ _TILED_BOUNDS_HINT = (
     "largest case, (TILE + 2 * MAX_RADIUS) square at scale 1; it holds the low-res rows from Y0 // scale - r "
     "on, where Y0 = blockIdx.y * TILE is the block's first output row, so output Y reads tile row "
     "Y // scale - Y0 // scale + dy. x (axis 2 or 3): while loading the tile, read x only where "
-    "0 <= row < x.shape[2] and 0 <= col < x.shape[3], and store 0 elsewhere. masks or out: only the threads "
-    "with Y < height and X < width compute an output")
+    "0 <= row < x.shape[2] and 0 <= col < x.shape[3], and store 0 elsewhere; and the block's plane "
+    "p = blockIdx.z is image n = p // C, channel c = p % C (x's axis 1 has C channels). masks or out: only the "
+    "threads with Y < height and X < width compute an output")
 
 
 def x_loads_per_channel(h, w, k, s, tile=None):
@@ -560,7 +596,9 @@ def check_carafe_grad_x_kernel(kernel):
         hint="low-res pixel (row, col) is slot (dy, dx) of the outputs attached to low-res pixel "
              "(row - dy + r, col - dx + r), i.e. output rows (row - dy + r) * scale + sy for sy in range(scale) "
              "(and the same for columns); sum masks[n, slot, Y, X] * grad_out[n, c, Y, X] over them",
-        index_hint="skip the anchors (row - dy + r, col - dx + r) outside 0..h-1, 0..w-1")
+        index_hint="skip the anchors (row - dy + r, col - dx + r) outside 0..h-1, 0..w-1; and read the masks of "
+                   "channel c's group, mask channel g * kernel_size**2 + t with g = c // (C // group) (an index "
+                   "past axis 1 of masks is a group mapping that goes past the last group)")
 
 
 def check_carafe_grad_masks_kernel(kernel):
@@ -631,6 +669,8 @@ def check_carafe_function(function_class):
                     hint="backward returns (gather of grad_out over the windows, window products of grad_out "
                          "and x, None, None, None), each with the shape of its input")
             require_float64_precision(what, f"gradient of {name}, {case}", e, o, _FLOAT64_HOW)
+    check_non_contiguous(what, lambda a, b: function_class.apply(a, b, 3, 2, 2),
+                         [torch.from_numpy(a) for a in _inputs((1, 4, 3, 5, 3, 2, 2), 71, np.float64)])
     x = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[0]).requires_grad_()
     masks = torch.from_numpy(_inputs((1, 2, 2, 3, 3, 2, 2), 70, np.float64)[1]).requires_grad_()
     ok = run_with_timeout(
@@ -644,4 +684,4 @@ def check_carafe_function(function_class):
                           "again on new tensors, and twice with the same grad_out: make the tensors contiguous "
                           "before handing them to the kernels, keep no state between calls, and return new "
                           "tensors (do not write into grad_out or into saved tensors)")
-    passed(what, len(cases) + 1)
+    passed(what, len(cases) + 2)

@@ -201,6 +201,50 @@ def require_float64_precision(what: str, case: str, expected, got, how: str) -> 
                           "differences need float64 precision")
 
 
+def with_other_strides(tensor: torch.Tensor) -> torch.Tensor:
+    """The values of ``tensor`` in a tensor that is not contiguous: a
+    transposed view of a transposed copy (a map or a weight), or every
+    second element of a longer one (a vector)."""
+    if tensor.dim() == 1:
+        return torch.repeat_interleave(tensor, 2)[::2]
+    return tensor.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+NON_CONTIGUOUS_HINT = (
+    "make each tensor contiguous before its .numpy() goes to a kernel: .detach().contiguous() in forward, "
+    "grad_out.contiguous() in backward. A model hands the op transposed or sliced maps, and autograd hands "
+    "backward the gradient in whatever layout the graph above it gives")
+
+
+def check_non_contiguous(what: str, apply, tensors, hint: str = NON_CONTIGUOUS_HINT) -> None:
+    """``apply(*tensors)`` (an autograd Function's forward) and its backward
+    on the same values in tensors that are not contiguous, with a
+    grad_out that is not contiguous either, must give what they give on
+    contiguous ones. The kernels take one memory region per array: the
+    simulator refuses a strided one, and a GPU launch would copy it."""
+    def forward_and_backward(leaves, grad_out=None):
+        out = run_with_timeout(lambda: apply(*leaves), what="forward")
+        if grad_out is None:
+            grad_out = torch.from_numpy(np.random.default_rng(577).standard_normal(tuple(out.shape))).to(out.dtype)
+        grads = run_with_timeout(lambda: torch.autograd.grad(out, leaves, grad_out), what="backward")
+        return out.detach(), grads, grad_out
+
+    plain = [t.detach().clone().requires_grad_() for t in tensors]
+    out, grads, grad_out = forward_and_backward(plain)
+    strided = [with_other_strides(t.detach()).requires_grad_() for t in tensors]
+    case = f"the same inputs and grad_out, every one non-contiguous ({', '.join(str(tuple(t.stride())) for t in strided)} strides)"
+    try:
+        strided_out, strided_grads, _ = forward_and_backward(strided, with_other_strides(grad_out))
+    except CheckFailed:
+        raise
+    except Exception as error:  # noqa: BLE001 - the simulator's refusal of a strided array, or what follows it
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise CheckFailed(f"{what}: failed on {case}: {type(error).__name__}: {reason}\nHint: {hint}") from None
+    compare(out, strided_out, what=what, case=f"forward on {case}", hint=hint)
+    for index, (expected, got) in enumerate(zip(grads, strided_grads)):
+        compare(expected, got, what=what, case=f"gradient of input {index} on {case}", hint=hint)
+
+
 def _sentence(hint: str) -> str:
     """``hint`` as a sentence: its first word capitalised, unless that word
     is code (``linear_index(...)``, ``x_padded``), which keeps its case."""
@@ -242,11 +286,28 @@ def _thread_with_an_element(message: str, launch, arrays):
     return None
 
 
-def uses_atomics(kernel) -> bool:
-    """Whether the kernel's code (not its comments or strings) names ``atomic``."""
-    source = inspect.getsource(getattr(kernel, "py_func", kernel))
+def uses_atomics(kernel, _seen=None) -> bool:
+    """Whether the kernel's code (not its comments or strings), or that of a
+    device function it calls, names ``atomic``."""
+    from .ptx import _names_used, _python_function  # ptx imports this module
+
+    function = _python_function(kernel) or getattr(kernel, "py_func", kernel)
+    seen = _seen if _seen is not None else set()
+    seen.add(function)
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
     tokens = tokenize.generate_tokens(io.StringIO(inspect.cleandoc(source)).readline)
-    return any(token.type == tokenize.NAME and token.string == "atomic" for token in tokens)
+    if any(token.type == tokenize.NAME and token.string == "atomic" for token in tokens):
+        return True
+    names = getattr(function, "__globals__", {})
+    for name in _names_used(function.__code__):
+        helper = _python_function(names.get(name))
+        if helper is not None and helper not in seen and not helper.__module__.startswith("upsamplelib"):
+            if uses_atomics(helper, seen):
+                return True
+    return False
 
 
 def require_gather(kernel, what: str, each_thread: str) -> None:

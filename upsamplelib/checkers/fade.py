@@ -13,6 +13,7 @@ from ..ops.fade import FADE, semi_shift_conv_reference
 from .engine import (
     INTEGER_DIVISION_NOTE,
     CheckFailed,
+    check_non_contiguous,
     compare,
     diagnose,
     passed,
@@ -432,6 +433,11 @@ def check_semi_shift_function(function_class):
                     hint="backward returns (grad_en, grad_de, grad_weight, 2 * grad_out.sum(dim=(0, 2, 3)), None), "
                          "each computed by your kernels from grad_out.contiguous(), each kernel launched with one "
                          "thread per element of its own gradient (launch_config(grad.numel(), ...))")
+            require_float64_precision(what, f"gradient of {name}, {description}", e, g,
+                                      "hand the kernels grad_out and the saved tensors as they are (no .float()) "
+                                      "and allocate each gradient like its input (torch.empty_like)")
+    check_non_contiguous(what, lambda *t: function_class.apply(*t, 2),
+                         [torch.from_numpy(a) for a in _inputs((1, 2, 3, 3, 2, 3, 2), 575, np.float64)])
     arrays = _inputs((1, 2, 2, 2, 2, 3, 2), 580, np.float64)
     leaves = [torch.from_numpy(a).requires_grad_() for a in arrays]
     ok = run_with_timeout(
@@ -445,7 +451,7 @@ def check_semi_shift_function(function_class):
                           "forward.\nHint: compute in the inputs' dtype (float64 here, no .float()), make the "
                           "tensors contiguous before handing them to the kernels, keep what backward needs in ctx "
                           "(not in globals), and return new tensors (do not write into grad_out)")
-    passed(what, len(cases) + 1)
+    passed(what, len(cases) + 2)
 
 
 # --------------------------------------------------------------------------

@@ -26,9 +26,42 @@ BOUNDS_HINT = (
 
 
 def _run_elementwise(rules, launch, x, factor, count=False, case=""):
-    out = np.zeros_like(x)
+    # nan, not 0: a kernel that adds into out (out[i] += ...) must not pass on a zeroed array
+    out = np.full_like(x, np.nan)
     rules.launch(launch, x, out, np.float32(factor), bounds_hint=BOUNDS_HINT, count=count, case=case)
     return out
+
+
+def _adds_into_out(rules, launch, inputs, expected, bounds_hint, after=()):
+    """Whether the kernel, wrong on a nan-filled out, is right on a zeroed
+    one: it adds into out instead of assigning. ``inputs`` come before out
+    among the kernel's arguments, ``after`` after it."""
+    out = np.zeros_like(expected)
+    rules.launch(launch, *inputs, out, *after, bounds_hint=bounds_hint)
+    return np.allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+_ADDS_INTO_OUT = ("the checker fills out with nan before the launch, as memory from np.empty or torch.empty may "
+                  "hold anything; on a zeroed out your kernel is right, so it adds into out (`+=`) instead of "
+                  "setting it. Assign: {assignment}")
+
+
+def _never_written(out, guard):
+    """A hint naming the first element a kernel left unwritten (still nan), or None."""
+    missing = np.argwhere(np.isnan(out))
+    if not len(missing):
+        return None
+    index = tuple(int(i) for i in missing[0])
+    count = f"{len(missing)} elements of out, the first out{list(index)}, were" if len(missing) > 1 else \
+        f"out{list(index)} was"
+    return (f"{count} never written (still the checker's nan): every element needs a thread that writes it, and "
+            f"the guard must let all of them through: {guard}")
+
+
+def _alternative(launch, index):
+    """Every other case a second launch configuration (a kernel that writes in a block size or grid size
+    of its own is then wrong)."""
+    return launch[1] if index % 2 else launch[0]
 
 
 def check_scale_kernel(kernel, threads_per_block: int = 128):
@@ -39,10 +72,21 @@ def check_scale_kernel(kernel, threads_per_block: int = 128):
     rng = np.random.default_rng(0)
     for index, n in enumerate(sizes):
         x = rng.standard_normal(n).astype(np.float32)
-        blocks = math.ceil(n / threads_per_block)
-        case = f"n={n} with {blocks} blocks of {threads_per_block}"
-        out = _run_elementwise(rules, (blocks, threads_per_block), x, 2.5, count=index == 2, case=case)
-        compare(x * np.float32(2.5), out, what=what, case=case, hint="out[i] = x[i] * factor for i = cuda.grid(1)")
+        per_block = _alternative((threads_per_block, 96 if threads_per_block != 96 else 64), index)
+        blocks = math.ceil(n / per_block)
+        case = f"n={n} with {blocks} blocks of {per_block}"
+        out = _run_elementwise(rules, (blocks, per_block), x, 2.5, count=index == 2, case=case)
+        expected = x * np.float32(2.5)
+        hint = "out[i] = x[i] * factor for i = cuda.grid(1)"
+        if not np.allclose(out, expected) and _adds_into_out(rules, (blocks, per_block), (x,), expected, BOUNDS_HINT,
+                                                            (np.float32(2.5),)):
+            hint = _ADDS_INTO_OUT.format(assignment="out[i] = x[i] * factor")
+        elif not np.allclose(out, expected) and index % 2:
+            hint += (f"; this case has blocks of {per_block} threads: cuda.grid(1) is blockIdx.x * blockDim.x + "
+                     "threadIdx.x, for any block size")
+        elif not np.allclose(out, expected):
+            hint = _never_written(out, "`if i < out.size:`") or hint
+        compare(expected, out, what=what, case=case, hint=hint)
     rules.passed(len(sizes))
 
 
@@ -55,6 +99,11 @@ def check_launch_config(launch_config):
         if not (isinstance(got, tuple) and len(got) == 2):
             raise CheckFailed(f"{what}({n}, {threads}) returned {got!r}; expected a pair (blocks, threads_per_block)")
         blocks, per_block = got
+        if isinstance(blocks, bool) or not isinstance(blocks, (int, np.integer)):
+            raise CheckFailed(f"{what}({n}, {threads}) = {got!r}: the block count is a {type(blocks).__name__}, "
+                              "and a launch takes whole numbers only (`kernel[3.0, 32]` fails).\nHint: integer "
+                              "division, (n + threads - 1) // threads, or math.ceil(n / threads), which returns an "
+                              "int (np.ceil and / return floats)")
         if per_block != threads:
             raise CheckFailed(f"{what}({n}, {threads}): threads_per_block should stay {threads}, got {per_block}")
         if blocks * threads < n:
@@ -79,10 +128,20 @@ def check_grid_stride_kernel(kernel, blocks: int = 2, threads_per_block: int = 3
     sizes = random_sizes(seed=1, count=5, low=1, high=700)
     for index, n in enumerate(sizes):
         x = rng.standard_normal(n).astype(np.float32)
-        case = f"n={n} with a fixed grid of {blocks} x {threads_per_block} threads"
-        out = _run_elementwise(rules, (blocks, threads_per_block), x, -1.5, count=index == 1, case=case)
-        compare(x * np.float32(-1.5), out, what=what, case=case,
-                hint="start at cuda.grid(1) and step by cuda.gridsize(1) until n")
+        grid = _alternative(((blocks, threads_per_block), (blocks + 1, 2 * threads_per_block)), index)
+        case = f"n={n} with a fixed grid of {grid[0]} x {grid[1]} threads"
+        out = _run_elementwise(rules, grid, x, -1.5, count=index == 1, case=case)
+        expected = x * np.float32(-1.5)
+        hint = "start at cuda.grid(1) and step by cuda.gridsize(1) until n"
+        if not np.allclose(out, expected) and _adds_into_out(rules, grid, (x,), expected, BOUNDS_HINT,
+                                                            (np.float32(-1.5),)):
+            hint = _ADDS_INTO_OUT.format(assignment="out[i] = x[i] * factor")
+        elif not np.allclose(out, expected) and index % 2:
+            hint += (f"; this case's grid is {grid[0]} x {grid[1]} threads: cuda.gridsize(1) is the number of "
+                     "threads of the grid it runs on, whatever that is")
+        elif not np.allclose(out, expected):
+            hint = _never_written(out, "the loop runs while i < out.size") or hint
+        compare(expected, out, what=what, case=case, hint=hint)
     rules.passed(len(sizes))
 
 
@@ -92,10 +151,12 @@ def check_flip_kernel(kernel, block=(16, 8)):
     what = "flip_kernel"
     rules = KernelCheck(kernel, what, output=1)
     rng = np.random.default_rng(2)
+    block_shape = tuple(block)
     shapes = [(1, 1), (8, 16), (13, 29), (31, 7), (20, 45)]
     for index, (height, width) in enumerate(shapes):
         image = rng.standard_normal((height, width)).astype(np.float32)
-        out = np.zeros_like(image)
+        out = np.full_like(image, np.nan)  # a kernel that adds into out must not pass on zeros
+        block = _alternative((block_shape, block_shape[::-1]), index)
         grid = (math.ceil(width / block[0]), math.ceil(height / block[1]))
         case = f"a {height}x{width} image, grid {grid} of {block}"
         rules.launch((grid, block), image, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
@@ -103,18 +164,27 @@ def check_flip_kernel(kernel, block=(16, 8)):
                      index_hint="the mirror of column col is width - 1 - col (the last valid column is width - 1)")
         hint = "col, row = cuda.grid(2); the mirror of column col is width - 1 - col"
         for result, explanation in _flip_mistakes(image, grid, block):
-            if np.array_equal(out, result):
+            if np.array_equal(out, result, equal_nan=True):
                 hint = explanation
                 break
-        compare(image[:, ::-1], out, what=what, case=case, hint=hint)
+        expected = image[:, ::-1]
+        if not np.allclose(out, expected) and _adds_into_out(rules, (grid, block), (image,), expected,
+                                                             "guard with `if row < out.shape[0] and col < out.shape[1]:`"):
+            hint = _ADDS_INTO_OUT.format(assignment="out[row, col] = image[row, width - 1 - col]")
+        elif not np.allclose(out, expected) and index % 2 and hint.startswith("col, row"):
+            hint += (f"; this case has blocks of {block}: cuda.grid(2) is (blockIdx.x * blockDim.x + threadIdx.x, "
+                     "blockIdx.y * blockDim.y + threadIdx.y), for any block shape")
+        elif not np.allclose(out, expected) and hint.startswith("col, row"):
+            hint = _never_written(out, "`if row < out.shape[0] and col < out.shape[1]:`") or hint
+        compare(expected, out, what=what, case=case, hint=hint)
     rules.passed(len(shapes))
 
 
 def _flip_mistakes(image, grid, block):
-    """(what a wrong flip kernel writes into the zero-filled out, its mistake)."""
+    """(what a wrong flip kernel writes into the nan-filled out, its mistake)."""
     height, width = image.shape
     # row, col = cuda.grid(2): row runs over the x threads, col over the y threads
-    swapped = np.zeros_like(image)
+    swapped = np.full_like(image, np.nan)
     rows, cols = min(height, grid[0] * block[0]), min(width, grid[1] * block[1])
     swapped[:rows, :cols] = image[:rows, ::-1][:, :cols]
     return [
@@ -218,4 +288,15 @@ def check_to_kernel_array(to_kernel_array):
                 f"{what}: writing through the array did not change the {device} tensor, so it is a copy.\n"
                 "Hint: tensor.numpy() on the CPU and cuda.as_cuda_array(tensor) on the GPU share memory"
             )
-    passed(what, 2 if "cuda" not in devices and SIMULATOR else len(devices))
+    tracked = torch.zeros(3, 4, requires_grad=True)
+    try:
+        array = to_kernel_array(tracked)
+    except RuntimeError as error:
+        raise CheckFailed(f"{what}: failed for a tensor that requires grad: {str(error).splitlines()[0]}.\nHint: "
+                          "tensor.detach() first (a view of the same memory, outside autograd): "
+                          "tensor.detach().numpy() on the CPU, cuda.as_cuda_array(tensor.detach()) on the GPU") from None
+    array[1, 2] = 7.0
+    if float(tracked.detach()[1, 2]) != 7.0:
+        raise CheckFailed(f"{what}: for a tensor that requires grad, writing through the array did not change the "
+                          "tensor, so it is a copy.\nHint: tensor.detach() shares the tensor's memory")
+    passed(what, (2 if "cuda" not in devices and SIMULATOR else len(devices)) + 1)

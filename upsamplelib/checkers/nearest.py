@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,37 @@ def _reference_index(dst, in_size, out_size, exact):
     return int(nearest_source_index(dst, in_size, out_size, scale, exact, NEAREST_GENERIC, np.float32))
 
 
+def _compiled(student):
+    """The student's function compiled by Numba for the CPU, which types it
+    as a GPU compile does (an int times a float32 is float64 there, while
+    NumPy, running it as Python in the simulator, keeps float32); None where
+    Numba cannot compile it (the kernel exercises' GPU compile reports that)."""
+    function = getattr(student, "py_func", student)
+    try:
+        compiled = numba.njit(function)
+        compiled(0, 1, 1)
+    except Exception:  # noqa: BLE001 - any compile error: left to the GPU compile check
+        return None
+    return compiled
+
+
+def _check_compiled_index(student, exact, what):
+    compiled = _compiled(student)
+    if compiled is None:
+        return
+    for in_size, out_size in FLOAT32_SENSITIVE_SIZES:
+        for dst in range(out_size):
+            expected = _reference_index(dst, in_size, out_size, exact)
+            got = compiled(dst, in_size, out_size)
+            if got != expected:
+                raise CheckFailed(
+                    f"{what}({dst}, in_size={in_size}, out_size={out_size}) returns {student(dst, in_size, out_size)!r} "
+                    f"run as Python (as the simulator runs it) but {got!r} compiled, as a GPU runs it; PyTorch uses "
+                    f"input index {expected}.\nHint: compiled, an int times a float32 is computed in float64 (NumPy "
+                    "keeps it float32): make every operand float32, e.g. np.float32(dst) * scale, and "
+                    "np.float32(...) around a sum or product you want rounded to float32")
+
+
 def _check_index(student, exact, what, hint):
     for in_size, out_size in _SIZE_PAIRS:
         other = [_reference_index(dst, in_size, out_size, not exact) for dst in range(out_size)]
@@ -53,7 +85,8 @@ def _check_index(student, exact, what, hint):
                     f"{what}({dst}, in_size={in_size}, out_size={out_size}) returned {got!r}, "
                     f"PyTorch uses input index {expected}.\nHint: {hint}"
                 )
-    passed(what, len(_SIZE_PAIRS))
+    _check_compiled_index(student, exact, what)
+    passed(what, len(_SIZE_PAIRS) + 1)
 
 
 _NEAREST_RULE = ("floor(dst * scale) with scale = in_size / out_size, all in float32 "
@@ -80,7 +113,14 @@ def check_nearest_exact_index(nearest_exact_index):
     _check_index(nearest_exact_index, True, "nearest_exact_index", _EXACT_RULE)
 
 
-_PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19))]
+#: The last two: sizes where an index computed in another precision than PyTorch's float32 is wrong somewhere.
+_PRECISION_HINT = ("at this size PyTorch's float32 index math picks another source pixel than integer arithmetic "
+                   "(row * in // out) or float64 does at a few outputs: compute the indices as PyTorch does, "
+                   "with {call}")
+
+_PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19)),
+                 ((2, 210), (1, 400)), ((252, 1), (114, 2))]
+_FIRST_SENSITIVE_PLANE = 5
 
 
 def check_nearest_plane_kernel(kernel, block=(8, 8)):
@@ -98,16 +138,20 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
                      index_hint="read x at the source indices from nearest_index (at most x.shape - 1), not at the "
                                 "output's row and col")
         expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
-        diagnose(expected, out, [], what=what, case=f"{h}x{w} -> {out_h}x{out_w}", rtol=0, atol=0,
-                 hint="out[row, col] = x[nearest_index(row, x.shape[0], out.shape[0]), "
-                      "nearest_index(col, x.shape[1], out.shape[1])]: rows with the heights, columns with the widths")
+        hint = ("out[row, col] = x[nearest_index(row, x.shape[0], out.shape[0]), "
+                "nearest_index(col, x.shape[1], out.shape[1])]: rows with the heights, columns with the widths")
+        if index >= _FIRST_SENSITIVE_PLANE:
+            hint = _PRECISION_HINT.format(call="nearest_index(row, x.shape[0], out.shape[0]) and the same for col")
+        diagnose(expected, out, [], what=what, case=f"{h}x{w} -> {out_h}x{out_w}", rtol=0, atol=0, hint=hint)
     rules.passed(len(_PLANE_SHAPES))
 
 
 UNRAVEL_HINT = ("unravel i into (plane, row, col) with the output's sizes: col = i % W, row = (i // W) % H, "
                 "plane = i // (W * H), W = out.shape[2] and H = out.shape[1]")
 
-_SHAPES = [((1, 1, 1), (2, 3)), ((2, 4, 5), (9, 10)), ((3, 7, 3), (16, 7)), ((2, 9, 11), (5, 6)), ((1, 5, 5), (23, 11))]
+_SHAPES = [((1, 1, 1), (2, 3)), ((2, 4, 5), (9, 10)), ((3, 7, 3), (16, 7)), ((2, 9, 11), (5, 6)), ((1, 5, 5), (23, 11)),
+           ((1, 2, 210), (1, 400)), ((1, 252, 2), (114, 1))]
+_FIRST_SENSITIVE_SHAPE = 5
 
 
 def check_nearest_kernel(kernel, exact: bool = False):
@@ -133,7 +177,10 @@ def check_nearest_kernel(kernel, exact: bool = False):
                 f"{what}: the result is {other}'s, not {mode}'s, for {planes}x{h}x{w} -> {planes}x{out_h}x{out_w}."
                 f"\nHint: with exact={exact} the kernel must call "
                 f"{'nearest_exact_index' if exact else 'nearest_index'}: `if exact:` chooses the index function")
+        hint = UNRAVEL_HINT
+        if index >= _FIRST_SENSITIVE_SHAPE:
+            hint = _PRECISION_HINT.format(call="the lesson's index functions (nearest_index, nearest_exact_index)")
         diagnose(expected, out, [], what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}", rtol=0, atol=0,
-                 hint=UNRAVEL_HINT, unwritten_hint="every thread with i < out.size writes out[plane, row, col], its "
+                 hint=hint, unwritten_hint="every thread with i < out.size writes out[plane, row, col], its "
                                                    "own element: " + UNRAVEL_HINT)
     rules.passed(len(_SHAPES))

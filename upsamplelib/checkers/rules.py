@@ -104,6 +104,15 @@ class KernelCheck:
             return
         counts = written.writes
         twice = np.argwhere(counts > 1)
+        if len(twice) and written.shared_writes is not None and not written.shared_writes[counts > 1].any():
+            index = tuple(int(i) for i in twice[0])
+            raise CheckFailed(
+                f"{self.what}: {len(twice)} of the {counts.size} elements of {self.output} were written more than "
+                f"once, each only by its own thread (index {index}: {int(counts[index])} times), for "
+                f"{self.counted_case}: the kernel sums into {self.output} in global memory. The values are right, "
+                "but every `+=` there is a global load and a store, where a register costs nothing.\nHint: sum "
+                f"into a local variable (total = 0.0; total += ... in the loop) and write it to {self.output} once, "
+                "at the end")
         if len(twice):
             index = tuple(int(i) for i in twice[0])
             raise CheckFailed(

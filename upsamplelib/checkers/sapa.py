@@ -99,7 +99,22 @@ def _window_hint(expected, got, key_shape, kernel_size, scale, default, rtol, at
         return ("some values were never written, scattered through the array: check the unravel of i, X = i % W, "
                 "Y = (i // W) % H, t = (i // (W * H)) % (k*k), n = i // (W * H * k*k), so that every element "
                 "has its own thread, and that every thread writes its element (also when it is 0)")
+    factor = _constant_factor(_numpy(expected), got)
+    if factor is not None:
+        return (f"every value is the right one times {factor:.4g}: SAPA's logit is the plain dot product of q and "
+                "the key, with no scaling (no 1 / sqrt(d) as in attention, no temperature)")
     return default
+
+
+def _constant_factor(expected, got):
+    """c where ``got`` is ``c * expected`` (c not 1) to float32 precision, else None."""
+    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
+    if not np.isfinite(got).all() or not (expected != 0).any():
+        return None
+    factor = float((expected * got).sum() / (expected * expected).sum())
+    if abs(factor - 1) < 1e-3 or not np.allclose(got, factor * expected, rtol=1e-4, atol=1e-5):
+        return None
+    return factor
 
 
 def _outside_left_out(logits, weights, key_shape, kernel_size, scale):
@@ -149,6 +164,11 @@ def _embedding_variants(t, norm, linear):
         (linear(last).permute(0, 3, 1, 2),
          "the LayerNorm is missing: normalise each pixel's channel vector with module.norm_y (or norm_x) before "
          "the Linear module.q (or k)"),
+        (F.linear(norm(last), linear.weight).permute(0, 3, 1, 2),
+         "the Linear's bias is missing: call the module, module.q(...) (or module.k), or F.linear with both its "
+         "weight and its bias"),
+        (linear(F.layer_norm(last, norm.normalized_shape, norm.weight, norm.bias, eps=1e-6)).permute(0, 3, 1, 2),
+         f"the LayerNorm's eps differs from the module's ({norm.eps:g}): call module.norm_y (or norm_x) itself"),
     ]
 
 
@@ -170,6 +190,11 @@ def check_sapa_embedding(embed):
         if not (isinstance(got, tuple) and len(got) == 2):
             raise CheckFailed(f"{what}: expected a pair (q, key), got {type(got).__name__}")
         case = f"y {tuple(y.shape)}, x {tuple(x.shape)}, embedding_dim={dim}"
+        shapes = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in got)
+        if expected_q.shape != expected_key.shape and shapes == (tuple(expected_key.shape), tuple(expected_q.shape)):
+            raise CheckFailed(f"{what}: q has the shape of the key and the key that of q for {case}.\nHint: the "
+                              "queries come from y, the high-resolution map (module.q(module.norm_y(...))), and the "
+                              "keys from x, the low-resolution one (module.k(module.norm_x(...)))")
         hint = ("LayerNorm normalises each pixel's channel vector: move the channels last "
                 "(t.permute(0, 2, 3, 1)), apply module.norm_y (or norm_x), then the Linear module.q (or k), "
                 "and move the channels back (permute(0, 3, 1, 2))")
@@ -244,6 +269,31 @@ _SHIFT_HINT = ("exp(89) is already inf in float32, and exp(-104) is 0. Subtract 
                "exp: softmax is unchanged, the largest term is exp(0) = 1 and the sum is at least 1")
 
 
+_SPIKE_HINT = ("the shift must be the point's largest logit, found over every slot t = 0 .. k*k - 1, the last "
+               "included: a shift by anything else (the mean, the first or the smallest logit, a maximum that skips "
+               "a slot) leaves the spike's exp(logit - shift) far above exp(89), inf in float32 (and in the "
+               "simulator's float64 here)")
+
+
+#: (spike, rest) of the spiked cases: the second all below 0, 1,700 apart (a shift by the smallest logit overflows)
+_SPIKES = {"spike": (800.0, -800.0), "negative spike": (-100.0, -1800.0)}
+
+
+def _spiked_logits(shape, spike, rest):
+    """Logits of ``rest`` but one slot of ``spike`` at each point, the slot
+    going round the window from point to point, so that every slot (the
+    first and the last too) holds some point's spike. The softmax is
+    one-hot; only a shift by the true maximum keeps every exp finite (the
+    simulator's float64 too): the mean is far below the spike, and so is a
+    maximum that leaves the spike's slot out."""
+    batch, area, height, width = shape
+    logits = np.full(shape, rest, np.float32)
+    for point in range(batch * height * width):
+        n, rest_of_point = divmod(point, height * width)
+        logits[n, point % area, rest_of_point // width, rest_of_point % width] = spike
+    return logits
+
+
 def check_softmax_kernel(kernel):
     """``kernel(logits, weights)``: softmax over axis 1 of (N, k*k, H, W),
     one thread per point (n, Y, X) on a 1-D grid; must survive large logits."""
@@ -255,21 +305,28 @@ def check_softmax_kernel(kernel):
     # even in the simulator's float64.
     cases = [((1, 1, 3, 5), 1.0), ((2, 9, 4, 3), 3.0), ((1, 25, 5, 7), 1.0), ((1, 9, 3, 3), 300.0),
              ((1, 49, 2, 3), 150.0), ((1, 25, 3, 2), -1.0), ((2, 9, 2, 3), (-1000.0, -800.0)),
-             ((2, 9, 3, 2), (800.0, 1000.0))]
+             ((2, 9, 3, 2), (800.0, 1000.0)), ((2, 9, 3, 3), "spike"), ((1, 25, 2, 5), "negative spike")]
     for index, (shape, spread) in enumerate(cases):
-        if isinstance(spread, tuple):
+        if spread in _SPIKES:
+            logits = _spiked_logits(shape, *_SPIKES[spread])
+        elif isinstance(spread, tuple):
             logits = rng.uniform(*spread, size=shape).astype(np.float32)
         else:
             logits = _random(rng, shape) * np.float32(abs(spread))
-        if not isinstance(spread, tuple) and spread < 0:
+        if isinstance(spread, float) and spread < 0:
             logits -= np.float32(400.0)  # every exp underflows to 0 without the shift
-        elif not isinstance(spread, tuple) and spread > 100:
+        elif isinstance(spread, float) and spread > 100:
             logits += np.float32(100.0)  # every exp overflows to inf without the shift
         weights = np.full(shape, np.nan, np.float32)
         points = shape[0] * shape[2] * shape[3]
         case = f"logits {shape} between {float(logits.min()):.0f} and {float(logits.max()):.0f}"
         hint = _SHIFT_HINT
-        if float(logits.max()) < -200:
+        if spread in _SPIKES:
+            spike, rest = _SPIKES[spread]
+            case = (f"logits {shape}: at each point one slot (each slot at some point, the last included) {spike:.0f}, "
+                    f"the rest {rest:.0f}")
+            hint = _SPIKE_HINT
+        elif float(logits.max()) < -200:
             hint = f"every logit of this case is below {math.ceil(float(logits.max()))}. " + _MAX_START_HINT
         try:
             _launch(rules, launch_config(points, 64), logits, weights, count=index == 1, case=case,
@@ -394,16 +451,25 @@ def check_similarity_block_kernel(kernel, threads_per_block):
     # softmax of the block must survive them as the one of 04.4 does
     # (+900 before -900: a softmax without the max overflows there and is told to subtract it; one whose
     # maximum starts at 0 survives it and fails only below -900, where it is told where to start)
+    # and a spike case (k = 3): one logit of 800 in each window, the rest -800 (or 0 out of the map), the
+    # spike in every slot somewhere: a shift by the mean, or by a maximum that skips a slot, overflows
     cases = [(1, 37, 2, 3, 3, 2), (1, 5, 3, 2, 5, 1), (2, 70, 2, 2, 3, 1), (1, 16, 1, 1, 7, 2),
-             (1, 37, 1, 2, 1, 2, 100.0), (1, 37, 1, 2, 1, 2, -100.0)]
+             (1, 37, 1, 2, 1, 2, 100.0), (1, 37, 1, 2, 1, 2, -100.0), (1, 4, 6, 6, 3, 2, "spike")]
     for index, (n, d, h, w, k, s, *push) in enumerate(cases):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
-        if push:  # every product positive, then far from 0
+        spiked = push == ["spike"]
+        if spiked:  # key 200 on every third row and column, -200 elsewhere; q 1: logits of 4 * (+-200)
+            q = np.ones_like(q)
+            key = np.full_like(key, -200.0)
+            key[:, :, ::3, ::3] = 200.0
+        elif push:  # every product positive, then far from 0
             q, key = (np.abs(q) + np.float32(0.5)) * np.float32(push[0]), np.abs(key) + np.float32(0.5)
         weights = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
         blocks = n * s * h * s * w
         case = f"q {q.shape}, key {key.shape}, k={k}, s={s}, {blocks} blocks of {threads_per_block} threads"
-        if push:
+        if spiked:
+            case += ", one logit of 800 in each window (in every slot at some point), the others -800 or 0"
+        elif push:
             case += f", every logit {'below -900' if push[0] < 0 else 'above 900'}"
         try:
             with _fast_barriers(), _counting_syncthreads() as counts:
@@ -414,7 +480,7 @@ def check_similarity_block_kernel(kernel, threads_per_block):
                                                        "below k*k, and only lanes with lane < stride read "
                                                        "partial[t, lane + stride]")
         except (OverflowError, ZeroDivisionError) as error:
-            hint = _MAX_START_HINT if push and push[0] < 0 else _SHIFT_HINT
+            hint = _SPIKE_HINT if spiked else _MAX_START_HINT if push and push[0] < 0 else _SHIFT_HINT
             raise CheckFailed(f"{what}: {type(error).__name__} ({error}) in the softmax for {case}.\n"
                               f"Hint: {hint}") from None
         if report is not None:
@@ -433,7 +499,7 @@ def check_similarity_block_kernel(kernel, threads_per_block):
         if np.isnan(weights).any():
             index = tuple(int(i) for i in np.argwhere(np.isnan(weights))[0])
             if push:  # on a GPU exp does not raise: it overflows to inf / inf, or underflows to 0 / 0
-                hint = _MAX_START_HINT if push[0] < 0 else _SHIFT_HINT
+                hint = _SPIKE_HINT if spiked else _MAX_START_HINT if push[0] < 0 else _SHIFT_HINT
                 raise CheckFailed(f"{what}: weights{index} is nan for {case}: the softmax overflowed or "
                                   f"underflowed.\nHint: {hint}")
             raise CheckFailed(f"{what}: weights{index} was never written (or is nan) for {case}.\nHint: after the "
