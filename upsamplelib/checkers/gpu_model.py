@@ -58,6 +58,19 @@ def _never_written(out, guard):
             f"the guard must let all of them through: {guard}")
 
 
+def _elementwise_hint(rules, launch, x, factor, out, hint, other_launch_note, guard):
+    """The hint for a wrong out[i] = x[i] * factor: adding into out, a launch size written into the kernel
+    (``other_launch_note``, on the cases with the second configuration), unwritten elements, or ``hint``."""
+    expected = x * np.float32(factor)
+    if np.allclose(out, expected):
+        return hint
+    if _adds_into_out(rules, launch, (x,), expected, BOUNDS_HINT, (np.float32(factor),)):
+        return _ADDS_INTO_OUT.format(assignment="out[i] = x[i] * factor")
+    if other_launch_note:
+        return f"{hint}; {other_launch_note}"
+    return _never_written(out, guard) or hint
+
+
 def _alternative(launch, index):
     """Every other case a second launch configuration (a kernel that writes in a block size or grid size
     of its own is then wrong)."""
@@ -76,17 +89,11 @@ def check_scale_kernel(kernel, threads_per_block: int = 128):
         blocks = math.ceil(n / per_block)
         case = f"n={n} with {blocks} blocks of {per_block}"
         out = _run_elementwise(rules, (blocks, per_block), x, 2.5, count=index == 2, case=case)
-        expected = x * np.float32(2.5)
-        hint = "out[i] = x[i] * factor for i = cuda.grid(1)"
-        if not np.allclose(out, expected) and _adds_into_out(rules, (blocks, per_block), (x,), expected, BOUNDS_HINT,
-                                                            (np.float32(2.5),)):
-            hint = _ADDS_INTO_OUT.format(assignment="out[i] = x[i] * factor")
-        elif not np.allclose(out, expected) and index % 2:
-            hint += (f"; this case has blocks of {per_block} threads: cuda.grid(1) is blockIdx.x * blockDim.x + "
-                     "threadIdx.x, for any block size")
-        elif not np.allclose(out, expected):
-            hint = _never_written(out, "`if i < out.size:`") or hint
-        compare(expected, out, what=what, case=case, hint=hint)
+        hint = _elementwise_hint(
+            rules, (blocks, per_block), x, 2.5, out, "out[i] = x[i] * factor for i = cuda.grid(1)",
+            index % 2 and f"this case has blocks of {per_block} threads: cuda.grid(1) is blockIdx.x * blockDim.x + "
+                          "threadIdx.x, for any block size", "`if i < out.size:`")
+        compare(x * np.float32(2.5), out, what=what, case=case, hint=hint)
     rules.passed(len(sizes))
 
 
@@ -131,17 +138,11 @@ def check_grid_stride_kernel(kernel, blocks: int = 2, threads_per_block: int = 3
         grid = _alternative(((blocks, threads_per_block), (blocks + 1, 2 * threads_per_block)), index)
         case = f"n={n} with a fixed grid of {grid[0]} x {grid[1]} threads"
         out = _run_elementwise(rules, grid, x, -1.5, count=index == 1, case=case)
-        expected = x * np.float32(-1.5)
-        hint = "start at cuda.grid(1) and step by cuda.gridsize(1) until n"
-        if not np.allclose(out, expected) and _adds_into_out(rules, grid, (x,), expected, BOUNDS_HINT,
-                                                            (np.float32(-1.5),)):
-            hint = _ADDS_INTO_OUT.format(assignment="out[i] = x[i] * factor")
-        elif not np.allclose(out, expected) and index % 2:
-            hint += (f"; this case's grid is {grid[0]} x {grid[1]} threads: cuda.gridsize(1) is the number of "
-                     "threads of the grid it runs on, whatever that is")
-        elif not np.allclose(out, expected):
-            hint = _never_written(out, "the loop runs while i < out.size") or hint
-        compare(expected, out, what=what, case=case, hint=hint)
+        hint = _elementwise_hint(
+            rules, grid, x, -1.5, out, "start at cuda.grid(1) and step by cuda.gridsize(1) until n",
+            index % 2 and f"this case's grid is {grid[0]} x {grid[1]} threads: cuda.gridsize(1) is the number of "
+                          "threads of the grid it runs on, whatever that is", "the loop runs while i < out.size")
+        compare(x * np.float32(-1.5), out, what=what, case=case, hint=hint)
     rules.passed(len(sizes))
 
 
