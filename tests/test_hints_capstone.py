@@ -276,3 +276,51 @@ def test_iou_matching_no_known_mistake_is_told_the_definition():
 
     assert "then the mean over the classes with a non-empty union" in hint_of(checkers.check_boundary_iou,
                                                                               half_the_iou)
+
+
+def _band_of_one_side(target, width):
+    """Marks only the right and lower pixel of each differing pair."""
+    edges = torch.zeros_like(target, dtype=torch.bool)
+    edges[..., :, 1:] |= target[..., :, 1:] != target[..., :, :-1]
+    edges[..., 1:, :] |= target[..., 1:, :] != target[..., :-1, :]
+    return F.max_pool2d(edges.float()[:, None], 2 * width + 1, stride=1, padding=width)[:, 0] > 0
+
+
+def _band_of_the_first_image(target, width):
+    band = metrics.boundary_band(target[:1], width)
+    return band.expand(target.shape[0], -1, -1).clone()
+
+
+@pytest.mark.parametrize("wrong, named", [
+    (_band_of_one_side, "mark both pixels of every differing pair"),
+    (_band_of_the_first_image, "every image has the first image's band"),
+])
+def test_boundary_band_mistakes_are_named(wrong, named):
+    assert named in hint_of(checkers.check_boundary_band, wrong)
+
+
+def test_a_gradient_error_from_the_y_derivative_alone_is_told_to_use_both():
+    def y_only(pred, target):
+        _, hy = metrics.gaussian_derivative_filters()
+        pad = hy.shape[0] // 2
+
+        def magnitude(a):
+            return F.conv2d(a.double()[:, None], hy[None, None], padding=pad).abs()
+
+        return float((magnitude(pred) - magnitude(target)).pow(2).sum(dim=(-3, -2, -1)).mean())
+
+    assert "only the y derivative is used" in hint_of(checkers.check_gradient_error, y_only)
+
+
+class _ShufflingTheEncoder(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+
+    def forward(self, en, de):
+        return F.pixel_shuffle(self.conv(en), 2)  # en, not de
+
+
+def test_a_pixel_shuffle_of_the_encoder_map_is_told_to_convolve_de():
+    message = hint_of(checkers.check_pixel_shuffle_upsampler, _ShufflingTheEncoder)
+    assert "twice en's size" in message and "convolves de" in message

@@ -1150,3 +1150,34 @@ def test_similarity_scaled_like_attention_is_told_there_is_no_scaling():
 
     message = hint_of(checkers.check_similarity_reference, scaled)
     assert "every value is the right one times" in message and "no 1 / sqrt(d)" in message
+
+
+def test_cosine_similarity_is_told_the_logit_is_the_plain_dot_product():
+    def cosine(q, key, kernel_size, scale):
+        return similarity_reference(F.normalize(q, dim=1), F.normalize(key, dim=1), kernel_size, scale)
+
+    message = hint_of(checkers.check_similarity_reference, cosine)
+    assert "these are cosine similarities" in message and "plain dot product" in message
+
+
+@pytest.mark.parametrize("mistake, named", [
+    ("no Linear bias", "the Linear's bias is missing"),
+    ("eps", "the LayerNorm's eps differs from the module's"),
+    ("roles swapped", "the queries come from y"),
+])
+def test_embedding_mistakes_are_named(mistake, named):
+    def embed(module, y, x):
+        maps = ((x, module.norm_x, module.k), (y, module.norm_y, module.q)) if mistake == "roles swapped" else \
+            ((y, module.norm_y, module.q), (x, module.norm_x, module.k))
+        pair = []
+        for t, norm, linear in maps:
+            last = t.permute(0, 2, 3, 1)
+            if mistake == "eps":
+                normed = F.layer_norm(last, norm.normalized_shape, norm.weight, norm.bias, eps=1e-6)
+            else:
+                normed = norm(last)
+            projected = F.linear(normed, linear.weight) if mistake == "no Linear bias" else linear(normed)
+            pair.append(projected.permute(0, 3, 1, 2))
+        return tuple(pair)
+
+    assert named in hint_of(checkers.check_sapa_embedding, embed)

@@ -96,6 +96,9 @@ def _band_variants(target, width):
     one_sided = torch.zeros_like(t, dtype=torch.bool)
     one_sided[..., :, :-1] |= horizontal
     one_sided[..., :-1, :] |= vertical
+    other_side = torch.zeros_like(t, dtype=torch.bool)  # the right and lower pixel of each pair only
+    other_side[..., :, 1:] |= horizontal
+    other_side[..., 1:, :] |= vertical
     only_horizontal = torch.zeros_like(t, dtype=torch.bool)
     only_horizontal[..., :, 1:] |= horizontal
     only_horizontal[..., :, :-1] |= horizontal
@@ -112,9 +115,14 @@ def _band_variants(target, width):
     eight[..., :-1, :-1] |= diagonal
     eight[..., 1:, :-1] |= anti
     eight[..., :-1, 1:] |= anti
+    both_sides = ("a boundary pixel is one with ANY 4-neighbour of another label: mark both pixels of every "
+                  "differing pair (left and right, upper and lower), not only one of them")
+    full = dilate(edges)
     variants = [
-        (dilate(one_sided), "a boundary pixel is one with ANY 4-neighbour of another label: mark both pixels of "
-                            "every differing pair (left and right, upper and lower), not only one of them"),
+        (dilate(one_sided), both_sides),
+        (dilate(other_side), both_sides),
+        (full[:1].expand_as(full), "every image has the first image's band: compute the band of each image of the "
+                                   "batch (axis 0), e.g. with the comparisons and the max-pool over all of them at once"),
         (dilate(only_horizontal), "only left/right neighbours are compared: compare the upper and lower "
                                   "neighbours too"),
         (dilate(only_vertical), "only upper/lower neighbours are compared: compare the left and right "
@@ -282,7 +290,7 @@ def _grad_variants(pred, target):
         gy, gx = torch.gradient(a.double(), dim=(-2, -1))
         return (gx ** 2 + gy ** 2).sqrt()
 
-    return [
+    variants = [
         (float((field(pred) - field(target)).pow(2).sum(1).sum(dim=(-2, -1)).mean()),
          "you compared the gradient VECTORS, |grad p - grad t|^2; the gradient error compares their MAGNITUDES: "
          "(|grad p| - |grad t|)^2"),
@@ -310,6 +318,13 @@ def _grad_variants(pred, target):
          "only the x derivative is used (|gx| for the magnitude): the magnitude needs both filters, "
          "sqrt(gx^2 + gy^2) with hx and hy"),
     ]
+    for alone, other in ((hy, "y"),):  # the y derivative's magnitude alone (the x one is above)
+        variants.append((float((F.conv2d(pred.double()[:, None], alone[None, None], padding=alone.shape[0] // 2).abs()
+                                - F.conv2d(target.double()[:, None], alone[None, None],
+                                           padding=alone.shape[0] // 2).abs()).pow(2).sum(dim=(-3, -2, -1)).mean()),
+                         f"only the {other} derivative is used: the magnitude needs both filters, "
+                         "sqrt(gx^2 + gy^2) with hx and hy"))
+    return variants
 
 
 def check_gradient_error(gradient_error):
@@ -409,9 +424,12 @@ def check_pixel_shuffle_upsampler(upsampler_class):
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"{what}: forward(en, de) should return a tensor, got {type(got).__name__}")
         if got.shape != expected.shape:
+            hint = "(N, 4C, h, w) -> F.pixel_shuffle(..., 2) -> (N, C, 2h, 2w)"
+            if tuple(got.shape[-2:]) == (2 * en.shape[-2], 2 * en.shape[-1]):
+                hint = ("the output is twice en's size: the upsampler convolves de, the low-resolution decoder map, "
+                        "and pixel-shuffles that to en's size; en is not its input here")
             raise CheckFailed(f"{what}: wrong output shape for {case}: expected {tuple(expected.shape)}, got "
-                              f"{tuple(got.shape)}.\nHint: (N, 4C, h, w) -> F.pixel_shuffle(..., 2) -> "
-                              "(N, C, 2h, 2w)")
+                              f"{tuple(got.shape)}.\nHint: {hint}")
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
             with torch.no_grad():
                 variants = _shuffle_variants(module, en, de)

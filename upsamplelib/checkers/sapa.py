@@ -47,6 +47,11 @@ def _random(rng, shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def _unit_channels(t):
+    """``t`` (N, d, H, W) with each pixel's channel vector scaled to length 1."""
+    return t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+
+
 def _reference_logits(q, key, kernel_size, scale):
     return sapa_similarity_reference(torch.from_numpy(q).double(), torch.from_numpy(key).double(), kernel_size, scale)
 
@@ -225,6 +230,10 @@ def check_similarity_reference(similarity):
         hint = _window_hint(expected, got, key.shape, k, s,
                             SLOT_HINT + ". With F.unfold(key, k, padding=r) the windows come in exactly this order "
                             "(view them as (N, d, k*k, h, w)); repeat each s times along both axes", 1e-6, 1e-8)
+        cosine = _reference_logits(_unit_channels(q), _unit_channels(key), k, s)
+        if got.shape == cosine.shape and torch.allclose(got.detach().double(), cosine, rtol=1e-5, atol=1e-7):
+            hint = ("these are cosine similarities (q and the key normalised to length 1): SAPA's logit is the plain "
+                    "dot product of q and the key; the embedding's LayerNorm is all the normalisation there is")
         compare(expected, got.detach(), what=what, case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint,
                 rtol=1e-6, atol=1e-8)
     passed(what, len(_SHAPES))
