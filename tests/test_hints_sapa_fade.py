@@ -28,7 +28,14 @@ from test_lesson_helpers_fade import (
     read_or_zero,
     semi_shift_kernel,
 )
-from test_lesson_helpers_sapa import MAX_AREA, THREADS, similarity_reference, window_neighbour
+from test_lesson_helpers_sapa import (
+    MAX_AREA,
+    THREADS,
+    similarity_kernel,
+    similarity_reference,
+    softmax_kernel,
+    window_neighbour,
+)
 from upsamplelib import checkers
 from upsamplelib.checkers import sapa as plain_sapa_checkers
 from upsamplelib.backend import launch_config
@@ -1181,3 +1188,167 @@ def test_embedding_mistakes_are_named(mistake, named):
         return tuple(pair)
 
     assert named in hint_of(checkers.check_sapa_embedding, embed)
+
+
+
+# --- Skipped taps and slots with nan, block sizes, zero gradients (a third student pass)
+
+
+@cuda.jit
+def grad_query_multiplying_zeros_in(grad_logits, key, grad_q, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < grad_q.size:
+        channels, height, width = grad_q.shape[1], grad_q.shape[2], grad_q.shape[3]
+        X, Y = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
+        total = 0.0
+        for t in range(kernel_size * kernel_size):
+            row, col = window_neighbour(t, Y, X, kernel_size, scale)
+            total += grad_logits[n, t, Y, X] * read_or_zero(key, n, c, row, col)  # an outside slot still counts
+        grad_q[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_key_in_blocks_of_64(grad_logits, q, grad_key, kernel_size, scale):
+    i = cuda.blockIdx.x * 64 + cuda.threadIdx.x  # a block size of its own
+    if i < grad_key.size:
+        channels, height, width = grad_key.shape[1], grad_key.shape[2], grad_key.shape[3]
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % channels, i // (width * height * channels)
+        radius = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                anchor_row, anchor_col = row - dy + radius, col - dx + radius
+                if 0 <= anchor_row < height and 0 <= anchor_col < width:
+                    for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                        for X in range(anchor_col * scale, anchor_col * scale + scale):
+                            total += grad_logits[n, dy * kernel_size + dx, Y, X] * q[n, c, Y, X]
+        grad_key[n, c, row, col] = total
+
+
+@simulator_only
+def test_grad_query_multiplying_an_outside_slot_in_is_told_to_skip_it():
+    message = hint_of(checkers.check_grad_query_kernel, grad_query_multiplying_zeros_in)
+    assert "grad_logits nan at every slot outside the key map" in message and "skip the slots" in message
+
+
+@simulator_only
+def test_grad_key_with_a_block_size_of_its_own_is_caught():
+    message = hint_of(checkers.check_grad_key_kernel, grad_key_in_blocks_of_64)
+    assert "written more than once" in message and "no block size of your own" in message
+
+
+def sapa_forward_from_the_two_kernels(module, y, x):
+    k, s = module.up_kernel_size, module.up_factor
+    q, key = module.queries_and_keys(y, x)
+    q, key = q.detach().contiguous(), key.detach().contiguous()
+    n, _, height, width = q.shape
+    logits = q.new_empty((n, k * k, height, width))
+    similarity_kernel[launch_config(logits.numel(), 64)](q.numpy(), key.numpy(), logits.numpy(), k, s)
+    weights = torch.empty_like(logits)
+    softmax_kernel[launch_config(n * height * width, 64)](logits.numpy(), weights.numpy())
+    return ul.carafe(x, weights, k, s, group=1)
+
+
+def test_sapa_forward_from_the_earlier_kernels_is_told_which_kernel_the_exercise_runs():
+    message = hint_of(checkers.check_sapa_forward, sapa_forward_from_the_two_kernels)
+    assert "computed with `similarity_kernel` and `softmax_kernel`" in message
+    assert "is to run `similarity_block_kernel`" in message and "somewhere else" not in message
+
+
+def pixel_multiplying_zeros_in(E, D, weight, bias, n, o, Y, X, scale):
+    r = weight.shape[2] // 2
+    total = 2 * bias[o]
+    for c in range(E.shape[1]):
+        for uy in range(weight.shape[2]):
+            for ux in range(weight.shape[3]):
+                e_row, e_col, d_row, d_col = Y + uy - r, X + ux - r, Y // scale + uy - r, X // scale + ux - r
+                e = E[n, c, e_row, e_col] if 0 <= e_row < E.shape[2] and 0 <= e_col < E.shape[3] else 0.0
+                d = D[n, c, d_row, d_col] if 0 <= d_row < D.shape[2] and 0 <= d_col < D.shape[3] else 0.0
+                total += weight[o, c, uy, ux] * (e + d)  # an outside tap still multiplies its weight
+    return total
+
+
+def test_a_pixel_multiplying_an_outside_tap_in_is_told_to_skip_it():
+    with np.errstate(invalid="ignore"):
+        message = hint_of(checkers.check_semi_shift_pixel, pixel_multiplying_zeros_in)
+    assert "a weight that is nan at tap (0, 0)" in message and "a tap outside the map is skipped" in message
+
+
+@cuda.jit
+def grad_de_multiplying_zeros_in(grad_out, weight, grad_de, scale):
+    i = cuda.grid(1)
+    if i < grad_de.size:
+        height, width = grad_de.shape[2], grad_de.shape[3]
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % grad_de.shape[1], i // (width * height * grad_de.shape[1])
+        r = weight.shape[2] // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
+                    a, b = row - uy + r, col - ux + r
+                    pooled = 0.0
+                    for dy in range(scale):
+                        for dx in range(scale):
+                            pooled += read_or_zero(grad_out, n, o, a * scale + dy, b * scale + dx)
+                    total += weight[o, c, uy, ux] * pooled  # an outside anchor still multiplies its weight
+        grad_de[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_de_of_one_block(grad_out, weight, grad_de, scale):
+    i = cuda.threadIdx.x  # forgets the block: right only while grad_de fits one block
+    if i < grad_de.size:
+        height, width = grad_de.shape[2], grad_de.shape[3]
+        col, row = i % width, (i // width) % height
+        c, n = (i // (width * height)) % grad_de.shape[1], i // (width * height * grad_de.shape[1])
+        r = weight.shape[2] // 2
+        total = 0.0
+        for uy in range(weight.shape[2]):
+            for ux in range(weight.shape[2]):
+                a, b = row - uy + r, col - ux + r
+                if 0 <= a < height and 0 <= b < width:
+                    for o in range(weight.shape[0]):
+                        for Y in range(a * scale, a * scale + scale):
+                            for X in range(b * scale, b * scale + scale):
+                                total += weight[o, c, uy, ux] * grad_out[n, o, Y, X]
+        grad_de[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_weight_returning_early(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        size = grad_weight.shape[2]
+        ux, uy = i % size, (i // size) % size
+        c, o = (i // (size * size)) % grad_weight.shape[1], i // (size * size * grad_weight.shape[1])
+        r = size // 2
+        height, width = grad_out.shape[2], grad_out.shape[3]
+        if max(0, r - uy) >= min(height, height + r - uy) or max(0, r - ux) >= min(width, width + r - ux):
+            return  # nothing to add: leaves its element as it was
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(height):
+                for X in range(width):
+                    total += grad_out[n, o, Y, X] * (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                                                     + read_or_zero(D, n, c, Y // scale + uy - r,
+                                                                    X // scale + ux - r))
+        grad_weight[o, c, uy, ux] = total
+
+
+@simulator_only
+def test_grad_de_multiplying_an_outside_anchor_in_is_told_to_skip_it():
+    message = hint_of(checkers.check_semi_shift_grad_de_kernel, grad_de_multiplying_zeros_in)
+    assert "a weight that is nan at tap (0, 0)" in message and "skip the anchors outside the low-res map" in message
+
+
+def test_grad_de_of_one_block_is_caught_on_a_map_of_two_blocks():
+    message = hint_of(checkers.check_semi_shift_grad_de_kernel, grad_de_of_one_block)
+    assert "D (1, 3, 5, 6)" in message and "never written" in message
+
+
+def test_grad_weight_leaving_a_zero_gradient_unwritten_is_caught():
+    message = hint_of(checkers.check_semi_shift_grad_weight_kernel, grad_weight_returning_early)
+    assert "E (1, 2, 1, 1)" in message and "never written" in message

@@ -49,6 +49,10 @@ _CASES = [
     (1, 2, 2, 3, 3, 1, 2),
     (1, 2, 3, 2, 5, 3, 1),
     (1, 1, 1, 1, 1, 3, 2),
+    # a decoder map of more than one block of threads (every case above fits one), and a 1 x 1 map at
+    # s = 1, whose weight gradient is 0 at the 8 taps outside it (a thread must still write its 0)
+    (1, 3, 2, 5, 6, 3, 2),
+    (1, 2, 2, 1, 1, 3, 1),
 ]
 
 #: Larger cases for the PyTorch formulation, which costs nothing to check.
@@ -158,7 +162,7 @@ def _rules(kernel, what, output):
 
 
 def _launch(rules, n_threads, *arrays, guard, count=False, case=""):
-    rules.launch(launch_config(n_threads, 64), *arrays, count=count, case=case,
+    rules.launch(launch_config(n_threads, rules.threads_per_block()), *arrays, count=count, case=case,
                  bounds_hint=f"guard the thread with `if i < {guard}:`, and check that a tap is inside the map "
                              "before reading it",
                  index_hint="check that a tap is inside the map (0 <= row < height and 0 <= col < width) before "
@@ -234,7 +238,13 @@ def check_semi_shift_pixel(semi_shift_pixel):
         _diagnose(_reference(E, D, weight, bias, s), got, _variants(E, D, weight, bias, s), what=what,
                   case=_describe(case), hint=_FORMULA, rtol=1e-7, atol=1e-9,
                   border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
-    passed(what, len(_CASES))
+    n, c, o, h, w, k, s = _NAN_TAP_CASE
+    E, D, weight, bias = _inputs(_NAN_TAP_CASE, 519, np.float64)
+    weight[:, :, 0, 0] = np.nan
+    got = np.array([[[[float(semi_shift_pixel(E, D, weight, bias, b, channel, Y, X, s)) for X in range(s * w)]
+                      for Y in range(s * h)] for channel in range(o)] for b in range(n)])
+    _require_skipped(what, "out", _reference(E, D, weight, bias, s), got, _describe(_NAN_TAP_CASE), _SKIP_HINT)
+    passed(what, len(_CASES) + 1)
 
 
 # --------------------------------------------------------------------------
@@ -273,6 +283,28 @@ def _gradients(E, D, weight, bias, grad_out, scale):
 
 def _pool(grad_out, scale):
     return F.avg_pool2d(grad_out, scale) * scale * scale
+
+
+#: The case whose weight is nan at tap (0, 0): the outputs (or decoder pixels) for which that tap lies outside
+#: the maps skip it, so they stay finite (SPEC: a nan weight at a skipped tap never reaches a result).
+_NAN_TAP_CASE = (1, 2, 3, 3, 4, 3, 2)
+
+_SKIP_HINT = ("a tap outside the map is skipped, not multiplied by a zero read: add weight * value only where the "
+              "tap is inside (the encoder's and the decoder's tap each on its own), so that a nan or inf weight at a "
+              "skipped tap never reaches the result")
+
+
+def _require_skipped(what, name, expected, got, case, hint):
+    """``got`` finite and right wherever ``expected`` (computed with a nan weight at tap (0, 0)) is finite."""
+    expected, got = torch.as_tensor(expected).double(), torch.as_tensor(np.asarray(got)).double()
+    finite = torch.isfinite(expected)
+    leaked = finite & ~torch.isfinite(got)
+    if leaked.any():
+        index = tuple(int(i) for i in torch.nonzero(leaked)[0])
+        raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, a weight that is nan at tap "
+                          f"(0, 0), which lies outside the maps for this element.\nHint: {hint}")
+    compare(expected[finite], got[finite], what=what, case=f"{case}, a weight that is nan at tap (0, 0)",
+            rtol=1e-4, atol=1e-4, hint=hint)
 
 
 def _backward_cases(seed):
@@ -336,7 +368,19 @@ def check_semi_shift_grad_de_kernel(kernel):
                   hint="grad_de[n, c, row, col] = sum over o, uy, ux of weight[o, c, uy, ux] * (the sum of grad_out "
                        "over the s x s outputs attached to low-res pixel (row - uy + r, col - ux + r)), skipping "
                        "anchors outside the low-res map")
-    rules.passed(len(_CASES))
+    case = _NAN_TAP_CASE
+    E, D, weight, bias = _inputs(case, 548)
+    grad_out = np.random.default_rng(549).standard_normal((case[0], case[2], case[6] * case[3],
+                                                           case[6] * case[4])).astype(np.float32)
+    weight[:, :, 0, 0] = np.nan
+    grad_de = np.full(D.shape, np.nan, np.float32)
+    _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",
+            case=_describe(case) + ", nan weight at tap (0, 0)")
+    _require_skipped(what, "grad_de", _gradients(E, D, weight, bias, grad_out, case[6])[1], grad_de,
+                     _describe(case), "skip the anchors outside the low-res map (do not multiply the weight by a "
+                                      "zero sum of grad_out for them), so that a nan or inf weight at a skipped tap "
+                                      "never reaches grad_de")
+    rules.passed(len(_CASES) + 1)
 
 
 def check_semi_shift_grad_weight_kernel(kernel):

@@ -41,6 +41,12 @@ MUST_LAUNCH: dict[str, tuple[tuple[str, ...], ...]] = {
     "05.7": (("semi_shift_kernel",), ("grad_en_kernel",), ("grad_de_kernel",), ("grad_weight_kernel",)),
 }
 
+#: Kernels of earlier exercises that give the same values by another road: counted too, so that the
+#: message can say the values did come from the student's kernels, just not the ones the exercise asks for.
+OTHER_ROADS: dict[str, tuple[str, ...]] = {
+    "04.6": ("similarity_kernel", "softmax_kernel"),
+}
+
 
 def _require_launches(exercise_id: str, counters: dict) -> None:
     """CheckFailed unless every kernel ``MUST_LAUNCH`` names for the
@@ -49,6 +55,12 @@ def _require_launches(exercise_id: str, counters: dict) -> None:
         if not any(counters[name].launches for name in names if name in counters):
             which = " or ".join(f"`{name}`" for name in names)
             what = EXERCISES[exercise_id].defines[0]
+            other = [name for name in OTHER_ROADS.get(exercise_id, ()) if name in counters and counters[name].launches]
+            if other:
+                raise CheckFailed(
+                    f"{what}: the values are right, computed with {' and '.join(f'`{n}`' for n in other)}, "
+                    f"but exercise {exercise_id} is to run {which}, which does that work in one launch.\nHint: "
+                    f"launch {names[0]}[blocks, threads](...) as the exercise says")
             raise CheckFailed(
                 f"{what}: the values are right, but {which} was never launched during the check: exercise "
                 f"{exercise_id} is to run your kernels, and the values came from somewhere else (the library's "
@@ -77,6 +89,7 @@ def graded(checker):
             if own is not None:
                 raise _unsolved(own, exercise_id)
             counted = {name for names in MUST_LAUNCH.get(exercise_id, ()) for name in names}
+            counted |= set(OTHER_ROADS.get(exercise_id, ()))
             patched, used, counters = prepared_for_check(exercise_id, args[0], counted)
             if used:
                 print(fallback_note(exercise_id, used))

@@ -65,11 +65,18 @@ class KernelCheck:
         self.report = None
         self.counted_case = None
         self.outputs = None
+        self.launches = 0
+
+    def threads_per_block(self) -> int:
+        """The block size of the next one-thread-per-element launch: 64, then 96, in turns, so that a kernel
+        that writes a block size of its own in (``blockIdx.x * 64 + ...``) is wrong in some case."""
+        return 96 if self.launches % 2 else 64
 
     def launch(self, launch, *arrays, bounds_hint: str, count: bool = False, case: str = "", index_hint: str = "",
                sized_for: int | None = None):
         """``launch_checked``, and on the first call the PTX compile (in the
         background); with ``count`` the launch's traffic is counted."""
+        self.launches += 1
         if self.compiled is None:
             # On a GPU the launch itself compiles the kernel; an unsolved stub is reported by the launch.
             solved = unsolved_exercise(self.kernel) is None
@@ -119,8 +126,9 @@ class KernelCheck:
                 f"{self.what}: {len(twice)} of the {counts.size} elements of {self.output} were written more than "
                 f"once (index {index}: {int(counts[index])} times) for {self.counted_case}. The values are right, "
                 "but the kernel does the work several times.\nHint: one thread per output element, each writing "
-                "only its own; a grid-stride loop starts at cuda.grid(1) and steps by cuda.gridsize(1), "
-                "the number of threads in the whole grid (not cuda.blockDim.x)")
+                "only its own, i = cuda.grid(1) (blockIdx.x * blockDim.x + threadIdx.x: no block size of your "
+                "own, this case's blocks may differ); a grid-stride loop starts at cuda.grid(1) and steps by "
+                "cuda.gridsize(1), the number of threads in the whole grid (not cuda.blockDim.x)")
         never = np.argwhere(counts == 0)
         if len(never):
             index = tuple(int(i) for i in never[0])

@@ -253,7 +253,7 @@ def check_similarity_kernel(kernel):
     for index, (n, d, h, w, k, s) in enumerate(_SHAPES):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         logits = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
-        _launch(rules, launch_config(logits.size, 64), q, key, logits, k, s, count=index == 1,
+        _launch(rules, launch_config(logits.size, rules.threads_per_block()), q, key, logits, k, s, count=index == 1,
                 case=f"q {q.shape}, key {key.shape}, k={k}, s={s}",
                 guard_hint="the last block runs past logits.size: guard with `if i < logits.size:`")
         expected = _reference_logits(q, key, k, s).float()
@@ -338,7 +338,7 @@ def check_softmax_kernel(kernel):
         elif float(logits.max()) < -200:
             hint = f"every logit of this case is below {math.ceil(float(logits.max()))}. " + _MAX_START_HINT
         try:
-            _launch(rules, launch_config(points, 64), logits, weights, count=index == 1, case=case,
+            _launch(rules, launch_config(points, rules.threads_per_block()), logits, weights, count=index == 1, case=case,
                     guard_hint="there are N * H * W points, fewer than threads: guard with "
                                "`if i < logits.shape[0] * logits.shape[2] * logits.shape[3]:`",
                     index_hint="unravel i into a point (n, Y, X) only, X = i % W, Y = (i // W) % H, n = i // (W * H); "
@@ -617,10 +617,17 @@ def _gradients(q, key, grad_logits, kernel_size, scale):
     return grad_q.float(), grad_key.float()
 
 
+#: The gradient kernels' cases: ``_SHAPES`` and a key of 120 elements, launched (sixth) in blocks of 96,
+#: so that it takes two blocks (a kernel that forgets blockIdx, or writes in a block size of its own, fails).
+_GRADIENT_SHAPES = _SHAPES[:5] + [(1, 4, 5, 6, 3, 2)] + _SHAPES[5:]
+#: Its launch is the counted one: an element written by two threads (blocks that overlap) is caught there.
+_COUNTED_GRADIENT_CASE = 5
+
+
 def _check_gradient(kernel, what, wrt, hint):
     rules = KernelCheck(kernel, what, output=2)
     rng = np.random.default_rng(46)
-    for index, (n, d, h, w, k, s) in enumerate(_SHAPES):
+    for index, (n, d, h, w, k, s) in enumerate(_GRADIENT_SHAPES):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         grad_logits = _random(rng, (n, k * k, s * h, s * w))
         expected_q, expected_key = _gradients(q, key, grad_logits, k, s)
@@ -630,7 +637,7 @@ def _check_gradient(kernel, what, wrt, hint):
         else:
             grad = np.full_like(key, np.nan)
             arrays, expected, name = (grad_logits, q, grad), expected_key, "grad_key"
-        _launch(rules, launch_config(grad.size, 64), *arrays, k, s, count=index == 1,
+        _launch(rules, launch_config(grad.size, rules.threads_per_block()), *arrays, k, s, count=index == _COUNTED_GRADIENT_CASE,
                 case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", guard_hint=f"guard with `if i < {name}.size:`")
         if np.isnan(grad).any():
             index = tuple(int(i) for i in np.argwhere(np.isnan(grad))[0])
@@ -639,7 +646,30 @@ def _check_gradient(kernel, what, wrt, hint):
                               "it is 0 (the checker does not zero the array first)")
         diagnose(expected, grad, _gradient_variants(q, key, grad_logits, k, s, wrt), what=what,
                  case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint, rtol=1e-4, atol=1e-4)
-    rules.passed(len(_SHAPES))
+    if wrt == "q":
+        _check_nan_at_skipped_slots(rules, what, rng)
+    rules.passed(len(_GRADIENT_SHAPES) + (wrt == "q"))
+
+
+def _check_nan_at_skipped_slots(rules, what, rng):
+    """grad_logits nan at every slot whose neighbour lies outside the key map: those slots are skipped
+    (SPEC), so grad_q stays finite."""
+    n, d, h, w, k, s = 1, 3, 3, 4, 3, 2
+    q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+    grad_logits = _random(rng, (n, k * k, s * h, s * w))
+    grad_logits[_outside_mask(grad_logits.shape, key.shape, k, s)] = np.nan
+    expected = _gradients(q, key, grad_logits, k, s)[0]
+    grad = np.full_like(q, np.nan)
+    case = f"q {q.shape}, key {key.shape}, k={k}, s={s}, grad_logits nan at every slot outside the key map"
+    _launch(rules, launch_config(grad.size, rules.threads_per_block()), grad_logits, key, grad, k, s, case=case,
+            guard_hint="guard with `if i < grad_q.size:`")
+    if not np.isfinite(grad).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(grad))[0])
+        raise CheckFailed(f"{what}: grad_q{index} is {grad[index]} for {case}.\nHint: skip the slots whose neighbour "
+                          "lies outside the key map (their logit is the constant 0), rather than multiplying their "
+                          "grad_logits by a zero read: a nan or inf there must never reach grad_q")
+    compare(expected, grad, what=what, case=case, rtol=1e-4, atol=1e-4,
+            hint="sum grad_logits[n, t, Y, X] * key[n, c, neighbour] over the slots t whose neighbour is inside the map")
 
 
 def _gradient_variants(q, key, grad_logits, kernel_size, scale, wrt):
