@@ -290,7 +290,13 @@ def _grad_variants(pred, target):
         gy, gx = torch.gradient(a.double(), dim=(-2, -1))
         return (gx ** 2 + gy ** 2).sqrt()
 
-    variants = [
+    def one_derivative(h):
+        """The error with |g| taken from one derivative-of-Gaussian filter alone."""
+        def filtered(a):
+            return F.conv2d(a.double()[:, None], h[None, None], padding=h.shape[0] // 2).abs()
+        return float((filtered(pred) - filtered(target)).pow(2).sum(dim=(-3, -2, -1)).mean())
+
+    return [
         (float((field(pred) - field(target)).pow(2).sum(1).sum(dim=(-2, -1)).mean()),
          "you compared the gradient VECTORS, |grad p - grad t|^2; the gradient error compares their MAGNITUDES: "
          "(|grad p| - |grad t|)^2"),
@@ -312,19 +318,11 @@ def _grad_variants(pred, target):
                 - F.conv2d(target.double()[:, None], hx[None, None], padding=hx.shape[0] // 2)).pow(2)
                .sum(dim=(-3, -2, -1)).mean()),
          "only the x derivative is used: the magnitude needs both filters, hx and hy"),
-        (float((F.conv2d(pred.double()[:, None], hx[None, None], padding=hx.shape[0] // 2).abs()
-                - F.conv2d(target.double()[:, None], hx[None, None], padding=hx.shape[0] // 2).abs()).pow(2)
-               .sum(dim=(-3, -2, -1)).mean()),
-         "only the x derivative is used (|gx| for the magnitude): the magnitude needs both filters, "
-         "sqrt(gx^2 + gy^2) with hx and hy"),
+        (one_derivative(hx), "only the x derivative is used (|gx| for the magnitude): the magnitude needs both "
+                             "filters, sqrt(gx^2 + gy^2) with hx and hy"),
+        (one_derivative(hy), "only the y derivative is used: the magnitude needs both filters, sqrt(gx^2 + gy^2) "
+                             "with hx and hy"),
     ]
-    for alone, other in ((hy, "y"),):  # the y derivative's magnitude alone (the x one is above)
-        variants.append((float((F.conv2d(pred.double()[:, None], alone[None, None], padding=alone.shape[0] // 2).abs()
-                                - F.conv2d(target.double()[:, None], alone[None, None],
-                                           padding=alone.shape[0] // 2).abs()).pow(2).sum(dim=(-3, -2, -1)).mean()),
-                         f"only the {other} derivative is used: the magnitude needs both filters, "
-                         "sqrt(gx^2 + gy^2) with hx and hy"))
-    return variants
 
 
 def check_gradient_error(gradient_error):

@@ -301,11 +301,9 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
             first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
             raise CheckFailed(f"{what}: out{first} is nan for {_describe(case)}, whose masks are nan only at the "
                               f"slots that read outside the map.\nHint: {_OUTSIDE_NAN_HINT}")
-        if outside_nan:
-            diagnose(expected, out, [], what=what, case=_describe(case) + ", nan masks at the outside slots",
-                     hint=_OUTSIDE_NAN_HINT)
-        else:
-            diagnose(expected, out, _variants(x, masks, k, s, g), what=what, case=_describe(case), hint=hint)
+        diagnose(expected, out, [] if outside_nan else _variants(x, masks, k, s, g), what=what,
+                 case=_describe(case) + (", nan masks at the outside slots" if outside_nan else ""),
+                 hint=_OUTSIDE_NAN_HINT if outside_nan else hint)
     rules.passed(len(cases))
 
 

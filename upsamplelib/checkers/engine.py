@@ -232,7 +232,8 @@ def check_non_contiguous(what: str, apply, tensors, hint: str = NON_CONTIGUOUS_H
     plain = [t.detach().clone().requires_grad_() for t in tensors]
     out, grads, grad_out = forward_and_backward(plain)
     strided = [with_other_strides(t.detach()).requires_grad_() for t in tensors]
-    case = f"the same inputs and grad_out, every one non-contiguous ({', '.join(str(tuple(t.stride())) for t in strided)} strides)"
+    strides = ", ".join(str(tuple(t.stride())) for t in strided)
+    case = f"the same inputs and grad_out, every one non-contiguous ({strides} strides)"
     try:
         strided_out, strided_grads, _ = forward_and_backward(strided, with_other_strides(grad_out))
     except CheckFailed:

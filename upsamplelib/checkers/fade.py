@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backend import launch_config
 from ..ops.fade import FADE, semi_shift_conv_reference
 from .engine import (
     INTEGER_DIVISION_NOTE,
@@ -162,7 +161,7 @@ def _rules(kernel, what, output):
 
 
 def _launch(rules, n_threads, *arrays, guard, count=False, case=""):
-    rules.launch(launch_config(n_threads, rules.threads_per_block()), *arrays, count=count, case=case,
+    rules.launch(rules.grid_for(n_threads), *arrays, count=count, case=case,
                  bounds_hint=f"guard the thread with `if i < {guard}:`, and check that a tap is inside the map "
                              "before reading it",
                  index_hint="check that a tap is inside the map (0 <= row < height and 0 <= col < width) before "
@@ -307,8 +306,8 @@ def _require_skipped(what, name, expected, got, case, hint):
             rtol=1e-4, atol=1e-4, hint=hint)
 
 
-def _backward_cases(seed):
-    for index, case in enumerate(_CASES):
+def _backward_cases(seed, cases=_CASES):
+    for index, case in enumerate(cases):
         n, c, o, h, w, k, s = case
         E, D, weight, bias = _inputs(case, seed + index)
         grad_out = np.random.default_rng(seed + 50 + index).standard_normal((n, o, s * h, s * w)).astype(np.float32)
@@ -368,10 +367,7 @@ def check_semi_shift_grad_de_kernel(kernel):
                   hint="grad_de[n, c, row, col] = sum over o, uy, ux of weight[o, c, uy, ux] * (the sum of grad_out "
                        "over the s x s outputs attached to low-res pixel (row - uy + r, col - ux + r)), skipping "
                        "anchors outside the low-res map")
-    case = _NAN_TAP_CASE
-    E, D, weight, bias = _inputs(case, 548)
-    grad_out = np.random.default_rng(549).standard_normal((case[0], case[2], case[6] * case[3],
-                                                           case[6] * case[4])).astype(np.float32)
+    case, E, D, weight, bias, grad_out = next(_backward_cases(548, [_NAN_TAP_CASE]))
     weight[:, :, 0, 0] = np.nan
     grad_de = np.full(D.shape, np.nan, np.float32)
     _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",

@@ -58,17 +58,24 @@ def _never_written(out, guard):
             f"the guard must let all of them through: {guard}")
 
 
-def _elementwise_hint(rules, launch, x, factor, out, hint, other_launch_note, guard):
-    """The hint for a wrong out[i] = x[i] * factor: adding into out, a launch size written into the kernel
-    (``other_launch_note``, on the cases with the second configuration), unwritten elements, or ``hint``."""
-    expected = x * np.float32(factor)
+def _output_hint(rules, launch, inputs, after, expected, out, hint, assignment, other_launch_note, guard,
+                 bounds_hint=BOUNDS_HINT):
+    """The hint for a wrong ``out``: adding into out (``assignment`` is the right one), a launch size written
+    into the kernel (``other_launch_note``, on the cases with the second configuration), unwritten elements
+    (``guard`` is the right guard), or ``hint``. ``other_launch_note`` and ``guard`` may be None."""
     if np.allclose(out, expected):
         return hint
-    if _adds_into_out(rules, launch, (x,), expected, BOUNDS_HINT, (np.float32(factor),)):
-        return _ADDS_INTO_OUT.format(assignment="out[i] = x[i] * factor")
+    if _adds_into_out(rules, launch, inputs, expected, bounds_hint, after):
+        return _ADDS_INTO_OUT.format(assignment=assignment)
     if other_launch_note:
         return f"{hint}; {other_launch_note}"
-    return _never_written(out, guard) or hint
+    return (guard and _never_written(out, guard)) or hint
+
+
+def _elementwise_hint(rules, launch, x, factor, out, hint, other_launch_note, guard):
+    """``_output_hint`` for out[i] = x[i] * factor."""
+    return _output_hint(rules, launch, (x,), (np.float32(factor),), x * np.float32(factor), out, hint,
+                        "out[i] = x[i] * factor", other_launch_note, guard)
 
 
 def _alternative(launch, index):
@@ -146,6 +153,9 @@ def check_grid_stride_kernel(kernel, blocks: int = 2, threads_per_block: int = 3
     rules.passed(len(sizes))
 
 
+_FLIP_GUARD_HINT = "guard with `if row < out.shape[0] and col < out.shape[1]:`"
+
+
 def check_flip_kernel(kernel, block=(16, 8)):
     """``kernel(image, out)``: out[row, col] = image[row, width - 1 - col] on a
     2-D grid whose first coordinate is the column."""
@@ -160,23 +170,21 @@ def check_flip_kernel(kernel, block=(16, 8)):
         block = _alternative((block_shape, block_shape[::-1]), index)
         grid = (math.ceil(width / block[0]), math.ceil(height / block[1]))
         case = f"a {height}x{width} image, grid {grid} of {block}"
-        rules.launch((grid, block), image, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
+        rules.launch((grid, block), image, out, bounds_hint=_FLIP_GUARD_HINT,
                      count=index == 2, case=case,
                      index_hint="the mirror of column col is width - 1 - col (the last valid column is width - 1)")
-        hint = "col, row = cuda.grid(2); the mirror of column col is width - 1 - col"
-        for result, explanation in _flip_mistakes(image, grid, block):
-            if np.array_equal(out, result, equal_nan=True):
-                hint = explanation
-                break
+        mistake = next((explanation for result, explanation in _flip_mistakes(image, grid, block)
+                        if np.array_equal(out, result, equal_nan=True)), None)
         expected = image[:, ::-1]
-        if not np.allclose(out, expected) and _adds_into_out(rules, (grid, block), (image,), expected,
-                                                             "guard with `if row < out.shape[0] and col < out.shape[1]:`"):
-            hint = _ADDS_INTO_OUT.format(assignment="out[row, col] = image[row, width - 1 - col]")
-        elif not np.allclose(out, expected) and index % 2 and hint.startswith("col, row"):
-            hint += (f"; this case has blocks of {block}: cuda.grid(2) is (blockIdx.x * blockDim.x + threadIdx.x, "
-                     "blockIdx.y * blockDim.y + threadIdx.y), for any block shape")
-        elif not np.allclose(out, expected) and hint.startswith("col, row"):
-            hint = _never_written(out, "`if row < out.shape[0] and col < out.shape[1]:`") or hint
+        # A named mistake keeps its own hint, unless the kernel also adds into out.
+        hint = _output_hint(rules, (grid, block), (image,), (), expected, out,
+                            mistake or "col, row = cuda.grid(2); the mirror of column col is width - 1 - col",
+                            "out[row, col] = image[row, width - 1 - col]",
+                            None if mistake or not index % 2 else
+                            f"this case has blocks of {block}: cuda.grid(2) is (blockIdx.x * blockDim.x + "
+                            "threadIdx.x, blockIdx.y * blockDim.y + threadIdx.y), for any block shape",
+                            None if mistake else "`if row < out.shape[0] and col < out.shape[1]:`",
+                            bounds_hint=_FLIP_GUARD_HINT)
         compare(expected, out, what=what, case=case, hint=hint)
     rules.passed(len(shapes))
 

@@ -19,7 +19,7 @@ import inspect
 import numpy as np
 
 from .. import traffic
-from ..backend import SIMULATOR
+from ..backend import SIMULATOR, launch_config
 from . import ptx
 from .engine import CheckFailed, launch_checked, unsolved_exercise
 
@@ -67,10 +67,11 @@ class KernelCheck:
         self.outputs = None
         self.launches = 0
 
-    def threads_per_block(self) -> int:
-        """The block size of the next one-thread-per-element launch: 64, then 96, in turns, so that a kernel
-        that writes a block size of its own in (``blockIdx.x * 64 + ...``) is wrong in some case."""
-        return 96 if self.launches % 2 else 64
+    def grid_for(self, n_threads: int) -> tuple[int, int]:
+        """(blocks, threads per block) of the next one-thread-per-element launch: blocks of 64, then 96, in
+        turns, so that a kernel that writes a block size of its own in (``blockIdx.x * 64 + ...``) is wrong in
+        some case."""
+        return launch_config(n_threads, 96 if self.launches % 2 else 64)
 
     def launch(self, launch, *arrays, bounds_hint: str, count: bool = False, case: str = "", index_hint: str = "",
                sized_for: int | None = None):

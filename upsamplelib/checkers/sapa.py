@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backend import SIMULATOR, launch_config
+from ..backend import SIMULATOR
 from ..ops.carafe import carafe_reference
 from ..ops.sapa import SAPA, sapa_similarity_reference
 from .engine import CheckFailed, compare, diagnose, passed, require_gather, run_with_timeout
@@ -253,7 +253,7 @@ def check_similarity_kernel(kernel):
     for index, (n, d, h, w, k, s) in enumerate(_SHAPES):
         q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
         logits = np.full((n, k * k, s * h, s * w), np.nan, np.float32)
-        _launch(rules, launch_config(logits.size, rules.threads_per_block()), q, key, logits, k, s, count=index == 1,
+        _launch(rules, rules.grid_for(logits.size), q, key, logits, k, s, count=index == 1,
                 case=f"q {q.shape}, key {key.shape}, k={k}, s={s}",
                 guard_hint="the last block runs past logits.size: guard with `if i < logits.size:`")
         expected = _reference_logits(q, key, k, s).float()
@@ -338,7 +338,7 @@ def check_softmax_kernel(kernel):
         elif float(logits.max()) < -200:
             hint = f"every logit of this case is below {math.ceil(float(logits.max()))}. " + _MAX_START_HINT
         try:
-            _launch(rules, launch_config(points, rules.threads_per_block()), logits, weights, count=index == 1, case=case,
+            _launch(rules, rules.grid_for(points), logits, weights, count=index == 1, case=case,
                     guard_hint="there are N * H * W points, fewer than threads: guard with "
                                "`if i < logits.shape[0] * logits.shape[2] * logits.shape[3]:`",
                     index_hint="unravel i into a point (n, Y, X) only, X = i % W, Y = (i // W) % H, n = i // (W * H); "
@@ -637,7 +637,7 @@ def _check_gradient(kernel, what, wrt, hint):
         else:
             grad = np.full_like(key, np.nan)
             arrays, expected, name = (grad_logits, q, grad), expected_key, "grad_key"
-        _launch(rules, launch_config(grad.size, rules.threads_per_block()), *arrays, k, s, count=index == _COUNTED_GRADIENT_CASE,
+        _launch(rules, rules.grid_for(grad.size), *arrays, k, s, count=index == _COUNTED_GRADIENT_CASE,
                 case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", guard_hint=f"guard with `if i < {name}.size:`")
         if np.isnan(grad).any():
             index = tuple(int(i) for i in np.argwhere(np.isnan(grad))[0])
@@ -661,7 +661,7 @@ def _check_nan_at_skipped_slots(rules, what, rng):
     expected = _gradients(q, key, grad_logits, k, s)[0]
     grad = np.full_like(q, np.nan)
     case = f"q {q.shape}, key {key.shape}, k={k}, s={s}, grad_logits nan at every slot outside the key map"
-    _launch(rules, launch_config(grad.size, rules.threads_per_block()), grad_logits, key, grad, k, s, case=case,
+    _launch(rules, rules.grid_for(grad.size), grad_logits, key, grad, k, s, case=case,
             guard_hint="guard with `if i < grad_q.size:`")
     if not np.isfinite(grad).all():
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(grad))[0])
