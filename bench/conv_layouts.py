@@ -8,8 +8,12 @@ These are the figures behind the layouts that ``upsamplelib/ops/fade.py``
 (its note on the fast path) chooses: the forward convolutions and the
 weight gradient in the maps' own layout, the input gradients channels-last,
 the weight gradient first. They depend on the CPU (oneDNN picks its kernels
-by instruction set: PyTorch names it, printed first) and on the machine's
-load; ``make bench`` gives the op against the two-convolution form.
+by instruction set: PyTorch names it, printed first), on the machine's load,
+and on the allocator's state, so every table is printed twice: in the fresh
+process, where glibc maps each large tensor afresh and every call pays its
+page faults, and after ``upsamplelib.timing.reuse_freed_memory()``, the
+state of a training loop and of ``make bench``'s rows (no page faults).
+``make bench`` gives the op against the two-convolution form.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from upsamplelib.layout import to_channels_first, to_channels_last  # noqa: E402
 from upsamplelib.ops import fade  # noqa: E402
-from upsamplelib.timing import compare, page_faults_per_call  # noqa: E402
+from upsamplelib.timing import compare, page_faults_per_call, reuse_freed_memory  # noqa: E402
 
 
 def maps(quick: bool):
@@ -50,13 +54,20 @@ def layout_rows(t):
             lambda grad=grad, weight=weight: F.conv_transpose2d(grad, weight, padding=1))
         rows.setdefault("d/d weight: conv2d_weight(en, grad)", {})[name] = (
             lambda en=en, grad=grad: torch.nn.grad.conv2d_weight(en, shape, grad, padding=1))
+        # The input and weight gradients of en's convolution in one call, as the two-convolution form's
+        # autograd takes them.
+        rows.setdefault("d/d en and d/d weight: convolution_backward", {})[name] = (
+            lambda en=en, grad=grad, weight=weight: torch.ops.aten.convolution_backward(
+                grad, en, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]))
     return rows
 
 
 def backward_orders(t):
     """The fast path's backward on NCHW maps (its operators, as
     ``_semi_shift_grads_cpu`` calls them), the weight gradient taken before
-    the input gradients (the library's order) or after them."""
+    the input gradients (the library's order) or after them; and, for
+    comparison, the same gradients from one ``convolution_backward`` per
+    map in NCHW, the two-convolution form's way."""
     en, de, weight, grad = t["en"], t["de"], t["weight"], t["grad"]
     size = weight.shape[2]
 
@@ -76,7 +87,34 @@ def backward_orders(t):
         inputs = input_grads(pooled)
         return weight_grad(pooled), inputs
 
-    return {"weight gradient first (the library's)": weight_first, "weight gradient last": weight_last}
+    def per_map_in_place():
+        # Both gradients of each map from one call in its own layout (NCHW), no copies: the convolutions
+        # of the two-convolution form's backward.
+        pooled = fade.dense_sum_pool(grad, 2)
+        return [torch.ops.aten.convolution_backward(g, feature, weight, None, [1, 1], [size // 2] * 2, [1, 1],
+                                                    False, [0, 0], 1, [True, True, False])
+                for g, feature in ((grad, en), (pooled, de))]
+
+    return {"weight gradient first (the library's)": weight_first, "weight gradient last": weight_last,
+            "each map's convolution_backward, NCHW": per_map_in_place}
+
+
+def print_tables(t, repeats, rounds, fault_calls, fault_warmup):
+    """Both tables in the process's allocator state as it is now."""
+    print(f"{'convolution':44s} {'NCHW ms':>9s} {'ch.-last ms':>12s} {'faults/call':>12s}")
+    for row, functions in layout_rows(t).items():
+        seconds = compare(functions, repeats=repeats, rounds=rounds)
+        faults = [page_faults_per_call(function, calls=fault_calls, warmup=fault_warmup)
+                  for function in functions.values()]
+        print(f"{row:44s} {1e3 * seconds['NCHW']:9.3f} {1e3 * seconds['channels-last']:12.3f} "
+              f"{'/'.join(f'{count:.0f}' for count in faults):>12s}")
+    orders = backward_orders(t)
+    faults = {name: page_faults_per_call(function, calls=fault_calls, warmup=fault_warmup)
+              for name, function in orders.items()}
+    seconds = compare(orders, repeats=repeats, rounds=rounds)
+    print(f"{'backward convolutions, NCHW maps':44s} {'ms':>9s} {'':>12s} {'faults/call':>12s}")
+    for name in orders:
+        print(f"{name:44s} {1e3 * seconds[name]:9.3f} {'':>12s} {faults[name]:12.0f}")
 
 
 def main(argv=None) -> int:
@@ -84,21 +122,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny maps, one round (a smoke test)")
     args = parser.parse_args(argv)
     repeats, rounds = (2, 1) if args.quick else (10, 5)
+    fault_calls, fault_warmup = (2, 1) if args.quick else (10, 3)
     t = maps(args.quick)
     en = t["en"]
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; en {tuple(en.shape)} -> 25 channels, 3 x 3")
-    print(f"{'convolution':38s} {'NCHW ms':>9s} {'ch.-last ms':>12s}")
-    for row, functions in layout_rows(t).items():
-        seconds = compare(functions, repeats=repeats, rounds=rounds)
-        print(f"{row:38s} {1e3 * seconds['NCHW']:9.3f} {1e3 * seconds['channels-last']:12.3f}")
-    orders = backward_orders(t)
-    faults = {name: page_faults_per_call(function, calls=2 if args.quick else 10, warmup=1 if args.quick else 3)
-              for name, function in orders.items()}
-    seconds = compare(orders, repeats=repeats, rounds=rounds)
-    print(f"{'backward convolutions, NCHW maps':38s} {'ms':>9s} {'faults/call':>12s}")
-    for name in orders:
-        print(f"{name:38s} {1e3 * seconds[name]:9.3f} {faults[name]:12.0f}")
+          f"{torch.get_num_threads()} threads; en {tuple(en.shape)} -> 25 channels, 3 x 3 "
+          "(faults/call: NCHW/channels-last)")
+    print("== a fresh process (glibc maps each large tensor afresh: page faults on every call)")
+    print_tables(t, repeats, rounds, fault_calls, fault_warmup)
+    if reuse_freed_memory():
+        print("== freed blocks reused (upsamplelib.timing.reuse_freed_memory: a training loop's state, make bench's)")
+        print_tables(t, repeats, rounds, fault_calls, fault_warmup)
     return 0
 
 

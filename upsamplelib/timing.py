@@ -18,7 +18,10 @@ The helpers that ``bench/run.py`` (``make bench``) and lesson 07 share::
   Numba's alike);
 * ``page_faults_per_call(fn)``: how many pages of fresh memory each call
   faults in, a cost that timing a call includes and its kernel does not
-  show.
+  show;
+* ``reuse_freed_memory()``: the allocator state of a long-running program
+  (freed blocks reused, no page faults), for timings that a fresh process's
+  page faults would otherwise decide.
 """
 
 from __future__ import annotations
@@ -133,15 +136,24 @@ def _return_free_memory() -> None:
     libc.malloc_trim(0)
 
 
-def _reuse_freed_memory() -> None:
-    """Undo most of ``_return_free_memory`` for the calls that follow: left at
-    64 KiB, every later tensor above it would be mapped afresh and
-    page-faulted in (a 4 MB CARAFE output took about 1,000 faults a call).
-    glibc has no way back to its moving threshold once one is set, so set
-    the largest value it moves to."""
-    libc = _glibc()
+def reuse_freed_memory() -> bool:
+    """Make glibc reuse freed blocks up to 32 MiB from now on, in this
+    process: the state a long-running program (a training loop, ``make
+    bench`` after its first large cases) reaches by itself once it has
+    freed a block that large. Before it, a new process maps each tensor
+    above glibc's moving threshold afresh and page-faults it in on every
+    call, a cost that can outweigh the kernel's (a fresh process timed the
+    NCHW transposed convolution of ``bench/conv_layouts.py`` at 4.5 ms, a
+    warm one at 2.2). glibc has no way back to its moving threshold once
+    one is set, so this sets the largest value it moves to. False where
+    there is no glibc (macOS, Windows): nothing changed."""
+    try:
+        libc = _glibc()
+    except OSError:
+        return False
     libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
     libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_MAX)
+    return True
 
 
 def peak_extra_memory(fn, device="cpu") -> float:
@@ -184,4 +196,6 @@ def peak_extra_memory(fn, device="cpu") -> float:
         fn()
         return float(_resident("VmHWM:") - before)
     finally:
-        _reuse_freed_memory()
+        # Left at 64 KiB, every later tensor above it would be mapped afresh and page-faulted in
+        # (a 4 MB CARAFE output took about 1,000 faults a call).
+        reuse_freed_memory()
