@@ -417,6 +417,21 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # NCHW maps this took the bench's forward+backward step from 1.33x the
 # two-convolution form's to about 1.0x on the AVX2 machine, where copying
 # the maps channels-last for everything had lost on the weight gradient.
+# The NCHW transposed convolution's figures above include page faults: in a
+# fresh process it maps its scratch afresh on every call. With freed blocks
+# reused (a training loop's state, and make bench's), a 2-core AVX-512 Xeon
+# (2026-12-07) gave, NCHW -> channels-last: forward 2.61 -> 2.03 ms, d/d en
+# 2.39 -> 1.55 (4.85 -> 1.51 in the fresh process), d/d weight 2.57 -> 2.27;
+# and for the whole backward on NCHW maps, 7.5 ms this way against 7.0 for
+# one convolution_backward per map in NCHW (the two-convolution form's way,
+# no copies). There the bench's forward+backward step is 1.09-1.11x the
+# two-convolution form's, and about 1.03x with the per-map NCHW backward
+# (an A/B of _semi_shift_grads_cpu, not taken: the input gradients' layout
+# would then follow the CPU's instruction set, which the operators' fake
+# strides would have to follow too, and the AVX2 machine measured the
+# opposite). The convolutions are oneDNN's either way; what this path saves
+# is the upsampled intermediate and its addition, about 0.3 ms of a 10 ms
+# step, so on the CPU it stays near parity with the two-convolution form.
 # The decoder's convolution, nearest-upsampled, is added into the encoder's
 # in place by a loop below, so the upsampled intermediate is never made.
 # PyTorch's zero padding differs from our skipped taps only where a
