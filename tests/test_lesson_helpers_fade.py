@@ -72,8 +72,13 @@ def test_fade_gate_figure_takes_grey_maps_and_rejects_a_gate_with_channels():
 
 
 @per_element
+def inside(feature, row, col):
+    return 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]
+
+
+@per_element
 def read_or_zero(feature, n, c, row, col):
-    if 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]:
+    if inside(feature, row, col):
         return feature[n, c, row, col]
     return 0.0
 
@@ -110,6 +115,28 @@ def semi_shift_kernel(E, D, weight, bias, out, scale):
         for c in range(E.shape[1]):
             for uy in range(weight.shape[2]):
                 for ux in range(weight.shape[2]):
+                    # Each read on its own (the lesson's answer tests the tap once, for both maps).
+                    if inside(E, Y + uy - r, X + ux - r):
+                        total += weight[o, c, uy, ux] * E[n, c, Y + uy - r, X + ux - r]
+                    if inside(D, Y // scale + uy - r, X // scale + ux - r):
+                        total += weight[o, c, uy, ux] * D[n, c, Y // scale + uy - r, X // scale + ux - r]
+        out[n, o, Y, X] = total
+
+
+@cuda.jit
+def semi_shift_zero_padded(E, D, weight, bias, out, scale):
+    # The lesson's earlier answer: a tap outside both maps multiplies its weight by two zeros.
+    i = cuda.grid(1)
+    if i < out.size:
+        X = i % out.shape[3]
+        Y = (i // out.shape[3]) % out.shape[2]
+        o = (i // (out.shape[3] * out.shape[2])) % out.shape[1]
+        n = i // (out.shape[3] * out.shape[2] * out.shape[1])
+        r = weight.shape[2] // 2
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
                     total += weight[o, c, uy, ux] * (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
                                                      + read_or_zero(D, n, c, Y // scale + uy - r,
                                                                     X // scale + ux - r))
@@ -118,6 +145,24 @@ def semi_shift_kernel(E, D, weight, bias, out, scale):
 
 @cuda.jit
 def grad_en_kernel(grad_out, weight, grad_en):
+    i = cuda.grid(1)
+    if i < grad_en.size:
+        X = i % grad_en.shape[3]
+        Y = (i // grad_en.shape[3]) % grad_en.shape[2]
+        c = (i // (grad_en.shape[3] * grad_en.shape[2])) % grad_en.shape[1]
+        n = i // (grad_en.shape[3] * grad_en.shape[2] * grad_en.shape[1])
+        r = weight.shape[2] // 2
+        total = 0.0
+        for uy in range(weight.shape[2]):
+            for ux in range(weight.shape[2]):
+                if inside(grad_out, Y - uy + r, X - ux + r):
+                    for o in range(weight.shape[0]):
+                        total += weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, X - ux + r]
+        grad_en[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_en_zero_padded(grad_out, weight, grad_en):
     i = cuda.grid(1)
     if i < grad_en.size:
         X = i % grad_en.shape[3]
@@ -159,6 +204,27 @@ def grad_de_kernel(grad_out, weight, grad_de, scale):
 
 @cuda.jit
 def grad_weight_kernel(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        size = grad_weight.shape[2]
+        ux = i % size
+        uy = (i // size) % size
+        c = (i // (size * size)) % grad_weight.shape[1]
+        o = i // (size * size * grad_weight.shape[1])
+        r = size // 2
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(grad_out.shape[2]):
+                for X in range(grad_out.shape[3]):
+                    if inside(E, Y + uy - r, X + ux - r):
+                        total += grad_out[n, o, Y, X] * E[n, c, Y + uy - r, X + ux - r]
+                    if inside(D, Y // scale + uy - r, X // scale + ux - r):
+                        total += grad_out[n, o, Y, X] * D[n, c, Y // scale + uy - r, X // scale + ux - r]
+        grad_weight[o, c, uy, ux] = total
+
+
+@cuda.jit
+def grad_weight_zero_padded(grad_out, E, D, grad_weight, scale):
     i = cuda.grid(1)
     if i < grad_weight.size:
         size = grad_weight.shape[2]
@@ -231,6 +297,23 @@ def test_right_answers_pass(capsys):
         "PASS semi_shift_two_convs", "PASS semi_shift_pixel", "PASS semi_shift_kernel",
         "PASS semi_shift_grad_en_kernel", "PASS semi_shift_grad_de_kernel", "PASS semi_shift_grad_weight_kernel",
         "PASS SemiShiftFunction", "PASS fade_forward"]
+
+
+@pytest.mark.parametrize("check, kernel, message", [
+    (checkers.check_semi_shift_kernel, semi_shift_zero_padded,
+     r"out\(0, 0, 0, 0\) is nan .*a weight that is nan at tap \(0, 0\), which lies outside the maps for this "
+     r"element\.\nHint: a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros"),
+    (checkers.check_semi_shift_grad_en_kernel, grad_en_zero_padded,
+     r"grad_en\(0, 0, 0, 7\) is nan .*a weight that is nan at tap \(0, 0\).*\nHint: skip the outputs outside "
+     r"the map"),
+    (checkers.check_semi_shift_grad_weight_kernel, grad_weight_zero_padded,
+     r"grad_weight\(0, 0, 0, 0\) is nan .*grad_out nan at output \(0, 0\), whose tap \(uy, ux\) reads outside "
+     r"both maps\.\nHint: skip an output whose tap reads outside both maps"),
+], ids=["semi_shift_kernel", "grad_en", "grad_weight"])
+def test_zero_padding_by_multiplication_is_told_to_skip_the_tap(check, kernel, message):
+    # Right on finite values (the lesson's earlier answers): only a nan where the spec skips tells them apart.
+    with pytest.raises(checkers.CheckFailed, match=message):
+        check(kernel)
 
 
 def test_unsolved_exercise_reports_not_implemented():

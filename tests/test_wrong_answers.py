@@ -70,8 +70,13 @@ def window_neighbour(t, Y, X, kernel_size, scale):
 
 
 @per_element
+def inside(feature, row, col):
+    return 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]
+
+
+@per_element
 def read_or_zero(feature, n, c, row, col):
-    if 0 <= row < feature.shape[2] and 0 <= col < feature.shape[3]:
+    if inside(feature, row, col):
         return feature[n, c, row, col]
     return 0.0
 
@@ -660,9 +665,11 @@ def semi_shift_float_index(E, D, weight, bias, out, scale):
         for c in range(E.shape[1]):
             for uy in range(size):
                 for ux in range(size):
-                    both = (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
-                            + read_or_zero(D, n, c, row + uy - r, col + ux - r))
-                    total += weight[o, c, uy, ux] * both
+                    e_row, e_col = Y + uy - r, X + ux - r
+                    d_row, d_col = row + uy - r, col + ux - r
+                    if inside(E, e_row, e_col) or inside(D, d_row, d_col):
+                        both = read_or_zero(E, n, c, e_row, e_col) + read_or_zero(D, n, c, d_row, d_col)
+                        total += weight[o, c, uy, ux] * both
         out[n, o, Y, X] = total
 
 

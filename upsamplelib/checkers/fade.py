@@ -266,7 +266,17 @@ def check_semi_shift_kernel(kernel):
                   case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="unravel i into (n, o, Y, X) with X fastest; then " + _FORMULA,
                   border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
-    rules.passed(len(_CASES))
+    n, c, o, h, w, k, s = _NAN_TAP_CASE
+    E, D, weight, bias = _inputs(_NAN_TAP_CASE, 529)
+    weight[:, :, 0, 0] = np.nan
+    out = np.full((n, o, s * h, s * w), np.nan, np.float32)
+    _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size",
+            case=_describe(_NAN_TAP_CASE) + ", nan weight at tap (0, 0)")
+    _require_skipped(what, "out", _reference(E, D, weight, bias, s), out, _describe(_NAN_TAP_CASE),
+                     "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
+                     "(nan * 0 is nan): add weight * (e + d) only where the encoder's or the decoder's tap is "
+                     "inside, so that a nan or inf weight at a skipped tap never reaches the output")
+    rules.passed(len(_CASES) + 1)
 
 
 # --------------------------------------------------------------------------
@@ -293,17 +303,20 @@ _SKIP_HINT = ("a tap outside the map is skipped, not multiplied by a zero read: 
               "skipped tap never reaches the result")
 
 
-def _require_skipped(what, name, expected, got, case, hint):
-    """``got`` finite and right wherever ``expected`` (computed with a nan weight at tap (0, 0)) is finite."""
+_NAN_WEIGHT = ("a weight that is nan at tap (0, 0)", "which lies outside the maps for this element")
+
+
+def _require_skipped(what, name, expected, got, case, hint, nan=_NAN_WEIGHT):
+    """``got`` finite and right wherever ``expected`` (computed with the nan
+    that ``nan`` describes: what is nan, and why this element skips it) is finite."""
     expected, got = torch.as_tensor(expected).double(), torch.as_tensor(np.asarray(got)).double()
     finite = torch.isfinite(expected)
     leaked = finite & ~torch.isfinite(got)
     if leaked.any():
         index = tuple(int(i) for i in torch.nonzero(leaked)[0])
-        raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, a weight that is nan at tap "
-                          f"(0, 0), which lies outside the maps for this element.\nHint: {hint}")
-    compare(expected[finite], got[finite], what=what, case=f"{case}, a weight that is nan at tap (0, 0)",
-            rtol=1e-4, atol=1e-4, hint=hint)
+        raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, {nan[0]}, {nan[1]}."
+                          f"\nHint: {hint}")
+    compare(expected[finite], got[finite], what=what, case=f"{case}, {nan[0]}", rtol=1e-4, atol=1e-4, hint=hint)
 
 
 def _backward_cases(seed, cases=_CASES):
@@ -334,7 +347,16 @@ def check_semi_shift_grad_en_kernel(kernel):
         _diagnose(expected, grad_en, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_en[n, c, Y, X] = sum over o, uy, ux of weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, "
                        "X - ux + r], skipping outputs outside the map")
-    rules.passed(len(_CASES))
+    case, E, D, weight, bias, grad_out = next(_backward_cases(538, [_NAN_TAP_CASE]))
+    weight[:, :, 0, 0] = np.nan
+    grad_en = np.full(E.shape, np.nan, np.float32)
+    _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size",
+            case=_describe(case) + ", nan weight at tap (0, 0)")
+    _require_skipped(what, "grad_en", _gradients(E, D, weight, bias, grad_out, case[6])[0], grad_en,
+                     _describe(case), "skip the outputs outside the map (do not multiply the weight by "
+                                      "read_or_zero's 0 for them: nan * 0 is nan), so that a nan or inf weight at a "
+                                      "skipped tap never reaches grad_en")
+    rules.passed(len(_CASES) + 1)
 
 
 def check_semi_shift_grad_de_kernel(kernel):
@@ -407,7 +429,17 @@ def check_semi_shift_grad_weight_kernel(kernel):
         _diagnose(expected, grad_weight, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_weight[o, c, uy, ux] = sum over n, Y, X of grad_out[n, o, Y, X] * (E[n, c, Y + uy - r, "
                        "X + ux - r] + D[n, c, Y // s + uy - r, X // s + ux - r]), zero outside the maps")
-    rules.passed(len(_CASES))
+    case, E, D, weight, bias, grad_out = next(_backward_cases(558, [_NAN_TAP_CASE]))
+    grad_out[:, :, 0, 0] = np.nan
+    grad_weight = np.full(weight.shape, np.nan, np.float32)
+    _launch(rules, grad_weight.size, grad_out, E, D, grad_weight, case[6], guard="grad_weight.size",
+            case=_describe(case) + ", grad_out nan at output (0, 0)")
+    _require_skipped(what, "grad_weight", _gradients(E, D, weight, bias, grad_out, case[6])[2], grad_weight,
+                     _describe(case), "skip an output whose tap reads outside both maps (do not multiply its "
+                                      "grad_out by read_or_zero's zeros: nan * 0 is nan), so that a nan or inf "
+                                      "gradient there never reaches grad_weight",
+                     nan=("grad_out nan at output (0, 0)", "whose tap (uy, ux) reads outside both maps"))
+    rules.passed(len(_CASES) + 1)
 
 
 # --------------------------------------------------------------------------
