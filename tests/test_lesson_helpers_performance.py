@@ -426,7 +426,49 @@ def test_channels_last_passes_the_right_answer(capsys):
     assert "x 4.0" in output and "out 4.0" in output
 
 
+@cuda.jit
+def channels_last_zero_padded(x, masks, out, kernel_size, scale):
+    # Every slot's mask times a zero read outside the map: right for finite masks, nan * 0 = nan otherwise.
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c, X = i % channels, i // channels % width
+        Y, n = i // (channels * width) % height, i // (channels * width * height)
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                value = out.dtype.type(0)
+                if 0 <= row < x.shape[1] and 0 <= col < x.shape[2]:
+                    value = x[n, row, col, c]
+                total += masks[n, Y, X, dy * kernel_size + dx] * value
+        out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_blocks_of_128(x, masks, out, kernel_size, scale):
+    i = cuda.threadIdx.x + cuda.blockIdx.x * 128  # the block size written in
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c, X = i % channels, i // channels % width
+        Y, n = i // (channels * width) % height, i // (channels * width * height)
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
 @pytest.mark.parametrize("wrong, message", [
+    (channels_last_zero_padded, "(?s)masks are nan only at the slots that read outside the map.*rather than "
+                                "multiplying the mask by a zero value"),
+    (channels_last_blocks_of_128, "(?s)right with blocks of 128 threads, wrong with blocks of 96.*cuda.grid\\(1\\)"),
     (channels_last_pixel_fastest, "sectors of 32 bytes"),
     (channels_last_accumulating_in_out, "written more than once"),
     (channels_last_nchw_masks, "values wrong"),
@@ -677,7 +719,58 @@ NEEDS_PTX = pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_availa
                                reason="needs the simulator and the PTX compiler")
 
 
+@cuda.jit
+def blocked_zero_padded(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X, Y = i % width, i // width % height
+        first, n = i // (width * height) % runs * CHANNELS_PER_THREAD, i // (width * height * runs)
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                inside = 0 <= row < x.shape[2] and 0 <= col < x.shape[3]
+                weight = masks[n, dy * kernel_size + dx, Y, X]  # read, and multiplied, outside the map too
+                for j in range(CHANNELS_PER_THREAD):
+                    if first + j < channels:
+                        sums[j] += weight * (x[n, first + j, row, col] if inside else float32(0))
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
+@cuda.jit
+def blocked_all_channels_per_pixel(x, masks, out, kernel_size, scale):
+    # One thread per pixel sums every channel; the threads for the other runs do nothing.
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    i = cuda.grid(1)
+    if i < out.shape[0] * height * width:
+        X, Y, n = i % width, i // width % height, i // (width * height)
+        sums = cuda.local.array(64, float32)
+        for j in range(channels):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(channels):
+                            sums[j] += weight * x[n, j, row, col]
+        for j in range(channels):
+            out[n, j, Y, X] = sums[j]
+
+
 @pytest.mark.parametrize("wrong, message", [
+    (blocked_zero_padded, "(?s)masks are nan only at the slots that read outside the map"),
+    (blocked_all_channels_per_pixel, "(?s)one thread wrote 9 outputs.*at most CHANNELS_PER_THREAD = 4"),
     (blocked_without_reuse, "loads of masks"),
     (blocked_sums_not_zeroed, "does not zero its elements"),
     (blocked_without_tail, "never written|out of bounds"),
@@ -764,8 +857,12 @@ def rows(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 # prange on the innermost loop: threads started and joined at every slot of every row.
@@ -817,30 +914,6 @@ def rows_padded_too_little(x, masks, out, kernel_size, scale):
                         for X in range(width):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
-
-# prange on the innermost loop: threads started and joined at every slot of every row.
-@numba.njit(parallel=True)
-def rows_prange_over_x(x, masks, out, kernel_size, scale):
-    batch, channels, height, width = out.shape
-    low_height = x.shape[2]
-    r = (kernel_size - 1) // 2
-    pad = r * scale
-    for plane in range(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-        for row in range(low_height):
-            for X in range(width):
-                columns[row, pad + X] = x[n, c, row, X // scale]
-        for Y in range(height):
-            for X in range(width):
-                out[n, c, Y, X] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        t = dy * kernel_size + dx
-                        for X in numba.prange(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
 # Zeroing out first with a prange over the batch, then the planes: the work is split.
@@ -866,83 +939,15 @@ def rows_zeroed_by_a_prange_over_the_batch(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
-# prange on the innermost loop: threads started and joined at every slot of every row.
-@numba.njit(parallel=True)
-def rows_prange_over_x(x, masks, out, kernel_size, scale):
-    batch, channels, height, width = out.shape
-    low_height = x.shape[2]
-    r = (kernel_size - 1) // 2
-    pad = r * scale
-    for plane in range(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-        for row in range(low_height):
-            for X in range(width):
-                columns[row, pad + X] = x[n, c, row, X // scale]
-        for Y in range(height):
-            for X in range(width):
-                out[n, c, Y, X] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        t = dy * kernel_size + dx
-                        for X in numba.prange(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
-
-# Too little padding: compiled, the loop reads past `columns` without an error.
-@numba.njit(parallel=True)
-def rows_padded_too_little(x, masks, out, kernel_size, scale):
-    batch, channels, height, width = out.shape
-    low_height = x.shape[2]
-    r = (kernel_size - 1) // 2
-    pad = r
-    for plane in numba.prange(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-        for row in range(low_height):
-            for X in range(width):
-                columns[row, pad + X] = x[n, c, row, X // scale]
-        for Y in range(height):
-            for X in range(width):
-                out[n, c, Y, X] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        t = dy * kernel_size + dx
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
-
-
-# prange on the innermost loop: threads started and joined at every slot of every row.
-@numba.njit(parallel=True)
-def rows_prange_over_x(x, masks, out, kernel_size, scale):
-    batch, channels, height, width = out.shape
-    low_height = x.shape[2]
-    r = (kernel_size - 1) // 2
-    pad = r * scale
-    for plane in range(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-        for row in range(low_height):
-            for X in range(width):
-                columns[row, pad + X] = x[n, c, row, X // scale]
-        for Y in range(height):
-            for X in range(width):
-                out[n, c, Y, X] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        t = dy * kernel_size + dx
-                        for X in numba.prange(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
 # A closure's variable read before the prange.
@@ -968,83 +973,14 @@ def _rows_with_a_closure(dtype):
                     if 0 <= row < low_height:
                         for dx in range(kernel_size):
                             t = dy * kernel_size + dx
-                            for X in range(width):
-                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                            begin = min(width, max(0, (r - dx) * scale))
+                            end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                            target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                            values = columns[row, begin + dx * scale:end + dx * scale]
+                            for i in range(end - begin):
+                                target[i] += weights[i] * values[i]
 
 
-    # prange on the innermost loop: threads started and joined at every slot of every row.
-    @numba.njit(parallel=True)
-    def rows_prange_over_x(x, masks, out, kernel_size, scale):
-        batch, channels, height, width = out.shape
-        low_height = x.shape[2]
-        r = (kernel_size - 1) // 2
-        pad = r * scale
-        for plane in range(batch * channels):
-            n, c = plane // channels, plane % channels
-            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-            for row in range(low_height):
-                for X in range(width):
-                    columns[row, pad + X] = x[n, c, row, X // scale]
-            for Y in range(height):
-                for X in range(width):
-                    out[n, c, Y, X] = 0
-                for dy in range(kernel_size):
-                    row = Y // scale - r + dy
-                    if 0 <= row < low_height:
-                        for dx in range(kernel_size):
-                            t = dy * kernel_size + dx
-                            for X in numba.prange(width):
-                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
-
-
-    # Too little padding: compiled, the loop reads past `columns` without an error.
-    @numba.njit(parallel=True)
-    def rows_padded_too_little(x, masks, out, kernel_size, scale):
-        batch, channels, height, width = out.shape
-        low_height = x.shape[2]
-        r = (kernel_size - 1) // 2
-        pad = r
-        for plane in numba.prange(batch * channels):
-            n, c = plane // channels, plane % channels
-            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-            for row in range(low_height):
-                for X in range(width):
-                    columns[row, pad + X] = x[n, c, row, X // scale]
-            for Y in range(height):
-                for X in range(width):
-                    out[n, c, Y, X] = 0
-                for dy in range(kernel_size):
-                    row = Y // scale - r + dy
-                    if 0 <= row < low_height:
-                        for dx in range(kernel_size):
-                            t = dy * kernel_size + dx
-                            for X in range(width):
-                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
-
-
-    # prange on the innermost loop: threads started and joined at every slot of every row.
-    @numba.njit(parallel=True)
-    def rows_prange_over_x(x, masks, out, kernel_size, scale):
-        batch, channels, height, width = out.shape
-        low_height = x.shape[2]
-        r = (kernel_size - 1) // 2
-        pad = r * scale
-        for plane in range(batch * channels):
-            n, c = plane // channels, plane % channels
-            columns = np.zeros((low_height, width + 2 * pad), out.dtype)
-            for row in range(low_height):
-                for X in range(width):
-                    columns[row, pad + X] = x[n, c, row, X // scale]
-            for Y in range(height):
-                for X in range(width):
-                    out[n, c, Y, X] = 0
-                for dy in range(kernel_size):
-                    row = Y // scale - r + dy
-                    if 0 <= row < low_height:
-                        for dx in range(kernel_size):
-                            t = dy * kernel_size + dx
-                            for X in numba.prange(width):
-                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
     return rows_closure
 
 
@@ -1069,9 +1005,12 @@ def rows_fixed_division_inside(x, masks, out, kernel_size, scale):
             for dy in range(kernel_size):
                 if 0 <= Y // scale - r + dy < low_height:
                     for dx in range(kernel_size):
-                        for X in range(width):
-                            out[n, c, Y, X] += (masks[n, dy * kernel_size + dx, Y, X]
-                                                * columns[Y // scale - r + dy, X + dx * scale])
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, dy * kernel_size + dx, Y, begin:end]
+                        values = columns[Y // scale - r + dy, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i] * (scale // scale)
 
 
 @numba.njit(parallel=True)
@@ -1096,8 +1035,12 @@ def rows_in_chunks_of_planes(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 @numba.njit(parallel=True)
@@ -1121,8 +1064,12 @@ def rows_annotated(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 @numba.njit(parallel=True)
@@ -1145,8 +1092,12 @@ def rows_prange_renamed(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 @numba.njit(parallel=True)
@@ -1304,8 +1255,12 @@ def rows_through_a_view(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            line[X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = line[begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 @numba.njit(parallel=True)
@@ -1329,8 +1284,12 @@ def rows_reusing_a_name(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in range(width):
-                            line[X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = line[begin:end], masks[n, t, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 @numba.njit(parallel=True)
@@ -1520,8 +1479,12 @@ def rows_prange_over_the_channels(x, masks, out, kernel_size, scale):
                     if 0 <= row < low_height:
                         for dx in range(kernel_size):
                             t = dy * kernel_size + dx
-                            for X in range(width):
-                                out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
+                            begin = min(width, max(0, (r - dx) * scale))
+                            end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                            target, weights = out[n, c, Y, begin:end], masks[n, t, Y, begin:end]
+                            values = columns[row, begin + dx * scale:end + dx * scale]
+                            for i in range(end - begin):
+                                target[i] += weights[i] * values[i]
 
 
 # One `columns` for all the prange's threads, made before the loop: each plane's rows overwrite another's
@@ -1596,8 +1559,12 @@ def rows_columns_per_plane_made_first(x, masks, out, kernel_size, scale):
                 row = Y // scale - r + dy
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * mine[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, dy * kernel_size + dx, Y, begin:end]
+                        values = mine[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 # Right: a buffer per thread, made before the loop, taken by numba.get_thread_id().
@@ -1622,8 +1589,12 @@ def rows_columns_per_thread(x, masks, out, kernel_size, scale):
                 row = Y // scale - r + dy
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
-                        for X in range(width):
-                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, dy * kernel_size + dx, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
 
 
 # Wrong: the shared buffer made by astype.
@@ -1712,6 +1683,110 @@ def test_rows_cpu_passes_other_right_answers(right, capsys):
     assert "PASS carafe_rows_cpu" in capsys.readouterr().out
 
 
+@numba.njit(parallel=True)
+def rows_zero_padded(x, masks, out, kernel_size, scale):
+    # The exercise's earlier answer: every column of the row, the slots outside the map read as padded zeros.
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            out[n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + dx * scale]
+
+
+@numba.njit
+def upsampled_rows(x, n, c, scale, width):
+    columns = np.empty((x.shape[2], width), x.dtype)
+    for row in range(x.shape[2]):
+        for X in range(width):
+            columns[row, X] = x[n, c, row, X // scale]
+    return columns
+
+
+@numba.njit(parallel=True)
+def rows_from_a_compiled_helper(x, masks, out, kernel_size, scale):
+    # The lesson's answer, `columns` unpadded and made by a helper of its own.
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = upsampled_rows(x, n, c, scale, width)
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (low_width + r - dx) * scale))
+                        shift = (dx - r) * scale
+                        target = out[n, c, Y, begin:end]
+                        weights = masks[n, dy * kernel_size + dx, Y, begin:end]
+                        values = columns[row, begin + shift:end + shift]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
+
+
+@numba.njit(parallel=True)
+def rows_slots_innermost_through_views(x, masks, out, kernel_size, scale):
+    # One output at a time, its slots innermost, every array read through a view of one plane.
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        plane_out, plane_masks, plane_x = out[n, c], masks[n], x[n, c]
+        for Y in range(height):
+            for X in range(width):
+                total = np.float32(0)
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                total += plane_masks[dy * kernel_size + dx, Y, X] * plane_x[row, col]
+                plane_out[Y, X] = total
+
+
+def test_rows_cpu_zero_padded_is_told_to_skip_the_slots_outside_the_map():
+    with pytest.raises(CheckFailed, match="(?s)masks nan at the slots outside the map.*loop X only over the columns "
+                                          "whose slot reads inside the map"):
+        checkers.check_carafe_rows_cpu(rows_zero_padded, slow)
+
+
+def test_rows_cpu_takes_a_compiled_helper(capsys):
+    """Run as Python for the access order, the function's compiled helpers run as Python too."""
+    checkers.check_carafe_rows_cpu(rows_from_a_compiled_helper, slow)
+    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
+
+
+def test_accesses_through_views_are_recorded():
+    """A view of a recorded array records its accesses at their offsets in the whole array, so a loop order
+    written through views is measured as one written with the full indices."""
+    with pytest.raises(CheckFailed, match="of the accesses to (x|masks) leave the cache line"):
+        checkers.check_carafe_rows_cpu(rows_slots_innermost_through_views, slow)
+    x, masks = performance.carafe_inputs(1, 2, 3, 16, 3, 2, 1, seed=6)
+    record = performance.record_function(rows, x, masks, np.zeros((1, 2, 6, 32), np.float32), 3, 2)
+    stored = sorted(record.stores_per_element("out"))
+    assert stored == list(range(2 * 6 * 32))  # every element of out, through the views of its rows
+
+
 def test_rows_cpu_passes_the_right_answer(capsys):
     speedup = checkers.check_carafe_rows_cpu(rows, slow)
     output = capsys.readouterr().out
@@ -1733,8 +1808,8 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_racing_over_dx, "prange over `dx` .* a race"),
     (rows_racing_over_dx_through_a_view, "prange over `dx` .* a race"),
     (rows_on_one_core, "no loop is split over the cores"),
-    (rows_padded_too_little, "(?s)values wrong.*raises IndexError.*W \\+ 2 \\* r \\* s"),
-    (rows_padded_too_little_reading_nan, "(?s)values wrong.*is NaN.*raises IndexError.*W \\+ 2 \\* r \\* s"),
+    (rows_padded_too_little, "(?s)values wrong.*raises IndexError.*the `columns` rows are W long"),
+    (rows_padded_too_little_reading_nan, "(?s)values wrong.*is NaN.*raises IndexError.*the `columns` rows are W long"),
     (rows_prange_over_x, "prange over `X` sits inside other loops"),
     (rows_prange_over_the_batch, "prange over `n`, which does most of the work, has 1 iteration.*one thread"),
     (rows_prange_over_the_batch_and_channels, "prange over `n`, which does most of the work, has 1 iteration"),

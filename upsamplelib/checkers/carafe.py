@@ -263,7 +263,7 @@ _OUTSIDE_NAN_HINT = ("this case's masks hold nan at the slots that read outside 
                      "rather than multiplying the mask by a zero value, since nan * 0 is nan")
 
 
-def _with_nan_outside(masks, k, s, g, h, w):
+def with_nan_outside(masks, k, s, g, h, w):
     """``masks`` with nan at every slot that reads outside the (h, w) map."""
     outside = ~inside_map(k, s, h, w, "cpu").numpy()  # (k*k, s*h, s*w)
     masks = masks.copy()
@@ -282,7 +282,7 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
         x, masks = _inputs(case, seed + index)
         outside_nan = not padded and index == len(cases) - 1
         if outside_nan:
-            masks = _with_nan_outside(masks, k, s, g, h, w)
+            masks = with_nan_outside(masks, k, s, g, h, w)
         radius = (k - 1) // 2
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         arrays = [np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (radius, radius), (radius, radius))))

@@ -23,6 +23,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .. import timing
 from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config
 from ..ops.carafe import carafe_reference
 from . import ptx
+from .carafe import with_nan_outside
 from .engine import CheckFailed, compare, kernel_definition, passed, run_with_timeout, unsolved_exercise
 
 __all__ = [
@@ -79,17 +81,21 @@ class _RecordingArray:
         return len(self._array)
 
     def _note(self, kind, index):
-        thread = threading.current_thread()
-        block = tuple(getattr(thread, "blockIdx", (0, 0, 0)))
-        thread_id = getattr(thread, "thread_id", 0)
-        frame = sys._getframe(2)
-        line = frame.f_lineno
-        loops = tuple(frame.f_locals.get(name) for name in self._loop_names) if self._loop_names else ()
         index = index if isinstance(index, tuple) else (index,)
         try:
             offset = int(np.ravel_multi_index(tuple(int(i) for i in index), self.shape))
         except (TypeError, ValueError):  # a slice or an out-of-range index: let NumPy say what is wrong
             return
+        self._log_access(kind, offset)
+
+    def _log_access(self, kind, offset, depth=3):
+        """Log one access; ``depth``: the frames from here up to the kernel's line."""
+        thread = threading.current_thread()
+        block = tuple(getattr(thread, "blockIdx", (0, 0, 0)))
+        thread_id = getattr(thread, "thread_id", 0)
+        frame = sys._getframe(depth)
+        line = frame.f_lineno
+        loops = tuple(frame.f_locals.get(name) for name in self._loop_names) if self._loop_names else ()
         self._log.append((block, thread_id, self._name, kind, line, offset, loops))
 
     def _named(self, error, index):
@@ -103,6 +109,8 @@ class _RecordingArray:
             value = self._array[index]
         except IndexError as error:
             raise self._named(error, index) from None
+        if isinstance(value, np.ndarray):  # a view (out[n, c, Y], masks[n, t, Y, a:b]): its accesses count too
+            return _RecordingView(self, value)
         self._note("load", index)
         return value
 
@@ -112,6 +120,67 @@ class _RecordingArray:
         except IndexError as error:
             raise self._named(error, index) from None
         self._note("store", index)
+
+
+def _plain(value):
+    return value._array if isinstance(value, _RecordingArray) else value
+
+
+def _delegate(operator):
+    """An arithmetic operator of the array itself (not recorded, as the whole
+    arrays' are not): ``line[:] = weights * values`` on views."""
+    def method(self, *others):
+        result = getattr(self._array, operator)(*map(_plain, others))
+        return self if operator.startswith("__i") and result is self._array else result
+    method.__name__ = operator
+    return method
+
+
+for _operator in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "lt", "le", "gt", "ge", "eq",
+                  "ne", "neg", "pos", "abs", "radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmod", "rpow",
+                  "rmatmul", "iadd", "isub", "imul", "itruediv", "ifloordiv"):
+    setattr(_RecordingArray, f"__{_operator}__", _delegate(f"__{_operator}__"))
+_RecordingArray.__array__ = lambda self, dtype=None, copy=None: np.asarray(self._array, dtype=dtype)
+
+
+def _array_attribute(self, name):
+    """Other attributes (fill, sum, copy, T, ...) are the array's: what they touch is not recorded."""
+    array = self.__dict__.get("_array")
+    if array is None:
+        raise AttributeError(name)
+    return getattr(array, name)
+
+
+_RecordingArray.__getattr__ = _array_attribute
+
+
+class _RecordingView(_RecordingArray):
+    """A view of a recorded array (a row, a slice), its accesses noted at
+    their offsets in the whole array, found from their memory addresses."""
+
+    def __init__(self, whole, view):
+        whole = getattr(whole, "_whole", whole)  # a view of a view: offsets in the array it is a view of
+        super().__init__(whole._name, view, whole._log, whole._loop_names)
+        self._whole = whole
+        self._start = view.__array_interface__["data"][0] - whole._array.__array_interface__["data"][0]
+
+    def _offset(self, index):
+        """The flat offset in the whole (C-contiguous) array of element ``index`` of the view."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) != self.ndim:
+            raise TypeError("not one element")
+        position = self._start
+        for i, size, stride in zip(index, self.shape, self.strides):
+            i = int(i)
+            position += (i + size if i < 0 else i) * stride
+        return position // self.dtype.itemsize
+
+    def _note(self, kind, index):
+        try:
+            offset = self._offset(index)
+        except (TypeError, ValueError):  # a slice: what NumPy does with it is not one element's access
+            return
+        self._whole._log_access(kind, offset, depth=3)
 
 
 class AccessRecord:
@@ -125,6 +194,11 @@ class AccessRecord:
     def count(self, name, kind="load"):
         """How many times the kernel loaded (or stored) an element of ``name``."""
         return sum(1 for entry in self.log if entry[2] == name and entry[3] == kind)
+
+    def most_stores_per_thread(self, name):
+        """The most stores to ``name`` that one thread made."""
+        counts = Counter((entry[0], entry[1]) for entry in self.log if entry[2] == name and entry[3] == "store")
+        return max(counts.values(), default=0)
 
     def stores_per_element(self, name):
         """{flat offset: number of stores} of array ``name``."""
@@ -276,11 +350,34 @@ def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord
     return AccessRecord(log, arrays)
 
 
+def as_python(function, _done=None):
+    """``function`` as plain Python (a ``numba.njit`` function's ``py_func``),
+    with the compiled functions it calls through its globals plain Python
+    too, and theirs: compiled, a helper could not take the recorded arrays."""
+    python = getattr(function, "py_func", function)
+    if not isinstance(python, types.FunctionType):
+        return python
+    done = {} if _done is None else _done
+    if python in done:
+        return done[python]
+    helpers = {name: python.__globals__[name] for name in python.__code__.co_names
+               if isinstance(python.__globals__.get(name), numba.core.dispatcher.Dispatcher)}
+    if not helpers:
+        done[python] = python
+        return python
+    namespace = dict(python.__globals__)
+    plain = types.FunctionType(python.__code__, namespace, python.__name__, python.__defaults__, python.__closure__)
+    done[python] = plain
+    namespace.update({name: as_python(helper, done) for name, helper in helpers.items()})
+    return plain
+
+
 def record_function(function, *args) -> AccessRecord:
     """Call ``function`` (a ``numba.njit`` function runs as plain Python,
-    ``prange`` as ``range``) with every NumPy argument recorded."""
+    ``prange`` as ``range``, and so do the compiled helpers it calls) with
+    every NumPy argument recorded."""
     log, wrapped, arrays = _wrap(function, args)
-    getattr(function, "py_func", function)(*wrapped)
+    as_python(function)(*wrapped)
     return AccessRecord(log, arrays)
 
 
@@ -540,6 +637,36 @@ def _every_output_once(record, name, size, what, case):
         raise CheckFailed(f"{what}: {missing} of {size} outputs were never written for {case}")
 
 
+#: The spec skips a slot that reads outside the map: a nan or inf mask value there never reaches the output.
+OUTSIDE_NAN_HINT = ("this case's masks hold nan at the slots that read outside the map, which CARAFE skips: skip "
+                    "the whole term there, rather than multiplying the mask by a zero value (nan * 0 is nan), and "
+                    "read the mask only for a slot inside the map")
+
+
+def _require_outside_skipped(out, expected, what, case, hint=OUTSIDE_NAN_HINT):
+    """``out`` finite and right, for masks nan at the slots outside the map."""
+    if np.isnan(out).any():
+        first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+        raise CheckFailed(f"{what}: out{first} is nan for {case}, whose masks are nan only at the slots that read "
+                          f"outside the map.\nHint: {hint}")
+    compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5, hint=hint)
+
+
+#: A second block size, for one case: a kernel that assumes blocks of 128 threads goes wrong there.
+OTHER_BLOCK = 96
+
+
+def _block_size_failure(what, case, launch):
+    return CheckFailed(f"{what}: right with blocks of 128 threads, wrong with blocks of {launch[1]} ({launch[0]} "
+                       f"blocks) for {case}.\nHint: the kernel assumes the block size; take the thread's index "
+                       "from cuda.grid(1) (or cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x), which holds "
+                       "for any launch")
+
+
+def _other_block_launch(work_items):
+    return (work_items + OTHER_BLOCK - 1) // OTHER_BLOCK, OTHER_BLOCK
+
+
 #: The last case's out.size, 1440, is not a multiple of the 128-thread block.
 _CHANNELS_LAST_CASES = [(1, 32, 3, 3, 3, 2), (2, 48, 3, 4, 5, 2), (1, 64, 2, 3, 3, 3), (1, 40, 3, 3, 3, 2)]
 
@@ -577,6 +704,25 @@ def check_carafe_channels_last_kernel(kernel):
         for name, key in zip(names, ("x", "masks", "out")):
             kind = "store" if key == "out" else "load"
             worst[key] = max(worst[key], record.sectors_per_request(name, kind))
+    # The first case again, with masks nan at the slots outside the map, launched in blocks of 96.
+    n, c, h, w, k, s = _CHANNELS_LAST_CASES[0]
+    x, masks = carafe_inputs(n, c, h, w, k, s, 1, 70)
+    for nan_outside in (False, True):
+        if nan_outside:
+            masks = with_nan_outside(masks, k, s, 1, h, w)
+        out = np.full((n, s * h, s * w, c), np.nan, np.float32)
+        launch = _other_block_launch(out.size) if not nan_outside else launch_config(out.size, 128)
+        case = f"x of shape (N, h, w, C) = {(n, h, w, c)}, kernel_size={k}, scale={s}" + (
+            ", nan masks at the slots outside the map" if nan_outside else "")
+        _record_checked(kernel, launch, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                        np.ascontiguousarray(masks.transpose(0, 2, 3, 1)), out, k, s, what=what,
+                        hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]",
+                        work_items=out.size)
+        expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
+        if nan_outside:
+            _require_outside_skipped(out, expected, what, case)
+        elif not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
+            raise _block_size_failure(what, case, launch)
     if compiled:
         ptx.require_compiles(kernel, (), what, future=compiled)
     limits = {"x": 6.0, "masks": 2.5, "out": 6.0}
@@ -589,7 +735,7 @@ def check_carafe_channels_last_kernel(kernel):
                 f"sectors of 32 bytes on average; ideal is {ideal}, and more than {limit:g} means the threads of "
                 "a warp are spread over memory.\nHint: let consecutive threads take consecutive channels: "
                 "c = i % C, then X, Y and n")
-    passed(what, len(_CHANNELS_LAST_CASES))
+    passed(what, len(_CHANNELS_LAST_CASES) + 2)
     print(f"  sectors per warp request, the worst case's: x {worst['x']:.1f}, masks {worst['masks']:.1f}, out "
           f"{worst['out']:.1f} (ideal 4, 1, 4; the masks take 2 in a warp that spans two pixels, as when C is "
           "not a multiple of 32)")
@@ -645,6 +791,13 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                     "cuda.local.array does not zero its elements, so set every sums[j] to 0 first")
         compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5, hint=hint)
         _every_output_once(record, out_name, out.size, what, case)
+        most = record.most_stores_per_thread(out_name)
+        if most > channels_per_thread:
+            raise CheckFailed(f"{what}: one thread wrote {most} outputs for {case}; a thread handles one output "
+                              f"pixel and a run of at most CHANNELS_PER_THREAD = {channels_per_thread} channels, and "
+                              f"the grid has a thread for every pixel and run.\nHint: thread i takes pixel (Y, X) and "
+                              "channels run * CHANNELS_PER_THREAD onwards, for i < N * runs * H * W, runs = "
+                              "ceil(C / CHANNELS_PER_THREAD)")
         pixels = n * s * h * s * w
         mask_loads, x_loads = record.count(masks_name), record.count(x_name)
         allowed = runs * k * k * pixels
@@ -660,6 +813,24 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                               f"at most {c * k * k * pixels}")
         if (n, c, h, w, k, s) == _BLOCKED_MAPPING_CASE:
             sectors = {"x": record.sectors_per_request(x_name), "out": record.sectors_per_request(out_name, "store")}
+    # The first case again, launched in blocks of 96, then with masks nan at the slots outside the map.
+    n, c, h, w, k, s = _BLOCKED_CASES[0]
+    x, masks = carafe_inputs(n, c, h, w, k, s, 1, 80)
+    threads = n * math.ceil(c / channels_per_thread) * s * h * s * w
+    for nan_outside in (False, True):
+        if nan_outside:
+            masks = with_nan_outside(masks, k, s, 1, h, w)
+        out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+        launch = launch_config(threads, 128) if nan_outside else _other_block_launch(threads)
+        case = f"x {x.shape}, kernel_size={k}, scale={s}, {channels_per_thread} channels per thread" + (
+            ", nan masks at the slots outside the map" if nan_outside else "")
+        _record_checked(kernel, launch, x, masks, out, k, s, what=what, hint="test c < C before using channel c",
+                        work_items=threads)
+        expected = _reference(x, masks, k, s)
+        if nan_outside:
+            _require_outside_skipped(out, expected, what, case)
+        elif not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
+            raise _block_size_failure(what, case, launch)
     for key, limit in _BLOCKED_SECTOR_LIMITS.items():
         if sectors[key] > limit:
             raise CheckFailed(
@@ -669,7 +840,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                 "neighbouring output columns: X = i % W fastest, then Y, then the run, then n")
     if compiled:
         ptx.require_compiles(kernel, (), what, future=compiled)
-    passed(what, len(_BLOCKED_CASES) + 1)
+    passed(what, len(_BLOCKED_CASES) + 3)
     print(f"  sectors per warp request: x {sectors['x']:.1f}, out {sectors['out']:.1f} (X fastest: about 2 and 4)")
 
 
@@ -894,8 +1065,9 @@ def _check_rows_structure(fast, what, out_name):
                     f"{what}: the innermost loop that writes {out_name}, over `{ast.unparse(loop.target)}`, has "
                     f"{'a test' if test else 'a division'} that changes from one iteration to the next, "
                     f"`{ast.unparse(operands)}`, which keeps the compiler from vectorising it.\nHint: build the "
-                    "padded, upsampled `columns` rows first; then slot column dx of output X is "
-                    "columns[row, X + dx * s], with no test and no division in the loop over X")
+                    "upsampled `columns` rows first, and compute before the loop the columns whose slot lies "
+                    "inside the map, begin to end; then slot column dx of output X is columns[row, X + (dx - r) * "
+                    "s], with no test and no division in the loop")
 
 
 def _prange_loops(fast):
@@ -1019,7 +1191,7 @@ def _outer_prange_work(fast, args):
         runs.append((counters[loop_id], len(iterations), len(log) - start))
 
     ast.fix_missing_locations(tree)
-    namespace = dict(names, __counted__=counted)
+    namespace = dict(as_python(function).__globals__, __counted__=counted)
     closure = getattr(function, "__closure__", None) or ()
     namespace.update(zip(function.__code__.co_freevars, (cell.cell_contents for cell in closure)))
     try:
@@ -1073,8 +1245,8 @@ _TRACE_CASE = (1, 2, 3, 16, 3, 2)
 
 _READ_PAST_AN_ARRAY = (
     "\nRun as plain Python, where NumPy checks bounds, your function raises IndexError: {error}. Compiled, it "
-    "read past that array instead.\nHint: check the size of what you index there: the padded `columns` rows "
-    "are W + 2 * r * s long, r * s zeros on either side")
+    "read past that array instead.\nHint: check the size of what you index there: the `columns` rows are W "
+    "long, and slot dx reads them from begin + (dx - r) * s up to end + (dx - r) * s")
 
 
 def _index_error_as_python(fast, x, masks, out, k, s):
@@ -1082,7 +1254,7 @@ def _index_error_as_python(fast, x, masks, out, k, s):
     numba checks no bounds: a read past an array gives wrong values (NaN,
     where that memory holds one), not an error; as Python, NumPy checks."""
     try:
-        fast.py_func(x, masks, np.zeros_like(out), k, s)
+        as_python(fast)(x, masks, np.zeros_like(out), k, s)
     except IndexError as error:
         return error
     except Exception:  # noqa: BLE001 - any other failure as Python says nothing more than the values
@@ -1114,7 +1286,8 @@ def _unwritten_failure(fast, x, masks, k, s, first, what, case):
 def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64, 64)):
     """``fast(x, masks, out, kernel_size, scale)``: CARAFE forward on (N, C,
     h, w) float32 arrays, one group, ``numba.njit``-compiled, writing every
-    element of ``out``. Graded on the values, on the order of its accesses
+    element of ``out``. Graded on the values (also for masks nan at the
+    slots outside the map, which it must skip), on the order of its accesses
     (run as Python: most consecutive accesses must stay in one cache line)
     on what the exercise asks of its loops (a prange that gives one image's
     work to several threads, which one over the batch does not; a prange
@@ -1204,8 +1377,8 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     finally:
         numba.set_num_threads(threads)
     if slow_time < min_speedup * fast_time:
-        hint = ("the loop over X innermost, reading rows of out, masks and the padded `columns` one element after "
-                "the next (steps 2 and 3 above)")
+        hint = ("the loop over X innermost, reading rows of out, masks and `columns` one element after the next, "
+                "counted from 0 over views of them (steps 2 and 3 above)")
         nested = _nested_prange(fast)
         if nested is not None:
             hint = (f"your prange over `{nested}` sits inside other loops: numba starts and joins its threads at "
@@ -1214,7 +1387,19 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
         raise CheckFailed(f"{what}: {fast_time * 1e3:.2f} ms against {slow_time * 1e3:.2f} ms for the slow loop "
                           f"order on x {tuple(size)}, k=5, s=2, both on one thread: less than {min_speedup:g} times "
                           f"faster.\nHint: {hint}")
-    passed(what, len(_CPU_CASES))
+    # Last, the spec's rule for the slots outside the map (the zero-padded loop of earlier versions of this
+    # exercise, right on finite masks, is told here).
+    n, c, h, w, k, s = _CPU_CASES[1]
+    x, masks = carafe_inputs(n, c, h, w, k, s, 1, 95)
+    masks = with_nan_outside(masks, k, s, 1, h, w)
+    out = np.full((n, c, s * h, s * w), np.nan, np.float32)
+    fast(x, masks, out, k, s)
+    _require_outside_skipped(out, _reference(x, masks, k, s), what,
+                             f"x {x.shape}, kernel_size={k}, scale={s}, masks nan at the slots outside the map",
+                             hint="loop X only over the columns whose slot reads inside the map (begin to end), "
+                                  "rather than over zeros padded around them: a nan or inf mask at a slot outside "
+                                  "the map must not reach out, and nan * 0 is nan")
+    passed(what, len(_CPU_CASES) + 1)
     print("  accesses that change cache line: " + ", ".join(f"{name} {share:.0%}" for name, share in switches.items()))
     return slow_time / fast_time
 
