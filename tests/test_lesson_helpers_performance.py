@@ -127,6 +127,23 @@ def one_timed_call_dropped(function, repeat=7, warmup=1, clock=time.perf_counter
     return statistics.median(times[-repeat + 1:])
 
 
+def every_call_timed(function, repeat, warmup, clock):
+    times = []
+    for _ in range(warmup + repeat):
+        start = clock()
+        function()
+        times.append(clock() - start)
+    return times
+
+
+def only_the_first_call_dropped(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return statistics.median(every_call_timed(function, repeat, warmup, clock)[1:])
+
+
+def timed_calls_one_early(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return statistics.median(every_call_timed(function, repeat, warmup, clock)[warmup - 1:warmup - 1 + repeat])
+
+
 def test_median_time_passes_the_right_answer(capsys):
     checkers.check_median_time(median_time)
     assert "PASS median_time" in capsys.readouterr().out
@@ -143,6 +160,8 @@ def test_median_time_passes_the_right_answer(capsys):
     (last_timed_call_dropped, "the last timed call is missing"),
     (milliseconds, "in milliseconds"),
     (one_timed_call_dropped, "the first timed call is missing"),
+    (only_the_first_call_dropped, "only the first left out: the other warm-up calls are in the median"),
+    (timed_calls_one_early, "taken one call early: the last warm-up call is in the median"),
 ])
 def test_median_time_catches_wrong_answers(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
@@ -184,6 +203,16 @@ def _traffic_variant(flops_factor=1.0, masks=True, out=True, itemsize=True, unfo
     (_traffic_variant(unfold=True), "as the unfold version does"),
     (_traffic_variant(group=False), "`group` masks per output pixel"),
     (lambda *args: 0, "return a pair"),
+    (lambda *args: carafe_traffic(*args)[::-1], "the two are swapped: return \\(flops, bytes\\)"),
+    (lambda n, c, h, w, k, s, g=1, size=4: carafe_traffic(n, c, h, w, k, s, g, 4), "4 bytes a value whatever itemsize"),
+    (lambda n, c, h, w, k, s, g=1, size=4: (carafe_traffic(n, c, h, w, k, s, g, size)[0],
+                                            carafe_traffic(n, c, h, w, k, s, g, size)[1]
+                                            - size * n * c * (s * s - 1) * h * w),
+     "out is counted at the input's resolution"),
+    (lambda n, c, h, w, k, s, g=1, size=4: (carafe_traffic(n, c, h, w, k, s, g, size)[0],
+                                            carafe_traffic(n, c, h, w, k, s, g, size)[1]
+                                            - size * n * g * k * k * (s * s - 1) * h * w),
+     "masks are counted at the input's resolution"),
     (lambda n, *rest: carafe_traffic(1, *rest), "counts one image"),
     # Half the FLOPs at scale 2, as multiply-adds give: the hint must name the scale, not the multiply-adds.
     (lambda n, c, h, w, k, s, *rest: (carafe_traffic(n, c, h, w, k, s, *rest)[0] // s,

@@ -412,11 +412,17 @@ class _FakeClock:
         self.calls += 1
 
 
-def _median_time_mistakes(timed, durations, repeat):
+def _median_time_mistakes(timed, durations, repeat, warmup):
     """[(what a mistake returns, its hint)] for timed calls ``timed`` after
     the warm-up, of all call times ``durations``, in the order to suggest."""
     middle = "with an even number of timed calls the median is the mean of the two middle ones (statistics.median)"
     return [
+        (statistics.median(durations[1:]), "every call was timed and only the first left out: the other warm-up "
+                                            "calls are in the median too. Time only the `repeat` calls after the "
+                                            "`warmup` untimed ones"),
+        (statistics.median(durations[warmup - 1:warmup - 1 + repeat]),
+         "the timed calls are taken one call early: the last warm-up call is in the median and the last timed "
+         "call is not. The timed calls are the `repeat` after the first `warmup` (times[warmup:])"),
         (statistics.mean(timed), "that is the mean: one disturbed run pulls it far up. Return the median "
                                  "(statistics.median), which a few slow runs do not move"),
         (min(timed), "that is the fastest run. It is a fair figure too, but this exercise asks for the "
@@ -475,7 +481,7 @@ def check_median_time(function):
         if result is None or not isinstance(result, (int, float)):
             raise CheckFailed(f"{what}: returned {result!r} for {case}; return the median time in seconds")
         if not math.isclose(result, expected, rel_tol=1e-9):
-            mistakes = _median_time_mistakes(timed, durations, repeat)
+            mistakes = _median_time_mistakes(timed, durations, repeat, warmup)
             failures.append((case, result, expected, timed, mistakes,
                              {hint for value, hint in mistakes if math.isclose(result, value, rel_tol=1e-9)}))
     if failures:
@@ -526,6 +532,9 @@ def check_carafe_traffic(function):
             raise CheckFailed(f"{what}: returned {got!r} for {name}; return a pair (flops, bytes)")
         flops, moved = got
         outputs = n * c * s * h * s * w
+        if (moved, flops) == expected and flops != moved:
+            raise CheckFailed(f"{what}: returned ({flops}, {moved}) for {name}; expected {expected}.\nHint: the two "
+                              "are swapped: return (flops, bytes), the FLOPs first")
         if flops != expected[0]:
             hint = "count a multiply and an add for each of the k*k window slots of each output element"
             if n > 1 and flops * n == expected[0]:  # a multiply-add count fails the first case already (n = 1)
@@ -555,6 +564,14 @@ def check_carafe_traffic(function):
                        "bytes read each value of x once"
             elif moved == expected[1] - parts["masks"] + itemsize * n * k * k * s * h * s * w:
                 hint = "there are `group` masks per output pixel: n*group*k*k*(s*h)*(s*w) values"
+            elif itemsize != 4 and moved == expected[1] // itemsize * 4:
+                hint = "that is 4 bytes a value whatever itemsize is: multiply by the itemsize argument (2 for " \
+                       "float16, 8 for float64)"
+            elif s > 1 and moved == expected[1] - parts["out"] + itemsize * n * c * h * w:
+                hint = "out is counted at the input's resolution: it has (s*h) * (s*w) pixels per plane"
+            elif s > 1 and moved == expected[1] - parts["masks"] + itemsize * n * g * k * k * h * w:
+                hint = "the masks are counted at the input's resolution: there is one per output pixel, " \
+                       "(s*h) * (s*w) per slot and group"
             raise CheckFailed(f"{what}: {moved} bytes for {name}; expected {expected[1]}.\nHint: {hint}")
     passed(what, len(cases))
 
