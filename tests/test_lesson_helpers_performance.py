@@ -1793,6 +1793,47 @@ def rows_slots_innermost_through_views(x, masks, out, kernel_size, scale):
                 plane_out[Y, X] = total
 
 
+def _rows_by_slot_ranges(row_test=True, begin_shift=0, end_shift=0):
+    """The lesson's answer (07.5), with its window-row test left out or its column range moved."""
+    @numba.njit(parallel=True)
+    def rows_by_slot_ranges(x, masks, out, kernel_size, scale):
+        batch, channels, height, width = out.shape
+        low_height, low_width = x.shape[2], x.shape[3]
+        r = (kernel_size - 1) // 2
+        for plane in numba.prange(batch * channels):
+            n, c = plane // channels, plane % channels
+            columns = upsampled_rows(x, n, c, scale, width)
+            for Y in range(height):
+                for X in range(width):
+                    out[n, c, Y, X] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height or not row_test:
+                        for dx in range(kernel_size):
+                            begin = min(width, max(0, (r - dx) * scale + begin_shift))
+                            end = max(begin, min(width, (low_width + r - dx) * scale + end_shift))
+                            shift = (dx - r) * scale
+                            target = out[n, c, Y, begin:end]
+                            weights = masks[n, dy * kernel_size + dx, Y, begin:end]
+                            values = columns[row, begin + shift:end + shift]
+                            for i in range(end - begin):
+                                target[i] += weights[i] * values[i]
+    return rows_by_slot_ranges
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_rows_by_slot_ranges(row_test=False), "(?s)raises IndexError: index 3 is out of bounds for axis 0 with size 3.*"
+                                           "Hint: a row index past the first axis: a window row outside the map"),
+    (_rows_by_slot_ranges(begin_shift=1), "only the columns near the left and right sides are wrong: check begin "
+                                          "and end"),
+    (_rows_by_slot_ranges(end_shift=1), "(?s)only the columns near the left and right sides are wrong.*Hint: check "
+                                        "the size of what you index there: the `columns` rows are W long"),
+], ids=["no row test", "begin one late", "end one past"])
+def test_rows_cpu_by_slot_ranges_mistakes_are_named(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checkers.check_carafe_rows_cpu(wrong, slow)
+
+
 def test_rows_cpu_zero_padded_is_told_to_skip_the_slots_outside_the_map():
     with pytest.raises(CheckFailed, match="(?s)masks nan at the slots outside the map.*loop X only over the columns "
                                           "whose slot reads inside the map"):

@@ -1260,10 +1260,17 @@ _CPU_CASES = [(1, 2, 3, 16, 3, 2), (2, 3, 4, 5, 5, 2), (1, 1, 2, 7, 3, 3)]
 _TRACE_CASE = (1, 2, 3, 16, 3, 2)
 
 
-_READ_PAST_AN_ARRAY = (
-    "\nRun as plain Python, where NumPy checks bounds, your function raises IndexError: {error}. Compiled, it "
-    "read past that array instead.\nHint: check the size of what you index there: the `columns` rows are W "
-    "long, and slot dx reads them from begin + (dx - r) * s up to end + (dx - r) * s")
+def _read_past_an_array(error, low_height):
+    """What a loop that raised ``error`` as plain Python did compiled, and the
+    likely cause: a row past the map's ``low_height`` rows, or a column."""
+    if re.search(rf"axis 0 with size {low_height}\b", str(error)):
+        hint = ("a row index past the first axis: a window row outside the map (test 0 <= row < h before reading "
+                "row `row` of `columns`), or an output row past H")
+    else:
+        hint = ("check the size of what you index there: the `columns` rows are W long, and slot dx reads them "
+                "from begin + (dx - r) * s up to end + (dx - r) * s")
+    return (f"\nRun as plain Python, where NumPy checks bounds, your function raises IndexError: {error}. Compiled, "
+            f"it read past that array instead.\nHint: {hint}")
 
 
 def _index_error_as_python(fast, x, masks, out, k, s):
@@ -1346,16 +1353,23 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
             error = _index_error_as_python(fast, x, masks, out, k, s)
             if error is not None:  # what it read past an array happened to be NaN
                 raise CheckFailed(f"{what}: values wrong for {case}: out{first} is NaN."
-                                  + _READ_PAST_AN_ARRAY.format(error=error)) from None
+                                  + _read_past_an_array(error, h)) from None
             raise _unwritten_failure(fast, x, masks, k, s, first, what, case)
+        expected = _reference(x, masks, k, s)
+        wrong_columns = np.argwhere(~np.isclose(out, expected, rtol=1e-4, atol=1e-5))[:, 3]
+        near_a_side = ((k - 1) // 2 + 1) * s  # the columns whose window, or the one next to theirs, leaves the map
+        border = (len(wrong_columns) and 2 * near_a_side < s * w
+                  and ((wrong_columns < near_a_side) | (wrong_columns >= s * w - near_a_side)).all())
         try:
-            compare(_reference(x, masks, k, s), out, what=what, case=case, rtol=1e-4, atol=1e-5,
-                    hint="out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
+            compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5,
+                    hint="only the columns near the left and right sides are wrong: check begin and end, the first "
+                         "X whose slot column lies inside the map and the first past it" if border else
+                         "out[n, c, Y, X] sums masks[n, dy * k + dx, Y, X] * x[n, c, Y // s - r + dy, X // s - r + dx] "
                          "over the slots inside the map")
         except CheckFailed as wrong:
             error = _index_error_as_python(fast, x, masks, out, k, s)
             if error is not None:
-                raise CheckFailed(f"{wrong}" + _READ_PAST_AN_ARRAY.format(error=error)) from None
+                raise CheckFailed(f"{wrong}" + _read_past_an_array(error, h)) from None
             raise
     n, c, h, w, k, s = _RACE_CASE
     x, masks = carafe_inputs(n, c, h, w, k, s, 1, 97)
