@@ -299,6 +299,95 @@ def test_right_answers_pass(capsys):
         "PASS SemiShiftFunction", "PASS fade_forward"]
 
 
+@cuda.jit
+def semi_shift_skipping_negative_indices_only(E, D, weight, bias, out, scale):
+    # The -1 warning of 05.2 taken as the whole rule: taps past the bottom and right border multiply zeros in.
+    i = cuda.grid(1)
+    if i < out.size:
+        X, Y = i % out.shape[3], (i // out.shape[3]) % out.shape[2]
+        o, n = (i // (out.shape[3] * out.shape[2])) % out.shape[1], i // (out.shape[3] * out.shape[2] * out.shape[1])
+        r = weight.shape[2] // 2
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
+                    if Y + uy - r >= 0 and X + ux - r >= 0:
+                        total += weight[o, c, uy, ux] * (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                                                         + read_or_zero(D, n, c, Y // scale + uy - r,
+                                                                        X // scale + ux - r))
+        out[n, o, Y, X] = total
+
+
+@cuda.jit
+def semi_shift_skipping_nan_weights(E, D, weight, bias, out, scale):
+    # Skips by the weight's value, not by where the tap lies: a nan read inside the maps is dropped too.
+    i = cuda.grid(1)
+    if i < out.size:
+        X, Y = i % out.shape[3], (i // out.shape[3]) % out.shape[2]
+        o, n = (i // (out.shape[3] * out.shape[2])) % out.shape[1], i // (out.shape[3] * out.shape[2] * out.shape[1])
+        r = weight.shape[2] // 2
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
+                    value = weight[o, c, uy, ux]
+                    if value == value:
+                        total += value * (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                                          + read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r))
+        out[n, o, Y, X] = total
+
+
+@cuda.jit
+def grad_en_skipping_past_the_end_only(grad_out, weight, grad_en):
+    i = cuda.grid(1)
+    if i < grad_en.size:
+        X, Y = i % grad_en.shape[3], (i // grad_en.shape[3]) % grad_en.shape[2]
+        c = (i // (grad_en.shape[3] * grad_en.shape[2])) % grad_en.shape[1]
+        n = i // (grad_en.shape[3] * grad_en.shape[2] * grad_en.shape[1])
+        r = weight.shape[2] // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(weight.shape[2]):
+                for ux in range(weight.shape[2]):
+                    if Y - uy + r < grad_out.shape[2] and X - ux + r < grad_out.shape[3]:
+                        total += weight[o, c, uy, ux] * read_or_zero(grad_out, n, o, Y - uy + r, X - ux + r)
+        grad_en[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_weight_skipping_nan_gradients(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        size = grad_weight.shape[2]
+        ux, uy = i % size, (i // size) % size
+        c, o = (i // (size * size)) % grad_weight.shape[1], i // (size * size * grad_weight.shape[1])
+        r = size // 2
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(grad_out.shape[2]):
+                for X in range(grad_out.shape[3]):
+                    g = grad_out[n, o, Y, X]
+                    if g == g:
+                        total += g * (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                                      + read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r))
+        grad_weight[o, c, uy, ux] = total
+
+
+@pytest.mark.parametrize("check, kernel, message", [
+    (checkers.check_semi_shift_kernel, semi_shift_skipping_negative_indices_only,
+     r"a weight that is nan at tap \(2, 2\), which lies outside the maps for this element"),
+    (checkers.check_semi_shift_grad_en_kernel, grad_en_skipping_past_the_end_only,
+     r"a weight that is nan at tap \(2, 2\), which lies outside the maps.*\n.*all four of its borders"),
+    (checkers.check_semi_shift_kernel, semi_shift_skipping_nan_weights,
+     r"(?s)a weight that is nan at tap \(0, 0\); it should be nan.*never by its value"),
+    (checkers.check_semi_shift_grad_weight_kernel, grad_weight_skipping_nan_gradients,
+     r"(?s)grad_out nan at output \(0, 0\); it should be nan.*never by its value"),
+], ids=["two borders of 05.3", "two borders of 05.4", "nan weights skipped", "nan gradients skipped"])
+def test_skipping_by_half_the_borders_or_by_the_value_is_told(check, kernel, message):
+    with pytest.raises(checkers.CheckFailed, match=message):
+        check(kernel)
+
+
 @pytest.mark.parametrize("check, kernel, message", [
     (checkers.check_semi_shift_kernel, semi_shift_zero_padded,
      r"out\(0, 0, 0, 0\) is nan .*a weight that is nan at tap \(0, 0\), which lies outside the maps for this "

@@ -238,12 +238,14 @@ def check_semi_shift_pixel(semi_shift_pixel):
                   case=_describe(case), hint=_FORMULA, rtol=1e-7, atol=1e-9,
                   border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
     n, c, o, h, w, k, s = _NAN_TAP_CASE
-    E, D, weight, bias = _inputs(_NAN_TAP_CASE, 519, np.float64)
-    weight[:, :, 0, 0] = np.nan
-    got = np.array([[[[float(semi_shift_pixel(E, D, weight, bias, b, channel, Y, X, s)) for X in range(s * w)]
-                      for Y in range(s * h)] for channel in range(o)] for b in range(n)])
-    _require_skipped(what, "out", _reference(E, D, weight, bias, s), got, _describe(_NAN_TAP_CASE), _SKIP_HINT)
-    passed(what, len(_CASES) + 1)
+    for tap in _nan_taps(k):
+        E, D, weight, bias = _inputs(_NAN_TAP_CASE, 519, np.float64)
+        weight[:, :, tap[0], tap[1]] = np.nan
+        got = np.array([[[[float(semi_shift_pixel(E, D, weight, bias, b, channel, Y, X, s)) for X in range(s * w)]
+                          for Y in range(s * h)] for channel in range(o)] for b in range(n)])
+        _require_skipped(what, "out", _reference(E, D, weight, bias, s), got, _describe(_NAN_TAP_CASE), _SKIP_HINT,
+                         _nan_weight(tap))
+    passed(what, len(_CASES) + 2)
 
 
 # --------------------------------------------------------------------------
@@ -267,16 +269,18 @@ def check_semi_shift_kernel(kernel):
                   hint="unravel i into (n, o, Y, X) with X fastest; then " + _FORMULA,
                   border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
     n, c, o, h, w, k, s = _NAN_TAP_CASE
-    E, D, weight, bias = _inputs(_NAN_TAP_CASE, 529)
-    weight[:, :, 0, 0] = np.nan
-    out = np.full((n, o, s * h, s * w), np.nan, np.float32)
-    _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size",
-            case=_describe(_NAN_TAP_CASE) + ", nan weight at tap (0, 0)")
-    _require_skipped(what, "out", _reference(E, D, weight, bias, s), out, _describe(_NAN_TAP_CASE),
-                     "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
-                     "(nan * 0 is nan): add weight * (e + d) only where the encoder's or the decoder's tap is "
-                     "inside, so that a nan or inf weight at a skipped tap never reaches the output")
-    rules.passed(len(_CASES) + 1)
+    for tap in _nan_taps(k):
+        E, D, weight, bias = _inputs(_NAN_TAP_CASE, 529)
+        weight[:, :, tap[0], tap[1]] = np.nan
+        out = np.full((n, o, s * h, s * w), np.nan, np.float32)
+        _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size",
+                case=_describe(_NAN_TAP_CASE) + f", nan weight at tap {tap}")
+        _require_skipped(what, "out", _reference(E, D, weight, bias, s), out, _describe(_NAN_TAP_CASE),
+                         "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
+                         "(nan * 0 is nan): add weight * (e + d) only where the encoder's or the decoder's tap is "
+                         "inside (each row and column tested at both ends), so that a nan or inf weight at a skipped "
+                         "tap never reaches the output", _nan_weight(tap))
+    rules.passed(len(_CASES) + 2)
 
 
 # --------------------------------------------------------------------------
@@ -303,12 +307,21 @@ _SKIP_HINT = ("a tap outside the map is skipped, not multiplied by a zero read: 
               "skipped tap never reaches the result")
 
 
-_NAN_WEIGHT = ("a weight that is nan at tap (0, 0)", "which lies outside the maps for this element")
+def _nan_taps(k):
+    """The two corner taps, tried in turn with a nan weight: (0, 0) lies outside the maps at their top and left
+    border, (k - 1, k - 1) at their bottom and right one, so a skip test of two borders only shows."""
+    return [(0, 0), (k - 1, k - 1)]
 
 
-def _require_skipped(what, name, expected, got, case, hint, nan=_NAN_WEIGHT):
-    """``got`` finite and right wherever ``expected`` (computed with the nan
-    that ``nan`` describes: what is nan, and why this element skips it) is finite."""
+def _nan_weight(tap):
+    return (f"a weight that is nan at tap {tap}", "which lies outside the maps for this element")
+
+
+def _require_skipped(what, name, expected, got, case, hint, nan):
+    """``got`` right wherever ``expected`` (computed with the nan that ``nan``
+    describes: what is nan, and why an element skips it) is finite, and nan
+    wherever it is nan: the spec skips what lies outside the maps, by where
+    it lies, and keeps a nan read inside them."""
     expected, got = torch.as_tensor(expected).double(), torch.as_tensor(np.asarray(got)).double()
     finite = torch.isfinite(expected)
     leaked = finite & ~torch.isfinite(got)
@@ -316,7 +329,15 @@ def _require_skipped(what, name, expected, got, case, hint, nan=_NAN_WEIGHT):
         index = tuple(int(i) for i in torch.nonzero(leaked)[0])
         raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, {nan[0]}, {nan[1]}."
                           f"\nHint: {hint}")
-    compare(expected[finite], got[finite], what=what, case=f"{case}, {nan[0]}", rtol=1e-4, atol=1e-4, hint=hint)
+    dropped = torch.isnan(expected) & ~torch.isnan(got)
+    if dropped.any():
+        index = tuple(int(i) for i in torch.nonzero(dropped)[0])
+        raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, {nan[0]}; it should be nan: "
+                          "this element reads that value inside the maps, where the spec lets a nan through.\nHint: "
+                          "skip a tap by where it lies (its row and column against the map's size), never by its "
+                          "value")
+    compare(torch.where(finite, expected, 0.0), torch.where(finite, got, 0.0), what=what, case=f"{case}, {nan[0]}",
+            rtol=1e-4, atol=1e-4, hint=hint)
 
 
 def _backward_cases(seed, cases=_CASES):
@@ -347,16 +368,18 @@ def check_semi_shift_grad_en_kernel(kernel):
         _diagnose(expected, grad_en, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_en[n, c, Y, X] = sum over o, uy, ux of weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, "
                        "X - ux + r], skipping outputs outside the map")
-    case, E, D, weight, bias, grad_out = next(_backward_cases(538, [_NAN_TAP_CASE]))
-    weight[:, :, 0, 0] = np.nan
-    grad_en = np.full(E.shape, np.nan, np.float32)
-    _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size",
-            case=_describe(case) + ", nan weight at tap (0, 0)")
-    _require_skipped(what, "grad_en", _gradients(E, D, weight, bias, grad_out, case[6])[0], grad_en,
-                     _describe(case), "skip the outputs outside the map (do not multiply the weight by "
-                                      "read_or_zero's 0 for them: nan * 0 is nan), so that a nan or inf weight at a "
-                                      "skipped tap never reaches grad_en")
-    rules.passed(len(_CASES) + 1)
+    for tap in _nan_taps(_NAN_TAP_CASE[5]):
+        case, E, D, weight, bias, grad_out = next(_backward_cases(538, [_NAN_TAP_CASE]))
+        weight[:, :, tap[0], tap[1]] = np.nan
+        grad_en = np.full(E.shape, np.nan, np.float32)
+        _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size",
+                case=_describe(case) + f", nan weight at tap {tap}")
+        _require_skipped(what, "grad_en", _gradients(E, D, weight, bias, grad_out, case[6])[0], grad_en,
+                         _describe(case), "skip the outputs outside the map, at all four of its borders (do not "
+                                          "multiply the weight by read_or_zero's 0 for them: nan * 0 is nan), so "
+                                          "that a nan or inf weight at a skipped tap never reaches grad_en",
+                         _nan_weight(tap))
+    rules.passed(len(_CASES) + 2)
 
 
 def check_semi_shift_grad_de_kernel(kernel):
@@ -389,16 +412,17 @@ def check_semi_shift_grad_de_kernel(kernel):
                   hint="grad_de[n, c, row, col] = sum over o, uy, ux of weight[o, c, uy, ux] * (the sum of grad_out "
                        "over the s x s outputs attached to low-res pixel (row - uy + r, col - ux + r)), skipping "
                        "anchors outside the low-res map")
-    case, E, D, weight, bias, grad_out = next(_backward_cases(548, [_NAN_TAP_CASE]))
-    weight[:, :, 0, 0] = np.nan
-    grad_de = np.full(D.shape, np.nan, np.float32)
-    _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",
-            case=_describe(case) + ", nan weight at tap (0, 0)")
-    _require_skipped(what, "grad_de", _gradients(E, D, weight, bias, grad_out, case[6])[1], grad_de,
-                     _describe(case), "skip the anchors outside the low-res map (do not multiply the weight by a "
-                                      "zero sum of grad_out for them), so that a nan or inf weight at a skipped tap "
-                                      "never reaches grad_de")
-    rules.passed(len(_CASES) + 1)
+    for tap in _nan_taps(_NAN_TAP_CASE[5]):
+        case, E, D, weight, bias, grad_out = next(_backward_cases(548, [_NAN_TAP_CASE]))
+        weight[:, :, tap[0], tap[1]] = np.nan
+        grad_de = np.full(D.shape, np.nan, np.float32)
+        _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",
+                case=_describe(case) + f", nan weight at tap {tap}")
+        _require_skipped(what, "grad_de", _gradients(E, D, weight, bias, grad_out, case[6])[1], grad_de,
+                         _describe(case), "skip the anchors outside the low-res map (do not multiply the weight by "
+                                          "a zero sum of grad_out for them), so that a nan or inf weight at a "
+                                          "skipped tap never reaches grad_de", _nan_weight(tap))
+    rules.passed(len(_CASES) + 2)
 
 
 def check_semi_shift_grad_weight_kernel(kernel):
@@ -429,17 +453,19 @@ def check_semi_shift_grad_weight_kernel(kernel):
         _diagnose(expected, grad_weight, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_weight[o, c, uy, ux] = sum over n, Y, X of grad_out[n, o, Y, X] * (E[n, c, Y + uy - r, "
                        "X + ux - r] + D[n, c, Y // s + uy - r, X // s + ux - r]), zero outside the maps")
-    case, E, D, weight, bias, grad_out = next(_backward_cases(558, [_NAN_TAP_CASE]))
-    grad_out[:, :, 0, 0] = np.nan
-    grad_weight = np.full(weight.shape, np.nan, np.float32)
-    _launch(rules, grad_weight.size, grad_out, E, D, grad_weight, case[6], guard="grad_weight.size",
-            case=_describe(case) + ", grad_out nan at output (0, 0)")
-    _require_skipped(what, "grad_weight", _gradients(E, D, weight, bias, grad_out, case[6])[2], grad_weight,
-                     _describe(case), "skip an output whose tap reads outside both maps (do not multiply its "
-                                      "grad_out by read_or_zero's zeros: nan * 0 is nan), so that a nan or inf "
-                                      "gradient there never reaches grad_weight",
-                     nan=("grad_out nan at output (0, 0)", "whose tap (uy, ux) reads outside both maps"))
-    rules.passed(len(_CASES) + 1)
+    n, c, o, h, w, k, s = _NAN_TAP_CASE
+    for corner in [(0, 0), (s * h - 1, s * w - 1)]:  # the first output and the last, at opposite borders
+        case, E, D, weight, bias, grad_out = next(_backward_cases(558, [_NAN_TAP_CASE]))
+        grad_out[:, :, corner[0], corner[1]] = np.nan
+        grad_weight = np.full(weight.shape, np.nan, np.float32)
+        _launch(rules, grad_weight.size, grad_out, E, D, grad_weight, s, guard="grad_weight.size",
+                case=_describe(case) + f", grad_out nan at output {corner}")
+        _require_skipped(what, "grad_weight", _gradients(E, D, weight, bias, grad_out, s)[2], grad_weight,
+                         _describe(case), "skip an output whose tap reads outside both maps, at all four borders "
+                                          "(do not multiply its grad_out by read_or_zero's zeros: nan * 0 is nan), "
+                                          "so that a nan or inf gradient there never reaches grad_weight",
+                         nan=(f"grad_out nan at output {corner}", "whose tap (uy, ux) reads outside both maps"))
+    rules.passed(len(_CASES) + 2)
 
 
 # --------------------------------------------------------------------------
