@@ -12,7 +12,9 @@ by instruction set: PyTorch names it, printed first), on the machine's load,
 and on the allocator's state, so every table is printed twice: in the fresh
 process, where glibc maps each large tensor afresh and every call pays its
 page faults, and after ``upsamplelib.timing.reuse_freed_memory()``, the
-state of a training loop and of ``make bench``'s rows (no page faults).
+state of a training loop and of ``make bench``'s rows (no page faults). The
+first tables are one state only roughly: glibc moves its threshold as blocks
+are freed, so a row's faults there depend on the rows timed before it.
 ``make bench`` gives the op against the two-convolution form.
 """
 

@@ -495,8 +495,8 @@ def channels_last_blocks_of_128(x, masks, out, kernel_size, scale):
 
 
 @pytest.mark.parametrize("wrong, message", [
-    (channels_last_zero_padded, "(?s)masks are nan only at the slots that read outside the map.*rather than "
-                                "multiplying the mask by a zero value"),
+    (channels_last_zero_padded, "(?s)nan masks at the slots outside the map \\(the other masks and x are "
+                                "finite\\).*rather than multiplying the mask by a zero value"),
     (channels_last_blocks_of_128, "(?s)right with blocks of 128 threads, wrong with blocks of 96.*cuda.grid\\(1\\)"),
     (channels_last_pixel_fastest, "sectors of 32 bytes"),
     (channels_last_accumulating_in_out, "written more than once"),
@@ -798,7 +798,7 @@ def blocked_all_channels_per_pixel(x, masks, out, kernel_size, scale):
 
 
 @pytest.mark.parametrize("wrong, message", [
-    (blocked_zero_padded, "(?s)masks are nan only at the slots that read outside the map"),
+    (blocked_zero_padded, "(?s)nan masks at the slots outside the map \\(the other masks and x are finite\\)"),
     (blocked_all_channels_per_pixel, "(?s)one thread wrote 9 outputs.*at most CHANNELS_PER_THREAD = 4"),
     (blocked_without_reuse, "loads of masks"),
     (blocked_sums_not_zeroed, "does not zero its elements"),
@@ -1835,8 +1835,8 @@ def test_rows_cpu_by_slot_ranges_mistakes_are_named(wrong, message):
 
 
 def test_rows_cpu_zero_padded_is_told_to_skip_the_slots_outside_the_map():
-    with pytest.raises(CheckFailed, match="(?s)masks nan at the slots outside the map.*loop X only over the columns "
-                                          "whose slot reads inside the map"):
+    with pytest.raises(CheckFailed, match="(?s)masks nan at the slots outside the map.*skip the slots outside the map, "
+                                          "in rows \\(the window-row test\\) and in columns"):
         checkers.check_carafe_rows_cpu(rows_zero_padded, slow)
 
 
@@ -1855,6 +1855,41 @@ def test_accesses_through_views_are_recorded():
     record = performance.record_function(rows, x, masks, np.zeros((1, 2, 6, 32), np.float32), 3, 2)
     stored = sorted(record.stores_per_element("out"))
     assert stored == list(range(2 * 6 * 32))  # every element of out, through the views of its rows
+
+
+def _read_some(a):
+    total = a[0, 0, -1] + a[1][2][1:][0]  # a negative index; a view of a view
+    total += a[0, 0, np.array([3, 1])][0] + a[a > 20][0]  # copies: not the array's own accesses
+    column = a[:, :, 1]
+    return total + column[1, 2] + (column > 5).sum()  # a strided view; arithmetic on a view
+
+
+def test_the_record_follows_views_and_leaves_copies_out():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    record = performance.record_function(_read_some, a)
+    assert [(entry[3], entry[5]) for entry in record.log] == [("load", 3), ("load", 21), ("load", 21)]
+
+
+@numba.njit
+def _first(v):
+    return v[0]
+
+
+def _helper_in_a_closure():
+    @numba.njit
+    def second(v):
+        return v[1]
+
+    @numba.njit
+    def both(v, *, scale=2.0):
+        return scale * (_first(v) + second(v)) + sum([_first(v) for _ in range(2)])
+    return both
+
+
+def test_compiled_helpers_run_as_python_from_globals_closures_and_comprehensions():
+    a = np.arange(4, dtype=np.float32)
+    record = performance.record_function(_helper_in_a_closure(), a)
+    assert [entry[5] for entry in record.log] == [0, 1, 0, 0]
 
 
 def test_rows_cpu_passes_the_right_answer(capsys):

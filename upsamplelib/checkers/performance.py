@@ -83,7 +83,8 @@ class _RecordingArray:
     def _note(self, kind, index):
         index = index if isinstance(index, tuple) else (index,)
         try:
-            offset = int(np.ravel_multi_index(tuple(int(i) for i in index), self.shape))
+            index = tuple(int(i) + size if int(i) < 0 else int(i) for i, size in zip(index, self.shape))
+            offset = int(np.ravel_multi_index(index, self.shape))
         except (TypeError, ValueError):  # a slice or an out-of-range index: let NumPy say what is wrong
             return
         self._log_access(kind, offset)
@@ -109,8 +110,13 @@ class _RecordingArray:
             value = self._array[index]
         except IndexError as error:
             raise self._named(error, index) from None
-        if isinstance(value, np.ndarray):  # a view (out[n, c, Y], masks[n, t, Y, a:b]): its accesses count too
-            return _RecordingView(self, value)
+        if isinstance(value, np.ndarray):
+            whole = getattr(self, "_whole", self)._array
+            # A view (out[n, c, Y], masks[n, t, Y, a:b]) of a C-contiguous array: its accesses count too, at their
+            # offsets in the array. A copy (fancy or boolean indexing) is the loop's own, as is any other view.
+            if whole.flags.c_contiguous and np.shares_memory(value, whole):
+                return _RecordingView(self, value)
+            return value
         self._note("load", index)
         return value
 
@@ -138,7 +144,8 @@ def _delegate(operator):
 
 for _operator in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "lt", "le", "gt", "ge", "eq",
                   "ne", "neg", "pos", "abs", "radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmod", "rpow",
-                  "rmatmul", "iadd", "isub", "imul", "itruediv", "ifloordiv"):
+                  "rmatmul", "iadd", "isub", "imul", "itruediv", "ifloordiv", "and", "or", "xor", "invert",
+                  "lshift", "rshift", "rand", "ror", "rxor", "bool", "float", "int"):
     setattr(_RecordingArray, f"__{_operator}__", _delegate(f"__{_operator}__"))
 _RecordingArray.__array__ = lambda self, dtype=None, copy=None: np.asarray(self._array, dtype=dtype)
 
@@ -360,16 +367,30 @@ def as_python(function, _done=None):
     done = {} if _done is None else _done
     if python in done:
         return done[python]
-    helpers = {name: python.__globals__[name] for name in python.__code__.co_names
-               if isinstance(python.__globals__.get(name), numba.core.dispatcher.Dispatcher)}
-    if not helpers:
+    compiled = numba.core.dispatcher.Dispatcher
+    helpers = {name: python.__globals__[name] for name in _names_used(python.__code__)
+               if isinstance(python.__globals__.get(name), compiled)}
+    cells = python.__closure__ or ()
+    if not helpers and not any(isinstance(cell.cell_contents, compiled) for cell in cells):
         done[python] = python
         return python
     namespace = dict(python.__globals__)
-    plain = types.FunctionType(python.__code__, namespace, python.__name__, python.__defaults__, python.__closure__)
+    closure = tuple(types.CellType(as_python(cell.cell_contents, done)) if isinstance(cell.cell_contents, compiled)
+                    else cell for cell in cells) or None
+    plain = types.FunctionType(python.__code__, namespace, python.__name__, python.__defaults__, closure)
+    plain.__kwdefaults__ = python.__kwdefaults__
     done[python] = plain
     namespace.update({name: as_python(helper, done) for name, helper in helpers.items()})
     return plain
+
+
+def _names_used(code):
+    """The global names ``code`` and the code nested in it (comprehensions, lambdas) read."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names_used(constant)
+    return names
 
 
 def record_function(function, *args) -> AccessRecord:
@@ -664,8 +685,7 @@ def _require_outside_skipped(out, expected, what, case, hint=OUTSIDE_NAN_HINT):
     """``out`` finite and right, for masks nan at the slots outside the map."""
     if np.isnan(out).any():
         first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
-        raise CheckFailed(f"{what}: out{first} is nan for {case}, whose masks are nan only at the slots that read "
-                          f"outside the map.\nHint: {hint}")
+        raise CheckFailed(f"{what}: out{first} is nan for {case} (the other masks and x are finite).\nHint: {hint}")
     compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5, hint=hint)
 
 
@@ -1427,9 +1447,10 @@ def check_carafe_rows_cpu(fast, slow, min_speedup: float = 1.5, size=(1, 64, 64,
     fast(x, masks, out, k, s)
     _require_outside_skipped(out, _reference(x, masks, k, s), what,
                              f"x {x.shape}, kernel_size={k}, scale={s}, masks nan at the slots outside the map",
-                             hint="loop X only over the columns whose slot reads inside the map (begin to end), "
-                                  "rather than over zeros padded around them: a nan or inf mask at a slot outside "
-                                  "the map must not reach out, and nan * 0 is nan")
+                             hint="skip the slots outside the map, in rows (the window-row test) and in "
+                                  "columns (X only from begin to end), rather than reading zeros padded around "
+                                  "the map: a nan or inf mask at a slot outside it must not reach out, and nan * 0 "
+                                  "is nan")
     passed(what, len(_CPU_CASES) + 1)
     print("  accesses that change cache line: " + ", ".join(f"{name} {share:.0%}" for name, share in switches.items()))
     return slow_time / fast_time
