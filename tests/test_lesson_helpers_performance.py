@@ -1746,32 +1746,6 @@ def upsampled_rows(x, n, c, scale, width):
 
 
 @numba.njit(parallel=True)
-def rows_from_a_compiled_helper(x, masks, out, kernel_size, scale):
-    # The lesson's answer, `columns` unpadded and made by a helper of its own.
-    batch, channels, height, width = out.shape
-    low_height, low_width = x.shape[2], x.shape[3]
-    r = (kernel_size - 1) // 2
-    for plane in numba.prange(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = upsampled_rows(x, n, c, scale, width)
-        for Y in range(height):
-            for X in range(width):
-                out[n, c, Y, X] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        begin = min(width, max(0, (r - dx) * scale))
-                        end = max(begin, min(width, (low_width + r - dx) * scale))
-                        shift = (dx - r) * scale
-                        target = out[n, c, Y, begin:end]
-                        weights = masks[n, dy * kernel_size + dx, Y, begin:end]
-                        values = columns[row, begin + shift:end + shift]
-                        for i in range(end - begin):
-                            target[i] += weights[i] * values[i]
-
-
-@numba.njit(parallel=True)
 def rows_slots_innermost_through_views(x, masks, out, kernel_size, scale):
     # One output at a time, its slots innermost, every array read through a view of one plane.
     batch, channels, height, width = out.shape
@@ -1819,6 +1793,10 @@ def _rows_by_slot_ranges(row_test=True, begin_shift=0, end_shift=0):
                             for i in range(end - begin):
                                 target[i] += weights[i] * values[i]
     return rows_by_slot_ranges
+
+
+#: The lesson's answer, `columns` unpadded and made by a compiled helper of its own.
+rows_from_a_compiled_helper = _rows_by_slot_ranges()
 
 
 @pytest.mark.parametrize("wrong, message", [
