@@ -494,7 +494,48 @@ def channels_last_blocks_of_128(x, masks, out, kernel_size, scale):
         out[n, Y, X, c] = total
 
 
+@cuda.jit
+def channels_last_32_channels_written_in(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        c, rest = i % 32, i // 32  # the first case's channel count, written into the kernel
+        X, Y, n = rest % out.shape[2], rest // out.shape[2] % out.shape[1], rest // (out.shape[2] * out.shape[1])
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_row_bound_off_by_one(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c, X = i % channels, i // channels % width
+        Y, n = i // (channels * width) % height, i // (channels * width * height)
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row <= x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
 @pytest.mark.parametrize("wrong, message", [
+    (channels_last_32_channels_written_in, "the batch index came out as 2 with 2 image\\(s\\).*a size written "
+                                           "into the kernel"),
+    (channels_last_row_bound_off_by_one, "a window row at the map's edge was read \\(row 3 of 3\\).*with `<`, not "
+                                         "`<=`"),
     (channels_last_zero_padded, "(?s)nan masks at the slots outside the map \\(the other masks and x are "
                                 "finite\\).*rather than multiplying the mask by a zero value"),
     (channels_last_blocks_of_128, "(?s)right with blocks of 128 threads, wrong with blocks of 96.*cuda.grid\\(1\\)"),
@@ -797,7 +838,35 @@ def blocked_all_channels_per_pixel(x, masks, out, kernel_size, scale):
             out[n, j, Y, X] = sums[j]
 
 
+@cuda.jit
+def blocked_guarded_by_out_size(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.size:  # one thread per pixel and run is needed, fewer than out.size
+        X, Y = i % width, i // width % height
+        first, n = i // (width * height) % runs * CHANNELS_PER_THREAD, i // (width * height * runs)
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
 @pytest.mark.parametrize("wrong, message", [
+    (blocked_guarded_by_out_size, "`if i < N \\* runs \\* H \\* W:` around the body, its bound the 144 threads"),
     (blocked_zero_padded, "(?s)nan masks at the slots outside the map \\(the other masks and x are finite\\)"),
     (blocked_all_channels_per_pixel, "(?s)one thread wrote 9 outputs.*at most CHANNELS_PER_THREAD = 4"),
     (blocked_without_reuse, "loads of masks"),

@@ -626,9 +626,30 @@ def _wrong_index(error, what, hint):
     return None
 
 
-def _record_checked(kernel, launch, *args, what, hint, work_items):
+def _index_hint(error, x_name, row_axis, hint):
+    """A hint for the array and axis an index error names (the recorder's
+    message: "x[0, 3, 0, 6] with x of shape (1, 3, 3, 32): index 3 is out of
+    bounds for axis 1 with size 3"), else ``hint``."""
+    found = re.search(r"(\w+)\[[^\]]*\] with \w+ of shape \([^)]*\): index (-?\d+) is out of bounds for axis "
+                      r"(\d+) with size (\d+)", str(error))
+    if found is None:
+        return hint
+    name, index, axis, size = found.group(1), int(found.group(2)), int(found.group(3)), int(found.group(4))
+    if name == x_name and axis in (row_axis, row_axis + 1):
+        what = "row" if axis == row_axis else "column"
+        return (f"a window {what} at the map's edge was read ({what} {index} of {size}): a slot is inside when "
+                f"0 <= {what} < {size}, with `<`, not `<=`")
+    if axis == 0:
+        return (f"the batch index came out as {index} with {size} image(s): the flat index unravels into the other "
+                "dimensions too few times, or with a size written into the kernel; take every size from the arrays' "
+                "shapes")
+    return hint
+
+
+def _record_checked(kernel, launch, *args, what, hint, work_items, guard="if i < ...:", x_row_axis=None):
     """Run ``kernel`` recorded; an index error names the threads past the end
-    first when the grid has more threads than ``work_items`` (whole blocks)."""
+    first when the grid has more threads than ``work_items`` (whole blocks),
+    then the array and axis it indexed past (``x``'s rows at ``x_row_axis``)."""
     try:
         return record_kernel(kernel, launch, *args)
     except (NotImplementedError, CheckFailed):
@@ -640,7 +661,10 @@ def _record_checked(kernel, launch, *args, what, hint, work_items):
         past_the_end = int(where.group(2)) * launch[1] + int(where.group(1)) >= work_items if where else True
         if threads > work_items and past_the_end:
             hint = (f"the grid has {threads} threads for {work_items} (whole blocks of {launch[1]}): the threads "
-                    f"past the end must do nothing (`if i < ...:` around the body). Then: {hint}")
+                    f"past the end must do nothing (`{guard}` around the body, its bound the {work_items} threads the "
+                    f"work needs). Then: {hint}")
+        elif x_row_axis is not None:
+            hint = _index_hint(error, _parameter_names(kernel)[0], x_row_axis, hint)
         failure = _wrong_index(error, what, hint)
         if failure is None:
             raise
@@ -728,7 +752,8 @@ def check_carafe_channels_last_kernel(kernel):
             compiled = ptx.submit(kernel, (x_last, masks_last, out, k, s)) or False
         record = _record_checked(kernel, launch_config(out.size, 128), x_last, masks_last, out, k, s, what=what,
                                  hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]; the "
-                                      "flat index unravels as (n, Y, X, c) with c fastest", work_items=out.size)
+                                      "flat index unravels as (n, Y, X, c) with c fastest", work_items=out.size,
+                                 guard="if i < out.size:", x_row_axis=1)
         expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
         if np.isnan(out).any():
             raise _never_written(record, out, names[2], what, case,
@@ -754,7 +779,7 @@ def check_carafe_channels_last_kernel(kernel):
         _record_checked(kernel, launch, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
                         np.ascontiguousarray(masks.transpose(0, 2, 3, 1)), out, k, s, what=what,
                         hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]",
-                        work_items=out.size)
+                        work_items=out.size, guard="if i < out.size:", x_row_axis=1)
         expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
         if nan_outside:
             _require_outside_skipped(out, expected, what, case)
@@ -816,7 +841,8 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
             compiled = ptx.submit(kernel, (x, masks, out, k, s)) or False
         record = _record_checked(kernel, launch_config(threads, 128), x, masks, out, k, s, what=what,
                                  hint="the last run of channels is shorter when C is not a multiple of "
-                                      "CHANNELS_PER_THREAD: test c < C before using channel c", work_items=threads)
+                                      "CHANNELS_PER_THREAD: test c < C before using channel c", work_items=threads,
+                                 guard="if i < N * runs * H * W:", x_row_axis=2)
         if np.isnan(out).any():
             raise _never_written(record, out, out_name, what, case,
                                  "thread i handles pixel (Y, X) and channels run * CHANNELS_PER_THREAD onwards, "
@@ -862,7 +888,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
         case = f"x {x.shape}, kernel_size={k}, scale={s}, {channels_per_thread} channels per thread" + (
             ", nan masks at the slots outside the map" if nan_outside else "")
         _record_checked(kernel, launch, x, masks, out, k, s, what=what, hint="test c < C before using channel c",
-                        work_items=threads)
+                        work_items=threads, guard="if i < N * runs * H * W:", x_row_axis=2)
         expected = _reference(x, masks, k, s)
         if nan_outside:
             _require_outside_skipped(out, expected, what, case)
