@@ -269,9 +269,7 @@ def check_semi_shift_kernel(kernel):
                   hint="unravel i into (n, o, Y, X) with X fastest; then " + _FORMULA,
                   border=lambda i, h=h, w=w, k=k, s=s: _at_border(i, (h, w), k, s))
     n, c, o, h, w, k, s = _NAN_TAP_CASE
-    for tap in _nan_taps(k):
-        E, D, weight, bias = _inputs(_NAN_TAP_CASE, 529)
-        weight[:, :, tap[0], tap[1]] = np.nan
+    for tap, _, E, D, weight, bias, _ in _nan_weight_cases(529):
         out = np.full((n, o, s * h, s * w), np.nan, np.float32)
         _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size",
                 case=_describe(_NAN_TAP_CASE) + f", nan weight at tap {tap}")
@@ -298,8 +296,9 @@ def _pool(grad_out, scale):
     return F.avg_pool2d(grad_out, scale) * scale * scale
 
 
-#: The case whose weight is nan at tap (0, 0): the outputs (or decoder pixels) for which that tap lies outside
-#: the maps skip it, so they stay finite (SPEC: a nan weight at a skipped tap never reaches a result).
+#: The case whose weight is nan at one corner tap (``_nan_taps``): the outputs (or decoder pixels) for which that
+#: tap lies outside the maps skip it, so they stay finite (SPEC: a nan weight at a skipped tap never reaches a
+#: result).
 _NAN_TAP_CASE = (1, 2, 3, 3, 4, 3, 2)
 
 _SKIP_HINT = ("a tap outside the map is skipped, not multiplied by a zero read: add weight * value only where the "
@@ -348,6 +347,14 @@ def _backward_cases(seed, cases=_CASES):
         yield case, E, D, weight, bias, grad_out
 
 
+def _nan_weight_cases(seed):
+    """(tap, case, E, D, weight, bias, grad_out) of ``_NAN_TAP_CASE``, once per corner tap, the weight nan there."""
+    for tap in _nan_taps(_NAN_TAP_CASE[5]):
+        case, E, D, weight, bias, grad_out = next(_backward_cases(seed, [_NAN_TAP_CASE]))
+        weight[:, :, tap[0], tap[1]] = np.nan
+        yield tap, case, E, D, weight, bias, grad_out
+
+
 def check_semi_shift_grad_en_kernel(kernel):
     """``kernel(grad_out, weight, grad_en)``: one thread per element
     (n, c, Y, X) of ``grad_en`` (N, C, H, W), a gather (no atomics)."""
@@ -368,9 +375,7 @@ def check_semi_shift_grad_en_kernel(kernel):
         _diagnose(expected, grad_en, variants, what=what, case=_describe(case), rtol=1e-4, atol=1e-4,
                   hint="grad_en[n, c, Y, X] = sum over o, uy, ux of weight[o, c, uy, ux] * grad_out[n, o, Y - uy + r, "
                        "X - ux + r], skipping outputs outside the map")
-    for tap in _nan_taps(_NAN_TAP_CASE[5]):
-        case, E, D, weight, bias, grad_out = next(_backward_cases(538, [_NAN_TAP_CASE]))
-        weight[:, :, tap[0], tap[1]] = np.nan
+    for tap, case, E, D, weight, bias, grad_out in _nan_weight_cases(538):
         grad_en = np.full(E.shape, np.nan, np.float32)
         _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size",
                 case=_describe(case) + f", nan weight at tap {tap}")
@@ -412,9 +417,7 @@ def check_semi_shift_grad_de_kernel(kernel):
                   hint="grad_de[n, c, row, col] = sum over o, uy, ux of weight[o, c, uy, ux] * (the sum of grad_out "
                        "over the s x s outputs attached to low-res pixel (row - uy + r, col - ux + r)), skipping "
                        "anchors outside the low-res map")
-    for tap in _nan_taps(_NAN_TAP_CASE[5]):
-        case, E, D, weight, bias, grad_out = next(_backward_cases(548, [_NAN_TAP_CASE]))
-        weight[:, :, tap[0], tap[1]] = np.nan
+    for tap, case, E, D, weight, bias, grad_out in _nan_weight_cases(548):
         grad_de = np.full(D.shape, np.nan, np.float32)
         _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",
                 case=_describe(case) + f", nan weight at tap {tap}")

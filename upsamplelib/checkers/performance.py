@@ -80,6 +80,10 @@ class _RecordingArray:
     def __len__(self):
         return len(self._array)
 
+    def _root(self):
+        """The recorded argument this array is (or is a view of)."""
+        return self
+
     def _note(self, kind, index):
         index = index if isinstance(index, tuple) else (index,)
         try:
@@ -111,7 +115,7 @@ class _RecordingArray:
         except IndexError as error:
             raise self._named(error, index) from None
         if isinstance(value, np.ndarray):
-            whole = getattr(self, "_whole", self)._array
+            whole = self._root()._array
             # A view (out[n, c, Y], masks[n, t, Y, a:b]) of a C-contiguous array: its accesses count too, at their
             # offsets in the array. A copy (fancy or boolean indexing) is the loop's own, as is any other view.
             if whole.flags.c_contiguous and np.shares_memory(value, whole):
@@ -166,10 +170,13 @@ class _RecordingView(_RecordingArray):
     their offsets in the whole array, found from their memory addresses."""
 
     def __init__(self, whole, view):
-        whole = getattr(whole, "_whole", whole)  # a view of a view: offsets in the array it is a view of
+        whole = whole._root()  # a view of a view: offsets in the array it is a view of
         super().__init__(whole._name, view, whole._log, whole._loop_names)
         self._whole = whole
         self._start = view.__array_interface__["data"][0] - whole._array.__array_interface__["data"][0]
+
+    def _root(self):
+        return self._whole
 
     def _offset(self, index):
         """The flat offset in the whole (C-contiguous) array of element ``index`` of the view."""
@@ -717,15 +724,27 @@ def _require_outside_skipped(out, expected, what, case, hint=OUTSIDE_NAN_HINT):
 OTHER_BLOCK = 96
 
 
-def _block_size_failure(what, case, launch):
-    return CheckFailed(f"{what}: right with blocks of 128 threads, wrong with blocks of {launch[1]} ({launch[0]} "
-                       f"blocks) for {case}.\nHint: the kernel assumes the block size; take the thread's index "
-                       "from cuda.grid(1) (or cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x), which holds "
-                       "for any launch")
-
-
-def _other_block_launch(work_items):
-    return (work_items + OTHER_BLOCK - 1) // OTHER_BLOCK, OTHER_BLOCK
+def _other_block_and_outside_nan(run, x, masks, k, s, work_items, case, what, shape=None):
+    """One case again, twice: launched in blocks of ``OTHER_BLOCK`` (a kernel that assumes 128 goes wrong), then
+    in blocks of 128 with masks nan at the slots outside the map (they must be skipped). ``run(masks, launch)``
+    launches the kernel on ``work_items`` threads and returns its ``out``; ``shape`` maps the NCHW reference to
+    ``out``'s layout."""
+    h, w = x.shape[2], x.shape[3]
+    for block, nan_outside in ((OTHER_BLOCK, False), (128, True)):
+        if nan_outside:
+            masks = with_nan_outside(masks, k, s, 1, h, w)
+            case += ", nan masks at the slots outside the map"
+        launch = launch_config(work_items, block)
+        out = run(masks, launch)
+        expected = _reference(x, masks, k, s)
+        expected = shape(expected) if shape else expected
+        if nan_outside:
+            _require_outside_skipped(out, expected, what, case)
+        elif not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
+            raise CheckFailed(f"{what}: right with blocks of 128 threads, wrong with blocks of {launch[1]} "
+                              f"({launch[0]} blocks) for {case}.\nHint: the kernel assumes the block size; take the "
+                              "thread's index from cuda.grid(1) (or cuda.blockIdx.x * cuda.blockDim.x + "
+                              "cuda.threadIdx.x), which holds for any launch")
 
 
 #: The last case's out.size, 1440, is not a multiple of the 128-thread block.
@@ -766,25 +785,21 @@ def check_carafe_channels_last_kernel(kernel):
         for name, key in zip(names, ("x", "masks", "out")):
             kind = "store" if key == "out" else "load"
             worst[key] = max(worst[key], record.sectors_per_request(name, kind))
-    # The first case again, with masks nan at the slots outside the map, launched in blocks of 96.
+    # The first case again, in blocks of 96, then with masks nan at the slots outside the map.
     n, c, h, w, k, s = _CHANNELS_LAST_CASES[0]
     x, masks = carafe_inputs(n, c, h, w, k, s, 1, 70)
-    for nan_outside in (False, True):
-        if nan_outside:
-            masks = with_nan_outside(masks, k, s, 1, h, w)
+
+    def run(masks, launch):
         out = np.full((n, s * h, s * w, c), np.nan, np.float32)
-        launch = _other_block_launch(out.size) if not nan_outside else launch_config(out.size, 128)
-        case = f"x of shape (N, h, w, C) = {(n, h, w, c)}, kernel_size={k}, scale={s}" + (
-            ", nan masks at the slots outside the map" if nan_outside else "")
         _record_checked(kernel, launch, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
                         np.ascontiguousarray(masks.transpose(0, 2, 3, 1)), out, k, s, what=what,
                         hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]",
                         work_items=out.size, guard="if i < out.size:", x_row_axis=1)
-        expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
-        if nan_outside:
-            _require_outside_skipped(out, expected, what, case)
-        elif not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
-            raise _block_size_failure(what, case, launch)
+        return out
+
+    _other_block_and_outside_nan(run, x, masks, k, s, n * s * h * s * w * c,
+                                 f"x of shape (N, h, w, C) = {(n, h, w, c)}, kernel_size={k}, scale={s}", what,
+                                 shape=lambda expected: expected.transpose(0, 2, 3, 1))
     if compiled:
         ptx.require_compiles(kernel, (), what, future=compiled)
     limits = {"x": 6.0, "masks": 2.5, "out": 6.0}
@@ -876,24 +891,19 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                               f"at most {c * k * k * pixels}")
         if (n, c, h, w, k, s) == _BLOCKED_MAPPING_CASE:
             sectors = {"x": record.sectors_per_request(x_name), "out": record.sectors_per_request(out_name, "store")}
-    # The first case again, launched in blocks of 96, then with masks nan at the slots outside the map.
+    # The first case again, in blocks of 96, then with masks nan at the slots outside the map.
     n, c, h, w, k, s = _BLOCKED_CASES[0]
     x, masks = carafe_inputs(n, c, h, w, k, s, 1, 80)
     threads = n * math.ceil(c / channels_per_thread) * s * h * s * w
-    for nan_outside in (False, True):
-        if nan_outside:
-            masks = with_nan_outside(masks, k, s, 1, h, w)
+
+    def run(masks, launch):
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
-        launch = launch_config(threads, 128) if nan_outside else _other_block_launch(threads)
-        case = f"x {x.shape}, kernel_size={k}, scale={s}, {channels_per_thread} channels per thread" + (
-            ", nan masks at the slots outside the map" if nan_outside else "")
         _record_checked(kernel, launch, x, masks, out, k, s, what=what, hint="test c < C before using channel c",
                         work_items=threads, guard="if i < N * runs * H * W:", x_row_axis=2)
-        expected = _reference(x, masks, k, s)
-        if nan_outside:
-            _require_outside_skipped(out, expected, what, case)
-        elif not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
-            raise _block_size_failure(what, case, launch)
+        return out
+
+    _other_block_and_outside_nan(run, x, masks, k, s, threads, f"x {x.shape}, kernel_size={k}, scale={s}, "
+                                 f"{channels_per_thread} channels per thread", what)
     for key, limit in _BLOCKED_SECTOR_LIMITS.items():
         if sectors[key] > limit:
             raise CheckFailed(
