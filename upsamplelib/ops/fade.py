@@ -411,10 +411,11 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # (AVX2: PyTorch's CPU capability "AVX2", a 2026-12 measurement;
 # ``python bench/conv_layouts.py`` times these rows on any machine.) So the
 # forward and the weight gradient run in the maps' own layout, as the
-# two-convolution form does, and the input gradients channels-last, from a
-# channels-last copy of grad_out (0.1 ms), copied back for NCHW maps (0.4 ms
-# for en's, upsamplelib.layout's block transpose; PyTorch's copy 0.9). On
-# NCHW maps this took the bench's forward+backward step from 1.33x the
+# two-convolution form does (but the weight gradient NCHW where its
+# channels-last form is slow: NCHW_WEIGHT_GRAD_CAPABILITIES), and the
+# input gradients channels-last, from a channels-last copy of grad_out
+# (0.1 ms), copied back for NCHW maps (0.4 ms for en's, upsamplelib.layout's
+# block transpose; PyTorch's copy 0.9). On NCHW maps this took the bench's forward+backward step from 1.33x the
 # two-convolution form's to about 1.0x on the AVX2 machine, where copying
 # the maps channels-last for everything had lost on the weight gradient.
 # The NCHW transposed convolution's figures above include page faults: in a
@@ -572,11 +573,37 @@ def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
     return out
 
 
+#: PyTorch's CPU capabilities (``torch.backends.cpu.get_cpu_capability()``)
+#: on which the weight gradient of a channels-last map runs faster in NCHW,
+#: the copies included. With AVX2 (oneDNN's AVX2 kernels) the channels-last
+#: one took 7.1 ms against 5.2 (C=64, 128 x 128 -> 25, 3 x 3, float32; 38 ms
+#: against 43 in float64) and the block transpose's copies about 0.5: the
+#: bench's channels-last forward+backward step went from 0.99-1.08x the
+#: two-convolution form's to 0.82-0.89x (2-core AMD EPYC, znver3,
+#: 2026-12-07). With AVX-512 the channels-last one was the faster (2.27
+#: against 2.57 ms, 2-core Xeon), so there, and on any CPU not measured,
+#: the weight gradient keeps its map's layout. Its result is the weight's
+#: shape either way: no stride a compiled graph sees depends on this.
+NCHW_WEIGHT_GRAD_CAPABILITIES = frozenset({"AVX2"})
+
+
+@functools.cache
+def _cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _weight_grad_in_channels_last(feature) -> bool:
+    """Whether a map's share of the weight gradient runs channels-last: a
+    channels-last map, except on a CPU where NCHW is faster."""
+    return is_only_channels_last(feature) and _cpu_capability() not in NCHW_WEIGHT_GRAD_CAPABILITIES
+
+
 @full_precision
 def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     """d loss / d weight with PyTorch's convolution weight gradient: en's
     against grad_out, de's against grad_out summed over s x s blocks, each
-    in the layout of its map as given (see the note above the fast path).
+    in the layout of its map as given, or NCHW on the CPUs named by
+    ``NCHW_WEIGHT_GRAD_CAPABILITIES`` (see the note above the fast path).
     Equals the one-pass loops to rounding when ``grad_out`` is finite."""
     channels = (en if en is not None else de).shape[1]
     shape = (grad_out.shape[1], channels // groups, kernel_size, kernel_size)
@@ -584,9 +611,10 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
         if feature is not None:
-            layout = memory_format(is_only_channels_last(feature))
-            share = torch.nn.grad.conv2d_weight(feature.contiguous(memory_format=layout), shape,
-                                                grad.contiguous(memory_format=layout), padding=pad, groups=groups)
+            # NCHW copies by the block transpose: PyTorch's own took 0.9 ms for en's, against 0.4.
+            in_layout = to_channels_last if _weight_grad_in_channels_last(feature) else to_channels_first
+            share = torch.nn.grad.conv2d_weight(in_layout(feature), shape, in_layout(grad), padding=pad,
+                                                groups=groups)
             total = share if total is None else total + share
     return total.contiguous()
 
@@ -874,7 +902,7 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
         grad_bias = bias_count * pooled.sum(dim=(0, 2, 3))
     grad_weight = None
     if needs[2]:
-        # Each share in its map's layout (see the note above the fast path), and before the input
+        # Each share in its map's layout or NCHW (dense_weight_grad), and before the input
         # gradients: after them, more of the memory came as fresh pages on every call (the four
         # convolutions and copies at 1 x 64 x 128 x 128: 3,500 page faults and 20 ms a call, against
         # 2,000 and 16.5 ms in this order; glibc's default heap, AVX2 machine; bench/conv_layouts.py).
