@@ -6,8 +6,9 @@ and its backward's convolutions in the two orders, with page faults.
 
 These are the figures behind the layouts that ``upsamplelib/ops/fade.py``
 (its note on the fast path) chooses: the forward convolutions and the
-weight gradient in the maps' own layout, the input gradients channels-last,
-the weight gradient first. They depend on the CPU (oneDNN picks its kernels
+weight gradient in the maps' own layout (or NCHW, on the CPUs where that
+wins: its last rows), the input gradients channels-last, the weight
+gradient first. They depend on the CPU (oneDNN picks its kernels
 by instruction set: PyTorch names it, printed first), on the machine's load,
 and on the allocator's state, so every table is printed twice: in the fresh
 process, where glibc maps each large tensor afresh and every call pays its
@@ -101,6 +102,17 @@ def backward_orders(t):
             "each map's convolution_backward, NCHW": per_map_in_place}
 
 
+def channels_last_weight_grad(t):
+    """The weight gradient of channels-last maps two ways: channels-last as
+    they are, or NCHW after the block transpose's copies of en and grad_out
+    (which ``fade.NCHW_WEIGHT_GRAD_CAPABILITIES`` picks on some CPUs)."""
+    shape = t["weight"].shape
+    en, grad = (t[key].contiguous(memory_format=torch.channels_last) for key in ("en", "grad"))
+    return {"in channels-last": lambda: torch.nn.grad.conv2d_weight(en, shape, grad, padding=1),
+            "NCHW, copies included": lambda: torch.nn.grad.conv2d_weight(
+                to_channels_first(en), shape, to_channels_first(grad), padding=1)}
+
+
 def print_tables(t, repeats, rounds, fault_calls, fault_warmup):
     """Both tables in the process's allocator state as it is now."""
     print(f"{'convolution':44s} {'NCHW ms':>9s} {'ch.-last ms':>12s} {'faults/call':>12s}")
@@ -117,6 +129,14 @@ def print_tables(t, repeats, rounds, fault_calls, fault_warmup):
     print(f"{'backward convolutions, NCHW maps':44s} {'ms':>9s} {'':>12s} {'faults/call':>12s}")
     for name in orders:
         print(f"{name:44s} {1e3 * seconds[name]:9.3f} {'':>12s} {faults[name]:12.0f}")
+    ways = channels_last_weight_grad(t)
+    seconds = compare(ways, repeats=repeats, rounds=rounds)
+    chosen = "NCHW" if fade.NCHW_WEIGHT_GRAD_CAPABILITIES & {fade._cpu_capability()} else "in channels-last"
+    print(f"{'d/d weight of channels-last maps':44s} {'ms':>9s} {'':>12s} {'faults/call':>12s}"
+          f"  (the library's way on this CPU: {chosen})")
+    for name, function in ways.items():
+        faults = page_faults_per_call(function, calls=fault_calls, warmup=fault_warmup)
+        print(f"{name:44s} {1e3 * seconds[name]:9.3f} {'':>12s} {faults:12.0f}")
 
 
 def main(argv=None) -> int:

@@ -188,6 +188,11 @@ def test_conv_layouts_times_each_convolution_in_both_layouts_both_orders_and_bot
             assert all(float(word) >= 0 for word in line.split()[-2:]), line
         assert [line.split(" (")[0].split("  ")[0] for line in orders] == [
             "weight gradient first", "weight gradient last", "each map's convolution_backward, NCHW"]
+        assert lines[start + 10].startswith("d/d weight of channels-last maps")
+        assert lines[start + 10].endswith("NCHW)" if module.fade._cpu_capability() == "AVX2" else "channels-last)")
+        ways = lines[start + 11:start + 13]
+        assert [line.split("  ")[0] for line in ways] == ["in channels-last", "NCHW, copies included"]
+        assert all(float(word) >= 0 for line in ways for word in line.split()[-2:]), ways
 
 
 def test_busy_core_times_each_small_call_both_ways_and_puts_the_grain_back(capsys):

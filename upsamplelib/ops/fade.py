@@ -578,9 +578,12 @@ def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
 #: the copies included. With AVX2 (oneDNN's AVX2 kernels) the channels-last
 #: one took 7.1 ms against 5.2 (C=64, 128 x 128 -> 25, 3 x 3, float32; 38 ms
 #: against 43 in float64) and the block transpose's copies about 0.5: the
-#: bench's channels-last forward+backward step went from 0.99-1.08x the
-#: two-convolution form's to 0.82-0.89x (2-core AMD EPYC, znver3,
-#: 2026-12-07). With AVX-512 the channels-last one was the faster (2.27
+#: bench's channels-last forward+backward step went from 1.06x the
+#: two-convolution form's to 0.89-0.92x (2-core AMD EPYC, znver3,
+#: 2026-12-07; freed blocks reused, a training loop's state). In a fresh
+#: process, where glibc maps the copies afresh (2,112 page faults a call),
+#: the two ways were even: 0.94-1.12x against 0.86-1.08x over three runs
+#: (``python bench/conv_layouts.py``, last rows, gives both). With AVX-512 the channels-last one was the faster (2.27
 #: against 2.57 ms, 2-core Xeon), so there, and on any CPU not measured,
 #: the weight gradient keeps its map's layout. Its result is the weight's
 #: shape either way: no stride a compiled graph sees depends on this.
