@@ -5,14 +5,16 @@ import pytest
 import torch
 
 import upsamplelib as ul
-from upsamplelib.layout import FEWEST_FAST_CHANNELS, SMALLEST_FAST_COPY, TILE, to_channels_first, to_channels_last
+from upsamplelib.layout import (FEWEST_FAST_CHANNELS, SMALLEST_FAST_COPY, TALL_TILE, TILE, to_channels_first,
+                                to_channels_last)
 
 CHANNELS_LAST = torch.channels_last
 
 # (N, C, H, W): whole blocks and tiles, and edges of every width: channels
-# and pixels not multiples of 8, more than one tile of each, several images.
+# and pixels not multiples of 8, more than one tile of each, several images;
+# more pixels than channels and fewer (the loop order and tile each way).
 SHAPES = [(1, 64, 128, 128), (2, 25, 33, 41), (3, 8, 64, 64), (1, 9, 150, 90), (1, TILE + 9, 30, 17),
-          (1, 130, 17, 19)]
+          (1, 130, 17, 19), (3, TALL_TILE + 11, 9, 11), (1, 300, 11, 13)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

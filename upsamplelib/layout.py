@@ -88,27 +88,48 @@ def transpose_block(typingctx, source, source_start, source_stride, out, out_sta
 
 #: Each parallel job transposes one TILE x TILE square of a plane: the
 #: rows it reads and writes (16 KB in float32, 32 KB in float64) stay in
-#: the first-level cache.
+#: the first-level cache. Where out's rows lie further apart than the
+#: source's (channels-last to NCHW), the square is TALL_TILE source rows
+#: by TILE columns.
 TILE = 64
+TALL_TILE = 128
 
 
 @cpu_kernel
 def transpose_planes_cpu(source, out, planes, rows, columns):
     """``out[n]`` (columns x rows) = ``source[n]`` (rows x columns) transposed,
-    for each of ``planes`` planes of flat C-ordered arrays."""
-    row_tiles = (rows + TILE - 1) // TILE
+    for each of ``planes`` planes of flat C-ordered arrays.
+
+    A block's 8 writes go to 8 rows of out, ``rows`` elements apart. Where
+    that is the larger stride (channels-last to NCHW: 16,384 pixels against
+    64 channels), the inner loop runs along the source's rows, so each row
+    of out is written whole before the next: the other way round, the tile
+    touched 64 rows of out 64 KiB apart, which fall into one set of the
+    first-level cache and evicted each other half-written. A 64 x 128 x
+    128 float32 map, channels-last to NCHW: 0.36 ms, then 0.23 in this
+    order, then 0.17-0.19 with tiles of 128 rows (NCHW to channels-last:
+    0.14-0.19; 2-core AMD EPYC, znver3; the tall tile was 1.4x slower that
+    way at 256 channels)."""
+    tall = rows > columns
+    row_tile = TALL_TILE if tall else TILE
+    row_tiles = (rows + row_tile - 1) // row_tile
     column_tiles = (columns + TILE - 1) // TILE
     for job in prange(planes * row_tiles * column_tiles):
         n = job // (row_tiles * column_tiles)
-        row_begin = job // column_tiles % row_tiles * TILE
+        row_begin = job // column_tiles % row_tiles * row_tile
         column_begin = job % column_tiles * TILE
-        row_end, column_end = min(row_begin + TILE, rows), min(column_begin + TILE, columns)
+        row_end, column_end = min(row_begin + row_tile, rows), min(column_begin + TILE, columns)
         row_blocks_end = row_begin + (row_end - row_begin) // 8 * 8
         column_blocks_end = column_begin + (column_end - column_begin) // 8 * 8
         plane = n * rows * columns
-        for r in range(row_begin, row_blocks_end, 8):
+        if tall:
             for c in range(column_begin, column_blocks_end, 8):
-                transpose_block(source, plane + r * columns + c, columns, out, plane + c * rows + r, rows)
+                for r in range(row_begin, row_blocks_end, 8):
+                    transpose_block(source, plane + r * columns + c, columns, out, plane + c * rows + r, rows)
+        else:
+            for r in range(row_begin, row_blocks_end, 8):
+                for c in range(column_begin, column_blocks_end, 8):
+                    transpose_block(source, plane + r * columns + c, columns, out, plane + c * rows + r, rows)
         for r in range(row_begin, row_end):  # the edges no whole 8 x 8 block covers
             for c in range(column_blocks_end if r < row_blocks_end else column_begin, column_end):
                 out[plane + c * rows + r] = source[plane + r * columns + c]
