@@ -414,8 +414,9 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # two-convolution form does (but the weight gradient NCHW where its
 # channels-last form is slow: NCHW_WEIGHT_GRAD_CAPABILITIES), and the
 # input gradients channels-last, from a channels-last copy of grad_out
-# (0.1 ms), copied back for NCHW maps (0.4 ms for en's, upsamplelib.layout's
-# block transpose; PyTorch's copy 0.9). On NCHW maps this took the bench's forward+backward step from 1.33x the
+# (0.1 ms), copied back for NCHW maps (0.2-0.4 ms for en's,
+# upsamplelib.layout's block transpose; PyTorch's copy 0.5-0.9). On NCHW
+# maps this took the bench's forward+backward step from 1.33x the
 # two-convolution form's to about 1.0x on the AVX2 machine, where copying
 # the maps channels-last for everything had lost on the weight gradient.
 # The NCHW transposed convolution's figures above include page faults: in a
@@ -900,7 +901,13 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
         # From grad_out as it came: summed over (0, 2, 3), a channels-last copy reads its memory across
         # the channels and took 0.07 ms against 0.014 at 1 x 25 x 128 x 128.
         grad_bias = bias_count * grad_out.sum(dim=(0, 2, 3))
-    pooled = dense_sum_pool(grad_out, scale) if de is not None and (needs[1] or needs[2] or needs[3]) else None
+    functorch = _under_functorch(grad_out, en, de)
+    # The input gradients' transposed convolutions channels-last, in every layout.
+    last = (lambda grad: grad) if functorch else to_channels_last
+    # The block sums from that copy when there is one: PyTorch's pooling of an NCHW grad_out took 0.43 ms,
+    # of its channels-last copy 0.08 (1 x 25 x 128 x 128, AMD EPYC).
+    grad_last = last(grad_out) if needs[0] else grad_out
+    pooled = dense_sum_pool(grad_last, scale) if de is not None and (needs[1] or needs[2] or needs[3]) else None
     if needs[3] and de is not None:
         grad_bias = bias_count * pooled.sum(dim=(0, 2, 3))
     grad_weight = None
@@ -912,10 +919,7 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
         shares = [weight_grad_op(grad, feature, None, weight.shape[2], 1, groups, "cpu")
                   for feature, grad in ((en, grad_out), (de, pooled)) if feature is not None]
         grad_weight = shares[0] if len(shares) == 1 else shares[0] + shares[1]
-    functorch = _under_functorch(grad_out, en, de)
-    # The input gradients' transposed convolutions channels-last, in every layout.
-    last = (lambda grad: grad) if functorch else to_channels_last
-    grad_en = encoder_grad_op(last(grad_out), weight, groups, "cpu") if needs[0] else None
+    grad_en = encoder_grad_op(grad_last, weight, groups, "cpu") if needs[0] else None
     grad_de = encoder_grad_op(last(pooled), weight, groups, "cpu") if needs[1] else None
     if not functorch:
         grad_en, grad_de = _in_layout_of(grad_en, en), _in_layout_of(grad_de, de)
