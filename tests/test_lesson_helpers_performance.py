@@ -8,6 +8,7 @@ import ast
 import math
 import statistics
 import time
+import types
 
 import numba
 import numpy as np
@@ -1937,6 +1938,23 @@ def test_compiled_helpers_run_as_python_from_globals_closures_and_comprehensions
     a = np.arange(4, dtype=np.float32)
     record = performance.record_function(_helper_in_a_closure(), a)
     assert [entry[5] for entry in record.log] == [0, 1, 0, 0]
+
+
+_helpers = types.ModuleType("student_helpers")  # a student's own module of compiled helpers
+_helpers.first = _first
+
+
+@numba.njit
+def _through_a_module(v):
+    return _helpers.first(v) + v[2]
+
+
+def test_compiled_helpers_reached_as_module_attributes_run_as_python():
+    a = np.arange(4, dtype=np.float32)
+    assert _through_a_module(a) == 2.0  # Numba compiles the call as written
+    record = performance.record_function(_through_a_module, a)
+    assert [entry[5] for entry in record.log] == [0, 2]
+    assert _helpers.first is _first  # the module itself is left as it was
 
 
 def test_rows_cpu_passes_the_right_answer(capsys):

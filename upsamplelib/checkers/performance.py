@@ -366,8 +366,12 @@ def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord
 
 def as_python(function, _done=None):
     """``function`` as plain Python (a ``numba.njit`` function's ``py_func``),
-    with the compiled functions it calls through its globals plain Python
-    too, and theirs: compiled, a helper could not take the recorded arrays."""
+    with the compiled functions it calls plain Python too, and theirs:
+    compiled, a helper could not take the recorded arrays. A helper is found
+    in the function's globals, its closure, or as an attribute of a module
+    in its globals (``helpers.total(...)``: the function then sees a copy of
+    the module with that attribute replaced; the module itself is left as
+    it is)."""
     python = getattr(function, "py_func", function)
     if not isinstance(python, types.FunctionType):
         return python
@@ -375,10 +379,14 @@ def as_python(function, _done=None):
     if python in done:
         return done[python]
     compiled = numba.core.dispatcher.Dispatcher
-    helpers = {name: python.__globals__[name] for name in _names_used(python.__code__)
-               if isinstance(python.__globals__.get(name), compiled)}
+    used = _names_used(python.__code__)  # global names and attribute names alike
+    helpers = {name: python.__globals__[name] for name in used if isinstance(python.__globals__.get(name), compiled)}
+    # vars(), not getattr: a module's __getattr__ (NumPy's, for names it removed) may warn or raise.
+    modules = {name: module for name, module in python.__globals__.items()
+               if name in used and isinstance(module, types.ModuleType)
+               and any(isinstance(vars(module).get(attribute), compiled) for attribute in used)}
     cells = python.__closure__ or ()
-    if not helpers and not any(isinstance(cell.cell_contents, compiled) for cell in cells):
+    if not helpers and not modules and not any(isinstance(cell.cell_contents, compiled) for cell in cells):
         done[python] = python
         return python
     namespace = dict(python.__globals__)
@@ -388,6 +396,12 @@ def as_python(function, _done=None):
     plain.__kwdefaults__ = python.__kwdefaults__
     done[python] = plain
     namespace.update({name: as_python(helper, done) for name, helper in helpers.items()})
+    for name, module in modules.items():
+        copy = types.ModuleType(module.__name__, module.__doc__)
+        vars(copy).update(vars(module))
+        vars(copy).update({attribute: as_python(value, done) for attribute, value in vars(module).items()
+                           if attribute in used and isinstance(value, compiled)})
+        namespace[name] = copy
     return plain
 
 
