@@ -1915,7 +1915,47 @@ def _read_some(a):
 def test_the_record_follows_views_and_leaves_copies_out():
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     record = performance.record_function(_read_some, a)
-    assert [(entry[3], entry[5]) for entry in record.log] == [("load", 3), ("load", 21), ("load", 21)]
+    column = [1, 5, 9, 13, 17, 21]  # a[:, :, 1]
+    # a > 20 and column > 5 read every element of a and of column; the copies' own reads are not a's
+    assert [(entry[3], entry[5]) for entry in record.log] == (
+        [("load", 3), ("load", 21)] + [("load", i) for i in range(24)] + [("load", 21)]
+        + [("load", i) for i in column])
+
+
+def _by_slices(out, masks):
+    for Y in range(2):
+        out[0, Y, :] = 0
+        out[0, Y, 1:3] += masks[0, Y, 1:3] * 2
+    out[0, :, 0] = masks[0, :, 3]  # a column
+
+
+def test_slice_assignments_and_array_expressions_record_every_element():
+    """What NumPy's loops touch for a slice assignment, an array expression
+    and an in-place one (``line[a:b] += w * v``): a wrong loop order written
+    with slices shows in the record as one written with elements does."""
+    out, masks = np.zeros((1, 2, 4), np.float32), np.arange(8, dtype=np.float32).reshape(1, 2, 4)
+    record = performance.record_function(_by_slices, out, masks)
+    expected = []
+    for Y in range(2):
+        row = 4 * Y
+        expected += [("out", "store", row + i) for i in range(4)]
+        expected += [("masks", "load", row + 1), ("masks", "load", row + 2), ("out", "load", row + 1),
+                     ("out", "load", row + 2), ("out", "store", row + 1), ("out", "store", row + 2)]
+    expected += [("masks", "load", 3), ("masks", "load", 7), ("out", "store", 0), ("out", "store", 4)]
+    assert [entry[2:4] + (entry[5],) for entry in record.log] == expected
+    assert out.tolist() == [[[3, 2, 4, 0], [7, 10, 12, 0]]]
+
+    def by_columns(a):
+        for X in range(a.shape[1]):
+            a[:, X] += 1
+
+    def by_rows(a):
+        for Y in range(a.shape[0]):
+            a[Y, :] += 1
+
+    grid = np.zeros((16, 64), np.float32)
+    assert performance.record_function(by_columns, grid).line_switches("a") > 0.9
+    assert performance.record_function(by_rows, grid).line_switches("a") < 0.1
 
 
 @numba.njit

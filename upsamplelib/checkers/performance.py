@@ -125,11 +125,43 @@ class _RecordingArray:
         return value
 
     def __setitem__(self, index, value):
+        if isinstance(value, _RecordingArray) and value._is_region(self, index):
+            return  # the write-back of ``line[a:b] += ...``: its in-place operator noted the stores
+        if isinstance(value, _RecordingArray):
+            value._note_all("load")
         try:
-            self._array[index] = value
+            self._array[index] = _plain(value)
         except IndexError as error:
             raise self._named(error, index) from None
-        self._note("store", index)
+        region = self._array[index]
+        if not isinstance(region, np.ndarray):
+            self._note("store", index)
+        elif self._root()._array.flags.c_contiguous and np.shares_memory(region, self._array):
+            # A slice or a row (not a copy, as fancy indexing makes): every element of it, in C order.
+            self._region(region)._note_all("store")
+
+    def _region(self, view):
+        """A recording view of ``view``, a view of this array."""
+        return _RecordingView(self, view)
+
+    def _is_region(self, array, index):
+        """Whether this (a view) is exactly ``array[index]``: the same memory, shape and strides."""
+        try:
+            region = array._array[index]
+        except (IndexError, TypeError, ValueError):
+            return False
+        return (isinstance(region, np.ndarray) and region.shape == self.shape and region.strides == self.strides
+                and region.__array_interface__["data"][0] == self._array.__array_interface__["data"][0])
+
+    def _offsets(self):
+        """The flat offsets of all its elements, in C order."""
+        return np.arange(self.size)
+
+    def _note_all(self, kind):
+        """An access of every element, in C order, as NumPy's loops make them
+        for an array expression or a slice assignment (``line[a:b] += w * v``)."""
+        for offset in self._offsets():
+            self._root()._log_access(kind, int(offset))
 
 
 def _plain(value):
@@ -137,11 +169,18 @@ def _plain(value):
 
 
 def _delegate(operator):
-    """An arithmetic operator of the array itself (not recorded, as the whole
-    arrays' are not): ``line[:] = weights * values`` on views."""
+    """An arithmetic operator of the array itself, noted as a load of every
+    element of each recorded operand (and, in place, a store of every element
+    of this one): ``weights * values``, ``line[a:b] += weights * values``."""
     def method(self, *others):
+        for operand in (self, *others):
+            if isinstance(operand, _RecordingArray):
+                operand._note_all("load")
         result = getattr(self._array, operator)(*map(_plain, others))
-        return self if operator.startswith("__i") and result is self._array else result
+        if operator.startswith("__i") and result is self._array:
+            self._note_all("store")
+            return self
+        return result
     method.__name__ = operator
     return method
 
@@ -195,6 +234,14 @@ class _RecordingView(_RecordingArray):
         except (TypeError, ValueError):  # a slice: what NumPy does with it is not one element's access
             return
         self._whole._log_access(kind, offset, depth=3)
+
+    def _region(self, view):
+        return _RecordingView(self._whole, view)
+
+    def _offsets(self):
+        grid = np.indices(self.shape, dtype=np.int64).reshape(self.ndim, -1)
+        steps = np.array(self.strides, dtype=np.int64)[:, None]
+        return (self._start + (grid * steps).sum(axis=0)) // self.dtype.itemsize
 
 
 class AccessRecord:
