@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import upsamplelib as ul
 import upsamplelib.ops.carafe as carafe_module
 import upsamplelib.ops.fade as fade_module
+from upsamplelib.layout import SMALLEST_FAST_COPY
 from upsamplelib.ops.carafe import WEIGHTS_CHUNK, carafe_reference, register_passes
 from upsamplelib.ops.fade import one_pass_semi_shift_cpu, semi_shift_conv_reference
 from upsamplelib.ops.interpolate import BAND_ROWS
@@ -258,6 +259,32 @@ def test_semi_shift_cpu_bias_gradient_of_overflowing_blocks_is_the_references_fo
         assert want.isnan().all() and got.isnan().all(), needs
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "channels-last"])
+def test_semi_shift_cpu_bias_gradient_sums_in_one_order_whichever_maps_need_a_gradient(layout):
+    # The block sums come from grad_out's channels-last copy when en needs a gradient: the bias's total is
+    # still summed in grad_out's layout, so its rounding, and NaN against a number where finite block sums
+    # overflow in the total, do not depend on en (review of e6f4aff: 0.0 with en's gradient, NaN without,
+    # NaN on the reference).
+    torch.manual_seed(3)
+    en, de = torch.randn(1, 8, 8, 32), torch.randn(1, 8, 4, 16)
+    weight, bias = torch.randn(4, 8, 3, 3), torch.randn(4)
+    overflowing = torch.zeros(1, 4, 8, 32)
+    for pixel, value in ((0, 3e38), (1, -3e38), (8, 3e38), (9, -3e38)):  # one value a block: exact block sums
+        overflowing[0, :, 2 * (pixel // 16), 2 * (pixel % 16)] = value
+    for grad in (overflowing, 1e3 * torch.randn(1, 4, 8, 32)):
+        grad = grad.contiguous(memory_format=layout)
+        biases = {}
+        for backend, en_needs in (("cpu", False), ("cpu", True), ("torch", True)):
+            leaves = [en.clone().requires_grad_(en_needs), de.clone().requires_grad_(), weight,
+                      bias.clone().requires_grad_()]
+            out = ul.semi_shift_conv(*leaves, 2, backend=backend)
+            biases[backend, en_needs] = torch.autograd.grad(out, leaves[3], grad)[0]
+        assert torch.equal(biases["cpu", False].nan_to_num(), biases["cpu", True].nan_to_num())
+        assert torch.equal(biases["cpu", True].isnan(), biases["torch", True].isnan())
+    assert biases["cpu", True].isfinite().all()  # the random grad_out's
+    assert torch.equal(biases["cpu", False], biases["cpu", True])
+
+
 def test_semi_shift_output_takes_ens_layout_on_the_cpu_backend_only():
     # en sets the output's size, and its layout; a one-channel map is NCHW too, and stays so.
     en, de, weight, bias = _semi_shift_inputs(c=4, o=3)
@@ -353,24 +380,26 @@ def test_semi_shift_fast_path_runs_each_convolution_in_its_layout(layout, capabi
     monkeypatch.setattr(F, "conv_transpose2d", spy("input grad", F.conv_transpose2d))
     monkeypatch.setattr(torch.nn.grad, "conv2d_weight", spy("weight grad", torch.nn.grad.conv2d_weight))
     monkeypatch.setattr(F, "avg_pool2d", spy("block sums", F.avg_pool2d))
-    en, de, weight, bias = _semi_shift_inputs(c=8, h=8, w=8, o=4)
+    # en and grad_out large enough for the block transpose's copies (32,768 values, 8 channels)
+    en, de, weight, bias = _semi_shift_inputs(c=8, h=16, w=32, o=8)
+    assert en.numel() >= SMALLEST_FAST_COPY
     maps = [t.contiguous(memory_format=layout).requires_grad_() for t in (en, de)]
     leaves = maps + [weight.requires_grad_(), bias.requires_grad_()]
     out = ul.semi_shift_conv(*leaves, 2, backend="cpu")
     in_layout = layout == torch.channels_last
     assert calls == [("forward", [in_layout]), ("forward", [in_layout])]
     calls.clear()
-    grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    grad_out = torch.randn_like(out)  # values that differ: a copy in the wrong order cannot hide
+    grads = torch.autograd.grad(out, leaves, grad_out)
     weight_grad_last = in_layout and capability != "AVX2"
     # The block sums of grad_out from the channels-last copy the transposed convolution takes: PyTorch's
     # pooling of an NCHW map took 5x as long on an AVX2 CPU.
     assert sorted(calls) == [("block sums", [True]), ("input grad", [True]), ("input grad", [True]),
                              ("weight grad", [weight_grad_last] * 2), ("weight grad", [weight_grad_last] * 2)]
     assert [g.stride() for g in grads[:2]] == [t.stride() for t in maps]
-    expected = torch.autograd.grad(semi_shift_conv_reference(*leaves, 2), leaves, torch.ones_like(out))
-    grads = torch.autograd.grad(ul.semi_shift_conv(*leaves, 2, backend="cpu"), leaves, torch.ones_like(out))
+    expected = torch.autograd.grad(semi_shift_conv_reference(*leaves, 2), leaves, grad_out)
     for got, reference in zip(grads, expected):
-        torch.testing.assert_close(got, reference)
+        torch.testing.assert_close(got, reference, rtol=1e-10, atol=1e-10)
 
 
 def test_semi_shift_fast_path_gradgradcheck():

@@ -576,18 +576,24 @@ def one_pass_semi_shift_cpu(en, de, weight, bias, scale, groups=1):
 
 #: PyTorch's CPU capabilities (``torch.backends.cpu.get_cpu_capability()``)
 #: on which the weight gradient of a channels-last map runs faster in NCHW,
-#: the copies included. With AVX2 (oneDNN's AVX2 kernels) the channels-last
-#: one took 7.1 ms against 5.2 (C=64, 128 x 128 -> 25, 3 x 3, float32; 38 ms
-#: against 43 in float64) and the block transpose's copies about 0.5: the
-#: bench's channels-last forward+backward step went from 1.06x the
-#: two-convolution form's to 0.89-0.92x (2-core AMD EPYC, znver3,
-#: 2026-12-07; freed blocks reused, a training loop's state). In a fresh
-#: process, where glibc maps the copies afresh (2,112 page faults a call),
-#: the two ways were even: 0.94-1.12x against 0.86-1.08x over three runs
-#: (``python bench/conv_layouts.py``, last rows, gives both). With AVX-512 the channels-last one was the faster (2.27
-#: against 2.57 ms, 2-core Xeon), so there, and on any CPU not measured,
-#: the weight gradient keeps its map's layout. Its result is the weight's
-#: shape either way: no stride a compiled graph sees depends on this.
+#: the copies included. With AVX2 the channels-last one took 7.1 ms against
+#: 5.2 (C=64, 128 x 128 -> 25, 3 x 3, float32; 43 ms against 38 in float64,
+#: where PyTorch's own loop makes a channels-last map contiguous itself) and
+#: the block transpose's copies about 0.5: the bench's channels-last
+#: forward+backward step went from 1.06x the two-convolution form's to
+#: 0.89-0.92x (2-core AMD EPYC, znver3, 2026-12-07; freed blocks reused, a
+#: training loop's state). In a fresh process, where glibc maps the copies
+#: afresh (2,112 page faults a call), the two ways were even: 0.94-1.12x
+#: against 0.86-1.08x over three runs (``python bench/conv_layouts.py``, last
+#: rows, gives both). An earlier AVX2 machine (AMD EPYC, PyTorch's capability
+#: AVX2) measured the same way round: 7.4-12 ms channels-last against
+#: 5.0-7.3. With AVX-512 the channels-last one was the faster (2.27 against
+#: 2.57 ms, 2-core Xeon), so there, and with the capabilities not measured
+#: (an ARM CPU's, DEFAULT), the weight gradient keeps its map's layout. The
+#: capability is ATen's; oneDNN picks its kernels from the CPU itself, so
+#: ``ATEN_CPU_CAPABILITY`` set below the CPU's level moves this choice but
+#: not oneDNN's (speed only). The result is the weight's shape either way:
+#: no stride a compiled graph sees depends on this.
 NCHW_WEIGHT_GRAD_CAPABILITIES = frozenset({"AVX2"})
 
 
@@ -615,7 +621,7 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
         if feature is not None:
-            # NCHW copies by the block transpose: PyTorch's own took 0.9 ms for en's, against 0.4.
+            # NCHW copies by the block transpose: PyTorch's own took 0.5-0.9 ms for en's, against 0.2-0.4.
             in_layout = to_channels_last if _weight_grad_in_channels_last(feature) else to_channels_first
             share = torch.nn.grad.conv2d_weight(in_layout(feature), shape, in_layout(grad), padding=pad,
                                                 groups=groups)
@@ -892,7 +898,9 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
     decoder's input and weight gradients are then the encoder's ops at low
     resolution against that sum, as its loops compute them, and the bias's
     is its total, a sum over s*s times fewer values. At 1 x 25 x 128 x 128,
-    s=2, each pooling took 66 us, the bias's sum 67 us against 16."""
+    s=2, each pooling took 66 us, the bias's sum 67 us against 16 (test
+    machine; PyTorch's pooling of an NCHW map took 0.43 ms on an AMD EPYC,
+    of a channels-last one 0.08, hence the pooling of the copy below)."""
     # The bias's gradient too comes from the block sums whenever de is given, as the reference's does
     # (its upsampling's backward sums the blocks): a block whose finite values overflow then gives the
     # same Inf or NaN, whichever other inputs need a gradient.
@@ -909,7 +917,10 @@ def _semi_shift_grads_cpu(grad_out, en, de, weight, scale, groups, needs, bias_c
     grad_last = last(grad_out) if needs[0] else grad_out
     pooled = dense_sum_pool(grad_last, scale) if de is not None and (needs[1] or needs[2] or needs[3]) else None
     if needs[3] and de is not None:
-        grad_bias = bias_count * pooled.sum(dim=(0, 2, 3))
+        # Summed in grad_out's layout, whichever the block sums came in: the order of the additions (which
+        # decides between Inf and NaN where they overflow) must not depend on en needing a gradient.
+        in_grad_layout = pooled if grad_last is grad_out else _in_layout_of(pooled, grad_out)
+        grad_bias = bias_count * in_grad_layout.sum(dim=(0, 2, 3))
     grad_weight = None
     if needs[2]:
         # Each share in its map's layout or NCHW (dense_weight_grad), and before the input
