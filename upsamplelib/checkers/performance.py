@@ -193,6 +193,27 @@ for _operator in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "mat
 _RecordingArray.__array__ = lambda self, dtype=None, copy=None: np.asarray(self._array, dtype=dtype)
 
 
+def _array_ufunc(self, ufunc, method, *inputs, out=None, **kwargs):
+    """A NumPy function on recorded arrays, in any position (``np.add(line, p,
+    line)``, ``plain * line``): a load of every element of each recorded
+    input, then a store of every element of each recorded output."""
+    for operand in inputs:
+        if isinstance(operand, _RecordingArray):
+            operand._note_all("load")
+    if out is not None:
+        kwargs["out"] = tuple(map(_plain, out))
+    result = getattr(ufunc, method)(*map(_plain, inputs), **kwargs)
+    if out is None:
+        return result
+    for target in out:
+        if isinstance(target, _RecordingArray):
+            target._note_all("store")
+    return out[0] if len(out) == 1 else out
+
+
+_RecordingArray.__array_ufunc__ = _array_ufunc
+
+
 def _array_attribute(self, name):
     """Other attributes (fill, sum, copy, T, ...) are the array's: what they touch is not recorded."""
     array = self.__dict__.get("_array")
@@ -239,6 +260,8 @@ class _RecordingView(_RecordingArray):
         return _RecordingView(self._whole, view)
 
     def _offsets(self):
+        if self.ndim == 0:
+            return np.array([self._start // self.dtype.itemsize])
         grid = np.indices(self.shape, dtype=np.int64).reshape(self.ndim, -1)
         steps = np.array(self.strides, dtype=np.int64)[:, None]
         return (self._start + (grid * steps).sum(axis=0)) // self.dtype.itemsize
@@ -428,10 +451,8 @@ def as_python(function, _done=None):
     compiled = numba.core.dispatcher.Dispatcher
     used = _names_used(python.__code__)  # global names and attribute names alike
     helpers = {name: python.__globals__[name] for name in used if isinstance(python.__globals__.get(name), compiled)}
-    # vars(), not getattr: a module's __getattr__ (NumPy's, for names it removed) may warn or raise.
     modules = {name: module for name, module in python.__globals__.items()
-               if name in used and isinstance(module, types.ModuleType)
-               and any(isinstance(vars(module).get(attribute), compiled) for attribute in used)}
+               if name in used and isinstance(module, types.ModuleType) and _holds_compiled(module, used, set())}
     cells = python.__closure__ or ()
     if not helpers and not modules and not any(isinstance(cell.cell_contents, compiled) for cell in cells):
         done[python] = python
@@ -443,13 +464,42 @@ def as_python(function, _done=None):
     plain.__kwdefaults__ = python.__kwdefaults__
     done[python] = plain
     namespace.update({name: as_python(helper, done) for name, helper in helpers.items()})
-    for name, module in modules.items():
-        copy = types.ModuleType(module.__name__, module.__doc__)
-        vars(copy).update(vars(module))
-        vars(copy).update({attribute: as_python(value, done) for attribute, value in vars(module).items()
-                           if attribute in used and isinstance(value, compiled)})
-        namespace[name] = copy
+    namespace.update({name: _python_module(module, used, done, set()) for name, module in modules.items()})
     return plain
+
+
+def _used_attributes(module, used):
+    """The attributes of ``module`` whose names ``used`` holds. vars(), not
+    getattr: a module's __getattr__ (NumPy's, for names it removed) may warn
+    or raise."""
+    return {attribute: value for attribute, value in vars(module).items() if attribute in used}
+
+
+def _holds_compiled(module, used, seen):
+    """Whether a compiled function is reached from ``module`` through the
+    attribute names in ``used`` (``helpers.total``, ``package.helpers.total``)."""
+    if id(module) in seen:
+        return False
+    seen.add(id(module))
+    return any(isinstance(value, numba.core.dispatcher.Dispatcher)
+               or (isinstance(value, types.ModuleType) and _holds_compiled(value, used, seen))
+               for value in _used_attributes(module, used).values())
+
+
+def _python_module(module, used, done, seen):
+    """A copy of ``module`` with those compiled functions plain Python (and
+    its submodules that lead to one copied alike); the module itself is left
+    as it is."""
+    seen.add(id(module))
+    copy = types.ModuleType(module.__name__, module.__doc__)
+    vars(copy).update(vars(module))
+    for attribute, value in _used_attributes(module, used).items():
+        if isinstance(value, numba.core.dispatcher.Dispatcher):
+            setattr(copy, attribute, as_python(value, done))
+        elif (isinstance(value, types.ModuleType) and id(value) not in seen
+              and _holds_compiled(value, used, set(seen))):
+            setattr(copy, attribute, _python_module(value, used, done, seen))
+    return copy
 
 
 def _names_used(code):
@@ -1163,6 +1213,12 @@ def _writes_array(target, array_name, bindings):
     return _view_indices(target, array_name, bindings) is not None
 
 
+def _element_store(target):
+    """Whether a store target writes one element at a time (``out[n, c, Y, X]``,
+    ``line[X]``), not a slice (``line[a:b]``) or a whole view (``line += v``)."""
+    return isinstance(target, ast.Subscript) and not any(isinstance(node, ast.Slice) for node in ast.walk(target.slice))
+
+
 def _check_rows_structure(fast, what, out_name):
     """What the exercise asks of the loops, read from the source: a prange
     (in a parallel function), and innermost loops writing out with no test
@@ -1184,8 +1240,11 @@ def _check_rows_structure(fast, what, out_name):
     bindings = _bindings(definition)
     for loop, _ in loops:
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
-        if not innermost or not any(_writes_array(target, out_name, bindings) for node in ast.walk(loop)
-                                    for target in _store_targets(node)):
+        # Only a loop writing out element by element is the one LLVM vectorises; one that writes a slice of
+        # out at a time (out[n, c, Y, a:b] += w * v) leaves that to the slice's own loop, which its tests do
+        # not enter.
+        if not innermost or not any(_writes_array(target, out_name, bindings) and _element_store(target)
+                                    for node in ast.walk(loop) for target in _store_targets(node)):
             continue
         varying = _depending_on(loop)
         for node in ast.walk(loop):
