@@ -1321,17 +1321,46 @@ _ALLOCATIONS = {"zeros", "empty", "ones", "full", "zeros_like", "empty_like", "o
                 "astype", "array", "ascontiguousarray", "pad"}
 
 
+def _makes_an_array(value, names):
+    """Whether ``value`` makes a new array: a NumPy allocation (``np.zeros``,
+    ``x.astype``), a view of one (``np.empty(n).reshape(h, w)``), or a call of
+    a compiled helper of the function's (``make_buffer(h, w)``; ``names``:
+    its globals), whose result is the caller's own."""
+    called = _called_name(value)
+    if called in _ALLOCATIONS:
+        return True
+    if called in _VIEW_CALLS and isinstance(value.func, ast.Attribute):
+        return _makes_an_array(value.func.value, names)
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            and isinstance(names.get(value.func.id), numba.core.dispatcher.Dispatcher))
+
+
+def _filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:  # a closure variable not yet assigned
+        return False
+    return True
+
+
 def _shared_scratch(fast):
     """(counter, name) of a prange loop and an array made outside it (a
     scratch buffer such as ``columns``) that its body writes at an index
     that does not depend on the counter: one array that all the loop's
     threads fill at once, each over the others' values (a race), or None.
     An array made inside the loop is each iteration's own."""
+    source = _source(fast)
+    names = {}
+    if source is not None:  # the helpers it may call: its globals, and what its closure holds
+        function = source[0]
+        names = dict(function.__globals__)
+        names.update((name, cell.cell_contents) for name, cell in
+                     zip(function.__code__.co_freevars, function.__closure__ or ()) if _filled(cell))
     for loop, bindings in _prange_loops(fast):
         inside = range(loop.lineno, loop.end_lineno + 1)
         bound_inside = {name for line, name, _ in bindings if line in inside}
         made_outside = {name for line, name, value in bindings
-                        if line not in inside and _called_name(value) in _ALLOCATIONS} - bound_inside
+                        if line not in inside and _makes_an_array(value, names)} - bound_inside
         for node in ast.walk(loop):
             for target in _store_targets(node):
                 for name in sorted(made_outside):
