@@ -1654,6 +1654,33 @@ def rows_sharing_columns_made_by_reshape(x, masks, out, kernel_size, scale):
                         out[n, c, Y, :] += masks[n, dy * kernel_size + dx, Y, :] * columns[row, dx * scale:][:width]
 
 
+@numba.njit
+def _add_inside(target, weights, values, shift):
+    for X in range(target.shape[0]):
+        if 0 <= X + shift < target.shape[0]:  # the slot test in the helper's loop over X
+            target[X] += weights[X] * values[X + shift]
+
+
+# The slot test moved into a helper that writes a row view of out (the structure check read only the
+# graded function's source: this passed at 2.5x).
+@numba.njit(parallel=True)
+def rows_testing_in_a_helper(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, r = x.shape[2], (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width), np.float32)
+        for row in range(low_height):
+            columns[row] = x[n, c, row].repeat(scale)
+        for Y in range(height):
+            out[n, c, Y, :] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        _add_inside(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
+
+
 # The same, filled through a row view of the shared array.
 @numba.njit(parallel=True)
 def rows_sharing_columns_through_a_view(x, masks, out, kernel_size, scale):
@@ -2163,6 +2190,8 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_testing_through_a_view, "has a test that changes from one iteration to the next"),
     (rows_testing_through_enumerate, "has a test that changes from one iteration to the next"),
     (rows_testing_through_unpacked_views, "has a test that changes from one iteration to the next"),
+    (rows_testing_in_a_helper, "writes out \\(in your helper `_add_inside`, where it is `target`\\), over `X`, has a "
+                               "test"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):

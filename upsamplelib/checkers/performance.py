@@ -1237,8 +1237,35 @@ def _check_rows_structure(fast, what, out_name):
     if not getattr(fast, "targetoptions", {}).get("parallel"):
         raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
                           "@numba.njit(parallel=True); in a plain @numba.njit it is range")
+    found = _varying_test_where_written(definition, out_name)
+    where = ""
+    if found is None:  # the loop may be a helper's, called with a view of out (add_row(out[n, c, Y], ...))
+        names = _callable_names(function)
+        for helper, position in _helpers_given_a_view(definition, names, out_name):
+            helper_source = _source(helper)
+            parameters = _parameter_names(helper)
+            if helper_source is not None and position < len(parameters):
+                found = _varying_test_where_written(helper_source[1], parameters[position])
+                if found is not None:
+                    where = f" (in your helper `{helper_source[0].__name__}`, where it is `{parameters[position]}`)"
+                    break
+    if found is not None:
+        loop, operands, test = found
+        raise CheckFailed(
+            f"{what}: the innermost loop that writes {out_name}{where}, over `{ast.unparse(loop.target)}`, has "
+            f"{'a test' if test else 'a division'} that changes from one iteration to the next, "
+            f"`{ast.unparse(operands)}`, which keeps the compiler from vectorising it.\nHint: build the "
+            "upsampled `columns` rows first, and compute before the loop the columns whose slot lies "
+            "inside the map, begin to end; then slot column dx of output X is columns[row, X + (dx - r) * "
+            "s], with no test and no division in the loop")
+
+
+def _varying_test_where_written(definition, out_name):
+    """(loop, operands, whether a test) of the first innermost loop in
+    ``definition`` that writes ``out_name`` element by element and holds a
+    test or a division that changes with its counter; None if there is none."""
     bindings = _bindings(definition)
-    for loop, _ in loops:
+    for loop, _ in _loops(definition):
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
         # Only a loop writing out element by element is the one LLVM vectorises; one that writes a slice of
         # out at a time (out[n, c, Y, a:b] += w * v) leaves that to the slice's own loop, which its tests do
@@ -1254,13 +1281,31 @@ def _check_rows_structure(fast, what, out_name):
                 continue
             operands = node.test if isinstance(node, (ast.If, ast.IfExp)) else node
             if _names_in(operands) & varying:
-                raise CheckFailed(
-                    f"{what}: the innermost loop that writes {out_name}, over `{ast.unparse(loop.target)}`, has "
-                    f"{'a test' if test else 'a division'} that changes from one iteration to the next, "
-                    f"`{ast.unparse(operands)}`, which keeps the compiler from vectorising it.\nHint: build the "
-                    "upsampled `columns` rows first, and compute before the loop the columns whose slot lies "
-                    "inside the map, begin to end; then slot column dx of output X is columns[row, X + (dx - r) * "
-                    "s], with no test and no division in the loop")
+                return loop, operands, test
+    return None
+
+
+def _callable_names(function):
+    """What a function's names refer to: its globals, and what its closure holds."""
+    names = dict(function.__globals__)
+    names.update((name, cell.cell_contents) for name, cell in
+                 zip(function.__code__.co_freevars, function.__closure__ or ()) if _filled(cell))
+    return names
+
+
+def _helpers_given_a_view(definition, names, out_name):
+    """(compiled helper, argument position) of each call in ``definition``
+    that hands a compiled helper ``out_name`` or a view of it."""
+    bindings = _bindings(definition)
+    for call in ast.walk(definition):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and isinstance(names.get(call.func.id), numba.core.dispatcher.Dispatcher)):
+            continue
+        for position, argument in enumerate(call.args):
+            # As a store target: the array itself, or through the views it was made from.
+            target = ast.Subscript(value=argument, slice=ast.Constant(0), ctx=ast.Store(), lineno=call.lineno)
+            if _writes_array(target, out_name, bindings):
+                yield names[call.func.id], position
 
 
 def _prange_loops(fast):
@@ -1350,12 +1395,7 @@ def _shared_scratch(fast):
     threads fill at once, each over the others' values (a race), or None.
     An array made inside the loop is each iteration's own."""
     source = _source(fast)
-    names = {}
-    if source is not None:  # the helpers it may call: its globals, and what its closure holds
-        function = source[0]
-        names = dict(function.__globals__)
-        names.update((name, cell.cell_contents) for name, cell in
-                     zip(function.__code__.co_freevars, function.__closure__ or ()) if _filled(cell))
+    names = _callable_names(source[0]) if source is not None else {}  # the helpers it may call
     for loop, bindings in _prange_loops(fast):
         inside = range(loop.lineno, loop.end_lineno + 1)
         bound_inside = {name for line, name, _ in bindings if line in inside}
