@@ -2093,15 +2093,13 @@ def test_compiled_helpers_reached_through_a_package_run_as_python():
     assert _package.helpers is _helpers and _helpers.first is _first
 
 
+@numba.njit
 def _upsampled_rows(x, n, c, scale, width, pad):
     columns = np.zeros((x.shape[2], width + 2 * pad), x.dtype)
     for row in range(x.shape[2]):
         for X in range(width):
             columns[row, pad + X] = x[n, c, row, X // scale]
     return columns
-
-
-_upsampled_rows_compiled = numba.njit(_upsampled_rows)
 
 
 # Right answers that write each output row a slice at a time: the slot loops around the slice hold the tests.
@@ -2112,7 +2110,7 @@ def rows_by_slices_slot_test_outside(x, masks, out, kernel_size, scale):
     r = (kernel_size - 1) // 2
     for plane in numba.prange(batch * channels):
         n, c = plane // channels, plane % channels
-        columns = _upsampled_rows_compiled(x, n, c, scale, width, r * scale)
+        columns = _upsampled_rows(x, n, c, scale, width, r * scale)
         for Y in range(height):
             out[n, c, Y, :] = 0
             for dx in range(kernel_size):
@@ -2133,7 +2131,7 @@ def rows_by_ufunc_into_a_view(x, masks, out, kernel_size, scale):
     r = (kernel_size - 1) // 2
     for plane in numba.prange(batch * channels):
         n, c = plane // channels, plane % channels
-        columns = _upsampled_rows_compiled(x, n, c, scale, width, r * scale)
+        columns = _upsampled_rows(x, n, c, scale, width, r * scale)
         for Y in range(height):
             out[n, c, Y, :] = 0
             for dy in range(kernel_size):

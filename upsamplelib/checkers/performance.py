@@ -434,6 +434,10 @@ def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord
     return AccessRecord(log, arrays)
 
 
+#: What ``numba.njit`` returns: a compiled function (a student's helper, when the graded function calls one).
+_COMPILED = numba.core.dispatcher.Dispatcher
+
+
 def as_python(function, _done=None):
     """``function`` as plain Python (a ``numba.njit`` function's ``py_func``),
     with the compiled functions it calls plain Python too, and theirs:
@@ -448,17 +452,16 @@ def as_python(function, _done=None):
     done = {} if _done is None else _done
     if python in done:
         return done[python]
-    compiled = numba.core.dispatcher.Dispatcher
     used = _names_used(python.__code__)  # global names and attribute names alike
-    helpers = {name: python.__globals__[name] for name in used if isinstance(python.__globals__.get(name), compiled)}
+    helpers = {name: python.__globals__[name] for name in used if isinstance(python.__globals__.get(name), _COMPILED)}
     modules = {name: module for name, module in python.__globals__.items()
                if name in used and isinstance(module, types.ModuleType) and _holds_compiled(module, used, set())}
     cells = python.__closure__ or ()
-    if not helpers and not modules and not any(isinstance(cell.cell_contents, compiled) for cell in cells):
+    if not helpers and not modules and not any(isinstance(cell.cell_contents, _COMPILED) for cell in cells):
         done[python] = python
         return python
     namespace = dict(python.__globals__)
-    closure = tuple(types.CellType(as_python(cell.cell_contents, done)) if isinstance(cell.cell_contents, compiled)
+    closure = tuple(types.CellType(as_python(cell.cell_contents, done)) if isinstance(cell.cell_contents, _COMPILED)
                     else cell for cell in cells) or None
     plain = types.FunctionType(python.__code__, namespace, python.__name__, python.__defaults__, closure)
     plain.__kwdefaults__ = python.__kwdefaults__
@@ -481,7 +484,7 @@ def _holds_compiled(module, used, seen):
     if id(module) in seen:
         return False
     seen.add(id(module))
-    return any(isinstance(value, numba.core.dispatcher.Dispatcher)
+    return any(isinstance(value, _COMPILED)
                or (isinstance(value, types.ModuleType) and _holds_compiled(value, used, seen))
                for value in _used_attributes(module, used).values())
 
@@ -494,7 +497,7 @@ def _python_module(module, used, done, seen):
     copy = types.ModuleType(module.__name__, module.__doc__)
     vars(copy).update(vars(module))
     for attribute, value in _used_attributes(module, used).items():
-        if isinstance(value, numba.core.dispatcher.Dispatcher):
+        if isinstance(value, _COMPILED):
             setattr(copy, attribute, as_python(value, done))
         elif (isinstance(value, types.ModuleType) and id(value) not in seen
               and _holds_compiled(value, used, set(seen))):
@@ -1299,7 +1302,7 @@ def _helpers_given_a_view(definition, names, out_name):
     bindings = _bindings(definition)
     for call in ast.walk(definition):
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                and isinstance(names.get(call.func.id), numba.core.dispatcher.Dispatcher)):
+                and isinstance(names.get(call.func.id), _COMPILED)):
             continue
         for position, argument in enumerate(call.args):
             # As a store target: the array itself, or through the views it was made from.
@@ -1377,7 +1380,7 @@ def _makes_an_array(value, names):
     if called in _VIEW_CALLS and isinstance(value.func, ast.Attribute):
         return _makes_an_array(value.func.value, names)
     return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
-            and isinstance(names.get(value.func.id), numba.core.dispatcher.Dispatcher))
+            and isinstance(names.get(value.func.id), _COMPILED))
 
 
 def _filled(cell):
