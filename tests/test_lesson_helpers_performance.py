@@ -1681,6 +1681,31 @@ def rows_testing_in_a_helper(x, masks, out, kernel_size, scale):
                         _add_inside(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
 
 
+# The same helper reached as an attribute of a module of the student's.
+_row_helpers = types.ModuleType("student_row_helpers")
+_row_helpers.add_inside = _add_inside
+
+
+@numba.njit(parallel=True)
+def rows_testing_in_a_module_helper(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, r = x.shape[2], (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width), np.float32)
+        for row in range(low_height):
+            columns[row] = x[n, c, row].repeat(scale)
+        for Y in range(height):
+            line = out[n, c, Y]
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        _row_helpers.add_inside(line, masks[n, dy * kernel_size + dx, Y], columns[row],
+                                                (dx - r) * scale)
+
+
 # The same, filled through a row view of the shared array.
 @numba.njit(parallel=True)
 def rows_sharing_columns_through_a_view(x, masks, out, kernel_size, scale):
@@ -1944,8 +1969,9 @@ rows_from_a_compiled_helper = _rows_by_slot_ranges()
                                            "Hint: a row index past the first axis: a window row outside the map"),
     (_rows_by_slot_ranges(begin_shift=1), "only the columns near the left and right sides are wrong: check begin "
                                           "and end"),
-    (_rows_by_slot_ranges(end_shift=1), "(?s)only the columns near the left and right sides are wrong.*Hint: check "
-                                        "the size of what you index there: the `columns` rows are W long"),
+    # Compiled, it reads past `columns`: whatever lies there, a NaN or a number (then only the side columns differ).
+    (_rows_by_slot_ranges(end_shift=1), "(?s)(only the columns near the left and right sides are wrong|is NaN\\.).*"
+                                        "Hint: check the size of what you index there: the `columns` rows are W long"),
 ], ids=["no row test", "begin one late", "end one past"])
 def test_rows_cpu_by_slot_ranges_mistakes_are_named(wrong, message):
     with pytest.raises(CheckFailed, match=message):
@@ -2036,6 +2062,25 @@ def test_slice_assignments_and_array_expressions_record_every_element():
     record = performance.record_function(through_numpy, np.zeros((2, 4), np.float32))
     assert [entry[3:4] + (entry[5],) for entry in record.log] == [
         ("load", 5), ("load", 6), ("store", 5), ("store", 6), ("load", 0), ("load", 1), ("store", 0)]
+
+
+def _through_transposes_and_reshapes(a):
+    a.T[1, 0] = 1  # a[0, 1]
+    a.reshape(-1)[5] += 1  # a[1, 1]
+    total = np.transpose(a)[2, 0] + a.swapaxes(0, 1)[0, 1]  # a[0, 2], a[1, 0]
+    total += np.ravel(a)[4] + a.ravel()[3]  # a[1, 0], a[0, 3]
+    total += a.T.copy()[0, 0] + a.astype(np.float64)[0, 0]  # copies: not a's accesses
+    total += np.concatenate([a, a.T.T])[0, 0]  # recorded arrays in a list: a copy too
+    return total + a.T[::-1, 1][0]  # a view of a view, reversed: a[1, 3]
+
+
+def test_the_record_follows_transposed_and_reshaped_views():
+    """A view made by an attribute or a NumPy function (a.T, a.reshape(-1),
+    np.transpose(a)) is recorded at its offsets in a: a loop order written
+    over a transposed plane or with flat indices shows as what it is."""
+    record = performance.record_function(_through_transposes_and_reshapes, np.zeros((2, 4), np.float32))
+    assert [entry[3:4] + (entry[5],) for entry in record.log] == [
+        ("store", 1), ("load", 5), ("store", 5), ("load", 2), ("load", 4), ("load", 4), ("load", 3), ("load", 7)]
 
 
 @numba.njit
@@ -2154,6 +2199,90 @@ def test_rows_cpu_passes_right_answers_written_with_slices(answer, capsys):
     assert "PASS carafe_rows_cpu" in capsys.readouterr().out
 
 
+# Loop orders written over views that are not slices: a transposed plane (its [X, Y] is out's [Y, X]) and
+# flat indices into reshaped arrays. The record follows both views into the arrays' memory.
+@numba.njit(parallel=True)
+def rows_columns_through_transposes(x, masks, out, kernel_size, scale):
+    # Column order written over transposed planes: plane[X, Y] is out[n, c, Y, X].
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        target, source, weights = out[n, c].T, x[n, c].T, masks[n].transpose(0, 2, 1)
+        for X in range(width):
+            for Y in range(height):
+                total = np.float32(0)
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                total += weights[dy * kernel_size + dx, X, Y] * source[col, row]
+                target[X, Y] = total
+
+
+@numba.njit(parallel=True)
+def rows_columns_by_flat_indices(x, masks, out, kernel_size, scale):
+    # Column order written with flat indices into reshaped arrays.
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    area = kernel_size * kernel_size
+    r = (kernel_size - 1) // 2
+    flat_out, flat_x, flat_masks = out.reshape(-1), x.reshape(-1), masks.reshape(-1)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for X in range(width):
+            for Y in range(height):
+                total = np.float32(0)
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                weight = flat_masks[((n * area + dy * kernel_size + dx) * height + Y) * width + X]
+                                total += weight * flat_x[(plane * low_height + row) * low_width + col]
+                flat_out[(plane * height + Y) * width + X] = total
+
+
+@numba.njit(parallel=True)
+def rows_by_flat_indices(x, masks, out, kernel_size, scale):
+    # The row order with flat indices into reshaped out and masks, as the library's own loops write it: right.
+    batch, channels, height, width = out.shape
+    low_height = x.shape[2]
+    area = kernel_size * kernel_size
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    flat_out, flat_masks = out.reshape(-1), masks.reshape(-1)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, pad + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            line = (plane * height + Y) * width
+            for X in range(width):
+                flat_out[line + X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        weights = ((n * area + dy * kernel_size + dx) * height + Y) * width
+                        values = columns[row]
+                        for X in range(begin, end):
+                            flat_out[line + X] += flat_masks[weights + X] * values[X + dx * scale]
+
+
+def test_rows_cpu_passes_a_right_answer_with_flat_indices(capsys):
+    assert checkers.check_carafe_rows_cpu(rows_by_flat_indices, slow) >= 1.5
+    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
+
+
 def test_rows_cpu_passes_the_right_answer(capsys):
     speedup = checkers.check_carafe_rows_cpu(rows, slow)
     output = capsys.readouterr().out
@@ -2164,6 +2293,8 @@ def test_rows_cpu_passes_the_right_answer(capsys):
 @pytest.mark.parametrize("wrong, message", [
     (slow, "leave the cache line"),
     (planes_slots_innermost, "leave the cache line"),
+    (rows_columns_through_transposes, "leave the cache line"),  # before, only the timing caught these two
+    (rows_columns_by_flat_indices, "leave the cache line"),
     (rows_not_zeroed, "added into but never set.*\n.*zero each output row"),
     (rows_missing_the_last_row, "(?s)out\\(0, 0, 5, 0\\) was never written.*no iteration of your loops reached "
                                 "it.*range\\(H\\), not range\\(H - 1\\)"),
@@ -2190,6 +2321,8 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_testing_through_unpacked_views, "has a test that changes from one iteration to the next"),
     (rows_testing_in_a_helper, "writes out \\(in your helper `_add_inside`, where it is `target`\\), over `X`, has a "
                                "test"),
+    (rows_testing_in_a_module_helper, "writes out \\(in your helper `_add_inside`, where it is `target`\\), over `X`, "
+                                      "has a test"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):

@@ -115,13 +115,18 @@ class _RecordingArray:
         except IndexError as error:
             raise self._named(error, index) from None
         if isinstance(value, np.ndarray):
-            whole = self._root()._array
-            # A view (out[n, c, Y], masks[n, t, Y, a:b]) of a C-contiguous array: its accesses count too, at their
-            # offsets in the array. A copy (fancy or boolean indexing) is the loop's own, as is any other view.
-            if whole.flags.c_contiguous and np.shares_memory(value, whole):
-                return _RecordingView(self, value)
-            return value
+            return self._recorded_if_a_view(value)
         self._note("load", index)
+        return value
+
+    def _recorded_if_a_view(self, value):
+        """``value`` recorded too where it is a view of this array's memory
+        (out[n, c, Y], masks[n, t, Y, a:b], out.T, out.reshape(-1)): its
+        accesses count, at their offsets in the whole C-contiguous array. A
+        copy (fancy or boolean indexing, astype) is the loop's own."""
+        whole = self._root()._array
+        if isinstance(value, np.ndarray) and whole.flags.c_contiguous and np.shares_memory(value, whole):
+            return _RecordingView(self, value)
         return value
 
     def __setitem__(self, index, value):
@@ -215,14 +220,49 @@ _RecordingArray.__array_ufunc__ = _array_ufunc
 
 
 def _array_attribute(self, name):
-    """Other attributes (fill, sum, copy, T, ...) are the array's: what they touch is not recorded."""
+    """Other attributes are the array's. A view they give (out.T,
+    out.reshape(-1), x.transpose(0, 2, 1), masks.swapaxes(2, 3)) is recorded
+    like a slice, so a loop order written over a transposed or flattened
+    view is seen as what it is in memory; what the others touch (fill, sum,
+    copy) is not recorded."""
     array = self.__dict__.get("_array")
     if array is None:
         raise AttributeError(name)
-    return getattr(array, name)
+    value = getattr(array, name)
+    if name.startswith("__"):  # NumPy's protocols (__array_interface__, ...): the plain array's
+        return value
+    if not callable(value):
+        return self._recorded_if_a_view(value)
+
+    def viewing(*args, **kwargs):
+        return self._recorded_if_a_view(value(*args, **kwargs))
+    return viewing
+
+
+def _plain_within(value):
+    """``value`` with the plain arrays in place of recorded ones, also inside
+    lists and tuples (np.concatenate([a, b])): handed a recorded array again,
+    NumPy would call back here without end."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(map(_plain_within, value))
+    return _plain(value)
+
+
+def _array_function(self, function, relevant_types, args, kwargs):
+    """A NumPy function given a recorded array (np.transpose(out),
+    np.ravel(x), np.moveaxis(masks, 1, 3)): run on the plain arrays, and a
+    view it returns of a recorded one's memory is recorded (the first such)."""
+    recorded = [arg for arg in args if isinstance(arg, _RecordingArray)]
+    result = function(*map(_plain_within, args), **{key: _plain_within(value) for key, value in kwargs.items()})
+    for arg in recorded:
+        viewed = arg._recorded_if_a_view(result)
+        if viewed is not result:
+            return viewed
+    return result
 
 
 _RecordingArray.__getattr__ = _array_attribute
+_RecordingArray.__array_function__ = _array_function
 
 
 class _RecordingView(_RecordingArray):
@@ -1296,19 +1336,33 @@ def _callable_names(function):
     return names
 
 
+def _named_object(expression, names):
+    """What a call's function expression names: a name, or an attribute of
+    a module it names (helpers.add_row, package.helpers.add_row); None for
+    anything else (no other object's attributes are read)."""
+    if isinstance(expression, ast.Name):
+        return names.get(expression.id)
+    if isinstance(expression, ast.Attribute):
+        owner = _named_object(expression.value, names)
+        if isinstance(owner, types.ModuleType):
+            return owner.__dict__.get(expression.attr)
+    return None
+
+
 def _helpers_given_a_view(definition, names, out_name):
     """(compiled helper, argument position) of each call in ``definition``
-    that hands a compiled helper ``out_name`` or a view of it."""
+    that hands a compiled helper (by its name, or as a module's attribute)
+    ``out_name`` or a view of it."""
     bindings = _bindings(definition)
     for call in ast.walk(definition):
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                and isinstance(names.get(call.func.id), _COMPILED)):
+        helper = _named_object(call.func, names) if isinstance(call, ast.Call) else None
+        if not isinstance(helper, _COMPILED):
             continue
         for position, argument in enumerate(call.args):
             # As a store target: the array itself, or through the views it was made from.
             target = ast.Subscript(value=argument, slice=ast.Constant(0), ctx=ast.Store(), lineno=call.lineno)
             if _writes_array(target, out_name, bindings):
-                yield names[call.func.id], position
+                yield helper, position
 
 
 def _prange_loops(fast):
