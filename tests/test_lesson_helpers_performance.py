@@ -145,6 +145,33 @@ def timed_calls_one_early(function, repeat=7, warmup=1, clock=time.perf_counter)
     return statistics.median(every_call_timed(function, repeat, warmup, clock)[warmup - 1:warmup - 1 + repeat])
 
 
+def repeat_and_warmup_swapped(function, warmup=1, repeat=7, clock=time.perf_counter):
+    return median_time(function, repeat, warmup, clock)
+
+
+def other_defaults(function, repeat=5, warmup=0, clock=time.time):
+    return median_time(function, repeat, warmup, clock)
+
+
+def float32_median(function, repeat=7, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        function()
+    times = np.zeros(repeat, np.float32)
+    for i in range(repeat):
+        start = clock()
+        function()
+        times[i] = clock() - start
+    return np.median(times)
+
+
+def own_clock(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return median_time(function, repeat, warmup, time.perf_counter)
+
+
+def clock_chosen_inside(function, repeat=7, warmup=1, clock=None):
+    return median_time(function, repeat, warmup, clock or time.perf_counter)
+
+
 def test_median_time_passes_the_right_answer(capsys):
     checkers.check_median_time(median_time)
     assert "PASS median_time" in capsys.readouterr().out
@@ -167,6 +194,24 @@ def test_median_time_passes_the_right_answer(capsys):
 def test_median_time_catches_wrong_answers(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checkers.check_median_time(wrong)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    # The checker gives every argument by keyword: these two passed, though median_time(f, 9, 2) and
+    # median_time(f) do not do what the exercise says.
+    (repeat_and_warmup_swapped, "its parameters are \\(function, warmup, repeat, clock\\).*`repeat` is parameter 2"),
+    (other_defaults, "`repeat` defaults to 5; the exercise asks for median_time\\(function, repeat=7"),
+    (float32_median, "(?s)a NumPy float32.*return statistics.median"),
+    (own_clock, "(?s)without calling clock\\(\\) once.*the `clock` it is given"),
+])
+def test_median_time_catches_a_wrong_signature_type_or_clock(wrong, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        checkers.check_median_time(wrong)
+
+
+def test_median_time_takes_a_clock_defaulting_to_none(capsys):
+    checkers.check_median_time(clock_chosen_inside)
+    assert "PASS median_time" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------
@@ -218,6 +263,10 @@ def _traffic_variant(flops_factor=1.0, masks=True, out=True, itemsize=True, unfo
     # Half the FLOPs at scale 2, as multiply-adds give: the hint must name the scale, not the multiply-adds.
     (lambda n, c, h, w, k, s, *rest: (carafe_traffic(n, c, h, w, k, s, *rest)[0] // s,
                                       carafe_traffic(n, c, h, w, k, s, *rest)[1]), "factor of the scale is missing"),
+    # scale * 2 for scale ** 2: right at scale 2, half at scale 4 (it was told it counted multiply-adds).
+    (lambda n, c, h, w, k, s, g=1, size=4: (2 * k * k * n * c * s * 2 * h * w, carafe_traffic(n, c, h, w, k, s, g,
+                                                                                              size)[1]),
+     "that counts 2 \\* s = 8 output pixels per input pixel.*scale \\*\\* 2, not scale \\* 2"),
 ])
 def test_carafe_traffic_catches_wrong_answers(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
@@ -532,10 +581,118 @@ def channels_last_row_bound_off_by_one(x, masks, out, kernel_size, scale):
         out[n, Y, X, c] = total
 
 
+@cuda.jit
+def channels_last_one_thread_per_pixel(x, masks, out, kernel_size, scale):
+    # A thread for every output, but the one of channel 0 computes all channels of its pixel (the loop of a
+    # per-pixel version kept): every output once and right values, 31 of 32 lanes idle.
+    i = cuda.grid(1)
+    if i < out.size and i % out.shape[3] == 0:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        pixel = i // channels
+        X, Y, n = pixel % width, pixel // width % height, pixel // (width * height)
+        r = (kernel_size - 1) // 2
+        for c in range(channels):
+            total = out.dtype.type(0)
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < x.shape[1]:
+                    for dx in range(kernel_size):
+                        col = X // scale - r + dx
+                        if 0 <= col < x.shape[2]:
+                            total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+            out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_row_tested_against_the_width(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+        c, X = i % channels, i // channels % width
+        Y, n = i // (channels * width) % height, i // (channels * width * height)
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:  # x is (N, h, w, C): the width
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[1]:
+                        total += masks[n, Y, X, dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_mask_by_shuffle(x, masks, out, kernel_size, scale):
+    # Lane 0 loads each mask value and hands it to the warp: the simulator has no warp shuffle.
+    i = cuda.grid(1)
+    j = min(i, out.size - 1)
+    height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+    c, X = j % channels, j // channels % width
+    Y, n = j // (channels * width) % height, j // (channels * width * height)
+    r = (kernel_size - 1) // 2
+    total = out.dtype.type(0)
+    for dy in range(kernel_size):
+        for dx in range(kernel_size):
+            row, col = Y // scale - r + dy, X // scale - r + dx
+            inside = 0 <= row < x.shape[1] and 0 <= col < x.shape[2]
+            weight = out.dtype.type(0)
+            if cuda.laneid == 0 and inside:
+                weight = masks[n, Y, X, dy * kernel_size + dx]
+            weight = cuda.shfl_sync(0xFFFFFFFF, weight, 0)
+            if inside:
+                total += weight * x[n, row, col, c]
+    if i < out.size:
+        out[n, Y, X, c] = total
+
+
+#: Mask values a block of at most 128 threads stages: 128 pixels (one channel each, at worst) of 7 x 7 slots.
+STAGED_MASKS = 128 * 49
+
+
+@cuda.jit
+def channels_last_masks_staged(x, masks, out, kernel_size, scale):
+    # Right, beyond what the exercise asks: the block first loads the mask values of the pixels its threads
+    # cover, each once and coalesced, into shared memory; the warps' mask requests then span 4 sectors, but
+    # there are far fewer of them than one broadcast per thread and slot.
+    staged = cuda.shared.array(STAGED_MASKS, float32)
+    height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+    slots = kernel_size * kernel_size
+    start = cuda.blockIdx.x * cuda.blockDim.x
+    first_pixel = start // channels
+    pixels = min(start + cuda.blockDim.x, out.size) - 1
+    pixels = pixels // channels - first_pixel + 1 if start < out.size else 0
+    for at in range(cuda.threadIdx.x, pixels * slots, cuda.blockDim.x):
+        pixel = first_pixel + at // slots
+        staged[at] = masks[pixel // (height * width), pixel // width % height, pixel % width, at % slots]
+    cuda.syncthreads()
+    i = cuda.grid(1)
+    if i < out.size:
+        c, pixel = i % channels, i // channels
+        X, Y, n = pixel % width, pixel // width % height, pixel // (width * height)
+        base = (pixel - first_pixel) * slots
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[1]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[2]:
+                        total += staged[base + dy * kernel_size + dx] * x[n, row, col, c]
+        out[n, Y, X, c] = total
+
+
+def test_channels_last_passes_masks_staged_in_shared_memory(capsys):
+    # Its mask requests touch 3.8 sectors each: it failed as "spread over memory", with fewer sectors in all.
+    checkers.check_carafe_channels_last_kernel(channels_last_masks_staged)
+    assert "PASS carafe_channels_last_kernel" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("wrong, message", [
     (channels_last_32_channels_written_in, "the batch index came out as 2 with 2 image\\(s\\).*a size written "
                                            "into the kernel"),
-    (channels_last_row_bound_off_by_one, "a window row at the map's edge was read \\(row 3 of 3\\).*with `<`, not "
+    (channels_last_row_bound_off_by_one, "a window row past the map's edge was read \\(row 3 of 3\\).*with `<`, not "
                                          "`<=`"),
     (channels_last_zero_padded, "(?s)nan masks at the slots outside the map \\(the other masks and x are "
                                 "finite\\).*rather than multiplying the mask by a zero value"),
@@ -546,6 +703,10 @@ def channels_last_row_bound_off_by_one(x, masks, out, kernel_size, scale):
     (channels_last_without_guard, "threads past the end must do nothing"),
     (channels_last_adding_into_out, "adds into `out`"),
     (channels_last_batch_0_only, "the kernel ignores the batch index n"),
+    (channels_last_one_thread_per_pixel, "one thread wrote 32 outputs.*other threads wrote none"),  # passed before
+    (channels_last_row_tested_against_the_width, "row 3 of 3\\): a slot is inside when 0 <= row < x.shape\\[1\\] = 3: "
+                                                 "test with `<`, not `<=`, against the size of the axis"),
+    (channels_last_mask_by_shuffle, "the kernel calls cuda.shfl_sync, which Numba's CUDA simulator does not have"),
     pytest.param(channels_last_float_index, "GPU compiler rejects",
                  marks=pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_available()),
                                           reason="needs the simulator and the PTX compiler")),

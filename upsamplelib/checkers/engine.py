@@ -102,8 +102,21 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
                         "(Kernel > Restart) before running more cells.")
         raise KernelTimeout(message)
     if error:
-        raise error[0]
+        raise _simulator_lacks(error[0]) or error[0]
     return result[0] if result else None
+
+
+def _simulator_lacks(error: BaseException) -> CheckFailed | None:
+    """A checker's failure for a kernel that calls what Numba's CUDA simulator
+    does not have (cuda.shfl_sync, ...), rather than its AttributeError."""
+    found = re.search(r"'FakeCUDAModule' object has no attribute '(\w+)'", str(error))
+    if not (isinstance(error, AttributeError) and found):
+        return None
+    return CheckFailed(
+        f"the kernel calls cuda.{found.group(1)}, which Numba's CUDA simulator does not have. The checkers run "
+        "kernels in the simulator, where they see every thread's reads and writes, so this one cannot be graded."
+        "\nHint: the exercises need no warp-level functions: write it with plain loads and stores (a warp's "
+        "threads that load one value get it in one broadcast already)")
 
 
 def kernel_definition(kernel):

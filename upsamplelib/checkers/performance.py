@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
+import inspect
 import math
 import re
 import statistics
@@ -370,6 +371,13 @@ class AccessRecord:
         sectors = [len({offset // per_sector for offset in offsets}) for offsets in requests.values()]
         return sum(sectors) / len(sectors)
 
+    def sectors(self, name, kind="load"):
+        """The 32-byte sectors of ``name`` all the warps' requests touch, in
+        all (a sector counted once per request that touches it)."""
+        per_sector = SECTOR_BYTES // self.itemsize[name]
+        return sum(len({offset // per_sector for offset in offsets})
+                   for offsets in self.warp_requests(name, kind).values())
+
     def line_switches(self, name):
         """The share of accesses to ``name`` (in program order, one thread)
         that touch another 64-byte cache line than the access before: near
@@ -583,8 +591,10 @@ class _FakeClock:
         self.now = 1000.0
         self.durations = list(durations)
         self.calls = 0
+        self.readings = 0
 
     def __call__(self):
+        self.readings += 1
         return self.now
 
     def work(self):
@@ -630,6 +640,7 @@ def check_median_time(function):
     ``warmup`` times untimed, then ``repeat`` times, each timed alone with
     ``clock()``; return the median of those times in seconds."""
     what = "median_time"
+    _require_median_time_signature(function, what)
     # First call: compilation (5 s). Later: 2 ms runs, a few disturbed by other programs.
     plans = [
         (7, 1, [5.0] + [0.002, 0.0021, 0.5, 0.0019, 0.002, 0.0022, 0.0018]),
@@ -660,8 +671,16 @@ def check_median_time(function):
             raise CheckFailed(f"{what}: the function ran {clock.calls} times for {case}; expected "
                               f"warmup + repeat = {warmup + repeat}.\nHint: first `warmup` untimed calls, "
                               "then `repeat` timed ones")
+        if isinstance(result, np.floating) and not isinstance(result, float):
+            raise CheckFailed(f"{what}: returned {result!r} for {case}, a NumPy {result.dtype} (float32 keeps 7 "
+                              "digits and rounds the times).\nHint: keep the times as Python floats (clock() "
+                              "returns them) and return statistics.median of them, or float(np.median(times))")
         if result is None or not isinstance(result, (int, float)):
             raise CheckFailed(f"{what}: returned {result!r} for {case}; return the median time in seconds")
+        if clock.readings == 0 and not math.isclose(result, statistics.median(durations[warmup:]), rel_tol=1e-9):
+            raise CheckFailed(f"{what}: returned {result!r} s for {case} without calling clock() once.\nHint: read "
+                              "the time with the `clock` it is given (here the checker's clock, whose time moves "
+                              "only while the function runs), not with time.time or time.perf_counter directly")
         if not math.isclose(result, expected, rel_tol=1e-9):
             mistakes = _median_time_mistakes(timed, durations, repeat, warmup)
             failures.append((case, result, expected, timed, mistakes,
@@ -674,8 +693,36 @@ def check_median_time(function):
             raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s.\n"
                               f"Hint: {explaining[0]}")
         raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s (the median of the "
-                          f"timed calls {timed}).\nHint: read clock() just before and just after each call")
+                          f"timed calls {timed}).\nHint: time each of the `repeat` calls alone, clock() just "
+                          "before and just after it, keep the durations in a list and return their median "
+                          "(statistics.median), in seconds")
     passed(what, len(plans))
+
+
+#: The exercise's signature: the lesson's later cells may leave out any argument or give them by position.
+_MEDIAN_TIME_PARAMETERS = (("repeat", 7), ("warmup", 1), ("clock", time.perf_counter))
+
+
+def _require_median_time_signature(function, what):
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): the calls below tell
+        return
+    asked = "median_time(function, repeat=7, warmup=1, clock=time.perf_counter)"
+    by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    for position, (name, default) in enumerate(_MEDIAN_TIME_PARAMETERS, start=1):
+        if (position >= len(parameters) or parameters[position].name != name
+                or parameters[position].kind not in by_position):
+            shown = ", ".join(parameter.name for parameter in parameters)
+            raise CheckFailed(f"{what}: its parameters are ({shown}); the exercise asks for {asked}, in that "
+                              f"order: `{name}` is parameter {position + 1}, so that median_time(f, 9, 2) means "
+                              "9 timed calls after 2 warm-up ones")
+        given = parameters[position].default
+        # clock=None, with time.perf_counter chosen inside, is the same
+        if given is not default and given != default and not (name == "clock" and given is None):
+            said = "has no default" if given is inspect.Parameter.empty else f"defaults to {given!r}"
+            raise CheckFailed(f"{what}: `{name}` {said}; the exercise asks for {asked}, so that median_time(f) "
+                              "times 7 calls after 1 warm-up call with time.perf_counter")
 
 
 # --------------------------------------------------------------------------
@@ -721,6 +768,10 @@ def check_carafe_traffic(function):
             hint = "count a multiply and an add for each of the k*k window slots of each output element"
             if n > 1 and flops * n == expected[0]:  # a multiply-add count fails the first case already (n = 1)
                 hint = "that counts one image: every one of the n images of the batch is computed"
+            elif s > 2 and flops * s == 2 * expected[0]:  # right at scale 2 (the cases before), wrong at 4
+                hint = (f"that counts 2 * s = {2 * s} output pixels per input pixel, which is s * s only for s = 2: "
+                        f"the output has (s*h) * (s*w) pixels per plane, {s * s} per input pixel here (scale ** 2, "
+                        "not scale * 2)")
             elif flops == expected[0] // 2:
                 hint = "that counts multiply-adds; a multiply-add is two floating-point operations"
                 probe = (3, 16, 9, 11, 7, 4, 2, 8)  # scale 4: a lost factor of the scale is no longer half
@@ -798,8 +849,12 @@ def _index_hint(error, x_name, row_axis, hint):
     name, index, axis, size = found.group(1), int(found.group(2)), int(found.group(3)), int(found.group(4))
     if name == x_name and axis in (row_axis, row_axis + 1):
         what = "row" if axis == row_axis else "column"
-        return (f"a window {what} at the map's edge was read ({what} {index} of {size}): a slot is inside when "
-                f"0 <= {what} < {size}, with `<`, not `<=`")
+        order = "x[n, row, col, c]" if row_axis == 1 else "x[n, c, row, col]"
+        # The same read past the edge comes from a test with <=, from one against the other axis's size, and
+        # from the row and column swapped in the index: all three named.
+        return (f"a window {what} past the map's edge was read ({what} {index} of {size}): a slot is inside when "
+                f"0 <= {what} < x.shape[{axis}] = {size}: test with `<`, not `<=`, against the size of the axis "
+                f"that index goes to, and index x as {order}")
     if axis == 0:
         return (f"the batch index came out as {index} with {size} image(s): the flat index unravels into the other "
                 "dimensions too few times, or with a size written into the kernel; take every size from the arrays' "
@@ -905,6 +960,18 @@ def _other_block_and_outside_nan(run, x, masks, k, s, work_items, case, what, sh
 _CHANNELS_LAST_CASES = [(1, 32, 3, 3, 3, 2), (2, 48, 3, 4, 5, 2), (1, 64, 2, 3, 3, 3), (1, 40, 3, 3, 3, 2)]
 
 
+def _broadcast_mask_sectors(out_shape, kernel_size, block=128):
+    """The masks sectors that the asked mapping (one thread per output, the
+    channel fastest, blocks of ``block``) loads at most: each warp one
+    broadcast per slot for each pixel its threads cover."""
+    channels, size = out_shape[-1], math.prod(out_shape)
+    total = 0
+    for first in range(0, size, WARP_SIZE):  # blocks are whole warps: a warp is 32 consecutive threads
+        last = min(first + WARP_SIZE, size) - 1
+        total += (last // channels - first // channels + 1) * kernel_size * kernel_size
+    return total
+
+
 def check_carafe_channels_last_kernel(kernel):
     """``kernel(x, masks, out, kernel_size, scale)`` on channels-last arrays:
     ``x`` (N, h, w, C), ``masks`` (N, s*h, s*w, k*k), ``out`` (N, s*h, s*w, C),
@@ -914,6 +981,7 @@ def check_carafe_channels_last_kernel(kernel):
     what = "carafe_channels_last_kernel"
     names = _parameter_names(kernel)[:3]
     worst = {"x": 0.0, "masks": 0.0, "out": 0.0}
+    masks_beyond_broadcast = False
     compiled = None
     for index, (n, c, h, w, k, s) in enumerate(_CHANNELS_LAST_CASES):
         x, masks = carafe_inputs(n, c, h, w, k, s, 1, 70 + index)
@@ -930,15 +998,27 @@ def check_carafe_channels_last_kernel(kernel):
         expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
         if np.isnan(out).any():
             raise _never_written(record, out, names[2], what, case,
-                                 "one thread per element of out, on a grid of out.size threads")
+                                 "thread i computes element i of out, unravelled with every divisor the product "
+                                 "of the sizes after it: c = i % C, X = i // C % W, Y = i // (C * W) % H, n = i // "
+                                 "(C * W * H), each from the thread's global index cuda.grid(1)")
         compare(expected, out, what=what, case=case, rtol=1e-4, atol=1e-5,
                 hint="thread i is element (n, Y, X, c) of out, c = i % C fastest; output (Y, X) reads "
                      "x[n, Y // s - r + dy, X // s - r + dx, c] with weight masks[n, Y, X, dy * k + dx], "
                      "skipping the slots outside the map")
         _every_output_once(record, names[2], out.size, what, case)
+        most = record.most_stores_per_thread(names[2])
+        if most > 1:
+            raise CheckFailed(
+                f"{what}: one thread wrote {most} outputs for {case}, on a grid of one thread per output: other "
+                "threads wrote none.\nHint: thread i computes element i of out alone, c = i % C, then X, Y and n "
+                "from i // C; a loop over the channels inside the kernel leaves the other threads of the warp "
+                "idle and spreads its stores over memory")
         for name, key in zip(names, ("x", "masks", "out")):
             kind = "store" if key == "out" else "load"
             worst[key] = max(worst[key], record.sectors_per_request(name, kind))
+        # A kernel that stages the masks (one coalesced load per value, then shared memory) makes requests of
+        # several sectors, but far fewer of them than one broadcast per thread and slot: judged by the total.
+        masks_beyond_broadcast |= record.sectors(names[1]) > _broadcast_mask_sectors(out.shape, k)
     # The first case again, in blocks of 96, then with masks nan at the slots outside the map.
     n, c, h, w, k, s = _CHANNELS_LAST_CASES[0]
     x, masks = carafe_inputs(n, c, h, w, k, s, 1, 70)
@@ -958,7 +1038,7 @@ def check_carafe_channels_last_kernel(kernel):
         ptx.require_compiles(kernel, (), what, future=compiled)
     limits = {"x": 6.0, "masks": 2.5, "out": 6.0}
     for key, limit in limits.items():
-        if worst[key] > limit:
+        if worst[key] > limit and (key != "masks" or masks_beyond_broadcast):
             ideal = {"x": "4 (32 consecutive float32)", "masks": "1 (all threads of a warp read the same mask "
                      "value)", "out": "4"}[key]
             raise CheckFailed(
