@@ -5,6 +5,7 @@ read when present and their absence is said plainly."""
 import upsamplelib  # noqa: F401,I001  (first: it chooses the CUDA target before numba loads)
 
 import ast
+import functools
 import math
 import statistics
 import time
@@ -172,6 +173,26 @@ def clock_chosen_inside(function, repeat=7, warmup=1, clock=None):
     return median_time(function, repeat, warmup, clock or time.perf_counter)
 
 
+def positional_only(function, repeat=7, warmup=1, clock=time.perf_counter, /):
+    return median_time(function, repeat, warmup, clock)
+
+
+def through_star_args(function, *args, **kwargs):
+    return median_time(function, *args, **kwargs)
+
+
+def as_a_longdouble(function, repeat=7, warmup=1, clock=time.perf_counter):
+    return np.longdouble(median_time(function, repeat, warmup, clock))
+
+
+def _median_of(function, repeat=7, warmup=1, clock=time.perf_counter, statistic=statistics.median):
+    return statistic([median_time(function, 1, 0, clock) for _ in range(warmup + repeat)][warmup:])
+
+
+#: clock keyword-only: median_time(f, 9, 2) still works.
+with_a_partial = functools.partial(_median_of, clock=time.perf_counter)
+
+
 def test_median_time_passes_the_right_answer(capsys):
     checkers.check_median_time(median_time)
     assert "PASS median_time" in capsys.readouterr().out
@@ -199,8 +220,10 @@ def test_median_time_catches_wrong_answers(wrong, hint):
 @pytest.mark.parametrize("wrong, hint", [
     # The checker gives every argument by keyword: these two passed, though median_time(f, 9, 2) and
     # median_time(f) do not do what the exercise says.
-    (repeat_and_warmup_swapped, "its parameters are \\(function, warmup, repeat, clock\\).*`repeat` is parameter 2"),
-    (other_defaults, "`repeat` defaults to 5; the exercise asks for median_time\\(function, repeat=7"),
+    (repeat_and_warmup_swapped, "median_time\\(f, 3, 2, clock=clock\\) timed 2 calls after 3 warm-up ones.*in "
+                                "that order"),
+    (other_defaults, "median_time\\(f, clock=clock\\) called f 5 times.*1 warm-up call and 7 timed ones"),
+    (positional_only, "raised TypeError: .*positional-only.*\n.*name the parameters function, repeat, warmup and clock"),
     (float32_median, "(?s)a NumPy float32.*return statistics.median"),
     (own_clock, "(?s)without calling clock\\(\\) once.*the `clock` it is given"),
 ])
@@ -209,8 +232,11 @@ def test_median_time_catches_a_wrong_signature_type_or_clock(wrong, hint):
         checkers.check_median_time(wrong)
 
 
-def test_median_time_takes_a_clock_defaulting_to_none(capsys):
-    checkers.check_median_time(clock_chosen_inside)
+@pytest.mark.parametrize("right", [clock_chosen_inside, through_star_args, as_a_longdouble, with_a_partial])
+def test_median_time_takes_other_signatures_that_work(right, capsys):
+    # Read from the signature, *args, a partial and a clock defaulting to None were rejected, and a
+    # longdouble was told it kept 7 digits: what the calls do is checked instead.
+    checkers.check_median_time(right)
     assert "PASS median_time" in capsys.readouterr().out
 
 
@@ -646,31 +672,41 @@ def channels_last_mask_by_shuffle(x, masks, out, kernel_size, scale):
         out[n, Y, X, c] = total
 
 
+@cuda.jit
+def channels_last_barrier_misspelt(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    cuda.syncthread()
+    if i < out.size:
+        out.reshape(-1)[i] = 0
+
+
 #: Mask values a block of at most 128 threads stages: 128 pixels (one channel each, at worst) of 7 x 7 slots.
 STAGED_MASKS = 128 * 49
 
 
-@cuda.jit
-def channels_last_masks_staged(x, masks, out, kernel_size, scale):
-    # Right, beyond what the exercise asks: the block first loads the mask values of the pixels its threads
-    # cover, each once and coalesced, into shared memory; the warps' mask requests then span 4 sectors, but
-    # there are far fewer of them than one broadcast per thread and slot.
-    staged = cuda.shared.array(STAGED_MASKS, float32)
+@cuda.jit(device=True)
+def _stage_block_masks(staged, masks, out, kernel_size):
+    """Each mask value of the pixels the block's threads cover, loaded once and coalesced into ``staged``;
+    returns the block's first pixel."""
     height, width, channels = out.shape[1], out.shape[2], out.shape[3]
     slots = kernel_size * kernel_size
     start = cuda.blockIdx.x * cuda.blockDim.x
     first_pixel = start // channels
-    pixels = min(start + cuda.blockDim.x, out.size) - 1
-    pixels = pixels // channels - first_pixel + 1 if start < out.size else 0
+    pixels = (min(start + cuda.blockDim.x, out.size) - 1) // channels - first_pixel + 1 if start < out.size else 0
     for at in range(cuda.threadIdx.x, pixels * slots, cuda.blockDim.x):
         pixel = first_pixel + at // slots
         staged[at] = masks[pixel // (height * width), pixel // width % height, pixel % width, at % slots]
-    cuda.syncthreads()
+    return first_pixel
+
+
+@cuda.jit(device=True)
+def _sum_staged(x, staged, out, kernel_size, scale, first_pixel):
     i = cuda.grid(1)
     if i < out.size:
+        height, width, channels = out.shape[1], out.shape[2], out.shape[3]
         c, pixel = i % channels, i // channels
         X, Y, n = pixel % width, pixel // width % height, pixel // (width * height)
-        base = (pixel - first_pixel) * slots
+        base = (pixel - first_pixel) * kernel_size * kernel_size
         r = (kernel_size - 1) // 2
         total = out.dtype.type(0)
         for dy in range(kernel_size):
@@ -681,6 +717,59 @@ def channels_last_masks_staged(x, masks, out, kernel_size, scale):
                     if 0 <= col < x.shape[2]:
                         total += staged[base + dy * kernel_size + dx] * x[n, row, col, c]
         out[n, Y, X, c] = total
+
+
+@cuda.jit
+def channels_last_masks_staged(x, masks, out, kernel_size, scale):
+    # Right, beyond what the exercise asks: the block first loads the mask values of the pixels its threads
+    # cover, each once and coalesced, into shared memory; the warps' mask requests then span 4 sectors, but
+    # there are far fewer of them than one broadcast per thread and slot.
+    staged = cuda.shared.array(STAGED_MASKS, float32)
+    first_pixel = _stage_block_masks(staged, masks, out, kernel_size)
+    cuda.syncthreads()
+    _sum_staged(x, staged, out, kernel_size, scale, first_pixel)
+
+
+@cuda.jit
+def channels_last_masks_staged_without_a_barrier(x, masks, out, kernel_size, scale):
+    # The same without its cuda.syncthreads(): a thread may read a mask value before the thread that stages
+    # it has written it. Caught only by wrong values before, now and then.
+    staged = cuda.shared.array(STAGED_MASKS, float32)
+    first_pixel = _stage_block_masks(staged, masks, out, kernel_size)
+    _sum_staged(x, staged, out, kernel_size, scale, first_pixel)
+
+
+@cuda.jit
+def channels_last_masks_staged_by_every_thread(x, masks, out, kernel_size, scale):
+    # Right: every thread of a pixel writes the same mask values into the pixel's place, then the barrier.
+    staged = cuda.shared.array(STAGED_MASKS, float32)
+    i = cuda.grid(1)
+    j = min(i, out.size - 1)  # a thread past the end still reaches the barrier
+    height, width, channels = out.shape[1], out.shape[2], out.shape[3]
+    slots = kernel_size * kernel_size
+    c, pixel = j % channels, j // channels
+    X, Y, n = pixel % width, pixel // width % height, pixel // (width * height)
+    base = (pixel - cuda.blockIdx.x * cuda.blockDim.x // channels) * slots
+    for t in range(slots):
+        staged[base + t] = masks[n, Y, X, t]
+    cuda.syncthreads()
+    r = (kernel_size - 1) // 2
+    total = out.dtype.type(0)
+    for dy in range(kernel_size):
+        row = Y // scale - r + dy
+        if 0 <= row < x.shape[1]:
+            for dx in range(kernel_size):
+                col = X // scale - r + dx
+                if 0 <= col < x.shape[2]:
+                    total += staged[base + dy * kernel_size + dx] * x[n, row, col, c]
+    if i < out.size:
+        out[n, Y, X, c] = total
+
+
+def test_channels_last_passes_masks_staged_by_every_thread(capsys):
+    # Threads writing one value to the same element, then the barrier, is not a race.
+    checkers.check_carafe_channels_last_kernel(channels_last_masks_staged_by_every_thread)
+    assert "PASS carafe_channels_last_kernel" in capsys.readouterr().out
 
 
 def test_channels_last_passes_masks_staged_in_shared_memory(capsys):
@@ -707,6 +796,9 @@ def test_channels_last_passes_masks_staged_in_shared_memory(capsys):
     (channels_last_row_tested_against_the_width, "row 3 of 3\\): a slot is inside when 0 <= row < x.shape\\[1\\] = 3: "
                                                  "test with `<`, not `<=`, against the size of the axis"),
     (channels_last_mask_by_shuffle, "the kernel calls cuda.shfl_sync, which Numba's CUDA simulator does not have"),
+    (channels_last_barrier_misspelt, "the kernel calls cuda.syncthread, which numba.cuda does not have: a typo"),
+    (channels_last_masks_staged_without_a_barrier, "threads \\d+ and \\d+ of block 0 write and read element \\d+ of the "
+                                                   "shared array made on line \\d+ with no cuda.syncthreads\\(\\)"),
     pytest.param(channels_last_float_index, "GPU compiler rejects",
                  marks=pytest.mark.skipif(not (ul_backend.SIMULATOR and ptx.compiler_available()),
                                           reason="needs the simulator and the PTX compiler")),
@@ -1027,12 +1119,42 @@ def blocked_guarded_by_out_size(x, masks, out, kernel_size, scale):
                 out[n, first + j, Y, X] = sums[j]
 
 
+# The sums in one shared array for the whole block: every thread adds into the same four elements.
+@cuda.jit
+def blocked_sums_shared(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    sums = cuda.shared.array(CHANNELS_PER_THREAD, float32)
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X, Y = i % width, i // width % height
+        first, n = i // (width * height) % runs * CHANNELS_PER_THREAD, i // (width * height * runs)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            if 0 <= row < x.shape[2]:
+                for dx in range(kernel_size):
+                    col = X // scale - r + dx
+                    if 0 <= col < x.shape[3]:
+                        weight = masks[n, dy * kernel_size + dx, Y, X]
+                        for j in range(CHANNELS_PER_THREAD):
+                            if first + j < channels:
+                                sums[j] += weight * x[n, first + j, row, col]
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
 @pytest.mark.parametrize("wrong, message", [
     (blocked_guarded_by_out_size, "`if i < N \\* runs \\* H \\* W:` around the body, its bound the 144 threads"),
     (blocked_zero_padded, "(?s)nan masks at the slots outside the map \\(the other masks and x are finite\\)"),
     (blocked_all_channels_per_pixel, "(?s)one thread wrote 9 outputs.*at most CHANNELS_PER_THREAD = 4"),
     (blocked_without_reuse, "loads of masks"),
     (blocked_sums_not_zeroed, "does not zero its elements"),
+    (blocked_sums_shared, "(?s)threads 0 and 1 of block 0 write element 0 of the shared array made on line \\d+ with "
+                          "no cuda.syncthreads.*belongs in cuda.local.array"),
     (blocked_without_tail, "never written|out of bounds"),
     (blocked_run_fastest, "X = i % W fastest"),
     pytest.param(blocked_numpy_sums, "cannot allocate NumPy arrays", marks=NEEDS_PTX),
@@ -1842,6 +1964,49 @@ def rows_testing_in_a_helper(x, masks, out, kernel_size, scale):
                         _add_inside(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
 
 
+# The helper given out's row by keyword.
+@numba.njit(parallel=True)
+def rows_testing_in_a_helper_given_out_by_keyword(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, r = x.shape[2], (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width), np.float32)
+        for row in range(low_height):
+            columns[row] = x[n, c, row].repeat(scale)
+        for Y in range(height):
+            out[n, c, Y, :] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        _add_inside(target=out[n, c, Y], weights=masks[n, dy * kernel_size + dx, Y],
+                                    values=columns[row], shift=(dx - r) * scale)
+
+
+# The slot test inline, out written through np.expand_dims(out, 0).
+@numba.njit(parallel=True)
+def rows_testing_through_expand_dims(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, r = x.shape[2], (kernel_size - 1) // 2
+    every = np.expand_dims(out, 0)
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width), np.float32)
+        for row in range(low_height):
+            columns[row] = x[n, c, row].repeat(scale)
+        for Y in range(height):
+            out[n, c, Y, :] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        shift = (dx - r) * scale
+                        for X in range(width):
+                            if 0 <= X + shift < width:
+                                every[0, n, c, Y, X] += masks[n, dy * kernel_size + dx, Y, X] * columns[row, X + shift]
+
+
 # The same helper reached as an attribute of a module of the student's.
 _row_helpers = types.ModuleType("student_row_helpers")
 _row_helpers.add_inside = _add_inside
@@ -2235,6 +2400,17 @@ def _through_transposes_and_reshapes(a):
     return total + a.T[::-1, 1][0]  # a view of a view, reversed: a[1, 3]
 
 
+def _into_out_and_other_dtypes(a):
+    np.clip(a[0], 0, 1, out=a[0])  # stores through out= of a NumPy function (not a ufunc)
+    return a.view(np.float64)[1, 0]  # the first float64 of a's second row: a[1, 0] and a[1, 1], from offset 4
+
+
+def test_the_record_notes_out_arguments_and_views_of_another_dtype():
+    record = performance.record_function(_into_out_and_other_dtypes, np.zeros((2, 4), np.float32))
+    assert [entry[3:4] + (entry[5],) for entry in record.log] == [
+        ("store", 0), ("store", 1), ("store", 2), ("store", 3), ("load", 4)]
+
+
 def test_the_record_follows_transposed_and_reshaped_views():
     """A view made by an attribute or a NumPy function (a.T, a.reshape(-1),
     np.transpose(a)) is recorded at its offsets in a: a loop order written
@@ -2482,6 +2658,9 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_testing_through_unpacked_views, "has a test that changes from one iteration to the next"),
     (rows_testing_in_a_helper, "writes out \\(in your helper `_add_inside`, where it is `target`\\), over `X`, has a "
                                "test"),
+    (rows_testing_in_a_helper_given_out_by_keyword, "writes out \\(in your helper `_add_inside`, where it is "
+                                                    "`target`\\), over `X`, has a test"),  # passed before
+    (rows_testing_through_expand_dims, "the innermost loop that writes out, over `X`, has a test"),  # passed before
     (rows_testing_in_a_module_helper, "writes out \\(in your helper `_add_inside`, where it is `target`\\), over `X`, "
                                       "has a test"),
 ])

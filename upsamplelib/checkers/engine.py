@@ -106,14 +106,24 @@ def run_with_timeout(function, *args, timeout: float = DEFAULT_TIMEOUT, what: st
     return result[0] if result else None
 
 
+#: Numba-CUDA's warp-level functions, which its simulator does not have.
+WARP_FUNCTIONS = frozenset({"shfl_sync", "shfl_up_sync", "shfl_down_sync", "shfl_xor_sync", "all_sync", "any_sync",
+                            "eq_sync", "ballot_sync", "match_any_sync", "match_all_sync", "activemask", "lanemask_lt"})
+
+
 def _simulator_lacks(error: BaseException) -> CheckFailed | None:
     """A checker's failure for a kernel that calls what Numba's CUDA simulator
-    does not have (cuda.shfl_sync, ...), rather than its AttributeError."""
+    does not have (cuda.shfl_sync, ...), or what numba.cuda has not at all (a
+    typo), rather than the simulator's AttributeError."""
     found = re.search(r"'FakeCUDAModule' object has no attribute '(\w+)'", str(error))
     if not (isinstance(error, AttributeError) and found):
         return None
+    name = found.group(1)
+    if name not in WARP_FUNCTIONS:
+        return CheckFailed(f"the kernel calls cuda.{name}, which numba.cuda does not have: a typo? (the barrier is "
+                           "cuda.syncthreads(), a thread's index cuda.grid(1))")
     return CheckFailed(
-        f"the kernel calls cuda.{found.group(1)}, which Numba's CUDA simulator does not have. The checkers run "
+        f"the kernel calls cuda.{name}, which Numba's CUDA simulator does not have. The checkers run "
         "kernels in the simulator, where they see every thread's reads and writes, so this one cannot be graded."
         "\nHint: the exercises need no warp-level functions: write it with plain loads and stores (a warp's "
         "threads that load one value get it in one broadcast already)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
-import inspect
 import math
 import re
 import statistics
@@ -255,6 +254,10 @@ def _array_function(self, function, relevant_types, args, kwargs):
     view it returns of a recorded one's memory is recorded (the first such)."""
     recorded = [arg for arg in args if isinstance(arg, _RecordingArray)]
     result = function(*map(_plain_within, args), **{key: _plain_within(value) for key, value in kwargs.items()})
+    written = kwargs.get("out")
+    for target in written if isinstance(written, tuple) else (written,):
+        if isinstance(target, _RecordingArray):  # np.clip(a, 0, 1, out=a), np.sum(p, axis=0, out=row)
+            target._note_all("store")
     for arg in recorded:
         viewed = arg._recorded_if_a_view(result)
         if viewed is not result:
@@ -288,7 +291,7 @@ class _RecordingView(_RecordingArray):
         for i, size, stride in zip(index, self.shape, self.strides):
             i = int(i)
             position += (i + size if i < 0 else i) * stride
-        return position // self.dtype.itemsize
+        return position // self._whole.dtype.itemsize  # a.view(np.float64): still a's elements
 
     def _note(self, kind, index):
         try:
@@ -301,20 +304,46 @@ class _RecordingView(_RecordingArray):
         return _RecordingView(self._whole, view)
 
     def _offsets(self):
+        itemsize = self._whole.dtype.itemsize
         if self.ndim == 0:
-            return np.array([self._start // self.dtype.itemsize])
+            return np.array([self._start // itemsize])
         grid = np.indices(self.shape, dtype=np.int64).reshape(self.ndim, -1)
         steps = np.array(self.strides, dtype=np.int64)[:, None]
-        return (self._start + (grid * steps).sum(axis=0)) // self.dtype.itemsize
+        return (self._start + (grid * steps).sum(axis=0)) // itemsize
 
 
 class AccessRecord:
     """Every access of one launch (or one CPU call), with the measures the
     lesson uses. ``names`` are the kernel's parameter names."""
 
-    def __init__(self, log, arrays):
+    def __init__(self, log, arrays, shared_log=()):
         self.log = list(log)
         self.itemsize = {name: array.dtype.itemsize for name, array in arrays.items()}
+        #: (block, thread, shared array, kind, offset, barriers passed, value stored or None): see _SharedRecording
+        self.shared_log = list(shared_log)
+
+    def shared_race(self):
+        """(array, offset, block, two threads, whether both wrote) of the
+        first element of a shared array that two threads of a block touch
+        between the same two cuda.syncthreads(), one of them writing it (two
+        writes of the same value, as when every thread stages one value, are
+        left alone); None when there is none. On a GPU the reader then sees
+        the old value or the new one, whichever thread runs first."""
+        touched = defaultdict(list)  # (block, array, offset, barriers) -> [(thread, kind, value)]
+        for block, thread, name, kind, offset, barriers, value in self.shared_log:
+            touched[(block, name, offset, barriers)].append((thread, kind, value))
+        for (block, name, offset, _), accesses in sorted(touched.items()):
+            writers = {thread for thread, kind, _ in accesses if kind == "store"}
+            if not writers or len({thread for thread, *_ in accesses}) < 2:
+                continue
+            readers = {thread for thread, kind, _ in accesses if kind == "load"} - writers
+            if readers:
+                return name, offset, block, (min(writers), min(readers)), False
+            values = {repr(value) for _, kind, value in accesses if kind == "store"}
+            if len(writers) > 1 and (len(values) > 1 or any(kind == "load" for _, kind, _ in accesses)):
+                first, second = sorted(writers)[:2]
+                return name, offset, block, (first, second), True
+        return None
 
     def count(self, name, kind="load"):
         """How many times the kernel loaded (or stored) an element of ``name``."""
@@ -429,6 +458,63 @@ def _wrap(function, args, loops=False):
     return log, wrapped, arrays
 
 
+class _SharedRecording(_RecordingArray):
+    """A block's ``cuda.shared.array``, its accesses logged with the number
+    of ``cuda.syncthreads()`` the thread has passed and the value stored:
+    what ``AccessRecord.shared_race`` reads. Accesses made by the simulator
+    itself (an atomic's read and write, under its lock) are not a race."""
+
+    def __init__(self, name, array, shared_log):
+        super().__init__(name, array, [])
+        self._shared_log = shared_log
+        self._stored = None
+
+    def __setitem__(self, index, value):
+        self._stored = _plain(value)
+        super().__setitem__(index, value)
+
+    def _log_access(self, kind, offset, depth=3):
+        if "simulator" in sys._getframe(depth).f_code.co_filename:  # an atomic operation
+            return
+        thread = threading.current_thread()
+        block = tuple(getattr(thread, "blockIdx", (0, 0, 0)))
+        thread_id = getattr(thread, "thread_id", 0)
+        stored = self._stored if kind == "store" else None
+        self._shared_log.append((block, thread_id, self._name, kind, offset, getattr(thread, "barriers", 0), stored))
+
+
+@contextlib.contextmanager
+def _shared_arrays_recorded(shared_log):
+    """While it runs, the simulator's ``cuda.shared.array`` gives each block
+    a recorded array (one per line that makes one, as the simulator keys
+    them), and every thread counts the ``cuda.syncthreads()`` it passes."""
+    from numba.cuda.simulator.kernel import BlockThread
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    make, wait = FakeCUDAShared.array, BlockThread.syncthreads
+
+    def recorded(self, shape, dtype, alignment=None):
+        if shape == 0:  # dynamic shared memory: the simulator's own, not recorded
+            return make(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = ("recorded", caller.f_code.co_filename, caller.f_lineno)
+        if key not in self._allocations:
+            array = make(self, shape, dtype, alignment)  # the simulator's checks; keyed by this line, unshared
+            self._allocations[key] = array
+        return _SharedRecording(f"the shared array made on line {caller.f_lineno}", self._allocations[key],
+                                shared_log)
+
+    def counted(self):
+        wait(self)
+        self.barriers = getattr(self, "barriers", 0) + 1
+
+    FakeCUDAShared.array, BlockThread.syncthreads = recorded, counted
+    try:
+        yield
+    finally:
+        FakeCUDAShared.array, BlockThread.syncthreads = make, wait
+
+
 #: What a float local array holds before the kernel writes it, in a recorded launch.
 LOCAL_GARBAGE = 1e30
 
@@ -465,6 +551,7 @@ def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord
     if stub is not None:
         raise NotImplementedError(stub)
     log, wrapped, arrays = _wrap(kernel, args, loops=True)
+    shared_log = []
     if SIMULATOR:
         simulated = kernel
     else:  # pragma: no cover - on a GPU the simulator runs the kernel's Python function
@@ -475,11 +562,25 @@ def record_kernel(kernel, launch, *args, timeout: float = 120.0) -> AccessRecord
     def launch_recorded():
         # In the simulator run_with_timeout's worker holds SIMULATOR_LOCK already (taking it here, in the
         # caller's thread, would deadlock that worker); on a GPU nothing else serialises the simulator.
-        with SIMULATOR_LOCK, _local_arrays_hold_garbage():
+        with SIMULATOR_LOCK, _local_arrays_hold_garbage(), _shared_arrays_recorded(shared_log):
             simulated[launch](*wrapped)
 
     run_with_timeout(launch_recorded, timeout=timeout)
-    return AccessRecord(log, arrays)
+    return AccessRecord(log, arrays, shared_log)
+
+
+def _require_no_shared_race(record, what, case):
+    race = record.shared_race()
+    if race is None:
+        return
+    name, offset, block, (first, second), both_wrote = race
+    did = "write" if both_wrote else "write and read"
+    raise CheckFailed(
+        f"{what}: threads {first} and {second} of block {block[0]} {did} element {offset} of {name} with no "
+        f"cuda.syncthreads() between them, for {case}: a race (on a GPU the threads run in no set order, so "
+        "one sees the other's value or the old one).\nHint: a value one thread keeps for itself (its sums) "
+        "belongs in cuda.local.array, one per thread; a value threads share is written, then cuda.syncthreads() "
+        "is called by every thread of the block, then it is read")
 
 
 #: What ``numba.njit`` returns: a compiled function (a student's helper, when the graded function calls one).
@@ -640,7 +741,6 @@ def check_median_time(function):
     ``warmup`` times untimed, then ``repeat`` times, each timed alone with
     ``clock()``; return the median of those times in seconds."""
     what = "median_time"
-    _require_median_time_signature(function, what)
     # First call: compilation (5 s). Later: 2 ms runs, a few disturbed by other programs.
     plans = [
         (7, 1, [5.0] + [0.002, 0.0021, 0.5, 0.0019, 0.002, 0.0022, 0.0018]),
@@ -665,13 +765,19 @@ def check_median_time(function):
             raise
         except CheckFailed as error:
             raise CheckFailed(f"{error}, for {case}") from None
+        except TypeError as error:  # parameters named otherwise, or positional only
+            raise CheckFailed(f"{what}: median_time(f, repeat={repeat}, warmup={warmup}, clock=clock) raised "
+                              f"TypeError: {error}.\nHint: name the parameters function, repeat, warmup and "
+                              "clock, as the exercise does: the lesson's later cells give them by name") from None
         timed = durations[warmup:]
         expected = statistics.median(timed)
         if clock.calls != warmup + repeat:
             raise CheckFailed(f"{what}: the function ran {clock.calls} times for {case}; expected "
                               f"warmup + repeat = {warmup + repeat}.\nHint: first `warmup` untimed calls, "
                               "then `repeat` timed ones")
-        if isinstance(result, np.floating) and not isinstance(result, float):
+        if isinstance(result, np.floating) and result.dtype.itemsize >= 8:
+            result = float(result)  # float64 or wider: the times' digits are all there
+        if isinstance(result, np.floating):
             raise CheckFailed(f"{what}: returned {result!r} for {case}, a NumPy {result.dtype} (float32 keeps 7 "
                               "digits and rounds the times).\nHint: keep the times as Python floats (clock() "
                               "returns them) and return statistics.median of them, or float(np.median(times))")
@@ -696,33 +802,35 @@ def check_median_time(function):
                           f"timed calls {timed}).\nHint: time each of the `repeat` calls alone, clock() just "
                           "before and just after it, keep the durations in a list and return their median "
                           "(statistics.median), in seconds")
+    _require_median_time_calls(function, what)
     passed(what, len(plans))
 
 
-#: The exercise's signature: the lesson's later cells may leave out any argument or give them by position.
-_MEDIAN_TIME_PARAMETERS = (("repeat", 7), ("warmup", 1), ("clock", time.perf_counter))
-
-
-def _require_median_time_signature(function, what):
-    try:
-        parameters = list(inspect.signature(function).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (a builtin): the calls below tell
-        return
+def _require_median_time_calls(function, what):
+    """The calls the exercise's signature allows besides the graded ones
+    (which give every argument by name): by position, median_time(f, 3, 2,
+    clock), and with the defaults, median_time(f, clock=clock). Read from
+    what the function does, so *args, a decorator or a partial pass too."""
     asked = "median_time(function, repeat=7, warmup=1, clock=time.perf_counter)"
-    by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    for position, (name, default) in enumerate(_MEDIAN_TIME_PARAMETERS, start=1):
-        if (position >= len(parameters) or parameters[position].name != name
-                or parameters[position].kind not in by_position):
-            shown = ", ".join(parameter.name for parameter in parameters)
-            raise CheckFailed(f"{what}: its parameters are ({shown}); the exercise asks for {asked}, in that "
-                              f"order: `{name}` is parameter {position + 1}, so that median_time(f, 9, 2) means "
-                              "9 timed calls after 2 warm-up ones")
-        given = parameters[position].default
-        # clock=None, with time.perf_counter chosen inside, is the same
-        if given is not default and given != default and not (name == "clock" and given is None):
-            said = "has no default" if given is inspect.Parameter.empty else f"defaults to {given!r}"
-            raise CheckFailed(f"{what}: `{name}` {said}; the exercise asks for {asked}, so that median_time(f) "
-                              "times 7 calls after 1 warm-up call with time.perf_counter")
+    durations = [5.0, 0.004, 0.002, 0.006, 0.001]  # 2 warm-up calls, 3 timed: median 0.002; swapped, 0.0035
+    clock = _FakeClock(durations)
+    try:
+        result = function(clock.work, 3, 2, clock=clock)
+    except (TypeError, CheckFailed) as error:
+        raise CheckFailed(f"{what}: median_time(f, 3, 2, clock=clock) failed ({error}); the exercise asks for {asked}, "
+                          "its arguments given by position or by name") from None
+    if clock.calls == 5 and isinstance(result, (int, float)) and math.isclose(result, 0.0035, rel_tol=1e-9):
+        raise CheckFailed(f"{what}: median_time(f, 3, 2, clock=clock) timed 2 calls after 3 warm-up ones; the exercise "
+                          f"asks for {asked}, in that order: 3 timed calls after 2 warm-up ones")
+    clock = _FakeClock([5.0] + [0.002] * 29)
+    try:
+        function(clock.work, clock=clock)
+    except (TypeError, CheckFailed) as error:
+        raise CheckFailed(f"{what}: median_time(f, clock=clock) failed ({error}); the exercise asks for {asked}: "
+                          "repeat and warmup have defaults") from None
+    if clock.calls != 8:
+        raise CheckFailed(f"{what}: median_time(f, clock=clock) called f {clock.calls} times; the exercise asks for "
+                          f"{asked}: with the defaults, 1 warm-up call and 7 timed ones")
 
 
 # --------------------------------------------------------------------------
@@ -960,9 +1068,9 @@ def _other_block_and_outside_nan(run, x, masks, k, s, work_items, case, what, sh
 _CHANNELS_LAST_CASES = [(1, 32, 3, 3, 3, 2), (2, 48, 3, 4, 5, 2), (1, 64, 2, 3, 3, 3), (1, 40, 3, 3, 3, 2)]
 
 
-def _broadcast_mask_sectors(out_shape, kernel_size, block=128):
+def _broadcast_mask_sectors(out_shape, kernel_size):
     """The masks sectors that the asked mapping (one thread per output, the
-    channel fastest, blocks of ``block``) loads at most: each warp one
+    channel fastest, blocks of whole warps) loads at most: each warp one
     broadcast per slot for each pixel its threads cover."""
     channels, size = out_shape[-1], math.prod(out_shape)
     total = 0
@@ -995,6 +1103,7 @@ def check_carafe_channels_last_kernel(kernel):
                                  hint="channels-last: x[n, row, col, c], masks[n, Y, X, t], out[n, Y, X, c]; the "
                                       "flat index unravels as (n, Y, X, c) with c fastest", work_items=out.size,
                                  guard="if i < out.size:", x_row_axis=1)
+        _require_no_shared_race(record, what, case)
         expected = _reference(x, masks, k, s).transpose(0, 2, 3, 1)
         if np.isnan(out).any():
             raise _never_written(record, out, names[2], what, case,
@@ -1092,6 +1201,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                                  hint="the last run of channels is shorter when C is not a multiple of "
                                       "CHANNELS_PER_THREAD: test c < C before using channel c", work_items=threads,
                                  guard="if i < N * runs * H * W:", x_row_axis=2)
+        _require_no_shared_race(record, what, case)
         if np.isnan(out).any():
             raise _never_written(record, out, out_name, what, case,
                                  "thread i handles pixel (Y, X) and channels run * CHANNELS_PER_THREAD onwards, "
@@ -1243,7 +1353,8 @@ def _store_targets(node):
 
 #: Calls that return a view of their array (``out.reshape(-1)``,
 #: ``np.ravel(out)``); a copy (``out.copy()``) is another array.
-_VIEW_CALLS = {"reshape", "ravel", "view", "transpose", "swapaxes", "asarray"}
+_VIEW_CALLS = {"reshape", "ravel", "view", "transpose", "swapaxes", "asarray", "moveaxis", "expand_dims", "squeeze",
+               "atleast_1d", "atleast_2d", "atleast_3d"}
 
 
 def _called_name(node):
@@ -1438,7 +1549,10 @@ def _helpers_given_a_view(definition, names, out_name):
         helper = _named_object(call.func, names) if isinstance(call, ast.Call) else None
         if not isinstance(helper, _COMPILED):
             continue
-        for position, argument in enumerate(call.args):
+        parameters = _parameter_names(helper)
+        given = list(enumerate(call.args)) + [(parameters.index(keyword.arg), keyword.value)
+                                               for keyword in call.keywords if keyword.arg in parameters]
+        for position, argument in given:
             # As a store target: the array itself, or through the views it was made from.
             target = ast.Subscript(value=argument, slice=ast.Constant(0), ctx=ast.Store(), lineno=call.lineno)
             if _writes_array(target, out_name, bindings):
