@@ -808,9 +808,10 @@ def check_median_time(function):
 
 def _require_median_time_calls(function, what):
     """The calls the exercise's signature allows besides the graded ones
-    (which give every argument by name): by position, median_time(f, 3, 2,
-    clock), and with the defaults, median_time(f, clock=clock). Read from
-    what the function does, so *args, a decorator or a partial pass too."""
+    (which give every argument by name): repeat and warmup by position,
+    median_time(f, 3, 2, clock=clock), and the defaults, median_time(f,
+    clock=clock). Read from what the function does, so *args, a decorator
+    or a partial (one that fixes clock too) pass."""
     asked = "median_time(function, repeat=7, warmup=1, clock=time.perf_counter)"
     durations = [5.0, 0.004, 0.002, 0.006, 0.001]  # 2 warm-up calls, 3 timed: median 0.002; swapped, 0.0035
     clock = _FakeClock(durations)
