@@ -155,14 +155,7 @@ def other_defaults(function, repeat=5, warmup=0, clock=time.time):
 
 
 def float32_median(function, repeat=7, warmup=1, clock=time.perf_counter):
-    for _ in range(warmup):
-        function()
-    times = np.zeros(repeat, np.float32)
-    for i in range(repeat):
-        start = clock()
-        function()
-        times[i] = clock() - start
-    return np.median(times)
+    return np.median(np.array(every_call_timed(function, repeat, warmup, clock)[warmup:], np.float32))
 
 
 def own_clock(function, repeat=7, warmup=1, clock=time.perf_counter):
@@ -186,7 +179,7 @@ def as_a_longdouble(function, repeat=7, warmup=1, clock=time.perf_counter):
 
 
 def _median_of(function, repeat=7, warmup=1, clock=time.perf_counter, statistic=statistics.median):
-    return statistic([median_time(function, 1, 0, clock) for _ in range(warmup + repeat)][warmup:])
+    return statistic(every_call_timed(function, repeat, warmup, clock)[warmup:])
 
 
 #: clock keyword-only: median_time(f, 9, 2) still works.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import io
 import random
@@ -10,6 +11,7 @@ import re
 import textwrap
 import threading
 import tokenize
+from collections import Counter
 
 import numpy as np
 import torch
@@ -127,6 +129,33 @@ def _simulator_lacks(error: BaseException) -> CheckFailed | None:
         "kernels in the simulator, where they see every thread's reads and writes, so this one cannot be graded."
         "\nHint: the exercises need no warp-level functions: write it with plain loads and stores (a warp's "
         "threads that load one value get it in one broadcast already)")
+
+
+@contextlib.contextmanager
+def counting_syncthreads(simulated: bool | None = None):
+    """Count the ``cuda.syncthreads()`` calls of every thread of a simulated
+    launch: {(block, thread): count}, a thread's count rising as it reaches
+    each barrier. ``simulated``: whether launches run in the simulator
+    (``backend.SIMULATOR`` unless given; a recorded launch always does);
+    None is yielded where they do not. (A thread that leaves early lets the
+    simulator's barrier go on without it; a GPU hangs or races.)"""
+    if not (backend.SIMULATOR if simulated is None else simulated):
+        yield None
+        return
+    from numba.cuda.simulator.kernel import BlockThread
+
+    counts = Counter()
+    original = BlockThread.syncthreads
+
+    def counted(self):
+        counts[(tuple(self.blockIdx), tuple(self.threadIdx))] += 1
+        return original(self)
+
+    BlockThread.syncthreads = counted
+    try:
+        yield counts
+    finally:
+        BlockThread.syncthreads = original
 
 
 def kernel_definition(kernel):

@@ -36,7 +36,8 @@ from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config
 from ..ops.carafe import carafe_reference
 from . import ptx
 from .carafe import with_nan_outside
-from .engine import CheckFailed, compare, kernel_definition, passed, run_with_timeout, unsolved_exercise
+from .engine import (CheckFailed, compare, counting_syncthreads, kernel_definition, passed, run_with_timeout,
+                     unsolved_exercise)
 
 __all__ = [
     "AccessRecord",
@@ -95,9 +96,7 @@ class _RecordingArray:
 
     def _log_access(self, kind, offset, depth=3):
         """Log one access; ``depth``: the frames from here up to the kernel's line."""
-        thread = threading.current_thread()
-        block = tuple(getattr(thread, "blockIdx", (0, 0, 0)))
-        thread_id = getattr(thread, "thread_id", 0)
+        block, thread_id = _accessing_thread()
         frame = sys._getframe(depth)
         line = frame.f_lineno
         loops = tuple(frame.f_locals.get(name) for name in self._loop_names) if self._loop_names else ()
@@ -169,6 +168,19 @@ class _RecordingArray:
             self._root()._log_access(kind, int(offset))
 
 
+def _accessing_thread():
+    """(block, linear thread id) of the simulated thread running; (0, 0, 0), 0 outside a launch."""
+    thread = threading.current_thread()
+    return tuple(getattr(thread, "blockIdx", (0, 0, 0))), getattr(thread, "thread_id", 0)
+
+
+def _note_stores(targets):
+    """A store of every element of each recorded array among ``targets`` (a NumPy function's ``out``)."""
+    for target in targets:
+        if isinstance(target, _RecordingArray):
+            target._note_all("store")
+
+
 def _plain(value):
     return value._array if isinstance(value, _RecordingArray) else value
 
@@ -210,9 +222,7 @@ def _array_ufunc(self, ufunc, method, *inputs, out=None, **kwargs):
     result = getattr(ufunc, method)(*map(_plain, inputs), **kwargs)
     if out is None:
         return result
-    for target in out:
-        if isinstance(target, _RecordingArray):
-            target._note_all("store")
+    _note_stores(out)
     return out[0] if len(out) == 1 else out
 
 
@@ -254,10 +264,8 @@ def _array_function(self, function, relevant_types, args, kwargs):
     view it returns of a recorded one's memory is recorded (the first such)."""
     recorded = [arg for arg in args if isinstance(arg, _RecordingArray)]
     result = function(*map(_plain_within, args), **{key: _plain_within(value) for key, value in kwargs.items()})
-    written = kwargs.get("out")
-    for target in written if isinstance(written, tuple) else (written,):
-        if isinstance(target, _RecordingArray):  # np.clip(a, 0, 1, out=a), np.sum(p, axis=0, out=row)
-            target._note_all("store")
+    written = kwargs.get("out")  # np.clip(a, 0, 1, out=a), np.sum(p, axis=0, out=row)
+    _note_stores(written if isinstance(written, tuple) else (written,))
     for arg in recorded:
         viewed = arg._recorded_if_a_view(result)
         if viewed is not result:
@@ -393,19 +401,19 @@ class AccessRecord:
         ``name`` touches: 1 when all 32 threads read one value (a broadcast),
         4 when they read 32 consecutive float32, 32 when every thread's
         element lies in a sector of its own."""
-        requests = self.warp_requests(name, kind)
-        if not requests:
-            return 0.0
-        per_sector = SECTOR_BYTES // self.itemsize[name]
-        sectors = [len({offset // per_sector for offset in offsets}) for offsets in requests.values()]
-        return sum(sectors) / len(sectors)
+        sectors = self._sectors_of_requests(name, kind)
+        return sum(sectors) / len(sectors) if sectors else 0.0
 
     def sectors(self, name, kind="load"):
         """The 32-byte sectors of ``name`` all the warps' requests touch, in
         all (a sector counted once per request that touches it)."""
+        return sum(self._sectors_of_requests(name, kind))
+
+    def _sectors_of_requests(self, name, kind):
+        """[the sectors each request of ``name`` touches]."""
         per_sector = SECTOR_BYTES // self.itemsize[name]
-        return sum(len({offset // per_sector for offset in offsets})
-                   for offsets in self.warp_requests(name, kind).values())
+        requests = self.warp_requests(name, kind).values()
+        return [len({offset // per_sector for offset in offsets}) for offsets in requests]
 
     def line_switches(self, name):
         """The share of accesses to ``name`` (in program order, one thread)
@@ -464,9 +472,9 @@ class _SharedRecording(_RecordingArray):
     what ``AccessRecord.shared_race`` reads. Accesses made by the simulator
     itself (an atomic's read and write, under its lock) are not a race."""
 
-    def __init__(self, name, array, shared_log):
+    def __init__(self, name, array, shared_log, barriers):
         super().__init__(name, array, [])
-        self._shared_log = shared_log
+        self._shared_log, self._barriers = shared_log, barriers
         self._stored = None
 
     def __setitem__(self, index, value):
@@ -476,22 +484,21 @@ class _SharedRecording(_RecordingArray):
     def _log_access(self, kind, offset, depth=3):
         if "simulator" in sys._getframe(depth).f_code.co_filename:  # an atomic operation
             return
-        thread = threading.current_thread()
-        block = tuple(getattr(thread, "blockIdx", (0, 0, 0)))
-        thread_id = getattr(thread, "thread_id", 0)
+        block, thread_id = _accessing_thread()
+        passed_barriers = self._barriers[(block, tuple(threading.current_thread().threadIdx))]
         stored = self._stored if kind == "store" else None
-        self._shared_log.append((block, thread_id, self._name, kind, offset, getattr(thread, "barriers", 0), stored))
+        self._shared_log.append((block, thread_id, self._name, kind, offset, passed_barriers, stored))
 
 
 @contextlib.contextmanager
 def _shared_arrays_recorded(shared_log):
     """While it runs, the simulator's ``cuda.shared.array`` gives each block
     a recorded array (one per line that makes one, as the simulator keys
-    them), and every thread counts the ``cuda.syncthreads()`` it passes."""
-    from numba.cuda.simulator.kernel import BlockThread
+    them), its accesses logged with the barriers each thread has passed
+    (``counting_syncthreads``)."""
     from numba.cuda.simulator.kernelapi import FakeCUDAShared
 
-    make, wait = FakeCUDAShared.array, BlockThread.syncthreads
+    make = FakeCUDAShared.array
 
     def recorded(self, shape, dtype, alignment=None):
         if shape == 0:  # dynamic shared memory: the simulator's own, not recorded
@@ -502,17 +509,14 @@ def _shared_arrays_recorded(shared_log):
             array = make(self, shape, dtype, alignment)  # the simulator's checks; keyed by this line, unshared
             self._allocations[key] = array
         return _SharedRecording(f"the shared array made on line {caller.f_lineno}", self._allocations[key],
-                                shared_log)
+                                shared_log, barriers)
 
-    def counted(self):
-        wait(self)
-        self.barriers = getattr(self, "barriers", 0) + 1
-
-    FakeCUDAShared.array, BlockThread.syncthreads = recorded, counted
-    try:
-        yield
-    finally:
-        FakeCUDAShared.array, BlockThread.syncthreads = make, wait
+    with counting_syncthreads(simulated=True) as barriers:
+        FakeCUDAShared.array = recorded
+        try:
+            yield
+        finally:
+            FakeCUDAShared.array = make
 
 
 #: What a float local array holds before the kernel writes it, in a recorded launch.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..backend import SIMULATOR
 from ..ops.carafe import carafe_reference
 from ..ops.sapa import SAPA, sapa_similarity_reference
-from .engine import CheckFailed, compare, diagnose, passed, require_gather, run_with_timeout
+from .engine import CheckFailed, compare, counting_syncthreads, diagnose, passed, require_gather, run_with_timeout
 from .rules import KernelCheck
 
 __all__ = [
@@ -406,30 +406,6 @@ def _fast_barriers():
         sys.setswitchinterval(previous)
 
 
-@contextlib.contextmanager
-def _counting_syncthreads():
-    """In the simulator, count the ``cuda.syncthreads()`` calls of every
-    thread: {(block, thread): count}. (A thread that leaves early lets the
-    simulator's barrier go on without it; a GPU hangs or races.)"""
-    counts = Counter()
-    if not SIMULATOR:
-        yield None
-        return
-    from numba.cuda.simulator.kernel import BlockThread
-
-    original = BlockThread.syncthreads
-
-    def counted(self):
-        counts[(tuple(self.blockIdx), tuple(self.threadIdx))] += 1
-        return original(self)
-
-    BlockThread.syncthreads = counted
-    try:
-        yield counts
-    finally:
-        BlockThread.syncthreads = original
-
-
 def _divergent_block(counts, blocks, threads):
     """(block, {count: threads}) of the first block whose threads called
     syncthreads different numbers of times, or None."""
@@ -481,7 +457,7 @@ def check_similarity_block_kernel(kernel, threads_per_block):
         elif push:
             case += f", every logit {'below -900' if push[0] < 0 else 'above 900'}"
         try:
-            with _fast_barriers(), _counting_syncthreads() as counts:
+            with _fast_barriers(), counting_syncthreads() as counts:
                 report = _launch(rules, (blocks, threads_per_block), q, key, weights, k, s, count=index == 0,
                                  case=case, guard_hint="a lane's index ran past the end of an array: its "
                                                        "channels c in range(threadIdx.x, d, THREADS) stop below d, "
