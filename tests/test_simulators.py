@@ -8,6 +8,7 @@ this file on both (the default job and the CUDA=none job)."""
 import math
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +79,45 @@ def test_shared_memory_and_barriers():
     out = np.zeros_like(x)
     transpose_in_block[1, (tile, tile)](x, out)
     assert (out == x.T).all()
+
+
+def test_the_threads_of_a_block_share_one_shared_array_when_a_thread_switch_comes_as_it_is_made(monkeypatch):
+    """The simulator makes a block's shared array when the first thread asks
+    for it: without a lock, a thread switch between its look-up and its store
+    (forced here by a sleep in np.empty) gave each thread its own array, and
+    a right kernel read uninitialised memory (a checker once failed a right
+    SAPA block kernel on a nan this way). Two arrays made on two lines stay
+    two, and each block has its own."""
+
+    @cuda.jit
+    def sums_of_the_block(out):
+        values = cuda.shared.array(8, np.float64)
+        squares = cuda.shared.array(8, np.float64)
+        lane = cuda.threadIdx.x
+        values[lane] = lane + 1 + 100 * cuda.blockIdx.x
+        squares[lane] = values[lane] * values[lane]
+        cuda.syncthreads()
+        total = 0.0
+        total_of_squares = 0.0
+        for i in range(8):
+            total += values[i]
+            total_of_squares += squares[i]
+        out[cuda.blockIdx.x, lane, 0] = total
+        out[cuda.blockIdx.x, lane, 1] = total_of_squares
+
+    empty = np.empty
+
+    def empty_after_a_thread_switch(*args, **kwargs):
+        time.sleep(0.002)
+        return empty(*args, **kwargs)
+
+    out = np.zeros((2, 8, 2))
+    monkeypatch.setattr(np, "empty", empty_after_a_thread_switch)
+    sums_of_the_block[2, 8](out)
+    monkeypatch.undo()
+    values = np.arange(1, 9) + 100 * np.arange(2)[:, None]
+    assert (out[..., 0] == values.sum(1)[:, None]).all()
+    assert (out[..., 1] == (values.astype(np.float64) ** 2).sum(1)[:, None]).all()
 
 
 def test_local_arrays():

@@ -422,6 +422,65 @@ def launch_grid(kernel, blocks: int, threads: int, *args):
 
 
 # --------------------------------------------------------------------------
+# The simulator's shared arrays
+# --------------------------------------------------------------------------
+# The simulator makes a block's cuda.shared.array when the first of its
+# threads reaches the line that asks for it: a dict look-up, then a store,
+# with no lock. A thread switch in between gives two threads of one block
+# two arrays, and what one writes the other never reads: a kernel that is
+# right on a GPU now and then reads uninitialised memory (more often under a
+# short switch interval, which the checkers set for kernels with many
+# barriers). Here the look-up and the store are made under one lock.
+
+_SHARED_ARRAYS_LOCK = threading.Lock()
+
+
+def numpy_dtype(dtype) -> np.dtype:
+    """A NumPy dtype for what a kernel passes as one (``numba.float32``, ``np.float64``...)."""
+    from numba.core import types
+    from numba.np import numpy_support
+
+    if isinstance(dtype, types.Type):
+        return numpy_support.as_dtype(dtype)
+    return np.dtype(dtype)
+
+
+def simulated_shared_array(shared, key, shape, dtype) -> np.ndarray:
+    """The shared array ``key`` of the simulated block whose ``cuda.shared``
+    is ``shared``: made, uninitialised as on a GPU, by the first of its
+    threads to ask; the same array for all of them."""
+    with _SHARED_ARRAYS_LOCK:
+        array = shared._allocations.get(key)
+        if array is None:
+            array = shared._allocations[key] = np.empty(shape, numpy_dtype(dtype))
+        return array
+
+
+def _make_simulator_shared_arrays_thread_safe() -> None:
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    simulators_own = FakeCUDAShared.array
+    if getattr(simulators_own, "thread_safe", False):
+        return
+    if "_allocations" not in FakeCUDAShared.__init__.__code__.co_names:
+        return  # another simulator than the one this was written for: left as it is
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            # dynamic shared memory (one buffer, made with the block), or an alignment the simulator refuses
+            return simulators_own(self, shape, dtype, *([] if alignment is None else [alignment]))
+        caller = sys._getframe(1)
+        return simulated_shared_array(self, (caller.f_code.co_filename, caller.f_lineno), shape, dtype)
+
+    array.thread_safe = True
+    FakeCUDAShared.array = array
+
+
+if SIMULATOR:
+    _make_simulator_shared_arrays_thread_safe()
+
+
+# --------------------------------------------------------------------------
 # CPU threads
 # --------------------------------------------------------------------------
 # Numba's parallel loops start with one thread per CPU, whatever

@@ -333,7 +333,7 @@ class _Patched:
             with making:
                 if key not in made:
                     if array is None:
-                        array = np.empty(shape, _as_dtype(dtype))
+                        array = np.empty(shape, backend.numpy_dtype(dtype))
                     name = f"shared array {len(made) + 1}"
                     made[key] = _counted(array, counters, "shared", name, arrays)
                 return made[key]
@@ -364,15 +364,6 @@ def _marking_atomic(original, counters):
             state.depth -= 1
 
     return atomic
-
-
-def _as_dtype(dtype):
-    from numba.core import types
-    from numba.np import numpy_support
-
-    if isinstance(dtype, types.Type):
-        return numpy_support.as_dtype(dtype)
-    return np.dtype(dtype)
 
 
 def _dims(value):

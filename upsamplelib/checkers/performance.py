@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import timing
-from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config
+from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config, simulated_shared_array
 from ..ops.carafe import carafe_reference
 from . import ptx
 from .carafe import with_nan_outside
@@ -501,15 +501,11 @@ def _shared_arrays_recorded(shared_log):
     make = FakeCUDAShared.array
 
     def recorded(self, shape, dtype, alignment=None):
-        if shape == 0:  # dynamic shared memory: the simulator's own, not recorded
+        if shape == 0 or alignment is not None:  # dynamic shared memory (not recorded), or a refused alignment
             return make(self, shape, dtype, alignment)
         caller = sys._getframe(1)
-        key = ("recorded", caller.f_code.co_filename, caller.f_lineno)
-        if key not in self._allocations:
-            array = make(self, shape, dtype, alignment)  # the simulator's checks; keyed by this line, unshared
-            self._allocations[key] = array
-        return _SharedRecording(f"the shared array made on line {caller.f_lineno}", self._allocations[key],
-                                shared_log, barriers)
+        array = simulated_shared_array(self, ("recorded", caller.f_code.co_filename, caller.f_lineno), shape, dtype)
+        return _SharedRecording(f"the shared array made on line {caller.f_lineno}", array, shared_log, barriers)
 
     with counting_syncthreads(simulated=True) as barriers:
         FakeCUDAShared.array = recorded
