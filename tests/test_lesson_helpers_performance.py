@@ -2577,6 +2577,77 @@ def rows_columns_by_flat_indices(x, masks, out, kernel_size, scale):
                 flat_out[(plane * height + Y) * width + X] = total
 
 
+
+@numba.njit(parallel=True)
+def rows_columns_through_flat(x, masks, out, kernel_size, scale):
+    # The same column order, every array read and written through .flat (recorded as nothing before).
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    area = kernel_size * kernel_size
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for X in range(width):
+            for Y in range(height):
+                total = np.float32(0)
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                weight = masks.flat[((n * area + dy * kernel_size + dx) * height + Y) * width + X]
+                                total += weight * x.flat[(plane * low_height + row) * low_width + col]
+                out.flat[(plane * height + Y) * width + X] = total
+
+
+# The slot test inline, out written through out.flat (invisible to the structure check before).
+@numba.njit(parallel=True)
+def rows_testing_through_flat(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for Y in range(height):
+            line = (plane * height + Y) * width
+            for X in range(width):
+                out.flat[line + X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                out.flat[line + X] += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+
+
+@numba.njit
+def _add_row(line, weights, values, shift):
+    _add_inside(line, weights, values, shift)
+
+
+# The slot test two helpers deep: the graded function hands out's row to _add_row, which hands it to
+# _add_inside (the structure check followed one helper only).
+@numba.njit(parallel=True)
+def rows_testing_in_a_helpers_helper(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, r = x.shape[2], (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width), np.float32)
+        for row in range(low_height):
+            columns[row] = x[n, c, row].repeat(scale)
+        for Y in range(height):
+            out[n, c, Y, :] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        _add_row(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
+
+
 @numba.njit(parallel=True)
 def rows_by_flat_indices(x, masks, out, kernel_size, scale):
     # The row order with flat indices into reshaped out and masks, as the library's own loops write it: right.
@@ -2625,6 +2696,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (planes_slots_innermost, "leave the cache line"),
     (rows_columns_through_transposes, "leave the cache line"),  # before, only the timing caught these two
     (rows_columns_by_flat_indices, "leave the cache line"),
+    (rows_columns_through_flat, "leave the cache line"),
     (rows_not_zeroed, "added into but never set.*\n.*zero each output row"),
     (rows_missing_the_last_row, "(?s)out\\(0, 0, 5, 0\\) was never written.*no iteration of your loops reached "
                                 "it.*range\\(H\\), not range\\(H - 1\\)"),
@@ -2656,6 +2728,9 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_testing_through_expand_dims, "the innermost loop that writes out, over `X`, has a test"),  # passed before
     (rows_testing_in_a_module_helper, "writes out \\(in your helper `_add_inside`, where it is `target`\\), over `X`, "
                                       "has a test"),
+    (rows_testing_in_a_helpers_helper, "writes out \\(in your helper `_add_inside`, called through `_add_row`, where "
+                                       "it is `target`\\), over `X`, has a test"),
+    (rows_testing_through_flat, "the innermost loop that writes out, over `X`, has a test"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):
@@ -2670,6 +2745,9 @@ def test_rows_cpu_catches_wrong_answers(wrong, message):
     ("line = out[n, c, Y]\nline = columns[row]\nline[X] = 0", False),
     ("line = columns[row]\nline = line[2:]\nline[X] = 0", False),
     ("line = out[n, c, Y]\nline = line[2:]\nline[X] = 0", True),
+    ("out.flat[X] = 0", True),
+    ("line = out[n, c]\nline.flat[X] = 0", True),
+    ("line = out[n].copy()\nline.flat[X] = 0", False),
 ])
 def test_stores_through_views_are_told_apart(source, writes):
     """Which stores write out, read from the source: through views of it, and

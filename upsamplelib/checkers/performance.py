@@ -231,13 +231,17 @@ _RecordingArray.__array_ufunc__ = _array_ufunc
 
 def _array_attribute(self, name):
     """Other attributes are the array's. A view they give (out.T,
-    out.reshape(-1), x.transpose(0, 2, 1), masks.swapaxes(2, 3)) is recorded
+    out.reshape(-1), x.transpose(0, 2, 1), masks.swapaxes(2, 3), and out.flat
+    of a C-contiguous array, as the view it indexes) is recorded
     like a slice, so a loop order written over a transposed or flattened
     view is seen as what it is in memory; what the others touch (fill, sum,
     copy) is not recorded."""
     array = self.__dict__.get("_array")
     if array is None:
         raise AttributeError(name)
+    if name == "flat" and array.flags.c_contiguous:
+        # a.flat[i] is element i in C order: for a C-contiguous array, that of a.reshape(-1), a view
+        return self._recorded_if_a_view(array.reshape(-1))
     value = getattr(array, name)
     if name.startswith("__"):  # NumPy's protocols (__array_interface__, ...): the plain array's
         return value
@@ -1371,9 +1375,9 @@ def _called_name(node):
 
 def _viewed(value):
     """The expression ``value`` is a view of, one step down: ``out[n, c]`` in
-    ``out[n, c, Y]``, ``out`` in ``out.T``, ``out.reshape(-1)`` or
+    ``out[n, c, Y]``, ``out`` in ``out.T``, ``out.flat``, ``out.reshape(-1)`` or
     ``np.ravel(out)``; None when ``value`` is not a view of anything."""
-    if isinstance(value, ast.Subscript) or (isinstance(value, ast.Attribute) and value.attr == "T"):
+    if isinstance(value, ast.Subscript) or (isinstance(value, ast.Attribute) and value.attr in ("T", "flat")):
         return value.value
     if _called_name(value) in _VIEW_CALLS:
         method = isinstance(value.func, ast.Attribute) and not (
@@ -1472,20 +1476,14 @@ def _check_rows_structure(fast, what, out_name):
     if not getattr(fast, "targetoptions", {}).get("parallel"):
         raise CheckFailed(f"{what}: numba.prange splits a loop over the cores only in a function compiled with "
                           "@numba.njit(parallel=True); in a plain @numba.njit it is range")
-    found = _varying_test_where_written(definition, out_name)
-    where = ""
-    if found is None:  # the loop may be a helper's, called with a view of out (add_row(out[n, c, Y], ...))
-        names = _callable_names(function)
-        for helper, position in _helpers_given_a_view(definition, names, out_name):
-            helper_source = _source(helper)
-            parameters = _parameter_names(helper)
-            if helper_source is not None and position < len(parameters):
-                found = _varying_test_where_written(helper_source[1], parameters[position])
-                if found is not None:
-                    where = f" (in your helper `{helper_source[0].__name__}`, where it is `{parameters[position]}`)"
-                    break
+    found = _varying_test_through_helpers(function, definition, out_name)
     if found is not None:
-        loop, operands, test = found
+        loop, operands, test, helpers = found
+        where = ""
+        if helpers:
+            (name, parameter), callers = helpers[-1], [name for name, _ in helpers[:-1]]
+            called_by = f", called through `{'` and `'.join(callers)}`" if callers else ""
+            where = f" (in your helper `{name}`{called_by}, where it is `{parameter}`)"
         raise CheckFailed(
             f"{what}: the innermost loop that writes {out_name}{where}, over `{ast.unparse(loop.target)}`, has "
             f"{'a test' if test else 'a division'} that changes from one iteration to the next, "
@@ -1517,6 +1515,26 @@ def _varying_test_where_written(definition, out_name):
             operands = node.test if isinstance(node, (ast.If, ast.IfExp)) else node
             if _names_in(operands) & varying:
                 return loop, operands, test
+    return None
+
+
+def _varying_test_through_helpers(function, definition, out_name, helpers=()):
+    """``_varying_test_where_written`` in ``definition``, else in the compiled
+    helpers it hands ``out_name`` or a view of it (add_row(out[n, c, Y], ...)),
+    and in theirs: (loop, operands, whether a test, [(helper, its name for
+    the view)] from the outermost helper in). None if there is none."""
+    found = _varying_test_where_written(definition, out_name)
+    if found is not None:
+        return (*found, [])
+    for helper, position in _helpers_given_a_view(definition, _callable_names(function), out_name):
+        helper_source = _source(helper)
+        parameters = _parameter_names(helper)
+        if helper_source is None or position >= len(parameters) or helper in helpers:
+            continue
+        inner = _varying_test_through_helpers(*helper_source, parameters[position], (*helpers, helper))
+        if inner is not None:
+            loop, operands, test, chain = inner
+            return loop, operands, test, [(helper_source[0].__name__, parameters[position]), *chain]
     return None
 
 
