@@ -759,6 +759,36 @@ def channels_last_masks_staged_by_every_thread(x, masks, out, kernel_size, scale
         out[n, Y, X, c] = total
 
 
+
+@cuda.jit
+def _one_value_through_views(out):
+    staged = cuda.shared.array((2, 9), float32)
+    t = cuda.threadIdx.x
+    staged[1, t + 1] = t  # each thread its own element
+    staged.flat[0] = 1.0  # every thread one value into one element: no race
+    row = staged[0]
+    row[1] = 2.0
+    cuda.syncthreads()
+    out[t] = staged[0, 0] + staged[0, 1] + staged[1, 8 - t]
+
+
+@cuda.jit
+def _own_values_through_a_view(out):
+    staged = cuda.shared.array(9, float32)
+    t = cuda.threadIdx.x
+    row = staged[0:4]
+    row[0] = t  # every thread its own value into one element: a race
+    cuda.syncthreads()
+    out[t] = staged[0]
+
+
+def test_shared_stores_through_views_log_the_value_each_thread_stored():
+    # A store through .flat or a row view logged the value of the last store made through the array itself
+    # (another thread's, or none), so threads all writing one value there were named as a race.
+    assert performance.record_kernel(_one_value_through_views, (1, 8), np.zeros(8, np.float32)).shared_race() is None
+    race = performance.record_kernel(_own_values_through_a_view, (1, 8), np.zeros(8, np.float32)).shared_race()
+    assert race is not None and race[1] == 0 and race[4] is True
+
 def test_channels_last_passes_masks_staged_by_every_thread(capsys):
     # Threads writing one value to the same element, then the barrier, is not a race.
     checkers.check_carafe_channels_last_kernel(channels_last_masks_staged_by_every_thread)
@@ -2648,6 +2678,38 @@ def rows_testing_in_a_helpers_helper(x, masks, out, kernel_size, scale):
                         _add_row(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
 
 
+
+@numba.njit(parallel=True)
+def rows_reading_x_by_next_on_flat(x, masks, out, kernel_size, scale):
+    # Right: the columns built by next() on x[n, c].flat, which goes on from where it is (the record's .flat
+    # was no iterator: the checker raised TypeError).
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    pad = r * scale
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * pad), out.dtype)
+        values_in = x[n, c].flat
+        for row in range(low_height):
+            for col in range(low_width):
+                value = next(values_in)
+                for j in range(scale):
+                    columns[row, pad + col * scale + j] = value
+        for Y in range(height):
+            for X in range(width):
+                out[n, c, Y, X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (low_width + r - dx) * scale))
+                        target, weights = out[n, c, Y, begin:end], masks[n, dy * kernel_size + dx, Y, begin:end]
+                        values = columns[row, begin + dx * scale:end + dx * scale]
+                        for i in range(end - begin):
+                            target[i] += weights[i] * values[i]
+
 @numba.njit(parallel=True)
 def rows_by_flat_indices(x, masks, out, kernel_size, scale):
     # The row order with flat indices into reshaped out and masks, as the library's own loops write it: right.
@@ -2681,6 +2743,11 @@ def rows_by_flat_indices(x, masks, out, kernel_size, scale):
 
 def test_rows_cpu_passes_a_right_answer_with_flat_indices(capsys):
     assert checkers.check_carafe_rows_cpu(rows_by_flat_indices, slow) >= 1.5
+    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
+
+
+def test_rows_cpu_passes_a_right_answer_reading_x_by_next_on_flat(capsys):
+    assert checkers.check_carafe_rows_cpu(rows_reading_x_by_next_on_flat, slow) >= 1.5
     assert "PASS carafe_rows_cpu" in capsys.readouterr().out
 
 

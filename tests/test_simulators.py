@@ -87,7 +87,7 @@ def test_the_threads_of_a_block_share_one_shared_array_when_a_thread_switch_come
     (forced here by a sleep in np.empty) gave each thread its own array, and
     a right kernel read uninitialised memory (a checker once failed a right
     SAPA block kernel on a nan this way). Two arrays made on two lines stay
-    two, and each block has its own."""
+    two, over two blocks."""
 
     @cuda.jit
     def sums_of_the_block(out):
@@ -136,6 +136,22 @@ def test_local_arrays():
     reversed_rows[1, 8](x, out)
     assert (out == x[:, ::-1]).all()
 
+
+
+def test_recorded_launches_fill_local_arrays_with_garbage():
+    """Lesson 07's access record starts float local arrays at LOCAL_GARBAGE,
+    on both simulators (numba's own local.array takes no alignment: every
+    recorded kernel with a local array raised TypeError there)."""
+    from upsamplelib.checkers import performance
+
+    @cuda.jit
+    def first_of_a_local_array(out):
+        scratch = cuda.local.array(3, np.float32)
+        out[cuda.grid(1)] = scratch[0]
+
+    out = np.zeros(4, np.float32)
+    performance.record_kernel(first_of_a_local_array, (1, 4), out)
+    assert (out == np.float32(performance.LOCAL_GARBAGE)).all()
 
 def test_atomic_add_returns_the_old_value_and_loses_no_update():
     @cuda.jit

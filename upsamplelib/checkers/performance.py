@@ -133,16 +133,22 @@ class _RecordingArray:
             return  # the write-back of ``line[a:b] += ...``: its in-place operator noted the stores
         if isinstance(value, _RecordingArray):
             value._note_all("load")
+        plain = _plain(value)
         try:
-            self._array[index] = _plain(value)
+            self._array[index] = plain
         except IndexError as error:
             raise self._named(error, index) from None
         region = self._array[index]
+        root = self._root()
+        if isinstance(root, _SharedRecording):
+            root.storing(plain, np.shape(region))
         if not isinstance(region, np.ndarray):
             self._note("store", index)
-        elif self._root()._array.flags.c_contiguous and np.shares_memory(region, self._array):
+        elif root._array.flags.c_contiguous and np.shares_memory(region, self._array):
             # A slice or a row (not a copy, as fancy indexing makes): every element of it, in C order.
             self._region(region)._note_all("store")
+        if isinstance(root, _SharedRecording):
+            root.storing(None, ())
 
     def _region(self, view):
         """A recording view of ``view``, a view of this array."""
@@ -241,7 +247,8 @@ def _array_attribute(self, name):
         raise AttributeError(name)
     if name == "flat" and array.flags.c_contiguous:
         # a.flat[i] is element i in C order: for a C-contiguous array, that of a.reshape(-1), a view
-        return self._recorded_if_a_view(array.reshape(-1))
+        flat = self._recorded_if_a_view(array.reshape(-1))
+        return _RecordingFlat(self, flat._array) if isinstance(flat, _RecordingView) else array.flat
     value = getattr(array, name)
     if name.startswith("__"):  # NumPy's protocols (__array_interface__, ...): the plain array's
         return value
@@ -322,6 +329,26 @@ class _RecordingView(_RecordingArray):
         grid = np.indices(self.shape, dtype=np.int64).reshape(self.ndim, -1)
         steps = np.array(self.strides, dtype=np.int64)[:, None]
         return (self._start + (grid * steps).sum(axis=0)) // itemsize
+
+
+class _RecordingFlat(_RecordingView):
+    """``a.flat`` of a recorded C-contiguous array: indexed as
+    ``a.reshape(-1)``, and, as NumPy's and Numba's flatiter, an iterator that
+    a ``for`` loop or ``next`` takes on from where it is."""
+
+    def __init__(self, whole, view):
+        super().__init__(whole, view)
+        self._next = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._next >= self.size:
+            raise StopIteration
+        self._next += 1
+        self._whole._log_access("load", self._offset(self._next - 1), depth=2)
+        return self._array[self._next - 1]
 
 
 class AccessRecord:
@@ -479,18 +506,32 @@ class _SharedRecording(_RecordingArray):
     def __init__(self, name, array, shared_log, barriers):
         super().__init__(name, array, [])
         self._shared_log, self._barriers = shared_log, barriers
-        self._stored = None
+        self._store = threading.local()  # each thread's store in progress: its values, the next one to log
 
-    def __setitem__(self, index, value):
-        self._stored = _plain(value)
-        super().__setitem__(index, value)
+    def storing(self, value, shape):
+        """Before the store of ``value`` into elements of ``shape`` (through
+        this array or a view of it) is logged: the values it writes, one per
+        element in C order, as this array's dtype holds them; None after."""
+        if value is None:
+            self._store.values = None
+            return
+        with np.errstate(all="ignore"):
+            self._store.values = np.broadcast_to(np.asarray(value).astype(self.dtype), shape).ravel()
+        self._store.next = 0
+
+    def _stored_value(self, offset):
+        values = getattr(self._store, "values", None)
+        if values is None or self._store.next >= len(values):
+            return self._array.reshape(-1)[offset]  # a NumPy function's out=: the value it left there
+        self._store.next += 1
+        return values[self._store.next - 1]
 
     def _log_access(self, kind, offset, depth=3):
         if "simulator" in sys._getframe(depth).f_code.co_filename:  # an atomic operation
             return
         block, thread_id = _accessing_thread()
         passed_barriers = self._barriers[(block, tuple(threading.current_thread().threadIdx))]
-        stored = self._stored if kind == "store" else None
+        stored = self._stored_value(offset) if kind == "store" else None
         self._shared_log.append((block, thread_id, self._name, kind, offset, passed_barriers, stored))
 
 
@@ -534,7 +575,7 @@ def _local_arrays_hold_garbage():
     empty = FakeCUDALocal.array
 
     def garbage(self, shape, dtype, alignment=None):
-        array = empty(self, shape, dtype, alignment)
+        array = empty(self, shape, dtype, *([] if alignment is None else [alignment]))  # numba's own takes none
         if array.dtype.kind == "f":
             array.fill(LOCAL_GARBAGE)
         return array
