@@ -2710,6 +2710,80 @@ def rows_reading_x_by_next_on_flat(x, masks, out, kernel_size, scale):
                         for i in range(end - begin):
                             target[i] += weights[i] * values[i]
 
+
+@numba.njit
+def _row_of(array, n, c, Y):
+    return array[n, c, Y]
+
+
+# The slot test inline, out's row from a helper that returns it (passed at 1.5x, on its timing alone).
+@numba.njit(parallel=True)
+def rows_testing_in_a_row_a_helper_returns(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for Y in range(height):
+            line = _row_of(out, n, c, Y)
+            for X in range(width):
+                line[X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        for X in range(width):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                line[X] += masks[n, dy * kernel_size + dx, Y, X] * x[n, c, row, col]
+
+
+
+# Right: the same helper, and the slot's columns worked out before a loop with no test.
+@numba.njit(parallel=True)
+def rows_in_a_row_a_helper_returns(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width + 2 * r * scale), out.dtype)
+        for row in range(low_height):
+            for X in range(width):
+                columns[row, r * scale + X] = x[n, c, row, X // scale]
+        for Y in range(height):
+            line = _row_of(out, n, c, Y)
+            for X in range(width):
+                line[X] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        begin = min(width, max(0, (r - dx) * scale))
+                        end = max(begin, min(width, (low_width + r - dx) * scale))
+                        weights, values = masks[n, dy * kernel_size + dx, Y], columns[row]
+                        for X in range(begin, end):
+                            line[X] += weights[X] * values[X + dx * scale]
+
+# The same row handed on to the helper with the slot test.
+@numba.njit(parallel=True)
+def rows_testing_in_a_helper_given_a_row_a_helper_returns(x, masks, out, kernel_size, scale):
+    batch, channels, height, width = out.shape
+    low_height, r = x.shape[2], (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        columns = np.zeros((low_height, width), np.float32)
+        for row in range(low_height):
+            columns[row] = x[n, c, row].repeat(scale)
+        for Y in range(height):
+            line = _row_of(out, n, c, Y)
+            line[:] = 0
+            for dy in range(kernel_size):
+                row = Y // scale - r + dy
+                if 0 <= row < low_height:
+                    for dx in range(kernel_size):
+                        _add_inside(line, masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
+
 @numba.njit(parallel=True)
 def rows_by_flat_indices(x, masks, out, kernel_size, scale):
     # The row order with flat indices into reshaped out and masks, as the library's own loops write it: right.
@@ -2743,6 +2817,11 @@ def rows_by_flat_indices(x, masks, out, kernel_size, scale):
 
 def test_rows_cpu_passes_a_right_answer_with_flat_indices(capsys):
     assert checkers.check_carafe_rows_cpu(rows_by_flat_indices, slow) >= 1.5
+    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
+
+
+def test_rows_cpu_passes_a_right_answer_writing_a_row_a_helper_returns(capsys):
+    assert checkers.check_carafe_rows_cpu(rows_in_a_row_a_helper_returns, slow) >= 1.5
     assert "PASS carafe_rows_cpu" in capsys.readouterr().out
 
 
@@ -2798,6 +2877,9 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_testing_in_a_helpers_helper, "writes out \\(in your helper `_add_inside`, called through `_add_row`, where "
                                        "it is `target`\\), over `X`, has a test"),
     (rows_testing_through_flat, "the innermost loop that writes out, over `X`, has a test"),
+    (rows_testing_in_a_row_a_helper_returns, "the innermost loop that writes out, over `X`, has a test"),
+    (rows_testing_in_a_helper_given_a_row_a_helper_returns, "writes out \\(in your helper `_add_inside`, where it is "
+                                                            "`target`\\), over `X`, has a test"),
 ])
 def test_rows_cpu_catches_wrong_answers(wrong, message):
     with pytest.raises(CheckFailed, match=message):

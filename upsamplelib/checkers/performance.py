@@ -1534,11 +1534,15 @@ def _check_rows_structure(fast, what, out_name):
             "s], with no test and no division in the loop")
 
 
-def _varying_test_where_written(definition, out_name):
+def _varying_test_where_written(definition, out_name, names=None):
     """(loop, operands, whether a test) of the first innermost loop in
     ``definition`` that writes ``out_name`` element by element and holds a
-    test or a division that changes with its counter; None if there is none."""
+    test or a division that changes with its counter; None if there is none.
+    ``names``: what the function's names refer to, for the compiled helpers
+    that return a view of an argument (``line = row_of(out, n, c, Y)``)."""
     bindings = _bindings(definition)
+    if names is not None:
+        bindings = [(line, name, _as_the_view_returned(value, names)) for line, name, value in bindings]
     for loop, _ in _loops(definition):
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
         # Only a loop writing out element by element is the one LLVM vectorises; one that writes a slice of
@@ -1559,15 +1563,50 @@ def _varying_test_where_written(definition, out_name):
     return None
 
 
+def _view_returned(helper):
+    """The position of the parameter of which every ``return`` of the
+    compiled ``helper`` gives a view (``return out[n, c, Y]``), or None."""
+    source = _source(helper)
+    if source is None:
+        return None
+    definition = source[1]
+    returned = [node.value for node in ast.walk(definition) if isinstance(node, ast.Return) and node.value is not None]
+    bindings = _bindings(definition)
+    for position, parameter in enumerate(_parameter_names(helper)):
+        if returned and all(_writes_array(ast.Subscript(value=value, slice=ast.Constant(0), ctx=ast.Store(),
+                                                        lineno=value.lineno), parameter, bindings)
+                            for value in returned):
+            return position
+    return None
+
+
+def _as_the_view_returned(value, names):
+    """``value``, or where it calls a compiled helper that returns a view of
+    one of its arguments, that argument's view (``out[0]`` for
+    ``row_of(out, n, c, Y)``): the store check then sees what it is."""
+    helper = _named_object(value.func, names) if isinstance(value, ast.Call) else None
+    if not isinstance(helper, _COMPILED):
+        return value
+    position = _view_returned(helper)
+    parameters = _parameter_names(helper)
+    given = dict(enumerate(value.args))
+    given.update((parameters.index(keyword.arg), keyword.value) for keyword in value.keywords
+                 if keyword.arg in parameters)
+    if position is None or position not in given:
+        return value
+    return ast.Subscript(value=given[position], slice=ast.Constant(0), ctx=ast.Load(), lineno=value.lineno)
+
+
 def _varying_test_through_helpers(function, definition, out_name, helpers=()):
     """``_varying_test_where_written`` in ``definition``, else in the compiled
     helpers it hands ``out_name`` or a view of it (add_row(out[n, c, Y], ...)),
     and in theirs: (loop, operands, whether a test, [(helper, its name for
     the view)] from the outermost helper in). None if there is none."""
-    found = _varying_test_where_written(definition, out_name)
+    names = _callable_names(function)
+    found = _varying_test_where_written(definition, out_name, names)
     if found is not None:
         return (*found, [])
-    for helper, position in _helpers_given_a_view(definition, _callable_names(function), out_name):
+    for helper, position in _helpers_given_a_view(definition, names, out_name):
         helper_source = _source(helper)
         parameters = _parameter_names(helper)
         if helper_source is None or position >= len(parameters) or helper in helpers:
@@ -1604,7 +1643,7 @@ def _helpers_given_a_view(definition, names, out_name):
     """(compiled helper, argument position) of each call in ``definition``
     that hands a compiled helper (by its name, or as a module's attribute)
     ``out_name`` or a view of it."""
-    bindings = _bindings(definition)
+    bindings = [(line, name, _as_the_view_returned(value, names)) for line, name, value in _bindings(definition)]
     for call in ast.walk(definition):
         helper = _named_object(call.func, names) if isinstance(call, ast.Call) else None
         if not isinstance(helper, _COMPILED):
