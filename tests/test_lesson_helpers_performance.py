@@ -789,6 +789,82 @@ def test_shared_stores_through_views_log_the_value_each_thread_stored():
     race = performance.record_kernel(_own_values_through_a_view, (1, 8), np.zeros(8, np.float32)).shared_race()
     assert race is not None and race[1] == 0 and race[4] is True
 
+
+@cuda.jit
+def _zeroed_then_counted_by_atomics(out):
+    count = cuda.shared.array(1, float32)
+    if cuda.threadIdx.x == 0:
+        count[0] = 0
+    cuda.syncthreads()
+    cuda.atomic.add(count, 0, 1.0)  # atomics alone do not race
+    cuda.syncthreads()
+    out[cuda.threadIdx.x] = count[0]
+
+
+@cuda.jit
+def _zeroed_while_counted_by_atomics(out):
+    count = cuda.shared.array(1, float32)
+    if cuda.threadIdx.x == 0:
+        count[0] = 0  # no barrier before the other threads' atomics
+    cuda.atomic.add(count, 0, 1.0)
+    cuda.syncthreads()
+    out[cuda.threadIdx.x] = count[0]
+
+
+@cuda.jit
+def _read_while_counted_by_atomics(out):
+    count = cuda.shared.array(1, float32)
+    if cuda.threadIdx.x == 0:
+        count[0] = 0
+    cuda.syncthreads()
+    out[cuda.threadIdx.x] = cuda.atomic.add(count, 0, 1.0) + count[0]  # a plain read beside the atomics
+
+
+def test_a_plain_access_beside_another_threads_atomic_is_a_race():
+    # Atomics were not logged at all: a plain store or load racing with them passed.
+    def race(kernel):
+        return performance.record_kernel(kernel, (1, 8), np.zeros(8, np.float32)).shared_race()
+
+    assert race(_zeroed_then_counted_by_atomics) is None
+    assert race(_zeroed_while_counted_by_atomics)[3:] == ((0, 1), True)
+    assert race(_read_while_counted_by_atomics)[3:] == ((0, 1), False)
+
+
+_PRIVATE_SLOT_SOURCE = """
+def {name}(out):
+    slots = cuda.shared.array(32, float32)
+    t = cuda.threadIdx.x
+    slots[{slot}] = t
+    {then}
+"""
+
+
+def _kernel_in_file(name, then, filename, slot="t"):
+    """A function of ``out`` whose thread t keeps t in element ``slot`` of a shared array made on line 3."""
+    namespace = {"cuda": cuda, "float32": float32}
+    exec(compile(_PRIVATE_SLOT_SOURCE.format(name=name, slot=slot, then=then), filename, "exec"), namespace)
+    return namespace[name]
+
+
+def test_shared_arrays_of_two_files_on_one_line_number_are_two_arrays():
+    # Named by their line alone, the arrays of two notebook cells (two files, lines counted from 1 in each) were
+    # one array to the race check, which named a race between threads that each use their own element.
+    helper = cuda.jit(device=True)(_kernel_in_file("private_slot", "return slots[31 - t]", "/tmp/cell_2.py",
+                                                   slot="31 - t"))
+    kernel = _kernel_in_file("kernel", "out[t] = slots[t] + private_slot(out)", "/tmp/cell_1.py")
+    kernel.__globals__["private_slot"] = helper
+    out = np.zeros(32, np.float32)
+    record = performance.record_kernel(cuda.jit(kernel), (1, 32), out)
+    assert record.shared_race() is None
+    assert (out == 2 * np.arange(32)).all()
+
+
+def test_the_race_check_works_in_a_folder_named_simulator():
+    # An access was taken for the simulator's own (an atomic's) when its file's path held "simulator".
+    kernel = _kernel_in_file("kernel", "out[t] = slots[31 - t]", "/tmp/my_simulator_course/lesson.py")
+    record = performance.record_kernel(cuda.jit(kernel), (1, 32), np.zeros(32, np.float32))
+    assert record.shared_race() is not None
+
 def test_channels_last_passes_masks_staged_by_every_thread(capsys):
     # Threads writing one value to the same element, then the barrier, is not a race.
     checkers.check_carafe_channels_last_kernel(channels_last_masks_staged_by_every_thread)

@@ -18,6 +18,7 @@ import ast
 import contextlib
 import csv
 import math
+import os
 import re
 import statistics
 import sys
@@ -366,12 +367,22 @@ class AccessRecord:
         first element of a shared array that two threads of a block touch
         between the same two cuda.syncthreads(), one of them writing it (two
         writes of the same value, as when every thread stages one value, are
-        left alone); None when there is none. On a GPU the reader then sees
-        the old value or the new one, whichever thread runs first."""
+        left alone), or one of them making an atomic operation and the other
+        a plain load or store (atomics alone do not race); None when there is
+        none. On a GPU the reader then sees the old value or the new one,
+        whichever thread runs first."""
         touched = defaultdict(list)  # (block, array, offset, barriers) -> [(thread, kind, value)]
         for block, thread, name, kind, offset, barriers, value in self.shared_log:
             touched[(block, name, offset, barriers)].append((thread, kind, value))
         for (block, name, offset, _), accesses in sorted(touched.items()):
+            # Atomic operations do not race with each other; with a plain load or store of another thread they do.
+            atomic = {thread for thread, kind, _ in accesses if kind == "atomic"}
+            plain = {thread: kind for thread, kind, _ in sorted(accesses, key=lambda access: access[1] == "store")
+                     if kind != "atomic"}  # a thread's store over its load
+            pairs = [(first, other) for first in sorted(atomic) for other in sorted(plain) if first != other]
+            if pairs:
+                first, other = pairs[0]
+                return name, offset, block, tuple(sorted((first, other))), plain[other] == "store"
             writers = {thread for thread, kind, _ in accesses if kind == "store"}
             if not writers or len({thread for thread, *_ in accesses}) < 2:
                 continue
@@ -500,12 +511,14 @@ def _wrap(function, args, loops=False):
 class _SharedRecording(_RecordingArray):
     """A block's ``cuda.shared.array``, its accesses logged with the number
     of ``cuda.syncthreads()`` the thread has passed and the value stored:
-    what ``AccessRecord.shared_race`` reads. Accesses made by the simulator
-    itself (an atomic's read and write, under its lock) are not a race."""
+    what ``AccessRecord.shared_race`` reads. An atomic operation (the
+    simulator's code reading and writing the element under its lock) is
+    logged once, as the kind "atomic"."""
 
-    def __init__(self, name, array, shared_log, barriers):
+    def __init__(self, name, array, shared_log, barriers, simulator_file):
         super().__init__(name, array, [])
         self._shared_log, self._barriers = shared_log, barriers
+        self._simulator_file = simulator_file  # the module holding the simulator's atomics
         self._store = threading.local()  # each thread's store in progress: its values, the next one to log
 
     def storing(self, value, shape):
@@ -527,8 +540,10 @@ class _SharedRecording(_RecordingArray):
         return values[self._store.next - 1]
 
     def _log_access(self, kind, offset, depth=3):
-        if "simulator" in sys._getframe(depth).f_code.co_filename:  # an atomic operation
-            return
+        if sys._getframe(depth).f_code.co_filename == self._simulator_file:  # inside an atomic operation
+            if kind != "load":
+                return  # every atomic reads the element first: that read stands for the whole operation
+            kind = "atomic"
         block, thread_id = _accessing_thread()
         passed_barriers = self._barriers[(block, tuple(threading.current_thread().threadIdx))]
         stored = self._stored_value(offset) if kind == "store" else None
@@ -541,23 +556,31 @@ def _shared_arrays_recorded(shared_log):
     a recorded array (one per line that makes one, as the simulator keys
     them), its accesses logged with the barriers each thread has passed
     (``counting_syncthreads``)."""
-    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.cuda.simulator import kernelapi
 
-    make = FakeCUDAShared.array
+    make = kernelapi.FakeCUDAShared.array
+    names = {}  # (file, line) -> the name messages give the array made there
 
     def recorded(self, shape, dtype, alignment=None):
         if shape == 0 or alignment is not None:  # dynamic shared memory (not recorded), or a refused alignment
             return make(self, shape, dtype, alignment)
         caller = sys._getframe(1)
-        array = simulated_shared_array(self, ("recorded", caller.f_code.co_filename, caller.f_lineno), shape, dtype)
-        return _SharedRecording(f"the shared array made on line {caller.f_lineno}", array, shared_log, barriers)
+        where = (caller.f_code.co_filename, caller.f_lineno)
+        array = simulated_shared_array(self, ("recorded", *where), shape, dtype)
+        if where not in names:
+            # Named by its line; arrays of two files (two notebook cells) on one line number also by their file.
+            name = f"the shared array made on line {where[1]}"
+            if name in names.values():
+                name += f" of {os.path.basename(where[0])}"
+            names[where] = name
+        return _SharedRecording(names[where], array, shared_log, barriers, kernelapi.__file__)
 
     with counting_syncthreads(simulated=True) as barriers:
-        FakeCUDAShared.array = recorded
+        kernelapi.FakeCUDAShared.array = recorded
         try:
             yield
         finally:
-            FakeCUDAShared.array = make
+            kernelapi.FakeCUDAShared.array = make
 
 
 #: What a float local array holds before the kernel writes it, in a recorded launch.
