@@ -2043,24 +2043,32 @@ def _add_inside(target, weights, values, shift):
             target[X] += weights[X] * values[X + shift]
 
 
+def _rows_handing_out_rows_to(add):
+    """A wrong answer that hands each row of out to the compiled helper ``add``, whose loop holds the slot test."""
+
+    @numba.njit(parallel=True)
+    def rows_testing_in_a_helper(x, masks, out, kernel_size, scale):
+        batch, channels, height, width = out.shape
+        low_height, r = x.shape[2], (kernel_size - 1) // 2
+        for plane in numba.prange(batch * channels):
+            n, c = plane // channels, plane % channels
+            columns = np.zeros((low_height, width), np.float32)
+            for row in range(low_height):
+                columns[row] = x[n, c, row].repeat(scale)
+            for Y in range(height):
+                out[n, c, Y, :] = 0
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            add(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
+
+    return rows_testing_in_a_helper
+
+
 # The slot test moved into a helper that writes a row view of out (the structure check read only the
 # graded function's source: this passed at 2.5x).
-@numba.njit(parallel=True)
-def rows_testing_in_a_helper(x, masks, out, kernel_size, scale):
-    batch, channels, height, width = out.shape
-    low_height, r = x.shape[2], (kernel_size - 1) // 2
-    for plane in numba.prange(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = np.zeros((low_height, width), np.float32)
-        for row in range(low_height):
-            columns[row] = x[n, c, row].repeat(scale)
-        for Y in range(height):
-            out[n, c, Y, :] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        _add_inside(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
+rows_testing_in_a_helper = _rows_handing_out_rows_to(_add_inside)
 
 
 # The helper given out's row by keyword.
@@ -2736,22 +2744,7 @@ def _add_row(line, weights, values, shift):
 
 # The slot test two helpers deep: the graded function hands out's row to _add_row, which hands it to
 # _add_inside (the structure check followed one helper only).
-@numba.njit(parallel=True)
-def rows_testing_in_a_helpers_helper(x, masks, out, kernel_size, scale):
-    batch, channels, height, width = out.shape
-    low_height, r = x.shape[2], (kernel_size - 1) // 2
-    for plane in numba.prange(batch * channels):
-        n, c = plane // channels, plane % channels
-        columns = np.zeros((low_height, width), np.float32)
-        for row in range(low_height):
-            columns[row] = x[n, c, row].repeat(scale)
-        for Y in range(height):
-            out[n, c, Y, :] = 0
-            for dy in range(kernel_size):
-                row = Y // scale - r + dy
-                if 0 <= row < low_height:
-                    for dx in range(kernel_size):
-                        _add_row(out[n, c, Y], masks[n, dy * kernel_size + dx, Y], columns[row], (dx - r) * scale)
+rows_testing_in_a_helpers_helper = _rows_handing_out_rows_to(_add_row)
 
 
 
