@@ -456,6 +456,13 @@ def simulated_shared_array(shared, key, shape, dtype) -> np.ndarray:
         return array
 
 
+def simulator_allocation(make, simulated, shape, dtype, alignment=None):
+    """``make(simulated, shape, dtype)``, a simulator's ``cuda.shared.array``
+    or ``cuda.local.array`` method, given ``alignment`` only when there is
+    one: numba's own simulator takes no such argument."""
+    return make(simulated, shape, dtype, *([] if alignment is None else [alignment]))
+
+
 def _make_simulator_shared_arrays_thread_safe() -> None:
     from numba.cuda.simulator.kernelapi import FakeCUDAShared
 
@@ -468,7 +475,7 @@ def _make_simulator_shared_arrays_thread_safe() -> None:
     def array(self, shape, dtype, alignment=None):
         if shape == 0 or alignment is not None:
             # dynamic shared memory (one buffer, made with the block), or an alignment the simulator refuses
-            return simulators_own(self, shape, dtype, *([] if alignment is None else [alignment]))
+            return simulator_allocation(simulators_own, self, shape, dtype, alignment)
         caller = sys._getframe(1)
         return simulated_shared_array(self, (caller.f_code.co_filename, caller.f_lineno), shape, dtype)
 

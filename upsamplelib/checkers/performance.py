@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .. import timing
-from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config, simulated_shared_array
+from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config, simulated_shared_array, simulator_allocation
 from ..ops.carafe import carafe_reference
 from . import ptx
 from .carafe import with_nan_outside
@@ -563,7 +563,7 @@ def _shared_arrays_recorded(shared_log):
 
     def recorded(self, shape, dtype, alignment=None):
         if shape == 0 or alignment is not None:  # dynamic shared memory (not recorded), or a refused alignment
-            return make(self, shape, dtype, alignment)
+            return simulator_allocation(make, self, shape, dtype, alignment)
         caller = sys._getframe(1)
         where = (caller.f_code.co_filename, caller.f_lineno)
         array = simulated_shared_array(self, ("recorded", *where), shape, dtype)
@@ -598,7 +598,7 @@ def _local_arrays_hold_garbage():
     empty = FakeCUDALocal.array
 
     def garbage(self, shape, dtype, alignment=None):
-        array = empty(self, shape, dtype, *([] if alignment is None else [alignment]))  # numba's own takes none
+        array = simulator_allocation(empty, self, shape, dtype, alignment)
         if array.dtype.kind == "f":
             array.fill(LOCAL_GARBAGE)
         return array
@@ -1563,9 +1563,7 @@ def _varying_test_where_written(definition, out_name, names=None):
     test or a division that changes with its counter; None if there is none.
     ``names``: what the function's names refer to, for the compiled helpers
     that return a view of an argument (``line = row_of(out, n, c, Y)``)."""
-    bindings = _bindings(definition)
-    if names is not None:
-        bindings = [(line, name, _as_the_view_returned(value, names)) for line, name, value in bindings]
+    bindings = _bindings(definition) if names is None else _bindings_through_helpers(definition, names)
     for loop, _ in _loops(definition):
         innermost = not any(isinstance(node, ast.For) for node in ast.walk(loop) if node is not loop)
         # Only a loop writing out element by element is the one LLVM vectorises; one that writes a slice of
@@ -1611,13 +1609,23 @@ def _as_the_view_returned(value, names):
     if not isinstance(helper, _COMPILED):
         return value
     position = _view_returned(helper)
-    parameters = _parameter_names(helper)
-    given = dict(enumerate(value.args))
-    given.update((parameters.index(keyword.arg), keyword.value) for keyword in value.keywords
-                 if keyword.arg in parameters)
+    given = dict(_arguments_by_position(value, _parameter_names(helper)))
     if position is None or position not in given:
         return value
     return ast.Subscript(value=given[position], slice=ast.Constant(0), ctx=ast.Load(), lineno=value.lineno)
+
+
+def _bindings_through_helpers(definition, names):
+    """``_bindings(definition)``, a call of a compiled helper that returns a
+    view of its argument bound as that view (``_as_the_view_returned``)."""
+    return [(line, name, _as_the_view_returned(value, names)) for line, name, value in _bindings(definition)]
+
+
+def _arguments_by_position(call, parameters):
+    """(position, argument) of each argument of ``call`` to a function with
+    ``parameters``, those given by keyword at their parameter's position."""
+    return list(enumerate(call.args)) + [(parameters.index(keyword.arg), keyword.value)
+                                         for keyword in call.keywords if keyword.arg in parameters]
 
 
 def _varying_test_through_helpers(function, definition, out_name, helpers=()):
@@ -1666,15 +1674,12 @@ def _helpers_given_a_view(definition, names, out_name):
     """(compiled helper, argument position) of each call in ``definition``
     that hands a compiled helper (by its name, or as a module's attribute)
     ``out_name`` or a view of it."""
-    bindings = [(line, name, _as_the_view_returned(value, names)) for line, name, value in _bindings(definition)]
+    bindings = _bindings_through_helpers(definition, names)
     for call in ast.walk(definition):
         helper = _named_object(call.func, names) if isinstance(call, ast.Call) else None
         if not isinstance(helper, _COMPILED):
             continue
-        parameters = _parameter_names(helper)
-        given = list(enumerate(call.args)) + [(parameters.index(keyword.arg), keyword.value)
-                                               for keyword in call.keywords if keyword.arg in parameters]
-        for position, argument in given:
+        for position, argument in _arguments_by_position(call, _parameter_names(helper)):
             # As a store target: the array itself, or through the views it was made from.
             target = ast.Subscript(value=argument, slice=ast.Constant(0), ctx=ast.Store(), lineno=call.lineno)
             if _writes_array(target, out_name, bindings):
