@@ -2527,6 +2527,31 @@ def test_the_record_follows_transposed_and_reshaped_views():
         ("store", 1), ("load", 5), ("store", 5), ("load", 2), ("load", 4), ("load", 4), ("load", 3), ("load", 7)]
 
 
+def _through_flat_of_strided_views(a):
+    column = a[:, 1]  # not C-contiguous: a[0, 1], a[1, 1]
+    column.flat[1] = 7  # a[1, 1]
+    total = a.T.flat[1] + a.T.flat[-1]  # a.T in C order: a[1, 0], then a[1, 3]
+    a[:, ::2].flat[1:3] = 5  # a[0, 2], a[1, 0]
+    total += a[:, 2:].flat[::3].sum()  # a copy of a[0, 2] and a[1, 3]
+    for value in a[::-1, 3].flat:  # a[1, 3], a[0, 3]
+        total += value
+    return total + next(a.T.flat)  # a[0, 0]
+
+
+def test_the_record_follows_flat_of_views_that_are_not_c_contiguous():
+    # a.flat of a view that is not C-contiguous (a column, a transpose) went to NumPy's flatiter unrecorded:
+    # a loop order written through it left no trace in the record.
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    assert _through_flat_of_strided_views(a.copy()) == 4 + 7 + 5 + 7 + 7 + 3 + 0  # as NumPy's own flat gives
+    record = performance.record_function(_through_flat_of_strided_views, a)
+    assert [entry[3:4] + (entry[5],) for entry in record.log] == [
+        ("store", 5), ("load", 4), ("load", 7), ("store", 2), ("store", 4), ("load", 2), ("load", 7), ("load", 7),
+        ("load", 3), ("load", 0)]
+    line = _through_flat_of_strided_views.__code__.co_firstlineno
+    assert [entry[4] - line for entry in record.log] == [2, 3, 3, 4, 4, 5, 5, 6, 6, 8]  # the lines that made them
+    assert a.tolist() == [[0, 1, 5, 3], [5, 7, 6, 7]]  # the stores reached the array
+
+
 @numba.njit
 def _first(v):
     return v[0]
@@ -2713,6 +2738,31 @@ def rows_columns_through_flat(x, masks, out, kernel_size, scale):
                                 weight = masks.flat[((n * area + dy * kernel_size + dx) * height + Y) * width + X]
                                 total += weight * x.flat[(plane * low_height + row) * low_width + col]
                 out.flat[(plane * height + Y) * width + X] = total
+
+
+@numba.njit(parallel=True)
+def rows_columns_through_flat_of_transposes(x, masks, out, kernel_size, scale):
+    # The column order again, every array read and written through .flat of a transposed view, which is not
+    # C-contiguous (recorded as nothing before): flat index X * H + Y of out[n, c].T is out[n, c, Y, X].
+    batch, channels, height, width = out.shape
+    low_height, low_width = x.shape[2], x.shape[3]
+    area = kernel_size * kernel_size
+    r = (kernel_size - 1) // 2
+    for plane in numba.prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        target, source, weights = out[n, c].T, x[n, c].T, masks[n].transpose(0, 2, 1)
+        for X in range(width):
+            for Y in range(height):
+                total = np.float32(0)
+                for dy in range(kernel_size):
+                    row = Y // scale - r + dy
+                    if 0 <= row < low_height:
+                        for dx in range(kernel_size):
+                            col = X // scale - r + dx
+                            if 0 <= col < low_width:
+                                weight = weights.flat[((dy * kernel_size + dx) * width + X) * height + Y]
+                                total += weight * source.flat[col * low_height + row]
+                target.flat[X * height + Y] = total
 
 
 # The slot test inline, out written through out.flat (invisible to the structure check before).
@@ -2912,6 +2962,7 @@ def test_rows_cpu_passes_the_right_answer(capsys):
     (rows_columns_through_transposes, "leave the cache line"),  # before, only the timing caught these two
     (rows_columns_by_flat_indices, "leave the cache line"),
     (rows_columns_through_flat, "leave the cache line"),
+    (rows_columns_through_flat_of_transposes, "leave the cache line"),  # caught by its timing alone before
     (rows_not_zeroed, "added into but never set.*\n.*zero each output row"),
     (rows_missing_the_last_row, "(?s)out\\(0, 0, 5, 0\\) was never written.*no iteration of your loops reached "
                                 "it.*range\\(H\\), not range\\(H - 1\\)"),

@@ -250,6 +250,8 @@ def _array_attribute(self, name):
         # a.flat[i] is element i in C order: for a C-contiguous array, that of a.reshape(-1), a view
         flat = self._recorded_if_a_view(array.reshape(-1))
         return _RecordingFlat(self, flat._array) if isinstance(flat, _RecordingView) else array.flat
+    if name == "flat" and isinstance(self._recorded_if_a_view(array), _RecordingView):
+        return _RecordingStridedFlat(_RecordingView(self, array))  # out[n, :, Y].flat, x[n, c].T.flat
     value = getattr(array, name)
     if name.startswith("__"):  # NumPy's protocols (__array_interface__, ...): the plain array's
         return value
@@ -350,6 +352,65 @@ class _RecordingFlat(_RecordingView):
         self._next += 1
         self._whole._log_access("load", self._offset(self._next - 1), depth=2)
         return self._array[self._next - 1]
+
+
+class _RecordingStridedFlat:
+    """``a.flat`` of a recorded view that is not C-contiguous (``out[n, :, Y]``,
+    ``x[n, c].T``): flat index i is a's element ``np.unravel_index(i, a.shape)``
+    (C order over a's own axes), noted at its offset in the whole array; an
+    iterator too, as ``_RecordingFlat``. No view of the whole array indexes
+    so, hence the translation."""
+
+    def __init__(self, view):
+        self._view, self._next = view, 0
+        self.size, self.dtype, self.shape, self.ndim = view.size, view.dtype, (view.size,), 1
+
+    def __len__(self):
+        return self.size
+
+    def _positions(self, index):
+        """The flat positions ``index`` selects, as NumPy's flatiter reads it (IndexError past the end)."""
+        try:
+            return np.arange(self.size)[index]
+        except IndexError as error:
+            raise self._view._named(error, index) from None
+
+    def _element(self, position, kind, depth):
+        """The view's index of flat ``position``, its access logged ``depth`` frames below the kernel's line."""
+        element = np.unravel_index(int(position), self._view.shape)
+        self._view._root()._log_access(kind, self._view._offset(element), depth=depth)
+        return element
+
+    def __getitem__(self, index):
+        positions = self._positions(index)
+        if positions.ndim == 0:
+            return self._view._array[self._element(positions, "load", 3)]
+        values = np.empty(positions.shape, self.dtype)  # a copy, as NumPy's flat[a:b] is
+        for at, position in enumerate(positions.reshape(-1)):
+            values.reshape(-1)[at] = self._view._array[self._element(position, "load", 3)]
+        return values
+
+    def __setitem__(self, index, value):
+        positions = self._positions(index)
+        if isinstance(value, _RecordingArray):
+            value._note_all("load")
+        values = np.broadcast_to(np.asarray(_plain(value)), positions.shape).reshape(-1)
+        root = self._view._root()
+        if isinstance(root, _SharedRecording):
+            root.storing(values, values.shape)
+        for position, stored in zip(positions.reshape(-1), values):
+            self._view._array[self._element(position, "store", 3)] = stored
+        if isinstance(root, _SharedRecording):
+            root.storing(None, ())
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._next >= self.size:
+            raise StopIteration
+        self._next += 1
+        return self._view._array[self._element(self._next - 1, "load", 3)]
 
 
 class AccessRecord:
