@@ -334,14 +334,12 @@ class _RecordingView(_RecordingArray):
         return (self._start + (grid * steps).sum(axis=0)) // itemsize
 
 
-class _RecordingFlat(_RecordingView):
-    """``a.flat`` of a recorded C-contiguous array: indexed as
-    ``a.reshape(-1)``, and, as NumPy's and Numba's flatiter, an iterator that
-    a ``for`` loop or ``next`` takes on from where it is."""
+class _FlatIteration:
+    """The iterator side of a recorded ``a.flat``, as of NumPy's and Numba's
+    flatiter: a ``for`` loop or ``next`` takes on from where it is. Each
+    class reads flat element i by ``_load_position(i)``."""
 
-    def __init__(self, whole, view):
-        super().__init__(whole, view)
-        self._next = 0
+    _next = 0
 
     def __iter__(self):
         return self
@@ -350,19 +348,27 @@ class _RecordingFlat(_RecordingView):
         if self._next >= self.size:
             raise StopIteration
         self._next += 1
-        self._whole._log_access("load", self._offset(self._next - 1), depth=2)
-        return self._array[self._next - 1]
+        return self._load_position(self._next - 1)
 
 
-class _RecordingStridedFlat:
+class _RecordingFlat(_FlatIteration, _RecordingView):
+    """``a.flat`` of a recorded C-contiguous array: indexed as
+    ``a.reshape(-1)``, and an iterator."""
+
+    def _load_position(self, position):
+        self._whole._log_access("load", self._offset(position), depth=3)  # from the line that called next
+        return self._array[position]
+
+
+class _RecordingStridedFlat(_FlatIteration):
     """``a.flat`` of a recorded view that is not C-contiguous (``out[n, :, Y]``,
     ``x[n, c].T``): flat index i is a's element ``np.unravel_index(i, a.shape)``
     (C order over a's own axes), noted at its offset in the whole array; an
-    iterator too, as ``_RecordingFlat``. No view of the whole array indexes
-    so, hence the translation."""
+    iterator too. No view of the whole array indexes so, hence the
+    translation."""
 
     def __init__(self, view):
-        self._view, self._next = view, 0
+        self._view = view
         self.size, self.dtype, self.shape, self.ndim = view.size, view.dtype, (view.size,), 1
 
     def __len__(self):
@@ -403,14 +409,8 @@ class _RecordingStridedFlat:
         if isinstance(root, _SharedRecording):
             root.storing(None, ())
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._next >= self.size:
-            raise StopIteration
-        self._next += 1
-        return self._view._array[self._element(self._next - 1, "load", 3)]
+    def _load_position(self, position):
+        return self._view._array[self._element(position, "load", 4)]  # from the line that called next
 
 
 class AccessRecord:
