@@ -130,8 +130,10 @@ def tiled_kernel(x, masks, out, kernel_size, scale, group):
         tx = X // scale - X0 // scale
         total = float32(0)
         for dy in range(kernel_size):
-            for dx in range(kernel_size):
-                total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+            if 0 <= Y // scale - r + dy < x.shape[2]:  # the slots outside the map are skipped (a nan mask there)
+                for dx in range(kernel_size):
+                    if 0 <= X // scale - r + dx < x.shape[3]:
+                        total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
         out[n, c, Y, X] = total
 
 
@@ -699,7 +701,8 @@ def test_a_border_kernel_multiplying_zeros_in_is_told_to_skip_the_outside_slots(
 
 
 def _tiled_with(mistake):
-    """The lesson's tiled kernel with one mistake: "modulo" (group c % G) or "first image's masks"."""
+    """The lesson's tiled kernel with one mistake: "modulo" (group c % G), "first image's masks", or
+    "padding multiplied" (every slot summed, the tile's zeros standing for the outside ones)."""
 
     @cuda.jit
     def kernel(x, masks, out, kernel_size, scale, group):
@@ -732,14 +735,21 @@ def _tiled_with(mistake):
             total = float32(0)
             for dy in range(kernel_size):
                 for dx in range(kernel_size):
-                    total += masks[m, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+                    inside = (0 <= Y // scale - r + dy < x.shape[2]) and (0 <= X // scale - r + dx < x.shape[3])
+                    if inside or mistake == "padding multiplied":
+                        total += masks[m, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
             out[n, c, Y, X] = total
 
     return kernel
 
 
-@pytest.mark.parametrize("mistake, message", [("modulo", r"group c // \(C // group\)"),
-                                              ("first image's masks", r"x \(2, 4, 3, 2\).*\n.*First mismatch at index \(1")])
+@pytest.mark.parametrize("mistake, message", [
+    ("modulo", r"group c // \(C // group\)"),
+    ("first image's masks", r"x \(2, 4, 3, 2\).*\n.*First mismatch at index \(1"),
+    # The lesson's text had the tile's zeros stand for the padding and every slot summed: the checker passed it.
+    ("padding multiplied", r"(?s)is nan for .*grid .* whose masks are nan only at the slots that read outside the map"
+                           r".*skip the whole term there"),
+])
 def test_tiled_kernel_mistakes_hidden_by_one_channel_groups_or_uniform_masks_are_caught(mistake, message):
     with pytest.raises(checkers.CheckFailed, match=message):
         checkers.check_carafe_tiled_kernel(_tiled_with(mistake), TILE, MAX_RADIUS)

@@ -402,8 +402,10 @@ def carafe_tiled_correct(x, masks, out, kernel_size, scale, group):
         tx = X // scale - X0 // scale
         total = float32(0)
         for dy in range(kernel_size):
-            for dx in range(kernel_size):
-                total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+            if 0 <= Y // scale - r + dy < x.shape[2]:  # the slots outside the map are skipped (a nan mask there)
+                for dx in range(kernel_size):
+                    if 0 <= X // scale - r + dx < x.shape[3]:
+                        total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
         out[n, c, Y, X] = total
 
 

@@ -273,6 +273,14 @@ def with_nan_outside(masks, k, s, g, h, w):
     return masks
 
 
+def _require_no_nan(out, what, case):
+    """The outside-nan case's verdict: no nan may reach ``out``."""
+    if np.isnan(out).any():
+        first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
+        raise CheckFailed(f"{what}: out{first} is nan for {case}, whose masks are nan only at the slots that read "
+                          f"outside the map.\nHint: {_OUTSIDE_NAN_HINT}")
+
+
 def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT):
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
     if not padded:  # the padded kernel multiplies its padding in by design
@@ -297,10 +305,8 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                      bounds_hint=index_hint + "; and guard the thread with `if i < out.size:`",
                      index_hint=index_hint, sized_for=2)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
-        if outside_nan and np.isnan(out).any():
-            first = tuple(int(i) for i in np.argwhere(np.isnan(out))[0])
-            raise CheckFailed(f"{what}: out{first} is nan for {_describe(case)}, whose masks are nan only at the "
-                              f"slots that read outside the map.\nHint: {_OUTSIDE_NAN_HINT}")
+        if outside_nan:
+            _require_no_nan(out, what, _describe(case))
         diagnose(expected, out, [] if outside_nan else _variants(x, masks, k, s, g), what=what,
                  case=_describe(case) + (", nan masks at the outside slots" if outside_nan else ""),
                  hint=_OUTSIDE_NAN_HINT if outside_nan else hint)
@@ -427,7 +433,9 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
     problems = [] if unsolved_exercise(kernel) is not None else shared_memory_problems(kernel)
     if problems:
         raise CheckFailed(f"{what}: " + "\n".join(problems))
-    cases = [case for case in _TILED_CASES if (case[4] - 1) // 2 <= max_radius]
+    # Last, the case whose masks are nan where a slot reads outside the map: the zeros of the tile stand for
+    # the padding, and the sum must still skip those slots, as 03.3's kernel does.
+    cases = [case for case in _TILED_CASES + [_OUTSIDE_NAN_CASE] if (case[4] - 1) // 2 <= max_radius]
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
     # Wrong only in the edge blocks (in a case, and in a probe with blocks inside the output besides the
     # first): their threads outside the output did not load their share of the tile.
@@ -435,6 +443,9 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, 35 + index)
+        outside_nan = case is _OUTSIDE_NAN_CASE
+        if outside_nan:
+            masks = with_nan_outside(masks, k, s, g, h, w)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         grid = (math.ceil(s * w / tile), math.ceil(s * h / tile), n * c)
         report = rules.launch(
@@ -443,6 +454,8 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
         if report is not None:
             counted = (case, report)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
+        if outside_nan:
+            _require_no_nan(out, what, f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}")
 
         def in_an_edge_block(index, height=s * h, width=s * w):
             return ((_block_reaches_past(index[2], height, tile) or _block_reaches_past(index[3], width, tile))
