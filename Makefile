@@ -84,8 +84,8 @@ solutions: setup
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 solutions/*.ipynb
 	$(BIN)/python tools/make_lessons.py
 
-# The capstone's full experiment (2 tasks x 7 upsamplers x 3 seeds; about 20 min on an
-# idle 2-core machine, 51 min measured on a shared one). Lesson 06 reads its results.
+# The capstone's full experiment (2 tasks x 7 upsamplers x 3 seeds; 51 min on a shared
+# 2-core machine, the wall_seconds results.json records). Lesson 06 reads its results.
 experiments: setup
 	$(BIN)/python -m upsamplelib.experiments grid --json upsamplelib/experiments/results.json
 

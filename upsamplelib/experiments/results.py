@@ -138,7 +138,7 @@ CLAIMS = [
      "FADE: matting SAD, CARAFE 41.01 vs bilinear 37.31", BARS,
      [("detail", "sad", "bilinear", "carafe"), ("detail", "grad", "bilinear", "carafe")]),
     ("Encoder-aware kernels (FADE, SAPA-B) beat CARAFE on the detail task",
-     "FADE: matting SAD, FADE 31.10 and SAPA-B 31.19 vs CARAFE 41.01", BARS,
+     "FADE and SAPA: matting SAD, FADE 31.10 and SAPA-B 31.19 vs CARAFE 41.01", BARS,
      [("detail", "sad", "fade", "carafe"), ("detail", "sad", "sapa-b", "carafe"),
       ("detail", "grad", "fade", "carafe"), ("detail", "grad", "sapa-b", "carafe")]),
     ("FADE beats bilinear on both tasks (task-agnostic)",
