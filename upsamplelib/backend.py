@@ -384,8 +384,8 @@ def launch_config(n_threads: int, threads_per_block: int = THREADS_PER_BLOCK):
     """(blocks, threads_per_block) for a 1-D grid of at least n_threads threads."""
     if n_threads < 1:
         raise ValueError(f"cannot launch {n_threads} threads")
-    # A small launch gets a small block (whole warps): no idle threads, which
-    # matters in the simulator, where every thread is a Python thread.
+    # A small launch gets a small block (whole warps): at most 31 idle threads,
+    # which matters in the simulator, where every thread is a Python thread.
     threads_per_block = min(threads_per_block, 32 * math.ceil(n_threads / 32))
     return math.ceil(n_threads / threads_per_block), threads_per_block
 
