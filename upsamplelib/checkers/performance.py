@@ -250,8 +250,8 @@ def _array_attribute(self, name):
         # a.flat[i] is element i in C order: for a C-contiguous array, that of a.reshape(-1), a view
         flat = self._recorded_if_a_view(array.reshape(-1))
         return _RecordingFlat(self, flat._array) if isinstance(flat, _RecordingView) else array.flat
-    if name == "flat" and isinstance(self._recorded_if_a_view(array), _RecordingView):
-        return _RecordingStridedFlat(_RecordingView(self, array))  # out[n, :, Y].flat, x[n, c].T.flat
+    if name == "flat" and isinstance(viewed := self._recorded_if_a_view(array), _RecordingView):
+        return _RecordingStridedFlat(viewed)  # out[n, :, Y].flat, x[n, c].T.flat
     value = getattr(array, name)
     if name.startswith("__"):  # NumPy's protocols (__array_interface__, ...): the plain array's
         return value
