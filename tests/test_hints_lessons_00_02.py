@@ -227,7 +227,32 @@ def to_kernel_array_without_detach(tensor):
 
 def test_to_kernel_array_without_detach_is_told_to_detach():
     message = hint_of(checkers.check_to_kernel_array, to_kernel_array_without_detach)
-    assert "failed for a tensor that requires grad" in message and "tensor.detach() first" in message
+    assert "failed for a CUDA tensor that requires grad" in message and "tensor.detach() first" in message
+
+
+def to_kernel_array_detached_on_the_cpu_only(tensor):
+    if tensor.is_cuda:
+        return cuda.as_cuda_array(tensor)  # PyTorch refuses it for a tensor that requires grad
+    return tensor.detach().numpy()
+
+
+def to_kernel_array_as_float32(tensor):
+    tensor = tensor.detach().float()  # a copy of a float64 tensor
+    return cuda.as_cuda_array(tensor) if tensor.is_cuda else tensor.numpy()
+
+
+def test_to_kernel_array_detached_on_the_cpu_path_only_is_told_to_detach_on_the_gpu_too():
+    # Passed before: the pretend CUDA tensor never required grad.
+    message = hint_of(checkers.check_to_kernel_array, to_kernel_array_detached_on_the_cpu_only)
+    assert "failed for a CUDA tensor that requires grad" in message
+    assert "cuda.as_cuda_array(tensor.detach())" in message
+
+
+def test_to_kernel_array_converting_to_float32_is_told_it_copies_a_float64_tensor():
+    # Passed before: every tensor the checker tried was float32.
+    message = hint_of(checkers.check_to_kernel_array, to_kernel_array_as_float32)
+    assert "a cpu tensor of torch.float64 became an array of float32, a copy" in message
+    assert "no .float()" in message
 
 
 def to_kernel_array_returning_the_tensor(tensor):
@@ -270,7 +295,7 @@ def test_to_kernel_array_of_a_cuda_copy_is_told_it_is_a_copy():
 
 def test_to_kernel_array_copying_a_cpu_tensor_is_told_it_is_a_copy():
     message = hint_of(checkers.check_to_kernel_array, to_kernel_array_copy_on_the_cpu)
-    assert "did not change the cpu tensor, so it is a copy" in message
+    assert "did not change the cpu tensor of torch.float32, so it is a copy" in message
     assert "tensor.numpy() on the CPU" in message
 
 

@@ -700,9 +700,51 @@ def test_a_border_kernel_multiplying_zeros_in_is_told_to_skip_the_outside_slots(
         checkers.check_carafe_border_kernel(border_kernel_multiplying_zero_in)
 
 
+@cuda.jit
+def border_kernel_skipping_zeros(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                value = out.dtype.type(0)
+                if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                    value = x[n, c, row, col]
+                if value != 0:  # "nothing to add": but 0 * nan is nan
+                    total += masks[n, dy * kernel_size + dx, Y, X] * value
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def padded_kernel_skipping_zeros(x_padded, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, c, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                value = x_padded[n, c, Y // scale + dy, X // scale + dx]
+                if value != 0:  # skips the padding, and the zeros of the map with it
+                    total += masks[n, dy * kernel_size + dx, Y, X] * value
+        out[n, c, Y, X] = total
+
+
+@pytest.mark.parametrize("check, kernel", [(checkers.check_carafe_border_kernel, border_kernel_skipping_zeros),
+                                           (checkers.check_carafe_padded_kernel, padded_kernel_skipping_zeros)])
+def test_a_kernel_skipping_zero_values_is_told_to_skip_by_position(check, kernel):
+    with pytest.raises(checkers.CheckFailed, match=r"(?s)is a number for x \(2, 2, 3, 4\), kernel_size=3, scale=2, "
+                                                   r"group=1, whose x holds a 0 and a nan inside the map; its window reads "
+                                                   r"x\[\d, \d, 1, 1\] = 0 at a slot whose mask is nan.*never by a value"):
+        check(kernel)
+
+
 def _tiled_with(mistake):
-    """The lesson's tiled kernel with one mistake: "modulo" (group c % G), "first image's masks", or
-    "padding multiplied" (every slot summed, the tile's zeros standing for the outside ones)."""
+    """The lesson's tiled kernel with one mistake: "modulo" (group c % G), "first image's masks",
+    "padding multiplied" (every slot summed, the tile's zeros standing for the outside ones), "zeros skipped"
+    (a slot skipped where the tile holds 0) or "zero weights skipped" (and where its mask is 0)."""
 
     @cuda.jit
     def kernel(x, masks, out, kernel_size, scale, group):
@@ -736,8 +778,13 @@ def _tiled_with(mistake):
             for dy in range(kernel_size):
                 for dx in range(kernel_size):
                     inside = (0 <= Y // scale - r + dy < x.shape[2]) and (0 <= X // scale - r + dx < x.shape[3])
+                    weight, value = masks[m, (g * kernel_size + dy) * kernel_size + dx, Y, X], tile[ty + dy, tx + dx]
+                    if mistake == "zeros skipped":  # the tile's zeros taken for the outside slots
+                        inside = value != 0
+                    if mistake == "zero weights skipped":
+                        inside = inside and weight != 0
                     if inside or mistake == "padding multiplied":
-                        total += masks[m, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+                        total += weight * value
             out[n, c, Y, X] = total
 
     return kernel
@@ -749,6 +796,11 @@ def _tiled_with(mistake):
     # The lesson's text had the tile's zeros stand for the padding and every slot summed: the checker passed it.
     ("padding multiplied", r"(?s)is nan for .*grid .* whose masks are nan only at the slots that read outside the map"
                            r".*skip the whole term there"),
+    # Skipping by value passed every case before, whose random values are never exactly 0.
+    ("zeros skipped", r"(?s)out\[\d, 0, [23], [01]\] is a number .*reads x\[\d, 0, 1, 1\] = 0 at a slot whose mask is nan"
+                      r".*never by a value"),
+    ("zero weights skipped", r"(?s)out\[\d, \d, [45], [45]\] is a number .*reads x\[\d, \d, 2, 3\] = nan, at a slot "
+                             r"whose mask is 0 here.*never by a value"),
 ])
 def test_tiled_kernel_mistakes_hidden_by_one_channel_groups_or_uniform_masks_are_caught(mistake, message):
     with pytest.raises(checkers.CheckFailed, match=message):

@@ -84,6 +84,13 @@ def extra_call(function, repeat=7, warmup=1, clock=time.perf_counter):
     return median_time(function, repeat, warmup, clock)
 
 
+def first_call_always_untimed(function, repeat=7, warmup=1, clock=time.perf_counter):
+    function()  # "the first call compiles", also when warmup is 0
+    for _ in range(warmup - 1):
+        function()
+    return median_time(function, repeat, 0, clock)
+
+
 def upper_middle_time(function, repeat=7, warmup=1, clock=time.perf_counter):
     for _ in range(warmup):
         function()
@@ -197,6 +204,9 @@ def test_median_time_passes_the_right_answer(capsys):
     (warmup_timed_too, "the warm-up calls are in the median"),
     (total_over_repeat, "the mean"),
     (extra_call, r"warmup \+ repeat"),
+    # Right for every warmup of 1 or more, which was all the checker tried.
+    (first_call_always_untimed, r"(?s)called more often than warmup \+ repeat times, for repeat=3, warmup=0.*"
+                                r"none when warmup is 0"),
     (upper_middle_time, "the upper middle value.*the mean of the two middle ones"),
     (lower_middle_time, "the lower middle value.*the mean of the two middle ones"),
     (last_timed_call_dropped, "the last timed call is missing"),

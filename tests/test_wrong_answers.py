@@ -20,6 +20,8 @@ import re
 import numba
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from numba import cuda, float32
 
 from upsamplelib import backend as ul_backend
@@ -676,6 +678,322 @@ def semi_shift_float_index(E, D, weight, bias, out, scale):
 
 
 # --------------------------------------------------------------------------
+# A block size (or shape) written in: right with the launch the lesson and the checker used, wrong with another
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def nearest_plane_with_the_block_shape_written_in(x, out):
+    col = cuda.blockIdx.x * 8 + cuda.threadIdx.x
+    row = cuda.blockIdx.y * 8 + cuda.threadIdx.y
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = x[nearest_index(row, x.shape[0], out.shape[0]), nearest_index(col, x.shape[1], out.shape[1])]
+
+
+@cuda.jit
+def nearest_with_the_block_size_written_in(x, out, exact):
+    i = cuda.blockIdx.x * 64 + cuda.threadIdx.x
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        plane, row, col = i // (width * height), (i // width) % height, i % width
+        out[plane, row, col] = x[plane, nearest_index(row, x.shape[1], height), nearest_index(col, x.shape[2], width)]
+
+
+@cuda.jit
+def carafe_grad_x_with_the_block_size_written_in(grad_out, masks, grad_x, kernel_size, scale, group):
+    i = cuda.blockIdx.x * 128 + cuda.threadIdx.x  # the lesson launches blocks of 128
+    if i < grad_x.size:
+        n, c, row, col = unravel4(i, grad_x.shape[1], grad_x.shape[2], grad_x.shape[3])
+        r = (kernel_size - 1) // 2
+        g = c // (grad_x.shape[1] // group)
+        total = grad_x.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                anchor_row, anchor_col = row - dy + r, col - dx + r
+                if 0 <= anchor_row < grad_x.shape[2] and 0 <= anchor_col < grad_x.shape[3]:
+                    for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                        for X in range(anchor_col * scale, anchor_col * scale + scale):
+                            total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * grad_out[n, c, Y, X]
+        grad_x[n, c, row, col] = total
+
+
+@cuda.jit
+def carafe_tiled_with_ceil_extent(x, masks, out, kernel_size, scale, group):
+    tile = cuda.shared.array((WINDOW, WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n = cuda.blockIdx.z // channels
+    c = cuda.blockIdx.z % channels
+    Y0 = cuda.blockIdx.y * TILE
+    X0 = cuda.blockIdx.x * TILE
+    r = (kernel_size - 1) // 2
+    top = Y0 // scale - r
+    left = X0 // scale - r
+    rows = (TILE + scale - 1) // scale + 2 * r  # ceil(TILE / scale): one short where Y0 is not a multiple of scale
+    cols = (TILE + scale - 1) // scale + 2 * r
+    for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+        row = top + j // cols
+        col = left + j % cols
+        value = float32(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, c, row, col]
+        tile[j // cols, j % cols] = value
+    cuda.syncthreads()
+    Y = Y0 + cuda.threadIdx.y
+    X = X0 + cuda.threadIdx.x
+    if Y < height and X < width:
+        g = c // (channels // group)
+        ty = Y // scale - Y0 // scale
+        tx = X // scale - X0 // scale
+        total = float32(0)
+        for dy in range(kernel_size):
+            if 0 <= Y // scale - r + dy < x.shape[2]:
+                for dx in range(kernel_size):
+                    if 0 <= X // scale - r + dx < x.shape[3]:
+                        total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+        out[n, c, Y, X] = total
+
+
+@cuda.jit
+def carafe_tiled_with_a_barrier_in_the_load_loop(x, masks, out, kernel_size, scale, group):
+    tile = cuda.shared.array((WINDOW, WINDOW), float32)
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    n = cuda.blockIdx.z // channels
+    c = cuda.blockIdx.z % channels
+    Y0 = cuda.blockIdx.y * TILE
+    X0 = cuda.blockIdx.x * TILE
+    r = (kernel_size - 1) // 2
+    top = Y0 // scale - r
+    left = X0 // scale - r
+    rows = (Y0 + TILE - 1) // scale - Y0 // scale + 1 + 2 * r
+    cols = (X0 + TILE - 1) // scale - X0 // scale + 1 + 2 * r
+    for j in range(cuda.threadIdx.y * TILE + cuda.threadIdx.x, rows * cols, TILE * TILE):
+        row = top + j // cols
+        col = left + j % cols
+        value = float32(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            value = x[n, c, row, col]
+        tile[j // cols, j % cols] = value
+        cuda.syncthreads()  # "after each load": threads make different numbers of passes
+    cuda.syncthreads()
+    Y = Y0 + cuda.threadIdx.y
+    X = X0 + cuda.threadIdx.x
+    if Y < height and X < width:
+        g = c // (channels // group)
+        ty = Y // scale - Y0 // scale
+        tx = X // scale - X0 // scale
+        total = float32(0)
+        for dy in range(kernel_size):
+            if 0 <= Y // scale - r + dy < x.shape[2]:
+                for dx in range(kernel_size):
+                    if 0 <= X // scale - r + dx < x.shape[3]:
+                        total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * tile[ty + dy, tx + dx]
+        out[n, c, Y, X] = total
+
+
+class BilinearFunctionWithBatchAndChannelsSwapped(torch.autograd.Function):
+    """02.5 with (C, N) for (N, C) in its reshapes: the same memory, the wrong shape where N != C."""
+
+    @staticmethod
+    def forward(ctx, x, size, align_corners):
+        n, c, h, w = x.shape
+        ctx.shape, ctx.align_corners = x.shape, align_corners
+        planes = x.detach().reshape(n * c, 1, h, w)
+        return F.interpolate(planes, size=size, mode="bilinear", align_corners=align_corners).reshape(c, n, *size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        n, c, h, w = ctx.shape
+        planes = torch.zeros(n * c, 1, h, w, dtype=grad_out.dtype, requires_grad=True)
+        with torch.enable_grad():
+            out = F.interpolate(planes, size=grad_out.shape[2:], mode="bilinear", align_corners=ctx.align_corners)
+        (grad,) = torch.autograd.grad(out, planes, grad_out.reshape(out.shape))
+        return grad.reshape(c, n, h, w), None, None
+
+
+# --------------------------------------------------------------------------
+# Skipping a term by its value: zero padding, then "a 0 adds nothing". Right on finite inputs; the spec keeps
+# nan * 0 = nan inside the maps (04, 05 and 07; lesson 03's in test_lesson_helpers_carafe.py)
+# --------------------------------------------------------------------------
+
+
+def semi_shift_pixel_skipping_zeros(E, D, weight, bias, n, o, Y, X, scale):
+    size = weight.shape[2]
+    r = size // 2
+    total = 2 * bias[o]
+    for c in range(E.shape[1]):
+        for uy in range(size):
+            for ux in range(size):
+                both = (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                        + read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r))
+                if both != 0:
+                    total += weight[o, c, uy, ux] * both
+    return total
+
+
+@cuda.jit
+def semi_shift_skipping_zeros(E, D, weight, bias, out, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        n, o, Y, X = unravel4(i, out.shape[1], out.shape[2], out.shape[3])
+        size = weight.shape[2]
+        r = size // 2
+        total = 2.0 * bias[o]
+        for c in range(E.shape[1]):
+            for uy in range(size):
+                for ux in range(size):
+                    both = (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                            + read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r))
+                    if both != 0.0:
+                        total += weight[o, c, uy, ux] * both
+        out[n, o, Y, X] = total
+
+
+@cuda.jit
+def grad_en_skipping_zeros(grad_out, weight, grad_en):
+    i = cuda.grid(1)
+    if i < grad_en.size:
+        n, c, Y, X = unravel4(i, grad_en.shape[1], grad_en.shape[2], grad_en.shape[3])
+        size = weight.shape[2]
+        r = size // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(size):
+                for ux in range(size):
+                    g = read_or_zero(grad_out, n, o, Y - uy + r, X - ux + r)
+                    if g != 0.0:
+                        total += weight[o, c, uy, ux] * g
+        grad_en[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_de_skipping_zeros(grad_out, weight, grad_de, scale):
+    i = cuda.grid(1)
+    if i < grad_de.size:
+        n, c, row, col = unravel4(i, grad_de.shape[1], grad_de.shape[2], grad_de.shape[3])
+        size = weight.shape[2]
+        r = size // 2
+        total = 0.0
+        for o in range(weight.shape[0]):
+            for uy in range(size):
+                for ux in range(size):
+                    pooled = 0.0
+                    for a in range(scale):
+                        for b in range(scale):
+                            pooled += read_or_zero(grad_out, n, o, (row - uy + r) * scale + a,
+                                                   (col - ux + r) * scale + b)
+                    if pooled != 0.0:
+                        total += weight[o, c, uy, ux] * pooled
+        grad_de[n, c, row, col] = total
+
+
+@cuda.jit
+def grad_weight_skipping_zeros(grad_out, E, D, grad_weight, scale):
+    i = cuda.grid(1)
+    if i < grad_weight.size:
+        o, c, uy, ux = unravel4(i, grad_weight.shape[1], grad_weight.shape[2], grad_weight.shape[3])
+        r = grad_weight.shape[2] // 2
+        total = 0.0
+        for n in range(grad_out.shape[0]):
+            for Y in range(grad_out.shape[2]):
+                for X in range(grad_out.shape[3]):
+                    both = (read_or_zero(E, n, c, Y + uy - r, X + ux - r)
+                            + read_or_zero(D, n, c, Y // scale + uy - r, X // scale + ux - r))
+                    if both != 0.0:
+                        total += grad_out[n, o, Y, X] * both
+        grad_weight[o, c, uy, ux] = total
+
+
+@cuda.jit
+def grad_query_skipping_zeros(grad_logits, key, grad_q, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < grad_q.size:
+        n, c, Y, X = unravel4(i, grad_q.shape[1], grad_q.shape[2], grad_q.shape[3])
+        total = 0.0
+        for t in range(kernel_size * kernel_size):
+            row, col = window_neighbour(t, Y, X, kernel_size, scale)
+            value = read_or_zero(key, n, c, row, col)
+            if value != 0.0:
+                total += grad_logits[n, t, Y, X] * value
+        grad_q[n, c, Y, X] = total
+
+
+@cuda.jit
+def grad_key_skipping_zeros(grad_logits, q, grad_key, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < grad_key.size:
+        n, c, row, col = unravel4(i, grad_key.shape[1], grad_key.shape[2], grad_key.shape[3])
+        r = (kernel_size - 1) // 2
+        total = 0.0
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                anchor_row, anchor_col = row - dy + r, col - dx + r
+                if 0 <= anchor_row < grad_key.shape[2] and 0 <= anchor_col < grad_key.shape[3]:
+                    for a in range(scale):
+                        for b in range(scale):
+                            value = q[n, c, anchor_row * scale + a, anchor_col * scale + b]
+                            if value != 0.0:
+                                total += grad_logits[n, dy * kernel_size + dx, anchor_row * scale + a,
+                                                     anchor_col * scale + b] * value
+        grad_key[n, c, row, col] = total
+
+
+@cuda.jit
+def carafe_channels_last_skipping_zeros(x, masks, out, kernel_size, scale):
+    i = cuda.grid(1)
+    if i < out.size:
+        channels, width, height = out.shape[3], out.shape[2], out.shape[1]
+        c = i % channels
+        X = (i // channels) % width
+        Y = (i // (channels * width)) % height
+        n = i // (channels * width * height)
+        r = (kernel_size - 1) // 2
+        total = out.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                row, col = Y // scale - r + dy, X // scale - r + dx
+                value = out.dtype.type(0)
+                if 0 <= row < x.shape[1] and 0 <= col < x.shape[2]:
+                    value = x[n, row, col, c]
+                if value != 0:
+                    total += masks[n, Y, X, dy * kernel_size + dx] * value
+        out[n, Y, X, c] = total
+
+
+CHANNELS_PER_THREAD = 4
+
+
+@cuda.jit
+def carafe_channel_blocked_skipping_zeros(x, masks, out, kernel_size, scale):
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    runs = (channels + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    i = cuda.grid(1)
+    if i < out.shape[0] * runs * height * width:
+        X = i % width
+        Y = (i // width) % height
+        first = (i // (width * height)) % runs * CHANNELS_PER_THREAD
+        n = i // (width * height * runs)
+        sums = cuda.local.array(CHANNELS_PER_THREAD, float32)
+        for j in range(CHANNELS_PER_THREAD):
+            sums[j] = 0
+        r = (kernel_size - 1) // 2
+        for dy in range(kernel_size):
+            row = Y // scale - r + dy
+            for dx in range(kernel_size):
+                col = X // scale - r + dx
+                weight = masks[n, dy * kernel_size + dx, Y, X]
+                for j in range(CHANNELS_PER_THREAD):
+                    if first + j < channels:
+                        value = float32(0)
+                        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+                            value = x[n, first + j, row, col]
+                        if value != 0:
+                            sums[j] += weight * value
+        for j in range(CHANNELS_PER_THREAD):
+            if first + j < channels:
+                out[n, first + j, Y, X] = sums[j]
+
+
+# --------------------------------------------------------------------------
 # The corpus: (name, checker call, what the message must say)
 # --------------------------------------------------------------------------
 
@@ -735,6 +1053,46 @@ CORPUS = [
     ("block kernel: max starts at 0",
      lambda: checkers.check_similarity_block_kernel(block_max_starts_at_zero, THREADS),
      r"ZeroDivisionError.*below -900.*\n.*Start the running maximum", False),
+    # a block size written in; a tile one row short; (C, N) for (N, C)
+    ("block shape written in (01)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_block_shape_written_in),
+     r"never written.*blocks of 16 x 4 threads.*\n.*cuda\.grid\(2\) holds for any block shape", False),
+    ("block size written in (01)", lambda: checkers.check_nearest_kernel(nearest_with_the_block_size_written_in),
+     r"never written.*blocks of 32 threads.*\n.*this case runs blocks of 32 threads, the others \d+: i = cuda\.grid\(1\)", False),
+    ("block size written in (03)",
+     lambda: checkers.check_carafe_grad_x_kernel(carafe_grad_x_with_the_block_size_written_in),
+     r"values wrong for .*blocks of 32 threads(.|\n)*this case runs blocks of 32 threads, the others 128", False),
+    ("tile one row short at scale 3 (03)",
+     lambda: checkers.check_carafe_tiled_kernel(carafe_tiled_with_ceil_extent, TILE, MAX_RADIUS),
+     r"values wrong for x \(1, 1, 8, 8\), kernel_size=3, scale=3", False),
+    ("barrier in a per-thread loop (03)",
+     lambda: checkers.check_carafe_tiled_kernel(carafe_tiled_with_a_barrier_in_the_load_loop, TILE, MAX_RADIUS),
+     r"syncthreads\(\) on line \d+ of the kernel sits inside a `for` loop whose passes depend on the thread", False),
+    ("(C, N) for (N, C) (02)", lambda: checkers.check_bilinear_function(BilinearFunctionWithBatchAndChannelsSwapped),
+     r"wrong shape for forward.*expected \(2, 3, 5, 7\), got \(3, 2, 5, 7\)", False),
+    # skipping a term by its value
+    ("skip by value: semi-shift pixel (05)", lambda: checkers.check_semi_shift_pixel(semi_shift_pixel_skipping_zeros),
+     r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n.*never by its value", False),
+    ("skip by value: semi-shift kernel (05)", lambda: checkers.check_semi_shift_kernel(semi_shift_skipping_zeros),
+     r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n.*never by its value", False),
+    ("skip by value: grad_en (05)", lambda: checkers.check_semi_shift_grad_en_kernel(grad_en_skipping_zeros),
+     r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n.*never by its value", False),
+    ("skip by value: grad_de (05)", lambda: checkers.check_semi_shift_grad_de_kernel(grad_de_skipping_zeros),
+     r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n.*never by its value", False),
+    ("skip by value: grad_weight (05)",
+     lambda: checkers.check_semi_shift_grad_weight_kernel(grad_weight_skipping_zeros), r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n.*never by its value", False),
+    ("skip by value: grad_q (04)", lambda: checkers.check_grad_query_kernel(grad_query_skipping_zeros),
+     r"grad_q\(\d, 0, .*is a number .*key 0 in channel 0; it should be nan.*\n.*never by a value", False),
+    ("skip by value: grad_key (04)", lambda: checkers.check_grad_key_kernel(grad_key_skipping_zeros),
+     r"grad_key\(\d, 0, .*is a number .*q 0 in channel 0; it should be nan.*\n.*never by a value", False),
+    ("skip by value: channels-last (07)",
+     lambda: checkers.check_carafe_channels_last_kernel(carafe_channels_last_skipping_zeros),
+     r"out\[0, [23], [01], \d+\] is a number .*x\[0, 1, 1, \d+\] = 0 at a slot whose mask is nan.*\n.*never by a value",
+     False),
+    ("skip by value: channel-blocked (07)",
+     lambda: checkers.check_carafe_channel_blocked_kernel(carafe_channel_blocked_skipping_zeros, CHANNELS_PER_THREAD),
+     r"out\[0, \d, [23], [01]\] is a number .*x\[0, \d, 1, 1\] = 0 at a slot whose mask is nan.*\n.*never by a value",
+     False),
     # from test_checkers.py
     ("unguarded", lambda: checkers.check_scale_kernel(scale_unguarded), r"if i < out\.size", False),
     ("off by one", lambda: checkers.check_scale_kernel(scale_off_by_one), r"First mismatch at index \(0,\)", False),
@@ -776,5 +1134,6 @@ def test_the_corpus_covers_every_kind():
     """At least the issue's six kinds and one wrong answer per new rule."""
     names = " ".join(case[0] for case in CORPUS)
     for kind in ("float index", "partly atomic", "batch 1 only", "grid stride", "max starts at 0", ".cpu()",
-                 "plain Python helper", "writes twice", "without the max", "tiled kernel", "block kernel"):
+                 "plain Python helper", "writes twice", "without the max", "tiled kernel", "block kernel",
+                 "skip by value"):
         assert kind in names, kind

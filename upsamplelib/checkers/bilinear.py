@@ -18,7 +18,7 @@ from .engine import (
     run_with_timeout,
     uses_atomics,
 )
-from .rules import KernelCheck, parameter_names
+from .rules import KernelCheck, block_size_of_case, blocks_note, parameter_names
 
 __all__ = [
     "check_linear_index",
@@ -106,10 +106,10 @@ def _gather_index_hint(grad_out, grad_x):
             "align_corners), both ends included")
 
 
-def _kernel_case(rules, threads_over, *arrays, count=False, case="", index_hint=""):
-    """Launch one thread per element of ``arrays[threads_over]``."""
+def _kernel_case(rules, threads_over, *arrays, per_block=64, count=False, case="", index_hint=""):
+    """Launch one thread per element of ``arrays[threads_over]``, in blocks of ``per_block``."""
     name = _parameter_name(rules.kernel, threads_over)
-    rules.launch(launch_config(arrays[threads_over].size, 64), *arrays, sized_for=threads_over, count=count,
+    rules.launch(launch_config(arrays[threads_over].size, per_block), *arrays, sized_for=threads_over, count=count,
                  case=case, index_hint=index_hint,
                  bounds_hint=f"the last block has threads past the end of {name}: guard the body with "
                              f"`if i < {name}.size:`")
@@ -130,15 +130,19 @@ def check_bilinear_kernel(kernel):
         for index, ((planes, h, w), size) in enumerate(_SHAPES):
             x = rng.standard_normal((planes, h, w)).astype(np.float32)
             out = np.full((planes,) + size, np.nan, np.float32)
-            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
-            _kernel_case(rules, 1, x, out, align_corners, count=index == 2 and not align_corners, case=case,
-                         index_hint=_index_hint(*parameter_names(kernel)[:2]))
+            per_block = block_size_of_case(index, 64)
+            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}" + (
+                f", blocks of {per_block} threads" if per_block != 64 else "")
+            _kernel_case(rules, 1, x, out, align_corners, per_block=per_block, count=index == 2 and not align_corners,
+                         case=case, index_hint=_index_hint(*parameter_names(kernel)[:2]))
             _, expected = _reference(x, size, align_corners)
             _, other = _reference(x, size, not align_corners)
             diagnose(expected.detach().float(), out, [
                 (other.detach().float(), f"the result is align_corners={not align_corners}'s: pass align_corners on "
                                          "to linear_index, for the rows and the columns")],
-                what=what, case=case, atol=1e-6,
+                what=what, case=case, atol=1e-6, unwritten_hint=("every thread with i < out.size writes its own "
+                                                                 "element" + blocks_note(per_block, 64)
+                                                                 if per_block != 64 else ""),
                 hint="blend the four neighbours: first along the row with (wx0, wx1), then the two rows "
                      "with (wy0, wy1): wy0 * (wx0 * x[p, y0, x0] + wx1 * x[p, y0, x1]) + wy1 * (...row y1...)")
     rules.passed(2 * len(_SHAPES))
@@ -156,12 +160,14 @@ def _check_backward(kernel, what, one_thread_per, hint):
             # A scatter adds into grad_x, which must start at 0; a gather writes each element once and must not
             # need it: nan then shows a gather that adds into grad_x.
             grad_x = np.zeros_like(x) if one_thread_per == "output" else np.full_like(x, np.nan)
-            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
+            per_block = block_size_of_case(index, 64)
+            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}" + (
+                f", blocks of {per_block} threads" if per_block != 64 else "")
             _kernel_case(rules, 0 if one_thread_per == "output" else 1, grad_out, grad_x, align_corners,
-                         count=index == 2 and not align_corners, case=case,
+                         per_block=per_block, count=index == 2 and not align_corners, case=case,
                          index_hint=(_index_hint(*parameter_names(kernel)[1::-1]) if one_thread_per == "output"
                                      else _gather_index_hint(*parameter_names(kernel)[:2])))
-            case_hint = hint
+            case_hint = hint + blocks_note(per_block, 64)
             if one_thread_per == "input" and np.isnan(grad_x).all():
                 case_hint = ("every element of grad_x is nan: the checker fills grad_x with nan, since a gather "
                              "writes each element once and needs no zeroed array (the lesson's Function hands it "
@@ -204,7 +210,8 @@ def check_bilinear_function(function_class):
     what = "BilinearFunction"
     torch.manual_seed(23)
     for align_corners in (False, True):
-        x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)  # batch and channels >= 2
+        # batch and channels >= 2, and unequal: an (N, C) order swapped in a reshape shows
+        x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
         size = (5, 7)
         out = run_with_timeout(lambda: function_class.apply(x, size, align_corners), what="forward")
         expected = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)

@@ -25,7 +25,7 @@ from .engine import (
     run_with_timeout,
     unsolved_exercise,
 )
-from .rules import KernelCheck
+from .rules import KernelCheck, block_size_of_case, blocks_note
 
 __all__ = [
     "check_predict_kernels",
@@ -76,6 +76,8 @@ _TILED_CASES = [
     (1, 2, 2, 3, 5, 4, 2),
     (2, 2, 3, 2, 1, 2, 1),
     (2, 4, 3, 2, 3, 2, 2),  # two images with masks of their own (k > 1), two channels per group
+    # Scale 3: a block whose first output row is not a multiple of 3 needs ceil(TILE / 3) + 1 + 2r rows of x
+    (1, 1, 8, 8, 3, 3, 1),
 ]
 
 _BACKWARD_CASES = [
@@ -273,6 +275,67 @@ def with_nan_outside(masks, k, s, g, h, w):
     return masks
 
 
+#: The case whose values inside the map are 0 where a mask is nan, and nan where a mask is 0: terms that a
+#: kernel skipping by value (``if value != 0``) drops, though 0 * nan is nan. Equal to _OUTSIDE_NAN_CASE (and
+#: maybe the same object): the checkers tell the two by their position in the list.
+_VALUES_INSIDE_CASE = (2, 2, 3, 4, 3, 2, 2)
+
+VALUES_INSIDE_HINT = ("CARAFE skips a slot by its position (outside the map), never by a value: a 0 in x inside the "
+                      "map is a real neighbour, and nan * 0 is nan. Test the slot's row and column, not "
+                      "`value != 0` or `mask != 0`")
+
+
+def _values_inside_pixels(h, w):
+    """((zero pixel, its reader), (nan pixel, its reader)) of an (h, w) map, h >= 2 and w >= 3: each reader, a
+    low-res pixel, reads its pixel through slot dx = +1; the first reader's window (radius < w - 1) does not
+    reach the nan pixel."""
+    return ((1, 1), (1, 0)), ((h - 1, w - 1), (h - 1, w - 2))
+
+
+def with_values_inside(x, masks, k, s, g):
+    """(x, masks) copied, with x 0 at one pixel inside the map, read with nan masks (group 0's) by the outputs
+    of the pixel left of it, and x nan at another, read with masks of 0 (every group's) by the outputs of the
+    pixel left of it (``_values_inside_pixels``)."""
+    x, masks = x.copy(), masks.copy()
+    r = (k - 1) // 2
+    (zero, zero_reader), (nan, nan_reader) = _values_inside_pixels(*x.shape[2:])
+    x[:, :, zero[0], zero[1]] = 0
+    x[:, :, nan[0], nan[1]] = np.nan
+    for pixel, reader, value, groups in ((zero, zero_reader, np.nan, [0]), (nan, nan_reader, 0.0, range(g))):
+        slot = (pixel[0] - reader[0] + r) * k + pixel[1] - reader[1] + r
+        for group in groups:
+            masks[:, group * k * k + slot, reader[0] * s:(reader[0] + 1) * s, reader[1] * s:(reader[1] + 1) * s] = value
+    return x, masks
+
+
+def require_values_inside(out, expected, what, case, x_shape, s, channels_last=False):
+    """The verdict of a case of ``with_values_inside``: ``out`` (N, C, s*h, s*w), or (N, s*h, s*w, C) when
+    ``channels_last``, nan exactly where the reference ``expected`` (NCHW) has it, then right elsewhere."""
+    expected = np.asarray(expected, dtype=np.float64)
+    got = out.transpose(0, 3, 1, 2) if channels_last else out
+    (zero, zero_reader), (nan, nan_reader) = _values_inside_pixels(*x_shape[2:])
+
+    def named(array, n, c, row, col):
+        return f"{array}[{n}, {row}, {col}, {c}]" if channels_last else f"{array}[{n}, {c}, {row}, {col}]"
+
+    for should_be_nan, word in ((np.isnan(expected) & ~np.isnan(got), "a number"),
+                                (~np.isnan(expected) & np.isnan(got), "nan (or never written)")):
+        if not should_be_nan.any():
+            continue
+        n, c, Y, X = (int(i) for i in np.argwhere(should_be_nan)[0])
+        if word == "a number" and (Y // s, X // s) == zero_reader:
+            why = f"its window reads {named('x', n, c, *zero)} = 0 at a slot whose mask is nan, so it is nan (nan * 0)"
+        elif word == "a number":
+            why = (f"its window reads {named('x', n, c, *nan)} = nan, at a slot whose mask is 0 here, so it is nan "
+                   "(0 * nan)")
+        else:
+            why = "the reference is a number there: no nan in x or in a mask reaches it"
+        raise CheckFailed(f"{what}: {named('out', n, c, Y, X)} is {word} for {case}, whose x holds a 0 and a nan "
+                          f"inside the map; {why}.\nHint: {VALUES_INSIDE_HINT}")
+    finite = ~np.isnan(expected)
+    compare(np.where(finite, expected, 0), np.where(finite, got, 0), what=what, case=case, hint=VALUES_INSIDE_HINT)
+
+
 def _require_no_nan(out, what, case):
     """The outside-nan case's verdict: no nan may reach ``out``."""
     if np.isnan(out).any():
@@ -283,14 +346,19 @@ def _require_no_nan(out, what, case):
 
 def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False, hint=_FORWARD_HINT):
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
+    special = [_VALUES_INSIDE_CASE]
     if not padded:  # the padded kernel multiplies its padding in by design
-        cases = cases + [_OUTSIDE_NAN_CASE if with_group else _OUTSIDE_NAN_CASE[:6] + (1,)]
+        special.insert(0, _OUTSIDE_NAN_CASE)
+    cases = cases + [case if with_group else case[:6] + (1,) for case in special]
     for index, case in enumerate(cases):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, seed + index)
-        outside_nan = not padded and index == len(cases) - 1
+        outside_nan = not padded and index == len(cases) - 2
+        values_inside = index == len(cases) - 1
         if outside_nan:
             masks = with_nan_outside(masks, k, s, g, h, w)
+        if values_inside:
+            x, masks = with_values_inside(x, masks, k, s, g)
         radius = (k - 1) // 2
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         arrays = [np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (radius, radius), (radius, radius))))
@@ -301,15 +369,22 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                       "reads rows Y // scale + dy for dy in range(kernel_size)" if padded else
                       "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x")
         # bounds_hint: a thread past the end of out (or one the simulator does not say): the guard too
-        rules.launch(launch_config(out.size, 128), *arrays, count=index == 1, case=_describe(case),
+        per_block = block_size_of_case(index, 128)
+        blocks = f", blocks of {per_block} threads" if per_block != 128 else ""
+        rules.launch(launch_config(out.size, per_block), *arrays, count=index == 1, case=_describe(case) + blocks,
                      bounds_hint=index_hint + "; and guard the thread with `if i < out.size:`",
                      index_hint=index_hint, sized_for=2)
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         if outside_nan:
             _require_no_nan(out, what, _describe(case))
+        if values_inside:
+            require_values_inside(out, expected, what, _describe(case), x.shape, s)
+            continue
         diagnose(expected, out, [] if outside_nan else _variants(x, masks, k, s, g), what=what,
-                 case=_describe(case) + (", nan masks at the outside slots" if outside_nan else ""),
-                 hint=_OUTSIDE_NAN_HINT if outside_nan else hint)
+                 case=_describe(case) + blocks + (", nan masks at the outside slots" if outside_nan else ""),
+                 hint=_OUTSIDE_NAN_HINT if outside_nan else hint,
+                 unwritten_hint=("every thread with i < out.size writes its own element"
+                                 + blocks_note(per_block, 128)) if blocks else "")
     rules.passed(len(cases))
 
 
@@ -364,11 +439,47 @@ def _shape_parts(shape):
         yield from _shape_parts(child)
 
 
+def _mentions_thread(node, per_thread):
+    """Whether expression ``node`` reads the thread's index (``cuda.threadIdx``, ``cuda.grid``) or a name set
+    from it."""
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Attribute) and _dotted(inner).split(".")[-2:-1] == ["threadIdx"]:
+            return True
+        if isinstance(inner, ast.Call) and _dotted(inner.func).endswith(("grid", "threadIdx")):
+            return True
+        if isinstance(inner, ast.Name) and inner.id in per_thread:
+            return True
+    return False
+
+
+def _names_set_per_thread(definition):
+    """The local names whose value depends on the thread: set from ``cuda.threadIdx`` or ``cuda.grid``, or
+    from such names, or as a loop variable over such a range."""
+    per_thread, grown = set(), True
+    while grown:
+        grown = False
+        for node in ast.walk(definition):
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+                targets, value = (node.targets if isinstance(node, ast.Assign) else [node.target]), node.value
+            elif isinstance(node, ast.For):
+                targets, value = [node.target], node.iter
+            else:
+                continue
+            if _mentions_thread(value, per_thread):
+                for target in targets:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name) and name.id not in per_thread:
+                            per_thread.add(name.id)
+                            grown = True
+    return per_thread
+
+
 def shared_memory_problems(kernel):
     """What in a kernel's source would break on a GPU although the simulator
     accepts it: a shared array whose shape is not made of module-level integer
     constants, and ``cuda.syncthreads()`` calls that some threads may skip
-    (inside an ``if``, or after a ``return``). A list of messages, empty if none."""
+    (inside an ``if``, after a ``return``, or in a loop whose passes depend on
+    the thread). A list of messages, empty if none."""
     function, definition = kernel_definition(kernel)
     problems = []
     local_names = {a.arg for a in definition.args.args}
@@ -408,6 +519,16 @@ def shared_memory_problems(kernel):
                         "`while`. Every thread of the block must reach every syncthreads (a thread past the "
                         "edge of the output too), or the block may hang or read a half-loaded tile: call "
                         "it at the top level of the kernel and guard only the work around it.")
+    per_thread = _names_set_per_thread(definition)
+    for node in ast.walk(definition):
+        if isinstance(node, ast.For) and _mentions_thread(node.iter, per_thread):
+            for inner in ast.walk(node):
+                if inner in syncs:
+                    problems.append(
+                        f"cuda.syncthreads() on line {inner.lineno} of the kernel sits inside a `for` loop whose "
+                        f"passes depend on the thread (`{ast.unparse(node.iter)}`): threads reach different "
+                        "numbers of barriers, which a GPU does not allow (the block may hang or read a half-loaded "
+                        "tile). Load in the loop, then call cuda.syncthreads() once, after it, at the top level.")
     if syncs:
         last = max(s.lineno for s in syncs)
         for node in ast.walk(definition):
@@ -435,17 +556,23 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
         raise CheckFailed(f"{what}: " + "\n".join(problems))
     # Last, the case whose masks are nan where a slot reads outside the map: the zeros of the tile stand for
     # the padding, and the sum must still skip those slots, as 03.3's kernel does.
-    cases = [case for case in _TILED_CASES + [_OUTSIDE_NAN_CASE] if (case[4] - 1) // 2 <= max_radius]
+    # Then the one whose x holds a 0 read with a nan mask (the tile's zeros are not the test of the outside).
+    kinds = [(case, None) for case in _TILED_CASES] + [(_OUTSIDE_NAN_CASE, "outside nan"),
+                                                       (_VALUES_INSIDE_CASE, "values inside")]
+    kinds = [(case, kind) for case, kind in kinds if (case[4] - 1) // 2 <= max_radius]
+    cases = [case for case, _ in kinds]
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
     # Wrong only in the edge blocks (in a case, and in a probe with blocks inside the output besides the
     # first): their threads outside the output did not load their share of the tile.
     edge_only = _wrong_only_in_edge_blocks(kernel, tile, max_radius)
-    for index, case in enumerate(cases):
+    for index, (case, kind) in enumerate(kinds):
         n, c, h, w, k, s, g = case
         x, masks = _inputs(case, 35 + index)
-        outside_nan = case is _OUTSIDE_NAN_CASE
+        outside_nan, values_inside = kind == "outside nan", kind == "values inside"
         if outside_nan:
             masks = with_nan_outside(masks, k, s, g, h, w)
+        if values_inside:
+            x, masks = with_values_inside(x, masks, k, s, g)
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         grid = (math.ceil(s * w / tile), math.ceil(s * h / tile), n * c)
         report = rules.launch(
@@ -456,6 +583,10 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
         expected = carafe_reference(torch.from_numpy(x).double(), torch.from_numpy(masks).double(), k, s, g)
         if outside_nan:
             _require_no_nan(out, what, f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}")
+        if values_inside:
+            require_values_inside(out, expected, what, f"{_describe(case)}, grid {grid} of blocks {tile} x {tile}",
+                                  x.shape, s)
+            continue
 
         def in_an_edge_block(index, height=s * h, width=s * w):
             return ((_block_reaches_past(index[2], height, tile) or _block_reaches_past(index[3], width, tile))
@@ -590,10 +721,13 @@ def _backward_cases(kernel, what, wrt, hint, index_hint):
             result = np.full(masks.shape, np.nan, np.float32)
             arrays = (grad_out, x, result, k, s, g)
             expected = grad_masks
-        rules.launch(launch_config(result.size, 128), *arrays, count=index == 2, case=_describe(case),
+        per_block = block_size_of_case(index, 128)
+        blocks = f", blocks of {per_block} threads" if per_block != 128 else ""
+        rules.launch(launch_config(result.size, per_block), *arrays, count=index == 2, case=_describe(case) + blocks,
                      bounds_hint=f"{index_hint}; and guard the thread with `if i < {output}.size:`",
                      index_hint=index_hint, sized_for=2)
-        compare(expected.numpy(), result, what=what, case=_describe(case), hint=hint, rtol=1e-5, atol=1e-5)
+        compare(expected.numpy(), result, what=what, case=_describe(case) + blocks,
+                hint=hint + blocks_note(per_block, 128), rtol=1e-5, atol=1e-5)
     rules.passed(len(_BACKWARD_CASES))
 
 

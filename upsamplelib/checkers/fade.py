@@ -240,11 +240,12 @@ def check_semi_shift_pixel(semi_shift_pixel):
     n, c, o, h, w, k, s = _NAN_TAP_CASE
     for tap in _nan_taps(k):
         E, D, weight, bias = _inputs(_NAN_TAP_CASE, 519, np.float64)
+        E, D = _zero_left_half(E, D)
         weight[:, :, tap[0], tap[1]] = np.nan
         got = np.array([[[[float(semi_shift_pixel(E, D, weight, bias, b, channel, Y, X, s)) for X in range(s * w)]
                           for Y in range(s * h)] for channel in range(o)] for b in range(n)])
-        _require_skipped(what, "out", _reference(E, D, weight, bias, s), got, _describe(_NAN_TAP_CASE), _SKIP_HINT,
-                         _nan_weight(tap))
+        _require_skipped(what, "out", _reference(E, D, weight, bias, s), got,
+                         _describe(_NAN_TAP_CASE) + _MAPS_LEFT_HALF_ZERO, _SKIP_HINT, _nan_weight(tap))
     passed(what, len(_CASES) + 2)
 
 
@@ -272,9 +273,9 @@ def check_semi_shift_kernel(kernel):
     for tap, _, E, D, weight, bias, _ in _nan_weight_cases(529):
         out = np.full((n, o, s * h, s * w), np.nan, np.float32)
         _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size",
-                case=_describe(_NAN_TAP_CASE) + f", nan weight at tap {tap}")
-        _require_skipped(what, "out", _reference(E, D, weight, bias, s), out, _describe(_NAN_TAP_CASE),
-                         "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
+                case=_describe(_NAN_TAP_CASE) + _MAPS_LEFT_HALF_ZERO + f", nan weight at tap {tap}")
+        _require_skipped(what, "out", _reference(E, D, weight, bias, s), out,
+                         _describe(_NAN_TAP_CASE) + _MAPS_LEFT_HALF_ZERO, "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
                          "(nan * 0 is nan): add weight * (e + d) only where the encoder's or the decoder's tap is "
                          "inside (each row and column tested at both ends), so that a nan or inf weight at a skipped "
                          "tap never reaches the output", _nan_weight(tap))
@@ -306,6 +307,19 @@ _SKIP_HINT = ("a tap outside the map is skipped, not multiplied by a zero read: 
               "skipped tap never reaches the result")
 
 
+def _zero_left_half(*maps):
+    """The maps, copied, 0 in the left half of their columns: where a nan weight multiplies such a 0 inside the
+    maps, the spec keeps the nan (nan * 0), which a kernel skipping a term by its value (``if value != 0``) drops."""
+    zeroed = [array.copy() for array in maps]
+    for array in zeroed:
+        array[..., : array.shape[-1] // 2] = 0
+    return zeroed
+
+
+_MAPS_LEFT_HALF_ZERO = ", E and D 0 in their left half"
+_ALL_LEFT_HALF_ZERO = ", E, D and grad_out 0 in their left half"
+
+
 def _nan_taps(k):
     """The two corner taps, tried in turn with a nan weight: (0, 0) lies outside the maps at their top and left
     border, (k - 1, k - 1) at their bottom and right one, so a skip test of two borders only shows."""
@@ -332,7 +346,8 @@ def _require_skipped(what, name, expected, got, case, hint, nan):
     if dropped.any():
         index = tuple(int(i) for i in torch.nonzero(dropped)[0])
         raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, {nan[0]}; it should be nan: "
-                          "this element reads that value inside the maps, where the spec lets a nan through.\nHint: "
+                          "this element reads that value inside the maps, where the spec lets a nan through (nan * 0 is nan)."
+                          "\nHint: "
                           "skip a tap by where it lies (its row and column against the map's size), never by its "
                           "value")
     compare(torch.where(finite, expected, 0.0), torch.where(finite, got, 0.0), what=what, case=f"{case}, {nan[0]}",
@@ -348,9 +363,11 @@ def _backward_cases(seed, cases=_CASES):
 
 
 def _nan_weight_cases(seed):
-    """(tap, case, E, D, weight, bias, grad_out) of ``_NAN_TAP_CASE``, once per corner tap, the weight nan there."""
+    """(tap, case, E, D, weight, bias, grad_out) of ``_NAN_TAP_CASE``, once per corner tap, the weight nan there
+    and the maps 0 in their left half (``_zero_left_half``)."""
     for tap in _nan_taps(_NAN_TAP_CASE[5]):
         case, E, D, weight, bias, grad_out = next(_backward_cases(seed, [_NAN_TAP_CASE]))
+        E, D, grad_out = _zero_left_half(E, D, grad_out)
         weight[:, :, tap[0], tap[1]] = np.nan
         yield tap, case, E, D, weight, bias, grad_out
 
@@ -378,9 +395,9 @@ def check_semi_shift_grad_en_kernel(kernel):
     for tap, case, E, D, weight, bias, grad_out in _nan_weight_cases(538):
         grad_en = np.full(E.shape, np.nan, np.float32)
         _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size",
-                case=_describe(case) + f", nan weight at tap {tap}")
+                case=_describe(case) + _ALL_LEFT_HALF_ZERO + f", nan weight at tap {tap}")
         _require_skipped(what, "grad_en", _gradients(E, D, weight, bias, grad_out, case[6])[0], grad_en,
-                         _describe(case), "skip the outputs outside the map, at all four of its borders (do not "
+                         _describe(case) + _ALL_LEFT_HALF_ZERO, "skip the outputs outside the map, at all four of its borders (do not "
                                           "multiply the weight by read_or_zero's 0 for them: nan * 0 is nan), so "
                                           "that a nan or inf weight at a skipped tap never reaches grad_en",
                          _nan_weight(tap))
@@ -420,9 +437,9 @@ def check_semi_shift_grad_de_kernel(kernel):
     for tap, case, E, D, weight, bias, grad_out in _nan_weight_cases(548):
         grad_de = np.full(D.shape, np.nan, np.float32)
         _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",
-                case=_describe(case) + f", nan weight at tap {tap}")
+                case=_describe(case) + _ALL_LEFT_HALF_ZERO + f", nan weight at tap {tap}")
         _require_skipped(what, "grad_de", _gradients(E, D, weight, bias, grad_out, case[6])[1], grad_de,
-                         _describe(case), "skip the anchors outside the low-res map (do not multiply the weight by "
+                         _describe(case) + _ALL_LEFT_HALF_ZERO, "skip the anchors outside the low-res map (do not multiply the weight by "
                                           "a zero sum of grad_out for them), so that a nan or inf weight at a "
                                           "skipped tap never reaches grad_de", _nan_weight(tap))
     rules.passed(len(_CASES) + 2)
@@ -459,12 +476,13 @@ def check_semi_shift_grad_weight_kernel(kernel):
     n, c, o, h, w, k, s = _NAN_TAP_CASE
     for corner in [(0, 0), (s * h - 1, s * w - 1)]:  # the first output and the last, at opposite borders
         case, E, D, weight, bias, grad_out = next(_backward_cases(558, [_NAN_TAP_CASE]))
+        E, D = _zero_left_half(E, D)
         grad_out[:, :, corner[0], corner[1]] = np.nan
         grad_weight = np.full(weight.shape, np.nan, np.float32)
         _launch(rules, grad_weight.size, grad_out, E, D, grad_weight, s, guard="grad_weight.size",
-                case=_describe(case) + f", grad_out nan at output {corner}")
+                case=_describe(case) + _MAPS_LEFT_HALF_ZERO + f", grad_out nan at output {corner}")
         _require_skipped(what, "grad_weight", _gradients(E, D, weight, bias, grad_out, s)[2], grad_weight,
-                         _describe(case), "skip an output whose tap reads outside both maps, at all four borders "
+                         _describe(case) + _MAPS_LEFT_HALF_ZERO, "skip an output whose tap reads outside both maps, at all four borders "
                                           "(do not multiply its grad_out by read_or_zero's zeros: nan * 0 is nan), "
                                           "so that a nan or inf gradient there never reaches grad_weight",
                          nan=(f"grad_out nan at output {corner}", "whose tap (uy, ux) reads outside both maps"))

@@ -233,17 +233,22 @@ class _PretendCudaTensor(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
-def _shares_memory_when_on_a_gpu(to_kernel_array, what):
+def _shares_memory_when_on_a_gpu(to_kernel_array, what, requires_grad=False):
     """In the simulator: hand ``to_kernel_array`` a pretend CUDA tensor
-    (``cuda.as_cuda_array`` gives a view of it) and refuse host round trips."""
+    (``cuda.as_cuda_array`` gives a view of it, and refuses one that requires
+    grad, as PyTorch's ``__cuda_array_interface__`` does) and refuse host
+    round trips."""
     from numba import cuda
 
-    tensor = torch.zeros(3, 4).as_subclass(_PretendCudaTensor)
+    tensor = torch.zeros(3, 4, requires_grad=requires_grad).as_subclass(_PretendCudaTensor)
     _PretendCudaTensor.host_copies = []
     calls = []
 
     def as_cuda_array(obj, sync=True):
         calls.append(obj)
+        if obj.requires_grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad. Use "
+                               "var.detach().__cuda_array_interface__ instead.")
         return torch.Tensor.numpy(obj.as_subclass(torch.Tensor))
 
     missing = not hasattr(cuda, "as_cuda_array")
@@ -251,6 +256,12 @@ def _shares_memory_when_on_a_gpu(to_kernel_array, what):
     cuda.as_cuda_array = as_cuda_array
     try:
         array = to_kernel_array(tensor)
+    except RuntimeError as error:
+        if not requires_grad:
+            raise
+        raise CheckFailed(f"{what}: failed for a CUDA tensor that requires grad: {str(error).splitlines()[0]}.\n"
+                          "Hint: tensor.detach() first, on the GPU path too: cuda.as_cuda_array(tensor.detach())"
+                          ) from None
     finally:
         if missing:
             del cuda.as_cuda_array
@@ -268,7 +279,7 @@ def _shares_memory_when_on_a_gpu(to_kernel_array, what):
         raise CheckFailed(f"{what}: for a CUDA tensor it returned {type(array).__name__} without calling "
                           "cuda.as_cuda_array.\nHint: `if tensor.is_cuda: return cuda.as_cuda_array(tensor)`")
     array[1, 2] = 7.0
-    if float(tensor.as_subclass(torch.Tensor)[1, 2]) != 7.0:
+    if float(tensor.detach().as_subclass(torch.Tensor)[1, 2]) != 7.0:
         raise CheckFailed(f"{what}: for a CUDA tensor, writing through the array did not change the tensor, so "
                           "it is a copy.\nHint: cuda.as_cuda_array(tensor) shares the GPU memory")
 
@@ -279,13 +290,18 @@ def check_to_kernel_array(to_kernel_array):
     there is no GPU)."""
     what = "to_kernel_array"
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if "cuda" not in devices and SIMULATOR:
+    pretend = "cuda" not in devices and SIMULATOR
+    if pretend:
         _shares_memory_when_on_a_gpu(to_kernel_array, what)
-    for device in devices:
-        tensor = torch.zeros(3, 4, device=device)
+        _shares_memory_when_on_a_gpu(to_kernel_array, what, requires_grad=True)
+    for device, dtype in [(device, dtype) for device in devices for dtype in (torch.float32, torch.float64)]:
+        tensor = torch.zeros(3, 4, device=device, dtype=dtype)
         array = to_kernel_array(tensor)
         if tuple(array.shape) != (3, 4):
             raise CheckFailed(f"{what}: shape {tuple(array.shape)} for a (3, 4) {device} tensor")
+        if np.dtype(array.dtype) != np.dtype(str(dtype).removeprefix("torch.")):
+            raise CheckFailed(f"{what}: a {device} tensor of {dtype} became an array of {array.dtype}, a copy in "
+                              "another type.\nHint: no .float() or .to(...): share the tensor's memory as it is")
         if device == "cpu":
             array[1, 2] = 7.0
         else:
@@ -294,18 +310,25 @@ def check_to_kernel_array(to_kernel_array):
             cuda.to_device(np.full((3, 4), 7.0, np.float32), to=array)
         if float(tensor[1, 2]) != 7.0:
             raise CheckFailed(
-                f"{what}: writing through the array did not change the {device} tensor, so it is a copy.\n"
-                "Hint: tensor.numpy() on the CPU and cuda.as_cuda_array(tensor) on the GPU share memory"
+                f"{what}: writing through the array did not change the {device} tensor of {dtype}, so it is a "
+                "copy.\nHint: tensor.numpy() on the CPU and cuda.as_cuda_array(tensor) on the GPU share memory"
             )
-    tracked = torch.zeros(3, 4, requires_grad=True)
-    try:
-        array = to_kernel_array(tracked)
-    except RuntimeError as error:
-        raise CheckFailed(f"{what}: failed for a tensor that requires grad: {str(error).splitlines()[0]}.\nHint: "
-                          "tensor.detach() first (a view of the same memory, outside autograd): "
-                          "tensor.detach().numpy() on the CPU, cuda.as_cuda_array(tensor.detach()) on the GPU") from None
-    array[1, 2] = 7.0
-    if float(tracked.detach()[1, 2]) != 7.0:
-        raise CheckFailed(f"{what}: for a tensor that requires grad, writing through the array did not change the "
-                          "tensor, so it is a copy.\nHint: tensor.detach() shares the tensor's memory")
-    passed(what, (2 if "cuda" not in devices and SIMULATOR else len(devices)) + 1)
+    for device in devices:
+        tracked = torch.zeros(3, 4, device=device, requires_grad=True)
+        try:
+            array = to_kernel_array(tracked)
+        except RuntimeError as error:
+            raise CheckFailed(f"{what}: failed for a {device} tensor that requires grad: "
+                              f"{str(error).splitlines()[0]}.\nHint: tensor.detach() first (a view of the same "
+                              "memory, outside autograd): tensor.detach().numpy() on the CPU, "
+                              "cuda.as_cuda_array(tensor.detach()) on the GPU") from None
+        if device == "cpu":
+            array[1, 2] = 7.0
+        else:
+            from numba import cuda
+
+            cuda.to_device(np.full((3, 4), 7.0, np.float32), to=array)
+        if float(tracked.detach()[1, 2]) != 7.0:
+            raise CheckFailed(f"{what}: for a tensor that requires grad, writing through the array did not change "
+                              "the tensor, so it is a copy.\nHint: tensor.detach() shares the tensor's memory")
+    passed(what, (2 if pretend else 0) + 3 * len(devices))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..backend import launch_config
 from ..ops.interpolate import NEAREST_GENERIC, nearest_source_index
 from .engine import FLOAT_INDEX_HINT, CheckFailed, diagnose, passed
-from .rules import KernelCheck
+from .rules import KernelCheck, block_size_of_case, blocks_note
 
 __all__ = [
     "check_nearest_index",
@@ -132,9 +132,12 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
     for index, ((h, w), (out_h, out_w)) in enumerate(_PLANE_SHAPES):
         x = rng.standard_normal((h, w)).astype(np.float32)
         out = np.full((out_h, out_w), np.nan, np.float32)
-        grid = (math.ceil(out_w / block[0]), math.ceil(out_h / block[1]))
-        rules.launch((grid, block), x, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
-                     count=index == 2, case=f"{h}x{w} -> {out_h}x{out_w}", sized_for=1,
+        # Every other case another block shape: a kernel that writes the block's sides in is wrong there.
+        shape = block if index % 2 == 0 else (2 * block[0], max(1, block[1] // 2))
+        grid = (math.ceil(out_w / shape[0]), math.ceil(out_h / shape[1]))
+        case = f"{h}x{w} -> {out_h}x{out_w}" + (f", blocks of {shape[0]} x {shape[1]} threads" if index % 2 else "")
+        rules.launch((grid, shape), x, out, bounds_hint="guard with `if row < out.shape[0] and col < out.shape[1]:`",
+                     count=index == 2, case=case, sized_for=1,
                      index_hint="read x at the source indices from nearest_index (at most x.shape - 1), not at the "
                                 "output's row and col")
         expected = F.interpolate(torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="nearest")[0, 0]
@@ -142,7 +145,10 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
                 "nearest_index(col, x.shape[1], out.shape[1])]: rows with the heights, columns with the widths")
         if index >= _FIRST_SENSITIVE_PLANE:
             hint = _PRECISION_HINT.format(call="nearest_index(row, x.shape[0], out.shape[0]) and the same for col")
-        diagnose(expected, out, [], what=what, case=f"{h}x{w} -> {out_h}x{out_w}", rtol=0, atol=0, hint=hint)
+        other_shape = ("" if shape == block else f"; this case runs blocks of {shape[0]} x {shape[1]} threads: col, "
+                       "row = cuda.grid(2) holds for any block shape, one written in does not")
+        diagnose(expected, out, [], what=what, case=case, rtol=0, atol=0, hint=hint,
+                 unwritten_hint=("every thread inside out writes out[row, col]" + other_shape) if other_shape else "")
     rules.passed(len(_PLANE_SHAPES))
 
 
@@ -164,9 +170,12 @@ def check_nearest_kernel(kernel, exact: bool = False):
     for index, ((planes, h, w), (out_h, out_w)) in enumerate(_SHAPES):
         x = rng.standard_normal((planes, h, w)).astype(np.float32)
         out = np.full((planes, out_h, out_w), np.nan, np.float32)
-        rules.launch(launch_config(out.size, 64), x, out, exact,
+        per_block = block_size_of_case(index, 64)
+        note = blocks_note(per_block, 64)
+        case = f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}" + (f", blocks of {per_block} threads" if note else "")
+        rules.launch(launch_config(out.size, per_block), x, out, exact,
                      bounds_hint="the last block runs past out.size; guard with `if i < out.size:`",
-                     count=index == 2, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}", sized_for=1,
+                     count=index == 2, case=case, sized_for=1,
                      index_hint="read x at the source indices from the index function (at most x.shape - 1), not "
                                 "at the output's row and col; " + UNRAVEL_HINT)
         expected = F.interpolate(torch.from_numpy(x)[None], size=(out_h, out_w), mode=mode)[0]
@@ -180,7 +189,7 @@ def check_nearest_kernel(kernel, exact: bool = False):
         hint = UNRAVEL_HINT
         if index >= _FIRST_SENSITIVE_SHAPE:
             hint = _PRECISION_HINT.format(call="the lesson's index functions (nearest_index, nearest_exact_index)")
-        diagnose(expected, out, [], what=what, case=f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}", rtol=0, atol=0,
-                 hint=hint, unwritten_hint="every thread with i < out.size writes out[plane, row, col], its "
-                                                   "own element: " + UNRAVEL_HINT)
+        diagnose(expected, out, [], what=what, case=case, rtol=0, atol=0, hint=hint,
+                 unwritten_hint="every thread with i < out.size writes out[plane, row, col], its own element: "
+                                + UNRAVEL_HINT + note)
     rules.passed(len(_SHAPES))

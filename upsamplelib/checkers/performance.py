@@ -36,7 +36,7 @@ from .. import timing
 from ..backend import SIMULATOR, SIMULATOR_LOCK, launch_config, simulated_shared_array, simulator_allocation
 from ..ops.carafe import carafe_reference
 from . import ptx
-from .carafe import with_nan_outside
+from .carafe import require_values_inside, with_nan_outside, with_values_inside
 from .engine import (CheckFailed, compare, counting_syncthreads, kernel_definition, passed, run_with_timeout,
                      unsolved_exercise)
 
@@ -838,13 +838,14 @@ def _median_time_mistakes(timed, durations, repeat, warmup):
     """[(what a mistake returns, its hint)] for timed calls ``timed`` after
     the warm-up, of all call times ``durations``, in the order to suggest."""
     middle = "with an even number of timed calls the median is the mean of the two middle ones (statistics.median)"
-    return [
+    early = [] if warmup == 0 else [  # with no warm-up, no call comes before the timed ones
         (statistics.median(durations[1:]), "every call was timed and only the first left out: the other warm-up "
                                             "calls are in the median too. Time only the `repeat` calls after the "
                                             "`warmup` untimed ones"),
         (statistics.median(durations[warmup - 1:warmup - 1 + repeat]),
          "the timed calls are taken one call early: the last warm-up call is in the median and the last timed "
-         "call is not. The timed calls are the `repeat` after the first `warmup` (times[warmup:])"),
+         "call is not. The timed calls are the `repeat` after the first `warmup` (times[warmup:])")]
+    return early + [
         (statistics.mean(timed), "that is the mean: one disturbed run pulls it far up. Return the median "
                                  "(statistics.median), which a few slow runs do not move"),
         (min(timed), "that is the fastest run. It is a fair figure too, but this exercise asks for the "
@@ -878,6 +879,7 @@ def check_median_time(function):
         # Its lower middle value (0.002) is not the median without its last call (0.0021): each mistake's
         # hint then explains only its own failures.
         (6, 2, [5.0, 0.004] + [0.002, 0.0021, 0.3, 0.0019, 0.0023, 0.0017]),
+        (3, 0, [0.004, 0.001, 0.002]),  # no warm-up: every call is timed (a function compiled before)
     ]
     rng = np.random.default_rng(71)  # and one drawn at random (the grader draws other ones)
     repeat, warmup = int(rng.integers(5, 10)), int(rng.integers(1, 3))
@@ -887,17 +889,25 @@ def check_median_time(function):
     failures = []  # (case, result, expected, timed, mistakes, the hints whose value it returned)
     for repeat, warmup, durations in plans:
         clock = _FakeClock(durations)
-        case = f"repeat={repeat}, warmup={warmup}, call times {durations} s (the first is a compilation)"
+        case = (f"repeat={repeat}, warmup={warmup}, call times {durations} s"
+                + (" (the first is a compilation)" if warmup else ""))
         try:
             result = function(clock.work, repeat=repeat, warmup=warmup, clock=clock)
         except NotImplementedError:
             raise
         except CheckFailed as error:
-            raise CheckFailed(f"{error}, for {case}") from None
+            raise CheckFailed(f"{error}, for {case}.\nHint: first `warmup` untimed calls (none when warmup is 0: "
+                              "`for _ in range(warmup)`), then `repeat` timed ones") from None
         except TypeError as error:  # parameters named otherwise, or positional only
             raise CheckFailed(f"{what}: median_time(f, repeat={repeat}, warmup={warmup}, clock=clock) raised "
                               f"TypeError: {error}.\nHint: name the parameters function, repeat, warmup and "
                               "clock, as the exercise does: the lesson's later cells give them by name") from None
+        except Exception as error:  # the student's code fails on this plan: report the earlier ones' values first
+            if failures:
+                break
+            raise CheckFailed(f"{what}: median_time(f, repeat={repeat}, warmup={warmup}, clock=clock) raised "
+                              f"{type(error).__name__}: {error}, for {case}.\nHint: first `warmup` untimed calls "
+                              "(none when warmup is 0), then `repeat` timed ones; return their median") from None
         timed = durations[warmup:]
         expected = statistics.median(timed)
         if clock.calls != warmup + repeat:
@@ -922,8 +932,10 @@ def check_median_time(function):
                              {hint for value, hint in mistakes if math.isclose(result, value, rel_tol=1e-9)}))
     if failures:
         case, result, expected, timed, mistakes, _ = failures[0]
-        # The hint that explains every failing plan: one plan's numbers can match two mistakes.
-        explaining = [hint for _, hint in mistakes if all(hint in matched for *_, matched in failures)]
+        # The hint that explains the most failing plans (one plan's numbers can match two mistakes), first in
+        # the order of the first plan's mistakes; the plan without a warm-up has fewer mistakes to match.
+        counts = [sum(hint in matched for *_, matched in failures) for _, hint in mistakes]
+        explaining = [hint for (_, hint), count in zip(mistakes, counts) if count == max(counts) > 0]
         if explaining:
             raise CheckFailed(f"{what}: returned {result!r} s for {case}; expected {expected!r} s.\n"
                               f"Hint: {explaining[0]}")
@@ -1171,20 +1183,21 @@ def _require_outside_skipped(out, expected, what, case, hint=OUTSIDE_NAN_HINT):
 OTHER_BLOCK = 96
 
 
-def _other_block_and_outside_nan(run, x, masks, k, s, work_items, case, what, shape=None):
-    """One case again, twice: launched in blocks of ``OTHER_BLOCK`` (a kernel that assumes 128 goes wrong), then
-    in blocks of 128 with masks nan at the slots outside the map (they must be skipped). ``run(masks, launch)``
-    launches the kernel on ``work_items`` threads and returns its ``out``; ``shape`` maps the NCHW reference to
-    ``out``'s layout."""
+def _other_block_and_outside_nan(run, x, masks, k, s, work_items, case, what, channels_last=False):
+    """One case again, three times: launched in blocks of ``OTHER_BLOCK`` (a kernel that assumes 128 goes
+    wrong), then in blocks of 128 with masks nan at the slots outside the map (they must be skipped), then with
+    a 0 and a nan in x inside the map, read with a nan mask and a mask of 0 (``with_values_inside``: a kernel
+    that skips by value drops them). ``run(x, masks, launch)`` launches the kernel on ``work_items`` threads
+    and returns its ``out``, (N, s*h, s*w, C) when ``channels_last``."""
     h, w = x.shape[2], x.shape[3]
+    layout = (lambda expected: expected.transpose(0, 2, 3, 1)) if channels_last else (lambda expected: expected)
     for block, nan_outside in ((OTHER_BLOCK, False), (128, True)):
         if nan_outside:
             masks = with_nan_outside(masks, k, s, 1, h, w)
             case += ", nan masks at the slots outside the map"
         launch = launch_config(work_items, block)
-        out = run(masks, launch)
-        expected = _reference(x, masks, k, s)
-        expected = shape(expected) if shape else expected
+        out = run(x, masks, launch)
+        expected = layout(_reference(x, masks, k, s))
         if nan_outside:
             _require_outside_skipped(out, expected, what, case)
         elif not np.allclose(out, expected, rtol=1e-4, atol=1e-5):
@@ -1192,6 +1205,9 @@ def _other_block_and_outside_nan(run, x, masks, k, s, work_items, case, what, sh
                               f"({launch[0]} blocks) for {case}.\nHint: the kernel assumes the block size; take the "
                               "thread's index from cuda.grid(1) (or cuda.blockIdx.x * cuda.blockDim.x + "
                               "cuda.threadIdx.x), which holds for any launch")
+    x, masks = with_values_inside(x, masks, k, s, 1)
+    out = run(x, masks, launch_config(work_items, 128))
+    require_values_inside(out, _reference(x, masks, k, s), what, case, x.shape, s, channels_last=channels_last)
 
 
 #: The last case's out.size, 1440, is not a multiple of the 128-thread block.
@@ -1258,11 +1274,11 @@ def check_carafe_channels_last_kernel(kernel):
         # A kernel that stages the masks (one coalesced load per value, then shared memory) makes requests of
         # several sectors, but far fewer of them than one broadcast per thread and slot: judged by the total.
         masks_beyond_broadcast |= record.sectors(names[1]) > _broadcast_mask_sectors(out.shape, k)
-    # The first case again, in blocks of 96, then with masks nan at the slots outside the map.
+    # The first case again, in blocks of 96, then with nan masks at the slots outside the map, then inside it.
     n, c, h, w, k, s = _CHANNELS_LAST_CASES[0]
     x, masks = carafe_inputs(n, c, h, w, k, s, 1, 70)
 
-    def run(masks, launch):
+    def run(x, masks, launch):
         out = np.full((n, s * h, s * w, c), np.nan, np.float32)
         _record_checked(kernel, launch, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
                         np.ascontiguousarray(masks.transpose(0, 2, 3, 1)), out, k, s, what=what,
@@ -1272,7 +1288,7 @@ def check_carafe_channels_last_kernel(kernel):
 
     _other_block_and_outside_nan(run, x, masks, k, s, n * s * h * s * w * c,
                                  f"x of shape (N, h, w, C) = {(n, h, w, c)}, kernel_size={k}, scale={s}", what,
-                                 shape=lambda expected: expected.transpose(0, 2, 3, 1))
+                                 channels_last=True)
     if compiled:
         ptx.require_compiles(kernel, (), what, future=compiled)
     limits = {"x": 6.0, "masks": 2.5, "out": 6.0}
@@ -1285,7 +1301,7 @@ def check_carafe_channels_last_kernel(kernel):
                 f"sectors of 32 bytes on average; ideal is {ideal}, and more than {limit:g} means the threads of "
                 "a warp are spread over memory.\nHint: let consecutive threads take consecutive channels: "
                 "c = i % C, then X, Y and n")
-    passed(what, len(_CHANNELS_LAST_CASES) + 2)
+    passed(what, len(_CHANNELS_LAST_CASES) + 3)
     print(f"  sectors per warp request, the worst case's: x {worst['x']:.1f}, masks {worst['masks']:.1f}, out "
           f"{worst['out']:.1f} (ideal 4, 1, 4; the masks take 2 in a warp that spans two pixels, as when C is "
           "not a multiple of 32)")
@@ -1365,12 +1381,12 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                               f"at most {c * k * k * pixels}")
         if (n, c, h, w, k, s) == _BLOCKED_MAPPING_CASE:
             sectors = {"x": record.sectors_per_request(x_name), "out": record.sectors_per_request(out_name, "store")}
-    # The first case again, in blocks of 96, then with masks nan at the slots outside the map.
+    # The first case again, in blocks of 96, then with nan masks at the slots outside the map, then inside it.
     n, c, h, w, k, s = _BLOCKED_CASES[0]
     x, masks = carafe_inputs(n, c, h, w, k, s, 1, 80)
     threads = n * math.ceil(c / channels_per_thread) * s * h * s * w
 
-    def run(masks, launch):
+    def run(x, masks, launch):
         out = np.full((n, c, s * h, s * w), np.nan, np.float32)
         _record_checked(kernel, launch, x, masks, out, k, s, what=what, hint="test c < C before using channel c",
                         work_items=threads, guard="if i < N * runs * H * W:", x_row_axis=2)
@@ -1387,7 +1403,7 @@ def check_carafe_channel_blocked_kernel(kernel, channels_per_thread: int):
                 "neighbouring output columns: X = i % W fastest, then Y, then the run, then n")
     if compiled:
         ptx.require_compiles(kernel, (), what, future=compiled)
-    passed(what, len(_BLOCKED_CASES) + 3)
+    passed(what, len(_BLOCKED_CASES) + 4)
     print(f"  sectors per warp request: x {sectors['x']:.1f}, out {sectors['out']:.1f} (X fastest: about 2 and 4)")
 
 

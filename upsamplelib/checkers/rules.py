@@ -156,6 +156,26 @@ class KernelCheck:
         print(line + ")")
 
 
+#: Every other case of a one-thread-per-element checker runs blocks of this many threads instead of its usual
+#: size: a kernel that writes a block size of its own in (``cuda.blockIdx.x * 128 + cuda.threadIdx.x``, the
+#: lesson's launch size) is wrong there.
+OTHER_BLOCK_SIZE = 32
+
+
+def block_size_of_case(index: int, usual: int) -> int:
+    """The threads per block of case ``index``: ``usual``, and ``OTHER_BLOCK_SIZE`` for every odd case."""
+    return OTHER_BLOCK_SIZE if index % 2 else usual
+
+
+def blocks_note(per_block: int, usual: int) -> str:
+    """What to add to the description and hint of a case launched in blocks of ``per_block`` threads."""
+    if per_block == usual:
+        return ""
+    return (f"; this case runs blocks of {per_block} threads, the others {usual}: i = cuda.grid(1) "
+            "(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) holds for any block size, a size written in "
+            "does not")
+
+
 def parameter_names(kernel) -> list[str]:
     return list(inspect.signature(getattr(kernel, "py_func", kernel)).parameters)
 

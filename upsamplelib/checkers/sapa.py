@@ -624,7 +624,8 @@ def _check_gradient(kernel, what, wrt, hint):
                  case=f"q {q.shape}, key {key.shape}, k={k}, s={s}", hint=hint, rtol=1e-4, atol=1e-4)
     if wrt == "q":
         _check_nan_at_skipped_slots(rules, what, rng)
-    rules.passed(len(_GRADIENT_SHAPES) + (wrt == "q"))
+    _check_nan_times_zero(rules, what, wrt, rng)
+    rules.passed(len(_GRADIENT_SHAPES) + (wrt == "q") + 1)
 
 
 def _check_nan_at_skipped_slots(rules, what, rng):
@@ -646,6 +647,35 @@ def _check_nan_at_skipped_slots(rules, what, rng):
                           "grad_logits by a zero read: a nan or inf there must never reach grad_q")
     compare(expected, grad, what=what, case=case, rtol=1e-4, atol=1e-4,
             hint="sum grad_logits[n, t, Y, X] * key[n, c, neighbour] over the slots t whose neighbour is inside the map")
+
+
+def _check_nan_times_zero(rules, what, wrt, rng):
+    """grad_logits nan at the centre slot (always inside the map) of the first output row, and the other input
+    (key for grad_q, q for grad_key) 0 in its channel 0: the spec keeps nan * 0 = nan there, which a kernel that
+    skips a term by its value (``if value != 0``) drops."""
+    n, d, h, w, k, s = 1, 3, 3, 4, 3, 2
+    q, key = _random(rng, (n, d, s * h, s * w)), _random(rng, (n, d, h, w))
+    grad_logits = _random(rng, (n, k * k, s * h, s * w))
+    grad_logits[:, k * k // 2, 0] = np.nan
+    (key if wrt == "q" else q)[:, 0] = 0
+    expected = _gradients(q, key, grad_logits, k, s)[0 if wrt == "q" else 1].numpy()
+    name, other = ("grad_q", "key") if wrt == "q" else ("grad_key", "q")
+    grad = np.full_like(q if wrt == "q" else key, np.nan)
+    case = (f"q {q.shape}, key {key.shape}, k={k}, s={s}, grad_logits nan at the centre slot of output row 0 and "
+            f"{other} 0 in channel 0")
+    _launch(rules, rules.grid_for(grad.size), grad_logits, key if wrt == "q" else q, grad, k, s, case=case,
+            guard_hint=f"guard with `if i < {name}.size:`")
+    for wrong, word in ((np.isnan(expected) & ~np.isnan(grad), "a number"),
+                        (~np.isnan(expected) & np.isnan(grad), "nan (or never written)")):
+        if wrong.any():
+            index = tuple(int(i) for i in np.argwhere(wrong)[0])
+            why = (f"it should be nan: a nan of grad_logits times the {other} value 0 is nan" if word == "a number"
+                   else "no nan of grad_logits reaches it")
+            raise CheckFailed(f"{what}: {name}{index} is {word} for {case}; {why}.\nHint: skip a slot by where its "
+                              "neighbour lies (outside the key map), never by a value")
+    finite = ~np.isnan(expected)
+    compare(np.where(finite, expected, 0), np.where(finite, grad, 0), what=what, case=case, rtol=1e-4, atol=1e-4,
+            hint="skip a slot by where its neighbour lies (outside the key map), never by a value")
 
 
 def _gradient_variants(q, key, grad_logits, kernel_size, scale, wrt):
