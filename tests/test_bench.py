@@ -172,6 +172,20 @@ def test_host_overhead_runs_every_cpu_backend_row(monkeypatch, capsys):
     assert len(called) == 14  # ours on every row, PyTorch's (or backend="torch") beside the six interpolate rows
 
 
+def test_nearest_channels_last_times_the_calls_and_each_loop_alone(monkeypatch, capsys):
+    # Every call runs (untimed here: one call each, 1 ms); the figures are the script's business.
+    module = _bench_module("nearest_channels_last")
+    called = []
+    monkeypatch.setattr(module, "median_ms_and_faults", lambda function: called.append(function()) or (1.0, 0.0))
+    module.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[1] for line in lines[1:5]] == [
+        "ul.interpolate (fresh output)", "F.interpolate (fresh output)", "our loop (kept output)",
+        "PyTorch's kernel (kept output)"]
+    assert lines[5] == "  whole calls: ours / PyTorch = 1.000; loops alone: 1.000"
+    assert len(called) == 5 * 4
+
+
 def test_conv_layouts_times_each_convolution_in_both_layouts_both_orders_and_both_heap_states(capsys):
     module = _bench_module("conv_layouts")
     assert module.main(["--quick"]) == 0
