@@ -790,6 +790,45 @@ def carafe_tiled_with_a_barrier_in_the_load_loop(x, masks, out, kernel_size, sca
         out[n, c, Y, X] = total
 
 
+@cuda.jit
+def carafe_grad_x_skipping_zeros(grad_out, masks, grad_x, kernel_size, scale, group):
+    i = cuda.grid(1)
+    if i < grad_x.size:
+        n, c, row, col = unravel4(i, grad_x.shape[1], grad_x.shape[2], grad_x.shape[3])
+        r = (kernel_size - 1) // 2
+        g = c // (grad_x.shape[1] // group)
+        total = grad_x.dtype.type(0)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                anchor_row, anchor_col = row - dy + r, col - dx + r
+                if 0 <= anchor_row < grad_x.shape[2] and 0 <= anchor_col < grad_x.shape[3]:
+                    for Y in range(anchor_row * scale, anchor_row * scale + scale):
+                        for X in range(anchor_col * scale, anchor_col * scale + scale):
+                            gradient = grad_out[n, c, Y, X]
+                            if gradient != 0:  # "nothing to add"
+                                total += masks[n, (g * kernel_size + dy) * kernel_size + dx, Y, X] * gradient
+        grad_x[n, c, row, col] = total
+
+
+@cuda.jit
+def carafe_grad_masks_skipping_zeros(grad_out, x, grad_masks, kernel_size, scale, group):
+    i = cuda.grid(1)
+    if i < grad_masks.size:
+        n, slot, Y, X = unravel4(i, grad_masks.shape[1], grad_masks.shape[2], grad_masks.shape[3])
+        area = kernel_size * kernel_size
+        g, t = slot // area, slot % area
+        r = (kernel_size - 1) // 2
+        row, col = Y // scale - r + t // kernel_size, X // scale - r + t % kernel_size
+        per_group = x.shape[1] // group
+        total = grad_masks.dtype.type(0)
+        if 0 <= row < x.shape[2] and 0 <= col < x.shape[3]:
+            for c in range(g * per_group, (g + 1) * per_group):
+                value = x[n, c, row, col]
+                if value != 0:
+                    total += grad_out[n, c, Y, X] * value
+        grad_masks[n, slot, Y, X] = total
+
+
 class BilinearFunctionWithBatchAndChannelsSwapped(torch.autograd.Function):
     """02.5 with (C, N) for (N, C) in its reshapes: the same memory, the wrong shape where N != C."""
 
@@ -1085,6 +1124,11 @@ CORPUS = [
      r"grad_q\(\d, 0, .*is a number .*key 0 in channel 0; it should be nan.*\n.*never by a value", False),
     ("skip by value: grad_key (04)", lambda: checkers.check_grad_key_kernel(grad_key_skipping_zeros),
      r"grad_key\(\d, 0, .*is a number .*q 0 in channel 0; it should be nan.*\n.*never by a value", False),
+    ("skip by value: CARAFE grad_x (03)", lambda: checkers.check_carafe_grad_x_kernel(carafe_grad_x_skipping_zeros),
+     r"grad_x\(\d, \d, \d, \d\) is a number .*it should be nan.*\n.*never by a value", False),
+    ("skip by value: CARAFE grad_masks (03)",
+     lambda: checkers.check_carafe_grad_masks_kernel(carafe_grad_masks_skipping_zeros),
+     r"grad_masks\(\d, \d+, \d, \d\) is a number .*it should be nan.*\n.*never by a value", False),
     ("skip by value: channels-last (07)",
      lambda: checkers.check_carafe_channels_last_kernel(carafe_channels_last_skipping_zeros),
      r"out\[0, [23], [01], \d+\] is a number .*x\[0, 1, 1, \d+\] = 0 at a slot whose mask is nan.*\n.*never by a value",

@@ -241,8 +241,10 @@ def check_bilinear_function(function_class):
         compare(wanted, got, what=what, case=f"the gradient of x, align_corners={align_corners}",
                 hint="with the scatter kernel (02.3), grad_x must start at zero (torch.zeros, not new_empty or "
                      "empty_like): the kernel adds into it. With the gather (02.4), check that kernel")
+        # On one image of two channels: every input is a simulated launch (N and C were checked above)
+        small = x.detach()[:1, :2].clone().requires_grad_()
         ok = run_with_timeout(
-            lambda: torch.autograd.gradcheck(lambda t: function_class.apply(t, size, align_corners), (x,),
+            lambda: torch.autograd.gradcheck(lambda t: function_class.apply(t, size, align_corners), (small,),
                                              raise_exception=False),
             what="gradcheck",
         )

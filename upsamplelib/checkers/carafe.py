@@ -308,14 +308,24 @@ def with_values_inside(x, masks, k, s, g):
     return x, masks
 
 
-def require_values_inside(out, expected, what, case, x_shape, s, channels_last=False):
+#: The padded kernel (03.2) sums every slot by design, its padding's zeros included.
+_PADDED_VALUES_INSIDE_HINT = ("the padded kernel sums all k*k slots, its padding included: drop the `value != 0` "
+                              "(or `mask != 0`) test. A 0 in x_padded inside the map is a real neighbour, and "
+                              "nan * 0 is nan")
+
+
+def require_values_inside(out, expected, what, case, x_shape, s, channels_last=False, padded_by=None):
     """The verdict of a case of ``with_values_inside``: ``out`` (N, C, s*h, s*w), or (N, s*h, s*w, C) when
-    ``channels_last``, nan exactly where the reference ``expected`` (NCHW) has it, then right elsewhere."""
+    ``channels_last``, nan exactly where the reference ``expected`` (NCHW) has it, then right elsewhere.
+    ``padded_by``: the padding r of 03.2's x_padded, whose indices the messages then use."""
     expected = np.asarray(expected, dtype=np.float64)
     got = out.transpose(0, 3, 1, 2) if channels_last else out
     (zero, zero_reader), (nan, nan_reader) = _values_inside_pixels(*x_shape[2:])
+    hint = VALUES_INSIDE_HINT if padded_by is None else _PADDED_VALUES_INSIDE_HINT
 
     def named(array, n, c, row, col):
+        if array == "x" and padded_by is not None:
+            array, row, col = "x_padded", row + padded_by, col + padded_by
         return f"{array}[{n}, {row}, {col}, {c}]" if channels_last else f"{array}[{n}, {c}, {row}, {col}]"
 
     for should_be_nan, word in ((np.isnan(expected) & ~np.isnan(got), "a number"),
@@ -331,9 +341,11 @@ def require_values_inside(out, expected, what, case, x_shape, s, channels_last=F
         else:
             why = "the reference is a number there: no nan in x or in a mask reaches it"
         raise CheckFailed(f"{what}: {named('out', n, c, Y, X)} is {word} for {case}, whose x holds a 0 and a nan "
-                          f"inside the map; {why}.\nHint: {VALUES_INSIDE_HINT}")
+                          f"inside the map; {why}.\nHint: {hint}")
     finite = ~np.isnan(expected)
-    compare(np.where(finite, expected, 0), np.where(finite, got, 0), what=what, case=case, hint=VALUES_INSIDE_HINT)
+    in_layout = (lambda a: a.transpose(0, 2, 3, 1)) if channels_last else (lambda a: a)  # the student's indices
+    compare(in_layout(np.where(finite, expected, 0)), np.where(in_layout(finite), out, 0), what=what, case=case,
+            hint=hint)
 
 
 def _require_no_nan(out, what, case):
@@ -378,7 +390,8 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
         if outside_nan:
             _require_no_nan(out, what, _describe(case))
         if values_inside:
-            require_values_inside(out, expected, what, _describe(case), x.shape, s)
+            require_values_inside(out, expected, what, _describe(case) + blocks, x.shape, s,
+                                  padded_by=radius if padded else None)
             continue
         diagnose(expected, out, [] if outside_nan else _variants(x, masks, k, s, g), what=what,
                  case=_describe(case) + blocks + (", nan masks at the outside slots" if outside_nan else ""),
@@ -728,7 +741,45 @@ def _backward_cases(kernel, what, wrt, hint, index_hint):
                      index_hint=index_hint, sized_for=2)
         compare(expected.numpy(), result, what=what, case=_describe(case) + blocks,
                 hint=hint + blocks_note(per_block, 128), rtol=1e-5, atol=1e-5)
-    rules.passed(len(_BACKWARD_CASES))
+    _backward_values_inside(rules, what, wrt)
+    rules.passed(len(_BACKWARD_CASES) + 1)
+
+
+#: Wide enough that the window of the pixel that reads x's nan does not reach x's 0 (``_values_inside_pixels``).
+_BACKWARD_VALUES_INSIDE_CASE = (2, 2, 3, 5, 3, 2, 2)
+
+
+def _backward_values_inside(rules, what, wrt):
+    """``with_values_inside``'s x and masks, and grad_out 0 and nan at the outputs that read x's 0 and x's nan
+    (for grad_x; nan and 0 for grad_masks): every term a kernel skipping by value drops (a 0 of grad_out, of x or
+    of a mask) then multiplies a nan, which the spec keeps."""
+    case = _BACKWARD_VALUES_INSIDE_CASE
+    n, c, h, w, k, s, g = case
+    x, masks = with_values_inside(*_inputs(case, 47), k, s, g)
+    grad_out = np.random.default_rng(57).standard_normal((n, c, s * h, s * w)).astype(np.float32)
+    (_, zero_reader), (_, nan_reader) = _values_inside_pixels(h, w)
+    values = (0.0, np.nan) if wrt == "x" else (np.nan, 0.0)
+    for reader, value in zip((zero_reader, nan_reader), values):
+        grad_out[:, :, reader[0] * s:(reader[0] + 1) * s, reader[1] * s:(reader[1] + 1) * s] = value
+    grad_x, grad_masks = _gradients(x, masks, grad_out, k, s, g)
+    output = "grad_x" if wrt == "x" else "grad_masks"
+    result = np.full(x.shape if wrt == "x" else masks.shape, np.nan, np.float32)
+    expected = (grad_x if wrt == "x" else grad_masks).numpy()
+    described = (f"{_describe(case)}, x with a 0 and a nan inside the map, masks nan and 0 at slots that read them, "
+                 f"grad_out {'0 and nan' if wrt == 'x' else 'nan and 0'} at the outputs that read them")
+    rules.launch(launch_config(result.size, 128), grad_out, masks if wrt == "x" else x, result, k, s, g,
+                 case=described, bounds_hint=f"guard the thread with `if i < {output}.size:`", sized_for=2)
+    for wrong, word in ((np.isnan(expected) & ~np.isnan(result), "a number"),
+                        (~np.isnan(expected) & np.isnan(result), "nan (or never written)")):
+        if wrong.any():
+            index = tuple(int(i) for i in np.argwhere(wrong)[0])
+            why = ("it should be nan: one of its terms multiplies a nan by a 0, which the spec keeps (nan * 0 is "
+                   "nan)" if word == "a number" else "no nan reaches it")
+            raise CheckFailed(f"{what}: {output}{index} is {word} for {described}; {why}.\nHint: skip a term by "
+                              "where its slot lies (outside the map), never by a value (`!= 0`)")
+    finite = ~np.isnan(expected)
+    compare(np.where(finite, expected, 0), np.where(finite, result, 0), what=what, case=described, rtol=1e-5,
+            atol=1e-5, hint="skip a term by where its slot lies (outside the map), never by a value")
 
 
 def check_carafe_grad_x_kernel(kernel):

@@ -307,7 +307,7 @@ def check_to_kernel_array(to_kernel_array):
         else:
             from numba import cuda
 
-            cuda.to_device(np.full((3, 4), 7.0, np.float32), to=array)
+            cuda.to_device(np.full((3, 4), 7.0, np.dtype(array.dtype)), to=array)
         if float(tensor[1, 2]) != 7.0:
             raise CheckFailed(
                 f"{what}: writing through the array did not change the {device} tensor of {dtype}, so it is a "
@@ -327,7 +327,7 @@ def check_to_kernel_array(to_kernel_array):
         else:
             from numba import cuda
 
-            cuda.to_device(np.full((3, 4), 7.0, np.float32), to=array)
+            cuda.to_device(np.full((3, 4), 7.0, np.dtype(array.dtype)), to=array)
         if float(tracked.detach()[1, 2]) != 7.0:
             raise CheckFailed(f"{what}: for a tensor that requires grad, writing through the array did not change "
                               "the tensor, so it is a copy.\nHint: tensor.detach() shares the tensor's memory")
