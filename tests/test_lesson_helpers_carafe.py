@@ -739,8 +739,9 @@ def padded_kernel_skipping_zeros(x_padded, masks, out, kernel_size, scale):
      "the padded kernel sums all k\\*k slots, its padding included: drop the `value != 0`")])
 def test_a_kernel_skipping_zero_values_is_told_to_skip_by_position(check, kernel, read, hint):
     with pytest.raises(checkers.CheckFailed, match=r"(?s)is a number for x \(2, 2, 3, 4\), kernel_size=3, scale=2, "
-                                                   r"group=1(, blocks of 32 threads)?, whose x holds a 0 and a nan inside "
-                                                   rf"the map; its window reads {read} = 0 at a slot whose mask is nan"
+                                                   r"group=1(, blocks of 32 threads)?, whose x holds a 0 and a nan "
+                                                   rf"inside the map; its window reads {read} = 0 at a slot whose mask "
+                                                   r"is nan"
                                                    rf".*{hint}"):
         check(kernel)
 
@@ -801,8 +802,8 @@ def _tiled_with(mistake):
     ("padding multiplied", r"(?s)is nan for .*grid .* whose masks are nan only at the slots that read outside the map"
                            r".*skip the whole term there"),
     # Skipping by value passed every case before, whose random values are never exactly 0.
-    ("zeros skipped", r"(?s)out\[\d, 0, [23], [01]\] is a number .*reads x\[\d, 0, 1, 1\] = 0 at a slot whose mask is nan"
-                      r".*never by a value"),
+    ("zeros skipped", r"(?s)out\[\d, 0, [23], [01]\] is a number .*reads x\[\d, 0, 1, 1\] = 0 at a slot whose "
+                      r"mask is nan.*never by a value"),
     ("zero weights skipped", r"(?s)out\[\d, \d, [45], [45]\] is a number .*reads x\[\d, \d, 2, 3\] = nan, at a slot "
                              r"whose mask is 0 here.*never by a value"),
 ])

@@ -18,7 +18,7 @@ from .engine import (
     run_with_timeout,
     uses_atomics,
 )
-from .rules import KernelCheck, block_size_of_case, blocks_note, parameter_names
+from .rules import KernelCheck, block_size_of_case, blocks_in_case, blocks_note, parameter_names
 
 __all__ = [
     "check_linear_index",
@@ -131,8 +131,8 @@ def check_bilinear_kernel(kernel):
             x = rng.standard_normal((planes, h, w)).astype(np.float32)
             out = np.full((planes,) + size, np.nan, np.float32)
             per_block = block_size_of_case(index, 64)
-            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}" + (
-                f", blocks of {per_block} threads" if per_block != 64 else "")
+            case = (f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
+                    + blocks_in_case(per_block, 64))
             _kernel_case(rules, 1, x, out, align_corners, per_block=per_block, count=index == 2 and not align_corners,
                          case=case, index_hint=_index_hint(*parameter_names(kernel)[:2]))
             _, expected = _reference(x, size, align_corners)
@@ -161,8 +161,8 @@ def _check_backward(kernel, what, one_thread_per, hint):
             # need it: nan then shows a gather that adds into grad_x.
             grad_x = np.zeros_like(x) if one_thread_per == "output" else np.full_like(x, np.nan)
             per_block = block_size_of_case(index, 64)
-            case = f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}" + (
-                f", blocks of {per_block} threads" if per_block != 64 else "")
+            case = (f"{planes}x{h}x{w} -> {planes}x{size[0]}x{size[1]}, align_corners={align_corners}"
+                    + blocks_in_case(per_block, 64))
             _kernel_case(rules, 0 if one_thread_per == "output" else 1, grad_out, grad_x, align_corners,
                          per_block=per_block, count=index == 2 and not align_corners, case=case,
                          index_hint=(_index_hint(*parameter_names(kernel)[1::-1]) if one_thread_per == "output"

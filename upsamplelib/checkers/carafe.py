@@ -16,7 +16,9 @@ from .engine import (
     CheckFailed,
     check_non_contiguous,
     compare,
+    compare_where_finite,
     diagnose,
+    first_nan_mismatch,
     kernel_definition,
     launch_checked,
     passed,
@@ -25,7 +27,7 @@ from .engine import (
     run_with_timeout,
     unsolved_exercise,
 )
-from .rules import KernelCheck, block_size_of_case, blocks_note
+from .rules import KernelCheck, block_size_of_case, blocks_in_case, blocks_note
 
 __all__ = [
     "check_predict_kernels",
@@ -328,11 +330,9 @@ def require_values_inside(out, expected, what, case, x_shape, s, channels_last=F
             array, row, col = "x_padded", row + padded_by, col + padded_by
         return f"{array}[{n}, {row}, {col}, {c}]" if channels_last else f"{array}[{n}, {c}, {row}, {col}]"
 
-    for should_be_nan, word in ((np.isnan(expected) & ~np.isnan(got), "a number"),
-                                (~np.isnan(expected) & np.isnan(got), "nan (or never written)")):
-        if not should_be_nan.any():
-            continue
-        n, c, Y, X = (int(i) for i in np.argwhere(should_be_nan)[0])
+    mismatch = first_nan_mismatch(expected, got)
+    if mismatch is not None:
+        (n, c, Y, X), word = mismatch
         if word == "a number" and (Y // s, X // s) == zero_reader:
             why = f"its window reads {named('x', n, c, *zero)} = 0 at a slot whose mask is nan, so it is nan (nan * 0)"
         elif word == "a number":
@@ -342,10 +342,9 @@ def require_values_inside(out, expected, what, case, x_shape, s, channels_last=F
             why = "the reference is a number there: no nan in x or in a mask reaches it"
         raise CheckFailed(f"{what}: {named('out', n, c, Y, X)} is {word} for {case}, whose x holds a 0 and a nan "
                           f"inside the map; {why}.\nHint: {hint}")
-    finite = ~np.isnan(expected)
-    in_layout = (lambda a: a.transpose(0, 2, 3, 1)) if channels_last else (lambda a: a)  # the student's indices
-    compare(in_layout(np.where(finite, expected, 0)), np.where(in_layout(finite), out, 0), what=what, case=case,
-            hint=hint)
+    # compared in the student's indices
+    compare_where_finite(expected.transpose(0, 2, 3, 1) if channels_last else expected, out, what=what, case=case,
+                         hint=hint)
 
 
 def _require_no_nan(out, what, case):
@@ -382,7 +381,7 @@ def _forward_cases(kernel, cases, what, seed, *, padded=False, with_group=False,
                       "check 0 <= row < x.shape[2] and 0 <= col < x.shape[3] before reading x")
         # bounds_hint: a thread past the end of out (or one the simulator does not say): the guard too
         per_block = block_size_of_case(index, 128)
-        blocks = f", blocks of {per_block} threads" if per_block != 128 else ""
+        blocks = blocks_in_case(per_block, 128)
         rules.launch(launch_config(out.size, per_block), *arrays, count=index == 1, case=_describe(case) + blocks,
                      bounds_hint=index_hint + "; and guard the thread with `if i < out.size:`",
                      index_hint=index_hint, sized_for=2)
@@ -735,7 +734,7 @@ def _backward_cases(kernel, what, wrt, hint, index_hint):
             arrays = (grad_out, x, result, k, s, g)
             expected = grad_masks
         per_block = block_size_of_case(index, 128)
-        blocks = f", blocks of {per_block} threads" if per_block != 128 else ""
+        blocks = blocks_in_case(per_block, 128)
         rules.launch(launch_config(result.size, per_block), *arrays, count=index == 2, case=_describe(case) + blocks,
                      bounds_hint=f"{index_hint}; and guard the thread with `if i < {output}.size:`",
                      index_hint=index_hint, sized_for=2)
@@ -769,17 +768,15 @@ def _backward_values_inside(rules, what, wrt):
                  f"grad_out {'0 and nan' if wrt == 'x' else 'nan and 0'} at the outputs that read them")
     rules.launch(launch_config(result.size, 128), grad_out, masks if wrt == "x" else x, result, k, s, g,
                  case=described, bounds_hint=f"guard the thread with `if i < {output}.size:`", sized_for=2)
-    for wrong, word in ((np.isnan(expected) & ~np.isnan(result), "a number"),
-                        (~np.isnan(expected) & np.isnan(result), "nan (or never written)")):
-        if wrong.any():
-            index = tuple(int(i) for i in np.argwhere(wrong)[0])
-            why = ("it should be nan: one of its terms multiplies a nan by a 0, which the spec keeps (nan * 0 is "
-                   "nan)" if word == "a number" else "no nan reaches it")
-            raise CheckFailed(f"{what}: {output}{index} is {word} for {described}; {why}.\nHint: skip a term by "
-                              "where its slot lies (outside the map), never by a value (`!= 0`)")
-    finite = ~np.isnan(expected)
-    compare(np.where(finite, expected, 0), np.where(finite, result, 0), what=what, case=described, rtol=1e-5,
-            atol=1e-5, hint="skip a term by where its slot lies (outside the map), never by a value")
+    mismatch = first_nan_mismatch(expected, result)
+    if mismatch is not None:
+        index, word = mismatch
+        why = ("it should be nan: one of its terms multiplies a nan by a 0, which the spec keeps (nan * 0 is nan)"
+               if word == "a number" else "no nan reaches it")
+        raise CheckFailed(f"{what}: {output}{index} is {word} for {described}; {why}.\nHint: skip a term by "
+                          "where its slot lies (outside the map), never by a value (`!= 0`)")
+    compare_where_finite(expected, result, what=what, case=described, rtol=1e-5, atol=1e-5,
+                         hint="skip a term by where its slot lies (outside the map), never by a value")
 
 
 def check_carafe_grad_x_kernel(kernel):

@@ -437,6 +437,25 @@ def diagnose(expected, got, variants, *, what: str, case: str, hint: str, rtol: 
     compare(expected, got, what=what, case=case, hint=hint, rtol=rtol, atol=atol)
 
 
+def first_nan_mismatch(expected, got):
+    """Where a case's reference holds nan on purpose (nan * 0, which the spec keeps): (index, what ``got`` holds
+    there) of the first element that is nan in one array and not in the other, "a number" where the reference
+    is nan, "nan (or never written)" where it is not; None where the two agree."""
+    expected, got = _as_numpy(expected), _as_numpy(got)
+    for wrong, word in ((np.isnan(expected) & ~np.isnan(got), "a number"),
+                        (~np.isnan(expected) & np.isnan(got), "nan (or never written)")):
+        if wrong.any():
+            return tuple(int(i) for i in np.argwhere(wrong)[0]), word
+    return None
+
+
+def compare_where_finite(expected, got, **options) -> None:
+    """``compare`` on the elements where ``expected`` is not nan (after ``first_nan_mismatch``)."""
+    expected, got = _as_numpy(expected), _as_numpy(got)
+    finite = ~np.isnan(expected)
+    compare(np.where(finite, expected, 0), np.where(finite, got, 0), **options)
+
+
 def passed(what: str, cases: int) -> None:
     print(f"PASS {what} ({cases} case{'s' if cases != 1 else ''})")
 

@@ -275,7 +275,8 @@ def check_semi_shift_kernel(kernel):
         _launch(rules, out.size, E, D, weight, bias, out, s, guard="out.size",
                 case=_describe(_NAN_TAP_CASE) + _MAPS_LEFT_HALF_ZERO + f", nan weight at tap {tap}")
         _require_skipped(what, "out", _reference(E, D, weight, bias, s), out,
-                         _describe(_NAN_TAP_CASE) + _MAPS_LEFT_HALF_ZERO, "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
+                         _describe(_NAN_TAP_CASE) + _MAPS_LEFT_HALF_ZERO,
+                         "a tap that reads outside both maps is skipped, not multiplied by read_or_zero's zeros "
                          "(nan * 0 is nan): add weight * (e + d) only where the encoder's or the decoder's tap is "
                          "inside (each row and column tested at both ends), so that a nan or inf weight at a skipped "
                          "tap never reaches the output", _nan_weight(tap))
@@ -346,10 +347,9 @@ def _require_skipped(what, name, expected, got, case, hint, nan):
     if dropped.any():
         index = tuple(int(i) for i in torch.nonzero(dropped)[0])
         raise CheckFailed(f"{what}: {name}{index} is {float(got[index])} for {case}, {nan[0]}; it should be nan: "
-                          "this element reads that value inside the maps, where the spec lets a nan through (nan * 0 is nan)."
-                          "\nHint: "
-                          "skip a tap by where it lies (its row and column against the map's size), never by its "
-                          "value")
+                          "this element reads that value inside the maps, where the spec lets a nan through "
+                          "(nan * 0 is nan).\nHint: skip a tap by where it lies (its row and column against the "
+                          "map's size), never by its value")
     compare(torch.where(finite, expected, 0.0), torch.where(finite, got, 0.0), what=what, case=f"{case}, {nan[0]}",
             rtol=1e-4, atol=1e-4, hint=hint)
 
@@ -397,9 +397,10 @@ def check_semi_shift_grad_en_kernel(kernel):
         _launch(rules, grad_en.size, grad_out, weight, grad_en, guard="grad_en.size",
                 case=_describe(case) + _ALL_LEFT_HALF_ZERO + f", nan weight at tap {tap}")
         _require_skipped(what, "grad_en", _gradients(E, D, weight, bias, grad_out, case[6])[0], grad_en,
-                         _describe(case) + _ALL_LEFT_HALF_ZERO, "skip the outputs outside the map, at all four of its borders (do not "
-                                          "multiply the weight by read_or_zero's 0 for them: nan * 0 is nan), so "
-                                          "that a nan or inf weight at a skipped tap never reaches grad_en",
+                         _describe(case) + _ALL_LEFT_HALF_ZERO,
+                         "skip the outputs outside the map, at all four of its borders (do not multiply the weight "
+                         "by read_or_zero's 0 for them: nan * 0 is nan), so that a nan or inf weight at a skipped "
+                         "tap never reaches grad_en",
                          _nan_weight(tap))
     rules.passed(len(_CASES) + 2)
 
@@ -439,9 +440,10 @@ def check_semi_shift_grad_de_kernel(kernel):
         _launch(rules, grad_de.size, grad_out, weight, grad_de, case[6], guard="grad_de.size",
                 case=_describe(case) + _ALL_LEFT_HALF_ZERO + f", nan weight at tap {tap}")
         _require_skipped(what, "grad_de", _gradients(E, D, weight, bias, grad_out, case[6])[1], grad_de,
-                         _describe(case) + _ALL_LEFT_HALF_ZERO, "skip the anchors outside the low-res map (do not multiply the weight by "
-                                          "a zero sum of grad_out for them), so that a nan or inf weight at a "
-                                          "skipped tap never reaches grad_de", _nan_weight(tap))
+                         _describe(case) + _ALL_LEFT_HALF_ZERO,
+                         "skip the anchors outside the low-res map (do not multiply the weight by a zero sum of "
+                         "grad_out for them), so that a nan or inf weight at a skipped tap never reaches grad_de",
+                         _nan_weight(tap))
     rules.passed(len(_CASES) + 2)
 
 
@@ -482,9 +484,10 @@ def check_semi_shift_grad_weight_kernel(kernel):
         _launch(rules, grad_weight.size, grad_out, E, D, grad_weight, s, guard="grad_weight.size",
                 case=_describe(case) + _MAPS_LEFT_HALF_ZERO + f", grad_out nan at output {corner}")
         _require_skipped(what, "grad_weight", _gradients(E, D, weight, bias, grad_out, s)[2], grad_weight,
-                         _describe(case) + _MAPS_LEFT_HALF_ZERO, "skip an output whose tap reads outside both maps, at all four borders "
-                                          "(do not multiply its grad_out by read_or_zero's zeros: nan * 0 is nan), "
-                                          "so that a nan or inf gradient there never reaches grad_weight",
+                         _describe(case) + _MAPS_LEFT_HALF_ZERO,
+                         "skip an output whose tap reads outside both maps, at all four borders (do not multiply "
+                         "its grad_out by read_or_zero's zeros: nan * 0 is nan), so that a nan or inf gradient "
+                         "there never reaches grad_weight",
                          nan=(f"grad_out nan at output {corner}", "whose tap (uy, ux) reads outside both maps"))
     rules.passed(len(_CASES) + 2)
 

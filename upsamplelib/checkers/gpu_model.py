@@ -284,6 +284,17 @@ def _shares_memory_when_on_a_gpu(to_kernel_array, what, requires_grad=False):
                           "it is a copy.\nHint: cuda.as_cuda_array(tensor) shares the GPU memory")
 
 
+def _write_seven_through(array, device):
+    """7.0 into ``array[1, 2]`` (on a GPU into every element, in the array's own dtype: numba copies
+    between equal dtypes only), the kernel array of a ``device`` tensor."""
+    if device == "cpu":
+        array[1, 2] = 7.0
+    else:
+        from numba import cuda
+
+        cuda.to_device(np.full((3, 4), 7.0, np.dtype(array.dtype)), to=array)
+
+
 def check_to_kernel_array(to_kernel_array):
     """``to_kernel_array(tensor)`` must share memory with the tensor; for a
     CUDA tensor with no host round trip (checked with a pretend one where
@@ -302,12 +313,7 @@ def check_to_kernel_array(to_kernel_array):
         if np.dtype(array.dtype) != np.dtype(str(dtype).removeprefix("torch.")):
             raise CheckFailed(f"{what}: a {device} tensor of {dtype} became an array of {array.dtype}, a copy in "
                               "another type.\nHint: no .float() or .to(...): share the tensor's memory as it is")
-        if device == "cpu":
-            array[1, 2] = 7.0
-        else:
-            from numba import cuda
-
-            cuda.to_device(np.full((3, 4), 7.0, np.dtype(array.dtype)), to=array)
+        _write_seven_through(array, device)
         if float(tensor[1, 2]) != 7.0:
             raise CheckFailed(
                 f"{what}: writing through the array did not change the {device} tensor of {dtype}, so it is a "
@@ -322,12 +328,7 @@ def check_to_kernel_array(to_kernel_array):
                               f"{str(error).splitlines()[0]}.\nHint: tensor.detach() first (a view of the same "
                               "memory, outside autograd): tensor.detach().numpy() on the CPU, "
                               "cuda.as_cuda_array(tensor.detach()) on the GPU") from None
-        if device == "cpu":
-            array[1, 2] = 7.0
-        else:
-            from numba import cuda
-
-            cuda.to_device(np.full((3, 4), 7.0, np.dtype(array.dtype)), to=array)
+        _write_seven_through(array, device)
         if float(tracked.detach()[1, 2]) != 7.0:
             raise CheckFailed(f"{what}: for a tensor that requires grad, writing through the array did not change "
                               "the tensor, so it is a copy.\nHint: tensor.detach() shares the tensor's memory")

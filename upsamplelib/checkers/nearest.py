@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..backend import launch_config
 from ..ops.interpolate import NEAREST_GENERIC, nearest_source_index
 from .engine import FLOAT_INDEX_HINT, CheckFailed, diagnose, passed
-from .rules import KernelCheck, block_size_of_case, blocks_note
+from .rules import KernelCheck, block_size_of_case, blocks_in_case, blocks_note
 
 __all__ = [
     "check_nearest_index",
@@ -172,7 +172,7 @@ def check_nearest_kernel(kernel, exact: bool = False):
         out = np.full((planes, out_h, out_w), np.nan, np.float32)
         per_block = block_size_of_case(index, 64)
         note = blocks_note(per_block, 64)
-        case = f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}" + (f", blocks of {per_block} threads" if note else "")
+        case = f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}" + blocks_in_case(per_block, 64)
         rules.launch(launch_config(out.size, per_block), x, out, exact,
                      bounds_hint="the last block runs past out.size; guard with `if i < out.size:`",
                      count=index == 2, case=case, sized_for=1,

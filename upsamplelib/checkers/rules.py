@@ -167,6 +167,11 @@ def block_size_of_case(index: int, usual: int) -> int:
     return OTHER_BLOCK_SIZE if index % 2 else usual
 
 
+def blocks_in_case(per_block: int, usual: int) -> str:
+    """What to add to a case's description when it runs blocks of ``per_block`` threads, not ``usual``."""
+    return "" if per_block == usual else f", blocks of {per_block} threads"
+
+
 def blocks_note(per_block: int, usual: int) -> str:
     """What to add to the description and hint of a case launched in blocks of ``per_block`` threads."""
     if per_block == usual:

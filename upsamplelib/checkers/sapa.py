@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from ..backend import SIMULATOR
 from ..ops.carafe import carafe_reference
 from ..ops.sapa import SAPA, sapa_similarity_reference
-from .engine import CheckFailed, compare, counting_syncthreads, diagnose, passed, require_gather, run_with_timeout
+from .engine import (CheckFailed, compare, compare_where_finite, counting_syncthreads, diagnose, first_nan_mismatch,
+                     passed, require_gather, run_with_timeout)
 from .rules import KernelCheck
 
 __all__ = [
@@ -665,17 +666,15 @@ def _check_nan_times_zero(rules, what, wrt, rng):
             f"{other} 0 in channel 0")
     _launch(rules, rules.grid_for(grad.size), grad_logits, key if wrt == "q" else q, grad, k, s, case=case,
             guard_hint=f"guard with `if i < {name}.size:`")
-    for wrong, word in ((np.isnan(expected) & ~np.isnan(grad), "a number"),
-                        (~np.isnan(expected) & np.isnan(grad), "nan (or never written)")):
-        if wrong.any():
-            index = tuple(int(i) for i in np.argwhere(wrong)[0])
-            why = (f"it should be nan: a nan of grad_logits times the {other} value 0 is nan" if word == "a number"
-                   else "no nan of grad_logits reaches it")
-            raise CheckFailed(f"{what}: {name}{index} is {word} for {case}; {why}.\nHint: skip a slot by where its "
-                              "neighbour lies (outside the key map), never by a value")
-    finite = ~np.isnan(expected)
-    compare(np.where(finite, expected, 0), np.where(finite, grad, 0), what=what, case=case, rtol=1e-4, atol=1e-4,
-            hint="skip a slot by where its neighbour lies (outside the key map), never by a value")
+    mismatch = first_nan_mismatch(expected, grad)
+    if mismatch is not None:
+        index, word = mismatch
+        why = (f"it should be nan: a nan of grad_logits times the {other} value 0 is nan" if word == "a number"
+               else "no nan of grad_logits reaches it")
+        raise CheckFailed(f"{what}: {name}{index} is {word} for {case}; {why}.\nHint: skip a slot by where its "
+                          "neighbour lies (outside the key map), never by a value")
+    compare_where_finite(expected, grad, what=what, case=case, rtol=1e-4, atol=1e-4,
+                         hint="skip a slot by where its neighbour lies (outside the key map), never by a value")
 
 
 def _gradient_variants(q, key, grad_logits, kernel_size, scale, wrt):
