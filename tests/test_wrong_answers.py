@@ -1037,6 +1037,42 @@ def carafe_channel_blocked_skipping_zeros(x, masks, out, kernel_size, scale):
 # --------------------------------------------------------------------------
 
 FLOAT_INDEX = r"GPU compiler rejects.*\n.*int\(math\.floor"
+# --------------------------------------------------------------------------
+# Index math written in the kernel, right only as Python: in the simulator an int times a np.float32 stays
+# float32 (NumPy), compiled for a GPU it is float64 (Numba)
+# --------------------------------------------------------------------------
+
+
+@cuda.jit
+def nearest_plane_with_the_index_math_inline(x, out):
+    col, row = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        scale_y = np.float32(x.shape[0]) / np.float32(out.shape[0])
+        scale_x = np.float32(x.shape[1]) / np.float32(out.shape[1])
+        out[row, col] = x[min(int(row * scale_y), x.shape[0] - 1), min(int(col * scale_x), x.shape[1] - 1)]
+
+
+@cuda.jit
+def nearest_plane_with_the_index_math_inline_in_float32(x, out):
+    col, row = cuda.grid(2)
+    if row < out.shape[0] and col < out.shape[1]:
+        scale_y = np.float32(x.shape[0]) / np.float32(out.shape[0])
+        scale_x = np.float32(x.shape[1]) / np.float32(out.shape[1])
+        out[row, col] = x[min(int(np.float32(row) * scale_y), x.shape[0] - 1),
+                          min(int(np.float32(col) * scale_x), x.shape[1] - 1)]
+
+
+@cuda.jit
+def nearest_with_the_index_math_inline(x, out, exact):
+    i = cuda.grid(1)
+    if i < out.size:
+        height, width = out.shape[1], out.shape[2]
+        plane, row, col = i // (width * height), (i // width) % height, i % width
+        src_row = min(int(row * (np.float32(x.shape[1]) / np.float32(height))), x.shape[1] - 1)
+        src_col = min(int(col * (np.float32(x.shape[2]) / np.float32(width))), x.shape[2] - 1)
+        out[plane, row, col] = x[plane, src_row, src_col]
+
+
 #: FADE's checkers, where a kernel dropped a term whose nan the spec keeps (a 0 times a nan weight)
 NAN_TIMES_ZERO_DROPPED = (r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n"
                           r".*never by its value")
@@ -1142,6 +1178,15 @@ CORPUS = [
      lambda: checkers.check_carafe_channel_blocked_kernel(carafe_channel_blocked_skipping_zeros, CHANNELS_PER_THREAD),
      r"out\[0, \d, [23], [01]\] is a number .*x\[0, \d, 1, 1\] = 0 at a slot whose mask is nan.*\n.*never by a value",
      False),
+    # index math right only as Python (the simulator), off by a pixel compiled for a GPU
+    ("index math inline: int x float32 (01.3)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_inline),
+     r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 2x210 -> 1x400.*"
+     r"out\[0, 40\].*\n.*an int times a float32 is computed in float64", False),
+    ("index math inline: int x float32 (01.4)",
+     lambda: checkers.check_nearest_kernel(nearest_with_the_index_math_inline),
+     r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 1x2x210 -> 1x1x400.*"
+     r"out\[0, 0, 40\].*\n.*an int times a float32 is computed in float64", False),
     # from test_checkers.py
     ("unguarded", lambda: checkers.check_scale_kernel(scale_unguarded), r"if i < out\.size", False),
     ("off by one", lambda: checkers.check_scale_kernel(scale_off_by_one), r"First mismatch at index \(0,\)", False),
@@ -1150,6 +1195,8 @@ CORPUS = [
 ]
 
 CORRECT = [
+    ("index math inline, float32 throughout (01.3)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_inline_in_float32)),
     ("grid stride", lambda: checkers.check_grid_stride_kernel(grid_stride_correct)),
     ("scatter", lambda: checkers.check_bilinear_scatter_kernel(scatter_correct)),
     ("zero-copy", lambda: checkers.check_to_kernel_array(to_kernel_array_correct)),
@@ -1184,5 +1231,5 @@ def test_the_corpus_covers_every_kind():
     names = " ".join(case[0] for case in CORPUS)
     for kind in ("float index", "partly atomic", "batch 1 only", "grid stride", "max starts at 0", ".cpu()",
                  "plain Python helper", "writes twice", "without the max", "tiled kernel", "block kernel",
-                 "skip by value"):
+                 "skip by value", "index math inline"):
         assert kind in names, kind

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backend import launch_config
+from ..backend import SIMULATOR, launch_config
 from ..ops.interpolate import NEAREST_GENERIC, nearest_source_index
+from .compiled_run import compiled_launcher
 from .engine import FLOAT_INDEX_HINT, CheckFailed, diagnose, passed
 from .rules import KernelCheck, block_size_of_case, blocks_in_case, blocks_note
 
@@ -50,6 +51,11 @@ def _compiled(student):
     return compiled
 
 
+_COMPILED_TYPING_HINT = ("compiled, an int times a float32 is computed in float64 (NumPy keeps it float32): make every "
+                         "operand float32, e.g. np.float32(dst) * scale, and np.float32(...) around a sum or product "
+                         "you want rounded to float32")
+
+
 def _check_compiled_index(student, exact, what):
     compiled = _compiled(student)
     if compiled is None:
@@ -62,9 +68,7 @@ def _check_compiled_index(student, exact, what):
                 raise CheckFailed(
                     f"{what}({dst}, in_size={in_size}, out_size={out_size}) returns {student(dst, in_size, out_size)!r} "
                     f"run as Python (as the simulator runs it) but {got!r} compiled, as a GPU runs it; PyTorch uses "
-                    f"input index {expected}.\nHint: compiled, an int times a float32 is computed in float64 (NumPy "
-                    "keeps it float32): make every operand float32, e.g. np.float32(dst) * scale, and "
-                    "np.float32(...) around a sum or product you want rounded to float32")
+                    f"input index {expected}.\nHint: {_COMPILED_TYPING_HINT}")
 
 
 def _check_index(student, exact, what, hint):
@@ -118,6 +122,43 @@ _PRECISION_HINT = ("at this size PyTorch's float32 index math picks another sour
                    "(row * in // out) or float64 does at a few outputs: compute the indices as PyTorch does, "
                    "with {call}")
 
+class _CompiledRuns:
+    """The kernel's sensitive cases run again compiled for the CPU, with a
+    GPU's number types (``compiled_run``): in the simulator only, since on a
+    GPU the checker's launch is that compile."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launcher = kernel, None
+
+    def check(self, launch, arrays, output, expected, *, what, case, call):
+        if not SIMULATOR:
+            return
+        if self.launcher is None:
+            self.launcher = compiled_launcher(self.kernel) or False
+        if not self.launcher:
+            return
+        arrays = list(arrays)
+        arrays[output] = np.full_like(arrays[output], np.nan)
+        try:
+            self.launcher(*launch, *arrays)
+        except IndexError as error:
+            raise CheckFailed(
+                f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it, "
+                f"a thread indexes out of bounds ({error}) for {case}.\nHint: {_COMPILED_TYPING_HINT}; or call {call}"
+            ) from None
+        except Exception:  # noqa: BLE001 - a typing error: the GPU compile check reports it
+            return
+        got, expected = arrays[output], np.asarray(expected)
+        wrong = ~((got == expected) | (np.isnan(got) & np.isnan(expected)))
+        if wrong.any():
+            index = tuple(int(i) for i in np.argwhere(wrong)[0])
+            raise CheckFailed(
+                f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it, "
+                f"{int(wrong.sum())} of {wrong.size} outputs are wrong for {case}: out{list(index)} is "
+                f"{float(got[index]):.7g} where PyTorch gives {float(expected[index]):.7g}.\nHint: {_COMPILED_TYPING_HINT}; or "
+                f"call {call}, which the checker of exercise 01.1 compiled too")
+
+
 _PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19)),
                  ((2, 210), (1, 400)), ((252, 1), (114, 2))]
 _FIRST_SENSITIVE_PLANE = 5
@@ -128,6 +169,7 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
     per output pixel on a 2-D grid whose first coordinate is the column."""
     what = "nearest_plane_kernel"
     rules = KernelCheck(kernel, what, output=1)
+    compiled = _CompiledRuns(kernel)
     rng = np.random.default_rng(10)
     for index, ((h, w), (out_h, out_w)) in enumerate(_PLANE_SHAPES):
         x = rng.standard_normal((h, w)).astype(np.float32)
@@ -149,6 +191,9 @@ def check_nearest_plane_kernel(kernel, block=(8, 8)):
                        "row = cuda.grid(2) holds for any block shape, one written in does not")
         diagnose(expected, out, [], what=what, case=case, rtol=0, atol=0, hint=hint,
                  unwritten_hint=("every thread inside out writes out[row, col]" + other_shape) if other_shape else "")
+        if index >= _FIRST_SENSITIVE_PLANE:
+            compiled.check((grid, shape), (x, out), 1, expected.numpy(), what=what, case=case,
+                           call="nearest_index(row, x.shape[0], out.shape[0])")
     rules.passed(len(_PLANE_SHAPES))
 
 
@@ -166,6 +211,7 @@ def check_nearest_kernel(kernel, exact: bool = False):
     what = "nearest_kernel" + (" (nearest-exact)" if exact else "")
     mode = "nearest-exact" if exact else "nearest"
     rules = KernelCheck(kernel, what, output=1)
+    compiled = _CompiledRuns(kernel)
     rng = np.random.default_rng(11)
     for index, ((planes, h, w), (out_h, out_w)) in enumerate(_SHAPES):
         x = rng.standard_normal((planes, h, w)).astype(np.float32)
@@ -173,7 +219,8 @@ def check_nearest_kernel(kernel, exact: bool = False):
         per_block = block_size_of_case(index, 64)
         note = blocks_note(per_block, 64)
         case = f"{planes}x{h}x{w} -> {planes}x{out_h}x{out_w}" + blocks_in_case(per_block, 64)
-        rules.launch(launch_config(out.size, per_block), x, out, exact,
+        launch = launch_config(out.size, per_block)
+        rules.launch(launch, x, out, exact,
                      bounds_hint="the last block runs past out.size; guard with `if i < out.size:`",
                      count=index == 2, case=case, sized_for=1,
                      index_hint="read x at the source indices from the index function (at most x.shape - 1), not "
@@ -192,4 +239,7 @@ def check_nearest_kernel(kernel, exact: bool = False):
         diagnose(expected, out, [], what=what, case=case, rtol=0, atol=0, hint=hint,
                  unwritten_hint="every thread with i < out.size writes out[plane, row, col], its own element: "
                                 + UNRAVEL_HINT + note)
+        if index >= _FIRST_SENSITIVE_SHAPE:
+            compiled.check(launch, (x, out, exact), 1, expected.numpy(), what=what, case=case,
+                           call="the lesson's index functions (nearest_index, nearest_exact_index)")
     rules.passed(len(_SHAPES))

@@ -1,0 +1,145 @@
+"""checkers.compiled_run: a kernel's body compiled for the CPU with a GPU's
+number types, run once per thread.
+
+The kernels sit at module level, as in a notebook: the runner reads their
+source."""
+
+import math
+
+import numpy as np
+import pytest
+from numba import cuda, float32
+
+from upsamplelib import backend as ul_backend
+from upsamplelib.backend import per_element
+from upsamplelib.checkers.compiled_run import compiled_launcher
+
+pytestmark = pytest.mark.skipif(not ul_backend.SIMULATOR, reason="the runner stands in for a GPU in the simulator")
+
+SCALE = np.float32(0.525)  # 210 / 400 in float32
+
+
+@cuda.jit
+def times_float32(out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = i * SCALE
+
+
+@cuda.jit
+def coordinates(out):
+    x, y = cuda.grid(2)
+    if x < out.shape[1] and y < out.shape[0]:
+        out[y, x, 0] = cuda.threadIdx.x + 1000 * cuda.threadIdx.y
+        out[y, x, 1] = cuda.blockIdx.x + 1000 * cuda.blockIdx.y
+        out[y, x, 2] = cuda.blockDim.x + 1000 * cuda.blockDim.y
+        out[y, x, 3] = cuda.gridDim.x + 1000 * cuda.gridDim.y
+        width, height = cuda.gridsize(2)
+        out[y, x, 4] = width + 1000 * height
+
+
+@cuda.jit
+def thread_index_type(out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = cuda.threadIdx.x * np.float32(0.5)
+
+
+@per_element
+def index_of(dst):
+    return dst + 1
+
+
+@cuda.jit(device=True)
+def device_index_of(dst):
+    return dst + 1
+
+
+@cuda.jit
+def past_the_end(x, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = x[index_of(i)]
+
+
+@cuda.jit
+def through_device_function(x, out):
+    i = cuda.grid(1)
+    if i < out.size - 1:
+        out[i] = x[device_index_of(i)]
+
+
+@cuda.jit
+def divides_by_zero(values, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = values[i] // 0
+
+
+@cuda.jit
+def with_shared_memory(out):
+    tile = cuda.shared.array(4, float32)
+    tile[0] = 1
+    cuda.syncthreads()
+    out[0] = tile[0]
+
+
+@cuda.jit
+def with_an_atomic(out):
+    cuda.atomic.add(out, 0, 1)
+
+
+def test_an_int_times_a_float32_is_float64_as_compiled():
+    """The simulator (NumPy) keeps it float32; a GPU's compile makes it float64."""
+    out = np.zeros(400, np.float64)
+    compiled_launcher(times_float32)(4, 128, out)
+    expected = np.arange(400) * np.float64(SCALE)
+    assert np.array_equal(out, expected)
+    simulated = np.zeros(400, np.float64)
+    times_float32[4, 128](simulated)
+    assert not np.array_equal(simulated, expected)  # in float32, as NumPy computes it
+    assert math.floor(simulated[40]) == 21 and math.floor(out[40]) == 20
+
+
+def test_every_coordinate_is_the_threads_own():
+    out = np.full((6, 10, 5), -1, np.int64)
+    compiled_launcher(coordinates)((3, 2), (4, 3), out)
+    simulated = np.full_like(out, -1)
+    coordinates[(3, 2), (4, 3)](simulated)
+    assert np.array_equal(out, simulated)
+
+
+def test_a_thread_coordinate_times_a_float32_is_float64():
+    out = np.zeros(8, np.float64)
+    compiled_launcher(thread_index_type)(1, 8, out)
+    # threadIdx.x is an int32 there: int32 times float32 is float64 in Numba too
+    assert np.array_equal(out, np.arange(8) * 0.5)
+
+
+def test_an_index_past_the_end_raises_index_error():
+    with pytest.raises(IndexError):
+        compiled_launcher(past_the_end)(1, 8, np.zeros(8, np.float32), np.zeros(8, np.float32))
+
+
+def test_device_functions_are_compiled_too():
+    x = np.arange(8, dtype=np.float32)
+    out = np.zeros(8, np.float32)
+    compiled_launcher(through_device_function)(1, 8, x, out)
+    assert np.array_equal(out[:-1], x[1:])
+
+
+def test_an_integer_division_by_zero_gives_zero_as_on_a_gpu():
+    out = np.full(4, 7, np.int64)
+    compiled_launcher(divides_by_zero)(1, 4, np.arange(4), out)
+    assert np.array_equal(out, np.zeros(4))
+
+
+@pytest.mark.parametrize("kernel", [with_shared_memory, with_an_atomic])
+def test_kernels_beyond_the_threads_coordinates_are_not_run(kernel):
+    assert compiled_launcher(kernel) is None
+
+
+def test_a_kernel_without_source_is_not_run():
+    namespace = {"cuda": cuda}
+    exec("def made(out):\n    out[0] = 1\n", namespace)  # noqa: S102
+    assert compiled_launcher(cuda.jit(namespace["made"])) is None

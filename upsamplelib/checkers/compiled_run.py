@@ -1,0 +1,185 @@
+"""Run a student's kernel with the number types a GPU compile gives it.
+
+The CUDA simulator runs a kernel as Python, and NumPy types numbers
+otherwise than Numba does when it compiles the kernel for a GPU: an int
+times a ``np.float32`` stays float32 in NumPy (a Python int is "weak"),
+while compiled it is float64. Index math that rounds through float32, as
+PyTorch's does, can then be right in the simulator and off by one pixel on
+a GPU (210 -> 400 rows, output row 40: 21 in float32, 20 in float64).
+
+Numba's CPU compiler types numbers exactly as its CUDA compiler does, so
+the kernel's body is compiled for the CPU, with each ``cuda.grid``,
+``cuda.threadIdx`` ... replaced by the thread's coordinates, typed as on a
+GPU (int32 coordinates, int64 grid indices), and a loop runs it once per
+thread. Kernels that use anything else of ``cuda`` (shared memory,
+barriers, atomics, local arrays) are not run this way:
+``compiled_launcher`` returns None for them, and the simulator's run
+stands alone.
+
+Bounds are checked (an index past an array's end raises IndexError, as
+in the simulator), and an integer division by zero gives 0 without an
+error, as on a GPU.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+
+from . import ptx
+
+__all__ = ["compiled_launcher"]
+
+_AXES = ("x", "y", "z")
+#: The thread's coordinates, as the compiled body receives them.
+_COORDINATES = {"threadIdx": "_thread_", "blockIdx": "_block_", "blockDim": "_block_dim_", "gridDim": "_grid_dim_"}
+
+
+class _Unsupported(Exception):
+    """The kernel uses a part of ``cuda`` that a per-thread loop cannot run."""
+
+
+def _cuda_aliases(tree: ast.Module) -> tuple[set, set]:
+    """(names bound to ``numba.cuda``, names bound to ``numba``) by the
+    module's imports; those import lines are dropped."""
+    cuda_names, numba_names = set(), set()
+    kept = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "numba" and \
+                all(alias.name == "cuda" for alias in node.names):
+            cuda_names |= {alias.asname or alias.name for alias in node.names}
+            continue
+        if isinstance(node, ast.Import) and all(alias.name == "numba.cuda" for alias in node.names):
+            cuda_names |= {alias.asname for alias in node.names if alias.asname}
+            continue
+        if isinstance(node, ast.Import):
+            numba_names |= {alias.asname or alias.name for alias in node.names if alias.name == "numba"}
+        kept.append(node)
+    tree.body = kept
+    return cuda_names, numba_names
+
+
+class _ThreadBody(ast.NodeTransformer):
+    """Replaces ``cuda.grid(n)``, ``cuda.gridsize(n)`` and
+    ``cuda.threadIdx.x`` (and the other coordinates) with the thread's own
+    values; raises _Unsupported for any other use of ``cuda``."""
+
+    def __init__(self, cuda_names, numba_names):
+        self.cuda_names, self.numba_names = cuda_names, numba_names
+
+    def _is_cuda(self, node) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in self.cuda_names
+        return (isinstance(node, ast.Attribute) and node.attr == "cuda" and isinstance(node.value, ast.Name)
+                and node.value.id in self.numba_names)
+
+    def visit_Call(self, node):
+        function = node.func
+        if isinstance(function, ast.Attribute) and self._is_cuda(function.value) and \
+                function.attr in ("grid", "gridsize"):
+            if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.Constant) or \
+                    node.args[0].value not in (1, 2, 3):
+                raise _Unsupported(f"cuda.{function.attr} with arguments other than 1, 2 or 3")
+            dimensions = node.args[0].value
+            if function.attr == "grid":
+                parts = [f"(_int64(_block_{a}) * _block_dim_{a} + _thread_{a})" for a in _AXES[:dimensions]]
+            else:
+                parts = [f"(_int64(_grid_dim_{a}) * _block_dim_{a})" for a in _AXES[:dimensions]]
+            text = parts[0] if dimensions == 1 else "(" + ", ".join(parts) + ")"
+            return ast.copy_location(ast.parse(text, mode="eval").body, node)
+        return self.generic_visit(node)
+
+    def visit_Attribute(self, node):
+        inner = node.value
+        if isinstance(inner, ast.Attribute) and self._is_cuda(inner.value) and inner.attr in _COORDINATES \
+                and node.attr in _AXES:
+            return ast.copy_location(ast.Name(id=_COORDINATES[inner.attr] + node.attr, ctx=ast.Load()), node)
+        if self._is_cuda(inner):
+            raise _Unsupported(f"cuda.{node.attr}")
+        return self.generic_visit(node)
+
+    def visit_Name(self, node):
+        if node.id in self.cuda_names:
+            raise _Unsupported("cuda used as a value")
+        return node
+
+
+def _coordinate_parameters() -> list[str]:
+    return [prefix + axis for prefix in _COORDINATES.values() for axis in _AXES]
+
+
+def _driver_source(kernel_name: str, parameters: list[str]) -> str:
+    """A function that runs ``_thread_body`` once per thread of a grid, in
+    the order a simulator runs them (blocks, then threads, x fastest)."""
+    arguments = ", ".join(parameters)
+    coordinates = ", ".join(_coordinate_parameters())
+    lines = [f"def _launch(_grid, _block{', ' if arguments else ''}{arguments}):",
+             "    _grid_dim_x, _grid_dim_y, _grid_dim_z = _int32(_grid[0]), _int32(_grid[1]), _int32(_grid[2])",
+             "    _block_dim_x, _block_dim_y, _block_dim_z = _int32(_block[0]), _int32(_block[1]), _int32(_block[2])",
+             "    for _bz in range(_grid[2]):",
+             "        for _by in range(_grid[1]):",
+             "            for _bx in range(_grid[0]):",
+             "                for _tz in range(_block[2]):",
+             "                    for _ty in range(_block[1]):",
+             "                        for _tx in range(_block[0]):",
+             "                            _thread_x, _thread_y, _thread_z = _int32(_tx), _int32(_ty), _int32(_tz)",
+             "                            _block_x, _block_y, _block_z = _int32(_bx), _int32(_by), _int32(_bz)",
+             f"                            {kernel_name}({coordinates}{', ' if arguments else ''}{arguments})"]
+    return "\n".join(lines)
+
+
+def compiled_launcher(kernel):
+    """A function ``launcher(grid, block, *arguments)`` that runs ``kernel``
+    compiled for the CPU, one call of its body per thread; None where the
+    kernel cannot be run so (no source, or a use of ``cuda`` beyond the
+    thread's coordinates)."""
+    import numba
+
+    try:
+        source, name = ptx.module_source(kernel)
+        tree = ast.parse(source)
+    except (OSError, TypeError, ValueError, SyntaxError):
+        return None
+    cuda_names, numba_names = _cuda_aliases(tree)
+    body = _ThreadBody(cuda_names, numba_names)
+    kernel_parameters = None
+    try:
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                body.visit(node)
+                if node.name == name:
+                    kernel_parameters = [argument.arg for argument in node.args.args]
+                    node.args.args = [ast.arg(arg=parameter) for parameter in _coordinate_parameters()] + \
+                        node.args.args
+            elif isinstance(node, ast.Assign):
+                body.visit(node)  # `helper = cuda.jit(device=True)(helper)`: rewritten below
+    except _Unsupported:
+        return None
+    if kernel_parameters is None or numba_names & set(kernel_parameters):
+        return None
+    text = ast.unparse(tree).replace("__import__('numba').cuda.jit(device=True)", "_device_function")
+    text += "\n\n" + _driver_source(name, kernel_parameters) + "\n"
+    namespace = {
+        "_int32": np.int32, "_int64": np.int64,
+        # boundscheck: an index past the end raises, as the simulator's does; the numpy error model: an
+        # integer division by zero is 0, as on a GPU, not ZeroDivisionError
+        "_device_function": numba.njit(boundscheck=True, error_model="numpy"),
+    }
+    try:
+        exec(compile(text, "<student kernel, compiled for the CPU>", "exec"), namespace)  # noqa: S102
+    except Exception:  # noqa: BLE001 - whatever the rewrite cannot define: the simulator's run stands alone
+        return None
+    namespace[name] = numba.njit(boundscheck=True, error_model="numpy")(namespace[name])
+    launcher = numba.njit(boundscheck=True, error_model="numpy")(namespace["_launch"])
+
+    def run(grid, block, *arguments):
+        return launcher(_dim3(grid), _dim3(block), *arguments)
+
+    return run
+
+
+def _dim3(size) -> tuple[int, int, int]:
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+    return tuple(int(s) for s in size) + (1,) * (3 - len(size))
+
