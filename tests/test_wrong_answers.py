@@ -16,6 +16,7 @@ source to compile them for a GPU.
 
 import math
 import re
+import sys
 
 import numba
 import numpy as np
@@ -1233,3 +1234,15 @@ def test_the_corpus_covers_every_kind():
                  "plain Python helper", "writes twice", "without the max", "tiled kernel", "block kernel",
                  "skip by value", "index math inline"):
         assert kind in names, kind
+
+
+@pytest.mark.parametrize("tile, scale", [(4, 5), (16, 6)])
+def test_a_tile_one_row_short_is_caught_at_any_tile_size(tile, scale, monkeypatch):
+    """The short-tile case follows the student's TILE (8 needs scale 3, 16 scale 6, 4 scale 5), and the
+    correct kernel passes it. The kernels read TILE and WINDOW as globals, as in a notebook."""
+    this_module = sys.modules[__name__]
+    monkeypatch.setattr(this_module, "TILE", tile)
+    monkeypatch.setattr(this_module, "WINDOW", tile + 2 * MAX_RADIUS)
+    with pytest.raises(checkers.CheckFailed, match=rf"values wrong for x \(1, 1, 8, 8\), kernel_size=3, scale={scale}"):
+        checkers.check_carafe_tiled_kernel(carafe_tiled_with_ceil_extent, tile, MAX_RADIUS)
+    checkers.check_carafe_tiled_kernel(carafe_tiled_correct, tile, MAX_RADIUS)

@@ -78,9 +78,35 @@ _TILED_CASES = [
     (1, 2, 2, 3, 5, 4, 2),
     (2, 2, 3, 2, 1, 2, 1),
     (2, 4, 3, 2, 3, 2, 2),  # two images with masks of their own (k > 1), two channels per group
-    # Scale 3: a block whose first output row is not a multiple of 3 needs ceil(TILE / 3) + 1 + 2r rows of x
-    (1, 1, 8, 8, 3, 3, 1),
 ]
+
+
+def _source_rows_of_block(first, tile, scale, out_size):
+    """The rows of x that the outputs first .. first + tile - 1 (those
+    inside the output) read at their window's centre."""
+    last = min(first + tile, out_size) - 1
+    return last // scale - first // scale + 1
+
+
+def _short_tile_case(tile):
+    """A case with a block that needs one row of x more than ceil(tile /
+    scale) at its windows' centres (plus 2r around them): the block starts
+    at an output row that is not a multiple of the scale. A kernel sizing
+    its tile as ceil(TILE / scale) + 2r misses that row. There is such a
+    block where tile % scale is at least 2 and does not divide the scale
+    (TILE = 8: scale 3; 16: scale 6; 32: scale 3): the smallest such scale,
+    on the smallest square map from 8 pixels up that holds one. The usual
+    case, (1, 1, 8, 8, k = 3, s = 3), where there is none (a tile of 1)."""
+    for scale in range(2, tile + 2):
+        rest = tile % scale
+        if rest < 2 or scale % rest == 0:
+            continue
+        for size in range(8, 4 * tile + 8):
+            out_size = scale * size
+            if any(_source_rows_of_block(first, tile, scale, out_size) > math.ceil(tile / scale)
+                   for first in range(0, out_size, tile)):
+                return (1, 1, size, size, 3, scale, 1)
+    return (1, 1, 8, 8, 3, 3, 1)
 
 _BACKWARD_CASES = [
     (1, 2, 3, 4, 3, 2, 1),
@@ -569,8 +595,8 @@ def check_carafe_tiled_kernel(kernel, tile: int, max_radius: int):
     # Last, the case whose masks are nan where a slot reads outside the map: the zeros of the tile stand for
     # the padding, and the sum must still skip those slots, as 03.3's kernel does.
     # Then the one whose x holds a 0 read with a nan mask (the tile's zeros are not the test of the outside).
-    kinds = [(case, None) for case in _TILED_CASES] + [(_OUTSIDE_NAN_CASE, "outside nan"),
-                                                       (_VALUES_INSIDE_CASE, "values inside")]
+    kinds = [(case, None) for case in _TILED_CASES + [_short_tile_case(tile)]]
+    kinds += [(_OUTSIDE_NAN_CASE, "outside nan"), (_VALUES_INSIDE_CASE, "values inside")]
     kinds = [(case, kind) for case, kind in kinds if (case[4] - 1) // 2 <= max_radius]
     cases = [case for case, _ in kinds]
     rules = KernelCheck(kernel, what, output=2, float_index_note=INTEGER_DIVISION_NOTE)
