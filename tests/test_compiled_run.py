@@ -77,6 +77,21 @@ def divides_by_zero(values, out):
 
 
 @cuda.jit
+def _ul_launch(x, out):  # a name of the rewrite's own
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = x[i]
+
+
+@cuda.jit
+def python_float_times_float32(out):
+    i = cuda.grid(1)
+    if i < out.size:
+        scale = 210 / 400  # a Python float: float32 beside a float32 in NumPy, float64 compiled
+        out[i] = np.float32(i) * scale
+
+
+@cuda.jit
 def with_shared_memory(out):
     tile = cuda.shared.array(4, float32)
     tile[0] = 1
@@ -134,7 +149,13 @@ def test_an_integer_division_by_zero_gives_zero_as_on_a_gpu():
     assert np.array_equal(out, np.zeros(4))
 
 
-@pytest.mark.parametrize("kernel", [with_shared_memory, with_an_atomic])
+def test_a_python_float_times_a_float32_is_float64_as_compiled():
+    out = np.zeros(400, np.float64)
+    compiled_launcher(python_float_times_float32)(4, 128, out)
+    assert np.array_equal(out, np.arange(400) * 0.525)
+
+
+@pytest.mark.parametrize("kernel", [with_shared_memory, with_an_atomic, _ul_launch])
 def test_kernels_beyond_the_threads_coordinates_are_not_run(kernel):
     assert compiled_launcher(kernel) is None
 

@@ -1183,11 +1183,11 @@ CORPUS = [
     ("index math inline: int x float32 (01.3)",
      lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_inline),
      r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 2x210 -> 1x400.*"
-     r"out\[0, 40\].*\n.*an int times a float32 is computed in float64", False),
+     r"out\[0, 40\].*\n.*an int or a Python float mixed with a float32 is computed in float64", False),
     ("index math inline: int x float32 (01.4)",
      lambda: checkers.check_nearest_kernel(nearest_with_the_index_math_inline),
      r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 1x2x210 -> 1x1x400.*"
-     r"out\[0, 0, 40\].*\n.*an int times a float32 is computed in float64", False),
+     r"out\[0, 0, 40\].*\n.*an int or a Python float mixed with a float32 is computed in float64", False),
     # from test_checkers.py
     ("unguarded", lambda: checkers.check_scale_kernel(scale_unguarded), r"if i < out\.size", False),
     ("off by one", lambda: checkers.check_scale_kernel(scale_off_by_one), r"First mismatch at index \(0,\)", False),
@@ -1236,13 +1236,36 @@ def test_the_corpus_covers_every_kind():
         assert kind in names, kind
 
 
-@pytest.mark.parametrize("tile, scale", [(4, 5), (16, 6)])
-def test_a_tile_one_row_short_is_caught_at_any_tile_size(tile, scale, monkeypatch):
-    """The short-tile case follows the student's TILE (8 needs scale 3, 16 scale 6, 4 scale 5), and the
-    correct kernel passes it. The kernels read TILE and WINDOW as globals, as in a notebook."""
+@pytest.mark.parametrize("tile, size, scale", [(4, 8, 5), (12, 9, 5), (16, 8, 6)])
+def test_a_tile_one_row_short_is_caught_at_any_tile_size(tile, size, scale, monkeypatch):
+    """The short-tile case follows the student's TILE (8 needs scale 3, 16 scale 6, 4 and 12 scale 5), and
+    the correct kernel passes it. The kernels read TILE and WINDOW as globals, as in a notebook."""
     this_module = sys.modules[__name__]
     monkeypatch.setattr(this_module, "TILE", tile)
     monkeypatch.setattr(this_module, "WINDOW", tile + 2 * MAX_RADIUS)
-    with pytest.raises(checkers.CheckFailed, match=rf"values wrong for x \(1, 1, 8, 8\), kernel_size=3, scale={scale}"):
+    with pytest.raises(checkers.CheckFailed,
+                       match=rf"values wrong for x \(1, 1, {size}, {size}\), kernel_size=3, scale={scale}"):
         checkers.check_carafe_tiled_kernel(carafe_tiled_with_ceil_extent, tile, MAX_RADIUS)
     checkers.check_carafe_tiled_kernel(carafe_tiled_correct, tile, MAX_RADIUS)
+
+
+def _rows_a_short_tile_misses(case, tile):
+    """Rows of x inside the map that some output reads at its window and that
+    the tile of its block misses, when the tile holds ceil(tile / scale) + 2r
+    rows from the block's first output row // scale - r: output by output."""
+    _, _, size, _, kernel_size, scale, _ = case
+    radius = (kernel_size - 1) // 2
+    missed = set()
+    for Y in range(scale * size):
+        first = Y // tile * tile
+        top = first // scale - radius
+        held = range(top, top + math.ceil(tile / scale) + 2 * radius)
+        missed |= {row for row in range(Y // scale - radius, Y // scale + radius + 1) if 0 <= row < size} - set(held)
+    return missed
+
+
+@pytest.mark.parametrize("tile", range(2, 65))
+def test_the_short_tile_case_has_a_row_inside_the_map_that_the_short_tile_misses(tile):
+    from upsamplelib.checkers.carafe import _short_tile_case
+
+    assert _rows_a_short_tile_misses(_short_tile_case(tile), tile)

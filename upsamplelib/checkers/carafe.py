@@ -81,31 +81,34 @@ _TILED_CASES = [
 ]
 
 
-def _source_rows_of_block(first, tile, scale, out_size):
-    """The rows of x that the outputs first .. first + tile - 1 (those
-    inside the output) read at their window's centre."""
-    last = min(first + tile, out_size) - 1
-    return last // scale - first // scale + 1
+def _block_misses_a_row(first, tile, scale, size, radius):
+    """Whether a tile of ceil(tile / scale) + 2 radius rows of x, from row
+    first // scale - radius, misses a row inside the map (of ``size`` rows)
+    that the block of output rows first .. first + tile - 1 reads: the row
+    below the window of its last output row inside the map."""
+    last = min(first + tile, scale * size) - 1
+    centre_rows = last // scale - first // scale + 1
+    return centre_rows > math.ceil(tile / scale) and last // scale + radius < size
 
 
 def _short_tile_case(tile):
-    """A case with a block that needs one row of x more than ceil(tile /
-    scale) at its windows' centres (plus 2r around them): the block starts
-    at an output row that is not a multiple of the scale. A kernel sizing
-    its tile as ceil(TILE / scale) + 2r misses that row. There is such a
-    block where tile % scale is at least 2 and does not divide the scale
-    (TILE = 8: scale 3; 16: scale 6; 32: scale 3): the smallest such scale,
-    on the smallest square map from 8 pixels up that holds one. The usual
-    case, (1, 1, 8, 8, k = 3, s = 3), where there is none (a tile of 1)."""
+    """A case with a block that reads a row of x the tile misses when a
+    kernel sizes it as ceil(TILE / scale) + 2r rows: a block that starts at
+    an output row that is not a multiple of the scale spans one centre row
+    more. There is such a block where tile % scale is at least 2 and does not
+    divide the scale (TILE = 8: scale 3; 16: scale 6; 32: scale 3), and the
+    row it misses must lie inside the map, or the sum skips it anyway: the
+    smallest such scale, on the smallest square map from 8 pixels up where a
+    block misses a row inside. The usual case, (1, 1, 8, 8, k = 3, s = 3),
+    where there is none (a tile of 1)."""
+    radius = 1
     for scale in range(2, tile + 2):
         rest = tile % scale
         if rest < 2 or scale % rest == 0:
             continue
         for size in range(8, 4 * tile + 8):
-            out_size = scale * size
-            if any(_source_rows_of_block(first, tile, scale, out_size) > math.ceil(tile / scale)
-                   for first in range(0, out_size, tile)):
-                return (1, 1, size, size, 3, scale, 1)
+            if any(_block_misses_a_row(first, tile, scale, size, radius) for first in range(0, scale * size, tile)):
+                return (1, 1, size, size, 2 * radius + 1, scale, 1)
     return (1, 1, 8, 8, 3, 3, 1)
 
 _BACKWARD_CASES = [

@@ -32,8 +32,11 @@ from . import ptx
 __all__ = ["compiled_launcher"]
 
 _AXES = ("x", "y", "z")
+#: Every name the rewrite adds starts so; a kernel using one itself is not run (a clash).
+_PREFIX = "_ul_"
 #: The thread's coordinates, as the compiled body receives them.
-_COORDINATES = {"threadIdx": "_thread_", "blockIdx": "_block_", "blockDim": "_block_dim_", "gridDim": "_grid_dim_"}
+_COORDINATES = {"threadIdx": "_ul_thread_", "blockIdx": "_ul_block_", "blockDim": "_ul_block_dim_",
+                "gridDim": "_ul_grid_dim_"}
 
 
 class _Unsupported(Exception):
@@ -83,9 +86,10 @@ class _ThreadBody(ast.NodeTransformer):
                 raise _Unsupported(f"cuda.{function.attr} with arguments other than 1, 2 or 3")
             dimensions = node.args[0].value
             if function.attr == "grid":
-                parts = [f"(_int64(_block_{a}) * _block_dim_{a} + _thread_{a})" for a in _AXES[:dimensions]]
+                parts = [f"(_ul_int64(_ul_block_{a}) * _ul_block_dim_{a} + _ul_thread_{a})"
+                         for a in _AXES[:dimensions]]
             else:
-                parts = [f"(_int64(_grid_dim_{a}) * _block_dim_{a})" for a in _AXES[:dimensions]]
+                parts = [f"(_ul_int64(_ul_grid_dim_{a}) * _ul_block_dim_{a})" for a in _AXES[:dimensions]]
             text = parts[0] if dimensions == 1 else "(" + ", ".join(parts) + ")"
             return ast.copy_location(ast.parse(text, mode="eval").body, node)
         return self.generic_visit(node)
@@ -110,23 +114,38 @@ def _coordinate_parameters() -> list[str]:
 
 
 def _driver_source(kernel_name: str, parameters: list[str]) -> str:
-    """A function that runs ``_thread_body`` once per thread of a grid, in
-    the order a simulator runs them (blocks, then threads, x fastest)."""
-    arguments = ", ".join(parameters)
+    """``_ul_launch(grid, block, *parameters)``: the kernel's body once per
+    thread of a grid, in the order the simulator runs them (blocks, then
+    threads, x fastest)."""
+    arguments = "".join(", " + parameter for parameter in parameters)
     coordinates = ", ".join(_coordinate_parameters())
-    lines = [f"def _launch(_grid, _block{', ' if arguments else ''}{arguments}):",
-             "    _grid_dim_x, _grid_dim_y, _grid_dim_z = _int32(_grid[0]), _int32(_grid[1]), _int32(_grid[2])",
-             "    _block_dim_x, _block_dim_y, _block_dim_z = _int32(_block[0]), _int32(_block[1]), _int32(_block[2])",
-             "    for _bz in range(_grid[2]):",
-             "        for _by in range(_grid[1]):",
-             "            for _bx in range(_grid[0]):",
-             "                for _tz in range(_block[2]):",
-             "                    for _ty in range(_block[1]):",
-             "                        for _tx in range(_block[0]):",
-             "                            _thread_x, _thread_y, _thread_z = _int32(_tx), _int32(_ty), _int32(_tz)",
-             "                            _block_x, _block_y, _block_z = _int32(_bx), _int32(_by), _int32(_bz)",
-             f"                            {kernel_name}({coordinates}{', ' if arguments else ''}{arguments})"]
+    lines = [f"def _ul_launch(_ul_grid, _ul_block{arguments}):"]
+    for axis, index in zip(_AXES, range(3)):
+        lines.append(f"    _ul_grid_dim_{axis} = _ul_int32(_ul_grid[{index}])")
+        lines.append(f"    _ul_block_dim_{axis} = _ul_int32(_ul_block[{index}])")
+    indent = "    "
+    for kind, sizes in (("block", "_ul_grid"), ("thread", "_ul_block")):
+        for axis, index in reversed(list(zip(_AXES, range(3)))):
+            lines.append(f"{indent}for _ul_{kind}_{axis}_loop in range({sizes}[{index}]):")
+            indent += "    "
+            lines.append(f"{indent}_ul_{kind}_{axis} = _ul_int32(_ul_{kind}_{axis}_loop)")
+    lines.append(f"{indent}{kernel_name}({coordinates}{arguments})")
     return "\n".join(lines)
+
+
+def _names_in(tree: ast.Module) -> set:
+    """Every identifier the module defines or reads."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name)
+    return names
 
 
 def compiled_launcher(kernel):
@@ -140,6 +159,8 @@ def compiled_launcher(kernel):
         source, name = ptx.module_source(kernel)
         tree = ast.parse(source)
     except (OSError, TypeError, ValueError, SyntaxError):
+        return None
+    if any(used.startswith(_PREFIX) for used in _names_in(tree)):
         return None
     cuda_names, numba_names = _cuda_aliases(tree)
     body = _ThreadBody(cuda_names, numba_names)
@@ -156,22 +177,20 @@ def compiled_launcher(kernel):
                 body.visit(node)  # `helper = cuda.jit(device=True)(helper)`: rewritten below
     except _Unsupported:
         return None
-    if kernel_parameters is None or numba_names & set(kernel_parameters):
+    if kernel_parameters is None:
         return None
-    text = ast.unparse(tree).replace("__import__('numba').cuda.jit(device=True)", "_device_function")
+    text = ast.unparse(tree).replace("__import__('numba').cuda.jit(device=True)", "_ul_device_function")
     text += "\n\n" + _driver_source(name, kernel_parameters) + "\n"
-    namespace = {
-        "_int32": np.int32, "_int64": np.int64,
-        # boundscheck: an index past the end raises, as the simulator's does; the numpy error model: an
-        # integer division by zero is 0, as on a GPU, not ZeroDivisionError
-        "_device_function": numba.njit(boundscheck=True, error_model="numpy"),
-    }
+    # boundscheck: an index past the end raises, as the simulator's does; the numpy error model: an integer
+    # division by zero is 0, as on a GPU, not ZeroDivisionError
+    compiled = numba.njit(boundscheck=True, error_model="numpy")
+    namespace = {"_ul_int32": np.int32, "_ul_int64": np.int64, "_ul_device_function": compiled}
     try:
         exec(compile(text, "<student kernel, compiled for the CPU>", "exec"), namespace)  # noqa: S102
+        namespace[name] = compiled(namespace[name])
+        launcher = compiled(namespace["_ul_launch"])
     except Exception:  # noqa: BLE001 - whatever the rewrite cannot define: the simulator's run stands alone
         return None
-    namespace[name] = numba.njit(boundscheck=True, error_model="numpy")(namespace[name])
-    launcher = numba.njit(boundscheck=True, error_model="numpy")(namespace["_launch"])
 
     def run(grid, block, *arguments):
         return launcher(_dim3(grid), _dim3(block), *arguments)

@@ -51,9 +51,9 @@ def _compiled(student):
     return compiled
 
 
-_COMPILED_TYPING_HINT = ("compiled, an int times a float32 is computed in float64 (NumPy keeps it float32): make every "
-                         "operand float32, e.g. np.float32(dst) * scale, and np.float32(...) around a sum or product "
-                         "you want rounded to float32")
+_COMPILED_TYPING_HINT = ("compiled, an int or a Python float mixed with a float32 is computed in float64 (NumPy keeps "
+                         "it float32): make every operand float32, e.g. np.float32(dst) * scale, and np.float32(...) "
+                         "around a sum or product you want rounded to float32")
 
 
 def _check_compiled_index(student, exact, what):
@@ -144,7 +144,8 @@ class _CompiledRuns:
         except IndexError as error:
             raise CheckFailed(
                 f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it, "
-                f"a thread indexes out of bounds ({error}) for {case}.\nHint: {_COMPILED_TYPING_HINT}; or call {call}"
+                f"a thread indexes out of bounds ({error}) for {case}.\nHint: {_COMPILED_TYPING_HINT}; or call {call}, "
+                "and check it with exercise 01.1's checker"
             ) from None
         except Exception:  # noqa: BLE001 - a typing error: the GPU compile check reports it
             return
@@ -156,7 +157,7 @@ class _CompiledRuns:
                 f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it, "
                 f"{int(wrong.sum())} of {wrong.size} outputs are wrong for {case}: out{list(index)} is "
                 f"{float(got[index]):.7g} where PyTorch gives {float(expected[index]):.7g}.\nHint: {_COMPILED_TYPING_HINT}; or "
-                f"call {call}, which the checker of exercise 01.1 compiled too")
+                f"call {call}, and check it with exercise 01.1's checker, which compiles it too")
 
 
 _PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19)),
