@@ -7,6 +7,7 @@ import upsamplelib  # noqa: F401,I001  (first: it chooses the CUDA target before
 import ast
 import functools
 import math
+import re
 import statistics
 import time
 import types
@@ -1377,7 +1378,9 @@ def rows_prange_over_x(x, masks, out, kernel_size, scale):
                 if 0 <= row < low_height:
                     for dx in range(kernel_size):
                         t = dy * kernel_size + dx
-                        for X in numba.prange(width):
+                        begin = min(width, max(0, (r - dx) * scale))  # the slots inside the map, as the spec asks
+                        end = max(begin, min(width, (x.shape[3] + r - dx) * scale))
+                        for X in numba.prange(begin, end):
                             out[n, c, Y, X] += masks[n, t, Y, X] * columns[row, X + dx * scale]
 
 
@@ -2944,14 +2947,21 @@ def rows_by_flat_indices(x, masks, out, kernel_size, scale):
                             flat_out[line + X] += flat_masks[weights + X] * values[X + dx * scale]
 
 
-def test_rows_cpu_passes_a_right_answer_with_flat_indices(capsys):
-    assert checkers.check_carafe_rows_cpu(rows_by_flat_indices, slow) >= 1.5
-    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
-
-
-def test_rows_cpu_passes_a_right_answer_writing_a_row_a_helper_returns(capsys):
-    assert checkers.check_carafe_rows_cpu(rows_in_a_row_a_helper_returns, slow) >= 1.5
-    assert "PASS carafe_rows_cpu" in capsys.readouterr().out
+@pytest.mark.parametrize("right", [rows_by_flat_indices, rows_in_a_row_a_helper_returns])
+def test_rows_cpu_takes_a_right_answer_left_scalar_but_for_its_speed(right, capsys):
+    """Right answers whose inner loop runs over range(begin, end), which LLVM leaves scalar: every rule but
+    the speed accepts them (the speed comes last), and their speed against the slow loop order depends on the
+    machine: 1.1 and 1.5 times on a 2-core Xeon (AVX-512), above 1.5 on a 2-core AMD EPYC. Either they
+    pass, or the speed alone fails them, with the hint that names the scalar loop."""
+    try:
+        speedup = checkers.check_carafe_rows_cpu(right, slow)
+    except CheckFailed as failure:
+        assert re.search(r"less than 1\.5 times faster\.\nHint: .*counted from 0 over views.*range\(begin, end\).*"
+                         r"scalar", str(failure)), failure
+    else:
+        assert speedup >= 1.5 and "PASS carafe_rows_cpu" in capsys.readouterr().out
+    # With no speed asked, it passes: the speed is the only rule it can fail.
+    checkers.check_carafe_rows_cpu(right, slow, min_speedup=0)
 
 
 def test_rows_cpu_passes_a_right_answer_reading_x_by_next_on_flat(capsys):
