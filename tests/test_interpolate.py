@@ -339,6 +339,21 @@ def test_cpu_loops_run_channels_last_maps_as_they_are(mode, align_corners):
             assert outs[1].is_contiguous(memory_format=channels_last) and not outs[1].is_contiguous()
 
 
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+@pytest.mark.parametrize("kwargs", [{"scale_factor": 2}, {"scale_factor": (1.7, 0.6)}, {"size": (37, 150)}])
+def test_nearest_backward_on_channels_last_maps_over_several_bands_and_images(mode, kwargs):
+    # The channels-last adjoint's tasks own bands of 32 input rows of one image: 100 rows make 4 bands an
+    # image, and 3 images 12 tasks. The sums are F.interpolate's backward, bit for bit.
+    x = torch.randn(3, 5, 100, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    leaves = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [F.interpolate(leaves[0], mode=mode, **kwargs), ul.interpolate(leaves[1], mode=mode, backend="cpu",
+                                                                          **kwargs)]
+    grad = torch.randn_like(outs[0]).contiguous(memory_format=torch.channels_last)
+    grads = [torch.autograd.grad(out, leaf, grad)[0] for out, leaf in zip(outs, leaves)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert grads[1].stride() == x.stride()
+
+
 def test_the_layout_shortcut_agrees_with_pytorchs_rule():
     # _strides_like_channels_last answers dense maps without PyTorch's rule (12 us); every layout of
     # small shapes, empty and one-sized dimensions included, against the rule itself.
