@@ -111,6 +111,7 @@ def _short_tile_case(tile):
                 return (1, 1, size, size, 2 * radius + 1, scale, 1)
     return (1, 1, 8, 8, 3, 3, 1)
 
+
 _BACKWARD_CASES = [
     (1, 2, 3, 4, 3, 2, 1),
     (1, 4, 3, 3, 5, 2, 2),

@@ -120,12 +120,12 @@ def _driver_source(kernel_name: str, parameters: list[str]) -> str:
     arguments = "".join(", " + parameter for parameter in parameters)
     coordinates = ", ".join(_coordinate_parameters())
     lines = [f"def _ul_launch(_ul_grid, _ul_block{arguments}):"]
-    for axis, index in zip(_AXES, range(3)):
+    for index, axis in enumerate(_AXES):
         lines.append(f"    _ul_grid_dim_{axis} = _ul_int32(_ul_grid[{index}])")
         lines.append(f"    _ul_block_dim_{axis} = _ul_int32(_ul_block[{index}])")
     indent = "    "
     for kind, sizes in (("block", "_ul_grid"), ("thread", "_ul_block")):
-        for axis, index in reversed(list(zip(_AXES, range(3)))):
+        for index, axis in reversed(list(enumerate(_AXES))):
             lines.append(f"{indent}for _ul_{kind}_{axis}_loop in range({sizes}[{index}]):")
             indent += "    "
             lines.append(f"{indent}_ul_{kind}_{axis} = _ul_int32(_ul_{kind}_{axis}_loop)")
@@ -179,7 +179,7 @@ def compiled_launcher(kernel):
         return None
     if kernel_parameters is None:
         return None
-    text = ast.unparse(tree).replace("__import__('numba').cuda.jit(device=True)", "_ul_device_function")
+    text = ast.unparse(tree).replace(ptx.DEVICE_FUNCTION_DECORATOR, "_ul_device_function")
     text += "\n\n" + _driver_source(name, kernel_parameters) + "\n"
     # boundscheck: an index past the end raises, as the simulator's does; the numpy error model: an integer
     # division by zero is 0, as on a GPU, not ZeroDivisionError

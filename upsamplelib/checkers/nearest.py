@@ -122,6 +122,7 @@ _PRECISION_HINT = ("at this size PyTorch's float32 index math picks another sour
                    "(row * in // out) or float64 does at a few outputs: compute the indices as PyTorch does, "
                    "with {call}")
 
+
 class _CompiledRuns:
     """The kernel's sensitive cases run again compiled for the CPU, with a
     GPU's number types (``compiled_run``): in the simulator only, since on a
@@ -139,25 +140,21 @@ class _CompiledRuns:
             return
         arrays = list(arrays)
         arrays[output] = np.full_like(arrays[output], np.nan)
+        head = f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it,"
+        hint = f"Hint: {_COMPILED_TYPING_HINT}; or call {call}, and check it with exercise 01.1's checker"
         try:
             self.launcher(*launch, *arrays)
         except IndexError as error:
-            raise CheckFailed(
-                f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it, "
-                f"a thread indexes out of bounds ({error}) for {case}.\nHint: {_COMPILED_TYPING_HINT}; or call {call}, "
-                "and check it with exercise 01.1's checker"
-            ) from None
+            raise CheckFailed(f"{head} a thread indexes out of bounds ({error}) for {case}.\n{hint}") from None
         except Exception:  # noqa: BLE001 - a typing error: the GPU compile check reports it
             return
         got, expected = arrays[output], np.asarray(expected)
         wrong = ~((got == expected) | (np.isnan(got) & np.isnan(expected)))
         if wrong.any():
             index = tuple(int(i) for i in np.argwhere(wrong)[0])
-            raise CheckFailed(
-                f"{what}: right in the simulator, which runs the kernel as Python, but compiled, as a GPU runs it, "
-                f"{int(wrong.sum())} of {wrong.size} outputs are wrong for {case}: out{list(index)} is "
-                f"{float(got[index]):.7g} where PyTorch gives {float(expected[index]):.7g}.\nHint: {_COMPILED_TYPING_HINT}; or "
-                f"call {call}, and check it with exercise 01.1's checker, which compiles it too")
+            raise CheckFailed(f"{head} {int(wrong.sum())} of {wrong.size} outputs are wrong for {case}: "
+                              f"out{list(index)} is {float(got[index]):.7g} where PyTorch gives "
+                              f"{float(expected[index]):.7g}.\n{hint}, which compiles it too")
 
 
 _PLANE_SHAPES = [((1, 1), (3, 2)), ((4, 5), (8, 10)), ((7, 3), (17, 5)), ((9, 11), (5, 6)), ((6, 6), (13, 19)),

@@ -249,6 +249,10 @@ def _import_line(name, value):
     return None
 
 
+#: How the module source declares a helper that a CUDA kernel calls (``compiled_run`` swaps it for a CPU compile).
+DEVICE_FUNCTION_DECORATOR = "__import__('numba').cuda.jit(device=True)"
+
+
 def _is_device_function(value) -> bool:
     return bool(getattr(value, "_device", False)) or bool(getattr(value, "targetoptions", {}).get("device"))
 
@@ -285,7 +289,7 @@ def module_source(kernel) -> tuple[str, str]:
                 if helper is value:
                     helper_decorator = None  # a plain Python function: the GPU compiler must say no
                 elif _is_device_function(value) or type(value).__name__ == "FakeCUDAKernel":
-                    helper_decorator = "__import__('numba').cuda.jit(device=True)"
+                    helper_decorator = DEVICE_FUNCTION_DECORATOR
                 else:
                     helper_decorator = "__import__('numba').njit(inline='always')"
                 visit(helper, used, helper_decorator)
