@@ -7,9 +7,12 @@ and its backward's convolutions in the two orders, with page faults.
 These are the figures behind the layouts that ``upsamplelib/ops/fade.py``
 (its note on the fast path) chooses: the forward convolutions and the
 weight gradient in the maps' own layout (or NCHW, on the CPUs where that
-wins: its last rows), the input gradients channels-last, the weight
-gradient first. They depend on the CPU (oneDNN picks its kernels
-by instruction set: PyTorch names it, printed first), on the machine's load,
+wins: the rows "d/d weight of channels-last maps"), the input gradients
+channels-last, the weight gradient first; and, on the CPUs where it is
+faster, the forward convolutions and the weight gradient with filters
+padded to a multiple of 16 (the last rows, "filters padded to"). They
+depend on the CPU (oneDNN picks its kernels by instruction set: PyTorch
+names it, printed first), on the machine's load,
 and on the allocator's state, so every table is printed twice: in the fresh
 process, where glibc maps each large tensor afresh and every call pays its
 page faults, and after ``upsamplelib.timing.reuse_freed_memory()``, the
@@ -113,6 +116,25 @@ def channels_last_weight_grad(t):
                 to_channels_first(en), shape, to_channels_first(grad), padding=1)}
 
 
+def padded_filter_rows(t):
+    """en's convolution and its weight gradient with the 25 filters padded by
+    zero ones to 32, channels-last (what ``fade.padded_filter_count``
+    chooses on the CPUs named by ``fade.PADDED_FILTER_CAPABILITIES``), from
+    an NCHW en and from a channels-last one; set against the first table's
+    rows at 25 filters. The weight gradient's rows include its copies."""
+    weight = t["weight"]
+    filters = -(-weight.shape[0] // fade.FILTER_BLOCK) * fade.FILTER_BLOCK
+    padded = fade.zero_padded(weight, filters, dim=0)
+    shape = padded.shape
+    rows = {}
+    for layout, name in ((torch.contiguous_format, "NCHW en"), (torch.channels_last, "channels-last en")):
+        en, grad = (t[key].contiguous(memory_format=layout) for key in ("en", "grad"))
+        rows[f"forward conv2d(en), {name}"] = lambda en=en: F.conv2d(en, padded, padding=1)
+        rows[f"d/d weight, {name}, copies included"] = lambda en=en, grad=grad: torch.nn.grad.conv2d_weight(
+            to_channels_last(en), shape, fade.zero_padded(grad, filters), padding=1)
+    return filters, rows
+
+
 def print_tables(t, repeats, rounds, fault_calls, fault_warmup):
     """Both tables in the process's allocator state as it is now."""
     print(f"{'convolution':44s} {'NCHW ms':>9s} {'ch.-last ms':>12s} {'faults/call':>12s}")
@@ -135,6 +157,14 @@ def print_tables(t, repeats, rounds, fault_calls, fault_warmup):
     print(f"{'d/d weight of channels-last maps':44s} {'ms':>9s} {'':>12s} {'faults/call':>12s}"
           f"  (the library's way on this CPU: {chosen})")
     for name, function in ways.items():
+        faults = page_faults_per_call(function, calls=fault_calls, warmup=fault_warmup)
+        print(f"{name:44s} {1e3 * seconds[name]:9.3f} {'':>12s} {faults:12.0f}")
+    filters, rows = padded_filter_rows(t)
+    seconds = compare(rows, repeats=repeats, rounds=rounds)
+    used = "used" if fade.padded_filter_count(t["weight"].shape[0], 1, torch.float32) else "not used"
+    print(f"{f'filters padded to {filters}, channels-last':44s} {'ms':>9s} {'':>12s} {'faults/call':>12s}"
+          f"  (on this CPU: {used})")
+    for name, function in rows.items():
         faults = page_faults_per_call(function, calls=fault_calls, warmup=fault_warmup)
         print(f"{name:44s} {1e3 * seconds[name]:9.3f} {'':>12s} {faults:12.0f}")
 

@@ -207,6 +207,11 @@ def test_conv_layouts_times_each_convolution_in_both_layouts_both_orders_and_bot
         ways = lines[start + 11:start + 13]
         assert [line.split("  ")[0] for line in ways] == ["in channels-last", "NCHW, copies included"]
         assert all(float(word) >= 0 for line in ways for word in line.split()[-2:]), ways
+        assert lines[start + 13].startswith("filters padded to 32, channels-last")
+        assert lines[start + 13].endswith("used)")
+        padded = lines[start + 14:start + 18]
+        assert [line.split(",")[0] for line in padded] == ["forward conv2d(en)", "d/d weight"] * 2, padded
+        assert all(float(word) >= 0 for line in padded for word in line.split()[-2:]), padded
 
 
 def test_busy_core_times_each_small_call_both_ways_and_puts_the_grain_back(capsys):

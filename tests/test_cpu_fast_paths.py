@@ -402,6 +402,68 @@ def test_semi_shift_fast_path_runs_each_convolution_in_its_layout(layout, capabi
         torch.testing.assert_close(got, reference, rtol=1e-10, atol=1e-10)
 
 
+PADDED_FILTER_CASES = [dict(c=5, h=3, w=11, o=25), dict(c=3, h=4, w=9, o=17, s=3), dict(c=2, h=5, w=4, o=49, k=5)]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "channels-last"])
+@pytest.mark.parametrize("case", PADDED_FILTER_CASES, ids=str)
+def test_semi_shift_padded_filters_give_the_references_values_and_gradients(case, layout, monkeypatch):
+    # Where PyTorch's convolutions to more than 16 outputs run faster with their filters padded to a
+    # multiple of 16 (AVX-512), the forward's convolutions and the weight gradient run so; the padded
+    # channels must not reach the result or any gradient. Output counts and widths that are not
+    # multiples of 8 take the transpose's edge loops; the result keeps en's layout.
+    monkeypatch.setattr(fade_module, "_cpu_capability", lambda: "AVX512")
+    filters = []
+    conv2d, conv2d_weight = F.conv2d, torch.nn.grad.conv2d_weight
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: filters.append(w.shape[0]) or conv2d(x, w, *a, **k))
+    monkeypatch.setattr(torch.nn.grad, "conv2d_weight",
+                        lambda x, shape, *a, **k: filters.append(shape[0]) or conv2d_weight(x, shape, *a, **k))
+    s, outputs = case.get("s", 2), case["o"]
+    inputs = _semi_shift_inputs(dtype=torch.float32, **case)
+    leaves = [t.contiguous(memory_format=layout).requires_grad_() if t.dim() == 4 and t.shape[0] == 2
+              else t.requires_grad_() for t in inputs]
+    out = ul.semi_shift_conv(*leaves, s, backend="cpu")
+    padded = -(-outputs // 16) * 16
+    assert filters == [padded, padded]
+    assert out.stride() == torch.empty(out.shape, memory_format=layout).stride()
+    exact = [t.detach().double().requires_grad_() for t in inputs]
+    expected = semi_shift_conv_reference(*exact, s)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    filters.clear()
+    grads = torch.autograd.grad(out, leaves, grad)
+    assert sorted(filters) == [padded, padded]  # each map's share of the weight gradient
+    for got, want in zip(grads, torch.autograd.grad(expected, exact, grad.double())):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_semi_shift_padded_filters_second_order_gradients_match_reference(monkeypatch):
+    # The derivatives of the gradients run the operators again, the padded forward among them.
+    monkeypatch.setattr(fade_module, "_cpu_capability", lambda: "AVX512")
+    inputs = _semi_shift_inputs(c=3, h=3, w=5, o=20, dtype=torch.float32)
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    exact = [t.detach().double().requires_grad_() for t in inputs]
+    second = []
+    for tensors, function in ((leaves, lambda *t: ul.semi_shift_conv(*t, 2, backend="cpu")),
+                              (exact, lambda *t: semi_shift_conv_reference(*t, 2))):
+        out = function(*tensors)
+        grads = torch.autograd.grad((out * out).sum(), tensors, create_graph=True)
+        second.append(torch.autograd.grad(sum((g * g).sum() for g in grads), tensors))
+    for got, want in zip(*second):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("capability,dtype,outputs,groups,padded", [
+    ("AVX512", torch.float32, 25, 1, 32), ("AVX512", torch.float32, 33, 1, 48), ("AVX512", torch.float32, 64, 1, 64),
+    ("AVX512", torch.float32, 16, 1, None), ("AVX512", torch.float64, 25, 1, None), ("AVX512", torch.float32, 25, 25, None),
+    ("AVX2", torch.float32, 25, 1, None), ("DEFAULT", torch.float32, 25, 1, None)])
+def test_filters_are_padded_only_where_measured_faster(capability, dtype, outputs, groups, padded, monkeypatch):
+    # Only float32 (oneDNN's kernels), without groups, above 16 outputs (at 16 and below NCHW was the
+    # fastest), on AVX-512 (the one instruction set measured).
+    monkeypatch.setattr(fade_module, "_cpu_capability", lambda: capability)
+    assert fade_module.padded_filter_count(outputs, groups, dtype) == padded
+
+
 def test_semi_shift_fast_path_gradgradcheck():
     tensors = [t.requires_grad_() for t in _semi_shift_inputs(c=2, h=3, w=3, o=2)]
     function = lambda *t: ul.semi_shift_conv(*t, 2, backend="cpu")  # noqa: E731

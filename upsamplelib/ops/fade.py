@@ -41,7 +41,7 @@ from ..backend import (cpu_kernel, cuda_kernel, fma, forward_tangents, kernel_va
                        pixels_array, reference_for_empty_batch, resolve_backend, run, run_grid, sum_of_given,
                        with_tangent)
 from ..layout import (empty_map, is_only_channels_last, is_vmapped, memory_format, to_channels_first,
-                      to_channels_last, with_channels_last_strides, with_layout_strides)
+                      to_channels_last, transpose_block, with_channels_last_strides, with_layout_strides)
 from ..validation import (
     check_batched_map,
     check_bool,
@@ -436,6 +436,17 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # step, so on the CPU it stays near parity with the two-convolution form.
 # The decoder's convolution, nearest-upsampled, is added into the encoder's
 # in place by a loop below, so the upsampled intermediate is never made.
+# On AVX-512 one more step passed parity (PADDED_FILTER_CAPABILITIES below):
+# oneDNN's convolutions there work on blocks of 16 output channels, and to
+# FADE's 25 logits they ran 1.2-1.4x faster with the filters padded by 7
+# zero ones, channels-last, even from NCHW maps. The forward's two
+# convolutions and the weight gradient run so; a loop drops the padded
+# channels as it adds the decoder's share, writing the result in the maps'
+# layout. The bench's steps against the two-convolution form, same process
+# (2-core Xeon, 2026-12-08): NCHW forward 0.98 -> 0.79, forward+backward
+# 0.98 -> 0.86; channels-last forward 1.07 -> 0.75, forward+backward
+# 1.05 -> 0.94. The transposed convolutions stay at 25 channels: padded,
+# they were slower (1.5 -> 2.4 ms).
 # PyTorch's zero padding differs from our skipped taps only where a
 # non-finite value meets it: a padded zero times a NaN or Inf weight (the
 # forward, the en and de gradients), or times a NaN or Inf grad_out (the
@@ -482,18 +493,55 @@ def add_upsampled_channels_first_cpu(high, low, scale):
 
 
 @cpu_kernel
-def add_upsampled_channels_last_cpu(high, low, scale):
-    """high[n, Y, X, o] += low[n, Y // s, X // s, o], both channels-last: the
-    decoder's convolution, nearest-upsampled, added into the encoder's in
-    place (the same sums as the NCHW loop above)."""
-    batch, height, width, outputs = high.shape
+def add_upsampled_channels_last_cpu(high, low, scale, out):
+    """out[n, Y, X, o] = high[n, Y, X, o] + low[n, Y // s, X // s, o] for
+    each of out's channels, all channels-last: the decoder's convolution,
+    nearest-upsampled, added to the encoder's (the same sums as the NCHW
+    loop above). ``out`` is ``high`` itself (in place), or has fewer
+    channels than high and low (their padded filters left out)."""
+    batch, height, width, outputs = out.shape
+    for line in prange(batch * height):
+        n, Y = line // height, line % height
+        high_row, low_row, out_row = high[n, Y], low[n, Y // scale], out[n, Y]
+        for X in range(width):
+            total, high_pixel, low_pixel = out_row[X], high_row[X], low_row[X // scale]
+            for o in range(outputs):
+                total[o] = high_pixel[o] + low_pixel[o]
+
+
+@cpu_kernel
+def add_upsampled_to_channels_first_cpu(high, low, scale, out):
+    """out[n, o, Y, X] = high[n, Y, X, o] + low[n, Y // s, X // s, o]: high
+    and low channels-last (N, H, W, P) arrays of P padded filters, out the
+    (N, O, H, W) NCHW result, O <= P. Per output row, the decoder's row is
+    added into the encoder's in place (32 filters x 128 pixels are 16 KB:
+    it stays in the first-level cache), then the row is transposed into
+    out 8 x 8 values at a time (``transpose_block``), the channels and
+    pixels no whole block covers one at a time."""
+    batch, outputs, height, width = out.shape
+    filters = high.shape[3]
+    plane = height * width
+    flat_high, flat_out = high.reshape(high.size), out.reshape(out.size)
+    channel_blocks_end, pixel_blocks_end = outputs // 8 * 8, width // 8 * 8
     for line in prange(batch * height):
         n, Y = line // height, line % height
         high_row, low_row = high[n, Y], low[n, Y // scale]
         for X in range(width):
             total, low_pixel = high_row[X], low_row[X // scale]
-            for o in range(outputs):
-                total[o] = total[o] + low_pixel[o]
+            for c in range(filters):
+                total[c] = total[c] + low_pixel[c]
+        row_start = line * width * filters
+        for o in range(0, channel_blocks_end, 8):
+            out_start = (n * outputs + o) * plane + Y * width
+            for X in range(0, pixel_blocks_end, 8):
+                transpose_block(flat_high, row_start + X * filters + o, filters, flat_out, out_start + X, plane)
+            for X in range(pixel_blocks_end, width):
+                for c in range(o, o + 8):
+                    out[n, c, Y, X] = high_row[X, c]
+        for c in range(channel_blocks_end, outputs):
+            out_row = out[n, c, Y]
+            for X in range(width):
+                out_row[X] = high_row[X, c]
 
 
 def full_precision(function):
@@ -513,6 +561,65 @@ def full_precision(function):
     return exact
 
 
+#: PyTorch's CPU capabilities on which a float32 convolution to more than
+#: 16 output channels runs faster channels-last with its filters padded by
+#: zero ones to a multiple of 16 (oneDNN's AVX-512 kernels work on blocks of
+#: 16 output channels), even from an NCHW map, which oneDNN then reads
+#: itself. C=64, 128 x 128, 3 x 3, 2-core Xeon (AVX-512), 2026-12-08, ms:
+#:
+#:   outputs (padded to)   NCHW   channels-last   ch.-last, padded
+#:   25 (32)               3.9    4.3             3.1
+#:   36 (48)               5.4    4.6             3.8
+#:   49 (64)               7.9    6.8             5.1
+#:   16 (32)               2.1    2.4             3.1
+#:
+#: (``python bench/conv_layouts.py`` gives the first row on any machine.) At
+#: 16 outputs or fewer NCHW is the fastest, and padding loses. Not measured
+#: on AVX2 (whose kernels work on blocks of 8), so not used there.
+PADDED_FILTER_CAPABILITIES = frozenset({"AVX512"})
+FILTER_BLOCK = 16
+
+
+def padded_filter_count(outputs, groups, dtype):
+    """The filters a convolution to ``outputs`` channels runs with: rounded
+    up to a multiple of ``FILTER_BLOCK`` where that is faster
+    (``PADDED_FILTER_CAPABILITIES``), else None (as given)."""
+    if (groups != 1 or outputs <= FILTER_BLOCK or dtype != torch.float32
+            or _cpu_capability() not in PADDED_FILTER_CAPABILITIES):
+        return None
+    return -(-outputs // FILTER_BLOCK) * FILTER_BLOCK
+
+
+def zero_padded(tensor, size, dim=1):
+    """A channels-last copy of a 4-D ``tensor`` with zeros added along
+    ``dim`` (1: a map's channels, 0: a weight's filters) up to ``size``."""
+    shape = list(tensor.shape)
+    shape[dim] = size
+    padded = torch.empty(shape, dtype=tensor.dtype, device=tensor.device, memory_format=torch.channels_last)
+    given = tensor.shape[dim]
+    padded.narrow(dim, 0, given).copy_(tensor)
+    padded.narrow(dim, given, size - given).zero_()
+    return padded
+
+
+def _semi_shift_with_padded_filters(en, de, weight, bias, scale, filters, channels_last):
+    """``dense_semi_shift`` of both maps with ``filters`` filters, the
+    weight's and zero ones, channels-last (``padded_filter_count``); the
+    padded channels are left out as the decoder's share is added, into a
+    new result in the layout asked for. The maps are taken as given."""
+    outputs, pad = weight.shape[0], weight.shape[2] // 2
+    padded = zero_padded(weight, filters, dim=0)
+    padded_bias = F.pad(bias, (0, filters - outputs)) if bias is not None else None
+    high, low = (F.conv2d(feature, padded, padded_bias, padding=pad).contiguous(memory_format=torch.channels_last)
+                 for feature in (en, de))
+    out = empty_map(high, outputs, high.shape[2], high.shape[3], channels_last)
+    if channels_last:
+        run(add_upsampled_channels_last_cpu, "cpu", out.numel(), _nhwc(high), _nhwc(low), scale, _nhwc(out))
+    else:
+        run(add_upsampled_to_channels_first_cpu, "cpu", out.numel(), _nhwc(high), _nhwc(low), scale, out)
+    return out
+
+
 @full_precision
 def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     """conv2d(en) + nearest_up(conv2d(de)), the bias on each (either map may
@@ -520,8 +627,13 @@ def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     channels-last): the layout the caller's maps are in, so no map is
     copied unless en and de differ (de then is). The decoder's share is
     added into the encoder's convolution in place, so the upsampled
-    intermediate is never made. Equals the one-pass loop to rounding when
-    ``weight`` is finite."""
+    intermediate is never made. With both maps given, on the CPUs where it
+    is faster, the convolutions run channels-last with padded filters
+    instead (``padded_filter_count``). Equals the one-pass loop to rounding
+    when ``weight`` is finite."""
+    filters = padded_filter_count(weight.shape[0], groups, weight.dtype) if en is not None and de is not None else None
+    if filters is not None:
+        return _semi_shift_with_padded_filters(en, de, weight, bias, scale, filters, channels_last)
     pad = weight.shape[2] // 2
     layout = memory_format(channels_last)
     weight = weight.contiguous(memory_format=layout)
@@ -536,7 +648,8 @@ def dense_semi_shift(en, de, weight, bias, scale, groups, channels_last=False):
     high = with_layout_strides(high, channels_last)
     if low is not None:
         if channels_last:
-            run(add_upsampled_channels_last_cpu, "cpu", high.numel(), _nhwc(high), _nhwc(low), scale)
+            pixels = _nhwc(high)
+            run(add_upsampled_channels_last_cpu, "cpu", high.numel(), pixels, _nhwc(low), scale, pixels)
         else:
             run(add_upsampled_channels_first_cpu, "cpu", high.numel(), high, low.contiguous(), scale)
     return high
@@ -613,20 +726,30 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     """d loss / d weight with PyTorch's convolution weight gradient: en's
     against grad_out, de's against grad_out summed over s x s blocks, each
     in the layout of its map as given, or NCHW on the CPUs named by
-    ``NCHW_WEIGHT_GRAD_CAPABILITIES`` (see the note above the fast path).
-    Equals the one-pass loops to rounding when ``grad_out`` is finite."""
+    ``NCHW_WEIGHT_GRAD_CAPABILITIES`` (see the note above the fast path),
+    or channels-last with padded filters where that is faster
+    (``padded_filter_count``). Equals the one-pass loops to rounding when
+    ``grad_out`` is finite."""
     channels = (en if en is not None else de).shape[1]
-    shape = (grad_out.shape[1], channels // groups, kernel_size, kernel_size)
+    outputs = grad_out.shape[1]
+    shape = (outputs, channels // groups, kernel_size, kernel_size)
     pad = kernel_size // 2
+    filters = padded_filter_count(outputs, groups, grad_out.dtype)
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
-        if feature is not None:
+        if feature is None:
+            continue
+        if filters is not None:
+            # As the forward's convolutions: channels-last, grad_out with zero channels for the padded filters.
+            share = torch.nn.grad.conv2d_weight(to_channels_last(feature), (filters, *shape[1:]),
+                                                zero_padded(grad, filters), padding=pad)
+        else:
             # NCHW copies by the block transpose: PyTorch's own took 0.5-0.9 ms for en's, against 0.2-0.4.
             in_layout = to_channels_last if _weight_grad_in_channels_last(feature) else to_channels_first
             share = torch.nn.grad.conv2d_weight(in_layout(feature), shape, in_layout(grad), padding=pad,
                                                 groups=groups)
-            total = share if total is None else total + share
-    return total.contiguous()
+        total = share if total is None else total + share
+    return total[:outputs].contiguous()
 
 
 # --------------------------------------------------------------------------
