@@ -104,6 +104,73 @@ def with_an_atomic(out):
     cuda.atomic.add(out, 0, 1)
 
 
+@cuda.jit(device=True)
+def this_threads_value():
+    return cuda.grid(1) * SCALE
+
+
+@cuda.jit(device=True)
+def through_this_threads_value():
+    return this_threads_value()  # calls a helper that reads the grid, itself reading none
+
+
+@cuda.jit
+def times_float32_in_helpers(out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = through_this_threads_value()
+
+
+@cuda.jit(device=True)
+def plane_coordinates():
+    x, y = cuda.grid(2)
+    return x, y, cuda.threadIdx.x, cuda.blockIdx.y
+
+
+@cuda.jit
+def coordinates_from_a_helper(out):
+    x, y, thread_x, block_y = plane_coordinates()
+    if x < out.shape[1] and y < out.shape[0]:
+        out[y, x, 0] = x + 1000 * y
+        out[y, x, 1] = thread_x + 1000 * block_y
+        out[y, x, 2] = x % cuda.warpsize
+
+
+@cuda.jit
+def grid_by_keyword(out):
+    x, y = cuda.grid(ndim=2)  # the simulator takes no keyword here; a GPU's compile does
+    if x < out.shape[1] and y < out.shape[0]:
+        out[y, x] = x + 1000 * y
+
+
+@cuda.jit
+def helper_reading_the_grid_as_a_value(out):
+    value = this_threads_value
+    out[0] = value()
+
+
+def test_helpers_reading_the_grid_get_the_threads_coordinates():
+    out = np.zeros(400, np.float64)
+    compiled_launcher(times_float32_in_helpers)(4, 128, out)
+    assert np.array_equal(out, np.arange(400) * np.float64(SCALE))  # float64, as compiled
+    out = np.full((6, 40, 3), -1, np.int64)
+    compiled_launcher(coordinates_from_a_helper)((10, 2), (4, 3), out)
+    simulated = np.full_like(out, -1)
+    coordinates_from_a_helper[(10, 2), (4, 3)](simulated)
+    assert np.array_equal(out, simulated)
+    assert out[0, 33, 2] == 1  # the warp size is 32
+
+
+def test_the_grid_by_keyword():
+    out = np.full((6, 40), -1, np.int64)
+    compiled_launcher(grid_by_keyword)((10, 2), (4, 3), out)
+    assert np.array_equal(out, np.arange(40)[None, :] + 1000 * np.arange(6)[:, None])
+
+
+def test_a_helper_reading_the_grid_used_as_a_value_is_not_run():
+    assert compiled_launcher(helper_reading_the_grid_as_a_value) is None
+
+
 def test_an_int_times_a_float32_is_float64_as_compiled():
     """The simulator (NumPy) keeps it float32; a GPU's compile makes it float64."""
     out = np.zeros(400, np.float64)

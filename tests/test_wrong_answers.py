@@ -1074,6 +1074,37 @@ def nearest_with_the_index_math_inline(x, out, exact):
         out[plane, row, col] = x[plane, src_row, src_col]
 
 
+@cuda.jit(device=True)
+def source_pixel_of_this_thread(x, out):
+    col, row = cuda.grid(2)
+    scale_y = np.float32(x.shape[0]) / np.float32(out.shape[0])
+    scale_x = np.float32(x.shape[1]) / np.float32(out.shape[1])
+    return row, col, min(int(row * scale_y), x.shape[0] - 1), min(int(col * scale_x), x.shape[1] - 1)
+
+
+@cuda.jit
+def nearest_plane_with_the_index_math_in_a_helper_reading_the_grid(x, out):
+    row, col, src_row, src_col = source_pixel_of_this_thread(x, out)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = x[src_row, src_col]
+
+
+@cuda.jit(device=True)
+def source_pixel_of_this_thread_in_float32(x, out):
+    col, row = cuda.grid(2)
+    scale_y = np.float32(x.shape[0]) / np.float32(out.shape[0])
+    scale_x = np.float32(x.shape[1]) / np.float32(out.shape[1])
+    return (row, col, min(int(np.float32(row) * scale_y), x.shape[0] - 1),
+            min(int(np.float32(col) * scale_x), x.shape[1] - 1))
+
+
+@cuda.jit
+def nearest_plane_with_a_helper_reading_the_grid_in_float32(x, out):
+    row, col, src_row, src_col = source_pixel_of_this_thread_in_float32(x, out)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = x[src_row, src_col]
+
+
 #: FADE's checkers, where a kernel dropped a term whose nan the spec keeps (a 0 times a nan weight)
 NAN_TIMES_ZERO_DROPPED = (r"it should be nan: this element reads that value inside the maps.*nan \* 0 is nan.*\n"
                           r".*never by its value")
@@ -1188,6 +1219,10 @@ CORPUS = [
      lambda: checkers.check_nearest_kernel(nearest_with_the_index_math_inline),
      r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 1x2x210 -> 1x1x400.*"
      r"out\[0, 0, 40\].*\n.*an int or a Python float mixed with a float32 is computed in float64", False),
+    ("index math inline, in a helper reading cuda.grid (01.3)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_in_a_helper_reading_the_grid),
+     r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 2x210 -> 1x400.*"
+     r"out\[0, 40\].*\n.*an int or a Python float mixed with a float32 is computed in float64", False),
     # from test_checkers.py
     ("unguarded", lambda: checkers.check_scale_kernel(scale_unguarded), r"if i < out\.size", False),
     ("off by one", lambda: checkers.check_scale_kernel(scale_off_by_one), r"First mismatch at index \(0,\)", False),
@@ -1198,6 +1233,8 @@ CORPUS = [
 CORRECT = [
     ("index math inline, float32 throughout (01.3)",
      lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_inline_in_float32)),
+    ("index math in a helper reading cuda.grid, float32 throughout (01.3)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_a_helper_reading_the_grid_in_float32)),
     ("grid stride", lambda: checkers.check_grid_stride_kernel(grid_stride_correct)),
     ("scatter", lambda: checkers.check_bilinear_scatter_kernel(scatter_correct)),
     ("zero-copy", lambda: checkers.check_to_kernel_array(to_kernel_array_correct)),

@@ -11,8 +11,9 @@ Numba's CPU compiler types numbers exactly as its CUDA compiler does, so
 the kernel's body is compiled for the CPU, with each ``cuda.grid``,
 ``cuda.threadIdx`` ... replaced by the thread's coordinates, typed as on a
 GPU (int32 coordinates, int64 grid indices), and a loop runs it once per
-thread. Kernels that use anything else of ``cuda`` (shared memory,
-barriers, atomics, local arrays) are not run this way:
+thread; a helper that reads them is handed them by each call, and
+``cuda.warpsize`` is 32. Kernels that use anything else of ``cuda``
+(shared memory, barriers, atomics, local arrays) are not run this way:
 ``compiled_launcher`` returns None for them, and the simulator's run
 stands alone.
 
@@ -32,6 +33,8 @@ from . import ptx
 __all__ = ["compiled_launcher"]
 
 _AXES = ("x", "y", "z")
+#: ``cuda.warpsize`` on every NVIDIA GPU.
+WARP_SIZE = 32
 #: Every name the rewrite adds starts so; a kernel using one itself is not run (a clash).
 _PREFIX = "_ul_"
 #: The thread's coordinates, as the compiled body receives them.
@@ -81,10 +84,12 @@ class _ThreadBody(ast.NodeTransformer):
         function = node.func
         if isinstance(function, ast.Attribute) and self._is_cuda(function.value) and \
                 function.attr in ("grid", "gridsize"):
-            if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.Constant) or \
-                    node.args[0].value not in (1, 2, 3):
+            given = node.args if not node.keywords else [keyword.value for keyword in node.keywords
+                                                          if keyword.arg == "ndim" and not node.args]
+            if len(given) != 1 or len(node.args) + len(node.keywords) != 1 or \
+                    not isinstance(given[0], ast.Constant) or given[0].value not in (1, 2, 3):
                 raise _Unsupported(f"cuda.{function.attr} with arguments other than 1, 2 or 3")
-            dimensions = node.args[0].value
+            dimensions = given[0].value
             if function.attr == "grid":
                 parts = [f"(_ul_int64(_ul_block_{a}) * _ul_block_dim_{a} + _ul_thread_{a})"
                          for a in _AXES[:dimensions]]
@@ -100,6 +105,8 @@ class _ThreadBody(ast.NodeTransformer):
                 and node.attr in _AXES:
             return ast.copy_location(ast.Name(id=_COORDINATES[inner.attr] + node.attr, ctx=ast.Load()), node)
         if self._is_cuda(inner):
+            if node.attr == "warpsize":
+                return ast.copy_location(ast.Constant(WARP_SIZE), node)
             raise _Unsupported(f"cuda.{node.attr}")
         return self.generic_visit(node)
 
@@ -111,6 +118,42 @@ class _ThreadBody(ast.NodeTransformer):
 
 def _coordinate_parameters() -> list[str]:
     return [prefix + axis for prefix in _COORDINATES.values() for axis in _AXES]
+
+
+def _coordinate_arguments() -> list[ast.Name]:
+    return [ast.Name(id=parameter, ctx=ast.Load()) for parameter in _coordinate_parameters()]
+
+
+def _pass_coordinates_to_helpers(functions: dict, kernel_name: str) -> None:
+    """Give the helpers that read the thread's coordinates (their
+    ``cuda.grid`` ... rewritten), or call a helper that does, the
+    coordinates as parameters, as the kernel has them, and pass them on at
+    every call of one. Raises _Unsupported where such a helper is used
+    other than called by its name."""
+    coordinates = set(_coordinate_parameters())
+    reads = {name for name, function in functions.items()
+             if any(isinstance(node, ast.Name) and node.id in coordinates for node in ast.walk(function))}
+    callees = {name: {node.func.id for node in ast.walk(function)
+                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+               for name, function in functions.items()}
+    while True:
+        callers = {name for name in functions if name not in reads and callees[name] & reads}
+        if not callers:
+            break
+        reads |= callers
+    reads.discard(kernel_name)  # its parameters come from the driver
+    for name, function in functions.items():
+        called = set()
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in reads:
+                node.args = _coordinate_arguments() + node.args
+                called.add(id(node.func))
+        if any(isinstance(node, ast.Name) and node.id in reads and id(node) not in called
+               for node in ast.walk(function)):
+            raise _Unsupported("a helper reading the thread's coordinates used as a value")
+        if name in reads:
+            function.args.args = [ast.arg(arg=parameter) for parameter in _coordinate_parameters()] + \
+                function.args.args
 
 
 def _driver_source(kernel_name: str, parameters: list[str]) -> str:
@@ -165,19 +208,22 @@ def compiled_launcher(kernel):
     cuda_names, numba_names = _cuda_aliases(tree)
     body = _ThreadBody(cuda_names, numba_names)
     kernel_parameters = None
+    functions = {}
     try:
         for node in tree.body:
             if isinstance(node, ast.FunctionDef):
                 body.visit(node)
+                functions[node.name] = node
                 if node.name == name:
                     kernel_parameters = [argument.arg for argument in node.args.args]
                     node.args.args = [ast.arg(arg=parameter) for parameter in _coordinate_parameters()] + \
                         node.args.args
             elif isinstance(node, ast.Assign):
                 body.visit(node)  # `helper = cuda.jit(device=True)(helper)`: rewritten below
+        if kernel_parameters is None:
+            return None
+        _pass_coordinates_to_helpers(functions, name)
     except _Unsupported:
-        return None
-    if kernel_parameters is None:
         return None
     text = ast.unparse(tree).replace(ptx.DEVICE_FUNCTION_DECORATOR, "_ul_device_function")
     text += "\n\n" + _driver_source(name, kernel_parameters) + "\n"
