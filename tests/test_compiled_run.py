@@ -136,6 +136,31 @@ def coordinates_from_a_helper(out):
         out[y, x, 2] = x % cuda.warpsize
 
 
+@cuda.jit(device=True)
+def pixel_with_positional_only_parameters(width, /):
+    x, y = cuda.grid(2)
+    return x + width * y
+
+
+@cuda.jit
+def through_positional_only_parameters(out):
+    i = pixel_with_positional_only_parameters(out.shape[1])
+    if i < out.size:
+        out.ravel()[i] = i
+
+
+@cuda.jit(device=True)
+def scaled(value, factor=2):
+    return value * factor
+
+
+@cuda.jit
+def keyword_to_a_device_function(x, out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = scaled(x[i], factor=factor)
+
+
 @cuda.jit
 def grid_by_keyword(out):
     x, y = cuda.grid(ndim=2)  # the simulator takes no keyword here; a GPU's compile does
@@ -165,6 +190,19 @@ def test_the_grid_by_keyword():
     out = np.full((6, 40), -1, np.int64)
     compiled_launcher(grid_by_keyword)((10, 2), (4, 3), out)
     assert np.array_equal(out, np.arange(40)[None, :] + 1000 * np.arange(6)[:, None])
+
+
+def test_a_helper_with_positional_only_parameters_gets_the_coordinates_first():
+    out = np.full((4, 8), -1, np.int64)
+    compiled_launcher(through_positional_only_parameters)((2, 2), (4, 2), out)
+    assert np.array_equal(out.ravel(), np.arange(32))
+
+
+def test_the_simulators_missing_keywords_are_told_not_raised():
+    # A GPU's compile takes keyword arguments to a device function, the simulator does not.
+    from upsamplelib import checkers
+    with pytest.raises(checkers.CheckFailed, match=r"keyword argument factor=\.\.\..*\n.*by position"):
+        checkers.check_scale_kernel(keyword_to_a_device_function)
 
 
 def test_a_helper_reading_the_grid_used_as_a_value_is_not_run():

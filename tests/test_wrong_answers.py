@@ -1089,6 +1089,43 @@ def nearest_plane_with_the_index_math_in_a_helper_reading_the_grid(x, out):
         out[row, col] = x[src_row, src_col]
 
 
+def _source_pixel_under_another_name(x, out):
+    col, row = cuda.grid(2)
+    scale_y = np.float32(x.shape[0]) / np.float32(out.shape[0])
+    scale_x = np.float32(x.shape[1]) / np.float32(out.shape[1])
+    return row, col, min(int(row * scale_y), x.shape[0] - 1), min(int(col * scale_x), x.shape[1] - 1)
+
+
+source_pixel_bound_to_another_name = cuda.jit(device=True)(_source_pixel_under_another_name)
+
+
+@cuda.jit
+def nearest_plane_with_the_index_math_in_a_helper_under_another_name(x, out):
+    row, col, src_row, src_col = source_pixel_bound_to_another_name(x, out)
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = x[src_row, src_col]
+
+
+@cuda.jit(device=True)
+def this_threads_pixel():
+    col, row = cuda.grid(2)
+    return row, col
+
+
+@cuda.jit(device=True)
+def source_index_in_float64(dst, in_size, out_size):
+    this_threads_pixel = dst * (np.float32(in_size) / np.float32(out_size))  # a local named as the helper
+    return min(int(this_threads_pixel), in_size - 1)
+
+
+@cuda.jit
+def nearest_plane_with_a_local_named_as_the_grid_helper(x, out):
+    row, col = this_threads_pixel()
+    if row < out.shape[0] and col < out.shape[1]:
+        out[row, col] = x[source_index_in_float64(row, x.shape[0], out.shape[0]),
+                          source_index_in_float64(col, x.shape[1], out.shape[1])]
+
+
 @cuda.jit(device=True)
 def source_pixel_of_this_thread_in_float32(x, out):
     col, row = cuda.grid(2)
@@ -1219,6 +1256,12 @@ CORPUS = [
      lambda: checkers.check_nearest_kernel(nearest_with_the_index_math_inline),
      r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 1x2x210 -> 1x1x400.*"
      r"out\[0, 0, 40\].*\n.*an int or a Python float mixed with a float32 is computed in float64", False),
+    ("index math inline, in a helper bound to another name (01.3)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_in_a_helper_under_another_name),
+     r"compiled, as a GPU runs it, 5 of 400 outputs are wrong for 2x210 -> 1x400", False),
+    ("index math inline, a local named as the helper reading cuda.grid (01.3)",
+     lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_a_local_named_as_the_grid_helper),
+     r"compiled, as a GPU runs it, \d+ of 400 outputs are wrong for 2x210 -> 1x400", False),
     ("index math inline, in a helper reading cuda.grid (01.3)",
      lambda: checkers.check_nearest_plane_kernel(nearest_plane_with_the_index_math_in_a_helper_reading_the_grid),
      r"right in the simulator.*compiled, as a GPU runs it, 5 of 400 outputs are wrong for 2x210 -> 1x400.*"

@@ -124,17 +124,61 @@ def _coordinate_arguments() -> list[ast.Name]:
     return [ast.Name(id=parameter, ctx=ast.Load()) for parameter in _coordinate_parameters()]
 
 
-def _pass_coordinates_to_helpers(functions: dict, kernel_name: str) -> None:
+def _with_coordinates_first(function: ast.FunctionDef) -> None:
+    """The coordinates as the function's first parameters (positional-only
+    ones too, where it has any)."""
+    parameters = [ast.arg(arg=parameter) for parameter in _coordinate_parameters()]
+    if function.args.posonlyargs:
+        function.args.posonlyargs = parameters + function.args.posonlyargs
+    else:
+        function.args.args = parameters + function.args.args
+
+
+def _aliases(tree: ast.Module, functions: dict) -> dict:
+    """{module-level name: the function it is bound to}: each function's
+    own name, and ``alias = function`` (how ``ptx.module_source`` writes a
+    helper bound under another name), followed through chains."""
+    bound = {name: name for name in functions}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and isinstance(node.value, ast.Name) and node.value.id in bound:
+            bound[node.targets[0].id] = bound[node.value.id]
+    return bound
+
+
+def _local_names(function: ast.FunctionDef) -> set:
+    """Names a function binds itself (parameters, assignments, nested
+    definitions, anywhere inside it): there they are not the module's."""
+    names = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef) and node is not function:
+            names.add(node.name)
+    return names
+
+
+def _pass_coordinates_to_helpers(tree: ast.Module, functions: dict, kernel_name: str) -> None:
     """Give the helpers that read the thread's coordinates (their
     ``cuda.grid`` ... rewritten), or call a helper that does, the
     coordinates as parameters, as the kernel has them, and pass them on at
-    every call of one. Raises _Unsupported where such a helper is used
-    other than called by its name."""
+    every call of one, under any name it is bound to. Raises _Unsupported
+    where such a helper is used other than called."""
     coordinates = set(_coordinate_parameters())
+    bound = _aliases(tree, functions)
+    local = {name: _local_names(function) for name, function in functions.items()}
+
+    def helper_called(name, node):
+        """The function a node of function ``name`` names, if it is the module's (not a local)."""
+        if isinstance(node, ast.Name) and node.id in bound and node.id not in local[name]:
+            return bound[node.id]
+        return None
+
     reads = {name for name, function in functions.items()
              if any(isinstance(node, ast.Name) and node.id in coordinates for node in ast.walk(function))}
-    callees = {name: {node.func.id for node in ast.walk(function)
-                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    callees = {name: {helper_called(name, node.func) for node in ast.walk(function) if isinstance(node, ast.Call)}
                for name, function in functions.items()}
     while True:
         callers = {name for name in functions if name not in reads and callees[name] & reads}
@@ -145,15 +189,13 @@ def _pass_coordinates_to_helpers(functions: dict, kernel_name: str) -> None:
     for name, function in functions.items():
         called = set()
         for node in ast.walk(function):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in reads:
+            if isinstance(node, ast.Call) and helper_called(name, node.func) in reads:
                 node.args = _coordinate_arguments() + node.args
                 called.add(id(node.func))
-        if any(isinstance(node, ast.Name) and node.id in reads and id(node) not in called
-               for node in ast.walk(function)):
+        if any(helper_called(name, node) in reads and id(node) not in called for node in ast.walk(function)):
             raise _Unsupported("a helper reading the thread's coordinates used as a value")
-        if name in reads:
-            function.args.args = [ast.arg(arg=parameter) for parameter in _coordinate_parameters()] + \
-                function.args.args
+    for name in reads:
+        _with_coordinates_first(functions[name])
 
 
 def _driver_source(kernel_name: str, parameters: list[str]) -> str:
@@ -215,14 +257,13 @@ def compiled_launcher(kernel):
                 body.visit(node)
                 functions[node.name] = node
                 if node.name == name:
-                    kernel_parameters = [argument.arg for argument in node.args.args]
-                    node.args.args = [ast.arg(arg=parameter) for parameter in _coordinate_parameters()] + \
-                        node.args.args
+                    kernel_parameters = [argument.arg for argument in node.args.posonlyargs + node.args.args]
+                    _with_coordinates_first(node)
             elif isinstance(node, ast.Assign):
                 body.visit(node)  # `helper = cuda.jit(device=True)(helper)`: rewritten below
         if kernel_parameters is None:
             return None
-        _pass_coordinates_to_helpers(functions, name)
+        _pass_coordinates_to_helpers(tree, functions, name)
     except _Unsupported:
         return None
     text = ast.unparse(tree).replace(ptx.DEVICE_FUNCTION_DECORATOR, "_ul_device_function")

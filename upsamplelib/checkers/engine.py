@@ -115,8 +115,20 @@ WARP_FUNCTIONS = frozenset({"shfl_sync", "shfl_up_sync", "shfl_down_sync", "shfl
 
 def _simulator_lacks(error: BaseException) -> CheckFailed | None:
     """A checker's failure for a kernel that calls what Numba's CUDA simulator
-    does not have (cuda.shfl_sync, ...), or what numba.cuda has not at all (a
-    typo), rather than the simulator's AttributeError."""
+    does not have (cuda.shfl_sync, ..., or a keyword argument to a device
+    function or to cuda.grid), or what numba.cuda has not at all (a typo),
+    rather than the simulator's AttributeError or TypeError."""
+    keyword = re.search(r"(FakeCUDAKernel\.__call__|FakeCUDAModule\.(\w+))\(\) got an unexpected keyword argument "
+                        r"'(\w+)'", str(error))
+    if isinstance(error, TypeError) and keyword:
+        if keyword.group(2):
+            return CheckFailed(f"the kernel calls cuda.{keyword.group(2)}({keyword.group(3)}=...), a keyword Numba's "
+                               "CUDA simulator does not take (a GPU's compile does).\nHint: pass it by position, as "
+                               f"in cuda.{keyword.group(2)}(2)")
+        return CheckFailed(f"the kernel calls a cuda.jit(device=True) function with the keyword argument "
+                           f"{keyword.group(3)}=..., which Numba's CUDA simulator cannot pass (a GPU's compile can).\n"
+                           "Hint: pass the arguments by position, or decorate the helper with "
+                           "upsamplelib.backend.per_element, which takes keywords everywhere")
     found = re.search(r"'FakeCUDAModule' object has no attribute '(\w+)'", str(error))
     if not (isinstance(error, AttributeError) and found):
         return None
