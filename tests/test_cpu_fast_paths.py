@@ -453,6 +453,17 @@ def test_semi_shift_padded_filters_second_order_gradients_match_reference(monkey
         torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_semi_shift_padded_weight_gradient_is_a_tensor_of_its_own(kernel_size, monkeypatch):
+    # An operator's result must not be a view (forward-mode AD asserts on it): its first 25 filters of 32
+    # are one, when the gradient's layout puts the filters outermost (1 x 1 taps).
+    monkeypatch.setattr(fade_module, "_cpu_capability", lambda: "AVX512")
+    en, de, weight, _ = _semi_shift_inputs(c=3, o=25, k=kernel_size, dtype=torch.float32)
+    grad = torch.randn(2, 25, en.shape[2], en.shape[3])
+    result = torch.ops.upsamplelib.semi_shift_conv_weight_grad(grad, en, None, kernel_size, 1, 1, "cpu")
+    assert result._base is None and result.shape == weight.shape and result.is_contiguous()
+
+
 @pytest.mark.parametrize("capability,dtype,outputs,groups,padded", [
     ("AVX512", torch.float32, 25, 1, 32), ("AVX512", torch.float32, 33, 1, 48), ("AVX512", torch.float32, 64, 1, 64),
     ("AVX512", torch.float32, 16, 1, None), ("AVX512", torch.float64, 25, 1, None), ("AVX512", torch.float32, 25, 25, None),

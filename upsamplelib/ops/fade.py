@@ -497,8 +497,8 @@ def add_upsampled_channels_last_cpu(high, low, scale, out):
     """out[n, Y, X, o] = high[n, Y, X, o] + low[n, Y // s, X // s, o] for
     each of out's channels, all channels-last: the decoder's convolution,
     nearest-upsampled, added to the encoder's (the same sums as the NCHW
-    loop above). ``out`` is ``high`` itself (in place), or has fewer
-    channels than high and low (their padded filters left out)."""
+    loop above). ``out`` is ``high`` itself (in place), or another array
+    with at most their channels (their padded filters left out)."""
     batch, height, width, outputs = out.shape
     for line in prange(batch * height):
         n, Y = line // height, line % height
@@ -571,11 +571,15 @@ def full_precision(function):
 #:   25 (32)               3.9    4.3             3.1
 #:   36 (48)               5.4    4.6             3.8
 #:   49 (64)               7.9    6.8             5.1
-#:   16 (32)               2.1    2.4             3.1
+#:   64 (64, none added)   8.7    5.8             5.5
+#:   16 (32, not used)     2.1    2.4             3.1
 #:
 #: (``python bench/conv_layouts.py`` gives the first row on any machine.) At
-#: 16 outputs or fewer NCHW is the fastest, and padding loses. Not measured
-#: on AVX2 (whose kernels work on blocks of 8), so not used there.
+#: 16 outputs NCHW was the fastest, and padding lost, as at 1, 4 and 9 (2.0
+#: against 3.0-3.1 ms): there the maps keep their layout. A multiple of 16
+#: above 16 runs channels-last with no filter added (64 above; 32 and 48
+#: not measured). Not measured on AVX2 (whose kernels work on blocks of 8),
+#: so not used there.
 PADDED_FILTER_CAPABILITIES = frozenset({"AVX512"})
 FILTER_BLOCK = 16
 
@@ -749,7 +753,9 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
             share = torch.nn.grad.conv2d_weight(in_layout(feature), shape, in_layout(grad), padding=pad,
                                                 groups=groups)
         total = share if total is None else total + share
-    return total[:outputs].contiguous()
+    if filters is not None:  # a copy: a slice along the filters may be contiguous already, a view then
+        return total[:outputs].clone(memory_format=torch.contiguous_format)
+    return total.contiguous()
 
 
 # --------------------------------------------------------------------------
