@@ -161,7 +161,9 @@ def print_tables(t, repeats, rounds, fault_calls, fault_warmup):
         print(f"{name:44s} {1e3 * seconds[name]:9.3f} {'':>12s} {faults:12.0f}")
     filters, rows = padded_filter_rows(t)
     seconds = compare(rows, repeats=repeats, rounds=rounds)
-    used = "used" if fade.padded_filter_count(t["weight"].shape[0], 1, torch.float32) else "not used"
+    en = t["en"]
+    pixels = en.shape[0] * en.shape[2] * en.shape[3]
+    used = "used" if fade.padded_filter_count(t["weight"].shape[0], 1, torch.float32, pixels) else "not used"
     print(f"{f'filters padded to {filters}, channels-last':44s} {'ms':>9s} {'':>12s} {'faults/call':>12s}"
           f"  (on this CPU: {used})")
     for name, function in rows.items():

@@ -413,6 +413,7 @@ def test_semi_shift_padded_filters_give_the_references_values_and_gradients(case
     # channels must not reach the result or any gradient. Output counts and widths that are not
     # multiples of 8 take the transpose's edge loops; the result keeps en's layout.
     monkeypatch.setattr(fade_module, "_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(fade_module, "PADDED_FILTER_PIXELS", 1)  # small maps, to see every edge quickly
     filters = []
     conv2d, conv2d_weight = F.conv2d, torch.nn.grad.conv2d_weight
     monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: filters.append(w.shape[0]) or conv2d(x, w, *a, **k))
@@ -440,6 +441,7 @@ def test_semi_shift_padded_filters_give_the_references_values_and_gradients(case
 def test_semi_shift_padded_filters_second_order_gradients_match_reference(monkeypatch):
     # The derivatives of the gradients run the operators again, the padded forward among them.
     monkeypatch.setattr(fade_module, "_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(fade_module, "PADDED_FILTER_PIXELS", 1)
     inputs = _semi_shift_inputs(c=3, h=3, w=5, o=20, dtype=torch.float32)
     leaves = [t.detach().requires_grad_() for t in inputs]
     exact = [t.detach().double().requires_grad_() for t in inputs]
@@ -458,21 +460,26 @@ def test_semi_shift_padded_weight_gradient_is_a_tensor_of_its_own(kernel_size, m
     # An operator's result must not be a view (forward-mode AD asserts on it): its first 25 filters of 32
     # are one, when the gradient's layout puts the filters outermost (1 x 1 taps).
     monkeypatch.setattr(fade_module, "_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(fade_module, "PADDED_FILTER_PIXELS", 1)
     en, de, weight, _ = _semi_shift_inputs(c=3, o=25, k=kernel_size, dtype=torch.float32)
     grad = torch.randn(2, 25, en.shape[2], en.shape[3])
     result = torch.ops.upsamplelib.semi_shift_conv_weight_grad(grad, en, None, kernel_size, 1, 1, "cpu")
     assert result._base is None and result.shape == weight.shape and result.is_contiguous()
 
 
-@pytest.mark.parametrize("capability,dtype,outputs,groups,padded", [
-    ("AVX512", torch.float32, 25, 1, 32), ("AVX512", torch.float32, 33, 1, 48), ("AVX512", torch.float32, 64, 1, 64),
-    ("AVX512", torch.float32, 16, 1, None), ("AVX512", torch.float64, 25, 1, None), ("AVX512", torch.float32, 25, 25, None),
-    ("AVX2", torch.float32, 25, 1, None), ("DEFAULT", torch.float32, 25, 1, None)])
-def test_filters_are_padded_only_where_measured_faster(capability, dtype, outputs, groups, padded, monkeypatch):
+@pytest.mark.parametrize("capability,dtype,outputs,groups,pixels,padded", [
+    ("AVX512", torch.float32, 25, 1, 4096, 32), ("AVX512", torch.float32, 33, 1, 16384, 48),
+    ("AVX512", torch.float32, 64, 1, 4096, 64), ("AVX512", torch.float32, 25, 1, 4095, None),
+    ("AVX512", torch.float32, 16, 1, 4096, None), ("AVX512", torch.float64, 25, 1, 4096, None),
+    ("AVX512", torch.float32, 25, 25, 4096, None), ("AVX2", torch.float32, 25, 1, 4096, None),
+    ("DEFAULT", torch.float32, 25, 1, 4096, None)])
+def test_filters_are_padded_only_where_measured_faster(capability, dtype, outputs, groups, pixels, padded,
+                                                       monkeypatch):
     # Only float32 (oneDNN's kernels), without groups, above 16 outputs (at 16 and below NCHW was the
-    # fastest), on AVX-512 (the one instruction set measured).
+    # fastest), from 64 x 64 pixels (below, the padding's fixed cost outweighed its gain), on AVX-512 (the
+    # one instruction set measured).
     monkeypatch.setattr(fade_module, "_cpu_capability", lambda: capability)
-    assert fade_module.padded_filter_count(outputs, groups, dtype) == padded
+    assert fade_module.padded_filter_count(outputs, groups, dtype, pixels) == padded
 
 
 def test_semi_shift_fast_path_gradgradcheck():

@@ -73,6 +73,14 @@ def warm_functions(dtype):
     # A channels-last en: the decoder's share is added into its convolution in place.
     en_last = en.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     _backward(ul.semi_shift_conv(en_last, de, weight, bias, scale=scale, backend="cpu"), en_last, de, weight, bias)
+    # FADE's 25 logits on a 64 x 64 map, each layout: on AVX-512 the convolutions' filters are padded to 32
+    # (fade.padded_filter_count), and loops leave the padded channels out.
+    wide, wide_bias = _leaf(25, channels, 3, 3, dtype=dtype), _leaf(25, dtype=dtype)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        big_en = torch.randn(1, channels, 64, 64, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+        small_de = _leaf(1, channels, 32, 32, dtype=dtype)
+        _backward(ul.semi_shift_conv(big_en, small_de, wide, wide_bias, scale=scale, backend="cpu"),
+                  big_en, small_de, wide, wide_bias)
     # A weight holding Inf takes the one-pass loops (the NaN/Inf rule), not PyTorch's convolutions.
     infinite = weight.detach().clone()
     infinite[0, 0, 0, 0] = float("inf")
