@@ -9,11 +9,11 @@ These are the figures behind the layouts that ``upsamplelib/ops/fade.py``
 weight gradient in the maps' own layout (or NCHW, on the CPUs where that
 wins: the rows "d/d weight of channels-last maps"), the input gradients
 channels-last, the weight gradient first; and, on the CPUs where it is
-faster, the forward convolutions and the weight gradient with filters
-padded to a multiple of 16 (the last rows, "filters padded to"). They
-depend on the CPU (oneDNN picks its kernels by instruction set: PyTorch
-names it, printed first), on the machine's load,
-and on the allocator's state, so every table is printed twice: in the fresh
+faster, the forward convolutions with filters padded to a multiple of 16
+and the weight gradient channels-last (the last rows, "filters padded
+to"). They depend on the CPU (oneDNN picks its kernels by instruction
+set: PyTorch names it, printed first), on the machine's load, and on the
+allocator's state, so every table is printed twice: in the fresh
 process, where glibc maps each large tensor afresh and every call pays its
 page faults, and after ``upsamplelib.timing.reuse_freed_memory()``, the
 state of a training loop and of ``make bench``'s rows (no page faults). The
@@ -117,21 +117,22 @@ def channels_last_weight_grad(t):
 
 
 def padded_filter_rows(t):
-    """en's convolution and its weight gradient with the 25 filters padded by
-    zero ones to 32, channels-last (what ``fade.padded_filter_count``
-    chooses on the CPUs named by ``fade.PADDED_FILTER_CAPABILITIES``), from
-    an NCHW en and from a channels-last one; set against the first table's
-    rows at 25 filters. The weight gradient's rows include its copies."""
+    """What the cpu path runs on the CPUs named by
+    ``fade.PADDED_FILTER_CAPABILITIES`` (``fade.padded_filter_count``), from
+    an NCHW en and from a channels-last one: en's convolution with the 25
+    filters padded by zero ones to 32, channels-last, and its weight
+    gradient channels-last at 25 filters, the copies of NCHW maps included
+    (padded, the gradient made the step slower); set against the first
+    table's rows."""
     weight = t["weight"]
     filters = -(-weight.shape[0] // fade.FILTER_BLOCK) * fade.FILTER_BLOCK
     padded = fade.zero_padded(weight, filters, dim=0)
-    shape = padded.shape
     rows = {}
     for layout, name in ((torch.contiguous_format, "NCHW en"), (torch.channels_last, "channels-last en")):
         en, grad = (t[key].contiguous(memory_format=layout) for key in ("en", "grad"))
         rows[f"forward conv2d(en), {name}"] = lambda en=en: F.conv2d(en, padded, padding=1)
-        rows[f"d/d weight, {name}, copies included"] = lambda en=en, grad=grad: torch.nn.grad.conv2d_weight(
-            to_channels_last(en), shape, fade.zero_padded(grad, filters), padding=1)
+        rows[f"d/d weight, {name}, not padded"] = lambda en=en, grad=grad: torch.nn.grad.conv2d_weight(
+            to_channels_last(en), weight.shape, to_channels_last(grad), padding=1)
     return filters, rows
 
 

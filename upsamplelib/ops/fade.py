@@ -440,13 +440,15 @@ def correlate_cpu(grad, columns, grad_weight, groups):
 # oneDNN's convolutions there work on blocks of 16 output channels, and to
 # FADE's 25 logits they ran 1.2-1.4x faster with the filters padded by 7
 # zero ones, channels-last, even from NCHW maps. The forward's two
-# convolutions and the weight gradient run so; a loop drops the padded
-# channels as it adds the decoder's share, writing the result in the maps'
-# layout. The bench's steps against the two-convolution form, same process
-# (2-core Xeon, 2026-12-08): NCHW forward 0.98 -> 0.79, forward+backward
-# 0.98 -> 0.86; channels-last forward 1.07 -> 0.75, forward+backward
-# 1.05 -> 0.94. The transposed convolutions stay at 25 channels: padded,
-# they were slower (1.5 -> 2.4 ms).
+# convolutions run so; a loop drops the padded channels as it adds the
+# decoder's share, writing the result in the maps' layout. There the weight
+# gradient runs channels-last too, on copies of NCHW maps, at 25 filters:
+# padded, it made the step slower. The transposed convolutions stay at 25
+# channels too (padded: 1.5 -> 1.9-2.4 ms). The bench's steps against the
+# two-convolution form, same process (2-core Xeon, 2026-12-08), before ->
+# after: NCHW forward 1.00-1.05 -> 0.72-0.76, forward+backward 0.99-1.03 ->
+# 0.82; channels-last forward 1.00-1.05 -> 0.67-0.69, forward+backward
+# 1.05-1.06 -> 0.89-0.92.
 # PyTorch's zero padding differs from our skipped taps only where a
 # non-finite value meets it: a padded zero times a NaN or Inf weight (the
 # forward, the en and de gradients), or times a NaN or Inf grad_out (the
@@ -742,31 +744,27 @@ def dense_weight_grad(grad_out, en, de, kernel_size, scale, groups):
     against grad_out, de's against grad_out summed over s x s blocks, each
     in the layout of its map as given, or NCHW on the CPUs named by
     ``NCHW_WEIGHT_GRAD_CAPABILITIES`` (see the note above the fast path),
-    or channels-last with padded filters where that is faster
-    (``padded_filter_count``). Equals the one-pass loops to rounding when
-    ``grad_out`` is finite."""
+    or channels-last, on copies of NCHW maps, where the forward pads its
+    filters (``padded_filter_count``; the gradient itself is not padded).
+    Equals the one-pass loops to rounding when ``grad_out`` is finite."""
     channels = (en if en is not None else de).shape[1]
     outputs = grad_out.shape[1]
     shape = (outputs, channels // groups, kernel_size, kernel_size)
     pad = kernel_size // 2
-    filters = padded_filter_count(outputs, groups, grad_out.dtype,
-                                  grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3])
+    # Measured with the padded forward (make bench's step, C=64, 128 x 128, 25 outputs, same process, 2-core
+    # Xeon): NCHW maps' weight gradient channels-last on copies took the step to 0.78-0.81 of the
+    # two-convolution form's, against 0.81-0.86 with 32 padded filters and 0.98 in NCHW.
+    all_channels_last = padded_filter_count(outputs, groups, grad_out.dtype,
+                                            grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3]) is not None
     total = None
     for feature, grad in ((en, grad_out), (de, dense_sum_pool(grad_out, scale) if de is not None else None)):
-        if feature is None:
-            continue
-        if filters is not None:
-            # As the forward's convolutions: channels-last, grad_out with zero channels for the padded filters.
-            share = torch.nn.grad.conv2d_weight(to_channels_last(feature), (filters, *shape[1:]),
-                                                zero_padded(grad, filters), padding=pad)
-        else:
+        if feature is not None:
             # NCHW copies by the block transpose: PyTorch's own took 0.5-0.9 ms for en's, against 0.2-0.4.
-            in_layout = to_channels_last if _weight_grad_in_channels_last(feature) else to_channels_first
+            in_layout = (to_channels_last if all_channels_last or _weight_grad_in_channels_last(feature)
+                         else to_channels_first)
             share = torch.nn.grad.conv2d_weight(in_layout(feature), shape, in_layout(grad), padding=pad,
                                                 groups=groups)
-        total = share if total is None else total + share
-    if filters is not None:  # a copy: a slice along the filters may be contiguous already, a view then
-        return total[:outputs].clone(memory_format=torch.contiguous_format)
+            total = share if total is None else total + share
     return total.contiguous()
 
 
