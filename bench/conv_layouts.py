@@ -125,7 +125,7 @@ def padded_filter_rows(t):
     (padded, the gradient made the step slower); set against the first
     table's rows."""
     weight = t["weight"]
-    filters = -(-weight.shape[0] // fade.FILTER_BLOCK) * fade.FILTER_BLOCK
+    filters = fade.filter_block_multiple(weight.shape[0])
     padded = fade.zero_padded(weight, filters, dim=0)
     rows = {}
     for layout, name in ((torch.contiguous_format, "NCHW en"), (torch.channels_last, "channels-last en")):

@@ -84,8 +84,7 @@ class _ThreadBody(ast.NodeTransformer):
         function = node.func
         if isinstance(function, ast.Attribute) and self._is_cuda(function.value) and \
                 function.attr in ("grid", "gridsize"):
-            given = node.args if not node.keywords else [keyword.value for keyword in node.keywords
-                                                          if keyword.arg == "ndim" and not node.args]
+            given = node.args + [keyword.value for keyword in node.keywords if keyword.arg == "ndim"]
             if len(given) != 1 or len(node.args) + len(node.keywords) != 1 or \
                     not isinstance(given[0], ast.Constant) or given[0].value not in (1, 2, 3):
                 raise _Unsupported(f"cuda.{function.attr} with arguments other than 1, 2 or 3")

@@ -594,6 +594,11 @@ FILTER_BLOCK = 16
 PADDED_FILTER_PIXELS = 64 * 64
 
 
+def filter_block_multiple(outputs):
+    """``outputs`` rounded up to a multiple of ``FILTER_BLOCK``."""
+    return -(-outputs // FILTER_BLOCK) * FILTER_BLOCK
+
+
 def padded_filter_count(outputs, groups, dtype, pixels):
     """The filters a convolution to ``outputs`` channels over ``pixels``
     pixels runs with: rounded up to a multiple of ``FILTER_BLOCK`` where that
@@ -602,7 +607,7 @@ def padded_filter_count(outputs, groups, dtype, pixels):
     if (groups != 1 or outputs <= FILTER_BLOCK or dtype != torch.float32 or pixels < PADDED_FILTER_PIXELS
             or _cpu_capability() not in PADDED_FILTER_CAPABILITIES):
         return None
-    return -(-outputs // FILTER_BLOCK) * FILTER_BLOCK
+    return filter_block_multiple(outputs)
 
 
 def zero_padded(tensor, size, dim=1):
